@@ -1,0 +1,62 @@
+"""Agent error tree and exit codes.
+
+Each branch answers the caller's question "what do I do next?"::
+
+    AgentError
+    ├── ConfigError         fix the configuration; the daemon exits with ExitCode.CONFIG
+    ├── EnrollmentError     the server refused enrollment (bad/used/expired token); do not retry blindly
+    ├── TransportError      the link failed; retry with backoff, report only if it persists
+    │   └── RateLimitedError  the server throttled us; back off longer
+    ├── IntegrityError      bad signature, hash or length; never retry the same bytes
+    ├── SlotError           model slot or disk failure; take the rollback path
+    └── StorageError        local state (queue, key files) unusable; exit with ExitCode.STORAGE
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes; agent codes live in 10-29 (server 30-49, compiler 50-69)."""
+
+    OK = 0
+    USAGE = 2
+    CONFIG = 10
+    ENROLLMENT = 11
+    NOT_ENROLLED = 12
+    STORAGE = 13
+    TRANSPORT = 14
+    INFERENCE = 15
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """Configuration is missing or invalid."""
+
+
+class EnrollmentError(AgentError):
+    """The fleet server refused enrollment."""
+
+
+class TransportError(AgentError):
+    """The connection to the fleet server failed; retry with backoff."""
+
+
+class RateLimitedError(TransportError):
+    """The server throttled this device (RESOURCE_EXHAUSTED)."""
+
+
+class IntegrityError(AgentError):
+    """Bytes failed a signature, hash or length check."""
+
+
+class SlotError(AgentError):
+    """A model slot could not be read or written."""
+
+
+class StorageError(AgentError):
+    """Local persistent state is unusable."""

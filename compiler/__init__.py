@@ -1,0 +1,1 @@
+"""edgeloop compiler: turns a trained model into device-ready, validated artifacts."""
