@@ -9,6 +9,13 @@ Each branch answers the caller's question "what do I do next?"::
     │   └── RateLimitedError  the server throttled us; back off longer
     ├── IntegrityError      bad signature, hash or length; never retry the same bytes
     ├── SlotError           model slot or disk failure; take the rollback path
+    ├── InferenceError      serving a model failed
+    │   ├── InvalidInputError     the caller sent a wrong shape/dtype/batch; fix the request
+    │   ├── RequestTooLargeError  the request exceeds a configured limit; split it
+    │   ├── ModelLoadError        an artifact cannot be loaded; never let it replace a working model
+    │   │   └── BackendUnavailableError  runtime/EP/delegate the profile asks for is missing here
+    │   ├── BackendCrashedError   the runtime failed mid-call; restart the backend, retry once
+    │   └── NoModelError          no model is loaded yet; the caller may retry later
     └── StorageError        local state (queue, key files) unusable; exit with ExitCode.STORAGE
 """
 
@@ -60,3 +67,31 @@ class SlotError(AgentError):
 
 class StorageError(AgentError):
     """Local persistent state is unusable."""
+
+
+class InferenceError(AgentError):
+    """Serving a model failed."""
+
+
+class InvalidInputError(InferenceError):
+    """The request does not match the model's input signature (shape, dtype or batch)."""
+
+
+class RequestTooLargeError(InferenceError):
+    """The request exceeds a configured limit (bytes or batch size)."""
+
+
+class ModelLoadError(InferenceError):
+    """A model artifact could not be loaded or warmed up."""
+
+
+class BackendUnavailableError(ModelLoadError):
+    """The runtime, execution provider or delegate the profile asks for is not installed here."""
+
+
+class BackendCrashedError(InferenceError):
+    """The runtime failed during a call; the backend is restarted."""
+
+
+class NoModelError(InferenceError):
+    """No model is loaded."""

@@ -1,0 +1,111 @@
+"""onnxruntime adapter for `InferenceRuntime` (the only module that imports onnxruntime).
+
+Owns session creation with the profile's execution providers (absent providers are skipped with a
+warning; CPU is always last), thread settings, the signature read from the session, and translation of
+onnxruntime exceptions into `ModelLoadError` / `BackendCrashedError`. Does not validate requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import BackendCrashedError, BackendUnavailableError, ModelLoadError
+from agent.inference.signature import Shape, Signature, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from err
+    return onnxruntime
+
+
+def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
+    """Keep the wanted providers that are available, in order, always ending with the CPU EP."""
+    chosen = []
+    for provider in wanted:
+        if provider in available:
+            chosen.append(provider)
+        else:
+            logger.warning(
+                "execution provider %s is not available here, skipping (have %s)", provider, available
+            )
+    if CPU_EP not in chosen:
+        chosen.append(CPU_EP)
+    return chosen
+
+
+class OnnxRuntime:
+    """An onnxruntime `InferenceSession` behind the `InferenceRuntime` port."""
+
+    def __init__(self, artifact: Path, *, providers: Sequence[str] = (CPU_EP,), threads: int = 1) -> None:
+        """Create the session.
+
+        Raises:
+            BackendUnavailableError: onnxruntime is not installed.
+            ModelLoadError: the file is missing, corrupt or not loadable.
+        """
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        chosen = choose_providers(providers, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(artifact), sess_options=options, providers=chosen)
+        except Exception as err:  # onnxruntime raises its own pybind exception types
+            raise ModelLoadError(f"onnxruntime cannot load {artifact}: {err}") from err
+        self._backend = f"onnxruntime[{','.join(self._session.get_providers())}]"
+        self._signature = Signature(
+            inputs=tuple(_spec(i) for i in self._session.get_inputs()),
+            outputs=tuple(_spec(o) for o in self._session.get_outputs()),
+        )
+        self._output_names = [o.name for o in self._signature.outputs]
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            results = self._session.run(self._output_names, dict(inputs))
+        except Exception as err:
+            raise BackendCrashedError(f"onnxruntime failed during run: {err}") from err
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _spec(node: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(node.type)
+    if dtype is None:
+        raise ModelLoadError(f"tensor {node.name!r} has unsupported type {node.type}")
+    shape: Shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in node.shape)
+    return TensorSpec(name=node.name, dtype=dtype, shape=shape)
