@@ -1,9 +1,9 @@
 """Compiler error tree (exit codes 50-69).
 
-    CompilerError
-    ├── InputError        the model/data/profile given is unusable; fix the input
-    ├── UnsupportedError  the model uses ops a target cannot run (message lists them)
-    └── BudgetError       no candidate met the accuracy/size/latency budget
+CompilerError
+├── InputError        the model/data/profile given is unusable; fix the input
+├── UnsupportedError  the model uses ops a target cannot run (message lists them)
+└── BudgetError       no candidate met the accuracy/size/latency budget
 """
 
 from __future__ import annotations

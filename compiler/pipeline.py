@@ -1,0 +1,237 @@
+"""Accuracy-aware search for one device profile: which recipe gives the best artifact in budget.
+
+Sans-IO: this module builds nothing and measures nothing itself. It plans candidate recipes from
+what the profile supports, asks a `Toolchain` port to build and measure each one on the profile's
+runtime, judges every measurement against the budgets, falls back to mixed precision (the few most
+sensitive layers kept in float) when int8 breaks the quality budget, and picks the winner. Files,
+runtimes, clocks and logging setup live in the adapter (`compiler.toolchain`) and the CLI.
+
+Winner rule: among candidates inside every budget, take the fastest p50; any candidate within
+`latency_tolerance` of it counts as equally fast, and the smallest of those wins (fewer OTA bytes
+and less RAM for no measurable latency cost). `latency_tolerance=0` means strictly the fastest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from agent.profile import DeviceProfile
+
+ORT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
+    "fp32": ({},),
+    "int8-static": ({"method": "minmax"}, {"method": "percentile"}),
+    "int8-dynamic": ({"per_channel": "true"},),
+}
+LITERT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
+    "fp32": ({},),
+    "int8-dynamic": ({"tflite": "dynamic"},),
+    "int8-full": ({"tflite": "full"},),
+}
+MIXED_STEPS = (1, 2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to build an artifact: runtime, quantization kind, its parameters, float-kept nodes."""
+
+    runtime: str
+    quantization: str
+    params: tuple[tuple[str, str], ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        ext = "onnx" if self.runtime == "onnxruntime" else "tflite"
+        extra = "-".join(v for _, v in self.params if v not in ("true", "dynamic", "full"))
+        mixed = f"-mixed{len(self.exclude)}" if self.exclude else ""
+        return "-".join(p for p in (ext, self.quantization, extra) if p) + mixed
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the toolchain measured for one artifact on the target runtime (host CPU)."""
+
+    size_bytes: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    peak_memory_bytes: int
+    agreement: float
+    accuracy: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    accelerator: str = "cpu"
+
+
+@dataclass(frozen=True)
+class QualityBudget:
+    """Allowed loss vs the float reference: top-1 points for classifiers, cosine for embeddings."""
+
+    max_accuracy_drop: float = 0.01
+    min_cosine: float = 0.99
+    min_agreement: float = 0.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    recipe: Recipe
+    artifact: str | None
+    measurement: Measurement | None
+    failures: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.measurement is not None and not self.failures
+
+
+@dataclass
+class Outcome:
+    """Everything tried for one profile, in order, and the chosen candidate (None: nothing fits)."""
+
+    profile: str
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: Candidate | None = None
+
+
+class Toolchain(Protocol):
+    """Port: builds and measures artifacts. Implementations raise CompilerError subclasses."""
+
+    def build(self, recipe: Recipe) -> str:
+        """Build the artifact for `recipe`; return its identifier (a path)."""
+        ...
+
+    def measure(self, artifact: str, recipe: Recipe) -> Measurement:
+        """Run the artifact on the recipe's runtime and measure it."""
+        ...
+
+    def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
+        """Quantized node names, most damaging first (empty if unsupported for the recipe)."""
+        ...
+
+
+def plan(profile: DeviceProfile, *, has_torch: bool, all_runtimes: bool = False) -> list[Recipe]:
+    """Candidate recipes for a profile: its supported quantization kinds on its runtime(s).
+
+    LiteRT candidates need a torch model (litert-torch converts from PyTorch, not from ONNX).
+    """
+    runtimes = [profile.runtime.preferred]
+    if all_runtimes and profile.runtime.fallback not in runtimes:
+        runtimes.append(profile.runtime.fallback)
+    recipes: list[Recipe] = []
+    for runtime in runtimes:
+        table = ORT_RECIPES if runtime == "onnxruntime" else LITERT_RECIPES
+        if runtime == "litert" and not has_torch:
+            continue
+        for kind in profile.quantization:
+            recipes += [Recipe(runtime, kind, tuple(sorted(p.items()))) for p in table.get(kind, ())]
+    return recipes
+
+
+def judge(
+    m: Measurement, ref: Measurement, profile: DeviceProfile, quality: QualityBudget
+) -> tuple[str, ...]:
+    """Every budget the measurement breaks, as readable reasons (empty tuple: it passes)."""
+    out: list[str] = []
+    b = profile.budget
+    if (
+        m.accuracy is not None
+        and ref.accuracy is not None
+        and ref.accuracy - m.accuracy > quality.max_accuracy_drop
+    ):
+        out.append(f"accuracy {m.accuracy:.4f} is {ref.accuracy - m.accuracy:.4f} below the reference "
+                   f"{ref.accuracy:.4f} (allowed {quality.max_accuracy_drop:.4f})")  # fmt: skip
+    if m.cosine_mean is not None and m.cosine_mean < quality.min_cosine:
+        out.append(f"mean cosine {m.cosine_mean:.4f} < {quality.min_cosine:.4f}")
+    if m.agreement < quality.min_agreement:
+        out.append(f"agreement {m.agreement:.4f} < {quality.min_agreement:.4f}")
+    if m.size_bytes > b.model_bytes:
+        out.append(f"size {m.size_bytes} B > model budget {b.model_bytes} B")
+    if m.latency_p95_ms > b.latency_p95_ms:
+        out.append(f"p95 latency {m.latency_p95_ms:.3f} ms > {b.latency_p95_ms} ms")
+    if m.peak_memory_bytes > b.ram_bytes:
+        out.append(f"peak memory {m.peak_memory_bytes} B > RAM budget {b.ram_bytes} B")
+    return tuple(out)
+
+
+def choose(candidates: Sequence[Candidate], latency_tolerance: float = 0.25) -> Candidate | None:
+    """The smallest candidate among those within `latency_tolerance` of the fastest passing one."""
+    ok = [c for c in candidates if c.ok and c.measurement is not None]
+    if not ok:
+        return None
+    fastest = min(c.measurement.latency_p50_ms for c in ok if c.measurement)
+    near = [
+        c for c in ok if c.measurement and c.measurement.latency_p50_ms <= fastest * (1 + latency_tolerance)
+    ]
+    return min(
+        near,
+        key=lambda c: (c.measurement.size_bytes, c.measurement.latency_p50_ms) if c.measurement else (0, 0),
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    profile: DeviceProfile
+    toolchain: Toolchain
+    reference: Measurement
+    quality: QualityBudget
+    on_event: Callable[[str], None]
+
+
+def search(
+    profile: DeviceProfile,
+    recipes: Sequence[Recipe],
+    toolchain: Toolchain,
+    reference: Measurement,
+    *,
+    quality: QualityBudget,
+    latency_tolerance: float = 0.25,
+    on_event: Callable[[str], None] = lambda _msg: None,
+) -> Outcome:
+    """Build, measure and judge every recipe; try mixed precision where int8 breaks only quality."""
+    run = _Run(profile, toolchain, reference, quality, on_event)
+    outcome = Outcome(profile.name)
+    for recipe in recipes:
+        cand = _try(run, recipe)
+        outcome.candidates.append(cand)
+        if (
+            _quality_only_failure(cand)
+            and recipe.quantization.startswith("int8")
+            and recipe.runtime == "onnxruntime"
+        ):
+            outcome.candidates += _mixed(run, cand)
+    outcome.chosen = choose(outcome.candidates, latency_tolerance)
+    on_event(f"{profile.name}: chose {outcome.chosen.recipe.name if outcome.chosen else 'nothing'}")
+    return outcome
+
+
+def _try(run: _Run, recipe: Recipe) -> Candidate:
+    run.on_event(f"{run.profile.name}: building {recipe.name}")
+    artifact = run.toolchain.build(recipe)
+    m = run.toolchain.measure(artifact, recipe)
+    failures = judge(m, run.reference, run.profile, run.quality)
+    run.on_event(
+        f"{run.profile.name}: {recipe.name} {'ok' if not failures else 'fails: ' + '; '.join(failures)}"
+    )
+    return Candidate(recipe, artifact, m, failures)
+
+
+def _mixed(run: _Run, base: Candidate) -> list[Candidate]:
+    """Keep the k most sensitive nodes in float, k = 1, 2, 4, ..., until quality holds."""
+    if base.artifact is None:
+        return []
+    ranked = run.toolchain.rank_sensitive(base.artifact, base.recipe)
+    tried: list[Candidate] = []
+    for k in MIXED_STEPS:
+        if k > max(1, len(ranked) // 2):
+            break
+        cand = _try(run, replace(base.recipe, exclude=tuple(ranked[:k])))
+        tried.append(cand)
+        if not _quality_only_failure(cand):
+            break
+    return tried
+
+
+def _quality_only_failure(c: Candidate) -> bool:
+    quality_words = ("accuracy", "cosine", "agreement")
+    return bool(c.failures) and all(f.startswith(quality_words) for f in c.failures)

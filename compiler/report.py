@@ -1,0 +1,133 @@
+"""Build report: the JSON document and the Markdown model card, with lineage.
+
+Owns the report layout (format_version 1): input digest, passes and their parameters, calibration
+and evaluation data digests, tool versions, host, every candidate's metrics and budget verdicts, and
+the chosen artifact per profile. Pure functions over dataclasses; writing files is `compiler.build`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from dataclasses import asdict
+from typing import Any
+
+from compiler.pipeline import Candidate, Measurement, Outcome
+
+FORMAT_VERSION = 1
+TOOLS = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "ai-edge-litert",
+    "litert-torch",
+    "ai-edge-quantizer",
+    "numpy",
+)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def host() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "note": "latency/memory measured on this host, not on the device",
+    }
+
+
+def candidate_dict(c: Candidate) -> dict[str, Any]:
+    return {
+        "recipe": c.recipe.name,
+        "runtime": c.recipe.runtime,
+        "quantization": c.recipe.quantization,
+        "params": dict(c.recipe.params),
+        "float_nodes": list(c.recipe.exclude),
+        "metrics": asdict(c.measurement) if c.measurement else None,
+        "passes_budget": c.ok,
+        "failures": list(c.failures),
+    }
+
+
+def build_report(
+    *,
+    lineage: dict[str, Any],
+    reference: Measurement,
+    outcomes: list[Outcome],
+    artifacts: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Assemble the JSON report (see module docstring for the layout)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "lineage": lineage | {"tools": tool_versions(), "host": host()},
+        "reference": asdict(reference),
+        "profiles": {
+            o.profile: {
+                "chosen": o.chosen.recipe.name if o.chosen else None,
+                "artifact": artifacts.get(o.profile),
+                "candidates": [candidate_dict(c) for c in o.candidates],
+            }
+            for o in outcomes
+        },
+    }
+
+
+def model_card(report: dict[str, Any]) -> str:
+    """Markdown model card rendered from a report."""
+    lin = report["lineage"]
+    ref = report["reference"]
+    lines = [
+        f"# Model card: {lin['model']}",
+        "",
+        "## Lineage",
+        f"- input: `{lin['model']}` ({lin['source_kind']}), sha256 `{lin['input_sha256']}`",
+        f"- calibration data: `{lin['calibration']['source']}` ({lin['calibration']['samples']} samples), "
+        f"sha256 `{lin['calibration']['sha256']}`",
+        f"- evaluation data: `{lin['evaluation']['source']}` ({lin['evaluation']['samples']} samples), "
+        f"sha256 `{lin['evaluation']['sha256']}`",
+        f"- export: opset {lin['export']['opset']}, task {lin['task']}, budget {lin['quality_budget']}",
+        "- tools: " + ", ".join(f"{k} {v}" for k, v in lin["tools"].items()),
+        f"- host: {lin['host']['cpu']} ({lin['host']['note']})",
+        "",
+        "## Reference (fp32 ONNX on onnxruntime)",
+        f"- accuracy {_fmt(ref['accuracy'])}, size {ref['size_bytes']} B, p50 {ref['latency_p50_ms']:.4f} ms",
+    ]
+    for name, prof in report["profiles"].items():
+        lines += ["", f"## Profile `{name}`: chose `{prof['chosen']}`", ""]
+        if prof["artifact"]:
+            art = prof["artifact"]
+            lines.append(f"Artifact `{art['path']}`, sha256 `{art['sha256']}`, {art['size_bytes']} B.\n")
+        lines += [
+            "| recipe | size B | accuracy | agreement | cosine mean | p50 ms | p95 ms | peak mem B "
+            "| verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in prof["candidates"]:
+            m = c["metrics"] or {}
+            verdict = "ok" if c["passes_budget"] else "; ".join(c["failures"])
+            lines.append(
+                f"| {c['recipe']} | {m.get('size_bytes', '')} | {_fmt(m.get('accuracy'))} | "
+                f"{_fmt(m.get('agreement'))} | {_fmt(m.get('cosine_mean'))} | "
+                f"{m.get('latency_p50_ms', 0):.4f} | {m.get('latency_p95_ms', 0):.4f} | "
+                f"{m.get('peak_memory_bytes', '')} | {verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,130 @@
+"""The local Toolchain adapter: builds artifacts with the passes and measures them on the runtimes.
+
+Owns a work folder of candidate artifacts (cached by recipe name, shared across profiles), the
+float reference outputs, and the measurement of every candidate: quality on the evaluation set with
+the profile's thread count, p50/p95 batch-1 latency on one thread, resident-memory peak, size. Does
+not choose anything (that is `compiler.pipeline`) and does not write final outputs (`compiler.build`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from compiler import measure, quality
+from compiler.data import Dataset
+from compiler.passes import convert_tflite, quantize
+from compiler.pipeline import Measurement, Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    """How a profile runs artifacts: threads for throughput/quality runs and the LiteRT delegate."""
+
+    threads: int = 1
+    delegate: str = "xnnpack"
+
+
+@dataclass
+class LocalToolchain:
+    """Implements `compiler.pipeline.Toolchain` on this machine (see module docstring)."""
+
+    workdir: Path
+    fp32_onnx: Path
+    calib: Dataset
+    evaluation: Dataset
+    task: str
+    torch_model: torch.nn.Module | None = None
+    latency_calls: int = 200
+    target: Target = field(default_factory=Target)
+    _cache: dict[str, Path] = field(default_factory=dict)
+    _reference: np.ndarray | None = None
+
+    def for_target(self, target: Target) -> LocalToolchain:
+        """A view with another target that shares the artifact cache and the reference."""
+        view = copy.copy(self)
+        view.target = target
+        return view
+
+    def reference_outputs(self) -> np.ndarray:
+        if self._reference is None:
+            runner = measure.open_runtime(self.fp32_onnx, "onnxruntime", measure.cpu_count())
+            self._reference = measure.predict(runner, self.evaluation.inputs)
+        return self._reference
+
+    def reference(self) -> Measurement:
+        """The fp32 ONNX model measured like any candidate (its quality is the reference's own)."""
+        return self.measure(str(self.fp32_onnx), Recipe("onnxruntime", "fp32"))
+
+    def build(self, recipe: Recipe) -> str:
+        if recipe.name not in self._cache:
+            ext = "onnx" if recipe.runtime == "onnxruntime" else "tflite"
+            out = self.workdir / f"{recipe.name}.{ext}"
+            self._cache[recipe.name] = (
+                self._build_onnx(recipe, out) if ext == "onnx" else self._build_tflite(recipe, out)
+            )
+        return str(self._cache[recipe.name])
+
+    def measure(self, artifact: str, recipe: Recipe) -> Measurement:
+        path = Path(artifact)
+        threads = min(self.target.threads, measure.cpu_count())
+        runner = measure.open_runtime(path, recipe.runtime, threads, self.target.delegate)
+        outputs = measure.predict(runner, self.evaluation.inputs)
+        q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
+        one = measure.open_runtime(path, recipe.runtime, 1, self.target.delegate)
+        timing = measure.time_batch1(one, self.evaluation.inputs, calls=self.latency_calls)
+        sample = self.evaluation.head(1).inputs
+        peak = measure.peak_memory(
+            lambda: measure.open_runtime(path, recipe.runtime, 1, self.target.delegate), sample
+        )
+        return Measurement(
+            size_bytes=path.stat().st_size, latency_p50_ms=timing.p50_ms, latency_p95_ms=timing.p95_ms,
+            peak_memory_bytes=peak, agreement=q.agreement, accuracy=q.accuracy, cosine_mean=q.cosine_mean,
+            cosine_min=q.cosine_min, accelerator=runner.accelerator,
+        )  # fmt: skip
+
+    def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
+        if recipe.runtime != "onnxruntime":
+            return []
+        pre = self.workdir / "fp32-preprocessed.onnx"
+        if not pre.exists():
+            quantize.preprocess(self.fp32_onnx, pre)
+        ranked = quantize.rank_sensitive_nodes(pre, Path(artifact), self.evaluation)
+        logger.info("sensitivity ranking for %s: %s", recipe.name, ranked[:8])
+        return [name for name, _ in ranked]
+
+    def _build_onnx(self, recipe: Recipe, out: Path) -> Path:
+        params = dict(recipe.params)
+        if recipe.quantization == "fp32":
+            return quantize.copy_model(self.fp32_onnx, out)
+        if recipe.quantization == "int8-static":
+            return quantize.quantize_static(
+                self.fp32_onnx, out, self.calib, method=params.get("method", "minmax"), exclude=recipe.exclude
+            )
+        if recipe.quantization == "int8-dynamic":
+            per_channel = params.get("per_channel", "true") == "true"
+            return quantize.quantize_dynamic(
+                self.fp32_onnx, out, per_channel=per_channel, exclude=recipe.exclude
+            )
+        raise ValueError(f"no ONNX recipe for {recipe.quantization}")
+
+    def _build_tflite(self, recipe: Recipe, out: Path) -> Path:
+        if self.torch_model is None:
+            raise ValueError("LiteRT recipes need a torch model")
+        fp32 = self.workdir / "tflite-fp32.tflite"
+        if not fp32.exists():
+            convert_tflite.convert_fp32(self.torch_model, self.calib.inputs, fp32)
+        if recipe.quantization == "fp32":
+            return quantize.copy_model(fp32, out)
+        kind = dict(recipe.params).get("tflite", "full")
+        return convert_tflite.quantize_tflite(fp32, out, kind, self.calib)
