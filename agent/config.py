@@ -1,0 +1,142 @@
+"""Agent configuration: frozen dataclasses from TOML plus `EDGELOOP_AGENT_*` environment overrides.
+
+Stdlib only. `load()` validates everything at startup and raises ConfigError with the offending
+key; the result is passed explicitly (never a global). Limits carry their unit in the name.
+
+Environment overrides use `EDGELOOP_AGENT_<SECTION>_<KEY>`, e.g.
+`EDGELOOP_AGENT_SERVER_ENROLL_ENDPOINT=fleet.example.com:7443`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    enroll_endpoint: str = "localhost:7443"
+    # Empty: use the endpoint the server returned at enrollment.
+    sync_endpoint: str = ""
+    # Fleet CA bundle used to authenticate the server before enrollment (trust on first use is refused).
+    ca_file: str = ""
+    # TLS name to expect in the server certificate ("" = host part of the endpoint).
+    server_name: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    id: str = ""
+    profile: str = "generic-x86"
+    data_dir: str = "/var/lib/edgeloop"
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    interval_s: float = 10.0
+    queue_max_records: int = 100_000
+    batch_max: int = 100
+    max_in_flight_batches: int = 4
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    backoff_multiplier: float = 2.0
+    backoff_jitter: float = 0.2  # fraction of the delay, uniformly +/-
+    # A session that stayed up this long resets the backoff.
+    healthy_session_s: float = 30.0
+    shutdown_flush_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.device.data_dir)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "device": DeviceConfig,
+    "telemetry": TelemetryConfig,
+    "sync": SyncConfig,
+}
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read TOML (if given), apply environment overrides, validate.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot read agent config {path}: {err}") from err
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(raw.get(name, {}))
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [{name}]: {sorted(unknown)}")
+        for key, fld in known.items():
+            env_key = f"EDGELOOP_AGENT_{name.upper()}_{key.upper()}"
+            if env_key in env:
+                values[key] = env[env_key]
+            if key in values:
+                values[key] = _coerce(f"{name}.{key}", values[key], fld.default)
+        sections[name] = cls(**values)
+    unknown_sections = set(raw) - set(_SECTIONS)
+    if unknown_sections:
+        raise ConfigError(f"unknown config section(s): {sorted(unknown_sections)}")
+    cfg = AgentConfig(**sections)
+    _validate(cfg)
+    return cfg
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}") from err
+
+
+def _validate(cfg: AgentConfig) -> None:
+    checks = [
+        (cfg.telemetry.interval_s > 0, "telemetry.interval_s must be > 0"),
+        (cfg.telemetry.queue_max_records >= 1, "telemetry.queue_max_records must be >= 1"),
+        (1 <= cfg.telemetry.batch_max <= 1000, "telemetry.batch_max must be in 1..1000"),
+        (cfg.telemetry.max_in_flight_batches >= 1, "telemetry.max_in_flight_batches must be >= 1"),
+        (cfg.sync.backoff_initial_s > 0, "sync.backoff_initial_s must be > 0"),
+        (cfg.sync.backoff_max_s >= cfg.sync.backoff_initial_s, "sync.backoff_max_s must be >= backoff_initial_s"),
+        (cfg.sync.backoff_multiplier >= 1, "sync.backoff_multiplier must be >= 1"),
+        (0 <= cfg.sync.backoff_jitter < 1, "sync.backoff_jitter must be in [0, 1)"),
+        (bool(cfg.device.data_dir), "device.data_dir must be set"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

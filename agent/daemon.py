@@ -1,0 +1,132 @@
+"""Composition root of the agent process: builds every adapter and runs the loops.
+
+`enroll_device()` performs one-time enrollment; `run_daemon()` holds the Sync session, produces
+system telemetry into the outbox and shuts down gracefully on SIGTERM/SIGINT (stop producing,
+flush within the configured time, close the stream, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+from pathlib import Path
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.errors import ConfigError, StorageError
+from agent.identity import IdentityStore
+from agent.outbox import TelemetryOutbox
+from agent.ports import SystemClock
+from agent.sync import Reconciler, SyncLoop
+from agent.statefile import StateFile
+from agent.sysinfo import read_resources
+
+logger = logging.getLogger(__name__)
+
+
+def _ca_pem(config: AgentConfig) -> bytes:
+    if not config.server.ca_file:
+        raise ConfigError("server.ca_file is required to authenticate the fleet server before enrolling")
+    try:
+        return Path(config.server.ca_file).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read server.ca_file {config.server.ca_file}: {err}") from err
+
+
+async def enroll_device(config: AgentConfig, bootstrap_token: str) -> str:
+    """Generate the key on the device, send a CSR with the token, store the certificate."""
+    from agent.transport.grpc_fleet import enroll
+
+    if not config.device.id:
+        raise ConfigError("device.id is required (or EDGELOOP_AGENT_DEVICE_ID)")
+    store = IdentityStore(config.data_path)
+    if store.is_enrolled():
+        device_id = store.load().device_id
+        logger.info("already enrolled device_id=%s", device_id)
+        return device_id
+    key = store.load_or_create_key()
+    result = await enroll(
+        endpoint=config.server.enroll_endpoint,
+        ca_pem=_ca_pem(config),
+        server_name=config.server.server_name,
+        bootstrap_token=bootstrap_token,
+        csr_pem=store.make_csr(key, config.device.id),
+        device_id=config.device.id,
+        profile=config.device.profile,
+        agent_version=__version__,
+    )
+    store.save(
+        device_id=result.device_id,
+        cert_chain_pem=result.cert_chain_pem,
+        ca_pem=result.ca_pem,
+        sync_endpoint=result.sync_endpoint,
+    )
+    Reconciler(StateFile(config.data_path / "state.json")).apply(result.desired)
+    logger.info("enrolled device_id=%s sync_endpoint=%s", result.device_id, result.sync_endpoint)
+    return result.device_id
+
+
+async def _produce(config: AgentConfig, outbox: TelemetryOutbox, loop: SyncLoop, stop: asyncio.Event) -> None:
+    clock = SystemClock()
+    while not stop.is_set():
+        r = read_resources(config.data_path)
+        metrics = {
+            "cpu_load_1m": r.cpu_load_1m,
+            "mem_available_bytes": float(r.mem_available_bytes),
+            "disk_free_bytes": float(r.disk_free_bytes),
+        }
+        if math.isfinite(r.temperature_c):
+            metrics["temperature_c"] = r.temperature_c
+        try:
+            outbox.append(timestamp_ms=clock.time_ms(), kind="system", metrics=metrics)
+            loop.telemetry_ready.set()
+        except StorageError as err:
+            logger.error("telemetry not recorded: %s", err)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=config.telemetry.interval_s)
+        except TimeoutError:
+            pass
+
+
+async def run_daemon(config: AgentConfig) -> None:
+    from agent.transport.grpc_fleet import GrpcFleetConnector
+
+    store = IdentityStore(config.data_path)
+    identity = store.load()
+    endpoint = config.server.sync_endpoint or identity.sync_endpoint
+    if not endpoint:
+        raise ConfigError("no sync endpoint: set server.sync_endpoint or re-enroll")
+    outbox = TelemetryOutbox(config.data_path / "outbox.db", max_records=config.telemetry.queue_max_records)
+    reconciler = Reconciler(StateFile(config.data_path / "state.json"))
+    sync = SyncLoop(
+        config=config,
+        device_id=identity.device_id,
+        outbox=outbox,
+        connector=GrpcFleetConnector(identity=identity, endpoint=endpoint, server_name=config.server.server_name),
+        reconciler=reconciler,
+        clock=SystemClock(),
+        resources=lambda: read_resources(config.data_path),
+        status_path=config.data_path / "status.json",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info(
+        "agent started device_id=%s version=%s endpoint=%s profile=%s",
+        identity.device_id,
+        __version__,
+        endpoint,
+        config.device.profile,
+    )
+    producer = asyncio.create_task(_produce(config, outbox, sync, stop))
+    try:
+        await sync.run(stop)
+    finally:
+        stop.set()
+        await producer
+        sync.write_status()
+        outbox.close()
+        logger.info("agent stopped device_id=%s", identity.device_id)

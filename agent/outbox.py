@@ -1,0 +1,119 @@
+"""Bounded on-disk store-and-forward queue for telemetry (SQLite, WAL, synchronous=FULL).
+
+Every record gets a per-device `seq` that is never reused (AUTOINCREMENT); the server stores
+(device_id, seq) uniquely and acks after commit, and we delete only acked records — so a record
+is delivered exactly once from the user's view, across crashes on either side.
+
+When the bound is reached the *oldest* records are dropped and `dropped_total` grows; the count
+is persisted and reported to the server in every DeviceReport, never silent.
+
+Does not know about the network: the daemon decides what to send and when.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import StorageError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS record (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped_total', 0);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    seq: int
+    timestamp_ms: int
+    kind: str
+    metrics: dict[str, float]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    queued: int
+    dropped_total: int
+    last_seq: int
+
+
+class TelemetryOutbox:
+    def __init__(self, path: Path, *, max_records: int) -> None:
+        self.max_records = max_records
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._count = int(self._db.execute("SELECT COUNT(*) FROM record").fetchone()[0])
+        except sqlite3.Error as err:
+            raise StorageError(f"telemetry outbox {path} is unusable: {err}") from err
+
+    def append(self, *, timestamp_ms: int, kind: str, metrics: dict[str, float], payload: bytes = b"") -> int:
+        """Store one record durably; drop the oldest first if the bound is reached. Returns its seq."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            overflow = self._count + 1 - self.max_records
+            if overflow > 0:
+                self._db.execute(
+                    "DELETE FROM record WHERE seq IN (SELECT seq FROM record ORDER BY seq LIMIT ?)", (overflow,)
+                )
+                self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_total'", (overflow,))
+                self._count -= overflow
+            cur = self._db.execute(
+                "INSERT INTO record(ts_ms, kind, metrics, payload) VALUES (?, ?, ?, ?)",
+                (timestamp_ms, kind, json.dumps(metrics), payload),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise StorageError(f"cannot append telemetry: {err}") from err
+        self._count += 1
+        return int(cur.lastrowid or 0)
+
+    def peek(self, *, after_seq: int, limit: int) -> list[OutboxRecord]:
+        rows = self._db.execute(
+            "SELECT seq, ts_ms, kind, metrics, payload FROM record WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [OutboxRecord(int(s), int(t), str(k), json.loads(m), bytes(p)) for s, t, k, m, p in rows]
+
+    def ack(self, seqs: list[int]) -> int:
+        """Delete acknowledged records; unknown seqs (already dropped or acked) are ignored."""
+        if not seqs:
+            return 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.executemany("DELETE FROM record WHERE seq = ?", [(s,) for s in seqs])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise StorageError(f"cannot delete acked telemetry: {err}") from err
+        self._count -= cur.rowcount
+        return cur.rowcount
+
+    def stats(self) -> OutboxStats:
+        dropped = self._db.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()[0]
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'record'").fetchone()
+        return OutboxStats(queued=self._count, dropped_total=int(dropped), last_seq=int(row[0]) if row else 0)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

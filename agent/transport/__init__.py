@@ -1,0 +1,1 @@
+"""Transport adapters: the only agent code that imports grpc and the generated *_pb2 modules."""

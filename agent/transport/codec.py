@@ -1,0 +1,98 @@
+"""protobuf <-> agent domain types (`<thing>_to_proto` / `<thing>_from_proto` pairs)."""
+
+from __future__ import annotations
+
+from agent.outbox import OutboxRecord
+from agent.state import (
+    AgentSettings,
+    CommandReceived,
+    DesiredState,
+    DeviceReport,
+    Health,
+    Inbound,
+    ModelAssignment,
+    ReportAcked,
+    TelemetryAcked,
+)
+from protos.edgeloop.v1 import device_pb2 as pb
+
+_HEALTH = {Health.OK: pb.HEALTH_OK, Health.DEGRADED: pb.HEALTH_DEGRADED, Health.FAILING: pb.HEALTH_FAILING}
+
+
+def desired_from_proto(msg: pb.DesiredState) -> DesiredState:
+    s = msg.settings
+    defaults = AgentSettings()
+    return DesiredState(
+        generation=msg.generation,
+        settings=AgentSettings(
+            report_interval_s=s.report_interval_s or defaults.report_interval_s,
+            telemetry_batch_max=s.telemetry_batch_max or defaults.telemetry_batch_max,
+            max_messages_per_s=s.max_messages_per_s or defaults.max_messages_per_s,
+        ),
+        labels=dict(msg.labels),
+        models=tuple(
+            ModelAssignment(m.slot, m.model_name, m.model_version, m.release_id, m.deployment_id)
+            for m in msg.models
+        ),
+    )
+
+
+def report_to_proto(report: DeviceReport) -> pb.SyncRequest:
+    r = report.resources
+    return pb.SyncRequest(
+        report=pb.DeviceReport(
+            device_id=report.device_id,
+            sequence=report.sequence,
+            timestamp_ms=report.timestamp_ms,
+            agent_version=report.agent_version,
+            profile=report.profile,
+            applied_generation=report.observed.applied_generation,
+            slots=[
+                pb.SlotState(slot=s.slot, model_name=s.model_name, model_version=s.model_version, sha256=s.sha256)
+                for s in report.observed.slots
+            ],
+            health=_HEALTH[report.observed.health],
+            health_detail=report.observed.health_detail,
+            resources=pb.Resources(
+                cpu_load_1m=r.cpu_load_1m,
+                mem_total_bytes=r.mem_total_bytes,
+                mem_available_bytes=r.mem_available_bytes,
+                disk_free_bytes=r.disk_free_bytes,
+                temperature_c=r.temperature_c,
+                uptime_s=r.uptime_s,
+            ),
+            telemetry_dropped_total=report.telemetry_dropped_total,
+            telemetry_queued=report.telemetry_queued,
+        )
+    )
+
+
+def telemetry_to_proto(batch_id: int, records: list[OutboxRecord]) -> pb.SyncRequest:
+    return pb.SyncRequest(
+        telemetry=pb.TelemetryBatch(
+            batch_id=batch_id,
+            records=[
+                pb.TelemetryRecord(
+                    seq=r.seq, timestamp_ms=r.timestamp_ms, kind=r.kind, metrics=r.metrics, payload=r.payload
+                )
+                for r in records
+            ],
+        )
+    )
+
+
+def command_result_to_proto(command_id: str, ok: bool, detail: str) -> pb.SyncRequest:
+    return pb.SyncRequest(command_result=pb.CommandResult(command_id=command_id, ok=ok, detail=detail))
+
+
+def inbound_from_proto(msg: pb.SyncResponse) -> Inbound | None:
+    kind = msg.WhichOneof("msg")
+    if kind == "desired":
+        return desired_from_proto(msg.desired)
+    if kind == "telemetry_ack":
+        return TelemetryAcked(batch_id=msg.telemetry_ack.batch_id, seqs=tuple(msg.telemetry_ack.seqs))
+    if kind == "report_ack":
+        return ReportAcked(sequence=msg.report_ack.sequence)
+    if kind == "command":
+        return CommandReceived(command_id=msg.command.command_id, kind=msg.command.WhichOneof("kind") or "")
+    return None  # a newer server's message this agent does not know: ignore

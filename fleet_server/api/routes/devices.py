@@ -1,0 +1,86 @@
+"""Device registry routes: list, get, label, telemetry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from fleet_server.api.deps import Operator, RegistryDep, SessionDep, Viewer
+from fleet_server.crud import devices as crud
+from fleet_server.errors import InvalidRequestError
+from fleet_server.models import Device, DeviceLabelsUpdate, DevicePublic, TelemetryPublic, as_utc
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def _public(device: Device, online: set[str]) -> DevicePublic:
+    return DevicePublic(
+        id=device.id,
+        profile=device.profile,
+        labels=device.labels,
+        status=device.status,
+        agent_version=device.agent_version,
+        enrolled_at=as_utc(device.enrolled_at),
+        first_seen_at=as_utc(device.first_seen_at),
+        last_seen_at=as_utc(device.last_seen_at),
+        observed=device.observed,
+        desired_generation=device.desired_generation,
+        telemetry_dropped_total=device.telemetry_dropped_total,
+        online=device.id in online,
+    )
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(
+    session: SessionDep,
+    registry: RegistryDep,
+    _: Viewer,
+    label: Annotated[list[str] | None, Query(description="key=value; repeat to AND")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[DevicePublic]:
+    selector: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidRequestError(f"label selector {item!r} must be key=value")
+        selector[key] = value
+    online = registry.online()
+    return [_public(d, online) for d in crud.list_devices(session=session, label=selector, limit=limit, offset=offset)]
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: SessionDep, registry: RegistryDep, _: Viewer) -> DevicePublic:
+    return _public(crud.get_device(session=session, device_id=device_id), registry.online())
+
+
+@router.patch("/{device_id}/labels", response_model=DevicePublic)
+def label_device(
+    device_id: str, body: DeviceLabelsUpdate, session: SessionDep, registry: RegistryDep, _: Operator
+) -> DevicePublic:
+    device = crud.update_labels(session=session, device_id=device_id, changes=body.labels)
+    registry.notify_desired_changed(device_id)
+    return _public(device, registry.online())
+
+
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic])
+def device_telemetry(
+    device_id: str,
+    session: SessionDep,
+    _: Viewer,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> list[TelemetryPublic]:
+    rows = crud.list_telemetry(session=session, device_id=device_id, after_seq=after_seq, limit=limit)
+    return [
+        TelemetryPublic(
+            seq=r.seq,
+            timestamp_ms=r.timestamp_ms,
+            kind=r.kind,
+            metrics=r.metrics,
+            payload_bytes=len(r.payload),
+            received_at=as_utc(r.received_at),
+        )
+        for r in rows
+    ]

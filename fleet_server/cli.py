@@ -1,0 +1,150 @@
+"""`edgeloop-server`: init | migrate | run | operator-token. Parses, calls one function, maps errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fleet_server.errors import ExitCode, FleetError
+
+logger = logging.getLogger("fleet_server")
+
+
+def _settings(ns: argparse.Namespace) -> object:
+    from fleet_server.settings import Settings
+
+    overrides: dict[str, object] = {}
+    for key in ("data_dir", "database_url", "http_host", "http_port", "grpc_host", "enroll_port", "device_port"):
+        value = getattr(ns, key, None)
+        if value is not None:
+            overrides[key] = value
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _init(ns: argparse.Namespace) -> int:
+    from fleet_server.crud.tokens import create_operator_token
+    from fleet_server.db import make_engine, session_scope
+    from fleet_server.migrate import upgrade
+    from fleet_server.pki import FleetCA
+    from fleet_server.security import Role
+    from fleet_server.settings import Settings
+
+    settings = _settings(ns)
+    assert isinstance(settings, Settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ca = FleetCA.create(settings.pki_dir)
+    ca.ensure_server_certificate(settings.public_hostnames)
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    with session_scope(engine) as session:
+        _, token = create_operator_token(session=session, name="admin", role=Role.ADMIN)
+    if ns.token_file:
+        path = Path(ns.token_file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+    out = {"data_dir": str(settings.data_dir), "ca": str(settings.pki_dir / "ca.pem"), "admin_token": token}
+    if ns.json:
+        print(json.dumps(out))
+    else:
+        print(f"fleet CA:     {out['ca']}\nadmin token:  {token}\n(shown once; store it safely)")
+    return ExitCode.OK
+
+
+def _migrate(ns: argparse.Namespace) -> int:
+    from fleet_server.db import make_engine
+    from fleet_server.migrate import upgrade
+    from fleet_server.settings import Settings
+
+    settings = _settings(ns)
+    assert isinstance(settings, Settings)
+    print(f"schema at revision {upgrade(make_engine(settings.resolved_database_url()))}")
+    return ExitCode.OK
+
+
+def _run(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleet_server.main import create_app
+    from fleet_server.settings import Settings
+
+    settings = _settings(ns)
+    assert isinstance(settings, Settings)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+    return ExitCode.OK
+
+
+def _operator_token(ns: argparse.Namespace) -> int:
+    from fleet_server.crud.tokens import create_operator_token
+    from fleet_server.db import make_engine, session_scope
+    from fleet_server.security import Role
+    from fleet_server.settings import Settings
+
+    settings = _settings(ns)
+    assert isinstance(settings, Settings)
+    with session_scope(make_engine(settings.resolved_database_url())) as session:
+        row, token = create_operator_token(session=session, name=ns.name, role=Role(ns.role))
+    print(json.dumps({"id": row.id, "name": row.name, "role": row.role, "token": token}) if ns.json else token)
+    return ExitCode.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeloop-server", description="edgeloop fleet server")
+    parser.add_argument("--log-level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", dest="data_dir", type=Path)
+        p.add_argument("--database-url", dest="database_url")
+        p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("init", help="create the fleet CA, the schema and the first admin token")
+    common(p)
+    p.add_argument("--token-file", help="also write the admin token to this file (0600)")
+    p.set_defaults(func=_init)
+    p = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    common(p)
+    p.set_defaults(func=_migrate)
+    p = sub.add_parser("run", help="serve REST, enrollment and Sync")
+    common(p)
+    p.add_argument("--http-host", dest="http_host")
+    p.add_argument("--http-port", dest="http_port", type=int)
+    p.add_argument("--grpc-host", dest="grpc_host")
+    p.add_argument("--enroll-port", dest="enroll_port", type=int)
+    p.add_argument("--device-port", dest="device_port", type=int)
+    p.set_defaults(func=_run)
+    p = sub.add_parser("operator-token", help="mint an operator token directly in the database")
+    common(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    p.set_defaults(func=_operator_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=ns.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        code: int = ns.func(ns)
+    except FleetError as err:
+        print(f"edgeloop-server: {err}", file=sys.stderr)
+        from fleet_server.errors import ConfigError
+
+        return ExitCode.CONFIG if isinstance(err, ConfigError) else ExitCode.DATABASE
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Plain, keyword-only, typed data-access functions. Raise FleetError subclasses, never HTTP errors."""

@@ -1,0 +1,81 @@
+"""Builds the two gRPC servers: enrollment (server-authenticated TLS) and device (mutual TLS).
+
+They are separate ports on purpose: the device port requires a fleet-CA client certificate at
+the TLS handshake, so a client without one never reaches a handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from fleet_server.grpc_api.servicer import SERVICE, DeviceServicer
+from fleet_server.pki import FleetCA
+from fleet_server.settings import Settings
+
+
+@dataclass
+class GrpcServers:
+    enroll: grpc.aio.Server
+    device: grpc.aio.Server
+    enroll_port: int
+    device_port: int
+
+    async def start(self) -> None:
+        await self.enroll.start()
+        await self.device.start()
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.device.stop(grace_s)
+        await self.enroll.stop(grace_s)
+
+
+def _options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_grace_ms", 10_000),
+    ]
+
+
+def build_grpc_servers(*, settings: Settings, ca: FleetCA, servicer: DeviceServicer) -> GrpcServers:
+    key_pem, chain_pem = ca.ensure_server_certificate(settings.public_hostnames)
+
+    enroll = grpc.aio.server(options=_options(settings))
+    enroll.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"Enroll": grpc.unary_unary_rpc_method_handler(servicer.enroll)}
+            ),
+        )
+    )
+    enroll_port = enroll.add_secure_port(
+        f"{settings.grpc_host}:{settings.enroll_port}",
+        grpc.ssl_server_credentials([(key_pem, chain_pem)]),
+    )
+
+    device = grpc.aio.server(options=_options(settings))
+    device.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Sync": grpc.stream_stream_rpc_method_handler(
+                        servicer.sync, response_serializer=lambda m: m.SerializeToString()
+                    )
+                },
+            ),
+        )
+    )
+    device_port = device.add_secure_port(
+        f"{settings.grpc_host}:{settings.device_port}",
+        grpc.ssl_server_credentials(
+            [(key_pem, chain_pem)], root_certificates=ca.cert_pem, require_client_auth=True
+        ),
+    )
+    return GrpcServers(enroll=enroll, device=device, enroll_port=enroll_port, device_port=device_port)

@@ -1,0 +1,120 @@
+"""Composition root of the fleet server: `create_app(settings)`.
+
+Builds the engine, runs migrations, loads the fleet CA, and starts the ingest writer and both
+gRPC servers in the FastAPI lifespan, on the same event loop as the REST API. Maps FleetError
+to HTTP in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from fleet_server import __version__
+from fleet_server.api.routes import devices, tokens
+from fleet_server.db import make_engine
+from fleet_server.errors import (
+    AuthError,
+    ConflictError,
+    FleetError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+)
+from fleet_server.grpc_api.server import build_grpc_servers
+from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
+from fleet_server.ingest import IngestWriter
+from fleet_server.migrate import upgrade
+from fleet_server.pki import FleetCA
+from fleet_server.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+_HTTP_STATUS: list[tuple[type[FleetError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InvalidRequestError, 422),
+    (AuthError, 401),
+    (ForbiddenError, 403),
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url())
+        await asyncio.to_thread(upgrade, engine)
+        ca = FleetCA.load(settings.pki_dir)
+        writer = IngestWriter(
+            engine, max_rows=settings.flush_max_rows, linger_s=settings.flush_interval_ms / 1000 / 10
+        )
+        registry = SessionRegistry()
+        registry.bind_loop(asyncio.get_running_loop())
+        servicer = DeviceServicer(engine=engine, ca=ca, settings=settings, writer=writer, registry=registry)
+        servers = build_grpc_servers(settings=settings, ca=ca, servicer=servicer)
+        app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
+        app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
+        await writer.start()
+        await servers.start()
+        logger.info(
+            "fleet server started http=%s:%s enroll_port=%s device_port=%s db=%s",
+            settings.http_host,
+            settings.http_port,
+            servers.enroll_port,
+            servers.device_port,
+            engine.url.render_as_string(hide_password=True),
+        )
+        try:
+            yield
+        finally:
+            await servers.stop()
+            await writer.stop()
+            engine.dispose()
+            logger.info("fleet server stopped")
+
+    app = FastAPI(title="edgeloop fleet server", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.exception_handler(FleetError)
+    async def _fleet_error(_: Request, err: FleetError) -> JSONResponse:
+        code = next((c for cls, c in _HTTP_STATUS if isinstance(err, cls)), 400)
+        return JSONResponse(status_code=code, content={"detail": str(err), "error": type(err).__name__})
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, err: OperationalError) -> JSONResponse:
+        logger.error("database unavailable: %s", err.orig)
+        return JSONResponse(status_code=503, content={"detail": "database unavailable; retry later"})
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError:
+            return JSONResponse(status_code=503, content={"status": "degraded", "database": "unavailable"})
+        writer: IngestWriter = request.app.state.writer
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "devices_online": len(request.app.state.registry.online()),
+                "grpc_ports": request.app.state.grpc_ports,
+                "ingest": vars(writer.stats),
+            }
+        )
+
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(devices.router)
+    api.include_router(tokens.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,61 @@
+"""Server settings (pydantic-settings, `EDGELOOP_` environment prefix).
+
+Built by `get_settings()` or passed to `create_app(settings)`; never an import-time global, so
+each test builds its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore")
+
+    data_dir: Path = Path("./edgeloop-data")
+    # Empty: SQLite (WAL) file in data_dir. Otherwise any SQLAlchemy URL (postgresql://...).
+    database_url: str = ""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_host: str = "127.0.0.1"
+    enroll_port: int = 7443  # server-authenticated TLS: Enroll only
+    device_port: int = 7444  # mutual TLS: Sync only
+    # Names put into the server certificate's SAN; the agent checks one of them.
+    public_hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
+
+    # Ingest batching: rows are written in one transaction per flush (never one commit per message).
+    flush_interval_ms: int = 50
+    flush_max_rows: int = 2000
+
+    # Per-device limits on the Sync stream.
+    report_interval_s: int = 30
+    telemetry_batch_max: int = 100
+    device_max_messages_per_s: int = 10
+    device_burst: int = 50
+    max_message_bytes: int = 256 * 1024  # bytes; larger messages get RESOURCE_EXHAUSTED
+    max_payload_bytes: int = 16 * 1024  # bytes per telemetry record payload
+
+    device_cert_days: int = 365
+    bootstrap_token_ttl_s: int = 24 * 3600
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3_driver(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fleet.db').resolve()}"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+
+def get_settings() -> Settings:
+    return Settings()
