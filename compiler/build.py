@@ -76,9 +76,14 @@ def build(request: BuildRequest, on_event: Callable[[str], None] = lambda _m: No
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         result = _build_into(
-            staging, request, profiles, source=source, calib=calib.head(request.calib_samples),
-            evaluation=evaluation, on_event=on_event,
-        )  # fmt: skip
+            staging,
+            request,
+            profiles,
+            source=source,
+            calib=calib.head(request.calib_samples),
+            evaluation=evaluation,
+            on_event=on_event,
+        )
         _replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,9 +141,14 @@ def _search(
         )
     view = tc.for_target(Target(prof.runtime.threads, prof.runtime.delegate))
     return pipeline.search(
-        prof, recipes, view, reference, quality=request.quality,
-        latency_tolerance=request.latency_tolerance, on_event=on_event,
-    )  # fmt: skip
+        prof,
+        recipes,
+        view,
+        reference,
+        quality=request.quality,
+        latency_tolerance=request.latency_tolerance,
+        on_event=on_event,
+    )
 
 
 def _fp32_onnx(source: export.ModelSource, calib: Dataset, work: Path) -> tuple[Path, Any]:
@@ -174,8 +184,12 @@ def _place(outcome: pipeline.Outcome, staging: Path) -> dict[str, Any]:
     dest.parent.mkdir()
     shutil.copyfile(src, dest)
     rel = str(dest.relative_to(staging))
-    return {"path": rel, "sha256": file_digest(dest), "size_bytes": dest.stat().st_size,
-            "runtime": outcome.chosen.recipe.runtime}  # fmt: skip
+    return {
+        "path": rel,
+        "sha256": file_digest(dest),
+        "size_bytes": dest.stat().st_size,
+        "runtime": outcome.chosen.recipe.runtime,
+    }
 
 
 def _lineage(

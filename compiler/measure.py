@@ -80,9 +80,11 @@ def time_batch1(
         runner.run(s)
         wall[i], cpu[i] = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
     return Timing(
-        float(np.percentile(wall, 50)) / 1e6, float(np.percentile(wall, 95)) / 1e6,
-        float(np.median(cpu)) / 1e6, calls,
-    )  # fmt: skip
+        float(np.percentile(wall, 50)) / 1e6,
+        float(np.percentile(wall, 95)) / 1e6,
+        float(np.median(cpu)) / 1e6,
+        calls,
+    )
 
 
 def peak_memory(load: Callable[[], Runner], sample: dict[str, np.ndarray]) -> int:

@@ -139,8 +139,10 @@ def judge(
         and ref.accuracy is not None
         and ref.accuracy - m.accuracy > quality.max_accuracy_drop
     ):
-        out.append(f"accuracy {m.accuracy:.4f} is {ref.accuracy - m.accuracy:.4f} below the reference "
-                   f"{ref.accuracy:.4f} (allowed {quality.max_accuracy_drop:.4f})")  # fmt: skip
+        out.append(
+            f"accuracy {m.accuracy:.4f} is {ref.accuracy - m.accuracy:.4f} below the reference "
+            f"{ref.accuracy:.4f} (allowed {quality.max_accuracy_drop:.4f})"
+        )
     if m.cosine_mean is not None and m.cosine_mean < quality.min_cosine:
         out.append(f"mean cosine {m.cosine_mean:.4f} < {quality.min_cosine:.4f}")
     if m.agreement < quality.min_agreement:

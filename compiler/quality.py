@@ -35,8 +35,13 @@ def embedding(outputs: np.ndarray, reference: np.ndarray) -> Quality:
     a, b = _unit(outputs), _unit(reference)
     cos = (a * b).sum(axis=1)
     nn = float((_nearest(a) == _nearest(b)).mean())
-    return Quality(accuracy=None, agreement=nn, cosine_mean=float(cos.mean()),
-                   cosine_min=float(cos.min()), nn_agreement=nn)  # fmt: skip
+    return Quality(
+        accuracy=None,
+        agreement=nn,
+        cosine_mean=float(cos.mean()),
+        cosine_min=float(cos.min()),
+        nn_agreement=nn,
+    )
 
 
 def evaluate(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, task: str) -> Quality:

@@ -88,10 +88,16 @@ class LocalToolchain:
             lambda: measure.open_runtime(path, recipe.runtime, 1, self.target.delegate), sample
         )
         return Measurement(
-            size_bytes=path.stat().st_size, latency_p50_ms=timing.p50_ms, latency_p95_ms=timing.p95_ms,
-            peak_memory_bytes=peak, agreement=q.agreement, accuracy=q.accuracy, cosine_mean=q.cosine_mean,
-            cosine_min=q.cosine_min, accelerator=runner.accelerator,
-        )  # fmt: skip
+            size_bytes=path.stat().st_size,
+            latency_p50_ms=timing.p50_ms,
+            latency_p95_ms=timing.p95_ms,
+            peak_memory_bytes=peak,
+            agreement=q.agreement,
+            accuracy=q.accuracy,
+            cosine_mean=q.cosine_mean,
+            cosine_min=q.cosine_min,
+            accelerator=runner.accelerator,
+        )
 
     def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
         if recipe.runtime != "onnxruntime":

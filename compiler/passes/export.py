@@ -131,9 +131,16 @@ def export_onnx(
     try:
         with stdout_to_stderr(), torch.no_grad():
             torch.onnx.export(
-                model, tensors, str(out), dynamo=True, external_data=False, opset_version=opset,
-                input_names=input_names, output_names=["output"], dynamic_shapes=dynamic_shapes,
-            )  # fmt: skip
+                model,
+                tensors,
+                str(out),
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=["output"],
+                dynamic_shapes=dynamic_shapes,
+            )
     except Exception as err:
         raise UnsupportedError(f"torch -> ONNX export failed: {type(err).__name__}: {err}") from err
     onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(out))), str(out))

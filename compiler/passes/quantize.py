@@ -64,19 +64,28 @@ def quantize_static(
 
     if method not in CALIBRATION_METHODS:
         raise InputError(f"calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
-    calibrate = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-                 "percentile": q.CalibrationMethod.Percentile}[method]  # fmt: skip
+    calibrate = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[method]
     reader = _Reader(calib, batch_size)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         _run_quiet(
             lambda: q.quantize_static(
-                str(pre), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                calibrate_method=calibrate, nodes_to_exclude=list(exclude),
+                str(pre),
+                str(out),
+                reader,
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=calibrate,
+                nodes_to_exclude=list(exclude),
                 extra_options={"CalibTensorRangeSymmetric": False},
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -92,11 +101,14 @@ def quantize_dynamic(fp32: Path, out: Path, *, per_channel: bool = True, exclude
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
         _run_quiet(
             lambda: q.quantize_dynamic(
-                str(pre), str(out), weight_type=q.QuantType.QInt8, per_channel=per_channel,
+                str(pre),
+                str(out),
+                weight_type=q.QuantType.QInt8,
+                per_channel=per_channel,
                 nodes_to_exclude=list(exclude),
                 extra_options={"DefaultTensorType": 1},  # FLOAT, for tensors shape inference left untyped
             )
-        )  # fmt: skip
+        )
     return out
 
 
