@@ -1,0 +1,132 @@
+"""`EdgeloopClient`: the tiny synchronous client applications on the device use.
+
+Owns a gRPC channel to the agent's local inference API (Unix socket path or ``host:port``), numpy
+in/out, and translating `grpc.RpcError` into `InferenceError` subclasses with the server's message.
+Does not retry, batch or cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from agent.errors import (
+    BackendCrashedError,
+    InferenceError,
+    InvalidInputError,
+    NoModelError,
+    RequestTooLargeError,
+)
+from agent.inference.signature import Signature
+from agent.serving import codec
+from protos.edgeloop.v1 import inference_pb2 as pb
+from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
+
+_R = TypeVar("_R")
+
+DEFAULT_SOCKET = Path("/run/edgeloop/inference.sock")
+
+_ERRORS: dict[grpc.StatusCode, type[InferenceError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RequestTooLargeError,
+    grpc.StatusCode.UNAVAILABLE: NoModelError,
+    grpc.StatusCode.INTERNAL: BackendCrashedError,
+}
+
+
+class EdgeloopClient:
+    """``EdgeloopClient(socket).predict(x) -> y``; also usable as a context manager."""
+
+    def __init__(self, target: Path | str = DEFAULT_SOCKET, *, timeout_s: float = 30.0) -> None:
+        """Connect lazily to a socket path (Path or "unix:...") or a "host:port" string."""
+        address = f"unix:{target}" if isinstance(target, Path) else target
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        )
+        self._stub = pb_grpc.InferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._timeout = timeout_s
+
+    def predict(self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False) -> np.ndarray:
+        """Run one sample or a batch; returns the first output.
+
+        Raises:
+            InvalidInputError: the input does not match the model's signature (message names it).
+            RequestTooLargeError: over the agent's size or batch limit.
+            NoModelError: the agent has no model loaded or is unreachable.
+            InferenceError: any other failure.
+        """
+        return next(iter(self.predict_all(x, use_cache=use_cache).values()))
+
+    def predict_all(
+        self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Like `predict` but returns every output by name."""
+        response = self._call(lambda: self._stub.Predict(_request(x, use_cache), timeout=self._timeout))
+        return {t.name: codec.tensor_from_proto(t) for t in response.outputs}
+
+    def predict_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Stream frames (e.g. from a sensor); yields the first output of each, in order."""
+        responses = self._stub.PredictStream(_request(f, False) for f in frames)
+        try:
+            for response in responses:
+                yield codec.tensor_from_proto(response.outputs[0])
+        except grpc.RpcError as err:
+            raise _translate(err) from err
+
+    def model_info(self) -> pb.ModelInfoResponse:
+        """Name, version, slot, backend and signature of the serving model."""
+        response: pb.ModelInfoResponse = self._call(
+            lambda: self._stub.ModelInfo(pb.ModelInfoRequest(), timeout=self._timeout)
+        )
+        return response
+
+    def signature(self) -> Signature:
+        info = self.model_info()
+        return Signature(
+            inputs=tuple(codec.spec_from_proto(s) for s in info.inputs),
+            outputs=tuple(codec.spec_from_proto(s) for s in info.outputs),
+        )
+
+    def list_models(self) -> pb.ListModelsResponse:
+        """Slots, versions and serving stats."""
+        response: pb.ListModelsResponse = self._call(
+            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self._timeout)
+        )
+        return response
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> EdgeloopClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @staticmethod
+    def _call(fn: Callable[[], _R]) -> _R:
+        try:
+            return fn()
+        except grpc.RpcError as err:
+            raise _translate(err) from err
+
+
+def _request(x: np.ndarray | Mapping[str, np.ndarray], use_cache: bool) -> pb.PredictRequest:
+    if isinstance(x, np.ndarray):
+        tensors = [codec.tensor_to_proto("", x)]
+    else:
+        tensors = [codec.tensor_to_proto(name, array) for name, array in x.items()]
+    return pb.PredictRequest(inputs=tensors, use_cache=use_cache)
+
+
+def _translate(err: grpc.RpcError) -> InferenceError:
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = err.details() if isinstance(err, grpc.Call) else str(err)
+    return _ERRORS.get(code, InferenceError)(f"{code.name}: {details}")

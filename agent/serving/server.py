@@ -1,0 +1,189 @@
+"""`InferenceService`: the object the daemon builds, starts and stops to serve models on the device.
+
+Owns the wiring of one serving stack (slots -> model manager -> holder -> engine -> grpc.aio server on
+a Unix domain socket, optionally loopback TCP) and its public surface for the daemon and the OTA
+flow: `start`/`stop`, `stats_snapshot` for telemetry, `drain_samples` for the drift monitor, and
+`load_candidate`/`promote`/`rollback`/`install` for model updates. Does not decide *when* to update
+(that is the OTA state machine) and configures no logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from agent.errors import ConfigError
+from agent.inference.capture import Sample, SampleCapture
+from agent.inference.engine import InferenceEngine, ServingOptions
+from agent.inference.handle import ModelHolder, ModelMeta
+from agent.inference.registry import ProfileLoader
+from agent.inference.runtime import RuntimeLoader
+from agent.inference.stats import ServingStats
+from agent.profile import DeviceProfile
+from agent.serving.models import ModelManager
+from agent.serving.servicer import InferenceServicer
+from agent.slots import LocalSlotFS, Slots
+from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+_MESSAGE_OVERHEAD = 1 << 20  # room for protobuf framing on top of max_request_bytes
+
+
+class InferenceService:
+    """Local inference API for applications on the device (grpc.aio)."""
+
+    def __init__(
+        self,
+        slots_root: Path,
+        profile: DeviceProfile,
+        socket_path: Path,
+        tcp_port: int | None = None,
+        *,
+        options: ServingOptions | None = None,
+        loader: RuntimeLoader | None = None,
+    ) -> None:
+        """Build the stack; nothing runs until `start()`.
+
+        Args:
+            slots_root: directory holding ``current/ previous/ candidate/ broken/``.
+            profile: the device profile (backend choice, threads).
+            socket_path: Unix domain socket the API listens on.
+            tcp_port: also listen on 127.0.0.1:<port> (0 picks a free port); None: socket only.
+            options: limits, micro-batching, cache and sample capture.
+            loader: artifact -> runtime; defaults to the registry bound to `profile`.
+        """
+        self._options = options or ServingOptions(workers=max(1, profile.runtime.threads))
+        self._socket_path = socket_path
+        self._tcp_port = tcp_port
+        self._executor = ThreadPoolExecutor(max_workers=self._options.workers, thread_name_prefix="inference")
+        self._holder = ModelHolder()
+        self._stats = ServingStats()
+        loader = loader or ProfileLoader(profile)
+        self._slots_root = slots_root
+        self._loader = loader
+        self._capture = (
+            SampleCapture(
+                capacity=self._options.capture_capacity, per_second=self._options.capture_per_second
+            )
+            if self._options.capture_per_second > 0
+            else None
+        )
+        self._models: ModelManager | None = None
+        self._engine: InferenceEngine | None = None
+        self._server: grpc.aio.Server | None = None
+        self.bound_tcp_port: int | None = None
+
+    async def start(self) -> ModelMeta | None:
+        """Recover the slots, load the current model (if any) and start listening.
+
+        Returns:
+            The model now serving, or None (Predict answers UNAVAILABLE until one is installed).
+
+        Raises:
+            SlotError: the slots directory is unusable.
+            ConfigError: the socket or TCP port cannot be bound.
+        """
+        self._models = ModelManager(
+            slots=Slots(LocalSlotFS(self._slots_root)),
+            holder=self._holder,
+            loader=self._loader,
+            executor=self._executor,
+        )
+        serving = await self._models.load_current()
+        self._engine = InferenceEngine(
+            holder=self._holder,
+            loader=self._loader,
+            executor=self._executor,
+            options=self._options,
+            stats=self._stats,
+            capture=self._capture,
+        )
+        self._engine.start()
+        self._server = self._build_server(self._engine, self._models)
+        await self._server.start()
+        logger.info(
+            "inference API listening socket=%s tcp_port=%s model=%s",
+            self._socket_path,
+            self.bound_tcp_port,
+            serving.key if serving else None,
+        )
+        return serving
+
+    def _build_server(self, engine: InferenceEngine, models: ModelManager) -> grpc.aio.Server:
+        limit = self._options.max_request_bytes + _MESSAGE_OVERHEAD
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        servicer = InferenceServicer(
+            engine=engine,
+            holder=self._holder,
+            models=models,
+            options=self._options,
+            stats=self.stats_snapshot,
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        self._socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._socket_path.exists():
+            self._socket_path.unlink()  # a stale socket from a previous run
+        if not server.add_insecure_port(f"unix:{self._socket_path}"):
+            raise ConfigError(f"cannot listen on unix socket {self._socket_path}")
+        if self._tcp_port is not None:
+            port = server.add_insecure_port(f"127.0.0.1:{self._tcp_port}")
+            if not port:
+                raise ConfigError(f"cannot listen on 127.0.0.1:{self._tcp_port}")
+            self.bound_tcp_port = port
+        return server
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Stop accepting requests, let in-flight ones finish (up to `grace_s`), release models."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self._engine is not None:
+            await self._engine.stop()
+        self._holder.clear()
+        self._executor.shutdown(wait=True)
+        if self._socket_path.exists():
+            os.unlink(self._socket_path)
+
+    def stats_snapshot(self, *, reset: bool = False) -> dict[str, float]:
+        """Flat serving metrics (latency p50/p95/p99 ms, errors, throughput, cache, restarts) per version."""
+        return self._stats.snapshot(reset=reset)
+
+    def drain_samples(self) -> list[Sample]:
+        """Captured input/output samples since the last call (empty when capture is off)."""
+        return self._capture.drain() if self._capture is not None else []
+
+    def serving(self) -> ModelMeta | None:
+        handle = self._holder.current
+        return handle.meta if handle is not None else None
+
+    async def load_candidate(self, artifact: Path, *, name: str, version: str) -> ModelMeta:
+        """Stage, load and warm up a candidate; see `ModelManager.load_candidate` (ModelLoadError)."""
+        return await self._manager().load_candidate(artifact, name=name, version=version)
+
+    async def promote(self) -> ModelMeta:
+        """Swap the loaded candidate in without failing requests; see `ModelManager.promote`."""
+        return await self._manager().promote()
+
+    async def rollback(self) -> ModelMeta:
+        """Serve the previous model again; see `ModelManager.rollback`."""
+        return await self._manager().rollback()
+
+    async def install(self, artifact: Path, *, name: str, version: str) -> ModelMeta:
+        """`load_candidate` then `promote` (no shadow/gates: the OTA issue inserts those in between)."""
+        await self.load_candidate(artifact, name=name, version=version)
+        return await self.promote()
+
+    def _manager(self) -> ModelManager:
+        if self._models is None:
+            raise RuntimeError("InferenceService.start() has not been called")
+        return self._models

@@ -1,0 +1,127 @@
+"""gRPC servicer of `edgeloop.v1.InferenceService`: decode, call the engine, encode, map errors.
+
+Owns the one mapping from `InferenceError` subclasses to gRPC status codes (INVALID_ARGUMENT for a
+request that does not fit the signature, RESOURCE_EXHAUSTED over a limit, UNAVAILABLE with no model,
+INTERNAL when the backend failed even after a restart). Does not load models or hold state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from agent.errors import (
+    BackendCrashedError,
+    InferenceError,
+    InvalidInputError,
+    ModelLoadError,
+    NoModelError,
+    RequestTooLargeError,
+)
+from agent.inference.engine import InferenceEngine, ServingOptions
+from agent.inference.handle import ModelHolder
+from agent.serving import codec
+from agent.serving.models import ModelManager
+from protos.edgeloop.v1 import inference_pb2 as pb
+from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS: tuple[tuple[type[InferenceError], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NoModelError, grpc.StatusCode.UNAVAILABLE),
+    (BackendCrashedError, grpc.StatusCode.INTERNAL),
+    (ModelLoadError, grpc.StatusCode.INTERNAL),
+)
+
+
+def status_for(err: InferenceError) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(err, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """Thin adapter from gRPC to `InferenceEngine` and `ModelManager`."""
+
+    def __init__(
+        self,
+        *,
+        engine: InferenceEngine,
+        holder: ModelHolder,
+        models: ModelManager,
+        options: ServingOptions,
+        stats: Callable[[], dict[str, float]],
+    ) -> None:
+        self._engine = engine
+        self._holder = holder
+        self._models = models
+        self._options = options
+        self._stats = stats
+
+    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
+        try:
+            return await self._predict(request)
+        except InferenceError as err:
+            await context.abort(status_for(err), str(err))
+            raise  # unreachable: abort raises
+
+    async def PredictStream(
+        self,
+        request_iterator: AsyncIterator[pb.PredictRequest],
+        context: Context,
+    ) -> AsyncIterator[pb.PredictResponse]:
+        async for request in request_iterator:
+            try:
+                response = await self._predict(request)
+            except InferenceError as err:
+                await context.abort(status_for(err), str(err))
+                return
+            yield response
+
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: Context) -> pb.ModelInfoResponse:
+        handle = self._holder.current
+        if handle is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no model is loaded")
+            raise AssertionError("unreachable")
+        sig = handle.runtime.signature
+        return pb.ModelInfoResponse(
+            name=handle.meta.name,
+            version=handle.meta.version,
+            slot=handle.meta.slot,
+            backend=handle.runtime.backend,
+            inputs=[codec.spec_to_proto(s) for s in sig.inputs],
+            outputs=[codec.spec_to_proto(s) for s in sig.outputs],
+            sha256=handle.meta.sha256,
+            max_batch=self._options.max_batch,
+            max_request_bytes=self._options.max_request_bytes,
+        )
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        handle = self._holder.current
+        return pb.ListModelsResponse(
+            slots=list(codec.slots_to_proto(self._models.listing())),
+            serving_version=handle.meta.version if handle else "",
+            stats=self._stats(),
+        )
+
+    async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        handle = self._holder.current
+        names = handle.runtime.signature.input_names() if handle is not None else ()
+        inputs = codec.inputs_from_proto(request.inputs, names)
+        prediction = await self._engine.predict(inputs, use_cache=request.use_cache)
+        return pb.PredictResponse(
+            outputs=codec.outputs_to_proto(prediction.outputs),
+            model_name=prediction.meta.name,
+            model_version=prediction.meta.version,
+            cache_hit=prediction.cache_hit,
+            request_id=request.request_id,
+        )
