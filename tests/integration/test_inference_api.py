@@ -104,6 +104,8 @@ def test_bad_inputs_are_invalid_argument_naming_the_signature(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert problem in info.value.details()
     assert f"expected signature {SIGNATURE}" in info.value.details()
+    with EdgeloopClient(tmp_path / "api.sock") as client, pytest.raises(InvalidInputError, match=problem):
+        client.predict(x)  # the app-side client maps it to InvalidInputError
 
 
 def _dtype(x: np.ndarray) -> int:
@@ -121,7 +123,7 @@ def test_malformed_tensor_and_oversized_requests_are_refused(api: BackgroundServ
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "needs 256 bytes, got 1" in info.value.details()
     with EdgeloopClient(tmp_path / "api.sock") as client:
-        with pytest.raises(RequestTooLargeError, match="RESOURCE_EXHAUSTED.*the limit is 65536"):
+        with pytest.raises(RequestTooLargeError, match=r"RESOURCE_EXHAUSTED.*the limit is 65536"):
             client.predict(np.zeros((60, 1, 16, 32), np.float32))  # 122,880 bytes
         with pytest.raises(RequestTooLargeError, match="RESOURCE_EXHAUSTED"):
             client.predict(np.zeros((2000, 1, 32, 32), np.float32))  # 8 MB: over the gRPC message limit
@@ -143,9 +145,12 @@ def test_prediction_cache_counts_hits_and_misses(
 
 
 def test_no_model_is_unavailable(tmp_path: Path, profile: DeviceProfile) -> None:
-    with _serve(tmp_path, profile, ServingOptions()), EdgeloopClient(tmp_path / "api.sock") as client:
-        with pytest.raises(NoModelError, match="UNAVAILABLE: no model is loaded"):
-            client.predict(np.zeros((1, 1, 8, 8), np.float32))
+    with (
+        _serve(tmp_path, profile, ServingOptions()),
+        EdgeloopClient(tmp_path / "api.sock") as client,
+        pytest.raises(NoModelError, match="UNAVAILABLE: no model is loaded"),
+    ):
+        client.predict(np.zeros((1, 1, 8, 8), np.float32))
 
 
 class CrashingRuntime:
@@ -233,7 +238,8 @@ def test_micro_batching_under_concurrency(
         batcher = engine._batcher
         assert batcher is not None
     assert not errors
-    assert len(agreement) == 320 and min(agreement) == 1.0
+    assert len(agreement) == 320
+    assert min(agreement) == 1.0
     assert batcher.batched_requests == 320
     assert batcher.batches < 320  # requests were actually merged
 
