@@ -79,7 +79,9 @@ def _inspect_onnx(path: Path) -> Inspection:
     shapes = _onnx_shapes(onnx.shape_inference.infer_shapes(proto))
     shapes.update({k: list(numpy_helper.to_array(v).shape) for k, v in inits.items()})
     macs = sum(_onnx_macs(n, shapes) for n in graph.node)
-    params = sum(math.prod(v.dims) for v in inits.values())
+    params = sum(
+        math.prod(v.dims) for v in inits.values() if v.data_type != onnx.TensorProto.INT64
+    )  # not shapes
     ops = Counter(n.op_type for n in graph.node)
     return Inspection(str(path), "onnx", path.stat().st_size, params, macs, dict(ops), inputs)
 
