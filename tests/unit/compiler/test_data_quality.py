@@ -20,8 +20,10 @@ def test_npz_file_and_folder_load_with_labels(tmp_path: Path) -> None:
     np.savez(tmp_path / "b.npz", x=x[6:], y=np.arange(4))
     one = load_dataset(tmp_path / "a.npz")
     both = load_dataset(tmp_path)
-    assert len(one) == 6 and len(both) == 10
-    assert both.labels is not None and list(both.labels[6:]) == [0, 1, 2, 3]
+    assert len(one) == 6
+    assert len(both) == 10
+    assert both.labels is not None
+    assert list(both.labels[6:]) == [0, 1, 2, 3]
     assert one.digest != both.digest
     assert load_dataset(tmp_path).digest == both.digest  # stable
 
@@ -39,7 +41,8 @@ def test_bad_data_is_an_input_error(tmp_path: Path) -> None:
 
 def test_check_against_renames_single_input_and_rejects_wrong_shapes() -> None:
     ok = check_against(from_arrays({"x": np.zeros((5, 1, 8, 8))}), SPECS, "calibration")
-    assert list(ok.inputs) == ["input"] and ok.inputs["input"].dtype == np.float32
+    assert list(ok.inputs) == ["input"]
+    assert ok.inputs["input"].dtype == np.float32
     with pytest.raises(InputError, match=r"shape \(5, 1, 7, 7\), model expects \('batch', 1, 8, 8\)"):
         check_against(from_arrays({"x": np.zeros((5, 1, 7, 7))}), SPECS, "calibration")
     with pytest.raises(InputError, match="no array for model input"):
@@ -58,8 +61,12 @@ def test_embedding_metrics_detect_damage() -> None:
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(30, 64))
     same = embedding(ref * 3.0, ref)  # scale does not matter
-    assert same.cosine_mean == pytest.approx(1.0) and same.nn_agreement == 1.0
+    assert same.cosine_mean == pytest.approx(1.0)
+    assert same.nn_agreement == 1.0
     noisy = embedding(ref + rng.normal(scale=2.0, size=ref.shape), ref)
-    assert noisy.cosine_mean is not None and noisy.cosine_mean < 0.6
-    assert noisy.nn_agreement is not None and noisy.nn_agreement < 1.0
-    assert infer_task(ref, None) == "embedding" and infer_task(ref[:, :10], None) == "classification"
+    assert noisy.cosine_mean is not None
+    assert noisy.cosine_mean < 0.6
+    assert noisy.nn_agreement is not None
+    assert noisy.nn_agreement < 1.0
+    assert infer_task(ref, None) == "embedding"
+    assert infer_task(ref[:, :10], None) == "classification"

@@ -88,11 +88,13 @@ def test_static_qdq_is_smaller_and_keeps_accuracy(
             fp32_onnx, fp32_onnx.parent / f"{method}.onnx", train_set.head(128), method=method
         )
         ops = inspect_model(out).ops
-        assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+        assert ops.get("QuantizeLinear", 0) > 0
+        assert ops.get("DequantizeLinear", 0) > 0
         assert out.stat().st_size < 0.35 * fp32_onnx.stat().st_size
         got = measure.predict(measure.open_runtime(out, "onnxruntime", 1), eval_set.inputs)
         q, r = classification(got, ref, eval_set.labels), classification(ref, ref, eval_set.labels)
-        assert q.accuracy is not None and r.accuracy is not None
+        assert q.accuracy is not None
+        assert r.accuracy is not None
         assert r.accuracy - q.accuracy <= 0.01, method
     with pytest.raises(InputError, match="calibration method"):
         quantize.quantize_static(fp32_onnx, fp32_onnx.parent / "x.onnx", train_set, method="magic")

@@ -23,8 +23,14 @@ from compiler.pipeline import (
     search,
 )
 
-REF = Measurement(size_bytes=1000, latency_p50_ms=1.0, latency_p95_ms=1.2, peak_memory_bytes=10, agreement=1.0,
-                  accuracy=0.98)  # fmt: skip
+REF = Measurement(
+    size_bytes=1000,
+    latency_p50_ms=1.0,
+    latency_p95_ms=1.2,
+    peak_memory_bytes=10,
+    agreement=1.0,
+    accuracy=0.98,
+)
 
 
 def m(size: int, p50: float, acc: float = 0.98, **kw: object) -> Measurement:
@@ -56,7 +62,8 @@ def test_plan_follows_the_profile_quantization_kinds_and_runtime() -> None:
         "onnx-int8-dynamic",
     ]
     both = [r.name for r in plan(pi, has_torch=True, all_runtimes=True)]
-    assert "tflite-int8-dynamic" in both and "tflite-fp32" in both
+    assert "tflite-int8-dynamic" in both
+    assert "tflite-fp32" in both
     coral = load_profile("coral-dev-board")
     assert [r.name for r in plan(coral, has_torch=True)] == ["tflite-int8-full"]
     assert plan(coral, has_torch=False) == []  # no torch model -> no LiteRT artifacts
