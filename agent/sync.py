@@ -149,6 +149,9 @@ class SyncLoop:
             self.status.last_error = ""
         except TransportError as err:
             return self._failed(err, started)
+        except Exception as err:  # a bug must not kill the daemon: log it, back off, reconnect
+            logger.exception("sync session crashed device_id=%s", self._device_id)
+            return self._failed(TransportError(f"session crashed: {err!r}"), started)
         finally:
             self.status.connected = False
             await session.close()
@@ -238,10 +241,12 @@ class _Session:
         for task in (receiver, sender):
             if task not in done:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TransportError):
+        for task in (receiver, sender):
+            if task not in done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         for task in done:
-            task.result()  # re-raise TransportError
+            task.result()  # re-raise the first failure (TransportError usually)
 
     async def _receive(self) -> None:
         while True:

@@ -7,6 +7,7 @@ mutual TLS with the device certificate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,8 @@ class GrpcSyncSession:
                 msg = await self._call.read()
             except grpc.aio.AioRpcError as err:
                 raise _translate(err) from err
+            except (grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+                raise TransportError(f"stream closed: {err}") from err
             if msg is grpc.aio.EOF:
                 return None
             inbound = inbound_from_proto(msg)
@@ -134,7 +137,7 @@ class GrpcSyncSession:
     async def close(self) -> None:
         try:
             await self._call.done_writing()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, AgentError):
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, AgentError):
             pass
         self._call.cancel()
         await self._channel.close()
@@ -144,7 +147,7 @@ class GrpcSyncSession:
             await self._call.write(msg)
         except grpc.aio.AioRpcError as err:
             raise _translate(err) from err
-        except (grpc.aio.UsageError, grpc.RpcError) as err:
+        except (grpc.aio.UsageError, grpc.RpcError, asyncio.InvalidStateError) as err:
             raise TransportError(f"stream closed: {err}") from err
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from fleet_server.desired import DesiredState
 from fleet_server.ingest import ReportRow, TelemetryRow
 from protos.edgeloop.v1 import device_pb2 as pb
@@ -34,12 +32,38 @@ def desired_to_proto(desired: DesiredState) -> pb.DesiredState:
     )
 
 
+_HEALTH = {pb.HEALTH_OK: "ok", pb.HEALTH_DEGRADED: "degraded", pb.HEALTH_FAILING: "failing"}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # NaN/inf are not JSON
+
+
 def report_from_proto(msg: pb.DeviceReport) -> ReportRow:
-    observed: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True)
-    observed.pop("device_id", None)
-    temp = observed.get("resources", {}).get("temperature_c")
-    if isinstance(temp, str) or (isinstance(temp, float) and not math.isfinite(temp)):
-        observed["resources"].pop("temperature_c")  # NaN/inf are not JSON
+    r = msg.resources
+    observed: dict[str, Any] = {
+        "sequence": msg.sequence,
+        "timestamp_ms": msg.timestamp_ms,
+        "agent_version": msg.agent_version[:64],
+        "profile": msg.profile[:64],
+        "applied_generation": msg.applied_generation,
+        "slots": [
+            {"slot": s.slot, "model_name": s.model_name, "model_version": s.model_version, "sha256": s.sha256}
+            for s in msg.slots
+        ],
+        "health": _HEALTH.get(msg.health, "unknown"),
+        "health_detail": msg.health_detail[:512],
+        "resources": {
+            "cpu_load_1m": _finite(r.cpu_load_1m),
+            "mem_total_bytes": r.mem_total_bytes,
+            "mem_available_bytes": r.mem_available_bytes,
+            "disk_free_bytes": r.disk_free_bytes,
+            "temperature_c": _finite(r.temperature_c),
+            "uptime_s": r.uptime_s,
+        },
+        "telemetry_queued": msg.telemetry_queued,
+        "telemetry_dropped_total": msg.telemetry_dropped_total,
+    }
     return ReportRow(
         device_id=msg.device_id,
         agent_version=msg.agent_version[:64],

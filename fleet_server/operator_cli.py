@@ -1,0 +1,195 @@
+"""`edgeloop`: the operator CLI over the REST API (devices, bootstrap tokens).
+
+Reads the server URL and token from `--server`/`--token` or EDGELOOP_SERVER/EDGELOOP_TOKEN.
+Human output is a rich table; `--json` prints the API's JSON unchanged for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+EXIT_API_ERROR = 33
+EXIT_UNREACHABLE = 34
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+
+
+class Api:
+    def __init__(self, base_url: str, token: str, timeout_s: float = 15.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout_s)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise ConnectionError(f"cannot reach fleet server at {self._client.base_url}: {err}") from err
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ApiError(resp.status_code, detail if isinstance(detail, str) else json.dumps(detail))
+        return resp.json()
+
+
+def _ago(value: str | None) -> str:
+    if not value:
+        return "never"
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(value)).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _kv(items: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in items:
+        if item.endswith("-") and "=" not in item:
+            out[item[:-1]] = None
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"edgeloop: expected key=value or key- (to remove), got {item!r}")
+        out[key] = value
+    return out
+
+
+def devices_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    params = [("label", s) for s in ns.label or []]
+    rows = api.request("GET", "/devices", params=params)
+    if ns.json:
+        return rows
+    table = Table(title=f"{len(rows)} device(s)")
+    for col in ("id", "profile", "status", "online", "last seen", "agent", "queued", "dropped", "labels"):
+        table.add_column(col)
+    for d in rows:
+        table.add_row(
+            d["id"],
+            d["profile"],
+            d["status"],
+            "[green]yes[/]" if d["online"] else "[red]no[/]",
+            _ago(d["last_seen_at"]),
+            d["agent_version"],
+            str(d["observed"].get("telemetry_queued", 0)),
+            str(d["telemetry_dropped_total"]),
+            _labels(d["labels"]),
+        )
+    console.print(table)
+    return None
+
+
+def devices_show(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    device = api.request("GET", f"/devices/{ns.device_id}")
+    if ns.json:
+        return device
+    for key in ("id", "profile", "status", "online", "agent_version", "enrolled_at", "last_seen_at"):
+        console.print(f"[bold]{key:>16}[/]: {device[key]}")
+    console.print(f"[bold]{'labels':>16}[/]: {_labels(device['labels']) or '-'}")
+    console.print(f"[bold]{'generation':>16}[/]: desired {device['desired_generation']}, "
+                  f"applied {device['observed'].get('applied_generation', 0)}")
+    console.print(f"[bold]{'telemetry':>16}[/]: dropped {device['telemetry_dropped_total']}")
+    console.print_json(json.dumps(device["observed"]))
+    return None
+
+
+def devices_label(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    device = api.request("PATCH", f"/devices/{ns.device_id}/labels", json={"labels": _kv(ns.labels)})
+    if ns.json:
+        return device
+    console.print(f"{device['id']}: labels {_labels(device['labels']) or '-'} (generation {device['desired_generation']})")
+    return None
+
+
+def tokens_create(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    labels = {k: v for k, v in _kv(ns.label or []).items() if v is not None}
+    body = {"labels": labels, "profile": ns.profile or "", "ttl_s": ns.ttl}
+    created = api.request("POST", "/bootstrap-tokens", json=body)
+    if ns.json:
+        return created
+    console.print(f"bootstrap token {created['id']} (one use, expires {created['expires_at']}):")
+    console.print(created["token"], soft_wrap=True)
+    return None
+
+
+def tokens_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    rows = api.request("GET", "/bootstrap-tokens")
+    if ns.json:
+        return rows
+    table = Table(title="bootstrap tokens")
+    for col in ("id", "labels", "profile", "expires", "used by"):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(t["id"], _labels(t["labels"]), t["profile"] or "any", t["expires_at"], t["used_by_device"] or "-")
+    console.print(table)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeloop", description="edgeloop fleet operator CLI")
+    parser.add_argument("--server", default=os.environ.get("EDGELOOP_SERVER", "http://127.0.0.1:8080"))
+    parser.add_argument("--token", default=os.environ.get("EDGELOOP_TOKEN", ""))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    devices = sub.add_parser("devices").add_subparsers(dest="command", required=True)
+    p = devices.add_parser("list")
+    p.add_argument("--label", action="append", help="key=value selector (repeat to AND)")
+    p.set_defaults(func=devices_list)
+    p = devices.add_parser("show")
+    p.add_argument("device_id")
+    p.set_defaults(func=devices_show)
+    p = devices.add_parser("label", help="set key=value, remove key-")
+    p.add_argument("device_id")
+    p.add_argument("labels", nargs="+")
+    p.set_defaults(func=devices_label)
+
+    tokens = sub.add_parser("tokens").add_subparsers(dest="command", required=True)
+    p = tokens.add_parser("create", help="mint a one-time bootstrap token for enrolling a device")
+    p.add_argument("--label", action="append", help="label applied to the enrolled device (key=value)")
+    p.add_argument("--profile", help="only devices of this profile may use it")
+    p.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires")
+    p.set_defaults(func=tokens_create)
+    p = tokens.add_parser("list")
+    p.set_defaults(func=tokens_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    console = Console()
+    api = Api(ns.server, ns.token)
+    try:
+        result = ns.func(api, ns, console)
+    except ApiError as err:
+        print(f"edgeloop: {err}", file=sys.stderr)
+        return EXIT_API_ERROR
+    except ConnectionError as err:
+        print(f"edgeloop: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if ns.json:
+        print(json.dumps(result, indent=None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

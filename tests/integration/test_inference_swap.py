@@ -1,0 +1,131 @@
+"""Hot swap under load: 16 concurrent clients, thousands of requests, swaps/rollback/refusal, zero failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.client import EdgeloopClient
+from agent.errors import ModelLoadError
+from agent.inference.engine import ServingOptions
+from agent.profile import load_profile
+from agent.serving.background import BackgroundService
+from agent.serving.server import InferenceService
+from agent.slots import BROKEN, CURRENT, PREVIOUS
+from tests.fixtures.models import DigitsModels, digits_models
+
+CONCURRENCY = 16
+PER_CLIENT = 300
+
+
+class Load:
+    """16 client threads hammering Predict; records failures, served versions and correctness."""
+
+    def __init__(self, socket: Path, models: DigitsModels) -> None:
+        self.socket = socket
+        self.models = models
+        self.done = 0
+        self.failures: list[BaseException] = []
+        self.versions: Counter[str] = Counter()
+        self.wrong = 0
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(k,)) for k in range(CONCURRENCY)]
+
+    def _client(self, k: int) -> None:
+        x, ref = self.models.data.x_test, self.models.reference_logits.argmax(1)
+        with EdgeloopClient(self.socket) as client:
+            for n in range(PER_CLIENT):
+                i = (k * PER_CLIENT + n) % len(x)
+                try:
+                    out = client.predict_all(x[i : i + 1])
+                    version = client.model_info().version if n % 50 == 0 else ""
+                except Exception as err:
+                    with self._lock:
+                        self.failures.append(err)
+                    continue
+                with self._lock:
+                    self.done += 1
+                    self.wrong += int(next(iter(out.values())).argmax() != ref[i])
+                    if version:
+                        self.versions[version] += 1
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while self.done < count and time.monotonic() < deadline and not self.failures:
+            time.sleep(0.005)
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+
+@pytest.mark.parametrize("micro_batch", [False, True], ids=["direct", "micro-batched"])
+def test_hot_swap_under_load_has_zero_failed_requests(tmp_path: Path, micro_batch: bool) -> None:
+    models = digits_models()
+    corrupt = tmp_path / "digits_v9.onnx"
+    corrupt.write_bytes(models.onnx_fp32.read_bytes()[:2000])  # a truncated download
+    options = ServingOptions(micro_batch=micro_batch, micro_batch_max=16)
+    service = InferenceService(tmp_path / "slots", load_profile("generic-x86"), tmp_path / "api.sock", options=options)
+    total = CONCURRENCY * PER_CLIENT
+    with BackgroundService(service) as bg:
+        bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
+        load = Load(tmp_path / "api.sock", models)
+        load.start()
+        load.wait_for(total // 6)
+        with pytest.raises(ModelLoadError, match="candidate digits@9 refused"):
+            bg.call(lambda: service.load_candidate(corrupt, name="digits", version="9"))
+        assert service.serving() is not None
+        load.wait_for(total // 3)
+        bg.call(lambda: service.install(models.onnx_int8, name="digits", version="2"))
+        load.wait_for(total // 2)
+        bg.call(lambda: service.install(models.tflite_fp32, name="digits", version="3"))
+        load.wait_for(2 * total // 3)
+        rolled_back = bg.call(service.rollback)
+        load.join()
+        listing = service._manager().listing()
+        stats = service.stats_snapshot()
+
+    assert load.failures == []
+    assert load.done == total
+    assert load.wrong / total <= 0.01
+    assert rolled_back.version == "2"
+    assert {"1", "2", "3"} <= set(load.versions)
+    assert {s: (i.version if i else None) for s, i in listing.items() if s != "candidate"} == {
+        CURRENT: "2",
+        PREVIOUS: None,
+        BROKEN: "3",
+    }
+    served = sum(v for k, v in stats.items() if k.endswith(".requests"))
+    assert served == total
+    assert sum(v for k, v in stats.items() if k.endswith(".errors")) == 0
+
+
+def test_corrupt_candidate_is_parked_in_broken_and_current_survives_restart(tmp_path: Path) -> None:
+    models = digits_models()
+    profile = load_profile("generic-x86")
+    bad = tmp_path / "digits_v2.tflite"
+    bad.write_bytes(b"TFL3" + bytes(5000))
+    service = InferenceService(tmp_path / "slots", profile, tmp_path / "api.sock")
+    with BackgroundService(service) as bg:
+        bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
+        with pytest.raises(ModelLoadError):
+            bg.call(lambda: service.install(bad, name="digits", version="2"))
+    broken = service._manager().slots.read(BROKEN)
+    assert broken is not None
+    assert broken.version == "2"
+    assert "cannot load" in broken.reason
+    again = InferenceService(tmp_path / "slots", profile, tmp_path / "api.sock")
+    with BackgroundService(again), EdgeloopClient(tmp_path / "api.sock") as client:
+        assert client.model_info().version == "1"
+        y = client.predict(models.data.x_test[:8])
+    assert (y.argmax(1) == models.reference_logits[:8].argmax(1)).all()
+    assert np.isfinite(y).all()
