@@ -20,7 +20,10 @@ class Backoff:
         base = min(self.max_s, self.initial_s * self.multiplier**self.attempt)
         self.attempt += 1
         spread = base * self.jitter
-        return max(0.0, min(self.max_s, base + self.rng.uniform(-spread, spread)))
+        delay = base + self.rng.uniform(-spread, spread)
+        if delay > self.max_s:  # jitter downward at the cap, so a fleet does not retry in lockstep
+            delay = self.max_s - self.rng.uniform(0, spread)
+        return max(0.0, delay)
 
     def reset(self) -> None:
         self.attempt = 0
