@@ -67,6 +67,11 @@ def _migrate(ns: argparse.Namespace) -> int:
 
 
 def _run(ns: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+    from collections.abc import Iterator
+
     import uvicorn
 
     from fleet_server.main import create_app
@@ -75,7 +80,21 @@ def _run(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     assert isinstance(settings, Settings)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+
+    class _Server(uvicorn.Server):
+        # uvicorn re-raises SIGTERM after a graceful shutdown (exit -15); a service manager
+        # should see exit 0 for a clean stop, so we handle the signals ourselves.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, lambda: setattr(self, "should_exit", True))
+            yield
+
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+    )
+    asyncio.run(_Server(config).serve())
     return ExitCode.OK
 
 

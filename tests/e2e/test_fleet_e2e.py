@@ -19,7 +19,7 @@ def server(tmp_path: Path, database_url: str):
     srv.init()
     srv.start()
     yield srv
-    srv.stop()
+    assert srv.stop() == 0  # graceful SIGTERM exits 0
 
 
 def _agents(server: ServerProc, tmp_path: Path, n: int, **kw) -> list[AgentProc]:

@@ -130,3 +130,58 @@ def test_recipe_names_are_stable_and_distinct(k: int) -> None:
     base = Recipe("onnxruntime", "int8-static", (("method", "entropy"),))
     assert base.name == "onnx-int8-static-entropy"
     assert replace(base, exclude=tuple("abc"[:k])).name == f"onnx-int8-static-entropy-mixed{k}"
+
+
+def test_no_mixed_precision_when_some_int8_recipe_already_passes() -> None:
+    pi = load_profile("raspberry-pi-4")
+    table = {"onnx-int8-static-minmax": m(300, 0.5, acc=0.90), "onnx-int8-dynamic": m(300, 0.6, acc=0.98)}
+    tc = TableToolchain(table, ranking=["a", "b", "c"])
+    recipes = [
+        Recipe("onnxruntime", "int8-static", (("method", "minmax"),)),
+        Recipe("onnxruntime", "int8-dynamic", (("per_channel", "true"),)),
+    ]
+    out = search(pi, recipes, tc, REF, quality=QualityBudget(max_accuracy_drop=0.01))
+    assert tc.built == ["onnx-int8-static-minmax", "onnx-int8-dynamic"]
+    assert out.chosen is not None
+    assert out.chosen.recipe.name == "onnx-int8-dynamic"
+
+
+def test_mixed_precision_starts_from_the_most_accurate_near_miss() -> None:
+    pi = load_profile("raspberry-pi-4")
+    table = {
+        "onnx-int8-static-minmax": replace(m(300, 0.5), accuracy=None, cosine_mean=0.41),
+        "onnx-int8-dynamic": replace(m(300, 0.6), accuracy=None, cosine_mean=0.992),
+        "onnx-int8-dynamic-mixed1": replace(m(310, 0.62), accuracy=None, cosine_mean=0.996),
+    }
+    tc = TableToolchain(table, ranking=["a", "b", "c"])
+    recipes = [
+        Recipe("onnxruntime", "int8-static", (("method", "minmax"),)),
+        Recipe("onnxruntime", "int8-dynamic", (("per_channel", "true"),)),
+    ]
+    ref = replace(REF, accuracy=None)
+    out = search(pi, recipes, tc, ref, quality=QualityBudget(min_cosine=0.995))
+    assert tc.built[-1] == "onnx-int8-dynamic-mixed1"
+    assert out.chosen is not None
+    assert out.chosen.recipe.exclude == ("a",)
+
+
+class FailingToolchain(TableToolchain):
+    def build(self, recipe: Recipe) -> str:
+        if "percentile" in recipe.name:
+            from compiler.errors import UnsupportedError
+
+            raise UnsupportedError("Too many bins for data range")
+        return super().build(recipe)
+
+
+def test_one_recipe_failing_to_build_is_a_verdict_not_a_crash() -> None:
+    pi = load_profile("raspberry-pi-4")
+    tc = FailingToolchain({"onnx-fp32": m(900, 0.5)})
+    recipes = [
+        Recipe("onnxruntime", "int8-static", (("method", "percentile"),)),
+        Recipe("onnxruntime", "fp32"),
+    ]
+    out = search(pi, recipes, tc, REF, quality=QualityBudget())
+    assert out.candidates[0].failures[0].startswith("build failed: Too many bins")
+    assert out.chosen is not None
+    assert out.chosen.recipe.name == "onnx-fp32"

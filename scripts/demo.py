@@ -1,0 +1,167 @@
+"""`make demo`: the whole edgeloop loop on embedded defaults, on loopback, in one command.
+
+Steps (each prints what it does; every process is real and is shut down cleanly at the end):
+  1. fleet server: `edgeloop-server init` (CA, SQLite schema, admin token) and `run`
+  2. three devices: bootstrap tokens from the operator CLI, `edgeloop-agent enroll`, `run`
+  3. the fleet through the operator CLI: devices online, reporting, telemetry arriving
+  4. desired state: label a device, watch its agent reconcile the new generation
+  5. shutdown: SIGTERM agents (they flush their outboxes) and the server
+
+Later capabilities (compiler, inference, OTA, drift, federated) add their steps here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+WORK = ROOT / ".demo"
+console = Console()
+DEVICES = [("pi-kitchen", "raspberry-pi-4"), ("jetson-dock", "jetson-orin-nano"), ("coral-gate", "coral-dev-board")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def step(title: str) -> None:
+    console.rule(f"[bold cyan]{title}")
+
+
+def run(cmd: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    console.print(f"[dim]$ {' '.join(str(c) for c in cmd)}[/]")
+    return subprocess.run(cmd, env=env, text=True, check=True, capture_output=True, **kw)
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 30.0) -> Any:
+    with console.status(f"waiting for {what}…"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def main() -> int:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    http, enroll_port, device_port = free_port(), free_port(), free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
+    base_env.setdefault("COLUMNS", "150")
+    server_env = dict(
+        base_env,
+        EDGELOOP_DATA_DIR=str(WORK / "server"),
+        EDGELOOP_HTTP_PORT=str(http),
+        EDGELOOP_ENROLL_PORT=str(enroll_port),
+        EDGELOOP_DEVICE_PORT=str(device_port),
+        EDGELOOP_REPORT_INTERVAL_S="2",
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        step("1. fleet server")
+        init = json.loads(run([str(BIN / "edgeloop-server"), "init", "--json"], server_env).stdout)
+        token = init["admin_token"]
+        console.print(f"fleet CA at {init['ca']}; admin token minted (shown once)")
+        log = open(WORK / "server.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen([BIN / "edgeloop-server", "run"], env=server_env, stdout=log, stderr=log))
+        url = f"http://127.0.0.1:{http}"
+        wait_for("server /healthz", lambda: _ok(url + "/healthz"))
+        console.print(f"REST {url}/api/v1 · enrollment :{enroll_port} (TLS) · Sync :{device_port} (mutual TLS)")
+        cli_env = dict(base_env, EDGELOOP_SERVER=url, EDGELOOP_TOKEN=token)
+
+        step("2. three devices enroll with one-time bootstrap tokens")
+        agent_envs = []
+        for device_id, profile in DEVICES:
+            bt = json.loads(
+                run([str(BIN / "edgeloop"), "--json", "tokens", "create", "--label", "site=demo-lab"], cli_env).stdout
+            )["token"]
+            env = dict(
+                base_env,
+                EDGELOOP_AGENT_DEVICE_ID=device_id,
+                EDGELOOP_AGENT_DEVICE_PROFILE=profile,
+                EDGELOOP_AGENT_DEVICE_DATA_DIR=str(WORK / "devices" / device_id),
+                EDGELOOP_AGENT_SERVER_ENROLL_ENDPOINT=f"localhost:{enroll_port}",
+                EDGELOOP_AGENT_SERVER_CA_FILE=str(WORK / "server" / "pki" / "ca.pem"),
+                EDGELOOP_AGENT_TELEMETRY_INTERVAL_S="0.5",
+            )
+            out = run([str(BIN / "edgeloop-agent"), "enroll", "--token", bt], env)
+            console.print(f"  {out.stdout.strip()} ({profile}); key generated on the device, mode 0600")
+            agent_envs.append(env)
+        for (device_id, _), env in zip(DEVICES, agent_envs, strict=True):
+            alog = open(WORK / f"{device_id}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=alog, stderr=alog))
+
+        step("3. the fleet, as an operator sees it")
+        api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"})
+        wait_for(
+            "all devices online with telemetry",
+            lambda: all(
+                d["online"] and d["last_seen_at"] and api.get(f"/devices/{d['id']}/telemetry").json()
+                for d in api.get("/devices").json()
+            )
+            and len(api.get("/devices").json()) == len(DEVICES),
+        )
+        time.sleep(1.5)
+        sys.stdout.write(run([str(BIN / "edgeloop"), "devices", "list"], cli_env).stdout)
+        rows = api.get(f"/devices/{DEVICES[0][0]}/telemetry", params={"limit": 1000}).json()
+        console.print(f"{DEVICES[0][0]}: {len(rows)} telemetry records stored, seq {rows[0]['seq']}..{rows[-1]['seq']}")
+
+        step("4. desired state: label a device, its agent reconciles")
+        console.print(run([str(BIN / "edgeloop"), "devices", "label", DEVICES[1][0], "tier=canary"], cli_env).stdout)
+        status = wait_for(
+            "agent to apply generation 2",
+            lambda: (s := _status(agent_envs[1])).get("applied_generation") == 2 and s,
+        )
+        console.print(f"  {DEVICES[1][0]} applied generation {status['applied_generation']}")
+
+        step("5. shutdown")
+        for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+            s = _status(env)
+            console.print(
+                f"  {device_id}: exit {code}, outbox queued {s['telemetry_queued']}, "
+                f"acked {s['telemetry_acked']}, dropped {s['telemetry_dropped_total']}"
+            )
+        procs[0].send_signal(signal.SIGTERM)
+        console.print(f"  server: exit {procs[0].wait(30)}")
+        console.print(Panel.fit(f"demo complete — logs and state in {WORK}", style="green"))
+        return 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _status(env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run([BIN / "edgeloop-agent", "status", "--json"], env=env, capture_output=True, text=True)
+    return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
