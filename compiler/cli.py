@@ -226,7 +226,8 @@ def _prune(args: argparse.Namespace) -> Any:
     train, evaluation = load_dataset(args.train), load_dataset(args.eval)
     pruned, report = prune.prune_and_finetune(model, train, evaluation, keep=args.keep, epochs=args.epochs)
     sample = torch.from_numpy(next(iter(train.inputs.values()))[:2])
-    torch.export.save(torch.export.export(pruned, (sample,)), str(args.out))
+    batch = {0: torch.export.Dim("batch")}
+    torch.export.save(torch.export.export(pruned, (sample,), dynamic_shapes=(batch,)), str(args.out))
     return dataclasses.asdict(report) | {"out": str(args.out)}
 
 

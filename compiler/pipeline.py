@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent.profile import DeviceProfile
+from compiler.errors import UnsupportedError
 
 ORT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
     "fp32": ({},),
@@ -190,18 +191,18 @@ def search(
     latency_tolerance: float = 0.25,
     on_event: Callable[[str], None] = lambda _msg: None,
 ) -> Outcome:
-    """Build, measure and judge every recipe; try mixed precision where int8 breaks only quality."""
+    """Build, measure and judge every recipe, then choose.
+
+    If no int8 recipe passes and some ONNX int8 recipe failed on quality alone, the most accurate
+    of those is retried with its most sensitive nodes kept in float (mixed precision).
+    """
     run = _Run(profile, toolchain, reference, quality, on_event)
     outcome = Outcome(profile.name)
-    for recipe in recipes:
-        cand = _try(run, recipe)
-        outcome.candidates.append(cand)
-        if (
-            _quality_only_failure(cand)
-            and recipe.quantization.startswith("int8")
-            and recipe.runtime == "onnxruntime"
-        ):
-            outcome.candidates += _mixed(run, cand)
+    outcome.candidates = [_try(run, recipe) for recipe in recipes]
+    int8 = [c for c in outcome.candidates if c.recipe.quantization.startswith("int8")]
+    near_misses = [c for c in int8 if _quality_only_failure(c) and c.recipe.runtime == "onnxruntime"]
+    if near_misses and not any(c.ok for c in int8):
+        outcome.candidates += _mixed(run, max(near_misses, key=_quality_score))
     outcome.chosen = choose(outcome.candidates, latency_tolerance)
     on_event(f"{profile.name}: chose {outcome.chosen.recipe.name if outcome.chosen else 'nothing'}")
     return outcome
@@ -209,8 +210,12 @@ def search(
 
 def _try(run: _Run, recipe: Recipe) -> Candidate:
     run.on_event(f"{run.profile.name}: building {recipe.name}")
-    artifact = run.toolchain.build(recipe)
-    m = run.toolchain.measure(artifact, recipe)
+    try:
+        artifact = run.toolchain.build(recipe)
+        m = run.toolchain.measure(artifact, recipe)
+    except UnsupportedError as err:  # one recipe failing is a verdict on that recipe, not on the run
+        run.on_event(f"{run.profile.name}: {recipe.name} failed to build: {err}")
+        return Candidate(recipe, None, None, (f"build failed: {err}",))
     failures = judge(m, run.reference, run.profile, run.quality)
     run.on_event(
         f"{run.profile.name}: {recipe.name} {'ok' if not failures else 'fails: ' + '; '.join(failures)}"
@@ -234,6 +239,15 @@ def _mixed(run: _Run, base: Candidate) -> list[Candidate]:
     return tried
 
 
+def _quality_score(c: Candidate) -> float:
+    m = c.measurement
+    if m is None:
+        return -1.0
+    return (
+        m.accuracy if m.accuracy is not None else m.cosine_mean if m.cosine_mean is not None else m.agreement
+    )
+
+
 def _quality_only_failure(c: Candidate) -> bool:
-    quality_words = ("accuracy", "cosine", "agreement")
+    quality_words = ("accuracy", "mean cosine", "agreement")
     return bool(c.failures) and all(f.startswith(quality_words) for f in c.failures)

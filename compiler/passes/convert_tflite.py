@@ -39,7 +39,7 @@ def convert_fp32(model: torch.nn.Module, sample: dict[str, np.ndarray], out: Pat
         with stdout_to_stderr():
             import litert_torch  # type: ignore[import-untyped]
 
-            litert_torch.convert(model.eval(), args).export(str(out))
+            litert_torch.convert(model, args).export(str(out))
     except Exception as err:
         raise UnsupportedError(f"litert-torch conversion failed: {type(err).__name__}: {err}") from err
     return out

@@ -90,7 +90,7 @@ def load_torch_model(source: ModelSource) -> torch.nn.Module:
         elif source.kind == "torchscript":
             model = torch.jit.load(source.location, map_location="cpu")  # type: ignore[no-untyped-call]
         elif source.kind == "exported":
-            model = torch.export.load(source.location).module()
+            return torch.export.load(source.location).module()  # frozen: refuses .eval(), already eval
         else:
             raise InputError(f"{source.location} is ONNX, not a torch model")
     except InputError:
@@ -125,8 +125,7 @@ def export_onnx(
         raise InputError("export needs at least 2 samples (a batch of 1 cannot carry a dynamic axis)")
     dims = dynamic_dims or {n: {0: "batch"} for n in names}
     torch_dims = {n: {ax: torch.export.Dim(label) for ax, label in d.items()} for n, d in dims.items()}
-    params = list(inspect.signature(model.forward).parameters)
-    dynamic_shapes = {params[i]: torch_dims.get(n, {}) for i, n in enumerate(names)}
+    dynamic_shapes = tuple(torch_dims.get(n, {}) for n in names)  # positional, like `tensors`
     input_names = ["input"] if len(names) == 1 else names
     try:
         with stdout_to_stderr(), torch.no_grad():
