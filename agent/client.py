@@ -8,6 +8,7 @@ Does not retry, batch or cache.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -39,6 +40,14 @@ _ERRORS: dict[grpc.StatusCode, type[InferenceError]] = {
 }
 
 
+@dataclass(frozen=True)
+class ClientPrediction:
+    outputs: dict[str, np.ndarray]
+    model_name: str
+    model_version: str
+    cache_hit: bool
+
+
 class EdgeloopClient:
     """``EdgeloopClient(socket).predict(x) -> y``; also usable as a context manager."""
 
@@ -66,8 +75,19 @@ class EdgeloopClient:
         self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False
     ) -> dict[str, np.ndarray]:
         """Like `predict` but returns every output by name."""
+        return self.predict_full(x, use_cache=use_cache).outputs
+
+    def predict_full(
+        self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False
+    ) -> ClientPrediction:
+        """Like `predict_all`, plus which model version answered and whether the cache did."""
         response = self._call(lambda: self._stub.Predict(_request(x, use_cache), timeout=self._timeout))
-        return {t.name: codec.tensor_from_proto(t) for t in response.outputs}
+        return ClientPrediction(
+            outputs={t.name: codec.tensor_from_proto(t) for t in response.outputs},
+            model_name=response.model_name,
+            model_version=response.model_version,
+            cache_hit=response.cache_hit,
+        )
 
     def predict_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Stream frames (e.g. from a sensor); yields the first output of each, in order."""

@@ -61,6 +61,8 @@ class InferenceService:
         self._socket_path = socket_path
         self._tcp_port = tcp_port
         self._executor = ThreadPoolExecutor(max_workers=self._options.workers, thread_name_prefix="inference")
+        # Model loads and slot I/O get their own thread so neither starves the other under load.
+        self._admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-admin")
         self._holder = ModelHolder()
         self._stats = ServingStats()
         loader = loader or ProfileLoader(profile)
@@ -92,7 +94,7 @@ class InferenceService:
             slots=Slots(LocalSlotFS(self._slots_root)),
             holder=self._holder,
             loader=self._loader,
-            executor=self._executor,
+            executor=self._admin_executor,
         )
         serving = await self._models.load_current()
         self._engine = InferenceEngine(
@@ -151,6 +153,7 @@ class InferenceService:
             await self._engine.stop()
         self._holder.clear()
         self._executor.shutdown(wait=True)
+        self._admin_executor.shutdown(wait=True)
         if self._socket_path.exists():
             os.unlink(self._socket_path)
 
