@@ -64,7 +64,9 @@ def _status(ns: argparse.Namespace) -> int:
         stats = outbox.stats()
         outbox.close()
         status.update(
-            telemetry_queued=stats.queued, telemetry_dropped_total=stats.dropped_total, telemetry_last_seq=stats.last_seq
+            telemetry_queued=stats.queued,
+            telemetry_dropped_total=stats.dropped_total,
+            telemetry_last_seq=stats.last_seq,
         )
     if ns.json:
         print(json.dumps(status))

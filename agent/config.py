@@ -132,7 +132,10 @@ def _validate(cfg: AgentConfig) -> None:
         (1 <= cfg.telemetry.batch_max <= 1000, "telemetry.batch_max must be in 1..1000"),
         (cfg.telemetry.max_in_flight_batches >= 1, "telemetry.max_in_flight_batches must be >= 1"),
         (cfg.sync.backoff_initial_s > 0, "sync.backoff_initial_s must be > 0"),
-        (cfg.sync.backoff_max_s >= cfg.sync.backoff_initial_s, "sync.backoff_max_s must be >= backoff_initial_s"),
+        (
+            cfg.sync.backoff_max_s >= cfg.sync.backoff_initial_s,
+            "sync.backoff_max_s must be >= backoff_initial_s",
+        ),
         (cfg.sync.backoff_multiplier >= 1, "sync.backoff_multiplier must be >= 1"),
         (0 <= cfg.sync.backoff_jitter < 1, "sync.backoff_jitter must be in [0, 1)"),
         (bool(cfg.device.data_dir), "device.data_dir must be set"),

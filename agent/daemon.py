@@ -19,8 +19,8 @@ from agent.errors import ConfigError, StorageError
 from agent.identity import IdentityStore
 from agent.outbox import TelemetryOutbox
 from agent.ports import SystemClock
-from agent.sync import Reconciler, SyncLoop
 from agent.statefile import StateFile
+from agent.sync import Reconciler, SyncLoop
 from agent.sysinfo import read_resources
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ async def run_daemon(config: AgentConfig) -> None:
         config=config,
         device_id=identity.device_id,
         outbox=outbox,
-        connector=GrpcFleetConnector(identity=identity, endpoint=endpoint, server_name=config.server.server_name),
+        connector=GrpcFleetConnector(
+            identity=identity, endpoint=endpoint, server_name=config.server.server_name
+        ),
         reconciler=reconciler,
         clock=SystemClock(),
         resources=lambda: read_resources(config.data_path),

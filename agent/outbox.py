@@ -68,7 +68,8 @@ class TelemetryOutbox:
             overflow = self._count + 1 - self.max_records
             if overflow > 0:
                 self._db.execute(
-                    "DELETE FROM record WHERE seq IN (SELECT seq FROM record ORDER BY seq LIMIT ?)", (overflow,)
+                    "DELETE FROM record WHERE seq IN (SELECT seq FROM record ORDER BY seq LIMIT ?)",
+                    (overflow,),
                 )
                 self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_total'", (overflow,))
                 self._count -= overflow

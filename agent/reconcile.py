@@ -56,7 +56,10 @@ def reconcile(desired: DesiredState | None, observed: ObservedState) -> list[Act
     want = {m.slot: m for m in desired.models}
     for slot, model in sorted(want.items()):
         current = have.get(slot)
-        if current is None or (current.model_name, current.model_version) != (model.model_name, model.model_version):
+        if current is None or (current.model_name, current.model_version) != (
+            model.model_name,
+            model.model_version,
+        ):
             actions.append(InstallModel(model))
     actions.extend(RemoveModel(slot) for slot in sorted(set(have) - set(want)))
     actions.append(MarkApplied(desired.generation))

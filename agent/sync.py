@@ -86,12 +86,18 @@ class Reconciler:
             elif isinstance(action, MarkApplied) and not deferred:
                 observed = replace(observed, applied_generation=action.generation)
         if deferred:
-            observed = replace(observed, health=Health.DEGRADED, health_detail="model actions deferred: no OTA yet")
-            logger.warning("reconcile deferred actions generation=%d actions=%s", desired.generation, deferred)
+            observed = replace(
+                observed, health=Health.DEGRADED, health_detail="model actions deferred: no OTA yet"
+            )
+            logger.warning(
+                "reconcile deferred actions generation=%d actions=%s", desired.generation, deferred
+            )
         if observed != self.observed:
             self._statefile.save(observed)
             logger.info(
-                "reconciled generation=%d applied_generation=%d", desired.generation, observed.applied_generation
+                "reconciled generation=%d applied_generation=%d",
+                desired.generation,
+                observed.applied_generation,
             )
         self.observed, self.deferred = observed, deferred
 
@@ -120,7 +126,11 @@ class SyncLoop:
         self._status_path = status_path
         s = config.sync
         self._backoff = Backoff(
-            s.backoff_initial_s, s.backoff_max_s, s.backoff_multiplier, s.backoff_jitter, rng or random.Random()
+            s.backoff_initial_s,
+            s.backoff_max_s,
+            s.backoff_multiplier,
+            s.backoff_jitter,
+            rng or random.Random(),
         )
         self.telemetry_ready = asyncio.Event()
         self.status = SyncStatus()
@@ -298,7 +308,9 @@ class _Session:
         if len(self.in_flight) >= self.loop._cfg.telemetry.max_in_flight_batches:
             return False
         _, batch_max = self._settings
-        records = self.loop._outbox.peek(after_seq=self.cursor, limit=min(batch_max, self.loop._cfg.telemetry.batch_max))
+        records = self.loop._outbox.peek(
+            after_seq=self.cursor, limit=min(batch_max, self.loop._cfg.telemetry.batch_max)
+        )
         if not records:
             return False
         batch_id = self.loop.next_batch_id()

@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.net import free_port  # noqa: E402
+from tests.helpers.net import free_port
 
 BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -102,8 +102,10 @@ def start_edgeloop(work: Path, database_url: str) -> tuple[subprocess.Popen[byte
         EDGELOOP_DEVICE_BURST="100000",
         EDGELOOP_LOG_LEVEL="WARNING",
     )
-    log = open(work / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([BIN / "edgeloop-server", "--log-level", "WARNING", "run"], env=env, stdout=log, stderr=log)
+    log = open(work / "server.log", "ab")
+    proc = subprocess.Popen(
+        [BIN / "edgeloop-server", "--log-level", "WARNING", "run"], env=env, stdout=log, stderr=log
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -135,9 +137,20 @@ def measure(server: subprocess.Popen[bytes], port: int, pki: Path, n: int, windo
     for first, count in ((0, half), (half, n - half)):
         gens.append(
             subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "sync" / "loadgen.py"), str(pki), f"localhost:{port}",
-                 str(first), str(count), str(window_s), "3"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "sync" / "loadgen.py"),
+                    str(pki),
+                    f"localhost:{port}",
+                    str(first),
+                    str(count),
+                    str(window_s),
+                    "3",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
             )
         )
     for g in gens:
@@ -216,7 +229,9 @@ def run(n: int, db: str, window_s: float) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", default="1000,5000")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--window", type=float, default=10.0)
@@ -228,7 +243,8 @@ def main() -> int:
         per_min = e["heartbeats_per_s"] * 60
         print(
             f"{r['devices']:>5} streams ({r['db']}): edgeloop {e['heartbeats_per_s']:,.0f}/s "
-            f"({e['heartbeats_per_server_cpu_s']:,.0f}/CPU-s, {e['rss_per_stream_bytes'] / 1024:.1f} KB/stream) | "
+            f"({e['heartbeats_per_server_cpu_s']:,.0f}/CPU-s, "
+            f"{e['rss_per_stream_bytes'] / 1024:.1f} KB/stream) | "
             f"bare {b['heartbeats_per_s']:,.0f}/s ({b['heartbeats_per_server_cpu_s']:,.0f}/CPU-s, "
             f"{b['rss_per_stream_bytes'] / 1024:.1f} KB/stream) | rate x{r['ratio_rate']:.2f}, "
             f"per-CPU x{r['ratio_per_cpu']:.2f}, RSS/stream x{r['ratio_rss_per_stream']:.2f} | "

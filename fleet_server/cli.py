@@ -18,7 +18,15 @@ def _settings(ns: argparse.Namespace) -> object:
     from fleet_server.settings import Settings
 
     overrides: dict[str, object] = {}
-    for key in ("data_dir", "database_url", "http_host", "http_port", "grpc_host", "enroll_port", "device_port"):
+    for key in (
+        "data_dir",
+        "database_url",
+        "http_host",
+        "http_port",
+        "grpc_host",
+        "enroll_port",
+        "device_port",
+    ):
         value = getattr(ns, key, None)
         if value is not None:
             overrides[key] = value
@@ -108,7 +116,9 @@ def _operator_token(ns: argparse.Namespace) -> int:
     assert isinstance(settings, Settings)
     with session_scope(make_engine(settings.resolved_database_url())) as session:
         row, token = create_operator_token(session=session, name=ns.name, role=Role(ns.role))
-    print(json.dumps({"id": row.id, "name": row.name, "role": row.role, "token": token}) if ns.json else token)
+    print(
+        json.dumps({"id": row.id, "name": row.name, "role": row.role, "token": token}) if ns.json else token
+    )
     return ExitCode.OK
 
 

@@ -47,7 +47,9 @@ def enroll_device(
     if len(csr_pem) > 16 * 1024:
         raise InvalidRequestError("csr_pem larger than 16 KiB")
     with Session(engine, expire_on_commit=False) as session:
-        token = consume_bootstrap_token(session=session, token=bootstrap_token, device_id=device_id, profile=profile)
+        token = consume_bootstrap_token(
+            session=session, token=bootstrap_token, device_id=device_id, profile=profile
+        )
         issued = ca.sign_device_csr(csr_pem, device_id, days=settings.device_cert_days)
         device = register_device(
             session=session,

@@ -1,12 +1,12 @@
 """Fleet-server error tree, mapped once to HTTP (main.py) and once to gRPC status (grpc_api).
 
-    FleetError
-    ├── NotFoundError        the thing named does not exist            → 404 / NOT_FOUND
-    ├── ConflictError        it exists / state forbids the change      → 409 / ALREADY_EXISTS
-    ├── InvalidRequestError  the request is malformed or out of range  → 422 / INVALID_ARGUMENT
-    ├── AuthError            credentials missing, wrong, used, expired → 401 / UNAUTHENTICATED
-    ├── ForbiddenError       authenticated but not allowed             → 403 / PERMISSION_DENIED
-    └── ConfigError          the server cannot start as configured     → exit code 30
+FleetError
+├── NotFoundError        the thing named does not exist            → 404 / NOT_FOUND
+├── ConflictError        it exists / state forbids the change      → 409 / ALREADY_EXISTS
+├── InvalidRequestError  the request is malformed or out of range  → 422 / INVALID_ARGUMENT
+├── AuthError            credentials missing, wrong, used, expired → 401 / UNAUTHENTICATED
+├── ForbiddenError       authenticated but not allowed             → 403 / PERMISSION_DENIED
+└── ConfigError          the server cannot start as configured     → exit code 30
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Insert
+from sqlmodel import SQLModel
 
 from fleet_server.models import Device, TelemetryRecord, utcnow
 
@@ -78,7 +79,7 @@ class IngestWriter:
         self._insert = self._build_insert()
 
     def _build_insert(self) -> Insert:
-        table: Any = TelemetryRecord.__table__
+        table = SQLModel.metadata.tables[TelemetryRecord.__tablename__]
         dialect = self._engine.dialect.name
         if dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=["device_id", "seq"])
@@ -152,7 +153,7 @@ class IngestWriter:
                 conn.execute(_REPORT_UPDATE, [_report_params(r, now) for r in batch.reports.values()])
 
 
-_device: Any = Device.__table__
+_device = SQLModel.metadata.tables[Device.__tablename__]
 _REPORT_UPDATE = (
     update(_device)
     .where(_device.c.id == bindparam("b_id"))

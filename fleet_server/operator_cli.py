@@ -30,7 +30,9 @@ class ApiError(Exception):
 class Api:
     def __init__(self, base_url: str, token: str, timeout_s: float = 15.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout_s)
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout_s
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -105,8 +107,10 @@ def devices_show(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     for key in ("id", "profile", "status", "online", "agent_version", "enrolled_at", "last_seen_at"):
         console.print(f"[bold]{key:>16}[/]: {device[key]}")
     console.print(f"[bold]{'labels':>16}[/]: {_labels(device['labels']) or '-'}")
-    console.print(f"[bold]{'generation':>16}[/]: desired {device['desired_generation']}, "
-                  f"applied {device['observed'].get('applied_generation', 0)}")
+    console.print(
+        f"[bold]{'generation':>16}[/]: desired {device['desired_generation']}, "
+        f"applied {device['observed'].get('applied_generation', 0)}"
+    )
     console.print(f"[bold]{'telemetry':>16}[/]: dropped {device['telemetry_dropped_total']}")
     console.print_json(json.dumps(device["observed"]))
     return None
@@ -116,7 +120,10 @@ def devices_label(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     device = api.request("PATCH", f"/devices/{ns.device_id}/labels", json={"labels": _kv(ns.labels)})
     if ns.json:
         return device
-    console.print(f"{device['id']}: labels {_labels(device['labels']) or '-'} (generation {device['desired_generation']})")
+    console.print(
+        f"{device['id']}: labels {_labels(device['labels']) or '-'} "
+        f"(generation {device['desired_generation']})"
+    )
     return None
 
 
@@ -139,7 +146,9 @@ def tokens_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     for col in ("id", "labels", "profile", "expires", "used by"):
         table.add_column(col)
     for t in rows:
-        table.add_row(t["id"], _labels(t["labels"]), t["profile"] or "any", t["expires_at"], t["used_by_device"] or "-")
+        table.add_row(
+            t["id"], _labels(t["labels"]), t["profile"] or "any", t["expires_at"], t["used_by_device"] or "-"
+        )
     console.print(table)
     return None
 

@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORK = ROOT / ".demo"
 console = Console()
-DEVICES = [("pi-kitchen", "raspberry-pi-4"), ("jetson-dock", "jetson-orin-nano"), ("coral-gate", "coral-dev-board")]
+DEVICES = [
+    ("pi-kitchen", "raspberry-pi-4"),
+    ("jetson-dock", "jetson-orin-nano"),
+    ("coral-gate", "coral-dev-board"),
+]
 
 
 def free_port() -> int:
@@ -81,17 +85,23 @@ def main() -> int:
         token = init["admin_token"]
         console.print(f"fleet CA at {init['ca']}; admin token minted (shown once)")
         log = open(WORK / "server.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen([BIN / "edgeloop-server", "run"], env=server_env, stdout=log, stderr=log))
+        procs.append(
+            subprocess.Popen([BIN / "edgeloop-server", "run"], env=server_env, stdout=log, stderr=log)
+        )
         url = f"http://127.0.0.1:{http}"
         wait_for("server /healthz", lambda: _ok(url + "/healthz"))
-        console.print(f"REST {url}/api/v1 · enrollment :{enroll_port} (TLS) · Sync :{device_port} (mutual TLS)")
+        console.print(
+            f"REST {url}/api/v1 · enrollment :{enroll_port} (TLS) · Sync :{device_port} (mutual TLS)"
+        )
         cli_env = dict(base_env, EDGELOOP_SERVER=url, EDGELOOP_TOKEN=token)
 
         step("2. three devices enroll with one-time bootstrap tokens")
         agent_envs = []
         for device_id, profile in DEVICES:
             bt = json.loads(
-                run([str(BIN / "edgeloop"), "--json", "tokens", "create", "--label", "site=demo-lab"], cli_env).stdout
+                run(
+                    [str(BIN / "edgeloop"), "--json", "tokens", "create", "--label", "site=demo-lab"], cli_env
+                ).stdout
             )["token"]
             env = dict(
                 base_env,
@@ -113,19 +123,25 @@ def main() -> int:
         api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"})
         wait_for(
             "all devices online with telemetry",
-            lambda: all(
-                d["online"] and d["last_seen_at"] and api.get(f"/devices/{d['id']}/telemetry").json()
-                for d in api.get("/devices").json()
-            )
-            and len(api.get("/devices").json()) == len(DEVICES),
+            lambda: (
+                all(
+                    d["online"] and d["last_seen_at"] and api.get(f"/devices/{d['id']}/telemetry").json()
+                    for d in api.get("/devices").json()
+                )
+                and len(api.get("/devices").json()) == len(DEVICES)
+            ),
         )
         time.sleep(1.5)
         sys.stdout.write(run([str(BIN / "edgeloop"), "devices", "list"], cli_env).stdout)
         rows = api.get(f"/devices/{DEVICES[0][0]}/telemetry", params={"limit": 1000}).json()
-        console.print(f"{DEVICES[0][0]}: {len(rows)} telemetry records stored, seq {rows[0]['seq']}..{rows[-1]['seq']}")
+        console.print(
+            f"{DEVICES[0][0]}: {len(rows)} telemetry records stored, seq {rows[0]['seq']}..{rows[-1]['seq']}"
+        )
 
         step("4. desired state: label a device, its agent reconciles")
-        console.print(run([str(BIN / "edgeloop"), "devices", "label", DEVICES[1][0], "tier=canary"], cli_env).stdout)
+        console.print(
+            run([str(BIN / "edgeloop"), "devices", "label", DEVICES[1][0], "tier=canary"], cli_env).stdout
+        )
         status = wait_for(
             "agent to apply generation 2",
             lambda: (s := _status(agent_envs[1])).get("applied_generation") == 2 and s,
@@ -159,7 +175,9 @@ def _ok(url: str) -> bool:
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
-    out = subprocess.run([BIN / "edgeloop-agent", "status", "--json"], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [BIN / "edgeloop-agent", "status", "--json"], env=env, capture_output=True, text=True
+    )
     return dict(json.loads(out.stdout)) if out.returncode == 0 else {}
 
 

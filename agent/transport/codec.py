@@ -48,7 +48,9 @@ def report_to_proto(report: DeviceReport) -> pb.SyncRequest:
             profile=report.profile,
             applied_generation=report.observed.applied_generation,
             slots=[
-                pb.SlotState(slot=s.slot, model_name=s.model_name, model_version=s.model_version, sha256=s.sha256)
+                pb.SlotState(
+                    slot=s.slot, model_name=s.model_name, model_version=s.model_version, sha256=s.sha256
+                )
                 for s in report.observed.slots
             ],
             health=_HEALTH[report.observed.health],

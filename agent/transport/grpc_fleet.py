@@ -79,7 +79,7 @@ async def enroll(
     """Raises: EnrollmentError (refused; do not retry as is) or TransportError (retry later)."""
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
     async with grpc.aio.secure_channel(endpoint, creds, options=_options(server_name)) as channel:
-        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        stub = device_pb2_grpc.DeviceServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             resp: pb.EnrollResponse = await stub.Enroll(
                 pb.EnrollRequest(
@@ -128,7 +128,7 @@ class GrpcSyncSession:
                 raise _translate(err) from err
             except (grpc.aio.UsageError, asyncio.InvalidStateError) as err:
                 raise TransportError(f"stream closed: {err}") from err
-            if msg is grpc.aio.EOF:
+            if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return None
             inbound = inbound_from_proto(msg)
             if inbound is not None:
@@ -140,7 +140,7 @@ class GrpcSyncSession:
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, AgentError):
             pass
         self._call.cancel()
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def _write(self, msg: pb.SyncRequest) -> None:
         try:
@@ -167,11 +167,11 @@ class GrpcFleetConnector:
         )
         channel = grpc.aio.secure_channel(self._endpoint, creds, options=_options(self._server_name))
         try:
-            stub = device_pb2_grpc.DeviceServiceStub(channel)
+            stub = device_pb2_grpc.DeviceServiceStub(channel)  # type: ignore[no-untyped-call]
             call = stub.Sync()
             await call.wait_for_connection()
         except grpc.aio.AioRpcError as err:
-            await channel.close()
+            await channel.close(None)
             raise _translate(err) from err
         return GrpcSyncSession(channel, call)
 

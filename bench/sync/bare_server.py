@@ -32,7 +32,12 @@ async def main(pki: Path, port: int) -> None:
         )
     )
     creds = grpc.ssl_server_credentials(
-        [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes() + (pki / "ca.pem").read_bytes())],
+        [
+            (
+                (pki / "server.key").read_bytes(),
+                (pki / "server.pem").read_bytes() + (pki / "ca.pem").read_bytes(),
+            )
+        ],
         root_certificates=(pki / "ca.pem").read_bytes(),
         require_client_auth=True,
     )

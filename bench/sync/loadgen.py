@@ -17,8 +17,13 @@ from protos.edgeloop.v1 import device_pb2_grpc
 
 
 async def device(
-    device_id: str, creds: grpc.ChannelCredentials, target: str, ready: asyncio.Queue[int], go: asyncio.Event,
-    stop: list[float], counts: list[int],
+    device_id: str,
+    creds: grpc.ChannelCredentials,
+    target: str,
+    ready: asyncio.Queue[int],
+    go: asyncio.Event,
+    stop: list[float],
+    counts: list[int],
 ) -> None:
     async with grpc.aio.secure_channel(target, creds, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
         call = device_pb2_grpc.DeviceServiceStub(ch).Sync()
@@ -27,9 +32,18 @@ async def device(
         await go.wait()
         seq = 0
         report = pb.DeviceReport(
-            device_id=device_id, agent_version="bench", profile="generic-x86", health=pb.HEALTH_OK,
-            resources=pb.Resources(cpu_load_1m=0.5, mem_total_bytes=4 << 30, mem_available_bytes=2 << 30,
-                                   disk_free_bytes=8 << 30, temperature_c=48.5, uptime_s=3600),
+            device_id=device_id,
+            agent_version="bench",
+            profile="generic-x86",
+            health=pb.HEALTH_OK,
+            resources=pb.Resources(
+                cpu_load_1m=0.5,
+                mem_total_bytes=4 << 30,
+                mem_available_bytes=2 << 30,
+                disk_free_bytes=8 << 30,
+                temperature_c=48.5,
+                uptime_s=3600,
+            ),
         )
         while time.monotonic() < stop[0]:
             seq += 1

@@ -69,7 +69,9 @@ def consume_bootstrap_token(*, session: Session, token: str, device_id: str, pro
     secret = split_token(token, "bt")
     if secret is None:
         raise AuthError("malformed bootstrap token")
-    row = session.exec(select(BootstrapToken).where(BootstrapToken.secret_hash == hash_secret(secret))).first()
+    row = session.exec(
+        select(BootstrapToken).where(BootstrapToken.secret_hash == hash_secret(secret))
+    ).first()
     if row is None:
         raise AuthError("unknown bootstrap token")
     now = utcnow()

@@ -98,9 +98,7 @@ class SessionRegistry:
 
     def notify_desired_changed(self, device_id: str) -> None:
         if self._loop is not None and self.push_desired is not None:
-            self._loop.call_soon_threadsafe(
-                lambda: asyncio.ensure_future(self.push_desired(device_id))
-            )
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.push_desired(device_id)))
 
 
 class DeviceServicer:
@@ -154,9 +152,7 @@ class DeviceServicer:
 
     # ------------------------------------------------------------ Sync
 
-    async def sync(
-        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    async def sync(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         device_id = await self._authenticate(context)
         session = _Session(device_id, context)
         self._registry.add(session)
@@ -172,7 +168,9 @@ class DeviceServicer:
         finally:
             reader.cancel()
             self._registry.remove(session)
-            logger.info("sync session closed device_id=%s reason=%s", device_id, session.closed_reason or "eof")
+            logger.info(
+                "sync session closed device_id=%s reason=%s", device_id, session.closed_reason or "eof"
+            )
         if session.closed_reason.startswith("abort:"):
             _, code, detail = session.closed_reason.split(":", 2)
             await context.abort(grpc.StatusCode[code], detail)
@@ -196,8 +194,8 @@ class DeviceServicer:
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         auth = context.auth_context()
-        names = auth.get("x509_common_name") or []
-        pems = auth.get("x509_pem_cert") or []
+        names = list(auth.get("x509_common_name") or [])
+        pems = list(auth.get("x509_pem_cert") or [])
         if not names or not pems:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a fleet device certificate is required")
         device_id = names[0].decode()
@@ -214,7 +212,8 @@ class DeviceServicer:
 
     async def _read(self, session: _Session, requests: AsyncIterator[bytes]) -> None:
         bucket = TokenBucket(
-            rate_per_s=float(self._settings.device_max_messages_per_s), burst=float(self._settings.device_burst)
+            rate_per_s=float(self._settings.device_max_messages_per_s),
+            burst=float(self._settings.device_burst),
         )
         try:
             async for raw in requests:
@@ -296,7 +295,9 @@ class DeviceServicer:
 
     def _close(self, session: _Session, code: grpc.StatusCode, detail: str) -> None:
         if not session.closed_reason:
-            logger.warning("sync session aborted device_id=%s code=%s detail=%s", session.device_id, code.name, detail)
+            logger.warning(
+                "sync session aborted device_id=%s code=%s detail=%s", session.device_id, code.name, detail
+            )
             session.closed_reason = f"abort:{code.name}:{detail}"
         session.outbox.put_nowait(None)
 
@@ -306,6 +307,4 @@ def _pem_fingerprint(pem: bytes) -> str:
     from cryptography.hazmat.primitives import hashes
 
     cert = x509.load_pem_x509_certificate(pem)
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
+    return str(cert.fingerprint(hashes.SHA256()).hex())

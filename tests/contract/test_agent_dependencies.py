@@ -28,8 +28,16 @@ def test_pip_install_agent_extra_resolves_without_heavy_packages(tmp_path: Path)
     report = tmp_path / "report.json"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-            "--report", str(report), f"{ROOT}[agent]",
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            f"{ROOT}[agent]",
         ],
         capture_output=True,
         text=True,

@@ -25,7 +25,9 @@ def server(tmp_path: Path, database_url: str):
 def _agents(server: ServerProc, tmp_path: Path, n: int, **kw) -> list[AgentProc]:
     agents = []
     for i in range(n):
-        agent = AgentProc(device_id=f"dev-{i}", data_dir=tmp_path / "agents" / f"dev-{i}", server=server, **kw)
+        agent = AgentProc(
+            device_id=f"dev-{i}", data_dir=tmp_path / "agents" / f"dev-{i}", server=server, **kw
+        )
         agent.data_dir.mkdir(parents=True)
         result = agent.enroll(server.bootstrap_token(labels={"site": "lab", "rack": str(i)}))
         assert result.returncode == 0, result.stderr.decode()
@@ -71,7 +73,9 @@ def test_three_agents_enroll_sync_and_are_visible(server: ServerProc, tmp_path: 
     labelled = _cli(server, "--json", "devices", "label", "dev-1", "tier=canary", "rack-")
     assert labelled.returncode == 0, labelled.stderr
     assert json.loads(labelled.stdout)["labels"] == {"site": "lab", "tier": "canary"}
-    wait_until(lambda: agents[1].status().get("applied_generation") == 2, 15, what="agent applied generation 2")
+    wait_until(
+        lambda: agents[1].status().get("applied_generation") == 2, 15, what="agent applied generation 2"
+    )
 
     shown = _cli(server, "--json", "devices", "show", "dev-1")
     assert json.loads(shown.stdout)["desired_generation"] == 2
@@ -98,7 +102,9 @@ def test_server_sigkill_loses_and_duplicates_nothing(server: ServerProc, tmp_pat
     assert queued[2] <= 5
     server.start()
     wait_until(
-        lambda: all(a.status()["telemetry_queued"] <= 3 for a in agents), 30, what="backlog drained after restart"
+        lambda: all(a.status()["telemetry_queued"] <= 3 for a in agents),
+        30,
+        what="backlog drained after restart",
     )
     for agent in agents:
         assert agent.stop() == 0  # graceful: flushes within shutdown_flush_s

@@ -42,7 +42,7 @@ class FakeFleet:
 class FakeSession:
     def __init__(self, fleet: FakeFleet) -> None:
         self.fleet = fleet
-        self.inbox: asyncio.Queue[Inbound | None | Exception] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Inbound | Exception | None] = asyncio.Queue()
         self.inbox.put_nowait(fleet.desired)
         self.messages = 0
         self.dead = False

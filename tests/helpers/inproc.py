@@ -81,7 +81,9 @@ class DeviceCreds:
     ca_pem: bytes
 
 
-def enroll(server: LiveServer, device_id: str, token: str, tmp: Path, profile: str = "generic-x86") -> DeviceCreds:
+def enroll(
+    server: LiveServer, device_id: str, token: str, tmp: Path, profile: str = "generic-x86"
+) -> DeviceCreds:
     store = IdentityStore(tmp / device_id)
     key = store.load_or_create_key()
     with grpc.secure_channel(server.enroll_target, grpc.ssl_channel_credentials(server.ca_pem)) as ch:
@@ -95,7 +97,9 @@ def enroll(server: LiveServer, device_id: str, token: str, tmp: Path, profile: s
             ),
             timeout=10,
         )
-    return DeviceCreds(device_id, store.key_path.read_bytes(), resp.certificate_chain_pem, resp.ca_certificate_pem)
+    return DeviceCreds(
+        device_id, store.key_path.read_bytes(), resp.certificate_chain_pem, resp.ca_certificate_pem
+    )
 
 
 def device_channel(server: LiveServer, creds: DeviceCreds | None) -> grpc.Channel:
@@ -103,7 +107,9 @@ def device_channel(server: LiveServer, creds: DeviceCreds | None) -> grpc.Channe
         return grpc.secure_channel(server.device_target, grpc.ssl_channel_credentials(server.ca_pem))
     return grpc.secure_channel(
         server.device_target,
-        grpc.ssl_channel_credentials(server.ca_pem, private_key=creds.key_pem, certificate_chain=creds.chain_pem),
+        grpc.ssl_channel_credentials(
+            server.ca_pem, private_key=creds.key_pem, certificate_chain=creds.chain_pem
+        ),
     )
 
 
@@ -152,7 +158,10 @@ def telemetry(batch_id: int, seqs: list[int], payload: bytes = b"") -> pb.SyncRe
     return pb.SyncRequest(
         telemetry=pb.TelemetryBatch(
             batch_id=batch_id,
-            records=[pb.TelemetryRecord(seq=s, timestamp_ms=s, kind="test", metrics={"v": s}, payload=payload) for s in seqs],
+            records=[
+                pb.TelemetryRecord(seq=s, timestamp_ms=s, kind="test", metrics={"v": s}, payload=payload)
+                for s in seqs
+            ],
         )
     )
 

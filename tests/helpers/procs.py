@@ -71,7 +71,7 @@ class ServerProc:
 
     def start(self, log: Path | None = None) -> None:
         log = log or self.data_dir / "server.log"
-        fh = open(log, "ab")  # noqa: SIM115
+        fh = open(log, "ab")
         self.proc = subprocess.Popen([BIN / "edgeloop-server", "run"], env=self.env(), stdout=fh, stderr=fh)
         wait_until(self._healthy, 30, what="server /healthz")
 
@@ -141,7 +141,7 @@ class AgentProc:
         )
 
     def start(self) -> None:
-        fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")  # noqa: SIM115
+        fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
         self.proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=self.env(), stdout=fh, stderr=fh)
 
     def status(self) -> dict[str, Any]:

@@ -154,7 +154,11 @@ def test_malformed_oversized_and_unknown_fields(server: LiveServer, tmp_path: Pa
 def test_garbage_bytes_on_grpc_ports_leave_server_up(server: LiveServer, tmp_path: Path) -> None:
     for target in (server.device_target, server.enroll_target):
         port = int(target.rsplit(":", 1)[1])
-        for junk in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 100):
+        for junk in (
+            b"\x00" * 64,
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 100,
+        ):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(junk)
                 s.settimeout(5)

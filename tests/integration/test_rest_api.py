@@ -27,12 +27,22 @@ def test_roles(server: LiveServer) -> None:
     assert c.get("/api/v1/devices", headers=server.auth("viewer")).status_code == 200
     denied = c.post("/api/v1/bootstrap-tokens", json={}, headers=server.auth("viewer"))
     assert denied.status_code == 403 and "needs 'operator'" in denied.json()["detail"]
-    created = c.post("/api/v1/bootstrap-tokens", json={"labels": {"site": "a"}}, headers=server.auth("operator"))
+    created = c.post(
+        "/api/v1/bootstrap-tokens", json={"labels": {"site": "a"}}, headers=server.auth("operator")
+    )
     assert created.status_code == 201 and created.json()["token"].startswith("bt_")
-    assert c.post("/api/v1/operator-tokens", json={"name": "x"}, headers=server.auth("operator")).status_code == 403
-    minted = c.post("/api/v1/operator-tokens", json={"name": "ci", "role": "viewer"}, headers=server.auth("admin"))
+    assert (
+        c.post("/api/v1/operator-tokens", json={"name": "x"}, headers=server.auth("operator")).status_code
+        == 403
+    )
+    minted = c.post(
+        "/api/v1/operator-tokens", json={"name": "ci", "role": "viewer"}, headers=server.auth("admin")
+    )
     assert minted.status_code == 201
-    assert c.get("/api/v1/devices", headers={"Authorization": f"Bearer {minted.json()['token']}"}).status_code == 200
+    assert (
+        c.get("/api/v1/devices", headers={"Authorization": f"Bearer {minted.json()['token']}"}).status_code
+        == 200
+    )
 
 
 def test_bad_requests_get_clear_4xx(server: LiveServer, tmp_path: Path) -> None:
@@ -52,7 +62,9 @@ def test_label_and_filter(server: LiveServer, tmp_path: Path) -> None:
     c, h = server.client, server.auth("operator")
     enroll(server, "dev-a", server.bootstrap_token(labels={"site": "a"}), tmp_path)
     enroll(server, "dev-b", server.bootstrap_token(labels={"site": "b"}), tmp_path)
-    resp = c.patch("/api/v1/devices/dev-b/labels", json={"labels": {"tier": "canary", "site": None}}, headers=h)
+    resp = c.patch(
+        "/api/v1/devices/dev-b/labels", json={"labels": {"tier": "canary", "site": None}}, headers=h
+    )
     assert resp.status_code == 200
     assert resp.json()["labels"] == {"tier": "canary"} and resp.json()["desired_generation"] == 2
     only_a = c.get("/api/v1/devices", params={"label": "site=a"}, headers=h).json()

@@ -47,7 +47,10 @@ def list_devices(
             raise InvalidRequestError(f"label selector {item!r} must be key=value")
         selector[key] = value
     online = registry.online()
-    return [_public(d, online) for d in crud.list_devices(session=session, label=selector, limit=limit, offset=offset)]
+    return [
+        _public(d, online)
+        for d in crud.list_devices(session=session, label=selector, limit=limit, offset=offset)
+    ]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

@@ -33,7 +33,9 @@ def _public(row: BootstrapToken) -> BootstrapTokenPublic:
 
 
 @router.post("/bootstrap-tokens", response_model=BootstrapTokenCreated, status_code=status.HTTP_201_CREATED)
-def create_bootstrap_token(body: BootstrapTokenCreate, session: SessionDep, op: Operator) -> BootstrapTokenCreated:
+def create_bootstrap_token(
+    body: BootstrapTokenCreate, session: SessionDep, op: Operator
+) -> BootstrapTokenCreated:
     row, token = crud.create_bootstrap_token(session=session, spec=body, created_by=op.name)
     return BootstrapTokenCreated(**_public(row).model_dump(), token=token)
 

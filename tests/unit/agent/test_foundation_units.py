@@ -18,7 +18,9 @@ from agent.state import AgentSettings, DesiredState, ModelAssignment, ObservedSt
 def test_config_toml_then_env_override(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text('[device]\nid = "pi-7"\nprofile = "raspberry-pi-4"\n[telemetry]\ninterval_s = 2.5\n')
-    cfg = load(path, env={"EDGELOOP_AGENT_TELEMETRY_INTERVAL_S": "9", "EDGELOOP_AGENT_SYNC_BACKOFF_MAX_S": "12"})
+    cfg = load(
+        path, env={"EDGELOOP_AGENT_TELEMETRY_INTERVAL_S": "9", "EDGELOOP_AGENT_SYNC_BACKOFF_MAX_S": "12"}
+    )
     assert cfg.device.id == "pi-7" and cfg.device.profile == "raspberry-pi-4"
     assert cfg.telemetry.interval_s == 9.0 and cfg.sync.backoff_max_s == 12.0
 
@@ -77,8 +79,12 @@ def test_reconcile_table() -> None:
     assert reconcile(DesiredState(generation=1), ObservedState(applied_generation=1)) == []
     model = ModelAssignment("current", "digits", "2")
     actions = reconcile(
-        DesiredState(generation=4, settings=AgentSettings(report_interval_s=5), labels={"a": "b"}, models=(model,)),
-        ObservedState(applied_generation=3, slots=(SlotState("current", "digits", "1"), SlotState("old", "x", "1"))),
+        DesiredState(
+            generation=4, settings=AgentSettings(report_interval_s=5), labels={"a": "b"}, models=(model,)
+        ),
+        ObservedState(
+            applied_generation=3, slots=(SlotState("current", "digits", "1"), SlotState("old", "x", "1"))
+        ),
     )
     assert actions == [
         ApplySettings(AgentSettings(report_interval_s=5)),

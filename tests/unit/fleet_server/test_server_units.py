@@ -43,13 +43,17 @@ def test_ca_signs_csr_with_server_chosen_identity(tmp_path: Path) -> None:
     assert cert.subject.rfc4514_string() == "CN=dev-1"
     assert store.key_mode() == 0o600
     with pytest.raises(InvalidRequestError):
-        ca.sign_device_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "x", days=1)
+        ca.sign_device_csr(
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "x", days=1
+        )
     key, chain = FleetCA.load(tmp_path / "pki").ensure_server_certificate(["localhost", "127.0.0.1"])
     assert chain.count(b"BEGIN CERTIFICATE") == 2 and b"PRIVATE KEY" in key
 
 
 def test_codec_survives_nan_unknown_enum_and_inf_metrics() -> None:
-    row = report_from_proto(pb.DeviceReport(device_id="d", health=42, resources=pb.Resources(temperature_c=float("nan"))))
+    row = report_from_proto(
+        pb.DeviceReport(device_id="d", health=42, resources=pb.Resources(temperature_c=float("nan")))
+    )
     assert row.observed["health"] == "unknown" and row.observed["resources"]["temperature_c"] is None
     rows = telemetry_from_proto(
         pb.TelemetryBatch(records=[pb.TelemetryRecord(seq=1, metrics={"ok": 1.0, "bad": float("inf")})])
