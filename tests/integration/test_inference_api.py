@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,6 +20,7 @@ from agent.errors import (
     NoModelError,
     RequestTooLargeError,
 )
+from agent.inference.cli import add_subcommands
 from agent.inference.engine import ServingOptions
 from agent.inference.registry import ProfileLoader
 from agent.inference.runtime import InferenceRuntime, RuntimeLoader
@@ -253,3 +257,30 @@ def test_tflite_int8_through_the_api(tmp_path: Path, profile: DeviceProfile, mod
             assert client.model_info().backend == "litert[xnnpack]"
     agree = (logits.argmax(1) == models.reference_logits.argmax(1)).mean()
     assert agree >= 0.99
+
+
+def test_cli_predict_and_models_against_the_running_agent(
+    api: BackgroundService, tmp_path: Path, models: DigitsModels
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="command"))
+    sample = tmp_path / "x.npy"
+    np.save(sample, models.data.x_test[:3])
+    socket = str(tmp_path / "api.sock")
+    out = io.StringIO()
+    args = parser.parse_args(["predict", "--input", str(sample), "--socket", socket, "--json"])
+    assert args.handler(args, out) == 0
+    payload = json.loads(out.getvalue())
+    assert (payload["model"], payload["version"]) == ("digits", "1")
+    logits = np.array(payload["outputs"]["logits"])
+    assert (logits.argmax(1) == models.reference_logits[:3].argmax(1)).all()
+    out = io.StringIO()
+    args = parser.parse_args(["models", "--socket", socket, "--json"])
+    assert args.handler(args, out) == 0
+    listing = json.loads(out.getvalue())
+    assert listing["serving"] == "1"
+    assert listing["slots"]["current"]["version"] == "1"
+    out = io.StringIO()
+    np.save(sample, np.zeros((1, 1, 7, 8), np.float32))
+    args = parser.parse_args(["predict", "--input", str(sample), "--socket", socket])
+    assert args.handler(args, out) == 2  # wrong shape: a usage error, the message names the signature
