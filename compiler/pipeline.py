@@ -23,7 +23,12 @@ from compiler.errors import UnsupportedError
 ORT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
     "fp32": ({},),
     "int8-static": ({"method": "minmax"}, {"method": "percentile"}),
-    "int8-dynamic": ({"per_channel": "true"},),
+    "int8-dynamic": (
+        {"per_channel": "true"},
+        {"per_channel": "true", "smooth": "0.6"},
+        {"per_channel": "true", "smooth": "0.7"},
+        {"per_channel": "true", "smooth": "0.8"},
+    ),
 }
 LITERT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
     "fp32": ({},),
@@ -45,7 +50,9 @@ class Recipe:
     @property
     def name(self) -> str:
         ext = "onnx" if self.runtime == "onnxruntime" else "tflite"
-        extra = "-".join(v for _, v in self.params if v not in ("true", "dynamic", "full"))
+        extra = "-".join(
+            v if k == "method" else f"{k}{v}" for k, v in self.params if k not in ("per_channel", "tflite")
+        )
         mixed = f"-mixed{len(self.exclude)}" if self.exclude else ""
         return "-".join(p for p in (ext, self.quantization, extra) if p) + mixed
 

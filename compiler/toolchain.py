@@ -18,7 +18,7 @@ import numpy as np
 
 from compiler import measure, quality
 from compiler.data import Dataset
-from compiler.passes import convert_tflite, quantize
+from compiler.passes import convert_tflite, quantize, smooth
 from compiler.pipeline import Measurement, Recipe
 
 if TYPE_CHECKING:
@@ -119,9 +119,12 @@ class LocalToolchain:
             )
         if recipe.quantization == "int8-dynamic":
             per_channel = params.get("per_channel", "true") == "true"
-            return quantize.quantize_dynamic(
-                self.fp32_onnx, out, per_channel=per_channel, exclude=recipe.exclude
-            )
+            source = self.fp32_onnx
+            if "smooth" in params:
+                source = self.workdir / f"fp32-smooth{params['smooth']}.onnx"
+                if not source.exists():
+                    smooth.smooth_matmuls(self.fp32_onnx, source, self.calib, alpha=float(params["smooth"]))
+            return quantize.quantize_dynamic(source, out, per_channel=per_channel, exclude=recipe.exclude)
         raise ValueError(f"no ONNX recipe for {recipe.quantization}")
 
     def _build_tflite(self, recipe: Recipe, out: Path) -> Path:

@@ -71,6 +71,33 @@ SENTENCES = (
     "Researchers published the genome of the wheat plant.",
 )
 
+CALIBRATION_SENTENCES = (
+    "A heron stood still in the shallow pond.",
+    "The bakery on the corner sells rye bread.",
+    "Interest rates affect mortgage payments.",
+    "The goalkeeper saved two penalties.",
+    "Snow closed the mountain pass overnight.",
+    "She fixed the leaking kitchen tap herself.",
+    "The chip uses a new low-power design.",
+    "The gallery acquired a sculpture by Rodin.",
+    "Clear the browser cache and try again.",
+    "Sleep is essential for memory and mood.",
+    "The ferry leaves the harbour every hour.",
+    "He practises the piano every evening.",
+    "Water the seedlings twice a week.",
+    "The poem was translated into twelve languages.",
+    "Quarterly revenue beat analyst expectations.",
+    "Seagulls followed the fishing boat home.",
+    "The probe sent back images of Saturn's rings.",
+    "Take the bus to the end of the line.",
+    "Whisk the eggs until they are fluffy.",
+    "Voters queued outside the polling station.",
+    "The phone battery drains too quickly.",
+    "The hamster escaped from its cage again.",
+    "Drought has lowered the reservoir levels.",
+    "They adopted a rescue dog last spring.",
+)
+
 
 def minilm_l6() -> torch.nn.Module:
     """`compiler.zoo:minilm_l6`: the all-MiniLM-L6-v2 sentence embedder, offline, eval mode.

@@ -24,17 +24,17 @@ if TYPE_CHECKING:
 TFLITE_KINDS = ("dynamic", "full")
 
 
-def convert_fp32(model: torch.nn.Module, sample: dict[str, np.ndarray], out: Path) -> Path:
-    """Convert an eval-mode torch model to an fp32 `.tflite` with batch-1 static shapes.
+def convert_fp32(model: torch.nn.Module, sample: dict[str, np.ndarray], out: Path, *, batch: int = 1) -> Path:
+    """Convert an eval-mode torch model to an fp32 `.tflite` with static shapes (batch `batch`).
 
-    `sample` holds the inputs in forward() order; only the first sample is used.
+    `sample` holds the inputs in forward() order; its first `batch` samples fix the shapes.
 
     Raises:
         UnsupportedError: litert-torch cannot lower the model (its message names the op).
     """
     import torch
 
-    args = tuple(torch.from_numpy(np.ascontiguousarray(v[:1])) for v in sample.values())
+    args = tuple(torch.from_numpy(np.ascontiguousarray(v[:batch])) for v in sample.values())
     try:
         with stdout_to_stderr():
             import litert_torch  # type: ignore[import-untyped]
@@ -78,21 +78,22 @@ def _quantize(fp32: Path, out: Path, kind: str, calib: Dataset | None, samples: 
         return
     assert calib is not None
     q.load_quantization_recipe(recipe.static_wi8_ai8())
-    signature, names = _signature(fp32)
+    signature, names, batch = _signature(fp32)
     if len(names) != len(calib.inputs):
         raise InputError(f"calibration has {len(calib.inputs)} inputs, the model {len(names)}")
     arrays = list(calib.inputs.values())
     feed = [
-        {name: arr[i : i + 1] for name, arr in zip(names, arrays, strict=True)}
-        for i in range(min(samples, len(calib)))
+        {name: arr[i : i + batch] for name, arr in zip(names, arrays, strict=True)}
+        for i in range(0, min(samples, len(calib)) - batch + 1, batch)
     ]
     result = q.calibrate({signature: feed})
     q.quantize(result).export_model(str(out), overwrite=True)
 
 
-def _signature(path: Path) -> tuple[str, list[str]]:
+def _signature(path: Path) -> tuple[str, list[str], int]:
     from ai_edge_litert.interpreter import Interpreter
 
-    sigs = Interpreter(str(path)).get_signature_list()
+    it = Interpreter(str(path))
+    sigs = it.get_signature_list()
     name = next(iter(sigs))
-    return name, list(sigs[name]["inputs"])
+    return name, list(sigs[name]["inputs"]), int(it.get_input_details()[0]["shape"][0])

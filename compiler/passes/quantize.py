@@ -136,8 +136,8 @@ def rank_sensitive_nodes(
     nodes = {n.name: n for n in graph.node}
     names = [n for n in weighted_nodes(fp32) if n in nodes]
     outputs = {n: nodes[n].output[0] for n in names}
-    ref = _intermediates(fp32, outputs.values(), data.head(samples))
-    got = _intermediates(quant, outputs.values(), data.head(samples))
+    ref = intermediates(fp32, outputs.values(), data.head(samples))
+    got = intermediates(quant, outputs.values(), data.head(samples))
     err = {n: _rel_err(ref[t], got[t]) for n, t in outputs.items() if t in ref and t in got}
     ancestors = _weighted_ancestors(graph, set(err))
     added = {n: e - max((err[a] for a in ancestors[n]), default=0.0) for n, e in err.items()}
@@ -173,7 +173,7 @@ def _run(fn: object) -> None:
         raise UnsupportedError(f"onnxruntime quantization failed: {type(err).__name__}: {err}") from err
 
 
-def _intermediates(path: Path, tensors: object, data: Dataset) -> dict[str, np.ndarray]:
+def intermediates(path: Path, tensors: object, data: Dataset) -> dict[str, np.ndarray]:
     import onnx
     import onnxruntime as ort
 

@@ -42,7 +42,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "data": data, "ref_acc": ref_acc}
 
 
-def _args(ws: dict[str, Any], out: Path, *extra: str, model: str = MODEL, calib: str = "calib.npz") -> list[str]:
+def _args(
+    ws: dict[str, Any], out: Path, *extra: str, model: str = MODEL, calib: str = "calib.npz"
+) -> list[str]:
     root = ws["root"]
     weights = ["--weights", str(root / "weights.pt")] if ":" in model else []
     return ["build", "--model", model, *weights, "--calib", str(root / calib), "--eval", str(root / "eval.npz"),
@@ -57,14 +59,21 @@ def _nothing_written(out: Path) -> None:
 @pytest.fixture(scope="module")
 def built(ws: dict[str, Any]) -> Path:
     out = ws["root"] / "out"
-    argv = _args(ws, out, "--profile", "raspberry-pi-4", "--profile", "coral-dev-board", "--latency-tolerance", "0.5")
+    argv = _args(
+        ws, out, "--profile", "raspberry-pi-4", "--profile", "coral-dev-board", "--latency-tolerance", "0.5"
+    )
     assert main(argv) == ExitCode.OK
     return out
 
 
 def test_build_writes_one_artifact_per_profile_with_report_and_card(built: Path, ws: dict[str, Any]) -> None:
     report = json.loads((built / "report.json").read_text())
-    assert sorted(p.name for p in built.iterdir()) == ["MODEL_CARD.md", "coral-dev-board", "raspberry-pi-4", "report.json"]
+    assert sorted(p.name for p in built.iterdir()) == [
+        "MODEL_CARD.md",
+        "coral-dev-board",
+        "raspberry-pi-4",
+        "report.json",
+    ]
     lin = report["lineage"]
     assert len(lin["input_sha256"]) == 64
     assert lin["calibration"]["samples"] == 256
@@ -90,7 +99,9 @@ def test_pi_gets_onnx_int8_within_one_point_on_onnxruntime(built: Path, ws: dict
     acc = accuracy(predict(runner, {"input": ws["data"].x_test}), ws["data"].y_test)
     assert acc >= ws["ref_acc"] - 0.01
     assert path.stat().st_size < 0.35 * next(
-        c["metrics"]["size_bytes"] for c in report["profiles"]["raspberry-pi-4"]["candidates"] if c["recipe"] == "onnx-fp32"
+        c["metrics"]["size_bytes"]
+        for c in report["profiles"]["raspberry-pi-4"]["candidates"]
+        if c["recipe"] == "onnx-fp32"
     )
 
 
@@ -176,7 +187,9 @@ def test_onnx_input_cannot_target_a_tflite_only_profile(
     _nothing_written(out)
 
 
-def test_existing_output_is_kept_unless_forced(ws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_is_kept_unless_forced(
+    ws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     out = ws["root"] / "out-existing"
     out.mkdir()
     (out / "old.txt").write_text("previous build")
@@ -189,7 +202,9 @@ def test_existing_output_is_kept_unless_forced(ws: dict[str, Any], capsys: pytes
     shutil.rmtree(out)
 
 
-def test_subcommands_quantize_inspect_bench_prune(ws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_subcommands_quantize_inspect_bench_prune(
+    ws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     root = ws["root"]
     fp32, q8 = root / "sub-fp32.onnx", root / "sub-int8.onnx"
     common = ["--weights", str(root / "weights.pt"), "--calib", str(root / "calib.npz")]
