@@ -33,11 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from compiler import measure, quality, zoo  # noqa: E402
-from compiler.build import BuildRequest, build  # noqa: E402
-from compiler.data import from_arrays  # noqa: E402
-from compiler.passes import convert_tflite, export, quantize  # noqa: E402
-from compiler.pipeline import QualityBudget  # noqa: E402
+from compiler import measure, quality, zoo
+from compiler.build import BuildRequest, build
+from compiler.data import from_arrays
+from compiler.passes import convert_tflite, export, quantize
+from compiler.pipeline import QualityBudget
 
 
 def paired(
@@ -65,16 +65,27 @@ def minilm(work: Path, quick: bool) -> dict[str, Any]:
     np.savez(work / "eval.npz", **ev)
     np.savez(work / "calib.npz", **cal)
     t0 = time.perf_counter()
-    report = build(BuildRequest(model="compiler.zoo:minilm_l6", profiles=("raspberry-pi-4", "raspberry-pi-5"),
-                                calib=work / "calib.npz", evaluation=work / "eval.npz", out=work / "out",
-                                task="embedding", quality=QualityBudget(min_cosine=0.995), calib_samples=24,
-                                latency_calls=50))  # fmt: skip
+    report = build(
+        BuildRequest(
+            model="compiler.zoo:minilm_l6",
+            profiles=("raspberry-pi-4", "raspberry-pi-5"),
+            calib=work / "calib.npz",
+            evaluation=work / "eval.npz",
+            out=work / "out",
+            task="embedding",
+            quality=QualityBudget(min_cosine=0.995),
+            calib_samples=24,
+            latency_calls=50,
+        )
+    )
     compile_s = time.perf_counter() - t0
     ours = work / "out" / report["profiles"]["raspberry-pi-4"]["artifact"]["path"]
     fp32 = export.export_onnx(zoo.minilm_l6(), ev, work / "fp32.onnx")
     anchor = quantize.quantize_dynamic(fp32, work / "anchor.onnx", per_channel=True)
-    runners = {k: measure.open_runtime(p, "onnxruntime", 1) for k, p in
-               (("fp32", fp32), ("anchor", anchor), ("ours", ours))}  # fmt: skip
+    runners = {
+        k: measure.open_runtime(p, "onnxruntime", 1)
+        for k, p in (("fp32", fp32), ("anchor", anchor), ("ours", ours))
+    }
     ref = measure.predict(runners["fp32"], ev)
     res: dict[str, Any] = {
         "compile_seconds_2_profiles": compile_s,
@@ -82,11 +93,20 @@ def minilm(work: Path, quick: bool) -> dict[str, Any]:
     }
     for name, path in (("fp32", fp32), ("anchor", anchor), ("ours", ours)):
         q = quality.embedding(measure.predict(runners[name], ev), ref)
-        res[name] = {"bytes": path.stat().st_size, "size_ratio": path.stat().st_size / fp32.stat().st_size,
-                     "cos_mean": q.cosine_mean, "cos_min": q.cosine_min, "nn_top1": q.nn_agreement}  # fmt: skip
+        res[name] = {
+            "bytes": path.stat().st_size,
+            "size_ratio": path.stat().st_size / fp32.stat().st_size,
+            "cos_mean": q.cosine_mean,
+            "cos_min": q.cosine_min,
+            "nn_top1": q.nn_agreement,
+        }
     one = {k: v[:1] for k, v in ev.items()}
-    speed = paired({k: (lambda r=r: r.run(one)) for k, r in runners.items()}, "fp32",
-                   rounds=3 if quick else 7, calls=10 if quick else 30)  # fmt: skip
+    speed = paired(
+        {k: (lambda r=r: r.run(one)) for k, r in runners.items()},
+        "fp32",
+        rounds=3 if quick else 7,
+        calls=10 if quick else 30,
+    )
     for name in runners:
         res[name] |= speed[name]
     res["ours_vs_anchor_speed"] = res["anchor"]["cpu_ms"] / res["ours"]["cpu_ms"]
@@ -104,9 +124,16 @@ def digits(work: Path, quick: bool) -> dict[str, Any]:
     np.savez(work / "calib.npz", x=data.x_train[:256])
     np.savez(work / "eval.npz", x=data.x_test, y=data.y_test)
     t0 = time.perf_counter()
-    report = build(BuildRequest(model="tests.fixtures.digits:make_digits_cnn", weights=work / "w.pt",
-                                profiles=("raspberry-pi-4", "coral-dev-board"), calib=work / "calib.npz",
-                                evaluation=work / "eval.npz", out=work / "out"))  # fmt: skip
+    report = build(
+        BuildRequest(
+            model="tests.fixtures.digits:make_digits_cnn",
+            weights=work / "w.pt",
+            profiles=("raspberry-pi-4", "coral-dev-board"),
+            calib=work / "calib.npz",
+            evaluation=work / "eval.npz",
+            out=work / "out",
+        )
+    )
     compile_s = time.perf_counter() - t0
     out = work / "out"
     ort_int8 = out / report["profiles"]["raspberry-pi-4"]["artifact"]["path"]
@@ -117,22 +144,38 @@ def digits(work: Path, quick: bool) -> dict[str, Any]:
     tfl_int8_b32 = convert_tflite.quantize_tflite(tfl_fp32_b32, work / "int8_b32.tflite", "full", calib)
     tfl_fp32_b1 = convert_tflite.convert_fp32(model, calib.inputs, work / "fp32_b1.tflite")
     x = {"input": data.x_test}
-    variants = {"ort_fp32": (fp32, "onnxruntime"), "ort_int8": (ort_int8, "onnxruntime"),
-                "litert_fp32": (tfl_fp32_b1, "litert"), "litert_int8": (tfl_int8_b1, "litert")}  # fmt: skip
-    res: dict[str, Any] = {"compile_seconds_2_profiles": compile_s,
-                           "chosen": {k: v["chosen"] for k, v in report["profiles"].items()}}  # fmt: skip
+    variants = {
+        "ort_fp32": (fp32, "onnxruntime"),
+        "ort_int8": (ort_int8, "onnxruntime"),
+        "litert_fp32": (tfl_fp32_b1, "litert"),
+        "litert_int8": (tfl_int8_b1, "litert"),
+    }
+    res: dict[str, Any] = {
+        "compile_seconds_2_profiles": compile_s,
+        "chosen": {k: v["chosen"] for k, v in report["profiles"].items()},
+    }
     for name, (path, rt) in variants.items():
         acc = float((measure.predict(measure.open_runtime(path, rt, 1), x).argmax(1) == data.y_test).mean())
         res[name] = {"bytes": path.stat().st_size, "accuracy": acc}
     b32 = {"input": data.x_test[:32]}
     b1 = {"input": data.x_test[:1]}
     r = {k: measure.open_runtime(p, rt, 1) for k, (p, rt) in variants.items()}
-    r32 = {"litert_fp32": measure.open_runtime(tfl_fp32_b32, "litert", 1),
-           "litert_int8": measure.open_runtime(tfl_int8_b32, "litert", 1)}  # fmt: skip
+    r32 = {
+        "litert_fp32": measure.open_runtime(tfl_fp32_b32, "litert", 1),
+        "litert_int8": measure.open_runtime(tfl_int8_b32, "litert", 1),
+    }
     rounds, calls = (3, 50) if quick else (7, 300)
-    t32 = paired({"ort_fp32": lambda: r["ort_fp32"].run(b32), "ort_int8": lambda: r["ort_int8"].run(b32),
-                  "litert_fp32": lambda: r32["litert_fp32"].run(b32),
-                  "litert_int8": lambda: r32["litert_int8"].run(b32)}, "ort_fp32", rounds=rounds, calls=calls // 3)  # fmt: skip
+    t32 = paired(
+        {
+            "ort_fp32": lambda: r["ort_fp32"].run(b32),
+            "ort_int8": lambda: r["ort_int8"].run(b32),
+            "litert_fp32": lambda: r32["litert_fp32"].run(b32),
+            "litert_int8": lambda: r32["litert_int8"].run(b32),
+        },
+        "ort_fp32",
+        rounds=rounds,
+        calls=calls // 3,
+    )
     t1 = paired({k: (lambda k=k: r[k].run(b1)) for k in variants}, "ort_fp32", rounds=rounds, calls=calls)
     for name in variants:
         res[name] |= {

@@ -37,8 +37,13 @@ def smooth_matmuls(fp32: Path, out: Path, calib: Dataset, *, alpha: float = 0.5,
     proto = onnx.load(str(fp32))
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    targets = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and numpy_helper.to_array(inits[n.input[1]]).ndim == 2]  # fmt: skip
+    targets = [
+        n
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and n.input[1] in inits
+        and numpy_helper.to_array(inits[n.input[1]]).ndim == 2
+    ]
     if not targets:
         raise UnsupportedError("smoothing needs MatMul nodes with constant 2-D weights; none found")
     acts = intermediates(fp32, {n.input[0] for n in targets}, calib.head(samples))

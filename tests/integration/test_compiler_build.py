@@ -22,7 +22,7 @@ from compiler.cli import main
 from compiler.errors import ExitCode
 from compiler.measure import open_runtime, predict
 from compiler.passes.export import OPSET
-from tests.fixtures.digits import DigitsData, accuracy, load_digits_data, train_digits_cnn
+from tests.fixtures.digits import accuracy, load_digits_data, train_digits_cnn
 
 MODEL = "tests.fixtures.digits:make_digits_cnn"
 
@@ -47,8 +47,20 @@ def _args(
 ) -> list[str]:
     root = ws["root"]
     weights = ["--weights", str(root / "weights.pt")] if ":" in model else []
-    return ["build", "--model", model, *weights, "--calib", str(root / calib), "--eval", str(root / "eval.npz"),
-            "--out", str(out), "--json", *extra]  # fmt: skip
+    return [
+        "build",
+        "--model",
+        model,
+        *weights,
+        "--calib",
+        str(root / calib),
+        "--eval",
+        str(root / "eval.npz"),
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
 
 
 def _nothing_written(out: Path) -> None:
@@ -130,10 +142,14 @@ def test_corrupt_model_file(ws: dict[str, Any], capsys: pytest.CaptureFixture[st
 def test_unsupported_ops_are_listed(ws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 8, 8])
-    nodes = [helper.make_node("DeformableWarp", ["input"], ["t"], domain="acme.ops"),
-             helper.make_node("Relu", ["t"], ["output"])]  # fmt: skip
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("acme.ops", 1)])  # fmt: skip
+    nodes = [
+        helper.make_node("DeformableWarp", ["input"], ["t"], domain="acme.ops"),
+        helper.make_node("Relu", ["t"], ["output"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("acme.ops", 1)],
+    )
     path = ws["root"] / "custom.onnx"
     onnx.save(model, str(path))
     out = ws["root"] / "out-unsupported"
@@ -179,8 +195,22 @@ def test_onnx_input_cannot_target_a_tflite_only_profile(
     ws: dict[str, Any], built: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fp32 = ws["root"] / "fp32-for-coral.onnx"
-    assert main(["convert", "--model", MODEL, "--weights", str(ws["root"] / "weights.pt"),
-                 "--calib", str(ws["root"] / "calib.npz"), "--out", str(fp32)]) == ExitCode.OK  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                "--model",
+                MODEL,
+                "--weights",
+                str(ws["root"] / "weights.pt"),
+                "--calib",
+                str(ws["root"] / "calib.npz"),
+                "--out",
+                str(fp32),
+            ]
+        )
+        == ExitCode.OK
+    )
     out = ws["root"] / "out-coral-onnx"
     assert main(_args(ws, out, "--profile", "coral-dev-board", model=str(fp32))) == ExitCode.UNSUPPORTED
     assert "PyTorch model" in json.loads(capsys.readouterr().out)["message"]
@@ -209,8 +239,22 @@ def test_subcommands_quantize_inspect_bench_prune(
     fp32, q8 = root / "sub-fp32.onnx", root / "sub-int8.onnx"
     common = ["--weights", str(root / "weights.pt"), "--calib", str(root / "calib.npz")]
     assert main(["convert", "--model", MODEL, *common, "--out", str(fp32)]) == ExitCode.OK
-    assert main(["quantize", "--model", str(fp32), "--calib", str(root / "calib.npz"), "--out", str(q8),
-                 "--method", "entropy"]) == ExitCode.OK  # fmt: skip
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(fp32),
+                "--calib",
+                str(root / "calib.npz"),
+                "--out",
+                str(q8),
+                "--method",
+                "entropy",
+            ]
+        )
+        == ExitCode.OK
+    )
     capsys.readouterr()
     assert main(["inspect", str(q8), "--json"]) == ExitCode.OK
     info = json.loads(capsys.readouterr().out)
@@ -222,9 +266,29 @@ def test_subcommands_quantize_inspect_bench_prune(
     assert bench["latency_p95_ms"] >= bench["latency_p50_ms"]
     np.savez(root / "train.npz", x=ws["data"].x_train, y=ws["data"].y_train)
     pruned = root / "pruned.pt2"
-    assert main(["prune", "--model", MODEL, "--weights", str(root / "weights.pt"), "--train", str(root / "train.npz"),
-                 "--eval", str(root / "eval.npz"), "--keep", "0.5", "--epochs", "8", "--out", str(pruned),
-                 "--json"]) == ExitCode.OK  # fmt: skip
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                MODEL,
+                "--weights",
+                str(root / "weights.pt"),
+                "--train",
+                str(root / "train.npz"),
+                "--eval",
+                str(root / "eval.npz"),
+                "--keep",
+                "0.5",
+                "--epochs",
+                "8",
+                "--out",
+                str(pruned),
+                "--json",
+            ]
+        )
+        == ExitCode.OK
+    )
     rep = json.loads(capsys.readouterr().out)
     assert rep["params_after"] < 0.3 * rep["params_before"]
     assert rep["accuracy_finetuned"] >= ws["ref_acc"] - 0.03

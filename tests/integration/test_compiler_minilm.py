@@ -25,9 +25,26 @@ def test_minilm_compiles_for_pi_within_the_cosine_budget(tmp_path: Path) -> None
     np.savez(tmp_path / "eval.npz", **ev)
     np.savez(tmp_path / "calib.npz", **cal)
     out = tmp_path / "out"
-    argv = ["build", "--model", "compiler.zoo:minilm_l6", "--profile", "raspberry-pi-4",
-            "--calib", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"), "--out", str(out),
-            "--task", "embedding", "--min-cosine", "0.99", "--calib-samples", "24", "--json"]  # fmt: skip
+    argv = [
+        "build",
+        "--model",
+        "compiler.zoo:minilm_l6",
+        "--profile",
+        "raspberry-pi-4",
+        "--calib",
+        str(tmp_path / "calib.npz"),
+        "--eval",
+        str(tmp_path / "eval.npz"),
+        "--out",
+        str(out),
+        "--task",
+        "embedding",
+        "--min-cosine",
+        "0.99",
+        "--calib-samples",
+        "24",
+        "--json",
+    ]
     assert main(argv) == ExitCode.OK
     report = json.loads((out / "report.json").read_text())
     prof = report["profiles"]["raspberry-pi-4"]

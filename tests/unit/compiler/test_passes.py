@@ -57,9 +57,11 @@ def test_check_onnx_rejects_corrupt_files_and_lists_unsupported_ops(tmp_path: Pa
     node_a = helper.make_node("FancyWarp", ["x"], ["y"], domain="acme.vision")
     node_b = helper.make_node("Relu", ["y"], ["z"])
     graph = helper.make_graph(
-        [node_a, node_b], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [node_a, node_b],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
-    )  # fmt: skip
+    )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("acme.vision", 1)]
     )
@@ -176,5 +178,10 @@ def test_distillation_reports_student_alone_and_distilled(
         for a, b in zip(distilled.state_dict().values(), alone.state_dict().values(), strict=True)
     )
     with pytest.raises(InputError, match="needs labels"):
-        distill.distill(digits_model, "tests.unit.compiler.students:make_small_student",
-                        from_arrays({"x": small.inputs["input"]}), eval_set, epochs=1)  # fmt: skip
+        distill.distill(
+            digits_model,
+            "tests.unit.compiler.students:make_small_student",
+            from_arrays({"x": small.inputs["input"]}),
+            eval_set,
+            epochs=1,
+        )
