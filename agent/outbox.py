@@ -5,7 +5,10 @@ Every record gets a per-device `seq` that is never reused (AUTOINCREMENT); the s
 is delivered exactly once from the user's view, across crashes on either side.
 
 When the bound is reached the *oldest* records are dropped and `dropped_total` grows; the count
-is persisted and reported to the server in every DeviceReport, never silent.
+is persisted and reported to the server in every DeviceReport, never silent. `dropped_total`
+counts records removed without an ack: a record acked after it was dropped is taken back out,
+but one whose ack was lost with a dead session stays counted, so the figure can overstate real
+loss by at most one in-flight window and never understates it.
 
 Does not know about the network: the daemon decides what to send and when.
 """
@@ -92,12 +95,23 @@ class TelemetryOutbox:
         return [OutboxRecord(int(s), int(t), str(k), json.loads(m), bytes(p)) for s, t, k, m, p in rows]
 
     def ack(self, seqs: list[int]) -> int:
-        """Delete acknowledged records; unknown seqs (already dropped or acked) are ignored."""
+        """Delete acknowledged records.
+
+        A record dropped for space while it was already in flight, and then acked, *was*
+        delivered: it is taken back out of `dropped_total`, so dropped + delivered always
+        equals produced. (Each seq is acked at most once per agent: a batch is resent only
+        when its session died before the ack was read.)
+        """
         if not seqs:
             return 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             cur = self._db.executemany("DELETE FROM record WHERE seq = ?", [(s,) for s in seqs])
+            delivered_after_drop = len(seqs) - cur.rowcount
+            if delivered_after_drop > 0:
+                self._db.execute(
+                    "UPDATE meta SET value = MAX(0, value - ?) WHERE key = 'dropped_total'", (delivered_after_drop,)
+                )
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()

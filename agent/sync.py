@@ -234,6 +234,7 @@ class _Session:
         self.in_flight: dict[int, list[int]] = {}
         self.cursor = 0  # highest seq sent in this session; unacked records are resent next session
         self.acked = asyncio.Event()
+        self.report_acked = asyncio.Event()
 
     @property
     def _settings(self) -> tuple[float, int]:
@@ -271,6 +272,7 @@ class _Session:
                 self.acked.set()
             elif isinstance(msg, ReportAcked):
                 self.loop.status.reports_acked += 1
+                self.report_acked.set()
             elif isinstance(msg, CommandReceived):
                 await self._command(msg)
 
@@ -320,18 +322,24 @@ class _Session:
         return True
 
     async def _drain(self) -> None:
-        """On shutdown: send what is queued and wait for acks, within shutdown_flush_s."""
-        deadline = self.loop._clock.monotonic() + self.loop._cfg.sync.shutdown_flush_s
-        while self.loop._clock.monotonic() < deadline:
+        """On shutdown: send what is queued and wait for acks, then a final report with the
+        final counters (queued, dropped), all within shutdown_flush_s."""
+        clock = self.loop._clock
+        deadline = clock.monotonic() + self.loop._cfg.sync.shutdown_flush_s
+        while clock.monotonic() < deadline:
             sent = await self._send_telemetry()
             if not sent and not self.in_flight and self.loop._outbox.stats().queued == 0:
-                return
+                break
             if not sent:
                 self.acked.clear()
-                await _wait_any((self.acked,), max(0.0, deadline - self.loop._clock.monotonic()))
+                await _wait_any((self.acked,), max(0.0, deadline - clock.monotonic()))
             else:
                 await asyncio.sleep(self._min_gap_s())
-        logger.warning("shutdown flush timed out queued=%d", self.loop._outbox.stats().queued)
+        else:
+            logger.warning("shutdown flush timed out queued=%d", self.loop._outbox.stats().queued)
+        self.report_acked.clear()
+        await self.session.send_report(self.loop.make_report())
+        await _wait_any((self.report_acked,), max(0.1, deadline - clock.monotonic()))
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

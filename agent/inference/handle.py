@@ -47,6 +47,11 @@ class ModelHandle:
         self._retired = False
         self._closed = False
         self._lock = threading.Lock()
+        self.cost_s = float("inf")  # moving average of one backend call; unknown until measured
+
+    def record_cost(self, seconds: float) -> None:
+        """Fold one measured backend call into `cost_s` (EWMA; races only blur the average)."""
+        self.cost_s = seconds if self.cost_s == float("inf") else 0.9 * self.cost_s + 0.1 * seconds
 
     @property
     def closed(self) -> bool:

@@ -7,8 +7,10 @@ tensors to or from the wire format (that is `agent.serving.codec`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +27,10 @@ class TensorSpec:
     name: str
     dtype: str
     shape: Shape
+
+    @functools.cached_property
+    def np_dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.dtype)
 
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
@@ -74,7 +80,7 @@ def validate_inputs(
     batches: set[int] = set()
     for spec in signature.inputs:
         array = inputs[spec.name]
-        if array.dtype != np.dtype(spec.dtype):
+        if array.dtype != spec.np_dtype:
             _fail(signature, f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}")
         if array.ndim != len(spec.shape):
             _fail(

@@ -34,13 +34,18 @@ _FROM_PROTO: dict[int, np.dtype[np.generic]] = {
 }
 
 
+_BY_DTYPE: dict[np.dtype[np.generic], pb.ElementType] = {np.dtype(k): v for k, v in _TO_PROTO.items()}
+
+
 def tensor_to_proto(name: str, array: np.ndarray) -> pb.Tensor:
     """Serialize one array (any byte order/layout) as little-endian C-order bytes."""
-    dtype = _TO_PROTO.get(array.dtype.name)
+    little = array.dtype.newbyteorder("<")
+    dtype = _BY_DTYPE.get(little)
     if dtype is None:
         raise InvalidInputError(f"tensor {name!r} has unsupported dtype {array.dtype}")
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return pb.Tensor(name=name, dtype=dtype, shape=array.shape, data=data.tobytes())
+    if array.dtype != little or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=little)
+    return pb.Tensor(name=name, dtype=dtype, shape=array.shape, data=array.tobytes())
 
 
 def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:

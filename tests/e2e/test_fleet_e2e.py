@@ -117,11 +117,15 @@ def test_server_sigkill_loses_and_duplicates_nothing(server: ServerProc, tmp_pat
             seqs = [r["seq"] for r in rows]
             assert len(seqs) == len(set(seqs)), "duplicated records"
             dropped = status["telemetry_dropped_total"]
-            assert len(seqs) + dropped == status["telemetry_last_seq"], (agent.device_id, len(seqs), status)
             if agent.device_id == "dev-2":
+                # Drops count records removed without an ack. A record whose batch was stored but
+                # whose ack died with the killed server is counted as dropped although it arrived,
+                # so the count is exact up to one in-flight window (4 batches), never an undercount.
+                overlap = len(seqs) + dropped - status["telemetry_last_seq"]
+                assert 0 <= overlap <= 4 * 100, (len(seqs), status)
                 assert dropped > 0
                 device = api.get(f"/devices/{agent.device_id}").json()
                 assert device["telemetry_dropped_total"] == dropped
             else:
                 assert dropped == 0
-                assert seqs == list(range(1, status["telemetry_last_seq"] + 1))
+                assert seqs == list(range(1, status["telemetry_last_seq"] + 1)), "lost records"
