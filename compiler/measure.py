@@ -12,6 +12,8 @@ on the LiteRT CPU kernels, and the returned runner says so in `accelerator`.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,18 +89,18 @@ def time_batch1(
     )
 
 
-def peak_memory(load: Callable[[], Runner], sample: dict[str, np.ndarray]) -> int:
-    """Bytes of resident memory the process peaks at above its baseline while loading and running.
+def peak_memory(artifact: Path, runtime: str, delegate: str = "xnnpack") -> int:
+    """Resident-memory peak (bytes) of loading `artifact` and running one batch-1 inference.
 
-    Linux only: resets the high-water mark through /proc/self/clear_refs; returns -1 elsewhere.
+    Measured in a fresh child process (`compiler._memprobe`) above its post-import baseline, so
+    earlier sessions and allocator reuse in this process do not distort it. Returns -1 when the
+    platform has no /proc (non-Linux) or the probe fails.
     """
+    cmd = [sys.executable, "-m", "compiler._memprobe", str(artifact), runtime, delegate]
     try:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kb("VmRSS")
-        runner = load()
-        runner.run(sample)
-        return max(0, (_status_kb("VmHWM") - base) * 1024)
-    except OSError:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+        return int(done.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return -1
 
 

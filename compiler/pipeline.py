@@ -6,7 +6,8 @@ runtime, judges every measurement against the budgets, falls back to mixed preci
 sensitive layers kept in float) when int8 breaks the quality budget, and picks the winner. Files,
 runtimes, clocks and logging setup live in the adapter (`compiler.toolchain`) and the CLI.
 
-Winner rule: among candidates inside every budget, take the fastest p50; any candidate within
+Winner rule: among candidates inside every budget, take the fastest (median thread CPU time of a
+batch-1 call on one thread: wall time on a shared host is too noisy to rank by); any candidate within
 `latency_tolerance` of it counts as equally fast, and the smallest of those wins (fewer OTA bytes
 and less RAM for no measurable latency cost). `latency_tolerance=0` means strictly the fastest.
 """
@@ -66,6 +67,7 @@ class Measurement:
     latency_p95_ms: float
     peak_memory_bytes: int
     agreement: float
+    cpu_p50_ms: float = 0.0  # thread CPU time per call: robust to a noisy shared host
     accuracy: float | None = None
     cosine_mean: float | None = None
     cosine_min: float | None = None
@@ -169,13 +171,11 @@ def choose(candidates: Sequence[Candidate], latency_tolerance: float = 0.25) -> 
     ok = [c for c in candidates if c.ok and c.measurement is not None]
     if not ok:
         return None
-    fastest = min(c.measurement.latency_p50_ms for c in ok if c.measurement)
-    near = [
-        c for c in ok if c.measurement and c.measurement.latency_p50_ms <= fastest * (1 + latency_tolerance)
-    ]
+    fastest = min(_speed(c.measurement) for c in ok if c.measurement)
+    near = [c for c in ok if c.measurement and _speed(c.measurement) <= fastest * (1 + latency_tolerance)]
     return min(
         near,
-        key=lambda c: (c.measurement.size_bytes, c.measurement.latency_p50_ms) if c.measurement else (0, 0),
+        key=lambda c: (c.measurement.size_bytes, _speed(c.measurement)) if c.measurement else (0, 0.0),
     )
 
 
@@ -244,6 +244,11 @@ def _mixed(run: _Run, base: Candidate) -> list[Candidate]:
         if not _quality_only_failure(cand):
             break
     return tried
+
+
+def _speed(m: Measurement) -> float:
+    """CPU time per call when measured (robust under load), else wall p50."""
+    return m.cpu_p50_ms or m.latency_p50_ms
 
 
 def _quality_score(c: Candidate) -> float:

@@ -113,9 +113,10 @@ def model_card(report: dict[str, Any]) -> str:
             art = prof["artifact"]
             lines.append(f"Artifact `{art['path']}`, sha256 `{art['sha256']}`, {art['size_bytes']} B.\n")
         lines += [
-            "| recipe | size B | accuracy | agreement | cosine mean | p50 ms | p95 ms | peak mem B "
+            "| recipe | size B | accuracy | agreement | cosine mean | cpu p50 ms | p50 ms | p95 ms "
+            "| peak mem B "
             "| verdict |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in prof["candidates"]:
             m = c["metrics"] or {}
@@ -123,7 +124,8 @@ def model_card(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {c['recipe']} | {m.get('size_bytes', '')} | {_fmt(m.get('accuracy'))} | "
                 f"{_fmt(m.get('agreement'))} | {_fmt(m.get('cosine_mean'))} | "
-                f"{m.get('latency_p50_ms', 0):.4f} | {m.get('latency_p95_ms', 0):.4f} | "
+                f"{m.get('cpu_p50_ms', 0):.4f} | {m.get('latency_p50_ms', 0):.4f} | "
+                f"{m.get('latency_p95_ms', 0):.4f} | "
                 f"{m.get('peak_memory_bytes', '')} | {verdict} |"
             )
     return "\n".join(lines) + "\n"

@@ -83,14 +83,12 @@ class LocalToolchain:
         q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
         one = measure.open_runtime(path, recipe.runtime, 1, self.target.delegate)
         timing = measure.time_batch1(one, self.evaluation.inputs, calls=self.latency_calls)
-        sample = self.evaluation.head(1).inputs
-        peak = measure.peak_memory(
-            lambda: measure.open_runtime(path, recipe.runtime, 1, self.target.delegate), sample
-        )
+        peak = measure.peak_memory(path, recipe.runtime, self.target.delegate)
         return Measurement(
             size_bytes=path.stat().st_size,
             latency_p50_ms=timing.p50_ms,
             latency_p95_ms=timing.p95_ms,
+            cpu_p50_ms=timing.cpu_p50_ms,
             peak_memory_bytes=peak,
             agreement=q.agreement,
             accuracy=q.accuracy,
