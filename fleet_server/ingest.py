@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, update
+from sqlalchemy import Connection, Engine, bindparam, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Insert
 from sqlmodel import SQLModel
@@ -45,6 +46,15 @@ class TelemetryRow:
     payload: bytes
 
 
+TelemetryObserver = Callable[[Connection, list[tuple[str, TelemetryRow]]], None]
+"""Runs inside the flush transaction with every telemetry row of the batch (device_id, row).
+
+Domain modules (drift, inference stats) register one to derive their own tables from the same
+exactly-once stream; an exception rolls back the whole flush, so nothing is acked half-derived.
+Observers must be idempotent per (device_id, seq): a record may be seen again after a lost ack.
+"""
+
+
 @dataclass
 class _Pending:
     reports: dict[str, ReportRow] = field(default_factory=dict)
@@ -67,8 +77,16 @@ class IngestStats:
 class IngestWriter:
     """Group-commit writer. `start()` on the serving loop, `stop()` flushes what is pending."""
 
-    def __init__(self, engine: Engine, *, max_rows: int = 2000, linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_rows: int = 2000,
+        linger_s: float = 0.0,
+        observers: Sequence[TelemetryObserver] = (),
+    ) -> None:
         self._engine = engine
+        self._observers = tuple(observers)
         self._max_rows = max_rows
         self._linger_s = linger_s
         self._pending = _Pending()
@@ -149,6 +167,8 @@ class IngestWriter:
         with self._engine.begin() as conn:
             if batch.telemetry:
                 conn.execute(self._insert, [_telemetry_params(dev, row, now) for dev, row in batch.telemetry])
+                for observer in self._observers:
+                    observer(conn, batch.telemetry)
             if batch.reports:
                 conn.execute(_REPORT_UPDATE, [_report_params(r, now) for r in batch.reports.values()])
 
