@@ -72,6 +72,8 @@ class OnnxRuntime:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No spin-waiting between calls: the agent shares a small CPU with the applications it serves.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(artifact), sess_options=options, providers=chosen)

@@ -5,7 +5,7 @@ Reproduce (from the repo root, ~3-4 minutes on 2 cores):
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.inference.run --out /tmp/inference-bench.json
 
 For each model (digits CNN fp32 and int8 QDQ, MiniLM-L6 int8 and fp32, all ONNX, batch 1):
-  * c=1: p50/p95 latency of raw `InferenceSession.run` (same session options as the agent) and of
+  * c=1: p50/p95 latency of raw `InferenceSession.run` (a clean process, the agent's session options) and of
     `EdgeloopClient.predict` against a separate agent process; overhead = API p50 - raw p50.
   * c=16: throughput of 16 raw threads in-process vs 16 API clients (4 processes x 4 threads) against
     the agent without and with micro-batching.
@@ -36,15 +36,6 @@ CONCURRENCY = 16
 CLIENT_PROCS = 4
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _latencies(call: Any, n: int) -> list[float]:
     for _ in range(max(5, n // 20)):
         call()
@@ -54,25 +45,6 @@ def _latencies(call: Any, n: int) -> list[float]:
         call()
         out.append(time.perf_counter() - t)
     return out
-
-
-def _throughput(call_factory: Any, concurrency: int, duration: float) -> float:
-    counts = [0] * concurrency
-    stop = time.perf_counter() + duration
-
-    def worker(k: int) -> None:
-        call = call_factory()
-        while time.perf_counter() < stop:
-            call()
-            counts[k] += 1
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - start)
 
 
 def _client_proc(
@@ -148,17 +120,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_model(art: Artifact, work: Path, *, n: int, duration: float, threads: int) -> dict[str, float]:
+def bench_model(art: Artifact, work: Path, *, n: int, duration: float) -> dict[str, float]:
     from agent.client import EdgeloopClient
 
-    session = _session(art.path, threads)
-    raw = _latencies(lambda: session.run(None, art.sample), n)
-    raw_thr = _throughput(lambda: lambda: session.run(None, art.sample), CONCURRENCY, duration)
-    result: dict[str, float] = {
-        "raw_p50_us": float(np.percentile(raw, 50) * 1e6),
-        "raw_p95_us": float(np.percentile(raw, 95) * 1e6),
-        "raw_c16_rps": raw_thr,
-    }
+    work.mkdir(parents=True, exist_ok=True)
+    sample = work / "sample.npz"
+    np.savez(sample, **art.sample)
+    cmd = ["-m", "bench.inference.raw_proc", str(art.path), str(sample), str(n), str(duration)]
+    raw_out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(raw_out.strip().splitlines()[-1])
+    raw_thr = result["raw_c16_rps"]
     agent = Agent(art.path, work / "plain")
     try:
         with EdgeloopClient(agent.socket) as client:
@@ -247,9 +218,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for art in artifacts:
         n = 2000 if "digits" in art.name else 150
-        results[art.name] = bench_model(
-            art, work / art.name.replace(" ", "_"), n=n, duration=ns.duration, threads=threads
-        )
+        results[art.name] = bench_model(art, work / art.name.replace(" ", "_"), n=n, duration=ns.duration)
         print(art.name, json.dumps({k: round(v, 3) for k, v in results[art.name].items()}), flush=True)
     footprint = bench_footprint(artifacts[1], work, ns.idle)
     print(_table(results))

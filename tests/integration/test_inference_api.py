@@ -284,3 +284,22 @@ def test_cli_predict_and_models_against_the_running_agent(
     np.save(sample, np.zeros((1, 1, 7, 8), np.float32))
     args = parser.parse_args(["predict", "--input", str(sample), "--socket", socket])
     assert args.handler(args, out) == 2  # wrong shape: a usage error, the message names the signature
+
+
+def test_sample_capture_is_opt_in_and_rate_limited(
+    tmp_path: Path, profile: DeviceProfile, models: DigitsModels
+) -> None:
+    options = ServingOptions(capture_per_second=0.001, capture_capacity=8)  # burst of 4, then ~nothing
+    with _serve(tmp_path, profile, options) as bg:
+        bg.call(lambda: bg.service.install(models.onnx_fp32, name="digits", version="1"))
+        with EdgeloopClient(tmp_path / "api.sock") as client:
+            for i in range(20):
+                client.predict(models.data.x_test[i : i + 1])
+        samples = bg.service.drain_samples()
+        assert bg.service.drain_samples() == []
+    assert len(samples) == 4
+    assert samples[0].model == "digits@1"
+    np.testing.assert_array_equal(samples[0].inputs["input"], models.data.x_test[:1])
+    assert samples[0].outputs["logits"].shape == (1, 10)
+    with _serve(tmp_path / "off", profile, ServingOptions()) as bg:
+        assert bg.service.drain_samples() == []

@@ -129,10 +129,11 @@ def test_validation_names_the_expected_signature(models: DigitsModels, x86: Devi
     assert validate_inputs(sig, {"input": np.zeros((3, 1, 8, 8), np.float32)}, max_batch=4) == 3
 
 
-def test_onnx_path_never_imports_litert_or_torch(models: DigitsModels) -> None:
+def test_agent_serving_path_never_imports_litert_or_torch(models: DigitsModels) -> None:
     code = (
         "import sys; from pathlib import Path\n"
         "from agent.inference.registry import load_runtime\n"
+        "import agent.serving, agent.client, agent.inference.cli, agent.slots\n"
         "from agent.profile import load_profile\n"
         f"load_runtime(Path({str(models.onnx_fp32)!r}), load_profile('generic-x86'))\n"
         "heavy = ('torch', 'ai_edge_litert', 'tflite_runtime', 'fastapi', 'flwr')\n"
