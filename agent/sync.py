@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from agent import __version__
 from agent.backoff import Backoff
@@ -43,6 +44,7 @@ from agent.state import (
     ObservedState,
     ReportAcked,
     Resources,
+    SlotState,
     TelemetryAcked,
 )
 from agent.statefile import StateFile
@@ -61,14 +63,31 @@ class SyncStatus:
     deferred: list[str] = field(default_factory=list)
 
 
-class Reconciler:
-    """Runs reconcile actions against local state; model actions are deferred until OTA exists."""
+class ModelExecutor(Protocol):
+    """Carries out model actions (the OTA client implements it; later issues plug it in).
 
-    def __init__(self, statefile: StateFile) -> None:
+    `submit` must not block: it queues work and returns. `slots` is what the device runs now.
+    """
+
+    def slots(self) -> tuple[SlotState, ...]: ...
+    def submit(self, actions: list[InstallModel | RemoveModel], desired: DesiredState) -> None: ...
+
+
+class Reconciler:
+    """Runs reconcile actions against local state; model actions go to a ModelExecutor, or are
+    reported as deferred (health DEGRADED, generation not marked applied) when there is none."""
+
+    def __init__(self, statefile: StateFile, executor: ModelExecutor | None = None) -> None:
         self._statefile = statefile
-        self.observed = statefile.load()
+        self._executor = executor
+        self._base = statefile.load()
         self.desired: DesiredState | None = None
         self.deferred: list[str] = []
+
+    @property
+    def observed(self) -> ObservedState:
+        slots = self._executor.slots() if self._executor is not None else ()
+        return replace(self._base, slots=slots)
 
     def apply(self, desired: DesiredState) -> None:
         if self.desired is not None and desired.generation < self.desired.generation:
@@ -76,30 +95,36 @@ class Reconciler:
         self.desired = desired
         observed = self.observed
         deferred: list[str] = []
+        model_actions: list[InstallModel | RemoveModel] = []
         for action in reconcile(desired, observed):
             if isinstance(action, ApplySettings):
                 observed = replace(observed, settings=action.settings)
             elif isinstance(action, ApplyLabels):
                 observed = replace(observed, labels=action.labels)
             elif isinstance(action, InstallModel | RemoveModel):
-                deferred.append(f"{type(action).__name__}({action})")
+                model_actions.append(action)
+                if self._executor is None:
+                    deferred.append(f"{type(action).__name__}({action})")
             elif isinstance(action, MarkApplied) and not deferred:
                 observed = replace(observed, applied_generation=action.generation)
+        if model_actions and self._executor is not None:
+            self._executor.submit(model_actions, desired)
         if deferred:
             observed = replace(
-                observed, health=Health.DEGRADED, health_detail="model actions deferred: no OTA yet"
+                observed, health=Health.DEGRADED, health_detail="model actions deferred: no model executor"
             )
             logger.warning(
                 "reconcile deferred actions generation=%d actions=%s", desired.generation, deferred
             )
-        if observed != self.observed:
+        observed = replace(observed, slots=())
+        if observed != self._base:
             self._statefile.save(observed)
             logger.info(
                 "reconciled generation=%d applied_generation=%d",
                 desired.generation,
                 observed.applied_generation,
             )
-        self.observed, self.deferred = observed, deferred
+        self._base, self.deferred = observed, deferred
 
 
 class SyncLoop:
