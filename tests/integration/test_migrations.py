@@ -22,7 +22,8 @@ def test_migrations_match_models_and_are_idempotent(tmp_path: Path, database_url
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     # Type-affinity noise aside, no table/column/index may differ.
-    structural = [d for d in diff if isinstance(d, tuple) and d[0] in {"add_table", "remove_table", "add_column", "remove_column", "add_index", "remove_index"}]
+    kinds = {"add_table", "remove_table", "add_column", "remove_column", "add_index", "remove_index"}
+    structural = [d for d in diff if isinstance(d, tuple) and d[0] in kinds]
     assert structural == [], structural
     assert current_revision(engine) == head_revision()
     engine.dispose()
