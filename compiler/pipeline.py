@@ -26,9 +26,9 @@ ORT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
     "int8-static": ({"method": "minmax"}, {"method": "percentile"}),
     "int8-dynamic": (
         {"per_channel": "true"},
-        {"per_channel": "true", "smooth": "0.6"},
-        {"per_channel": "true", "smooth": "0.7"},
-        {"per_channel": "true", "smooth": "0.8"},
+        {"per_channel": "true", "smooth": "0.6", "outliers": "10"},
+        {"per_channel": "true", "smooth": "0.7", "outliers": "10"},
+        {"per_channel": "true", "smooth": "0.8", "outliers": "10"},
     ),
 }
 LITERT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {

@@ -119,9 +119,12 @@ class LocalToolchain:
             per_channel = params.get("per_channel", "true") == "true"
             source = self.fp32_onnx
             if "smooth" in params:
-                source = self.workdir / f"fp32-smooth{params['smooth']}.onnx"
+                alpha, ratio = float(params["smooth"]), float(params.get("outliers", "0"))
+                source = self.workdir / f"fp32-smooth{alpha}-outliers{ratio}.onnx"
                 if not source.exists():
-                    smooth.smooth_matmuls(self.fp32_onnx, source, self.calib, alpha=float(params["smooth"]))
+                    smooth.smooth_matmuls(
+                        self.fp32_onnx, source, self.calib, alpha=alpha, min_outlier_ratio=ratio
+                    )
             return quantize.quantize_dynamic(source, out, per_channel=per_channel, exclude=recipe.exclude)
         raise ValueError(f"no ONNX recipe for {recipe.quantization}")
 

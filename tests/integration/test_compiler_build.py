@@ -296,3 +296,38 @@ def test_subcommands_quantize_inspect_bench_prune(
     assert main(_args(ws, out, "--profile", "raspberry-pi-4", model=str(pruned))) == ExitCode.OK
     report = json.loads((out / "report.json").read_text())
     assert report["lineage"]["source_kind"] == "exported"
+
+
+def test_distill_cli_reports_both_students(ws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root = ws["root"]
+    np.savez(root / "train-d.npz", x=ws["data"].x_train, y=ws["data"].y_train)
+    out = root / "distilled"
+    argv = [
+        "distill",
+        "--model",
+        MODEL,
+        "--weights",
+        str(root / "weights.pt"),
+        "--student",
+        "tests.unit.compiler.students:make_small_student",
+        "--train",
+        str(root / "train-d.npz"),
+        "--eval",
+        str(root / "eval.npz"),
+        "--epochs",
+        "10",
+        "--out",
+        str(out),
+        "--json",
+    ]
+    assert main(argv) == ExitCode.OK
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["student_params"] < rep["teacher_params"] / 5
+    assert {p.name for p in out.iterdir()} == {"distilled.pt", "alone.pt", "report.json"}
+    assert json.loads((out / "report.json").read_text()) == rep
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--model", MODEL])  # missing --profile/--calib/--eval/--out
+    assert exc.value.code == ExitCode.USAGE

@@ -60,9 +60,9 @@ def test_plan_follows_the_profile_quantization_kinds_and_runtime() -> None:
         "onnx-int8-static-minmax",
         "onnx-int8-static-percentile",
         "onnx-int8-dynamic",
-        "onnx-int8-dynamic-smooth0.6",
-        "onnx-int8-dynamic-smooth0.7",
-        "onnx-int8-dynamic-smooth0.8",
+        "onnx-int8-dynamic-outliers10-smooth0.6",
+        "onnx-int8-dynamic-outliers10-smooth0.7",
+        "onnx-int8-dynamic-outliers10-smooth0.8",
     ]
     both = [r.name for r in plan(pi, has_torch=True, all_runtimes=True)]
     assert "tflite-int8-dynamic" in both
