@@ -16,7 +16,7 @@ from agent.inference.engine import ServingOptions
 from agent.profile import load_profile
 from agent.serving.background import BackgroundService
 from agent.serving.server import InferenceService
-from agent.slots import BROKEN, CURRENT, PREVIOUS
+from agent.slots import BROKEN, CURRENT, PREVIOUS, LocalSlotFS, Slots
 from tests.fixtures.models import DigitsModels, digits_models
 
 CONCURRENCY = 16
@@ -135,3 +135,21 @@ def test_corrupt_candidate_is_parked_in_broken_and_current_survives_restart(tmp_
         y = client.predict(models.data.x_test[:8])
     assert (y.argmax(1) == models.reference_logits[:8].argmax(1)).all()
     assert np.isfinite(y).all()
+
+
+def test_startup_with_a_broken_current_falls_back_to_previous(tmp_path: Path) -> None:
+    """E.g. the disk copy of `current` got corrupted while the device was off."""
+    models = digits_models()
+    slots = Slots(LocalSlotFS(tmp_path / "slots"))
+    slots.stage_candidate(models.onnx_fp32, name="digits", version="1")
+    slots.promote()
+    slots.stage_candidate(models.onnx_int8, name="digits", version="2")
+    slots.promote()
+    slots.artifact_path(CURRENT).write_bytes(b"bit rot")
+    service = InferenceService(tmp_path / "slots", load_profile("generic-x86"), tmp_path / "api.sock")
+    with BackgroundService(service), EdgeloopClient(tmp_path / "api.sock") as client:
+        assert client.model_info().version == "1"
+        assert client.predict(models.data.x_test[:2]).shape == (2, 10)
+    listing = slots.listing()
+    assert listing[BROKEN] is not None
+    assert listing[BROKEN].version == "2"
