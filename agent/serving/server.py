@@ -133,16 +133,14 @@ class InferenceService:
             stats=self.stats_snapshot,
         )
         pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-        self._socket_path.parent.mkdir(parents=True, exist_ok=True)
-        if self._socket_path.exists():
-            self._socket_path.unlink()  # a stale socket from a previous run
-        if not server.add_insecure_port(f"unix:{self._socket_path}"):
-            raise ConfigError(f"cannot listen on unix socket {self._socket_path}")
+        try:
+            self._socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self._socket_path.unlink(missing_ok=True)  # a stale socket from a previous run
+        except OSError as err:
+            raise ConfigError(f"cannot prepare socket path {self._socket_path}: {err}") from err
+        _listen(server, f"unix:{self._socket_path}")
         if self._tcp_port is not None:
-            port = server.add_insecure_port(f"127.0.0.1:{self._tcp_port}")
-            if not port:
-                raise ConfigError(f"cannot listen on 127.0.0.1:{self._tcp_port}")
-            self.bound_tcp_port = port
+            self.bound_tcp_port = _listen(server, f"127.0.0.1:{self._tcp_port}")
         return server
 
     async def stop(self, grace_s: float = 1.0) -> None:
@@ -190,3 +188,13 @@ class InferenceService:
         if self._models is None:
             raise RuntimeError("InferenceService.start() has not been called")
         return self._models
+
+
+def _listen(server: grpc.aio.Server, address: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:  # grpcio raises RuntimeError("Failed to bind ...")
+        raise ConfigError(f"cannot listen on {address}: {err}") from err
+    if not port:
+        raise ConfigError(f"cannot listen on {address}")
+    return port

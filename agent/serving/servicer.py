@@ -116,7 +116,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         handle = self._holder.current
         names = handle.runtime.signature.input_names() if handle is not None else ()
-        inputs = codec.inputs_from_proto(request.inputs, names)
+        try:
+            inputs = codec.inputs_from_proto(request.inputs, names)
+        except InvalidInputError:
+            if handle is not None:
+                self._engine.stats.record_error(handle.meta.key, "invalid_input")
+            raise
         prediction = await self._engine.predict(inputs, use_cache=request.use_cache)
         return pb.PredictResponse(
             outputs=codec.outputs_to_proto(prediction.outputs),

@@ -303,3 +303,16 @@ def test_sample_capture_is_opt_in_and_rate_limited(
     assert samples[0].outputs["logits"].shape == (1, 10)
     with _serve(tmp_path / "off", profile, ServingOptions()) as bg:
         assert bg.service.drain_samples() == []
+
+
+def test_stream_stops_with_invalid_argument_on_a_bad_frame(
+    api: BackgroundService, tmp_path: Path, models: DigitsModels
+) -> None:
+    frames = [models.data.x_test[:1], models.data.x_test[1:2], np.zeros((1, 1, 4, 4), np.float32)]
+    got = []
+    with EdgeloopClient(tmp_path / "api.sock") as client:
+        with pytest.raises(InvalidInputError, match="expected signature"):
+            got.extend(client.predict_stream(frames))
+        assert client.predict(models.data.x_test[:1]).shape == (1, 10)
+    assert len(got) == 2
+    assert api.service.stats_snapshot()["inference.digits@1.errors.invalid_input"] == 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.errors import BackendUnavailableError, InvalidInputError, ModelLoadError
+from agent.errors import BackendCrashedError, BackendUnavailableError, InvalidInputError, ModelLoadError
 from agent.inference.registry import cpu_fallback_for, load_runtime
 from agent.inference.signature import validate_inputs
 from agent.profile import DeviceProfile, load_profile
@@ -141,3 +142,25 @@ def test_agent_serving_path_never_imports_litert_or_torch(models: DigitsModels) 
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+@pytest.mark.parametrize("artifact", ["onnx_fp32", "onnx_int8", "tflite_fp32", "tflite_int8"])
+def test_runtime_port_contract(models: DigitsModels, x86: DeviceProfile, artifact: str) -> None:
+    """What every `InferenceRuntime` adapter promises the serving layer."""
+    runtime = load_runtime(getattr(models, artifact), x86)
+    sig = runtime.signature
+    assert sig.dynamic_batch  # static-batch LiteRT models are run per sample behind the port
+    x = models.data.x_test[:3]
+    outputs = runtime.run({sig.inputs[0].name: x})
+    assert list(outputs) == [s.name for s in sig.outputs]
+    for spec in sig.outputs:
+        assert outputs[spec.name].dtype == np.dtype(spec.dtype)
+        assert outputs[spec.name].shape == (3, *spec.shape[1:])
+    threads = [threading.Thread(target=runtime.run, args=({sig.inputs[0].name: x},)) for _ in range(4)]
+    for t in threads:  # concurrent calls are allowed
+        t.start()
+    for t in threads:
+        t.join()
+    runtime.close()
+    with pytest.raises(BackendCrashedError):
+        runtime.run({sig.inputs[0].name: x})
