@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.errors import SlotError
+from agent.errors import IntegrityError, SlotError
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,27 @@ class Slots:
             raise SlotError(f"slot {slot} is empty")
         return self._fs.path(f"{slot}/{info.artifact}")
 
+    def verify(self, slot: str) -> SlotInfo:
+        """Re-hash the slot's artifact against its recorded sha256 (bit rot, partial writes).
+
+        Raises:
+            SlotError: the slot is empty or unreadable.
+            IntegrityError: the bytes on disk no longer match.
+        """
+        info = self.read(slot)
+        if info is None:
+            raise SlotError(f"slot {slot} is empty")
+        path = self._fs.path(f"{slot}/{info.artifact}")
+        try:
+            actual = _sha256(path)
+        except OSError as err:
+            raise SlotError(f"cannot read {path}: {err}") from err
+        if actual != info.sha256:
+            raise IntegrityError(
+                f"slot {slot}: {info.artifact} has sha256 {actual[:12]}, expected {info.sha256[:12]}"
+            )
+        return info
+
     @property
     def generation(self) -> int:
         return _generation(self._pointer())
@@ -137,7 +158,7 @@ class Slots:
             SlotError: the artifact cannot be read or written.
         """
         try:
-            digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+            digest = _sha256(artifact)
         except OSError as err:
             raise SlotError(f"cannot read artifact {artifact}: {err}") from err
         info = SlotInfo(slot=CANDIDATE, name=name, version=version, artifact=artifact.name, sha256=digest)
@@ -209,6 +230,11 @@ class Slots:
 
     def _write_pointer(self, value: dict[str, object]) -> None:
         self._fs.write_atomic(POINTER, json.dumps(value, sort_keys=True).encode())
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _generation(pointer: dict[str, object]) -> int:

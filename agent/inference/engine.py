@@ -45,7 +45,8 @@ class ServingOptions:
     capture_per_second: float = 0.0  # 0: sample capture off
     capture_capacity: int = 256
     workers: int = 2  # threads running backend calls
-    inline_below_s: float = 0.0005  # models faster than this run on the event loop (no thread hop)
+    inline_below_s: float = 0.0005  # requests cheaper than this run on the event loop (no thread hop)
+    restart_min_interval_s: float = 1.0  # a backend crashing again sooner fails requests without reload
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class InferenceEngine:
         self.capture = capture
         self._cache = PredictionCache(options.cache_entries) if options.cache_entries else None
         self._restart_lock = asyncio.Lock()
+        self._last_restart = float("-inf")
         self._batcher: MicroBatcher | None = None
         if options.micro_batch:
             self._batcher = MicroBatcher(
@@ -133,7 +135,7 @@ class InferenceEngine:
             outputs = await self._execute(handle, arrays, batch)
         except BackendCrashedError as err:
             logger.error("backend crashed model=%s error=%s; restarting", handle.meta.key, err)
-            await self._restart(handle)
+            await self._restart(handle, err)
             with self._holder.lease() as fresh:
                 outputs = await self._run_in_executor(fresh, arrays)
                 handle = fresh
@@ -144,7 +146,7 @@ class InferenceEngine:
     async def _execute(self, handle: ModelHandle, arrays: Arrays, batch: int) -> Arrays:
         if self._batcher is not None and handle.runtime.signature.dynamic_batch:
             return await self._batcher.submit(handle, arrays, batch)
-        if handle.cost_s < self._options.inline_below_s:
+        if handle.cost_per_sample_s * batch < self._options.inline_below_s:
             return self._timed_run(handle, arrays)  # cheaper than the thread hop it would need
         return await self._run_in_executor(handle, arrays)
 
@@ -156,13 +158,17 @@ class InferenceEngine:
     def _timed_run(handle: ModelHandle, arrays: Arrays) -> Arrays:
         started = time.perf_counter()
         outputs = handle.runtime.run(arrays)
-        handle.record_cost(time.perf_counter() - started)
+        handle.record_cost(time.perf_counter() - started, len(next(iter(arrays.values()), ())))
         return outputs
 
-    async def _restart(self, crashed: ModelHandle) -> None:
+    async def _restart(self, crashed: ModelHandle, err: BackendCrashedError) -> None:
         async with self._restart_lock:
             if self._holder.current is not crashed:
                 return  # another request already restarted it (or a swap replaced it)
+            now = time.monotonic()
+            if now - self._last_restart < self._options.restart_min_interval_s:
+                raise err  # crash loop (e.g. one input that always crashes it): fail fast, don't reload
+            self._last_restart = now
             loop = asyncio.get_running_loop()
             runtime = await loop.run_in_executor(self._executor, self._loader, crashed.meta.artifact)
             self._holder.swap(ModelHandle(runtime, crashed.meta), expected=crashed)

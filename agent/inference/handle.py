@@ -47,11 +47,13 @@ class ModelHandle:
         self._retired = False
         self._closed = False
         self._lock = threading.Lock()
-        self.cost_s = float("inf")  # moving average of one backend call; unknown until measured
+        self.cost_per_sample_s = float("inf")  # moving average; unknown until measured
 
-    def record_cost(self, seconds: float) -> None:
-        """Fold one measured backend call into `cost_s` (EWMA; races only blur the average)."""
-        self.cost_s = seconds if self.cost_s == float("inf") else 0.9 * self.cost_s + 0.1 * seconds
+    def record_cost(self, seconds: float, samples: int) -> None:
+        """Fold one measured backend call into `cost_per_sample_s` (EWMA; races only blur it)."""
+        per_sample = seconds / max(1, samples)
+        previous = self.cost_per_sample_s
+        self.cost_per_sample_s = per_sample if previous == float("inf") else 0.9 * previous + 0.1 * per_sample
 
     @property
     def closed(self) -> bool:

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from agent.errors import InferenceError, ModelLoadError, SlotError
+from agent.errors import InferenceError, IntegrityError, ModelLoadError, SlotError
 from agent.inference.handle import ModelHandle, ModelHolder, ModelMeta
 from agent.inference.runtime import InferenceRuntime, RuntimeLoader
 from agent.slots import CANDIDATE, CURRENT, PREVIOUS, SlotInfo, Slots
@@ -49,6 +49,8 @@ class ModelManager:
     async def load_current(self) -> ModelMeta | None:
         """Recover the slots and serve ``current/`` (or roll back to ``previous/`` if it is broken).
 
+        ``current/`` is re-hashed first, so bit rot that still loads is caught, not served.
+
         Returns:
             The model now serving, or None when no slot holds a loadable model.
         """
@@ -58,8 +60,9 @@ class ModelManager:
                 if self._slots.read(CURRENT) is None:
                     return None
                 try:
+                    await self._blocking(lambda: self._slots.verify(CURRENT))
                     handle = await self._load_slot(CURRENT)
-                except (ModelLoadError, SlotError) as err:
+                except (ModelLoadError, SlotError, IntegrityError) as err:
                     logger.error("current model does not load: %s", err)
                     if self._slots.read(PREVIOUS) is None:
                         return None

@@ -197,7 +197,7 @@ def test_crashed_backend_is_restarted_and_reported(
     tmp_path: Path, profile: DeviceProfile, models: DigitsModels
 ) -> None:
     loader = CrashingLoader(profile)
-    with _serve(tmp_path, profile, ServingOptions(), loader) as bg:
+    with _serve(tmp_path, profile, ServingOptions(restart_min_interval_s=0.0), loader) as bg:
         bg.call(lambda: bg.service.install(models.onnx_fp32, name="digits", version="1"))
         with EdgeloopClient(tmp_path / "api.sock") as client:
             loader.crashes[0] = 1  # next call fails once: restart + retry hides it from the app
@@ -316,3 +316,21 @@ def test_stream_stops_with_invalid_argument_on_a_bad_frame(
         assert client.predict(models.data.x_test[:1]).shape == (1, 10)
     assert len(got) == 2
     assert api.service.stats_snapshot()["inference.digits@1.errors.invalid_input"] == 1
+
+
+def test_crash_loop_fails_fast_without_reloading_each_time(
+    tmp_path: Path, profile: DeviceProfile, models: DigitsModels
+) -> None:
+    loader = CrashingLoader(profile)
+    with _serve(tmp_path, profile, ServingOptions(restart_min_interval_s=60.0), loader) as bg:
+        bg.call(lambda: bg.service.install(models.onnx_fp32, name="digits", version="1"))
+        loader.crashes[0] = 10**6
+        with EdgeloopClient(tmp_path / "api.sock") as client:
+            for _ in range(5):
+                with pytest.raises(BackendCrashedError):
+                    client.predict(models.data.x_test[:1])
+            loader.crashes[0] = 0
+            assert client.predict(models.data.x_test[:1]).shape == (1, 10)
+        stats = bg.service.stats_snapshot()
+    assert stats["inference.digits@1.restarts"] == 1  # one reload, then fail fast inside the interval
+    assert stats["inference.digits@1.errors.backend_crashed"] == 5

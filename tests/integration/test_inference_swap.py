@@ -145,7 +145,9 @@ def test_startup_with_a_broken_current_falls_back_to_previous(tmp_path: Path) ->
     slots.promote()
     slots.stage_candidate(models.onnx_int8, name="digits", version="2")
     slots.promote()
-    slots.artifact_path(CURRENT).write_bytes(b"bit rot")
+    damaged = bytearray(slots.artifact_path(CURRENT).read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01  # one flipped bit in the weights: still loads, wrong model
+    slots.artifact_path(CURRENT).write_bytes(bytes(damaged))
     service = InferenceService(tmp_path / "slots", load_profile("generic-x86"), tmp_path / "api.sock")
     with BackgroundService(service), EdgeloopClient(tmp_path / "api.sock") as client:
         assert client.model_info().version == "1"

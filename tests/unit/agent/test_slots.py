@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from agent.errors import SlotError
+from agent.errors import IntegrityError, SlotError
 from agent.slots import BROKEN, CANDIDATE, CURRENT, POINTER, PREVIOUS, LocalSlotFS, Slots
 
 
@@ -143,3 +143,15 @@ def test_power_loss_at_every_step_recovers_to_old_or_new(tmp_path: Path, operati
             outcomes.add("new")
         assert rebooted.read(CURRENT) is not None
     assert outcomes == {"old", "new"}
+
+
+def test_verify_detects_changed_bytes(tmp_path: Path) -> None:
+    slots = Slots(LocalSlotFS(tmp_path / "slots"))
+    slots.stage_candidate(_artifact(tmp_path, "1"), name="digits", version="1")
+    slots.promote()
+    assert slots.verify(CURRENT).version == "1"
+    slots.artifact_path(CURRENT).write_bytes(b"weights 2")
+    with pytest.raises(IntegrityError, match="expected"):
+        slots.verify(CURRENT)
+    with pytest.raises(SlotError, match="empty"):
+        slots.verify(PREVIOUS)
