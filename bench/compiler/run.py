@@ -124,6 +124,18 @@ def minilm(work: Path, quick: bool) -> dict[str, Any]:
     for name in runners:
         res[name] |= speed[name]
     res["ours_vs_anchor_speed"] = res["anchor"]["cpu_ms"] / res["ours"]["cpu_ms"]
+    res["candidates_raspberry_pi_4"] = [
+        {
+            "recipe": c["recipe"],
+            "ok": c["passes_budget"],
+            "failures": c["failures"],
+            "cos_mean": (c["metrics"] or {}).get("cosine_mean"),
+            "nn_top1": (c["metrics"] or {}).get("agreement"),
+            "cpu_ms": (c["metrics"] or {}).get("cpu_p50_ms"),
+            "bytes": (c["metrics"] or {}).get("size_bytes"),
+        }
+        for c in report["profiles"]["raspberry-pi-4"]["candidates"]
+    ]
     return res
 
 
