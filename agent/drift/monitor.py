@@ -1,0 +1,277 @@
+"""On-device drift monitor: validated inputs/outputs/labels in, drift episodes out (sans-IO).
+
+Owns input validation and bad-input accounting (wrong shape, missing features, NaN/inf: counted
+per feature, the row is left out of every statistic, never an alarm, never an exception), the
+per-stream micro-batch buffers (at most one block of channel values), the window banks, the
+stuck-sensor run lengths and the episode trackers. Feed rows one at a time or in micro-batches;
+statistics are evaluated at block boundaries (`profile.calibration.bank.block` rows).
+Does not persist or send anything (reporter.py does) and reads no clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.drift.bank import Crossing, WindowBank
+from agent.drift.episodes import Episode, EpisodeTracker
+from agent.drift.reference import ReferenceProfile
+from agent.drift.sketch import FloatArray
+from agent.drift.stats import ChannelModel
+
+logger = logging.getLogger(__name__)
+
+InputRows = FloatArray | Mapping[str, float] | list[float] | list[list[float]]
+
+
+@dataclass
+class BadInput:
+    """Counters of rejected input; rows counted here never reach a statistic."""
+
+    bad_shape: int = 0
+    missing: dict[str, int] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    bad_outputs: int = 0
+    bad_labels: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.bad_shape + sum(self.missing.values()) + sum(self.nonfinite.values()) + self.bad_outputs
+
+
+class _Stream:
+    """Row buffer (less than one block) + window bank + episode tracker for one kind of observation."""
+
+    def __init__(
+        self, name: str, channels: ChannelModel, profile: ReferenceProfile, thresholds: dict[str, float]
+    ) -> None:
+        cal = profile.calibration
+        self.block = cal.bank.block
+        self.bank = WindowBank(channels, cal.bank, thresholds)
+        self.tracker = EpisodeTracker(
+            stream=name, budget_per_10k=cal.budget_per_10k, quiet_blocks=cal.bank.warmup_blocks
+        )
+        self._pending: list[FloatArray] = []
+        self._pending_rows = 0
+        self.position = 0  # rows in completed blocks
+
+    def add(self, rows: FloatArray) -> FloatArray | None:
+        """Buffer valid rows; returns the rows of newly completed blocks (a multiple of `block`)."""
+        self._pending.append(rows)
+        self._pending_rows += rows.shape[0]
+        if self._pending_rows < self.block:
+            return None
+        allrows = np.concatenate(self._pending) if len(self._pending) > 1 else rows
+        full = self._pending_rows // self.block * self.block
+        rest = allrows[full:]
+        self._pending = [rest] if rest.shape[0] else []
+        self._pending_rows = rest.shape[0]
+        return allrows[:full]
+
+    def push(self, values: FloatArray) -> list[list[Crossing]]:
+        """Channel values of complete blocks -> crossings per block."""
+        nb = values.shape[0] // self.block
+        crossings = self.bank.push(values.reshape(nb, self.block, -1).sum(axis=1))
+        self.position += values.shape[0]
+        return crossings
+
+    @property
+    def rows(self) -> int:
+        return self.position + self._pending_rows
+
+    @property
+    def nbytes(self) -> int:
+        return self.bank.nbytes + sum(int(p.nbytes) for p in self._pending)
+
+
+class DriftMonitor:
+    """Drift monitor for one model, built from its reference profile."""
+
+    def __init__(self, profile: ReferenceProfile) -> None:
+        self.profile = profile
+        cal = profile.calibration
+        self.bad = BadInput()
+        self._next_id = 1
+        self._inputs = _Stream("inputs", profile.inputs.channels, profile, cal.input_thresholds)
+        self._outputs = (
+            _Stream("outputs", profile.outputs.channels, profile, cal.output_thresholds)
+            if profile.outputs is not None
+            else None
+        )
+        self._labels = (
+            _Stream("labels", profile.errors, profile, cal.error_thresholds)
+            if profile.errors is not None
+            else None
+        )
+        d = len(profile.feature_names)
+        self._runs = np.array(cal.stuck_runs, dtype=np.int64)
+        self._last = np.full(d, np.nan)
+        self._run = np.zeros(d, dtype=np.int64)
+        self.bins = np.zeros((d, 10), dtype=np.int64)
+
+    # ------------------------------------------------------------ public API
+
+    def observe(self, inputs: InputRows, outputs: FloatArray | None = None) -> list[Episode]:
+        """Feed one row or a micro-batch of inputs (and optionally the model's class probabilities).
+
+        Returns episode events (opened/closed) produced by this call, usually none.
+        """
+        events: list[Episode] = []
+        x = self._valid_rows(inputs)
+        if x is not None and x.shape[0]:
+            events += self._feed_inputs(x)
+        if outputs is not None and self._outputs is not None:
+            p = self._valid_outputs(outputs)
+            full = self._outputs.add(p) if p is not None and p.shape[0] else None
+            if full is not None:
+                assert self.profile.outputs is not None
+                events += self._run_stream(
+                    self._outputs, self._outputs.push(self.profile.outputs.values(full))
+                )
+        return events
+
+    def observe_labels(self, errors: FloatArray | list[int] | int) -> list[Episode]:
+        """Feed late labels as a 0/1 error indicator per prediction (1 = the model was wrong)."""
+        if self._labels is None:
+            return []
+        e = np.asarray(errors, dtype=np.float64).ravel()
+        ok = (e == 0) | (e == 1)
+        self.bad.bad_labels += int((~ok).sum())
+        full = self._labels.add(e[ok].reshape(-1, 1)) if ok.any() else None
+        return [] if full is None else self._run_stream(self._labels, self._labels.push(full))
+
+    @property
+    def samples(self) -> int:
+        return self._inputs.rows
+
+    def open_episodes(self) -> list[Episode]:
+        streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
+        return [e for s in streams if (e := s.tracker.current) is not None]
+
+    @property
+    def episodes_opened(self) -> int:
+        streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
+        return sum(s.tracker.opened_total for s in streams)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of mutable per-stream state (ring buffers, pending rows, counters, bins)."""
+        streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
+        fixed = self._last.nbytes + self._run.nbytes + self._runs.nbytes + self.bins.nbytes
+        return fixed + sum(s.nbytes for s in streams)
+
+    def take_bins(self) -> FloatArray:
+        """Counts per feature in the reference's decile bins since the last call (mergeable sketch)."""
+        out, self.bins = self.bins, np.zeros_like(self.bins)
+        return out.astype(np.float64)
+
+    # ------------------------------------------------------------ internals
+
+    def _valid_rows(self, inputs: InputRows) -> FloatArray | None:
+        names = self.profile.input_names
+        if isinstance(inputs, Mapping):
+            return self._mapping_row(inputs)
+        try:
+            x = np.asarray(inputs, dtype=np.float64)
+        except (TypeError, ValueError):
+            self.bad.bad_shape += 1
+            return None
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != len(names):
+            self.bad.bad_shape += max(1, x.shape[0] if x.ndim == 2 else 1)
+            return None
+        finite = np.isfinite(x)
+        if not finite.all():
+            for j in np.flatnonzero(~finite.all(axis=0)):
+                self.bad.nonfinite[names[j]] = self.bad.nonfinite.get(names[j], 0) + int(
+                    (~finite[:, j]).sum()
+                )
+            x = x[finite.all(axis=1)]
+        return x
+
+    def _mapping_row(self, row: Mapping[str, float]) -> FloatArray | None:
+        values = []
+        for name in self.profile.input_names:
+            if name not in row:
+                self.bad.missing[name] = self.bad.missing.get(name, 0) + 1
+                continue
+            values.append(row[name])
+        if len(values) != len(self.profile.input_names):
+            return None
+        return self._valid_rows(np.asarray(values, dtype=np.float64).reshape(1, -1))
+
+    def _valid_outputs(self, outputs: FloatArray) -> FloatArray | None:
+        assert self.profile.outputs is not None
+        try:
+            p = np.asarray(outputs, dtype=np.float64)
+        except (TypeError, ValueError):
+            self.bad.bad_outputs += 1
+            return None
+        p = p.reshape(1, -1) if p.ndim == 1 else p
+        if p.ndim != 2 or p.shape[1] != self.profile.outputs.n_classes:
+            self.bad.bad_outputs += 1
+            return None
+        ok = np.isfinite(p).all(axis=1)
+        self.bad.bad_outputs += int((~ok).sum())
+        return p[ok]
+
+    def _feed_inputs(self, x: FloatArray) -> list[Episode]:
+        stream = self._inputs
+        full = stream.add(x)
+        if full is None:
+            return []
+        mx = self.profile.monitored(full)
+        self._count_bins(mx)
+        runs = self._run_lengths(mx)
+        crossings = stream.push(self.profile.inputs.values(mx))
+        b = stream.block
+        peak = runs.reshape(len(crossings), b, -1).max(axis=1)
+        hit = (self._runs > 0) & (peak >= self._runs)
+        if hit.any():
+            names = self.profile.feature_names
+            for i, j in zip(*np.nonzero(hit), strict=True):
+                run = float(peak[i, j])
+                crossings[i].append(
+                    Crossing(f"stuck:{names[j]}", "stuck", run, float(self._runs[j]), int(run))
+                )
+        return self._run_stream(stream, crossings)
+
+    def _run_lengths(self, mx: FloatArray) -> npt.NDArray[np.int64]:
+        """Per row and feature: length of the run of equal values ending at that row."""
+        n = mx.shape[0]
+        eq = mx == np.vstack([self._last, mx[:-1]])
+        idx = np.arange(n)[:, None]
+        last_reset = np.maximum.accumulate(np.where(~eq, idx, -1), axis=0)
+        run = np.where(last_reset >= 0, idx - last_reset + 1, idx + 1 + self._run).astype(np.int64)
+        self._last, self._run = mx[-1].copy(), run[-1].copy()
+        return run
+
+    def _count_bins(self, mx: FloatArray) -> None:
+        d = mx.shape[1]
+        idx = (mx[:, :, None] >= self.profile.deciles[None, :, :]).sum(axis=2) + 10 * np.arange(d)
+        self.bins += np.bincount(idx.ravel(), minlength=10 * d).reshape(d, 10)
+
+    def _run_stream(self, stream: _Stream, crossings: list[list[Crossing]]) -> list[Episode]:
+        events = []
+        base = stream.position - len(crossings) * stream.block
+        for i, block in enumerate(crossings):
+            if not block and stream.tracker.current is None:
+                continue
+            event = stream.tracker.step(block, base + (i + 1) * stream.block, self._next_id)
+            if event is not None:
+                if event.state == "open":
+                    self._next_id += 1
+                logger.info(
+                    "drift episode id=%d stream=%s state=%s severity=%.2f",
+                    event.episode_id,
+                    event.stream,
+                    event.state,
+                    event.severity,
+                )
+                events.append(event)
+        return events

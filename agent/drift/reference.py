@@ -1,0 +1,227 @@
+"""Reference profile: what "normal" looks like for one model, built once from calibration data.
+
+Owns `build_reference()` (the function the compiler calls with its calibration/validation data),
+the `ReferenceProfile` it returns, and its byte form (`to_bytes`/`from_bytes`, numpy-safe JSON with a
+format version) that ships inside a model bundle. The profile holds:
+
+* per monitored feature: 64-knot quantile sketch -> normal scores, score moments, raw moments and
+  deciles (for the mergeable fleet sketches), the largest atom (for stuck detection);
+* the correlation precision of the normal scores (joint/Mahalanobis channel);
+* for wide inputs (more than `max_features` columns, e.g. embeddings) the documented
+  low-dimensional view: the top `pca_dims` principal components of the reference plus the PCA
+  reconstruction residual norm as one more feature; the monitor never looks at raw pixels;
+* output class frequencies and confidence sketch; the reference error rate when labels exist;
+* thresholds calibrated to `budget_per_10k` (calibrate.py).
+
+Numpy only. Does not read files or model bundles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.drift.calibrate import BankConfig, CalibrationPlan, calibrate_bank, group_count, stuck_runs
+from agent.drift.reference_codec import profile_from_dict, profile_to_dict
+from agent.drift.sketch import FloatArray
+from agent.drift.stats import (
+    ChannelModel,
+    InputModel,
+    OutputModel,
+    error_channels,
+    fit_input_model,
+    fit_output_model,
+)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Centre and principal axes (d_in, k) of wide inputs; monitored = [x_c @ axes, |residual|]."""
+
+    center: FloatArray
+    axes: FloatArray
+
+    def apply(self, x: FloatArray) -> FloatArray:
+        xc = x - self.center
+        proj = xc @ self.axes
+        resid = np.linalg.norm(xc - proj @ self.axes.T, axis=1)
+        return np.concatenate([proj, resid[:, None]], axis=1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    budget_per_10k: float
+    bank: BankConfig
+    input_thresholds: dict[str, float]
+    output_thresholds: dict[str, float]
+    error_thresholds: dict[str, float]
+    stuck_runs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    input_names: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    n_rows: int
+    inputs: InputModel
+    deciles: FloatArray
+    raw_mean: FloatArray
+    raw_std: FloatArray
+    calibration: Calibration
+    projection: Projection | None = None
+    outputs: OutputModel | None = None
+    class_freq: FloatArray | None = None
+    errors: ChannelModel | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def monitored(self, x: FloatArray) -> FloatArray:
+        """Raw input rows (n, d_in) -> monitored feature rows (n, d)."""
+        return x if self.projection is None else self.projection.apply(x)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(profile_to_dict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceProfile:
+        """Raises ValueError on bytes that are not a profile of a known format version."""
+        try:
+            raw: dict[str, Any] = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not a drift reference profile: {err}") from err
+        profile = profile_from_dict(raw)
+        if not isinstance(profile, cls):
+            raise TypeError("profile codec returned the wrong type")
+        return profile
+
+
+def build_reference(
+    inputs: FloatArray,
+    *,
+    feature_names: tuple[str, ...] | None = None,
+    outputs: FloatArray | None = None,
+    errors: FloatArray | None = None,
+    plan: CalibrationPlan | None = None,
+    seed: int = 0,
+    max_features: int = 16,
+    pca_dims: int = 8,
+    meta: dict[str, str] | None = None,
+) -> ReferenceProfile:
+    """Build and calibrate a reference profile.
+
+    Args:
+        inputs: (n, d_in) calibration inputs; rows with NaN/inf are dropped. n >= 50.
+        feature_names: one name per input column (default f0, f1, ...).
+        outputs: optional (n_out, K) class probabilities of the model on calibration data.
+        errors: optional 0/1 per labelled calibration sample (1 = wrong prediction).
+        plan: budget and simulation effort (default: 0.5 false episodes per 10k samples).
+        seed: seed of the bootstrap, so a bundle build is reproducible.
+        max_features: wider inputs are monitored through a PCA view of `pca_dims` axes + residual.
+        pca_dims: number of principal axes kept for wide inputs.
+        meta: free-form strings stored with the profile (model name, version, ...).
+
+    Returns:
+        The calibrated profile.
+
+    Raises:
+        ValueError: too few finite rows, or arrays of the wrong shape.
+    """
+    plan = plan or CalibrationPlan()
+    x = _finite_rows(np.asarray(inputs, dtype=np.float64))
+    names = feature_names or tuple(f"f{i}" for i in range(x.shape[1]))
+    if len(names) != x.shape[1]:
+        raise ValueError(f"{len(names)} feature names for {x.shape[1]} columns")
+    projection = _projection(x, pca_dims) if x.shape[1] > max_features else None
+    mx = x if projection is None else projection.apply(x)
+    mnames = names if projection is None else (*(f"pc{i}" for i in range(pca_dims)), "pca_residual")
+    rng = np.random.default_rng(seed)
+    inputs_model = fit_input_model(mx, mnames)
+    out_model = fit_output_model(_probs(outputs)) if outputs is not None else None
+    err = np.asarray(errors, dtype=np.float64).ravel() if errors is not None else None
+    calibration = _calibrate(
+        mx, names=mnames, outputs=outputs, errors=err, model=inputs_model, plan=plan, rng=rng
+    )
+    return ReferenceProfile(
+        input_names=tuple(names),
+        feature_names=tuple(mnames),
+        n_rows=int(mx.shape[0]),
+        inputs=inputs_model,
+        deciles=np.quantile(mx, np.linspace(0.1, 0.9, 9), axis=0).T.copy(),
+        raw_mean=mx.mean(axis=0),
+        raw_std=mx.std(axis=0),
+        calibration=calibration,
+        projection=projection,
+        outputs=out_model,
+        class_freq=out_model.channels.mean[:-1].copy() if out_model else None,
+        errors=error_channels(err) if err is not None and err.size else None,
+        meta=dict(meta or {}),
+    )
+
+
+def _finite_rows(x: FloatArray) -> FloatArray:
+    if x.ndim != 2:
+        raise ValueError(f"inputs must be 2-D (rows, features), got shape {x.shape}")
+    x = x[np.isfinite(x).all(axis=1)]
+    if x.shape[0] < 50:
+        raise ValueError(f"need at least 50 finite reference rows, got {x.shape[0]}")
+    return x
+
+
+def _probs(outputs: FloatArray) -> FloatArray:
+    p = np.asarray(outputs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"outputs must be (rows, classes >= 2), got shape {p.shape}")
+    return _finite_rows(p)
+
+
+def _projection(x: FloatArray, k: int) -> Projection:
+    center = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - center, full_matrices=False)
+    return Projection(center=center, axes=vt[:k].T.copy())
+
+
+def _calibrate(
+    mx: FloatArray,
+    *,
+    names: tuple[str, ...],
+    outputs: FloatArray | None,
+    errors: FloatArray | None,
+    model: InputModel,
+    plan: CalibrationPlan,
+    rng: np.random.Generator,
+) -> Calibration:
+    groups = group_count(model.channels.kinds, plan.bank) + 1  # + stuck
+    if outputs is not None:
+        groups += 2 * len(plan.bank.windows)
+
+    def sim_inputs(r: np.random.Generator, rows: int) -> tuple[FloatArray, ChannelModel]:
+        fitted = fit_input_model(mx[r.integers(0, mx.shape[0], mx.shape[0])], names)
+        return fitted.values(mx[r.integers(0, mx.shape[0], rows)]), fitted.channels
+
+    input_h = calibrate_bank(sim_inputs, plan, rng, groups)
+    output_h: dict[str, float] = {}
+    if outputs is not None:
+        p = _probs(outputs)
+
+        def sim_outputs(r: np.random.Generator, rows: int) -> tuple[FloatArray, ChannelModel]:
+            fitted = fit_output_model(p[r.integers(0, p.shape[0], p.shape[0])])
+            return fitted.values(p[r.integers(0, p.shape[0], rows)]), fitted.channels
+
+        output_h = calibrate_bank(sim_outputs, plan, rng, groups)
+    error_h = _calibrate_errors(errors, plan, rng) if errors is not None and errors.size else {}
+    return Calibration(
+        plan.budget_per_10k, plan.bank, input_h, output_h, error_h, stuck_runs(model.max_atom, plan, groups)
+    )
+
+
+def _calibrate_errors(
+    errors: FloatArray, plan: CalibrationPlan, rng: np.random.Generator
+) -> dict[str, float]:
+    def sim(r: np.random.Generator, rows: int) -> tuple[FloatArray, ChannelModel]:
+        resample = errors[r.integers(0, errors.size, errors.size)]
+        p = float(errors.mean())
+        return (r.random((rows, 1)) < p).astype(np.float64), error_channels(resample)
+
+    return calibrate_bank(sim, plan, rng, len(plan.bank.windows))
