@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -22,6 +21,3 @@ def make_small_student() -> nn.Module:
 def make_identity_student() -> nn.Module:
     """Not prunable: a single Linear (used to test the 'nothing prunable' error)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-
-__all__ = ["make_identity_student", "make_small_student", "torch"]
