@@ -1,12 +1,15 @@
 """`EdgeloopClient`: the tiny synchronous client applications on the device use.
 
-Owns a gRPC channel to the agent's local inference API (Unix socket path or ``host:port``), numpy
-in/out, and translating `grpc.RpcError` into `InferenceError` subclasses with the server's message.
+Owns a gRPC channel to the agent's local inference API (Unix socket path or ``host:port``), the
+optional framed fast path for Predict (`agent.serving.framed`), numpy in/out, and translating
+errors into `InferenceError` subclasses with the server's message.
 Does not retry, batch or cache.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,9 @@ from protos.edgeloop.v1 import inference_pb2 as pb
 from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
 
 _R = TypeVar("_R")
+_REQUEST_HEADER = struct.Struct("<I")
+_RESPONSE_HEADER = struct.Struct("<IB")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 DEFAULT_SOCKET = Path("/run/edgeloop/inference.sock")
 
@@ -51,8 +57,16 @@ class ClientPrediction:
 class EdgeloopClient:
     """``EdgeloopClient(socket).predict(x) -> y``; also usable as a context manager."""
 
-    def __init__(self, target: Path | str = DEFAULT_SOCKET, *, timeout_s: float = 30.0) -> None:
-        """Connect lazily to a socket path (Path or "unix:...") or a "host:port" string."""
+    def __init__(
+        self, target: Path | str = DEFAULT_SOCKET, *, timeout_s: float = 30.0, fast_socket: Path | None = None
+    ) -> None:
+        """Connect lazily to a socket path (Path or "unix:...") or a "host:port" string.
+
+        With `fast_socket` (the agent's framed data plane), Predict goes over it (~10x less
+        overhead than gRPC in Python); everything else stays on gRPC. Not shareable between threads
+        for concurrent calls: use one client per thread.
+        """
+        self._framed = _FramedChannel(fast_socket, timeout_s) if fast_socket is not None else None
         address = f"unix:{target}" if isinstance(target, Path) else target
         self._channel = grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -81,7 +95,11 @@ class EdgeloopClient:
         self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False
     ) -> ClientPrediction:
         """Like `predict_all`, plus which model version answered and whether the cache did."""
-        response = self._call(lambda: self._stub.Predict(_request(x, use_cache), timeout=self._timeout))
+        request = _request(x, use_cache)
+        if self._framed is not None:
+            response = self._framed.predict(request)
+        else:
+            response = self._call(lambda: self._stub.Predict(request, timeout=self._timeout))
         return ClientPrediction(
             outputs={t.name: codec.tensor_from_proto(t) for t in response.outputs},
             model_name=response.model_name,
@@ -121,6 +139,8 @@ class EdgeloopClient:
 
     def close(self) -> None:
         self._channel.close()
+        if self._framed is not None:
+            self._framed.close()
 
     def __enter__(self) -> EdgeloopClient:
         return self
@@ -136,6 +156,53 @@ class EdgeloopClient:
             return fn()
         except grpc.RpcError as err:
             raise _translate(err) from err
+
+
+class _FramedChannel:
+    """One connection to the agent's framed Predict socket (see `agent.serving.framed`)."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self._path = path
+        self._timeout = timeout_s
+        self._sock: socket.socket | None = None
+
+    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        body = request.SerializeToString()
+        try:
+            sock = self._connect()
+            sock.sendall(_REQUEST_HEADER.pack(len(body)) + body)
+            size, status = _RESPONSE_HEADER.unpack(_recv_exact(sock, _RESPONSE_HEADER.size))
+            payload = _recv_exact(sock, size)
+        except OSError as err:
+            self.close()
+            raise NoModelError(f"UNAVAILABLE: agent socket {self._path}: {err}") from err
+        if status:
+            code = _CODES.get(status, grpc.StatusCode.UNKNOWN)
+            raise _ERRORS.get(code, InferenceError)(f"{code.name}: {payload.decode(errors='replace')}")
+        return pb.PredictResponse.FromString(payload)
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self._timeout)
+            sock.connect(str(self._path))
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = sock.recv(size, socket.MSG_WAITALL)
+    while len(data) < size:  # MSG_WAITALL can still return short on signals
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("agent closed the connection")
+        data += chunk
+    return data
 
 
 def _request(x: np.ndarray | Mapping[str, np.ndarray], use_cache: bool) -> pb.PredictRequest:

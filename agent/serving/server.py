@@ -24,6 +24,7 @@ from agent.inference.registry import ProfileLoader
 from agent.inference.runtime import RuntimeLoader
 from agent.inference.stats import ServingStats
 from agent.profile import DeviceProfile
+from agent.serving.framed import FramedServer
 from agent.serving.models import ModelManager
 from agent.serving.servicer import InferenceServicer
 from agent.slots import LocalSlotFS, Slots
@@ -46,6 +47,7 @@ class InferenceService:
         *,
         options: ServingOptions | None = None,
         loader: RuntimeLoader | None = None,
+        fast_socket_path: Path | None = None,
     ) -> None:
         """Build the stack; nothing runs until `start()`.
 
@@ -56,10 +58,14 @@ class InferenceService:
             tcp_port: also listen on 127.0.0.1:<port> (0 picks a free port); None: socket only.
             options: limits, micro-batching, cache and sample capture.
             loader: artifact -> runtime; defaults to the registry bound to `profile`.
+            fast_socket_path: also serve Predict as length-prefixed frames here (`framed`), the
+                low-latency data plane; None: gRPC only.
         """
         self._options = options or ServingOptions(workers=max(1, profile.runtime.threads))
         self._socket_path = socket_path
         self._tcp_port = tcp_port
+        self._fast_socket_path = fast_socket_path
+        self._framed: FramedServer | None = None
         self._executor = ThreadPoolExecutor(max_workers=self._options.workers, thread_name_prefix="inference")
         # Model loads and slot I/O get their own thread so neither starves the other under load.
         self._admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-admin")
@@ -106,8 +112,19 @@ class InferenceService:
             capture=self._capture,
         )
         self._engine.start()
-        self._server = self._build_server(self._engine, self._models)
+        servicer = InferenceServicer(
+            engine=self._engine,
+            holder=self._holder,
+            models=self._models,
+            options=self._options,
+            stats=self.stats_snapshot,
+        )
+        self._server = self._build_server(servicer)
         await self._server.start()
+        if self._fast_socket_path is not None:
+            limit = self._options.max_request_bytes + _MESSAGE_OVERHEAD
+            self._framed = FramedServer(servicer, self._fast_socket_path, max_frame_bytes=limit)
+            await self._framed.start()
         logger.info(
             "inference API listening socket=%s tcp_port=%s model=%s",
             self._socket_path,
@@ -116,7 +133,7 @@ class InferenceService:
         )
         return serving
 
-    def _build_server(self, engine: InferenceEngine, models: ModelManager) -> grpc.aio.Server:
+    def _build_server(self, servicer: InferenceServicer) -> grpc.aio.Server:
         limit = self._options.max_request_bytes + _MESSAGE_OVERHEAD
         server = grpc.aio.server(
             options=[
@@ -124,13 +141,6 @@ class InferenceService:
                 ("grpc.max_send_message_length", -1),
                 ("grpc.so_reuseport", 0),
             ]
-        )
-        servicer = InferenceServicer(
-            engine=engine,
-            holder=self._holder,
-            models=models,
-            options=self._options,
-            stats=self.stats_snapshot,
         )
         pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
         try:
@@ -145,6 +155,8 @@ class InferenceService:
 
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop accepting requests, let in-flight ones finish (up to `grace_s`), release models."""
+        if self._framed is not None:
+            await self._framed.stop()
         if self._server is not None:
             await self._server.stop(grace_s)
         if self._engine is not None:

@@ -69,7 +69,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         try:
-            return await self._predict(request)
+            return await self.predict_message(request)
         except InferenceError as err:
             await context.abort(status_for(err), str(err))
             raise  # unreachable: abort raises
@@ -81,7 +81,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[pb.PredictResponse]:
         async for request in request_iterator:
             try:
-                response = await self._predict(request)
+                response = await self.predict_message(request)
             except InferenceError as err:
                 await context.abort(status_for(err), str(err))
                 return
@@ -113,7 +113,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stats=self._stats(),
         )
 
-    async def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+    async def predict_message(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        """Decode, predict, encode; raises `InferenceError` (callers map it to a status)."""
         handle = self._holder.current
         names = handle.runtime.signature.input_names() if handle is not None else ()
         try:

@@ -1,7 +1,8 @@
 """One agent inference process for the benchmark: serves one artifact on a Unix socket until stdin closes.
 
 Usage: python -m bench.inference.agent_proc ARTIFACT SOCKET SLOTS_DIR [--micro-batch] [--wait-us N]
-Prints "READY <pid>" once the model is loaded and the socket listens. Imports only what the agent
+Prints "READY <pid>" once the model is loaded and the sockets listen (gRPC on SOCKET, the framed
+fast path on SOCKET with suffix ".fast"). Imports only what the agent
 imports (no torch), so its RSS is the agent's.
 """
 
@@ -50,7 +51,10 @@ async def _main(ns: argparse.Namespace) -> None:
         micro_batch_wait_s=ns.wait_us * 1e-6,
         workers=profile.runtime.threads,
     )
-    service = InferenceService(Path(ns.slots), profile, Path(ns.socket), options=options)
+    fast = Path(ns.socket).with_suffix(".fast")
+    service = InferenceService(
+        Path(ns.slots), profile, Path(ns.socket), options=options, fast_socket_path=fast
+    )
     await service.start()
     if service.serving() is None:
         await service.install(Path(ns.artifact), name="bench", version="1")

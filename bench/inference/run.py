@@ -8,7 +8,8 @@ For each model (digits CNN fp32 and int8 QDQ, MiniLM-L6 int8 and fp32, all ONNX,
   * c=1: p50/p95 latency of raw `InferenceSession.run` (a clean process, the agent's session options) and of
     `EdgeloopClient.predict` against a separate agent process; overhead = API p50 - raw p50.
   * c=16: throughput of 16 raw threads in-process vs 16 API clients (4 processes x 4 threads) against
-    the agent without and with micro-batching.
+    the agent without and with micro-batching (MB).
+  Both over gRPC and over the framed fast path (`agent/serving/framed.py`, same messages).
 Then the agent process's RSS with the digits int8 model loaded and its idle CPU over 10 s.
 Everything runs on the same machine: at c=16 the client processes compete with the agent for the cores.
 """
@@ -48,11 +49,12 @@ def _latencies(call: Any, n: int) -> list[float]:
 
 
 def _client_proc(
-    socket: str, sample: dict[str, np.ndarray], threads: int, duration: float, start_at: float
+    socket: str, sample: dict[str, np.ndarray], threads: int, duration: float, start_at: float, framed: bool
 ) -> int:
     from agent.client import EdgeloopClient
 
-    clients = [EdgeloopClient(Path(socket)) for _ in range(threads)]
+    fast = Path(socket).with_suffix(".fast") if framed else None
+    clients = [EdgeloopClient(Path(socket), fast_socket=fast) for _ in range(threads)]
     for c in clients:
         c.predict(sample)
     time.sleep(max(0.0, start_at - time.time()))
@@ -72,12 +74,14 @@ def _client_proc(
     return sum(counts)
 
 
-def _api_throughput(socket: Path, sample: dict[str, np.ndarray], duration: float) -> float:
+def _api_throughput(
+    socket: Path, sample: dict[str, np.ndarray], duration: float, framed: bool = False
+) -> float:
     ctx = mp.get_context("spawn")
     start_at = time.time() + 3.0  # time for the spawned interpreters to import and connect
     per_proc = CONCURRENCY // CLIENT_PROCS
     with ctx.Pool(CLIENT_PROCS) as pool:
-        args = [(str(socket), sample, per_proc, duration, start_at)] * CLIENT_PROCS
+        args = [(str(socket), sample, per_proc, duration, start_at, framed)] * CLIENT_PROCS
         return sum(pool.starmap(_client_proc, args)) / duration
 
 
@@ -138,19 +142,26 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float) -> dict[s
             calls = n + max(5, n // 20)
             result["agent_cpu_us_per_req"] = (_cpu_seconds(agent.pid) - cpu_before) / calls * 1e6
             result["client_cpu_us_per_req"] = (time.process_time() - client_before) / calls * 1e6
+        with EdgeloopClient(agent.socket, fast_socket=agent.socket.with_suffix(".fast")) as client:
+            fast = _latencies(lambda: client.predict(art.sample), n)
         result["api_p50_us"] = float(np.percentile(api, 50) * 1e6)
         result["api_p95_us"] = float(np.percentile(api, 95) * 1e6)
+        result["fast_p50_us"] = float(np.percentile(fast, 50) * 1e6)
+        result["fast_p95_us"] = float(np.percentile(fast, 95) * 1e6)
         result["api_c16_rps"] = _api_throughput(agent.socket, art.sample, duration)
+        result["fast_c16_rps"] = _api_throughput(agent.socket, art.sample, duration, framed=True)
     finally:
         agent.close()
     agent = Agent(art.path, work / "batched", "--micro-batch", "--max-batch", "32")
     try:
         result["api_mb_c16_rps"] = _api_throughput(agent.socket, art.sample, duration)
+        result["fast_mb_c16_rps"] = _api_throughput(agent.socket, art.sample, duration, framed=True)
     finally:
         agent.close()
     result["overhead_p50_us"] = result["api_p50_us"] - result["raw_p50_us"]
-    result["ratio_c16"] = result["api_c16_rps"] / raw_thr
-    result["ratio_mb_c16"] = result["api_mb_c16_rps"] / raw_thr
+    result["fast_overhead_p50_us"] = result["fast_p50_us"] - result["raw_p50_us"]
+    for key in ("api_c16_rps", "api_mb_c16_rps", "fast_c16_rps", "fast_mb_c16_rps"):
+        result[key.replace("_rps", "_ratio")] = result[key] / raw_thr
     return result
 
 
@@ -187,15 +198,20 @@ def bench_footprint(art: Artifact, work: Path, idle_s: float) -> dict[str, float
 
 def _table(results: dict[str, dict[str, float]]) -> str:
     rows = [
-        "| model | raw p50 µs | API p50 µs | overhead p50 µs | raw c=16 req/s | API c=16 req/s (ratio) "
-        "| API+micro-batch c=16 req/s (ratio) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | raw p50 µs | gRPC p50 µs (overhead) | framed p50 µs (overhead) | raw c=16 req/s "
+        "| gRPC c=16 | gRPC+MB c=16 | framed c=16 | framed+MB c=16 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        cells = [
+            f"{r[k]:.0f} ({r[k.replace('_rps', '_ratio')]:.0%})"
+            for k in ("api_c16_rps", "api_mb_c16_rps", "fast_c16_rps", "fast_mb_c16_rps")
+        ]
         rows.append(
-            f"| {name} | {r['raw_p50_us']:.0f} | {r['api_p50_us']:.0f} | {r['overhead_p50_us']:.0f} "
-            f"| {r['raw_c16_rps']:.0f} | {r['api_c16_rps']:.0f} ({r['ratio_c16']:.0%}) "
-            f"| {r['api_mb_c16_rps']:.0f} ({r['ratio_mb_c16']:.0%}) |"
+            f"| {name} | {r['raw_p50_us']:.0f} | {r['api_p50_us']:.0f} ({r['overhead_p50_us']:.0f}) "
+            f"| {r['fast_p50_us']:.0f} ({r['fast_overhead_p50_us']:.0f}) | {r['raw_c16_rps']:.0f} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(rows)
 

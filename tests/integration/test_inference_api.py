@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+import socket
+import struct
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -334,3 +337,39 @@ def test_crash_loop_fails_fast_without_reloading_each_time(
         stats = bg.service.stats_snapshot()
     assert stats["inference.digits@1.restarts"] == 1  # one reload, then fail fast inside the interval
     assert stats["inference.digits@1.errors.backend_crashed"] == 5
+
+
+def test_framed_fast_path_serves_the_same_contract(
+    tmp_path: Path, profile: DeviceProfile, models: DigitsModels
+) -> None:
+    fast = tmp_path / "fast.sock"
+    options = ServingOptions(max_batch=64, max_request_bytes=64 * 1024)
+    service = InferenceService(
+        tmp_path / "slots", profile, tmp_path / "api.sock", options=options, fast_socket_path=fast
+    )
+    with BackgroundService(service) as bg:
+        bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
+        with EdgeloopClient(tmp_path / "api.sock", fast_socket=fast) as client:
+            answer = client.predict_full(models.data.x_test[:40])
+            assert answer.model_version == "1"
+            assert np.abs(answer.outputs["logits"] - models.reference_logits[:40]).max() <= 1e-4
+            with pytest.raises(InvalidInputError, match=f"expected signature {re.escape(SIGNATURE)}"):
+                client.predict(np.zeros((1, 1, 9, 8), np.float32))
+            with pytest.raises(RequestTooLargeError, match=r"RESOURCE_EXHAUSTED.*the limit is 65536"):
+                client.predict(np.zeros((60, 1, 16, 32), np.float32))
+            assert client.predict(models.data.x_test[:1]).shape == (1, 10)  # same connection still fine
+        with socket.socket(socket.AF_UNIX) as raw:  # garbage instead of a PredictRequest
+            raw.connect(str(fast))
+            raw.sendall(struct.pack("<I", 4) + b"\xff\xff\xff\xff")
+            size, status = struct.unpack("<IB", raw.recv(5, socket.MSG_WAITALL))
+            message = raw.recv(size, socket.MSG_WAITALL).decode()
+        assert status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "malformed PredictRequest" in message
+        with socket.socket(socket.AF_UNIX) as raw:  # a frame over the limit: refused, connection closed
+            raw.connect(str(fast))
+            raw.sendall(struct.pack("<I", 10 * 2**20))
+            size, status = struct.unpack("<IB", raw.recv(5, socket.MSG_WAITALL))
+            assert status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert "exceeds the limit" in raw.recv(size, socket.MSG_WAITALL).decode()
+            assert raw.recv(1) == b""
+    assert not fast.exists()

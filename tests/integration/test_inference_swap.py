@@ -26,8 +26,9 @@ STEP = 700  # requests served between two control operations
 class Load:
     """16 client threads hammering Predict; records failures, served versions and correctness."""
 
-    def __init__(self, socket: Path, models: DigitsModels) -> None:
+    def __init__(self, socket: Path, models: DigitsModels, fast_socket: Path | None = None) -> None:
         self.socket = socket
+        self.fast_socket = fast_socket
         self.models = models
         self.done = 0
         self.failures: list[BaseException] = []
@@ -39,7 +40,7 @@ class Load:
 
     def _client(self, k: int) -> None:
         x, ref = self.models.data.x_test, self.models.reference_logits.argmax(1)
-        with EdgeloopClient(self.socket) as client:
+        with EdgeloopClient(self.socket, fast_socket=self.fast_socket) as client:
             n = 0
             while not self._stop.is_set():
                 i, n = (k * 97 + n) % len(x), n + 1
@@ -70,18 +71,29 @@ class Load:
             t.join()
 
 
-@pytest.mark.parametrize("micro_batch", [False, True], ids=["direct", "micro-batched"])
-def test_hot_swap_under_load_has_zero_failed_requests(tmp_path: Path, micro_batch: bool) -> None:
+@pytest.mark.parametrize(
+    ("micro_batch", "framed"),
+    [(False, False), (True, False), (False, True)],
+    ids=["grpc", "micro-batched", "framed"],
+)
+def test_hot_swap_under_load_has_zero_failed_requests(
+    tmp_path: Path, micro_batch: bool, framed: bool
+) -> None:
     models = digits_models()
     corrupt = tmp_path / "digits_v9.onnx"
     corrupt.write_bytes(models.onnx_fp32.read_bytes()[:2000])  # a truncated download
     options = ServingOptions(micro_batch=micro_batch, micro_batch_max=16)
+    fast = tmp_path / "fast.sock" if framed else None
     service = InferenceService(
-        tmp_path / "slots", load_profile("generic-x86"), tmp_path / "api.sock", options=options
+        tmp_path / "slots",
+        load_profile("generic-x86"),
+        tmp_path / "api.sock",
+        options=options,
+        fast_socket_path=fast,
     )
     with BackgroundService(service) as bg:
         bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
-        load = Load(tmp_path / "api.sock", models)
+        load = Load(tmp_path / "api.sock", models, fast)
         load.start()
         load.serve_more()
         with pytest.raises(ModelLoadError, match="candidate digits@9 refused"):
