@@ -8,11 +8,12 @@ the chosen artifact per profile. Pure functions over dataclasses; writing files 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 from dataclasses import asdict
 from typing import Any
 
-from compiler.pipeline import Candidate, Measurement, Outcome
+from compiler.pipeline import Candidate, Measurement, Outcome, Recipe
 
 FORMAT_VERSION = 1
 TOOLS = (
@@ -51,6 +52,51 @@ def host() -> dict[str, str]:
     }
 
 
+def passes_for(recipe: Recipe) -> list[dict[str, Any]]:
+    """The passes (after export) that produced a recipe's artifact, with their parameters."""
+    p = dict(recipe.params)
+    floats = list(recipe.exclude)
+    if recipe.runtime == "litert":
+        steps: list[dict[str, Any]] = [
+            {"pass": "convert_tflite.convert_fp32", "tool": "litert-torch", "batch": 1}
+        ]
+        if recipe.quantization != "fp32":
+            steps.append(
+                {
+                    "pass": "convert_tflite.quantize_tflite",
+                    "tool": "ai-edge-quantizer",
+                    "kind": p.get("tflite", "full"),
+                }
+            )
+        return steps
+    if recipe.quantization == "int8-static":
+        return [
+            {
+                "pass": "quantize.quantize_static",
+                "format": "QDQ",
+                "weights": "int8 per-channel",
+                "activations": "uint8",
+                "calibration": p.get("method", "minmax"),
+                "float_nodes": floats,
+            }
+        ]
+    if recipe.quantization == "int8-dynamic":
+        steps = []
+        if "smooth" in p:
+            steps.append(
+                {
+                    "pass": "smooth.smooth_matmuls",
+                    "alpha": float(p["smooth"]),
+                    "min_outlier_ratio": float(p.get("outliers", "0")),
+                }
+            )
+        steps.append(
+            {"pass": "quantize.quantize_dynamic", "weights": "int8 per-channel", "float_nodes": floats}
+        )
+        return steps
+    return []
+
+
 def candidate_dict(c: Candidate) -> dict[str, Any]:
     return {
         "recipe": c.recipe.name,
@@ -79,6 +125,7 @@ def build_report(
         "profiles": {
             o.profile: {
                 "chosen": o.chosen.recipe.name if o.chosen else None,
+                "passes": passes_for(o.chosen.recipe) if o.chosen else [],
                 "artifact": artifacts.get(o.profile),
                 "candidates": [candidate_dict(c) for c in o.candidates],
             }
@@ -112,6 +159,9 @@ def model_card(report: dict[str, Any]) -> str:
         if prof["artifact"]:
             art = prof["artifact"]
             lines.append(f"Artifact `{art['path']}`, sha256 `{art['sha256']}`, {art['size_bytes']} B.\n")
+            lines.append(
+                "Passes after export: " + ("; ".join(json.dumps(s) for s in prof["passes"]) or "none") + "\n"
+            )
         lines += [
             "| recipe | size B | accuracy | agreement | cosine mean | cpu p50 ms | p50 ms | p95 ms "
             "| peak mem B "

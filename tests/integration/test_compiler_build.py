@@ -104,6 +104,7 @@ def test_build_writes_one_artifact_per_profile_with_report_and_card(built: Path,
 def test_pi_gets_onnx_int8_within_one_point_on_onnxruntime(built: Path, ws: dict[str, Any]) -> None:
     report = json.loads((built / "report.json").read_text())
     assert report["profiles"]["raspberry-pi-4"]["chosen"].startswith("onnx-int8-static")
+    assert report["profiles"]["raspberry-pi-4"]["passes"][0]["pass"] == "quantize.quantize_static"
     path = built / "raspberry-pi-4" / "model.onnx"
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert "QuantizeLinear" in ops  # really int8 (QDQ)
@@ -128,6 +129,9 @@ def test_coral_gets_full_int8_tflite_within_one_point_on_litert_cpu(built: Path,
     assert acc >= ws["ref_acc"] - 0.01
     report = json.loads((built / "report.json").read_text())
     assert report["profiles"]["coral-dev-board"]["chosen"] == "tflite-int8-full"
+    passes = report["profiles"]["coral-dev-board"]["passes"]
+    assert [p["tool"] for p in passes] == ["litert-torch", "ai-edge-quantizer"]
+    assert passes[1]["kind"] == "full"
 
 
 def test_corrupt_model_file(ws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
