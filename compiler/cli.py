@@ -103,6 +103,12 @@ def _other_args(cmd: Callable[..., argparse.ArgumentParser]) -> None:
     pr.add_argument("--train", type=Path, required=True)
     pr.add_argument("--eval", type=Path, required=True)
     pr.add_argument("--keep", type=float, default=0.5, help="fraction of channels kept per layer")
+    pr.add_argument(
+        "--unstructured",
+        type=float,
+        metavar="AMOUNT",
+        help="instead: magnitude sparsity (e.g. 0.8), reported honestly (dense size unchanged, .xz size)",
+    )
     pr.add_argument("--epochs", type=int, default=10)
     pr.add_argument("--out", type=Path, required=True, help="*.pt2")
 
@@ -217,6 +223,8 @@ def _convert(args: argparse.Namespace) -> Any:
 
 
 def _prune(args: argparse.Namespace) -> Any:
+    import tempfile
+
     import torch
 
     from compiler.data import load_dataset
@@ -224,7 +232,16 @@ def _prune(args: argparse.Namespace) -> Any:
 
     model = export.load_torch_model(export.resolve_source(args.model, args.weights))
     train, evaluation = load_dataset(args.train), load_dataset(args.eval)
-    pruned, report = prune.prune_and_finetune(model, train, evaluation, keep=args.keep, epochs=args.epochs)
+    report: Any
+    if args.unstructured is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            pruned, report = prune.unstructured_report(
+                model, train, evaluation, Path(tmp), amount=args.unstructured, epochs=args.epochs
+            )
+    else:
+        pruned, report = prune.prune_and_finetune(
+            model, train, evaluation, keep=args.keep, epochs=args.epochs
+        )
     sample = torch.from_numpy(next(iter(train.inputs.values()))[:2])
     batch = {0: torch.export.Dim("batch")}
     torch.export.save(torch.export.export(pruned, (sample,), dynamic_shapes=(batch,)), str(args.out))

@@ -185,3 +185,14 @@ def test_distillation_reports_student_alone_and_distilled(
             eval_set,
             epochs=1,
         )
+
+
+def test_unstructured_sparsity_is_reported_honestly(
+    digits_model: Any, train_set: Dataset, eval_set: Dataset, tmp_path: Path
+) -> None:
+    _, rep = prune.unstructured_report(digits_model, train_set, eval_set, tmp_path, amount=0.8, epochs=4)
+    assert (
+        abs(rep.onnx_bytes_sparse - rep.onnx_bytes_dense) < 0.02 * rep.onnx_bytes_dense
+    )  # dense file: same size
+    assert rep.xz_bytes_sparse < 0.6 * rep.xz_bytes_dense  # only the compressed download shrinks
+    assert rep.accuracy_finetuned >= rep.accuracy_before - 0.03
