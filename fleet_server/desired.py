@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleet_server.models import Device
+from fleet_server.ota.releases import assignment_for
 from fleet_server.settings import Settings
 
 
@@ -38,4 +39,21 @@ def desired_for(device: Device, settings: Settings) -> DesiredState:
         telemetry_batch_max=settings.telemetry_batch_max,
         max_messages_per_s=settings.device_max_messages_per_s,
         labels=dict(device.labels),
+        models=_models(device, settings),
+    )
+
+
+def _models(device: Device, settings: Settings) -> tuple[ModelAssignment, ...]:
+    """The model assignment signed into the device's OTA director role, if any."""
+    found = assignment_for(settings.data_dir / "ota", device.id)
+    if found is None:
+        return ()
+    return (
+        ModelAssignment(
+            slot=found.slot,
+            model_name=found.model_name,
+            model_version=found.model_version,
+            release_id=found.release_id,
+            deployment_id=found.deployment_id,
+        ),
     )

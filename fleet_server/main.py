@@ -20,6 +20,8 @@ from sqlalchemy.exc import OperationalError
 from fleet_server import __version__
 from fleet_server.api.routes import devices, tokens
 from fleet_server.db import make_engine
+from fleet_server.drift.observer import drift_observer
+from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import (
     AuthError,
     ConflictError,
@@ -32,6 +34,8 @@ from fleet_server.grpc_api.server import build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.migrate import upgrade
+from fleet_server.ota.routes import mount_ota
+from fleet_server.ota.status import ota_status_observer
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings, get_settings
 
@@ -56,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(upgrade, engine)
         ca = FleetCA.load(settings.pki_dir)
         writer = IngestWriter(
-            engine, max_rows=settings.flush_max_rows, linger_s=settings.flush_interval_ms / 1000 / 10
+            engine,
+            max_rows=settings.flush_max_rows,
+            linger_s=settings.flush_interval_ms / 1000 / 10,
+            observers=[ota_status_observer, drift_observer],
         )
         registry = SessionRegistry()
         registry.bind_loop(asyncio.get_running_loop())
@@ -116,5 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(devices.router)
     api.include_router(tokens.router)
+    api.include_router(drift_router)
+    mount_ota(app, api, settings)
     app.include_router(api)
     return app

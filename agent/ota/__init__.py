@@ -1,0 +1,1 @@
+"""Signed OTA model updates on the device: TUF client, delta rebuild, crash-safe install machine."""

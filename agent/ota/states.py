@@ -1,0 +1,89 @@
+"""States, events and the transition table of the model-update machine (pure data, no I/O).
+
+How to read the table: a row ``(STATE, EVENT): NEXT`` says that when the work of STATE reports
+EVENT the machine moves to NEXT. Each in-flight state has work (download, verify, stage ...) that
+the client runs *after* the state is persisted, so a power cut re-enters the same state and the
+work runs again (every step is idempotent). Terminal states (COMMITTED, FAILED, ROLLED_BACK) are
+the statuses a deployment ends in; a new assignment leaves them. Two events apply to any
+in-flight state and are handled in `machine.py`: RESUMED (the agent restarted inside the state)
+and LOOP_DETECTED (it restarted there too often: before the switch the update fails, after it the
+previous model is restored). Values are strings because they are persisted.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class UpdateState(StrEnum):
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    STAGING = "staging"
+    GOLDEN_CHECK = "golden_check"
+    SHADOWING = "shadowing"
+    SWITCHING = "switching"
+    WATCHING = "watching"
+    COMMITTING = "committing"
+    REVERTING = "reverting"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class UpdateEvent(StrEnum):
+    ASSIGNED = "assigned"
+    DOWNLOADED = "downloaded"
+    DOWNLOAD_FAILED = "download_failed"
+    VERIFIED = "verified"
+    VERIFY_FAILED = "verify_failed"
+    STAGED = "staged"
+    STAGE_FAILED = "stage_failed"
+    GOLDEN_PASSED = "golden_passed"
+    GOLDEN_FAILED = "golden_failed"
+    SHADOW_PASSED = "shadow_passed"
+    SHADOW_FAILED = "shadow_failed"
+    SWITCHED = "switched"
+    SWITCH_FAILED = "switch_failed"
+    WATCH_PASSED = "watch_passed"
+    WATCH_FAILED = "watch_failed"
+    COMMIT_DONE = "commit_done"
+    REVERTED = "reverted"
+    REVERT_FAILED = "revert_failed"
+    RESUMED = "resumed"
+    LOOP_DETECTED = "loop_detected"
+
+
+S, E = UpdateState, UpdateEvent
+
+TERMINAL = frozenset({S.IDLE, S.COMMITTED, S.FAILED, S.ROLLED_BACK})
+# After these states the new model may be serving, so a failure means restoring the previous one.
+SWITCHED_STATES = frozenset({S.SWITCHING, S.WATCHING, S.COMMITTING, S.REVERTING})
+
+TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
+    (S.IDLE, E.ASSIGNED): S.DOWNLOADING,
+    (S.COMMITTED, E.ASSIGNED): S.DOWNLOADING,
+    (S.FAILED, E.ASSIGNED): S.DOWNLOADING,
+    (S.ROLLED_BACK, E.ASSIGNED): S.DOWNLOADING,
+    (S.DOWNLOADING, E.DOWNLOADED): S.VERIFYING,
+    (S.DOWNLOADING, E.DOWNLOAD_FAILED): S.FAILED,
+    (S.VERIFYING, E.VERIFIED): S.STAGING,
+    (S.VERIFYING, E.VERIFY_FAILED): S.FAILED,
+    (S.STAGING, E.STAGED): S.GOLDEN_CHECK,
+    (S.STAGING, E.STAGE_FAILED): S.FAILED,
+    (S.GOLDEN_CHECK, E.GOLDEN_PASSED): S.SHADOWING,
+    (S.GOLDEN_CHECK, E.GOLDEN_FAILED): S.FAILED,
+    (S.SHADOWING, E.SHADOW_PASSED): S.SWITCHING,
+    (S.SHADOWING, E.SHADOW_FAILED): S.FAILED,
+    (S.SWITCHING, E.SWITCHED): S.WATCHING,
+    (S.SWITCHING, E.SWITCH_FAILED): S.REVERTING,
+    (S.WATCHING, E.WATCH_PASSED): S.COMMITTING,
+    (S.WATCHING, E.WATCH_FAILED): S.REVERTING,
+    (S.COMMITTING, E.COMMIT_DONE): S.COMMITTED,
+    (S.REVERTING, E.REVERTED): S.ROLLED_BACK,
+    (S.REVERTING, E.REVERT_FAILED): S.FAILED,
+    # A restart loses the loaded candidate (memory): gates and switch start again from staging.
+    (S.GOLDEN_CHECK, E.RESUMED): S.STAGING,
+    (S.SHADOWING, E.RESUMED): S.STAGING,
+    (S.SWITCHING, E.RESUMED): S.STAGING,  # the client posts SWITCHED instead if the switch happened
+}

@@ -1,0 +1,319 @@
+"""The work of each update state (download, verify, stage, gates, switch, watch, commit, revert).
+
+`Work.run(record)` performs the state's work through the ports and returns the outcome event, or
+None when it must be retried later (transient network failure, or the agent is stopping). Each
+piece is idempotent so a crash can re-run it: downloads resume from ``.partial``, staging replaces
+the candidate, the switch checks whether it already happened, revert checks what is serving.
+Owns the OTA working directory: ``downloads/`` (cleared when a deployment ends) and
+``manifests/<sha256>.json`` (kept for models the device holds: the delta sources).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
+from agent.ota import gates
+from agent.ota.delta import ChunkIndex, parse_manifest, rebuild
+from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
+from agent.ota.machine import UpdateRecord
+from agent.ota.serving import Batch, ServingPort
+from agent.ota.states import UpdateEvent, UpdateState
+from agent.ota.trust import Plan, TargetRef
+
+logger = logging.getLogger(__name__)
+
+S, E = UpdateState, UpdateEvent
+Resources = Callable[[], tuple[int, int]]  # (free disk bytes, available RAM bytes)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event: UpdateEvent
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WorkLimits:
+    min_free_disk_bytes: int = 16 << 20
+    min_free_ram_bytes: int = 32 << 20
+    use_delta: bool = True
+    max_golden_bytes: int = 64 << 20
+
+
+class Work:
+    def __init__(
+        self,
+        *,
+        directory: Path,
+        downloader: Downloader,
+        serving: ServingPort,
+        resources: Resources,
+        limits: WorkLimits | None = None,
+    ) -> None:
+        self.dir = directory
+        self.downloads = directory / "downloads"
+        self.manifests = directory / "manifests"
+        self.downloader = downloader
+        self.serving = serving
+        self._resources = resources
+        self._limits = limits or WorkLimits()
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        self.last_delta: dict[str, int] = {}
+
+    async def run(
+        self, record: UpdateRecord, stop: asyncio.Event, *, save: Callable[[UpdateRecord], None]
+    ) -> Outcome | None:
+        plan = Plan.from_dict(record.plan)
+        try:
+            return await self._dispatch(record, plan, stop, save)
+        except (TransportError, OSError) as err:
+            failed = _failed(record.state)
+            if isinstance(err, HttpStatusError) and err.terminal and failed is not None:
+                return Outcome(failed, str(err))
+            logger.warning(
+                "ota work interrupted state=%s deployment_id=%s: %s", record.state, record.deployment_id, err
+            )
+            return None
+
+    async def _dispatch(
+        self, record: UpdateRecord, plan: Plan, stop: asyncio.Event, save: Callable[[UpdateRecord], None]
+    ) -> Outcome | None:
+        state = record.state
+        if state is S.DOWNLOADING:
+            return await asyncio.to_thread(self.download, plan)
+        if state is S.VERIFYING:
+            return await asyncio.to_thread(self.verify, plan)
+        if state is S.STAGING:
+            return await self.stage(plan)
+        if state is S.GOLDEN_CHECK:
+            return await self.golden(plan)
+        if state is S.SHADOWING:
+            return await self.shadow(plan)
+        if state is S.SWITCHING:
+            return await self.switch(record, plan, save)
+        if state is S.WATCHING:
+            return await self.watch(plan, stop)
+        if state is S.COMMITTING:
+            return Outcome(E.COMMIT_DONE, f"serving {plan.model_name}@{plan.model_version}")
+        if state is S.REVERTING:
+            return await self.revert(plan)
+        raise RuntimeError(f"no work for state {state}")
+
+    # ------------------------------------------------------------ download and verify
+
+    def artifact_path(self, plan: Plan) -> Path:
+        return self.downloads / f"{plan.artifact.sha256}.{plan.artifact.path.rsplit('/', 1)[-1]}"
+
+    def download(self, plan: Plan) -> Outcome:
+        dest = self.artifact_path(plan)
+        if dest.exists():
+            return Outcome(E.DOWNLOADED, "already downloaded")
+        disk, ram = self._resources()
+        need = 2 * plan.artifact.length + self._limits.min_free_disk_bytes
+        if disk < need:
+            return Outcome(E.DOWNLOAD_FAILED, f"not enough disk: {disk} free, {need} needed")
+        if ram < plan.artifact.length + self._limits.min_free_ram_bytes:
+            return Outcome(E.DOWNLOAD_FAILED, f"not enough RAM to load the model: {ram} available")
+        try:
+            detail = self._delta(plan, dest)
+        except IntegrityError as err:
+            logger.warning("delta rebuild discarded, full download: %s", err)
+            detail = ""
+        if not detail:
+            before = self.downloader.bytes_received
+            try:
+                self.downloader.download(
+                    plan.artifact.url, dest, length=plan.artifact.length, sha256=plan.artifact.sha256
+                )
+            except IntegrityError as err:
+                return Outcome(E.DOWNLOAD_FAILED, str(err))
+            detail = f"full download bytes={self.downloader.bytes_received - before}"
+        return Outcome(E.DOWNLOADED, detail)
+
+    def _delta(self, plan: Plan, dest: Path) -> str:
+        if not self._limits.use_delta or plan.manifest is None:
+            return ""
+        index = self._index()
+        if not len(index):
+            return ""
+        chunks = parse_manifest(
+            self._small(plan.manifest), length=plan.artifact.length, sha256=plan.artifact.sha256
+        )
+        partial = dest.with_name(dest.name + ".partial")
+        before = self.downloader.bytes_received
+        stats = rebuild(
+            chunks, index, lambda o, n: self.downloader.fetch_range(plan.artifact.url, o, n), partial
+        )
+        if sha256_file(partial) != plan.artifact.sha256:
+            partial.unlink(missing_ok=True)
+            raise IntegrityError("rebuilt artifact does not hash to the signed target")
+        partial.replace(dest)
+        self.last_delta = {"fetched": self.downloader.bytes_received - before, "reused": stats.reused_bytes}
+        return (
+            f"delta reused_bytes={stats.reused_bytes} fetched_bytes={self.downloader.bytes_received - before}"
+        )
+
+    def _small(self, ref: TargetRef) -> bytes:
+        path = self.downloads / f"{ref.sha256}.{ref.path.rsplit('/', 1)[-1]}"
+        if not path.exists():
+            self.downloader.download(ref.url, path, length=ref.length, sha256=ref.sha256)
+        return path.read_bytes()
+
+    def _index(self) -> ChunkIndex:
+        index = ChunkIndex()
+        for path, sha in self.serving.held_models():
+            manifest = self.manifests / f"{sha}.json"
+            if manifest.exists() and path.exists():
+                try:
+                    index.add(
+                        path, parse_manifest(manifest.read_bytes(), length=path.stat().st_size, sha256=sha)
+                    )
+                except IntegrityError:
+                    manifest.unlink(missing_ok=True)
+        return index
+
+    def verify(self, plan: Plan) -> Outcome:
+        path = self.artifact_path(plan)
+        if not path.exists():
+            return Outcome(E.VERIFY_FAILED, "artifact missing")
+        if path.stat().st_size != plan.artifact.length or sha256_file(path) != plan.artifact.sha256:
+            path.unlink()
+            return Outcome(E.VERIFY_FAILED, "artifact does not match the signed length and sha256")
+        if plan.manifest is not None:
+            data = self._small(plan.manifest)
+            (self.manifests / f"{plan.artifact.sha256}.json").write_bytes(data)
+        return Outcome(E.VERIFIED, f"sha256={plan.artifact.sha256[:16]}")
+
+    # ------------------------------------------------------------ stage and gates
+
+    async def stage(self, plan: Plan) -> Outcome:
+        try:
+            await self.serving.load_candidate(
+                self.artifact_path(plan), name=plan.model_name, version=plan.model_version
+            )
+        except (InferenceError, SlotError) as err:
+            return Outcome(E.STAGE_FAILED, f"{type(err).__name__}: {err}")
+        return Outcome(E.STAGED, "candidate loaded and warmed up")
+
+    def _golden_set(self, plan: Plan) -> tuple[list[Batch], np.ndarray] | None:
+        if plan.golden is None:
+            return None
+        if plan.golden.length > self._limits.max_golden_bytes:
+            raise IntegrityError("golden set larger than the configured limit")
+        self._small(plan.golden)
+        path = self.downloads / f"{plan.golden.sha256}.golden.npz"
+        with np.load(path, allow_pickle=False) as npz:
+            names = [k for k in npz.files if k.startswith("input:")]
+            labels = npz["labels"]
+            arrays = {k.removeprefix("input:"): npz[k] for k in names}
+        batches = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(labels))]
+        return batches, labels
+
+    async def golden(self, plan: Plan) -> Outcome:
+        try:
+            golden = await asyncio.to_thread(self._golden_set, plan)
+            if golden is None:
+                return Outcome(E.GOLDEN_PASSED, "release has no golden set")
+            batches, labels = golden
+            outputs, _ = await self.serving.evaluate("candidate", batches)
+        except (InferenceError, SlotError, IntegrityError, ValueError, KeyError) as err:
+            return Outcome(E.GOLDEN_FAILED, f"golden set not evaluable: {err}")
+        logits = np.concatenate([next(iter(o.values())) for o in outputs])
+        verdict = gates.golden_verdict(gates.golden_accuracy(logits, labels), plan.golden_threshold)
+        return Outcome(E.GOLDEN_PASSED if verdict.passed else E.GOLDEN_FAILED, verdict.detail)
+
+    async def shadow(self, plan: Plan) -> Outcome:
+        limits = gates.thresholds(plan.gates)
+        if self.serving.serving() is None:
+            return Outcome(E.SHADOW_PASSED, "nothing serving: no shadow comparison possible")
+        batches, source = self.serving.live_inputs(), "live"
+        if len(batches) < limits["min_shadow_samples"]:
+            golden = await asyncio.to_thread(self._golden_set, plan)
+            batches, source = (batches + golden[0] if golden else batches), "live+golden"
+        if not batches:
+            return Outcome(E.SHADOW_PASSED, "no live or golden inputs: shadow skipped")
+        try:
+            current, t_cur = await self.serving.evaluate("current", batches)
+            candidate, t_cand = await self.serving.evaluate("candidate", batches)
+        except (InferenceError, SlotError) as err:
+            return Outcome(E.SHADOW_FAILED, f"shadow run failed: {err}")
+        a = np.concatenate([next(iter(o.values())) for o in current])
+        b = np.concatenate([next(iter(o.values())) for o in candidate])
+        agreement, distance = gates.agreement_and_distance(a, b)
+        verdict = gates.shadow_verdict(
+            agreement=agreement, distance=distance, p95_current_s=gates.p95(t_cur),
+            p95_candidate_s=gates.p95(t_cand), limits=limits,
+        )  # fmt: skip
+        detail = f"{verdict.detail} samples={len(batches)} source={source}"
+        return Outcome(E.SHADOW_PASSED if verdict.passed else E.SHADOW_FAILED, detail)
+
+    # ------------------------------------------------------------ switch, watch, revert
+
+    def already_switched(self, plan: Plan, record: UpdateRecord) -> bool:
+        model = self.serving.serving()
+        return bool(record.previous_sha256) and model is not None and model.sha256 == plan.artifact.sha256
+
+    async def switch(self, record: UpdateRecord, plan: Plan, save: Callable[[UpdateRecord], None]) -> Outcome:
+        if self.already_switched(plan, record):
+            return Outcome(E.SWITCHED, "already switched")
+        current = self.serving.serving()
+        save(replace(record, previous_sha256=current.sha256 if current else "none"))
+        self.serving.release_evaluators()
+        try:
+            await self.serving.promote()
+        except (SlotError, InferenceError) as err:
+            return Outcome(E.SWITCH_FAILED, f"{type(err).__name__}: {err}")
+        return Outcome(E.SWITCHED, f"serving {plan.model_name}@{plan.model_version}")
+
+    async def watch(self, plan: Plan, stop: asyncio.Event) -> Outcome | None:
+        limits = gates.thresholds(plan.gates)
+        req0, err0 = self.serving.error_counts()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=limits["watch_s"])
+            return None  # stopping: the watch restarts after the restart
+        except TimeoutError:
+            pass
+        model = self.serving.serving()
+        if model is None or model.sha256 != plan.artifact.sha256:
+            return Outcome(E.WATCH_FAILED, "the release is no longer serving (it failed to load at start)")
+        req1, err1 = self.serving.error_counts()
+        verdict = gates.watch_verdict(requests=max(0, req1 - req0), errors=max(0, err1 - err0), limits=limits)
+        return Outcome(E.WATCH_PASSED if verdict.passed else E.WATCH_FAILED, verdict.detail)
+
+    async def revert(self, plan: Plan) -> Outcome:
+        model = self.serving.serving()
+        if model is None or model.sha256 != plan.artifact.sha256:
+            return Outcome(E.REVERTED, "previous model serving")
+        try:
+            await self.serving.rollback()
+        except AgentError as err:
+            return Outcome(E.REVERT_FAILED, f"{type(err).__name__}: {err}")
+        return Outcome(E.REVERTED, "previous model restored")
+
+    def finished(self, record: UpdateRecord) -> None:
+        """A deployment ended: drop downloads and manifests of models no longer held."""
+        self.serving.release_evaluators()
+        shutil.rmtree(self.downloads, ignore_errors=True)
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        held = {sha for _, sha in self.serving.held_models()}
+        for manifest in self.manifests.glob("*.json"):
+            if manifest.stem not in held:
+                manifest.unlink(missing_ok=True)
+
+
+def _failed(state: UpdateState) -> UpdateEvent | None:
+    return {
+        S.DOWNLOADING: E.DOWNLOAD_FAILED,
+        S.VERIFYING: E.VERIFY_FAILED,
+        S.GOLDEN_CHECK: E.GOLDEN_FAILED,
+        S.SHADOWING: E.SHADOW_FAILED,
+    }.get(state)

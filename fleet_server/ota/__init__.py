@@ -1,0 +1,1 @@
+"""Signed OTA model updates, server side: TUF repository, releases, assignments, device status."""

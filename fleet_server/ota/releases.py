@@ -1,0 +1,245 @@
+"""Release publishing and deployment: the OTA service the REST routes and the CLI call.
+
+Owns the release sequence (a database row per release, separate from the model version: going
+back to an old model is a new release pointing at the old bytes), content-addressed blob uploads,
+writing release targets (artifact + chunk manifest + golden set) and signing per-device
+assignments into the director roles. Does not speak HTTP (`routes.py`) or sign root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
+
+from fleet_server.errors import InvalidRequestError, NotFoundError
+from fleet_server.models import Device
+from fleet_server.ota.chunking import build_manifest
+from fleet_server.ota.keys import KeyRing
+from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
+from fleet_server.ota.repository import Expiry, OtaRepository, canonical_json, device_role
+
+logger = logging.getLogger(__name__)
+
+SLOT = "default"
+_SHA_CHARS = set("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    slot: str
+    model_name: str
+    model_version: str
+    release_id: str
+    deployment_id: str
+
+
+class OtaService:
+    """The repository plus blob store under ``<data_dir>/ota``; keys are created on first start."""
+
+    def __init__(self, directory: Path, *, expiry: Expiry | None = None) -> None:
+        self.dir = directory
+        keys_path = directory / "keys" / "keys.json"
+        keys = KeyRing.load(keys_path) if keys_path.exists() else KeyRing.create(directory / "keys")
+        self.repo = OtaRepository(directory / "repo", keys, expiry=expiry)
+        if not (self.repo.metadata_dir / "root.json").exists():
+            self.repo.initialize()
+        self.blobs = directory / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ blobs
+
+    def new_upload(self) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".upload-")
+        os.close(fd)
+        return Path(tmp)
+
+    def adopt_blob(self, upload: Path) -> tuple[str, int]:
+        """Move a finished upload to its content address; returns (sha256, length)."""
+        digest = hashlib.sha256()
+        with upload.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        sha = digest.hexdigest()
+        size = upload.stat().st_size
+        os.replace(upload, self.blobs / sha)
+        return sha, size
+
+    def blob(self, sha256: str) -> Path:
+        path = self.blobs / sha256
+        if len(sha256) != 64 or not set(sha256) <= _SHA_CHARS or not path.exists():
+            raise NotFoundError(f"blob {sha256[:16]} not uploaded")
+        return path
+
+    # ------------------------------------------------------------ releases
+
+    def publish(self, *, session: Session, spec: ReleaseCreate, created_by: str) -> OtaRelease:
+        """Sign a new release into the targets role; returns the stored row.
+
+        Raises:
+            NotFoundError: a referenced blob was not uploaded.
+            InvalidRequestError: a golden threshold without a golden set.
+        """
+        artifact = self.blob(spec.artifact_sha256)
+        if spec.golden_threshold > 0 and not spec.golden_sha256:
+            raise InvalidRequestError("golden_threshold needs golden_sha256")
+        row = OtaRelease(
+            model_name=spec.model_name,
+            model_version=spec.model_version,
+            target_path="",
+            sha256=spec.artifact_sha256,
+            length=artifact.stat().st_size,
+            created_by=created_by,
+        )
+        session.add(row)
+        session.flush()
+        assert row.seq is not None
+        base = f"models/{spec.model_name}/r{row.seq}"
+        infos, custom = self._release_targets(base, artifact, spec, row.seq)
+        self.repo.set_targets(infos)
+        row.target_path, row.custom = infos[-1].path, custom
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        logger.info(
+            "release published seq=%d model=%s@%s sha256=%s",
+            row.seq,
+            row.model_name,
+            row.model_version,
+            row.sha256[:12],
+        )
+        return row
+
+    def _release_targets(
+        self, base: str, artifact: Path, spec: ReleaseCreate, seq: int
+    ) -> tuple[list[TargetFile], dict[str, Any]]:
+        manifest = build_manifest(_suffixed(artifact, spec.filename))
+        infos: list[TargetFile] = []
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            mpath = Path(tmp) / "chunks.json"
+            mpath.write_bytes(canonical_json(manifest))
+            infos.append(self.repo.add_target_file(f"{base}/chunks.json", mpath))
+            golden: dict[str, Any] = {}
+            if spec.golden_sha256:
+                infos.append(self.repo.add_target_file(f"{base}/golden.npz", self.blob(spec.golden_sha256)))
+                golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
+            custom = {
+                "edgeloop": {
+                    "release_seq": seq,
+                    "model_name": spec.model_name,
+                    "model_version": spec.model_version,
+                    "profiles": spec.profiles,
+                    "runtime": spec.runtime,
+                    "compiler_report_sha256": spec.compiler_report_sha256,
+                    "manifest": f"{base}/chunks.json",
+                    "golden": golden,
+                    "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
+                }
+            }
+            infos.append(self.repo.add_target_file(f"{base}/{spec.filename}", artifact, custom))
+        return infos, custom
+
+    # ------------------------------------------------------------ deployments
+
+    def deploy(self, *, session: Session, release_seq: int, device_ids: list[str]) -> str:
+        """Assign a release to devices (signed per-device roles); returns the deployment id.
+
+        Raises:
+            NotFoundError: unknown release or device.
+        """
+        release = session.get(OtaRelease, release_seq)
+        if release is None:
+            raise NotFoundError(f"release {release_seq} not found")
+        devices = [session.get(Device, d) for d in device_ids]
+        missing = [d for d, dev in zip(device_ids, devices, strict=True) if dev is None]
+        if missing:
+            raise NotFoundError(f"unknown devices: {', '.join(missing[:5])}")
+        deployment_id = f"dep_{secrets.token_hex(6)}"
+        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+            for device in devices:
+                assert device is not None
+                custom = {
+                    "edgeloop": {
+                        "device_id": device.id,
+                        "deployment_id": deployment_id,
+                        "release_seq": release_seq,
+                        "target": release.target_path,
+                        "model_name": release.model_name,
+                        "model_version": release.model_version,
+                        "slot": SLOT,
+                    }
+                }
+                doc = Path(tmp) / f"{device.id}.json"
+                doc.write_bytes(canonical_json(custom))
+                self.repo.assign(
+                    device.id, self.repo.add_target_file(f"devices/{device.id}/assignment", doc, custom)
+                )
+                session.merge(
+                    OtaDeviceStatus(device_id=device.id, deployment_id=deployment_id, release_seq=release_seq)
+                )
+                device.desired_generation += 1
+                session.add(device)
+        session.commit()
+        logger.info(
+            "deployment created id=%s release=%d devices=%d", deployment_id, release_seq, len(devices)
+        )
+        return deployment_id
+
+    def list_releases(self, *, session: Session) -> list[OtaRelease]:
+        return list(session.exec(select(OtaRelease).order_by(col(OtaRelease.seq).desc())))
+
+    def statuses(self, *, session: Session, deployment_id: str) -> list[OtaDeviceStatus]:
+        stmt = select(OtaDeviceStatus).where(OtaDeviceStatus.deployment_id == deployment_id)
+        return list(session.exec(stmt.order_by(col(OtaDeviceStatus.device_id))))
+
+    def refresh_if_stale(self, now: datetime) -> None:
+        """Re-sign timestamp (and snapshot) when less than half their lifetime is left."""
+        repo = self.repo
+        with repo.lock:
+            if repo.snapshot().expires - now < repo.expiry.snapshot / 2:
+                repo.do_snapshot(force=True)
+                repo.do_timestamp(force=True)
+            elif repo.timestamp().expires - now < repo.expiry.timestamp / 2:
+                repo.do_timestamp(force=True)
+
+
+def _suffixed(artifact: Path, filename: str) -> Path:
+    """Blobs have no suffix; the chunker picks ONNX parsing from the release file name."""
+    link = artifact.with_name(f"{artifact.name}{Path(filename).suffix}")
+    if not link.exists():
+        os.link(artifact, link)
+    return link
+
+
+def assignment_for(ota_dir: Path, device_id: str) -> Assignment | None:
+    """The device's current assignment as signed in its director role (None if never assigned)."""
+    path = ota_dir / "repo" / "metadata" / f"{device_role(device_id)}.json"
+    try:
+        md = Metadata.from_bytes(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    for info in getattr(md.signed, "targets", {}).values():
+        ours = info.custom.get("edgeloop", {}) if isinstance(info.custom, dict) else {}
+        if ours.get("device_id") == device_id:
+            return Assignment(
+                slot=str(ours["slot"]),
+                model_name=str(ours["model_name"]),
+                model_version=str(ours["model_version"]),
+                release_id=str(ours["release_seq"]),
+                deployment_id=str(ours["deployment_id"]),
+            )
+    return None
+
+
+def release_json(row: OtaRelease) -> dict[str, Any]:
+    return json.loads(row.model_dump_json())  # type: ignore[no-any-return]

@@ -1,0 +1,114 @@
+"""HTTP surface of OTA: static TUF repository under ``/ota`` and the release REST API.
+
+``/ota/metadata/*`` and ``/ota/targets/*`` are plain static files with HTTP Range (a CDN or object
+store could serve the same folder); only ``timestamp.json`` goes through a route that re-signs the
+timestamp when it is stale (online key). The REST routes are thin: validation and roles here,
+work in `OtaService`. Only this module raises HTTPException.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from tuf.api.exceptions import UnsignedMetadataError
+
+from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
+from fleet_server.models import utcnow
+from fleet_server.ota.models import (
+    DeploymentCreate,
+    DeviceStatusPublic,
+    OtaRelease,
+    ReleaseCreate,
+    ReleasePublic,
+)
+from fleet_server.ota.releases import OtaService
+from fleet_server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_BLOB_BYTES = 2 << 30
+
+
+def get_ota(request: Request) -> OtaService:
+    service: OtaService = request.app.state.ota
+    return service
+
+
+OtaDep = Annotated[OtaService, Depends(get_ota)]
+router = APIRouter(tags=["ota"])
+
+
+@router.put("/ota/blobs")
+async def upload_blob(request: Request, ota: OtaDep, _: Operator) -> dict[str, object]:
+    upload = ota.new_upload()
+    size = 0
+    try:
+        with upload.open("wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BLOB_BYTES:
+                    raise HTTPException(413, f"blob larger than {MAX_BLOB_BYTES} bytes")
+                await asyncio.to_thread(fh.write, chunk)
+        sha, length = await asyncio.to_thread(ota.adopt_blob, upload)
+    finally:
+        upload.unlink(missing_ok=True)
+    return {"sha256": sha, "length": length}
+
+
+@router.post("/releases", response_model=ReleasePublic, status_code=201)
+def publish_release(spec: ReleaseCreate, session: SessionDep, ota: OtaDep, operator: Operator) -> OtaRelease:
+    return ota.publish(session=session, spec=spec, created_by=operator.name)
+
+
+@router.get("/releases", response_model=list[ReleasePublic])
+def list_releases(session: SessionDep, ota: OtaDep, _: Viewer) -> list[OtaRelease]:
+    return ota.list_releases(session=session)
+
+
+@router.post("/releases/{seq}/deployments", status_code=201)
+def deploy_release(
+    seq: int, body: DeploymentCreate, session: SessionDep, ota: OtaDep, registry: RegistryDep, _: Operator
+) -> dict[str, object]:
+    deployment_id = ota.deploy(session=session, release_seq=seq, device_ids=body.device_ids)
+    for device_id in body.device_ids:
+        registry.notify_desired_changed(device_id)
+    return {"deployment_id": deployment_id, "devices": len(body.device_ids)}
+
+
+@router.get("/deployments/{deployment_id}", response_model=list[DeviceStatusPublic])
+def deployment_status(deployment_id: str, session: SessionDep, ota: OtaDep, _: Viewer) -> list[object]:
+    return list(ota.statuses(session=session, deployment_id=deployment_id))
+
+
+@router.post("/ota/root")
+async def install_root(request: Request, ota: OtaDep, _: Admin) -> dict[str, int]:
+    data = await request.body()
+    try:
+        version = await asyncio.to_thread(ota.repo.install_root, data)
+    except (UnsignedMetadataError, ValueError) as err:
+        raise HTTPException(422, f"root refused: {err}") from err
+    return {"version": version}
+
+
+def mount_ota(app: FastAPI, api: APIRouter, settings: Settings) -> OtaService:
+    """Create the OTA service under ``<data_dir>/ota``, add its REST routes to `api` and the
+    static repository to `app` (call before `app.include_router(api)`)."""
+    ota = OtaService(settings.data_dir / "ota")
+    app.state.ota = ota
+    api.include_router(router)
+
+    @app.get("/ota/metadata/timestamp.json", include_in_schema=False)
+    def timestamp(request: Request) -> Response:
+        service: OtaService = request.app.state.ota
+        service.refresh_if_stale(utcnow())
+        return FileResponse(
+            service.repo.metadata_dir / "timestamp.json", headers={"Cache-Control": "no-store"}
+        )
+
+    app.mount("/ota", StaticFiles(directory=ota.repo.root_dir), name="ota")
+    return ota

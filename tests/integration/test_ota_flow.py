@@ -1,0 +1,104 @@
+"""OTA commit protocol end to end in process: real TUF repository over loopback HTTP, real ONNX
+models, real InferenceService; deltas, quality gates and rollback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.ota.serving import InferenceServing
+from tests.integration.test_ota_support import FleetSide, check, fleet_side, models, start_device
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetSide]:
+    yield from fleet_side(tmp_path / "server")
+
+
+def test_full_then_delta_update_commits(tmp_path: Path, fleet: FleetSide) -> None:
+    m = models()
+
+    async def scenario() -> None:
+        dev = await start_device(tmp_path, fleet)
+        try:
+            dep1 = fleet.deploy(fleet.publish(m.v1, "1", golden=m.golden, golden_threshold=0.8), "dev-1")
+            await check(dev)
+            assert dev.reports.chain(dep1) == [
+                "downloading", "verifying", "staging", "golden_check", "shadowing",
+                "switching", "watching", "committing", "committed",
+            ]  # fmt: skip
+            assert dev.service.serving() is not None and dev.service.serving().version == "1"  # type: ignore[union-attr]
+            full = dev.work.downloader.bytes_received
+            dep2 = fleet.deploy(fleet.publish(m.v2, "2", golden=m.golden, golden_threshold=0.8), "dev-1")
+            before = dev.work.downloader.bytes_received
+            await check(dev)
+            assert dev.reports.chain(dep2)[-1] == "committed", dev.reports.items
+            assert dev.service.serving().version == "2"  # type: ignore[union-attr]
+            delta = dev.work.last_delta["fetched"]
+            assert dev.work.downloader.bytes_received - before < m.v2.stat().st_size * 0.2
+            assert 0 < delta < m.v2.stat().st_size * 0.2, (delta, full)
+        finally:
+            await dev.service.stop()
+
+    asyncio.run(scenario())
+
+
+class DegradingServing:
+    """The real serving adapter, but while version "2" serves, the watch window sees half of all
+    requests fail (a working fake of a model that degrades on production traffic)."""
+
+    def __init__(self, inner: InferenceServing) -> None:
+        self._inner = inner
+        self._calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def error_counts(self) -> tuple[int, int]:
+        model = self._inner.serving()
+        if model is None or model.version != "2":
+            return self._inner.error_counts()
+        self._calls += 1
+        return (0, 0) if self._calls % 2 else (100, 50)
+
+
+def test_quality_gates_never_switch_or_revert(tmp_path: Path, fleet: FleetSide) -> None:
+    m = models()
+
+    async def scenario() -> None:
+        dev = await start_device(tmp_path, fleet, serving_wrapper=DegradingServing)
+        try:
+            golden = {"golden": m.golden, "golden_threshold": 0.8}
+            dep = fleet.deploy(fleet.publish(m.v1, "1", **golden), "dev-1")
+            await check(dev)
+            assert dev.reports.chain(dep)[-1] == "committed"
+            v1_sha = dev.service.serving().sha256  # type: ignore[union-attr]
+
+            dep = fleet.deploy(fleet.publish(m.scrambled, "bad-golden", **golden), "dev-1")
+            await check(dev)
+            assert dev.reports.chain(dep)[-2:] == ["golden_check", "failed"], dev.reports.items
+            assert "golden accuracy" in dev.reports.items[-1]["detail"]
+
+            dep = fleet.deploy(
+                fleet.publish(m.scrambled, "bad-shadow", golden=m.golden, golden_threshold=0.0), "dev-1"
+            )
+            dev.serving.live_inputs = lambda: [{"input": m.x_live[i : i + 1]} for i in range(32)]  # type: ignore[method-assign]
+            await check(dev)
+            assert dev.reports.chain(dep)[-2:] == ["shadowing", "failed"], dev.reports.items
+            assert "agreement" in dev.reports.items[-1]["detail"]
+            assert dev.service.serving().sha256 == v1_sha  # type: ignore[union-attr]
+
+            dep = fleet.deploy(fleet.publish(m.v2, "2", **golden), "dev-1")
+            await check(dev)
+            assert dev.reports.chain(dep)[-3:] == ["watching", "reverting", "rolled_back"], dev.reports.items
+            assert dev.service.serving().sha256 == v1_sha  # type: ignore[union-attr]
+            assert "committed" not in dev.reports.chain(dep)
+        finally:
+            await dev.service.stop()
+
+    asyncio.run(scenario())
