@@ -2,7 +2,7 @@
 
 Owns argument parsing and printing for the two commands; each talks to the running agent through
 `agent.client.EdgeloopClient` (the same API applications use). `add_subcommands()` registers them and
-sets ``handler`` (``Callable[[argparse.Namespace], int]``, returning an exit code) as a parser
+sets ``func`` (and ``handler``): ``Callable[[argparse.Namespace], int]`` returning an exit code, as a parser
 default. Does not configure logging or start anything.
 """
 
@@ -31,10 +31,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     predict = subparsers.add_parser("predict", help="run one input (.npy) through the serving model")
     predict.add_argument("--input", required=True, type=Path, help=".npy file: one sample or a batch")
     _common(predict)
-    predict.set_defaults(handler=run_predict)
+    predict.set_defaults(func=run_predict, handler=run_predict)
     models = subparsers.add_parser("models", help="model slots, versions and serving stats")
     _common(models)
-    models.set_defaults(handler=run_models)
+    models.set_defaults(func=run_models, handler=run_models)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 Usage: python -m bench.inference.raw_proc ARTIFACT SAMPLE.npz N DURATION
 Builds the session through the agent's own onnxruntime adapter (identical session options), then
-calls `InferenceSession.run` directly: p50/p95 of N batch-1 calls, and the throughput of 16 threads
-for DURATION seconds. Prints one JSON line.
+calls `InferenceSession.run` directly: p50/p95 (and process CPU) of N batch-1 calls, and the
+throughput of 16 threads for DURATION seconds. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ def main() -> None:
     for _ in range(max(5, n // 20)):
         session.run(None, sample)
     lat = []
+    cpu_before = time.process_time()
     for _ in range(n):
         t = time.perf_counter()
         session.run(None, sample)
         lat.append(time.perf_counter() - t)
+    cpu_per_call = (time.process_time() - cpu_before) / n
     counts = [0] * CONCURRENCY
     stop = time.perf_counter() + duration
 
@@ -51,6 +53,7 @@ def main() -> None:
     result = {
         "raw_p50_us": float(np.percentile(lat, 50) * 1e6),
         "raw_p95_us": float(np.percentile(lat, 95) * 1e6),
+        "raw_cpu_us_per_call": cpu_per_call * 1e6,
         "raw_c16_rps": sum(counts) / (time.perf_counter() - start),
     }
     print(json.dumps(result), flush=True)

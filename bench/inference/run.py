@@ -143,7 +143,10 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float) -> dict[s
             result["agent_cpu_us_per_req"] = (_cpu_seconds(agent.pid) - cpu_before) / calls * 1e6
             result["client_cpu_us_per_req"] = (time.process_time() - client_before) / calls * 1e6
         with EdgeloopClient(agent.socket, fast_socket=agent.socket.with_suffix(".fast")) as client:
+            cpu_before, client_before = _cpu_seconds(agent.pid), time.process_time()
             fast = _latencies(lambda: client.predict(art.sample), n)
+            result["fast_agent_cpu_us_per_req"] = (_cpu_seconds(agent.pid) - cpu_before) / calls * 1e6
+            result["fast_client_cpu_us_per_req"] = (time.process_time() - client_before) / calls * 1e6
         result["api_p50_us"] = float(np.percentile(api, 50) * 1e6)
         result["api_p95_us"] = float(np.percentile(api, 95) * 1e6)
         result["fast_p50_us"] = float(np.percentile(fast, 50) * 1e6)
@@ -160,6 +163,12 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float) -> dict[s
         agent.close()
     result["overhead_p50_us"] = result["api_p50_us"] - result["raw_p50_us"]
     result["fast_overhead_p50_us"] = result["fast_p50_us"] - result["raw_p50_us"]
+    # CPU-time view (robust on a shared machine): all CPU an API call costs minus the bare run's CPU.
+    raw_cpu = result["raw_cpu_us_per_call"]
+    result["cpu_overhead_us"] = result["agent_cpu_us_per_req"] + result["client_cpu_us_per_req"] - raw_cpu
+    result["fast_cpu_overhead_us"] = (
+        result["fast_agent_cpu_us_per_req"] + result["fast_client_cpu_us_per_req"] - raw_cpu
+    )
     for key in ("api_c16_rps", "api_mb_c16_rps", "fast_c16_rps", "fast_mb_c16_rps"):
         result[key.replace("_rps", "_ratio")] = result[key] / raw_thr
     return result
@@ -198,9 +207,10 @@ def bench_footprint(art: Artifact, work: Path, idle_s: float) -> dict[str, float
 
 def _table(results: dict[str, dict[str, float]]) -> str:
     rows = [
-        "| model | raw p50 µs | gRPC p50 µs (overhead) | framed p50 µs (overhead) | raw c=16 req/s "
+        "| model | raw p50 µs | gRPC p50 µs (overhead) | framed p50 µs (overhead) "
+        "| CPU overhead µs gRPC / framed | raw c=16 req/s "
         "| gRPC c=16 | gRPC+MB c=16 | framed c=16 | framed+MB c=16 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         cells = [
@@ -209,7 +219,8 @@ def _table(results: dict[str, dict[str, float]]) -> str:
         ]
         rows.append(
             f"| {name} | {r['raw_p50_us']:.0f} | {r['api_p50_us']:.0f} ({r['overhead_p50_us']:.0f}) "
-            f"| {r['fast_p50_us']:.0f} ({r['fast_overhead_p50_us']:.0f}) | {r['raw_c16_rps']:.0f} | "
+            f"| {r['fast_p50_us']:.0f} ({r['fast_overhead_p50_us']:.0f}) "
+            f"| {r['cpu_overhead_us']:.0f} / {r['fast_cpu_overhead_us']:.0f} | {r['raw_c16_rps']:.0f} | "
             + " | ".join(cells)
             + " |"
         )

@@ -195,7 +195,7 @@ def test_cli_registers_predict_and_models() -> None:
         True,
     )
     assert callable(args.handler)
-    assert parser.parse_args(["models"]).handler.__name__ == "run_models"
+    assert parser.parse_args(["models"]).func.__name__ == "run_models"  # agent/cli.py calls ns.func(ns)
 
 
 def test_cli_predict_unreadable_input_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
