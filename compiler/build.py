@@ -168,7 +168,7 @@ def _check_forward(model: Any, calib: Dataset) -> None:
 
     try:
         with torch.no_grad():
-            model(*(torch.from_numpy(v[:2]) for v in calib.inputs.values()))
+            model(*(torch.from_numpy(calib.inputs[n][:2]) for n in export.ordered_names(model, calib.inputs)))
     except Exception as err:
         shapes = {k: tuple(v.shape) for k, v in calib.inputs.items()}
         raise InputError(

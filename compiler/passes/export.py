@@ -119,7 +119,7 @@ def export_onnx(
     import onnx
     import torch
 
-    names = _ordered_names(model, sample)
+    names = ordered_names(model, sample)
     tensors = tuple(torch.from_numpy(np.ascontiguousarray(sample[n][:2])) for n in names)
     if any(t.shape[0] < 2 for t in tensors):
         raise InputError("export needs at least 2 samples (a batch of 1 cannot carry a dynamic axis)")
@@ -193,7 +193,12 @@ def onnx_input_specs(path: Path) -> dict[str, tuple[tuple[int | str, ...], str]]
     return specs
 
 
-def _ordered_names(model: Any, sample: dict[str, np.ndarray]) -> list[str]:
+def ordered_names(model: Any, sample: dict[str, np.ndarray]) -> list[str]:
+    """Input names in forward() order (a single input keeps its own name).
+
+    Raises:
+        InputError: an array that matches no forward() parameter.
+    """
     if len(sample) == 1:
         return list(sample)
     params = [p for p in inspect.signature(model.forward).parameters if p in sample]
