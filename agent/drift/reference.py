@@ -112,7 +112,7 @@ def build_reference(
     """Build and calibrate a reference profile.
 
     Args:
-        inputs: (n, d_in) calibration inputs; rows with NaN/inf are dropped. n >= 50.
+        inputs: (n, d_in) calibration inputs; rows with NaN/inf are dropped. n >= 50 (>= 100 when wide).
         feature_names: one name per input column (default f0, f1, ...).
         outputs: optional (n_out, K) class probabilities of the model on calibration data.
         errors: optional 0/1 per labelled calibration sample (1 = wrong prediction).
@@ -133,10 +133,15 @@ def build_reference(
     names = feature_names or tuple(f"f{i}" for i in range(x.shape[1]))
     if len(names) != x.shape[1]:
         raise ValueError(f"{len(names)} feature names for {x.shape[1]} columns")
-    projection = _projection(x, pca_dims) if x.shape[1] > max_features else None
-    mx = x if projection is None else projection.apply(x)
-    mnames = names if projection is None else (*(f"pc{i}" for i in range(pca_dims)), "pca_residual")
     rng = np.random.default_rng(seed)
+    projection, mx = None, x
+    if x.shape[1] > max_features:
+        # Axes from one half, sketches from the other: in-sample PCA overstates the variance of the
+        # kept axes and understates the residual, which new data would read as drift.
+        half = rng.permutation(x.shape[0])
+        projection = _projection(x[half[: x.shape[0] // 2]], pca_dims)
+        mx = projection.apply(x[half[x.shape[0] // 2 :]])
+    mnames = names if projection is None else (*(f"pc{i}" for i in range(pca_dims)), "pca_residual")
     inputs_model = fit_input_model(mx, mnames)
     out_model = fit_output_model(_probs(outputs)) if outputs is not None else None
     err = np.asarray(errors, dtype=np.float64).ravel() if errors is not None else None
