@@ -133,6 +133,7 @@ class OtaClient:
             self._save(record)
             for report in reports:
                 self._log(report)
+            self._crash.hit(f"saved:{record.state}")
             self._flush_unreported()
             runs = [e for e in effects if isinstance(e, RunState)]
             if not runs:

@@ -1,6 +1,7 @@
 """Named crash points for power-loss tests: ``EDGELOOP_OTA_CRASH_AT=before:watching`` kills the
-process with SIGKILL when the client reaches that point (``before:<state>`` right after the state
-is persisted, ``after:<state>`` right after its work finished, before the next state is saved).
+process with SIGKILL when the client reaches that point: ``saved:<state>`` right after the state is
+persisted and before its transition report reaches the outbox, ``before:<state>`` right before the
+state's work, ``after:<state>`` right after it, before the next state is saved.
 Off unless the composition root passes the variable's value; never used for control flow."""
 
 from __future__ import annotations
