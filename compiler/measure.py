@@ -1,9 +1,9 @@
 """Run artifacts on the target runtime and measure them: outputs, latency, peak memory.
 
-Owns `open_runtime(artifact, runtime, threads)`: the one place that builds an onnxruntime session or a
-LiteRT interpreter with the settings a device profile implies (N threads, XNNPACK for LiteRT,
-sequential ORT execution, full graph optimisation). When `agent.inference` lands, switch this one
-function to it. Does not judge results (that is `compiler.pipeline`) and does not build artifacts.
+Owns `open_runtime(artifact, runtime, threads)`: the one place that loads an artifact, and it loads
+it with the agent's own backends (`agent.inference.onnx_backend`, `agent.inference.tflite_backend`),
+so what the compiler measures is exactly what a device runs (same session options, same quantized
+I/O handling). Does not judge results (that is `compiler.pipeline`) and does not build artifacts.
 
 An Edge TPU delegate is not available on this host: `edgetpu` profiles run their full-int8 artifact
 on the LiteRT CPU kernels, and the returned runner says so in `accelerator`.
@@ -112,71 +112,39 @@ def _status_kb(field: str) -> int:
 
 
 def _open_ort(artifact: Path, threads: int) -> Runner:
-    import onnxruntime as ort
+    from agent.errors import AgentError
+    from agent.inference.onnx_backend import CPU_EP, OnnxRuntime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        sess = ort.InferenceSession(str(artifact), opts, providers=["CPUExecutionProvider"])
-    except Exception as err:
+        rt = OnnxRuntime(artifact, providers=(CPU_EP,), threads=threads)
+    except AgentError as err:
         raise UnsupportedError(f"onnxruntime cannot load {artifact.name}: {err}") from err
-    out_name = sess.get_outputs()[0].name
-
-    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(sess.run([out_name], inputs)[0])
-
-    return Runner(run, "onnxruntime", "cpu", None)
+    return Runner(_first_output(rt), "onnxruntime", "cpu", None)
 
 
 def _open_litert(artifact: Path, threads: int, delegate: str) -> Runner:
-    from ai_edge_litert import interpreter as lrt
+    from agent.errors import AgentError
+    from agent.inference.tflite_backend import TfliteRuntime
 
-    resolver = (
-        lrt.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        if delegate == "none"
-        else lrt.OpResolverType.AUTO
-    )
     try:
-        it = lrt.Interpreter(str(artifact), num_threads=threads, experimental_op_resolver_type=resolver)
-        it.allocate_tensors()
-    except Exception as err:
+        rt = TfliteRuntime(artifact, threads=threads)
+    except AgentError as err:
         raise UnsupportedError(f"LiteRT cannot load {artifact.name}: {err}") from err
-    ins, out = it.get_input_details(), it.get_output_details()[0]
     accel = "edgetpu absent: LiteRT CPU (XNNPACK)" if delegate == "edgetpu" else f"cpu ({delegate})"
+    batch = rt.signature.inputs[0].shape[0] if rt.signature.inputs else None
+    return Runner(_first_output(rt), "litert", accel, batch if isinstance(batch, int) and batch > 0 else None)
+
+
+def _first_output(rt: Any) -> RunFn:
+    """The agent's runtime, fed positionally (npz names need not match the graph's) -> output 0."""
+    in_names = [t.name for t in rt.signature.inputs]
+    out_name = rt.signature.outputs[0].name
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        for detail, arr in zip(ins, inputs.values(), strict=True):
-            it.set_tensor(detail["index"], _to_input(arr, detail))
-        it.invoke()
-        return _from_output(it.get_tensor(out["index"]), out)
+        feed = dict(zip(in_names, inputs.values(), strict=True))
+        return np.asarray(rt.run(feed)[out_name], dtype=np.float32)
 
-    return Runner(run, "litert", accel, int(ins[0]["shape"][0]))
-
-
-def _qparams(detail: dict[str, Any]) -> tuple[float, int]:
-    scale, zero = detail["quantization"]
-    return float(scale), int(zero)
-
-
-def _to_input(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero = _qparams(detail)
-    if dtype.kind == "i" and scale:
-        info = np.iinfo(dtype)
-        q: np.ndarray = np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(dtype)
-        return q
-    return arr.astype(dtype, copy=False)
-
-
-def _from_output(arr: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero = _qparams(detail)
-    if np.dtype(arr.dtype).kind == "i" and scale:
-        deq: np.ndarray = ((arr.astype(np.float32) - zero) * scale).astype(np.float32)
-        return deq
-    return arr.astype(np.float32, copy=False)
+    return run
 
 
 def cpu_count() -> int:
