@@ -17,6 +17,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fleet_server.drift.cli import register as register_drift
+
 EXIT_API_ERROR = 33
 EXIT_UNREACHABLE = 34
 
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=tokens_create)
     p = tokens.add_parser("list")
     p.set_defaults(func=tokens_list)
+
+    register_drift(sub)
     return parser
 
 

@@ -57,6 +57,7 @@ def episode_to_proto(
         budget_per_10k=episode.budget_per_10k,
         samples_seen=samples_seen,
         monitor_id=origin.monitor_id,
+        reported_sample=episode.reported_sample,
     )
 
 

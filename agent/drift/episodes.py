@@ -3,7 +3,9 @@
 Owns the episode state machine over per-block crossings:
 
     QUIET --(any crossing)--> OPEN      emits the episode with state "open"
-    OPEN  --(crossing)------> OPEN      evidence merged (max statistic per channel), quiet count reset
+    OPEN  --(crossing)------> OPEN      evidence merged (max statistic per channel), quiet count reset;
+                                        emits an "open" update only when a channel new to this
+                                        episode crossed (so at most one update per channel)
     OPEN  --(quiet_blocks clean blocks in a row)--> QUIET   emits the same episode, state "closed"
 
 Evidence is bounded (the `max_evidence` strongest channels). Pure: positions are sample counts
@@ -50,6 +52,7 @@ class Episode:
     severity: float  # strongest statistic / threshold
     evidence: tuple[Evidence, ...]
     budget_per_10k: float
+    reported_sample: int = 0  # position of this report (open, update or close)
 
 
 def evidence_of(crossing: Crossing) -> Evidence:
@@ -73,6 +76,7 @@ class EpisodeTracker:
         self._evidence: dict[str, Evidence] = {}
         self._quiet = 0
         self._last_alarm = 0
+        self._channels: set[str] = set()
         self.opened_total = 0
 
     @property
@@ -88,12 +92,16 @@ class EpisodeTracker:
         self._quiet += 1
         if self._quiet < self._quiet_blocks:
             return None
-        closed = replace(self._open, state=EpisodeState.CLOSED, end_sample=self._last_alarm)
-        self._open, self._evidence, self._quiet = None, {}, 0
+        closed = replace(
+            self._open, state=EpisodeState.CLOSED, end_sample=self._last_alarm, reported_sample=position
+        )
+        self._open, self._evidence, self._quiet, self._channels = None, {}, 0, set()
         return closed
 
     def _alarm(self, crossings: list[Crossing], position: int, next_id: int) -> Episode | None:
         self._quiet, self._last_alarm = 0, position
+        new_channel = not {c.channel for c in crossings} <= self._channels
+        self._channels |= {c.channel for c in crossings}
         for c in crossings:
             ev = evidence_of(c)
             old = self._evidence.get(ev.channel)
@@ -102,8 +110,10 @@ class EpisodeTracker:
         strongest = sorted(self._evidence.values(), key=lambda e: -e.ratio)[: self._max_evidence]
         self._evidence = {e.channel: e for e in strongest}
         if self._open is not None:
-            self._open = replace(self._open, severity=strongest[0].ratio, evidence=tuple(strongest))
-            return None
+            self._open = replace(
+                self._open, severity=strongest[0].ratio, evidence=tuple(strongest), reported_sample=position
+            )
+            return self._open if new_channel else None
         top = strongest[0]
         self.opened_total += 1
         self._open = Episode(
@@ -116,5 +126,6 @@ class EpisodeTracker:
             severity=top.ratio,
             evidence=tuple(strongest),
             budget_per_10k=self._budget,
+            reported_sample=position,
         )
         return self._open

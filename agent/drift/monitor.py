@@ -264,7 +264,7 @@ class DriftMonitor:
                 continue
             event = stream.tracker.step(block, base + (i + 1) * stream.block, self._next_id)
             if event is not None:
-                if event.state == "open":
+                if event.episode_id == self._next_id:
                     self._next_id += 1
                 logger.info(
                     "drift episode id=%d stream=%s state=%s severity=%.2f",

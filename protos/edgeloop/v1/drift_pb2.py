@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/edgeloop/v1/drift.proto\x12\x0b\x65\x64geloop.v1\"z\n\rDriftEvidence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x11\n\tstatistic\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x13\n\x0bwindow_rows\x18\x06 \x01(\r\"\xf7\x02\n\x0c\x44riftEpisode\x12\x12\n\nepisode_id\x18\x01 \x01(\x04\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.edgeloop.v1.DriftEpisodeState\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x14\n\x0cstart_sample\x18\x06 \x01(\x04\x12\x17\n\x0f\x64\x65tected_sample\x18\x07 \x01(\x04\x12\x12\n\nend_sample\x18\x08 \x01(\x04\x12\x11\n\topened_ms\x18\t \x01(\x03\x12\x11\n\tclosed_ms\x18\n \x01(\x03\x12\x10\n\x08severity\x18\x0b \x01(\x01\x12,\n\x08\x65vidence\x18\x0c \x03(\x0b\x32\x1a.edgeloop.v1.DriftEvidence\x12\x16\n\x0e\x62udget_per_10k\x18\r \x01(\x01\x12\x14\n\x0csamples_seen\x18\x0e \x01(\x04\x12\x12\n\nmonitor_id\x18\x0f \x01(\t\".\n\x0b\x46\x65\x61tureBins\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\"\x9c\x04\n\x0b\x44riftSketch\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmonitor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x66rom_ms\x18\x04 \x01(\x03\x12\r\n\x05to_ms\x18\x05 \x01(\x03\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x15\n\rsamples_total\x18\x07 \x01(\x04\x12&\n\x04\x62ins\x18\x08 \x03(\x0b\x32\x18.edgeloop.v1.FeatureBins\x12\x11\n\tbad_shape\x18\t \x01(\x04\x12\x36\n\x07missing\x18\n \x03(\x0b\x32%.edgeloop.v1.DriftSketch.MissingEntry\x12:\n\tnonfinite\x18\x0b \x03(\x0b\x32\'.edgeloop.v1.DriftSketch.NonfiniteEntry\x12\x13\n\x0b\x62\x61\x64_outputs\x18\x0c \x01(\x04\x12\x12\n\nbad_labels\x18\r \x01(\x04\x12\x1d\n\x15\x65pisodes_opened_total\x18\x0e \x01(\x04\x12\x16\n\x0e\x62udget_per_10k\x18\x0f \x01(\x01\x12\x15\n\ropen_episodes\x18\x10 \x01(\r\x1a.\n\x0cMissingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eNonfiniteEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*j\n\x11\x44riftEpisodeState\x12#\n\x1f\x44RIFT_EPISODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44RIFT_EPISODE_OPEN\x10\x01\x12\x18\n\x14\x44RIFT_EPISODE_CLOSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/edgeloop/v1/drift.proto\x12\x0b\x65\x64geloop.v1\"z\n\rDriftEvidence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x66\x65\x61ture\x18\x03 \x01(\t\x12\x11\n\tstatistic\x18\x04 \x01(\x01\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x13\n\x0bwindow_rows\x18\x06 \x01(\r\"\x90\x03\n\x0c\x44riftEpisode\x12\x12\n\nepisode_id\x18\x01 \x01(\x04\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.edgeloop.v1.DriftEpisodeState\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x14\n\x0cstart_sample\x18\x06 \x01(\x04\x12\x17\n\x0f\x64\x65tected_sample\x18\x07 \x01(\x04\x12\x12\n\nend_sample\x18\x08 \x01(\x04\x12\x11\n\topened_ms\x18\t \x01(\x03\x12\x11\n\tclosed_ms\x18\n \x01(\x03\x12\x10\n\x08severity\x18\x0b \x01(\x01\x12,\n\x08\x65vidence\x18\x0c \x03(\x0b\x32\x1a.edgeloop.v1.DriftEvidence\x12\x16\n\x0e\x62udget_per_10k\x18\r \x01(\x01\x12\x14\n\x0csamples_seen\x18\x0e \x01(\x04\x12\x12\n\nmonitor_id\x18\x0f \x01(\t\x12\x17\n\x0freported_sample\x18\x10 \x01(\x04\".\n\x0b\x46\x65\x61tureBins\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\"\x9c\x04\n\x0b\x44riftSketch\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nmonitor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x66rom_ms\x18\x04 \x01(\x03\x12\r\n\x05to_ms\x18\x05 \x01(\x03\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x15\n\rsamples_total\x18\x07 \x01(\x04\x12&\n\x04\x62ins\x18\x08 \x03(\x0b\x32\x18.edgeloop.v1.FeatureBins\x12\x11\n\tbad_shape\x18\t \x01(\x04\x12\x36\n\x07missing\x18\n \x03(\x0b\x32%.edgeloop.v1.DriftSketch.MissingEntry\x12:\n\tnonfinite\x18\x0b \x03(\x0b\x32\'.edgeloop.v1.DriftSketch.NonfiniteEntry\x12\x13\n\x0b\x62\x61\x64_outputs\x18\x0c \x01(\x04\x12\x12\n\nbad_labels\x18\r \x01(\x04\x12\x1d\n\x15\x65pisodes_opened_total\x18\x0e \x01(\x04\x12\x16\n\x0e\x62udget_per_10k\x18\x0f \x01(\x01\x12\x15\n\ropen_episodes\x18\x10 \x01(\r\x1a.\n\x0cMissingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x30\n\x0eNonfiniteEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*j\n\x11\x44riftEpisodeState\x12#\n\x1f\x44RIFT_EPISODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44RIFT_EPISODE_OPEN\x10\x01\x12\x18\n\x14\x44RIFT_EPISODE_CLOSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRIFTSKETCH_MISSINGENTRY']._serialized_options = b'8\001'
   _globals['_DRIFTSKETCH_NONFINITEENTRY']._loaded_options = None
   _globals['_DRIFTSKETCH_NONFINITEENTRY']._serialized_options = b'8\001'
-  _globals['_DRIFTEPISODESTATE']._serialized_start=1140
-  _globals['_DRIFTEPISODESTATE']._serialized_end=1246
+  _globals['_DRIFTEPISODESTATE']._serialized_start=1165
+  _globals['_DRIFTEPISODESTATE']._serialized_end=1271
   _globals['_DRIFTEVIDENCE']._serialized_start=47
   _globals['_DRIFTEVIDENCE']._serialized_end=169
   _globals['_DRIFTEPISODE']._serialized_start=172
-  _globals['_DRIFTEPISODE']._serialized_end=547
-  _globals['_FEATUREBINS']._serialized_start=549
-  _globals['_FEATUREBINS']._serialized_end=595
-  _globals['_DRIFTSKETCH']._serialized_start=598
-  _globals['_DRIFTSKETCH']._serialized_end=1138
-  _globals['_DRIFTSKETCH_MISSINGENTRY']._serialized_start=1042
-  _globals['_DRIFTSKETCH_MISSINGENTRY']._serialized_end=1088
-  _globals['_DRIFTSKETCH_NONFINITEENTRY']._serialized_start=1090
-  _globals['_DRIFTSKETCH_NONFINITEENTRY']._serialized_end=1138
+  _globals['_DRIFTEPISODE']._serialized_end=572
+  _globals['_FEATUREBINS']._serialized_start=574
+  _globals['_FEATUREBINS']._serialized_end=620
+  _globals['_DRIFTSKETCH']._serialized_start=623
+  _globals['_DRIFTSKETCH']._serialized_end=1163
+  _globals['_DRIFTSKETCH_MISSINGENTRY']._serialized_start=1067
+  _globals['_DRIFTSKETCH_MISSINGENTRY']._serialized_end=1113
+  _globals['_DRIFTSKETCH_NONFINITEENTRY']._serialized_start=1115
+  _globals['_DRIFTSKETCH_NONFINITEENTRY']._serialized_end=1163
 # @@protoc_insertion_point(module_scope)

@@ -33,7 +33,7 @@ class DriftEvidence(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., kind: _Optional[str] = ..., feature: _Optional[str] = ..., statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., window_rows: _Optional[int] = ...) -> None: ...
 
 class DriftEpisode(_message.Message):
-    __slots__ = ("episode_id", "stream", "state", "model_name", "model_version", "start_sample", "detected_sample", "end_sample", "opened_ms", "closed_ms", "severity", "evidence", "budget_per_10k", "samples_seen", "monitor_id")
+    __slots__ = ("episode_id", "stream", "state", "model_name", "model_version", "start_sample", "detected_sample", "end_sample", "opened_ms", "closed_ms", "severity", "evidence", "budget_per_10k", "samples_seen", "monitor_id", "reported_sample")
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class DriftEpisode(_message.Message):
     BUDGET_PER_10K_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_SEEN_FIELD_NUMBER: _ClassVar[int]
     MONITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     episode_id: int
     stream: str
     state: DriftEpisodeState
@@ -64,7 +65,8 @@ class DriftEpisode(_message.Message):
     budget_per_10k: float
     samples_seen: int
     monitor_id: str
-    def __init__(self, episode_id: _Optional[int] = ..., stream: _Optional[str] = ..., state: _Optional[_Union[DriftEpisodeState, str]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., start_sample: _Optional[int] = ..., detected_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., opened_ms: _Optional[int] = ..., closed_ms: _Optional[int] = ..., severity: _Optional[float] = ..., evidence: _Optional[_Iterable[_Union[DriftEvidence, _Mapping]]] = ..., budget_per_10k: _Optional[float] = ..., samples_seen: _Optional[int] = ..., monitor_id: _Optional[str] = ...) -> None: ...
+    reported_sample: int
+    def __init__(self, episode_id: _Optional[int] = ..., stream: _Optional[str] = ..., state: _Optional[_Union[DriftEpisodeState, str]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., start_sample: _Optional[int] = ..., detected_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., opened_ms: _Optional[int] = ..., closed_ms: _Optional[int] = ..., severity: _Optional[float] = ..., evidence: _Optional[_Iterable[_Union[DriftEvidence, _Mapping]]] = ..., budget_per_10k: _Optional[float] = ..., samples_seen: _Optional[int] = ..., monitor_id: _Optional[str] = ..., reported_sample: _Optional[int] = ...) -> None: ...
 
 class FeatureBins(_message.Message):
     __slots__ = ("feature", "counts")

@@ -1,0 +1,156 @@
+"""Fleet-level drift judgement: population shift vs single-device anomaly, per cohort (pure).
+
+Owns the decision rule over episodes and exposures already loaded from the database:
+
+* **Null.** A device calibrated to `budget_per_10k` false episodes per 10k samples that has
+  monitored n samples produces false episodes at rate lambda = budget * n / 10k, spread over
+  its K = n_features + 2 channel keys (each feature, "joint", outputs/labels). So the chance that it
+  alarms falsely on one given key is p = 1 - exp(-lambda / K).
+* **Population shift.** For each key, k devices of the cohort alarm on it; under the null k is
+  Poisson-binomial, approximated by Poisson(sum p). A key is shifted when P(K >= k) < alpha / m
+  (Bonferroni over the m keys that alarmed) and k >= min_devices. The cohort's shift is the union
+  of shifted keys and the devices alarming on them.
+* **Device anomaly.** A device with a stuck-sensor episode, or a strong (severity >=
+  anomaly_severity) single-feature episode on a key the fleet does not share, is a device problem:
+  maintain it and keep its data out of training. Stuck episodes never count toward a shift; weak
+  lone episodes are "within budget".
+
+Does not query (crud.py) or act (policy.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from fleet_server.drift.models import DriftEpisodeRow
+
+
+@dataclass(frozen=True, order=True)
+class CohortKey:
+    profile: str
+    model_name: str
+    model_version: str
+    label: str = ""  # value of the grouping label, when grouping by one
+
+
+@dataclass(frozen=True)
+class Exposure:
+    samples: int
+    budget_per_10k: float
+    n_features: int
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    alpha: float = 1e-3
+    min_devices: int = 3
+    anomaly_severity: float = 2.0
+
+
+@dataclass(frozen=True)
+class PopulationShift:
+    keys: tuple[str, ...]
+    devices: tuple[str, ...]
+    p_value: float
+    expected_false_devices: float
+
+
+@dataclass(frozen=True)
+class DeviceAnomaly:
+    device_id: str
+    signature: str
+    features: tuple[str, ...]
+    episode_ids: tuple[int, ...]
+    severity: float
+
+
+@dataclass
+class CohortReport:
+    key: CohortKey
+    devices: int
+    alarming_devices: int
+    population_shift: PopulationShift | None
+    anomalies: list[DeviceAnomaly]
+    classification: dict[int, str] = field(default_factory=dict)  # episode row id -> verdict
+
+
+def episode_keys(ep: DriftEpisodeRow) -> set[str]:
+    if ep.stream != "inputs":
+        return {ep.stream}
+    return {str(e["feature"]) or str(e["kind"]) for e in ep.evidence}
+
+
+def poisson_tail(k: int, mu: float) -> float:
+    """P(X >= k) for X ~ Poisson(mu)."""
+    if k <= 0:
+        return 1.0
+    term, cdf = math.exp(-mu), 0.0
+    for j in range(k):
+        cdf += term
+        term *= mu / (j + 1)
+    return max(0.0, 1.0 - cdf)
+
+
+def _false_prob(exp: Exposure) -> float:
+    lam = exp.budget_per_10k * exp.samples / 10_000
+    return 1.0 - math.exp(-lam / max(1, exp.n_features + 2))
+
+
+def classify_cohort(
+    key: CohortKey,
+    episodes: list[DriftEpisodeRow],
+    exposures: dict[str, Exposure],
+    config: ClassifyConfig | None = None,
+) -> CohortReport:
+    """Classify every episode of one cohort; `exposures` has one entry per reporting device."""
+    config = config or ClassifyConfig()
+    by_key: dict[str, set[str]] = defaultdict(set)
+    for ep in episodes:
+        if ep.signature == "stuck":  # a sensor fault is never evidence of a population shift
+            continue
+        for k in episode_keys(ep):
+            by_key[k].add(ep.device_id)
+    mu = sum(_false_prob(e) for e in exposures.values())
+    m = max(1, len(by_key))
+    shifted: dict[str, float] = {}
+    for k, devs in by_key.items():
+        p = poisson_tail(len(devs), mu)
+        if len(devs) >= config.min_devices and p < config.alpha / m:
+            shifted[k] = p
+    shift = None
+    if shifted:
+        devices = sorted(set().union(*(by_key[k] for k in shifted)))
+        shift = PopulationShift(tuple(sorted(shifted)), tuple(devices), min(shifted.values()), mu)
+    report = CohortReport(key, len(exposures), len({e.device_id for e in episodes}), shift, [])
+    _classify_episodes(report, episodes, set(shifted), config)
+    return report
+
+
+def _classify_episodes(
+    report: CohortReport, episodes: list[DriftEpisodeRow], shifted: set[str], config: ClassifyConfig
+) -> None:
+    anomalous: dict[str, list[DriftEpisodeRow]] = defaultdict(list)
+    for ep in episodes:
+        assert ep.id is not None
+        keys = episode_keys(ep)
+        if ep.signature == "stuck" or (
+            ep.signature == "single_feature" and ep.severity >= config.anomaly_severity and not keys & shifted
+        ):
+            report.classification[ep.id] = "device_anomaly"
+            anomalous[ep.device_id].append(ep)
+        elif keys & shifted:
+            report.classification[ep.id] = "population_shift"
+        else:
+            report.classification[ep.id] = "within_budget"
+    for device_id, eps in sorted(anomalous.items()):
+        report.anomalies.append(
+            DeviceAnomaly(
+                device_id=device_id,
+                signature="stuck" if any(e.signature == "stuck" for e in eps) else "single_feature",
+                features=tuple(sorted({f for e in eps for f in e.features})),
+                episode_ids=tuple(int(e.id or 0) for e in eps),
+                severity=max(e.severity for e in eps),
+            )
+        )
