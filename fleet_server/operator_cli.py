@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server.drift.cli import register as register_drift
+from fleet_server.ota.cli import register as register_ota
 
 EXIT_API_ERROR = 33
 EXIT_UNREACHABLE = 34
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=tokens_list)
 
     register_drift(sub)
+    register_ota(sub)
     return parser
 
 

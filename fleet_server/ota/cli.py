@@ -1,0 +1,184 @@
+"""`edgeloop release publish|list|deploy|status` and `edgeloop keys generate|rotate-root`.
+
+Operator CLI handlers over the OTA REST API (same conventions as operator_cli.py: rich output for
+people, the API's JSON unchanged with --json). Root rotation runs here, on the operator's machine:
+the root keys never reach the server, which only verifies and stores the new root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from rich.console import Console
+from rich.table import Table
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+
+from fleet_server.ota.keys import write_private_key
+from fleet_server.ota.repository import rotate_root
+
+
+class Api(Protocol):
+    def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+
+def _kv(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"edgeloop: expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _upload(api: Api, path: Path) -> str:
+    return str(api.request("PUT", "/ota/blobs", content=path.read_bytes())["sha256"])
+
+
+def release_publish(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    artifact = Path(ns.artifact)
+    body: dict[str, Any] = {
+        "model_name": ns.name,
+        "model_version": ns.model_version,
+        "artifact_sha256": _upload(api, artifact),
+        "filename": ns.filename or ("model" + artifact.suffix),
+        "profiles": ns.profile or [],
+        "runtime": _kv(ns.runtime),
+        "gates": {k: float(v) for k, v in _kv(ns.gate).items()},
+    }
+    if ns.golden:
+        body["golden_sha256"] = _upload(api, Path(ns.golden))
+        body["golden_threshold"] = ns.golden_threshold
+    if ns.report:
+        body["compiler_report_sha256"] = hashlib.sha256(Path(ns.report).read_bytes()).hexdigest()
+    release = api.request("POST", "/releases", json=body)
+    if ns.deploy:
+        release["deployment"] = api.request(
+            "POST", f"/releases/{release['seq']}/deployments", json={"device_ids": ns.deploy}
+        )
+    if ns.json:
+        return release
+    console.print(
+        f"release {release['seq']}: {release['model_name']}@{release['model_version']} sha256 {release['sha256'][:16]}"
+    )
+    if ns.deploy:
+        console.print(f"deployment {release['deployment']['deployment_id']} to {len(ns.deploy)} device(s)")
+    return None
+
+
+def release_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    rows = api.request("GET", "/releases")
+    if ns.json:
+        return rows
+    table = Table(title=f"{len(rows)} release(s)")
+    for col in ("seq", "model", "version", "sha256", "bytes", "golden", "by", "created"):
+        table.add_column(col)
+    for r in rows:
+        golden = r["custom"].get("edgeloop", {}).get("golden") or {}
+        table.add_row(
+            str(r["seq"]), r["model_name"], r["model_version"], r["sha256"][:12], str(r["length"]),
+            str(golden.get("threshold", "-")), r["created_by"], str(r["created_at"]),
+        )  # fmt: skip
+    console.print(table)
+    return None
+
+
+def release_deploy(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    out = api.request("POST", f"/releases/{ns.seq}/deployments", json={"device_ids": ns.devices})
+    if ns.json:
+        return out
+    console.print(f"deployment {out['deployment_id']}: release {ns.seq} to {out['devices']} device(s)")
+    return None
+
+
+def release_status(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    rows = api.request("GET", f"/deployments/{ns.deployment_id}")
+    if ns.json:
+        return rows
+    table = Table(title=f"deployment {ns.deployment_id}")
+    for col in ("device", "state", "event", "detail", "updated"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["device_id"], r["state"], r["event"], r["detail"][:80], str(r["updated_at"]))
+    console.print(table)
+    return None
+
+
+def _signer(path: str) -> CryptoSigner:
+    return CryptoSigner(load_pem_private_key(Path(path).read_bytes(), password=None))
+
+
+def keys_generate(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    signer = CryptoSigner.generate_ed25519()
+    write_private_key(Path(ns.out), signer)
+    if ns.json:
+        return {"path": ns.out, "keyid": signer.public_key.keyid}
+    console.print(f"wrote {ns.out} (keyid {signer.public_key.keyid})")
+    return None
+
+
+def keys_rotate_root(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    current = (
+        httpx.get(ns.server.rstrip("/") + "/ota/metadata/root.json", timeout=15).raise_for_status().content
+    )
+    new_signers = [_signer(p) for p in ns.new_key]
+    data = rotate_root(
+        current,
+        old_signers=[_signer(p) for p in ns.old_key],
+        new_keys=[s.public_key for s in new_signers],
+        threshold=ns.threshold,
+        new_signers=new_signers,
+        expires=datetime.now(UTC) + timedelta(days=ns.expires_days),
+    )
+    out = api.request("POST", "/ota/root", content=data)
+    if ns.json:
+        return out
+    console.print(f"root version {out['version']}: {len(new_signers)} key(s), threshold {ns.threshold}")
+    return None
+
+
+def register(sub: Any) -> None:
+    """Add the ``release`` and ``keys`` groups to the operator CLI's subparsers."""
+    release = sub.add_parser("release", help="signed OTA model releases").add_subparsers(
+        dest="command", required=True
+    )
+    p = release.add_parser("publish", help="upload and sign a model release")
+    p.add_argument("artifact")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", dest="model_version", required=True)
+    p.add_argument("--filename", help="target file name (default model.<suffix>)")
+    p.add_argument("--golden", help="labelled golden set (.npz with input:<name> arrays and labels)")
+    p.add_argument("--golden-threshold", type=float, default=0.0)
+    p.add_argument("--profile", action="append", help="compatible device profile (repeat)")
+    p.add_argument("--runtime", action="append", help="runtime requirement key=value (repeat)")
+    p.add_argument("--report", help="compiler report file (its sha256 is signed into the release)")
+    p.add_argument("--gate", action="append", help="gate threshold key=value, e.g. min_agreement=0.95")
+    p.add_argument("--deploy", nargs="+", metavar="DEVICE", help="also deploy to these devices")
+    p.set_defaults(func=release_publish)
+    release.add_parser("list").set_defaults(func=release_list)
+    p = release.add_parser("deploy", help="assign a release to devices")
+    p.add_argument("seq", type=int)
+    p.add_argument("devices", nargs="+")
+    p.set_defaults(func=release_deploy)
+    p = release.add_parser("status", help="per-device status of a deployment")
+    p.add_argument("deployment_id")
+    p.set_defaults(func=release_status)
+
+    keys = sub.add_parser("keys", help="OTA signing keys").add_subparsers(dest="command", required=True)
+    p = keys.add_parser("generate", help="new ed25519 key file (for root rotation)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=keys_generate)
+    p = keys.add_parser("rotate-root", help="sign root N+1 offline (old and new keys) and upload it")
+    p.add_argument(
+        "--old-key", action="append", required=True, help="current root key PEM (repeat to threshold)"
+    )
+    p.add_argument("--new-key", action="append", required=True, help="new root key PEM (repeat)")
+    p.add_argument("--threshold", type=int, required=True)
+    p.add_argument("--expires-days", type=int, default=365)
+    p.set_defaults(func=keys_rotate_root)
