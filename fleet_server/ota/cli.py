@@ -64,9 +64,8 @@ def release_publish(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         )
     if ns.json:
         return release
-    console.print(
-        f"release {release['seq']}: {release['model_name']}@{release['model_version']} sha256 {release['sha256'][:16]}"
-    )
+    name = f"{release['model_name']}@{release['model_version']}"
+    console.print(f"release {release['seq']}: {name} sha256 {release['sha256'][:16]}")
     if ns.deploy:
         console.print(f"deployment {release['deployment']['deployment_id']} to {len(ns.deploy)} device(s)")
     return None

@@ -47,7 +47,8 @@ def test_cli_publish_deploy_range_and_root_rotation(
         assert agent.enroll(server.bootstrap_token()).returncode == 0
         release = _cli(
             server, capsys, "release", "publish", str(m.v1), "--name", "digits", "--version", "1.0",
-            "--golden", str(m.golden), "--golden-threshold", "0.8", "--gate", "watch_s=0.5", "--deploy", "dev-a",
+            "--golden", str(m.golden), "--golden-threshold", "0.8", "--gate", "watch_s=0.5",
+            "--deploy", "dev-a",
         )  # fmt: skip
         assert isinstance(release, dict) and release["seq"] == 1
         assert release["custom"]["edgeloop"]["golden"]["threshold"] == "0.8"
