@@ -30,6 +30,7 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from fleet_server.federated.wiring import build_federated
 from fleet_server.grpc_api.server import build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
 from fleet_server.ingest import IngestWriter
@@ -68,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = SessionRegistry()
         registry.bind_loop(asyncio.get_running_loop())
         servicer = DeviceServicer(engine=engine, ca=ca, settings=settings, writer=writer, registry=registry)
-        servers = build_grpc_servers(settings=settings, ca=ca, servicer=servicer)
+        loop = asyncio.get_running_loop()
+        federated = build_federated(engine=engine, loop=loop, data_dir=settings.data_dir)
+        servers = build_grpc_servers(
+            settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
+        )
+        app.state.federated = federated
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
@@ -84,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            federated.shutdown()
             await servers.stop()
             await writer.stop()
             engine.dispose()

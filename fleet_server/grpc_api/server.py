@@ -6,7 +6,9 @@ the TLS handshake, so a client without one never reaches a handler.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -43,7 +45,14 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-def build_grpc_servers(*, settings: Settings, ca: FleetCA, servicer: DeviceServicer) -> GrpcServers:
+def build_grpc_servers(
+    *,
+    settings: Settings,
+    ca: FleetCA,
+    servicer: DeviceServicer,
+    device_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> GrpcServers:
+    """`device_handlers`: extra services on the mutual-TLS device port (e.g. FederatedService)."""
     key_pem, chain_pem = ca.ensure_server_certificate(settings.public_hostnames)
 
     enroll = grpc.aio.server(options=_options(settings))
@@ -70,6 +79,7 @@ def build_grpc_servers(*, settings: Settings, ca: FleetCA, servicer: DeviceServi
                     )
                 },
             ),
+            *device_handlers,
         )
     )
     device_port = device.add_secure_port(

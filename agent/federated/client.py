@@ -1,0 +1,217 @@
+"""`FederatedClient`: the daemon's federated-learning task (one asyncio task per agent).
+
+Holds a `FederatedService/Tasks` stream open while training is allowed, runs each task with the
+numpy trainer on the bounded sample store, applies client-side DP when the task asks for it
+(refusing rounds that would exceed the device's epsilon budget), and pushes one result per task.
+Reconnects with capped exponential backoff. Conditions (idle, charging, unmetered) come from a
+`ConditionsSource` port so the daemon can feed real readings; the default reads config flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from agent.errors import AgentError, TransportError
+from agent.federated import trainer
+from agent.federated.privacy import PrivacyLedger, clip_and_noise
+from agent.federated.store import SampleStore
+from agent.federated.tensors import config_from_proto, num, tensor_from_proto, tensor_to_proto
+from agent.federated.transport import GrpcFederatedLink
+from agent.identity import Identity
+from protos.edgeloop.v1 import federated_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    enabled: bool = True
+    server_name: str = ""
+    require_idle: bool = True
+    require_charging: bool = True
+    require_unmetered: bool = True
+    max_samples: int = 5000
+    max_sample_age_s: float = 30 * 86400
+    epsilon_budget: float = 10.0  # per device, across all rounds and runs
+    delta: float = 1e-5
+    max_task_bytes: int = 64 * 2**20
+    retry_max_s: float = 30.0
+
+
+class ConditionsSource(Protocol):
+    def current(self) -> dict[str, float]:
+        """idle / charging / unmetered as 1.0 or 0.0 (plus any extra readings)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StaticConditions:
+    idle: bool = True
+    charging: bool = True
+    unmetered: bool = True
+
+    def current(self) -> dict[str, float]:
+        return {
+            "idle": float(self.idle),
+            "charging": float(self.charging),
+            "unmetered": float(self.unmetered),
+        }
+
+
+def blocked_reason(config: FederatedConfig, state: dict[str, float]) -> str:
+    for flag, needed in (
+        ("idle", config.require_idle),
+        ("charging", config.require_charging),
+        ("unmetered", config.require_unmetered),
+    ):
+        if needed and state.get(flag, 0.0) < 0.5:
+            return f"not allowed to train: device not {flag}"
+    return ""
+
+
+class FederatedClient:
+    """Runs federated tasks for this device until `stop` is set."""
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        endpoint: str,
+        data_dir: Path,
+        config: FederatedConfig | None = None,
+        conditions: ConditionsSource | None = None,
+    ) -> None:
+        self._identity = identity
+        self._endpoint = endpoint
+        self.config = config or FederatedConfig()
+        self._conditions = conditions or StaticConditions()
+        fl_dir = data_dir / "federated"
+        self.store = SampleStore(
+            fl_dir / "samples.db", max_samples=self.config.max_samples, max_age_s=self.config.max_sample_age_s
+        )
+        self.ledger = PrivacyLedger(
+            fl_dir / "privacy_ledger.json", budget_epsilon=self.config.epsilon_budget, delta=self.config.delta
+        )
+        self.tasks_done = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve tasks until `stop` is set; never raises for link failures (they are retried)."""
+        if not self.config.enabled:
+            logger.info("federated learning disabled by config")
+            return
+        delay = 1.0
+        while not stop.is_set():
+            link = GrpcFederatedLink(
+                identity=self._identity,
+                endpoint=self._endpoint,
+                server_name=self.config.server_name,
+                max_task_bytes=self.config.max_task_bytes,
+            )
+            try:
+                await self._serve_until(link, stop)
+                delay = 1.0
+            except TransportError as err:
+                logger.warning(
+                    "federated link lost device_id=%s: %s (retry in %.0fs)",
+                    self._identity.device_id,
+                    err,
+                    delay,
+                )
+            finally:
+                await link.close()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(self.config.retry_max_s, delay * 2)
+
+    async def _serve_until(self, link: GrpcFederatedLink, stop: asyncio.Event) -> None:
+        serve = asyncio.create_task(self._serve(link))
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (serve, stopper):
+            t.cancel()
+        if serve in done and not serve.cancelled() and serve.exception() is not None:
+            raise serve.exception()  # type: ignore[misc]
+
+    async def _serve(self, link: GrpcFederatedLink) -> None:
+        async for task in link.tasks(self._conditions.current(), ["train", "evaluate", "dp"]):
+            result = await asyncio.to_thread(self.handle, task)
+            resp = await link.push(result)
+            self.tasks_done += 1
+            if not resp.accepted:
+                logger.warning("result refused round_id=%s reason=%s", task.round_id, resp.reason)
+
+    def handle(self, task: pb.TrainTask) -> pb.TaskResult:
+        """Run one task to a result (errors become a declined result, never an exception)."""
+        try:
+            return self._run_task(task)
+        except AgentError as err:
+            logger.warning("task failed round_id=%s kind=%s: %s", task.round_id, task.kind, err)
+            return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=str(err))
+
+    def _run_task(self, task: pb.TrainTask) -> pb.TaskResult:
+        reason = blocked_reason(self.config, self._conditions.current())
+        x, y = self.store.load()
+        if not reason and len(y) == 0:
+            reason = "no local training data"
+        if reason:
+            return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=reason)
+        names = [t.name for t in task.arrays]
+        weights = [tensor_from_proto(t, max_bytes=self.config.max_task_bytes) for t in task.arrays]
+        config = config_from_proto(dict(task.config))
+        if task.kind == "evaluate":
+            loss, acc = trainer.evaluate(weights, x, y)
+            return pb.TaskResult(
+                task_id=task.task_id,
+                round_id=task.round_id,
+                num_examples=len(y),
+                metrics={"loss": loss, "accuracy": acc},
+            )
+        return self._train(task, names, weights, config, (x, y))
+
+    def _train(
+        self,
+        task: pb.TrainTask,
+        names: list[str],
+        weights: list[np.ndarray],
+        config: dict[str, float | str | bool],
+        data: tuple[np.ndarray, np.ndarray],
+    ) -> pb.TaskResult:
+        x, y = data
+        sigma = num(config, "dp-noise-multiplier", 0.0)
+        if sigma > 0 and self.ledger.would_exceed(sigma):
+            return pb.TaskResult(
+                task_id=task.task_id,
+                round_id=task.round_id,
+                error=f"privacy budget exhausted: eps {self.ledger.spent():.2f}"
+                f" of {self.ledger.budget_epsilon}",
+            )
+        params = trainer.TrainParams(
+            lr=num(config, "lr", 0.1),
+            epochs=int(num(config, "local-epochs", 1)),
+            batch_size=int(num(config, "batch-size", 32)),
+            proximal_mu=num(config, "proximal-mu", 0.0),
+            seed=int(num(config, "seed", 0)) + task.server_round,
+        )
+        new, loss = trainer.train(weights, x, y, params)
+        metrics = {"train_loss": loss}
+        if sigma > 0:
+            rng = np.random.default_rng()
+            new, norm = clip_and_noise(
+                weights, new, clip=num(config, "dp-clip", 1.0), noise_multiplier=sigma, rng=rng
+            )
+            metrics |= {"update_norm": norm, "dp_epsilon_spent": self.ledger.charge(sigma)}
+        logger.info("trained round_id=%s samples=%d loss=%.4f", task.round_id, len(y), loss)
+        return pb.TaskResult(
+            task_id=task.task_id,
+            round_id=task.round_id,
+            num_examples=len(y),
+            metrics=metrics,
+            arrays=[tensor_to_proto(n, w) for n, w in zip(names, new, strict=True)],
+        )

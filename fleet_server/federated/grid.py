@@ -1,0 +1,285 @@
+"""`FleetGrid`: Flower's `Grid` over our mutual-TLS `FederatedService` device streams.
+
+Flower strategies call `push_messages` / `pull_messages` / `send_and_receive` from a worker thread;
+devices attach and push results on the server's asyncio loop (servicer.py). This class is the
+bridge: tasks go to a device's stream queue with `loop.call_soon_threadsafe`, results come back
+under a lock and wake the waiting strategy. Dropouts are answered at once with an error reply when
+a device's stream closes; stragglers past the round timeout are dropped and their late results
+refused. Device results are validated (codec.py) and refusals counted by reason.
+
+Owns: node-id mapping, outstanding tasks, replies and counters. Does not choose participants
+(cohort.py filters `get_node_ids` through `eligible`) or aggregate (the Flower strategy does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from fleet_server.federated.codec import (
+    ResultRejectedError,
+    TensorSpec,
+    array_key,
+    check_arrays,
+    check_metrics,
+    message_to_task,
+    reply_message,
+    server_round_of,
+)
+from protos.edgeloop.v1 import federated_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+ERR_DROPPED = 501  # device stream closed while the task was outstanding
+ERR_OFFLINE = 502  # device was not connected when the task was pushed
+ERR_REJECTED = 503  # device result failed validation
+ERR_DECLINED = 504  # device declined (not allowed to train now, DP budget exhausted, ...)
+
+
+def node_id_for(device_id: str) -> int:
+    """Stable positive 63-bit Flower node id for a device id."""
+    return int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big") >> 1 or 2
+
+
+@dataclass(frozen=True)
+class GridLimits:
+    max_result_bytes: int = 64 * 2**20  # per result, all tensors
+    max_abs_value: float = 1e6  # any parameter beyond this is refused
+    max_examples: int = 10_000_000
+
+
+@dataclass
+class _Pending:
+    device_id: str
+    request: Message
+    round_id: str
+    arrays_key: str
+    specs: list[TensorSpec]
+
+
+@dataclass
+class _Device:
+    queue: asyncio.Queue[pb.TrainTask | None]
+    state: dict[str, float] = field(default_factory=dict)
+
+
+class FleetGrid(Grid):
+    """Flower `Grid` whose nodes are the devices holding an open `FederatedService/Tasks` stream."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        run_id: int = 1,
+        limits: GridLimits | None = None,
+        eligible: Callable[[set[str]], set[str]] | None = None,
+    ) -> None:
+        self._loop = loop
+        self.limits = limits or GridLimits()
+        self.eligible = eligible
+        self._lock = threading.Condition()
+        self._devices: dict[str, _Device] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._replies: dict[str, Message] = {}
+        self._finished: set[str] = set()
+        self._seen: dict[int, str] = {}
+        self.rejected: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._run = Run.create_empty(run_id)
+        self.set_run(self._run)
+        self.round_timeout_s = 60.0
+
+    # ------------------------------------------------------------------ Flower Grid API
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+        TaskIdentity.run_id = run.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        TaskIdentity.task_id = 0
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        with self._lock:
+            online = set(self._devices)
+        if self.eligible is not None:
+            online = self.eligible(online)
+        return [node_id_for(d) for d in sorted(online)]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            self._push_one(msg)
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        with self._lock:
+            return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        ids = set(self.push_messages(messages))
+        deadline = time.monotonic() + (timeout if timeout is not None else self.round_timeout_s)
+        out: list[Message] = []
+        with self._lock:
+            while ids:
+                ready = ids & self._replies.keys()
+                for i in ready:
+                    out.append(self._replies.pop(i))
+                ids -= ready
+                remaining = deadline - time.monotonic()
+                if not ids or remaining <= 0:
+                    break
+                self._lock.wait(min(remaining, 1.0))
+            for i in ids:  # stragglers: forget the task, refuse its late result
+                pending = self._pending.pop(i, None)
+                self._finished.add(i)
+                if pending is not None:
+                    self.dropped["straggler"] += 1
+                    logger.info(
+                        "straggler dropped round_id=%s device_id=%s", pending.round_id, pending.device_id
+                    )
+        return out
+
+    # ------------------------------------------------------------------ device side (event loop)
+
+    def attach(self, device_id: str, state: dict[str, float]) -> asyncio.Queue[pb.TrainTask | None]:
+        queue: asyncio.Queue[pb.TrainTask | None] = asyncio.Queue()
+        with self._lock:
+            old = self._devices.get(device_id)
+            self._devices[device_id] = _Device(queue, dict(state))
+            self._seen[node_id_for(device_id)] = device_id
+        if old is not None:
+            old.queue.put_nowait(None)
+        logger.info("fl device attached device_id=%s node_id=%d", device_id, node_id_for(device_id))
+        return queue
+
+    def detach(self, device_id: str, queue: asyncio.Queue[pb.TrainTask | None]) -> None:
+        with self._lock:
+            current = self._devices.get(device_id)
+            if current is None or current.queue is not queue:
+                return
+            del self._devices[device_id]
+            lost = [i for i, p in self._pending.items() if p.device_id == device_id]
+            for i in lost:
+                self._fail(i, ERR_DROPPED, "device disconnected mid-round")
+                self.dropped["disconnected"] += 1
+            self._lock.notify_all()
+        logger.info("fl device detached device_id=%s outstanding_tasks=%d", device_id, len(lost))
+
+    def accept_result(self, device_id: str, result: pb.TaskResult) -> tuple[bool, str]:
+        """Validate and file one device result; returns (accepted, reason)."""
+        with self._lock:
+            pending = self._pending.get(result.task_id)
+            reason = self._precheck(device_id, result, pending)
+            if reason:
+                self.rejected[reason] += 1
+                logger.warning(
+                    "fl result rejected device_id=%s round_id=%s reason=%s",
+                    device_id,
+                    result.round_id,
+                    reason,
+                )
+                return False, reason
+            assert pending is not None
+            try:
+                reply = self._reply_for(pending, result)
+            except ResultRejectedError as err:
+                self.rejected[err.reason] += 1
+                self._fail(result.task_id, ERR_REJECTED, str(err))
+                self._lock.notify_all()
+                logger.warning(
+                    "fl result rejected device_id=%s round_id=%s reason=%s", device_id, pending.round_id, err
+                )
+                return False, err.reason
+            del self._pending[result.task_id]
+            self._finished.add(result.task_id)
+            self._replies[result.task_id] = reply
+            self._lock.notify_all()
+        return True, ""
+
+    def device_ids(self, node_ids: list[int]) -> list[str]:
+        """Device ids for Flower node ids (devices that left since keep their node id's hex)."""
+        with self._lock:
+            known = {node_id_for(d): d for d in self._devices} | self._seen
+        return [known.get(n, f"node-{n:x}") for n in node_ids]
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {"rejected": dict(self.rejected), "dropped": dict(self.dropped)}
+
+    # ------------------------------------------------------------------ internals
+
+    def _precheck(self, device_id: str, result: pb.TaskResult, pending: _Pending | None) -> str:
+        if pending is None:
+            return "late_or_duplicate" if result.task_id in self._finished else "unknown_task"
+        if pending.device_id != device_id:
+            return "wrong_device"
+        if result.round_id != pending.round_id:
+            return "wrong_round"
+        return ""
+
+    def _reply_for(self, pending: _Pending, result: pb.TaskResult) -> Message:
+        if result.error:
+            self.dropped["declined"] += 1
+            return Message(Error(code=ERR_DECLINED, reason=result.error[:200]), reply_to=pending.request)
+        lim = self.limits
+        metrics = check_metrics(result, max_examples=lim.max_examples)
+        arrays = None
+        if pending.request.metadata.message_type.startswith("train"):
+            arrays = check_arrays(
+                result, pending.specs, max_bytes=lim.max_result_bytes, max_abs=lim.max_abs_value
+            )
+        return reply_message(pending.request, arrays_key=pending.arrays_key, arrays=arrays, metrics=metrics)
+
+    def _fail(self, message_id: str, code: int, reason: str) -> None:
+        pending = self._pending.pop(message_id, None)
+        self._finished.add(message_id)
+        if pending is not None:
+            self._replies[message_id] = Message(Error(code=code, reason=reason), reply_to=pending.request)
+
+    def _device_for(self, node_id: int) -> str | None:
+        return next((d for d in self._devices if node_id_for(d) == node_id), None)
+
+    def _push_one(self, msg: Message) -> None:
+        round_id = f"{self._run.run_id}:{msg.metadata.group_id or server_round_of(msg)}"
+        task, specs = message_to_task(msg, round_id=round_id, deadline_s=self.round_timeout_s)
+        with self._lock:
+            device_id = self._device_for(msg.metadata.dst_node_id)
+            if device_id is None:
+                self._pending[task.task_id] = _Pending("", msg, round_id, "", [])
+                self._fail(task.task_id, ERR_OFFLINE, "device offline")
+                self._lock.notify_all()
+                return
+            self._pending[task.task_id] = _Pending(device_id, msg, round_id, array_key(msg.content), specs)
+            queue = self._devices[device_id].queue
+        self._loop.call_soon_threadsafe(queue.put_nowait, task)
+        logger.debug("fl task pushed round_id=%s device_id=%s kind=%s", round_id, device_id, task.kind)

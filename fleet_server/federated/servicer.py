@@ -1,0 +1,113 @@
+"""`edgeloop.v1.FederatedService` handlers on the mutual-TLS device port.
+
+`Tasks` attaches the authenticated device to the current `FleetGrid` and streams its tasks;
+`PushResult` hands a result to the grid, which validates it. Requests arrive as raw bytes so a
+malformed message gets INVALID_ARGUMENT (the stock deserializer would answer INTERNAL). The
+device id is the client certificate's CN, checked against the registry exactly as the Sync
+servicer does (`DeviceServicer.authenticate`).
+
+Owns the gRPC surface only; the grid owns round state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from google.protobuf.message import DecodeError
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from fleet_server.federated.grid import FleetGrid
+from fleet_server.models import Device
+from protos.edgeloop.v1 import federated_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "edgeloop.v1.FederatedService"
+
+Authenticate = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[str]]
+
+
+class FederatedServicer:
+    """Serves FederatedService; `grid` is the single FleetGrid of this server process."""
+
+    def __init__(self, *, grid: FleetGrid, authenticate: Authenticate) -> None:
+        self.grid = grid
+        self._authenticate = authenticate
+
+    def handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Tasks": grpc.unary_stream_rpc_method_handler(
+                    self.tasks, response_serializer=lambda m: m.SerializeToString()
+                ),
+                "PushResult": grpc.unary_unary_rpc_method_handler(
+                    self.push_result, response_serializer=lambda m: m.SerializeToString()
+                ),
+            },
+        )
+
+    async def tasks(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.TrainTask]:
+        device_id = await self._authenticate(context)
+        try:
+            req = pb.TaskStreamRequest.FromString(raw)
+        except DecodeError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed TaskStreamRequest: {err}")
+        queue = self.grid.attach(device_id, dict(req.state))
+        try:
+            while True:
+                task = await queue.get()
+                if task is None:
+                    return
+                yield task
+        finally:
+            self.grid.detach(device_id, queue)
+
+    async def push_result(
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PushResultResponse:
+        device_id = await self._authenticate(context)
+        try:
+            result = pb.TaskResult.FromString(raw)
+        except DecodeError as err:
+            self.grid.rejected["malformed"] += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed TaskResult: {err}")
+        accepted, reason = await asyncio.to_thread(self.grid.accept_result, device_id, result)
+        return pb.PushResultResponse(accepted=accepted, reason=reason)
+
+
+def device_authenticator(engine: Engine) -> Authenticate:
+    """The Sync servicer's rule: cert CN is the device id, device active, fingerprint current."""
+
+    def load(device_id: str) -> Device | None:
+        with Session(engine, expire_on_commit=False) as s:
+            return s.get(Device, device_id)
+
+    async def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        auth = context.auth_context()
+        names = list(auth.get("x509_common_name") or [])
+        pems = list(auth.get("x509_pem_cert") or [])
+        if not names or not pems:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a fleet device certificate is required")
+        device_id = names[0].decode()
+        device = await asyncio.to_thread(load, device_id)
+        if device is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id!r} is not enrolled")
+        assert device is not None
+        fingerprint = x509.load_pem_x509_certificate(pems[0]).fingerprint(hashes.SHA256()).hex()
+        if device.status != "active" or (device.cert_fingerprint and fingerprint != device.cert_fingerprint):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"certificate for {device_id!r} is revoked or superseded"
+            )
+        return device_id
+
+    return authenticate

@@ -1,0 +1,213 @@
+"""FleetGrid end to end: real agent processes (`python -m agent.federated`) on loopback train a
+softmax head on non-IID digits through Flower's FedAvg; dropouts, stragglers and bad results."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord
+from sqlmodel import Session, select
+
+from agent.identity import IdentityStore
+from fleet_server.db import make_engine
+from fleet_server.federated.grid import GridLimits
+from fleet_server.federated.models import FlRound, FlRun
+from fleet_server.federated.runner import RunSpec
+from fleet_server.federated.strategy import StrategySpec
+from protos.edgeloop.v1 import federated_pb2 as pb
+from tests.fixtures.digits import load_digits_data
+from tests.helpers.inproc import LiveServer, device_channel, enroll
+from tests.helpers.procs import wait_until
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def dirichlet_split(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(clients)]
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        cuts = (np.cumsum(rng.dirichlet([alpha] * clients)) * len(idx)).astype(int)[:-1]
+        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
+            part.extend(chunk.tolist())
+    return [np.array(p, dtype=np.int64) for p in parts]
+
+
+class Fleet:
+    def __init__(self, server: LiveServer, tmp: Path, n: int, slow_s: float = 0.0) -> None:
+        self.server, self.procs, self.ids = server, [], []
+        data = load_digits_data(0)
+        x = data.x_train.reshape(len(data.x_train), -1)
+        self.x_test, self.y_test = data.x_test.reshape(len(data.x_test), -1), data.y_test
+        token = server.bootstrap_token()
+        for i, part in enumerate(dirichlet_split(data.y_train, n, 0.3, seed=1)):
+            device_id = f"fl-{i:02d}"
+            creds = enroll(server, device_id, token if i == 0 else server.bootstrap_token(), tmp)
+            IdentityStore(tmp / device_id).save(
+                device_id=device_id, cert_chain_pem=creds.chain_pem, ca_pem=creds.ca_pem, sync_endpoint=""
+            )
+            rows = part if len(part) else np.arange(5)
+            np.savez(tmp / f"{device_id}.npz", x=x[rows], y=data.y_train[rows])
+            self.ids.append(device_id)
+            self.procs.append(self._spawn(tmp, device_id, slow_s))
+
+    def _spawn(self, tmp: Path, device_id: str, slow_s: float) -> subprocess.Popen[bytes]:
+        log = open(tmp / f"{device_id}.log", "ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "agent.federated",
+            "--data-dir",
+            str(tmp / device_id),
+            "--endpoint",
+            self.server.device_target,
+            "--samples",
+            str(tmp / f"{device_id}.npz"),
+            "--slow-s",
+            str(slow_s),
+        ]
+        return subprocess.Popen(cmd, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def runtime(server: LiveServer):  # type: ignore[no-untyped-def]
+    return server.client.app.state.federated  # type: ignore[attr-defined]
+
+
+def initial() -> ArrayRecord:
+    return ArrayRecord(
+        {
+            "w": __import__("flwr.app").app.Array(np.zeros((64, 10), np.float32)),
+            "b": __import__("flwr.app").app.Array(np.zeros(10, np.float32)),
+        }
+    )
+
+
+def accuracy(arrays: ArrayRecord, x: np.ndarray, y: np.ndarray) -> float:
+    logits = x @ arrays["w"].numpy() + arrays["b"].numpy()
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def rounds(server: LiveServer, run_id: str) -> list[FlRound]:
+    engine = make_engine(server.settings.resolved_database_url())
+    with Session(engine) as s:
+        out = list(
+            s.exec(select(FlRound).where(FlRound.run_id == run_id).order_by(FlRound.server_round)).all()
+        )
+        assert s.get(FlRun, run_id) is not None
+    engine.dispose()
+    return out
+
+
+@pytest.fixture
+def fleet10(server: LiveServer, tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(server, tmp_path / "devs", 10, slow_s=1.0)
+    wait_until(lambda: len(list(runtime(server).grid.get_node_ids())) == 10, 60, what="10 devices attached")
+    yield fleet
+    fleet.stop()
+
+
+def test_real_agents_train_and_survive_20pct_sigkill_mid_round(server: LiveServer, fleet10: Fleet) -> None:
+    rt = runtime(server)
+    spec = RunSpec(
+        strategy=StrategySpec("fedavg", min_nodes=8),
+        num_rounds=3,
+        round_timeout_s=30,
+        train_config={"lr": 0.5, "local-epochs": 2, "batch-size": 16},
+    )
+    run_id = rt.runner.start(spec, initial())
+    wait_until(lambda: len(rt.grid._pending) == 10, 20, interval=0.02, what="round 1 tasks out")
+    for p in fleet10.procs[:2]:  # SIGKILL 20% while they are training
+        p.send_signal(signal.SIGKILL)
+    rt.runner.wait(120)
+    recs = rounds(server, run_id)
+    assert [r.server_round for r in recs] == [1, 2, 3]
+    assert recs[0].sampled == 10 and recs[0].results == 8 and recs[0].dropped.get("disconnected") == 2
+    assert all(r.results == 8 for r in recs[1:])
+    assert recs[0].duration_s < 10, "a dropout must not hold the round until its timeout"
+    assert rt.runner.result is not None
+    acc = accuracy(rt.runner.result, fleet10.x_test, fleet10.y_test)
+    assert acc > 0.75, acc
+    assert recs[-1].arrays_digest != recs[0].parent_digest
+
+
+def _bad_device(server: LiveServer, tmp: Path, device_id: str, kind: str, out: dict[str, list[str]]) -> None:
+    creds = enroll(server, device_id, server.bootstrap_token(), tmp)
+    with device_channel(server, creds) as ch:
+        stream = ch.unary_stream(
+            "/edgeloop.v1.FederatedService/Tasks",
+            request_serializer=pb.TaskStreamRequest.SerializeToString,
+            response_deserializer=pb.TrainTask.FromString,
+        )(pb.TaskStreamRequest(protocol_version=1))
+        push = ch.unary_unary(
+            "/edgeloop.v1.FederatedService/PushResult",
+            request_serializer=pb.TaskResult.SerializeToString,
+            response_deserializer=pb.PushResultResponse.FromString,
+        )
+        task = next(stream)
+        arrays = [pb.FlTensor(name=t.name, shape=t.shape, dtype=t.dtype, data=t.data) for t in task.arrays]
+        res = pb.TaskResult(task_id=task.task_id, round_id=task.round_id, num_examples=10, arrays=arrays)
+        if kind == "nan":
+            res.arrays[1].data = np.full(10, np.nan, np.float32).tobytes()
+        elif kind == "shape":
+            res.arrays[1].shape[:] = [5, 2]
+            res.arrays[0].shape[:] = [10, 64]
+        elif kind == "oversized":
+            res.arrays[0].data = b"\0" * 40_000
+        elif kind == "wrong_round":
+            res.round_id = "999:1"
+            out[kind] = [push(res, timeout=10).reason]
+            res.round_id = task.round_id
+            res.arrays[0].data = np.full((64, 10), np.inf, np.float32).tobytes()
+        reasons = [push(res, timeout=10).reason]
+        reasons.append(push(res, timeout=10).reason)  # replay of the same result
+        out.setdefault(kind, []).extend(reasons)
+        stream.cancel()
+
+
+def test_bad_results_rejected_and_counted_while_round_continues(server: LiveServer, tmp_path: Path) -> None:
+    rt = runtime(server)
+    rt.grid.limits = GridLimits(max_result_bytes=20_000)
+    good = Fleet(server, tmp_path / "good", 4)
+    out: dict[str, list[str]] = {}
+    kinds = ["nan", "shape", "oversized", "wrong_round"]
+    threads = [
+        threading.Thread(target=_bad_device, args=(server, tmp_path / "bad", f"bad-{k}", k, out))
+        for k in kinds
+    ]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(list(rt.grid.get_node_ids())) == 8, 60, what="8 devices attached")
+        spec = RunSpec(strategy=StrategySpec("fedavg", min_nodes=8), num_rounds=1, round_timeout_s=20)
+        t0 = time.monotonic()
+        run_id = rt.runner.run_blocking(spec, initial())
+        for t in threads:
+            t.join(10)
+    finally:
+        good.stop()
+    rec = rounds(server, run_id)[0]
+    assert rec.sampled == 8 and rec.results == 4 and time.monotonic() - t0 < 15
+    assert out["nan"] == ["non_finite", "late_or_duplicate"]
+    assert out["shape"][0] == "bad_shape"
+    assert out["oversized"][0] == "oversized"
+    assert out["wrong_round"] == ["wrong_round", "non_finite", "late_or_duplicate"]
+    assert rec.rejected["non_finite"] == 2 and rec.rejected["wrong_round"] == 1
+    assert rec.rejected["late_or_duplicate"] == 4
