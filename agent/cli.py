@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="local status: enrollment, session, telemetry queue")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
+    from agent.inference.cli import add_subcommands
+
+    add_subcommands(sub)  # predict, models: talk to the running agent's local inference API
     p = sub.add_parser("version")
     p.set_defaults(func=lambda ns: print(__version__) or ExitCode.OK)
     return parser

@@ -58,15 +58,44 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    enabled: bool = True
+    # "" = <data_dir>/inference.sock and <data_dir>/models
+    socket_path: str = ""
+    fast_socket_path: str = ""  # opt-in framed fast path; "" = off
+    tcp_port: int = -1  # -1 = Unix socket only; 0 = any free loopback port
+    slots_root: str = ""
+    micro_batch: bool = False
+    micro_batch_wait_s: float = 0.0
+    cache_entries: int = 0
+    capture_per_second: float = 0.0  # input/output samples kept for the drift monitor
+    max_request_bytes: int = 16 * 2**20
+    stats_interval_s: float = 30.0  # inference telemetry (latency histogram, errors, throughput)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     @property
     def data_path(self) -> Path:
         return Path(self.device.data_dir)
+
+    @property
+    def inference_socket(self) -> Path:
+        return (
+            Path(self.inference.socket_path)
+            if self.inference.socket_path
+            else self.data_path / "inference.sock"
+        )
+
+    @property
+    def slots_root(self) -> Path:
+        return Path(self.inference.slots_root) if self.inference.slots_root else self.data_path / "models"
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -74,6 +103,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "device": DeviceConfig,
     "telemetry": TelemetryConfig,
     "sync": SyncConfig,
+    "inference": InferenceConfig,
 }
 
 
@@ -139,6 +169,8 @@ def _validate(cfg: AgentConfig) -> None:
         (cfg.sync.backoff_multiplier >= 1, "sync.backoff_multiplier must be >= 1"),
         (0 <= cfg.sync.backoff_jitter < 1, "sync.backoff_jitter must be in [0, 1)"),
         (bool(cfg.device.data_dir), "device.data_dir must be set"),
+        (cfg.inference.stats_interval_s > 0, "inference.stats_interval_s must be > 0"),
+        (cfg.inference.tcp_port >= -1, "inference.tcp_port must be -1 (off), 0 (any) or a port"),
     ]
     for ok, message in checks:
         if not ok:

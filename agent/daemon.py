@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -22,6 +23,9 @@ from agent.ports import SystemClock
 from agent.statefile import StateFile
 from agent.sync import Reconciler, SyncLoop
 from agent.sysinfo import read_resources
+
+if TYPE_CHECKING:
+    from agent.serving.server import InferenceService
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,58 @@ async def _produce(config: AgentConfig, outbox: TelemetryOutbox, loop: SyncLoop,
             pass
 
 
+def _build_inference(config: AgentConfig) -> InferenceService | None:
+    """The local inference API (lazy import: onnxruntime/LiteRT load only when a model does)."""
+    if not config.inference.enabled:
+        return None
+    from agent.inference.engine import ServingOptions
+    from agent.profile import load_profile
+    from agent.serving.server import InferenceService
+
+    profile = load_profile(config.device.profile)
+    inf = config.inference
+    options = ServingOptions(
+        workers=max(1, profile.runtime.threads),
+        micro_batch=inf.micro_batch,
+        micro_batch_wait_s=inf.micro_batch_wait_s,
+        cache_entries=inf.cache_entries,
+        capture_per_second=inf.capture_per_second,
+        max_request_bytes=inf.max_request_bytes,
+    )
+    return InferenceService(
+        config.slots_root,
+        profile,
+        config.inference_socket,
+        None if inf.tcp_port < 0 else inf.tcp_port,
+        options=options,
+        fast_socket_path=Path(inf.fast_socket_path) if inf.fast_socket_path else None,
+    )
+
+
+async def _report_inference(
+    config: AgentConfig,
+    service: InferenceService,
+    outbox: TelemetryOutbox,
+    loop: SyncLoop,
+    stop: asyncio.Event,
+) -> None:
+    """Every stats interval: the latency histogram, errors and throughput per model version."""
+    clock = SystemClock()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=config.inference.stats_interval_s)
+        except TimeoutError:
+            pass
+        snapshot = service.stats_snapshot(reset=True)
+        if not any(k.endswith(".requests") and v > 0 for k, v in snapshot.items()):
+            continue
+        try:
+            outbox.append(timestamp_ms=clock.time_ms(), kind="inference", metrics=snapshot)
+            loop.telemetry_ready.set()
+        except StorageError as err:
+            logger.error("inference telemetry not recorded: %s", err)
+
+
 async def run_daemon(config: AgentConfig) -> None:
     from agent.transport.grpc_fleet import GrpcFleetConnector
 
@@ -123,12 +179,23 @@ async def run_daemon(config: AgentConfig) -> None:
         endpoint,
         config.device.profile,
     )
-    producer = asyncio.create_task(_produce(config, outbox, sync, stop))
+    inference = _build_inference(config)
+    tasks = [asyncio.create_task(_produce(config, outbox, sync, stop))]
+    if inference is not None:
+        serving = await inference.start()
+        logger.info(
+            "inference API listening socket=%s model=%s",
+            config.inference_socket,
+            f"{serving.name}@{serving.version}" if serving else "none",
+        )
+        tasks.append(asyncio.create_task(_report_inference(config, inference, outbox, sync, stop)))
     try:
         await sync.run(stop)
     finally:
         stop.set()
-        await producer
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if inference is not None:
+            await inference.stop()
         sync.write_status()
         outbox.close()
         logger.info("agent stopped device_id=%s", identity.device_id)
