@@ -17,11 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.errors import AgentError, TransportError
+from agent.errors import AgentError, InvalidInputError, TransportError
 from agent.federated import trainer
 from agent.federated.privacy import PrivacyLedger, clip_and_noise
+from agent.federated.secagg import SecAggClient
 from agent.federated.store import SampleStore
-from agent.federated.tensors import config_from_proto, num, tensor_from_proto, tensor_to_proto
+from agent.federated.tensors import blob, config_from_proto, num, tensor_from_proto, tensor_to_proto
 from agent.federated.transport import GrpcFederatedLink
 from agent.identity import Identity
 from protos.edgeloop.v1 import federated_pb2 as pb
@@ -99,6 +100,7 @@ class FederatedClient:
             fl_dir / "privacy_ledger.json", budget_epsilon=self.config.epsilon_budget, delta=self.config.delta
         )
         self.tasks_done = 0
+        self.secagg = SecAggClient()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve tasks until `stop` is set; never raises for link failures (they are retried)."""
@@ -165,6 +167,8 @@ class FederatedClient:
         names = [t.name for t in task.arrays]
         weights = [tensor_from_proto(t, max_bytes=self.config.max_task_bytes) for t in task.arrays]
         config = config_from_proto(dict(task.config))
+        if task.kind.startswith("train.secagg_"):
+            return self._secagg(task, names, weights, config, (x, y))
         if task.kind == "evaluate":
             loss, acc = trainer.evaluate(weights, x, y)
             return pb.TaskResult(
@@ -180,7 +184,7 @@ class FederatedClient:
         task: pb.TrainTask,
         names: list[str],
         weights: list[np.ndarray],
-        config: dict[str, float | str | bool],
+        config: dict[str, float | str | bool | bytes],
         data: tuple[np.ndarray, np.ndarray],
     ) -> pb.TaskResult:
         x, y = data
@@ -215,3 +219,43 @@ class FederatedClient:
             metrics=metrics,
             arrays=[tensor_to_proto(n, w) for n, w in zip(names, new, strict=True)],
         )
+
+    def _secagg(
+        self,
+        task: pb.TrainTask,
+        names: list[str],
+        weights: list[np.ndarray],
+        config: dict[str, float | str | bool | bytes],
+        data: tuple[np.ndarray, np.ndarray],
+    ) -> pb.TaskResult:
+        rid, stage = task.round_id, task.kind.removeprefix("train.secagg_")
+        base = pb.TaskResult(task_id=task.task_id, round_id=rid)
+        if stage == "keys":
+            base.blobs.update(self.secagg.keys(rid))
+        elif stage == "share":
+            base.blobs.update(self.secagg.share(rid, blob(config, "roster")))
+        elif stage == "unmask":
+            base.blobs.update(self.secagg.unmask(rid, blob(config, "lists")))
+        elif stage == "masked":
+
+            def train_delta() -> tuple[list[np.ndarray], int, dict[str, float]]:
+                result = self._train(task, names, weights, config, data)
+                if result.error:
+                    raise InvalidInputError(result.error)
+                new = [tensor_from_proto(t, max_bytes=self.config.max_task_bytes) for t in result.arrays]
+                deltas = [n.astype(np.float64) - w for n, w in zip(new, weights, strict=True)]
+                return deltas, int(result.num_examples), dict(result.metrics)
+
+            vec, blobs, n, metrics = self.secagg.masked(
+                rid,
+                blob(config, "inbox"),
+                train_delta,
+                clip=num(config, "secagg-clip", 1.0),
+                scale=num(config, "secagg-scale", 1.0),
+                max_examples=int(num(config, "secagg-max-examples", 1000)),
+            )
+            base.blobs.update(blobs)
+            base.arrays.append(tensor_to_proto("masked", vec))
+            base.num_examples = n
+            base.metrics.update(metrics)
+        return base

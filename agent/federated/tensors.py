@@ -33,8 +33,8 @@ def tensor_from_proto(t: pb.FlTensor, *, max_bytes: int) -> np.ndarray:
     return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
 
 
-def config_from_proto(config: dict[str, pb.ConfigValue]) -> dict[str, float | str | bool]:
-    out: dict[str, float | str | bool] = {}
+def config_from_proto(config: dict[str, pb.ConfigValue]) -> dict[str, float | str | bool | bytes]:
+    out: dict[str, float | str | bool | bytes] = {}
     for key, value in config.items():
         kind = value.WhichOneof("value")
         if kind == "text":
@@ -45,9 +45,16 @@ def config_from_proto(config: dict[str, pb.ConfigValue]) -> dict[str, float | st
             out[key] = float(value.integer)
         elif kind == "number":
             out[key] = value.number
+        elif kind == "blob":
+            out[key] = value.blob
     return out
 
 
-def num(config: dict[str, float | str | bool], key: str, default: float) -> float:
+def num(config: dict[str, float | str | bool | bytes], key: str, default: float) -> float:
     value = config.get(key, default)
     return float(value) if isinstance(value, int | float) else default
+
+
+def blob(config: dict[str, float | str | bool | bytes], key: str) -> bytes:
+    value = config.get(key, b"")
+    return value if isinstance(value, bytes) else b""

@@ -45,9 +45,11 @@ def tensor_to_proto(name: str, value: np.ndarray) -> pb.FlTensor:
     )
 
 
-def tensor_from_proto(t: pb.FlTensor, *, max_bytes: int) -> np.ndarray:
+def tensor_from_proto(
+    t: pb.FlTensor, *, max_bytes: int, dtypes: frozenset[str] = ALLOWED_DTYPES
+) -> np.ndarray:
     """Raises: ResultRejectedError on a foreign dtype, a size mismatch or an oversized tensor."""
-    if t.dtype not in ALLOWED_DTYPES:
+    if t.dtype not in dtypes:
         raise ResultRejectedError("bad_dtype", t.dtype)
     if len(t.data) > max_bytes:
         raise ResultRejectedError("oversized", f"{t.name}: {len(t.data)} bytes")
@@ -61,6 +63,8 @@ def tensor_from_proto(t: pb.FlTensor, *, max_bytes: int) -> np.ndarray:
 
 
 def _config_value(value: object) -> pb.ConfigValue:
+    if isinstance(value, bytes):
+        return pb.ConfigValue(blob=value)
     if isinstance(value, bool):
         return pb.ConfigValue(flag=value)
     if isinstance(value, int):
@@ -148,4 +152,23 @@ def reply_message(
     content = RecordDict({"metrics": MetricRecord(dict(metrics))})
     if arrays is not None:
         content[arrays_key] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return Message(content, reply_to=request)
+
+
+def secagg_reply(request: Message, result: pb.TaskResult, *, max_bytes: int) -> Message:
+    """Reply of a secure-aggregation stage: blobs in ConfigRecord "secagg", uint32 vectors in "masked".
+
+    Raises:
+        ResultRejectedError: oversized, or a tensor that is not a well-formed uint32 vector.
+    """
+    if sum(len(b) for b in result.blobs.values()) + sum(len(t.data) for t in result.arrays) > max_bytes:
+        raise ResultRejectedError("oversized")
+    metrics = MetricRecord({**dict(result.metrics), NUM_EXAMPLES_KEY: int(result.num_examples)})
+    content = RecordDict({"secagg": ConfigRecord(dict(result.blobs)), "metrics": metrics})
+    if result.arrays:
+        vectors = {
+            t.name: tensor_from_proto(t, max_bytes=max_bytes, dtypes=frozenset({"uint32"}))
+            for t in result.arrays
+        }
+        content["masked"] = ArrayRecord({k: Array(v) for k, v in vectors.items()})
     return Message(content, reply_to=request)

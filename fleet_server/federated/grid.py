@@ -37,6 +37,7 @@ from fleet_server.federated.codec import (
     check_metrics,
     message_to_task,
     reply_message,
+    secagg_reply,
     server_round_of,
 )
 from protos.edgeloop.v1 import federated_pb2 as pb
@@ -232,6 +233,12 @@ class FleetGrid(Grid):
             known = {node_id_for(d): d for d in self._devices} | self._seen
         return [known.get(n, f"node-{n:x}") for n in node_ids]
 
+    def note(self, kind: str, counts: Counter[str]) -> None:
+        """Add protocol-level refusals (e.g. SecAgg MAC failures) to the rejected counters."""
+        with self._lock:
+            for reason, n in counts.items():
+                self.rejected[f"{kind}:{reason}"] += n
+
     def counters(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {"rejected": dict(self.rejected), "dropped": dict(self.dropped)}
@@ -252,6 +259,8 @@ class FleetGrid(Grid):
             self.dropped["declined"] += 1
             return Message(Error(code=ERR_DECLINED, reason=result.error[:200]), reply_to=pending.request)
         lim = self.limits
+        if pending.request.metadata.message_type.startswith("train.secagg_"):
+            return secagg_reply(pending.request, result, max_bytes=lim.max_result_bytes)
         metrics = check_metrics(result, max_examples=lim.max_examples)
         arrays = None
         if pending.request.metadata.message_type.startswith("train"):
@@ -270,7 +279,7 @@ class FleetGrid(Grid):
         return next((d for d in self._devices if node_id_for(d) == node_id), None)
 
     def _push_one(self, msg: Message) -> None:
-        round_id = f"{self._run.run_id}:{msg.metadata.group_id or server_round_of(msg)}"
+        round_id = msg.metadata.group_id or f"{self._run.run_id}:{server_round_of(msg)}"
         task, specs = message_to_task(msg, round_id=round_id, deadline_s=self.round_timeout_s)
         with self._lock:
             device_id = self._device_for(msg.metadata.dst_node_id)

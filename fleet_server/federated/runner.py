@@ -15,20 +15,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from fleet_server.errors import ConflictError
+from fleet_server.errors import ConflictError, InvalidRequestError
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
-from fleet_server.federated.strategy import StrategySpec, make_strategy
+from fleet_server.federated.secagg import SecAggParams, SecAggRound
+from fleet_server.federated.strategy import LINEAR, StrategySpec, make_strategy
 from fleet_server.models import utcnow
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class RunSpec:
     round_timeout_s: float = 60.0
     min_results: int = 1  # fewer valid results than this: the round is skipped, model unchanged
     norm_bound: float = 0.0  # 0 = off
+    secure_aggregation: bool = False  # SecAgg+; linear strategies only (no per-update scores)
+    secagg: SecAggParams = field(default_factory=SecAggParams)
     train_config: dict[str, float | int | str] = field(default_factory=lambda: {"lr": 0.1, "local-epochs": 1})
     dp_noise_multiplier: float = 0.0
     dp_clip: float = 1.0
@@ -75,6 +78,8 @@ class FederatedRunner:
         """Raises: ConflictError when a run is already in progress."""
         if self.busy():
             raise ConflictError("a federated run is already in progress")
+        if spec.secure_aggregation and spec.strategy.name.lower() not in LINEAR:
+            raise InvalidRequestError("secure aggregation needs a linear strategy (robust rules see updates)")
         run_id = uuid.uuid4().hex
         self._save(
             FlRun(
@@ -145,7 +150,10 @@ class FederatedRunner:
         started, t0 = utcnow(), time.monotonic()
         before = self._grid.counters()
         messages = list(strategy.configure_train(rnd, arrays, config, self._grid))  # type: ignore[attr-defined]
-        replies = list(self._grid.send_and_receive(messages, timeout=spec.round_timeout_s))
+        if spec.secure_aggregation:
+            replies = self._secure(f"{run_id[:12]}:{rnd}", spec, messages, arrays)
+        else:
+            replies = list(self._grid.send_and_receive(messages, timeout=spec.round_timeout_s))
         valid = [m for m in replies if not m.has_error()]
         devices = self._grid.device_ids([m.metadata.src_node_id for m in valid])
         scores = dict(zip(devices, anomaly_scores(update_vectors(arrays, valid)), strict=True))
@@ -204,6 +212,34 @@ class FederatedRunner:
             time.monotonic() - t0,
         )
         return arrays
+
+    def _secure(
+        self, round_id: str, spec: RunSpec, messages: list[Message], arrays: ArrayRecord
+    ) -> list[Message]:
+        """SecAgg+ stages; the strategy then aggregates a single reply holding the unmasked mean."""
+        if not messages:
+            return []
+        params = replace(spec.secagg, timeout_s=spec.round_timeout_s)
+        out = SecAggRound(self._grid, params, round_id).run(messages)
+        self._grid.note("secagg", out.rejected)
+        if out.mean_delta is None:
+            return []
+        offset, new = 0, {}
+        for key, array in arrays.items():
+            value = array.numpy()
+            chunk = out.mean_delta[offset : offset + value.size].reshape(value.shape)
+            new[key] = Array((value + chunk).astype(value.dtype))
+            offset += value.size
+        metrics = MetricRecord(
+            {
+                "num-examples": out.total_examples,
+                "secagg-survivors": len(out.survivors),
+                "secagg-error-bound": out.error_bound,
+            }
+        )
+        request = messages[0]
+        request.metadata.__dict__["_message_id"] = request.metadata.message_id or uuid.uuid4().hex
+        return [Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=request)]
 
     def _finish(
         self, run_id: str, status: str, detail: str, final: ArrayRecord | None, spec: RunSpec

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/edgeloop/v1/federated.proto\x12\x0b\x65\x64geloop.v1\"D\n\x08\x46lTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x0b\x43onfigValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x04 \x01(\x03H\x00\x42\x07\n\x05value\"\xab\x01\n\x11TaskStreamRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x38\n\x05state\x18\x03 \x03(\x0b\x32).edgeloop.v1.TaskStreamRequest.StateEntry\x1a,\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8a\x02\n\tTrainTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12%\n\x06\x61rrays\x18\x05 \x03(\x0b\x32\x15.edgeloop.v1.FlTensor\x12\x32\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\".edgeloop.v1.TrainTask.ConfigEntry\x12\x12\n\ndeadline_s\x18\x07 \x01(\x01\x1aG\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.edgeloop.v1.ConfigValue:\x02\x38\x01\"\xe2\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12%\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x15.edgeloop.v1.FlTensor\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.edgeloop.v1.TaskResult.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\x9d\x01\n\x10\x46\x65\x64\x65ratedService\x12\x41\n\x05Tasks\x12\x1e.edgeloop.v1.TaskStreamRequest\x1a\x16.edgeloop.v1.TrainTask0\x01\x12\x46\n\nPushResult\x12\x17.edgeloop.v1.TaskResult\x1a\x1f.edgeloop.v1.PushResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/edgeloop/v1/federated.proto\x12\x0b\x65\x64geloop.v1\"D\n\x08\x46lTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"k\n\x0b\x43onfigValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x04 \x01(\x03H\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\xab\x01\n\x11TaskStreamRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x38\n\x05state\x18\x03 \x03(\x0b\x32).edgeloop.v1.TaskStreamRequest.StateEntry\x1a,\n\nStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8a\x02\n\tTrainTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x14\n\x0cserver_round\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12%\n\x06\x61rrays\x18\x05 \x03(\x0b\x32\x15.edgeloop.v1.FlTensor\x12\x32\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\".edgeloop.v1.TrainTask.ConfigEntry\x12\x12\n\ndeadline_s\x18\x07 \x01(\x01\x1aG\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.edgeloop.v1.ConfigValue:\x02\x38\x01\"\xc3\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12%\n\x06\x61rrays\x18\x03 \x03(\x0b\x32\x15.edgeloop.v1.FlTensor\x12\x35\n\x07metrics\x18\x04 \x03(\x0b\x32$.edgeloop.v1.TaskResult.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x31\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\".edgeloop.v1.TaskResult.BlobsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a,\n\nBlobsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"6\n\x12PushResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\x9d\x01\n\x10\x46\x65\x64\x65ratedService\x12\x41\n\x05Tasks\x12\x1e.edgeloop.v1.TaskStreamRequest\x1a\x16.edgeloop.v1.TrainTask0\x01\x12\x46\n\nPushResult\x12\x17.edgeloop.v1.TaskResult\x1a\x1f.edgeloop.v1.PushResultResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINTASK_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_TASKRESULT_METRICSENTRY']._loaded_options = None
   _globals['_TASKRESULT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_TASKRESULT_BLOBSENTRY']._loaded_options = None
+  _globals['_TASKRESULT_BLOBSENTRY']._serialized_options = b'8\001'
   _globals['_FLTENSOR']._serialized_start=51
   _globals['_FLTENSOR']._serialized_end=119
   _globals['_CONFIGVALUE']._serialized_start=121
-  _globals['_CONFIGVALUE']._serialized_end=212
-  _globals['_TASKSTREAMREQUEST']._serialized_start=215
-  _globals['_TASKSTREAMREQUEST']._serialized_end=386
-  _globals['_TASKSTREAMREQUEST_STATEENTRY']._serialized_start=342
-  _globals['_TASKSTREAMREQUEST_STATEENTRY']._serialized_end=386
-  _globals['_TRAINTASK']._serialized_start=389
-  _globals['_TRAINTASK']._serialized_end=655
-  _globals['_TRAINTASK_CONFIGENTRY']._serialized_start=584
-  _globals['_TRAINTASK_CONFIGENTRY']._serialized_end=655
-  _globals['_TASKRESULT']._serialized_start=658
-  _globals['_TASKRESULT']._serialized_end=884
-  _globals['_TASKRESULT_METRICSENTRY']._serialized_start=838
-  _globals['_TASKRESULT_METRICSENTRY']._serialized_end=884
-  _globals['_PUSHRESULTRESPONSE']._serialized_start=886
-  _globals['_PUSHRESULTRESPONSE']._serialized_end=940
-  _globals['_FEDERATEDSERVICE']._serialized_start=943
-  _globals['_FEDERATEDSERVICE']._serialized_end=1100
+  _globals['_CONFIGVALUE']._serialized_end=228
+  _globals['_TASKSTREAMREQUEST']._serialized_start=231
+  _globals['_TASKSTREAMREQUEST']._serialized_end=402
+  _globals['_TASKSTREAMREQUEST_STATEENTRY']._serialized_start=358
+  _globals['_TASKSTREAMREQUEST_STATEENTRY']._serialized_end=402
+  _globals['_TRAINTASK']._serialized_start=405
+  _globals['_TRAINTASK']._serialized_end=671
+  _globals['_TRAINTASK_CONFIGENTRY']._serialized_start=600
+  _globals['_TRAINTASK_CONFIGENTRY']._serialized_end=671
+  _globals['_TASKRESULT']._serialized_start=674
+  _globals['_TASKRESULT']._serialized_end=997
+  _globals['_TASKRESULT_METRICSENTRY']._serialized_start=905
+  _globals['_TASKRESULT_METRICSENTRY']._serialized_end=951
+  _globals['_TASKRESULT_BLOBSENTRY']._serialized_start=953
+  _globals['_TASKRESULT_BLOBSENTRY']._serialized_end=997
+  _globals['_PUSHRESULTRESPONSE']._serialized_start=999
+  _globals['_PUSHRESULTRESPONSE']._serialized_end=1053
+  _globals['_FEDERATEDSERVICE']._serialized_start=1056
+  _globals['_FEDERATEDSERVICE']._serialized_end=1213
 # @@protoc_insertion_point(module_scope)

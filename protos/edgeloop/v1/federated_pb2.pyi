@@ -19,16 +19,18 @@ class FlTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ConfigValue(_message.Message):
-    __slots__ = ("number", "text", "flag", "integer")
+    __slots__ = ("number", "text", "flag", "integer", "blob")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FLAG_FIELD_NUMBER: _ClassVar[int]
     INTEGER_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
     number: float
     text: str
     flag: bool
     integer: int
-    def __init__(self, number: _Optional[float] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ..., integer: _Optional[int] = ...) -> None: ...
+    blob: bytes
+    def __init__(self, number: _Optional[float] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ..., integer: _Optional[int] = ..., blob: _Optional[bytes] = ...) -> None: ...
 
 class TaskStreamRequest(_message.Message):
     __slots__ = ("protocol_version", "capabilities", "state")
@@ -73,7 +75,7 @@ class TrainTask(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., server_round: _Optional[int] = ..., kind: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[FlTensor, _Mapping]]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "round_id", "arrays", "metrics", "num_examples", "error")
+    __slots__ = ("task_id", "round_id", "arrays", "metrics", "num_examples", "error", "blobs")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,19 +83,28 @@ class TaskResult(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class BlobsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     ARRAYS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round_id: str
     arrays: _containers.RepeatedCompositeFieldContainer[FlTensor]
     metrics: _containers.ScalarMap[str, float]
     num_examples: int
     error: str
-    def __init__(self, task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[FlTensor, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_examples: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    blobs: _containers.ScalarMap[str, bytes]
+    def __init__(self, task_id: _Optional[str] = ..., round_id: _Optional[str] = ..., arrays: _Optional[_Iterable[_Union[FlTensor, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_examples: _Optional[int] = ..., error: _Optional[str] = ..., blobs: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class PushResultResponse(_message.Message):
     __slots__ = ("accepted", "reason")
