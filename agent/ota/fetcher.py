@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 _BLOCK = 1 << 16
 _T = TypeVar("_T")
+# Only re-send a request whose pooled keep-alive connection turned out dead before any answer;
+# statuses and broken bodies are handled (and counted) by our own retry loop.
+_RETRY_STALE = urllib3.Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
 
 
 class HttpStatusError(TransportError):
@@ -58,7 +61,9 @@ class HttpFetcher(FetcherInterface):
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         try:
-            resp = self._pool.request("GET", url, preload_content=False, timeout=self._timeout, retries=False)
+            resp = self._pool.request(
+                "GET", url, preload_content=False, timeout=self._timeout, retries=_RETRY_STALE
+            )
         except urllib3.exceptions.HTTPError as err:
             raise tuf_exc.DownloadError(f"cannot fetch {url}: {err}") from err
         if resp.status != 200:
@@ -140,7 +145,12 @@ class Downloader:
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         try:
             resp = self._pool.request(
-                "GET", url, headers=headers, preload_content=False, timeout=self._timeout, retries=False
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                timeout=self._timeout,
+                retries=_RETRY_STALE,
             )
         except urllib3.exceptions.HTTPError as err:
             raise TransportError(f"cannot fetch {url}: {err}") from err
@@ -162,7 +172,7 @@ class Downloader:
             with partial.open("r+b" if have else "wb") as fh:
                 fh.seek(have)
                 fh.truncate()
-                for block in resp.stream(_BLOCK):
+                while block := resp.read1(_BLOCK):  # read1: keep what arrived before a cut
                     if have + len(block) > length:
                         raise IntegrityError(f"{url}: more than the signed length {length}")
                     fh.write(block)
