@@ -34,7 +34,7 @@ def test_class_mix_shift_is_an_output_episode() -> None:
         mix = (0.6, 0.3, 0.1) if i < 2000 else (0.4, 0.3, 0.3)
         events += monitor.observe(rng.normal(size=(50, 4)), _classifier_outputs(rng, 50, mix))
     opened = [e for e in events if e.state == "open"]
-    assert len(opened) == 1 and opened[0].stream == "outputs", events
+    assert {e.episode_id for e in events} == {1} and opened[0].stream == "outputs", events
     assert 2000 < opened[0].detected_sample <= 2600
     assert {e.kind for e in opened[0].evidence} & {"class", "confidence"}
 
@@ -75,7 +75,7 @@ def test_bad_input_is_counted_never_raised_never_an_alarm() -> None:
         x = rng.normal(size=(25, 3))
         x[::5, 1] = np.nan
         x[::7, 2] = np.inf
-        x[::11, 0] = 1e300 * 10  # overflows to inf
+        x[::11, 0] = -np.inf
         events += monitor.observe(x)
         twin_events += twin.observe(x[np.isfinite(x).all(axis=1)])
         events += monitor.observe(rng.normal(size=(25, 4)))  # wrong dimensionality
