@@ -138,7 +138,11 @@ class DriftMonitor:
         """Feed late labels as a 0/1 error indicator per prediction (1 = the model was wrong)."""
         if self._labels is None:
             return []
-        e = np.asarray(errors, dtype=np.float64).ravel()
+        try:
+            e = np.asarray(errors, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            self.bad.bad_labels += 1
+            return []
         ok = (e == 0) | (e == 1)
         self.bad.bad_labels += int((~ok).sum())
         full = self._labels.add(e[ok].reshape(-1, 1)) if ok.any() else None
@@ -203,7 +207,11 @@ class DriftMonitor:
             values.append(row[name])
         if len(values) != len(self.profile.input_names):
             return None
-        return self._valid_rows(np.asarray(values, dtype=np.float64).reshape(1, -1))
+        try:
+            return self._valid_rows(np.asarray(values, dtype=np.float64).reshape(1, -1))
+        except (TypeError, ValueError):
+            self.bad.bad_shape += 1
+            return None
 
     def _valid_outputs(self, outputs: FloatArray) -> FloatArray | None:
         assert self.profile.outputs is not None

@@ -45,7 +45,8 @@ def test_late_labels_error_rate_doubling_is_a_concept_episode() -> None:
     monitor = DriftMonitor(build_reference(rng.normal(size=(500, 3)), errors=errors_ref, seed=2))
     quiet = monitor.observe_labels((rng.random(3000) < 0.1).astype(int))
     changed = monitor.observe_labels((rng.random(1500) < 0.2).astype(int))
-    assert quiet == []
+    assert quiet == [] and monitor.observe_labels([2, -1, np.nan]) == [] and monitor.observe_labels("x") == []
+    assert monitor.bad.bad_labels == 4
     assert [e.stream for e in changed if e.state == "open"] == ["labels"]
     assert changed[0].evidence[0].channel == "error"
     assert changed[0].detected_sample - 3000 <= 1000
@@ -100,6 +101,9 @@ def test_bad_input_alone_never_opens_an_episode() -> None:
     junk = np.full((50_000, 3), np.nan)
     junk[::3, 1] = np.inf
     assert monitor.observe(junk) == [] and monitor.samples == 0
+    assert monitor.observe({"f0": "x", "f1": 1.0, "f2": None}) == []  # type: ignore[dict-item]
+    assert monitor.observe_labels(["wrong", "labels"]) == []  # type: ignore[list-item]  # no label stream
+    assert monitor.bad.bad_shape == 1
     assert sum(monitor.bad.nonfinite.values()) == 150_000 and monitor.open_episodes() == []
 
 
