@@ -1,0 +1,66 @@
+"""Chunk manifests: one chunk per ONNX initializer payload, content-defined cuts elsewhere that
+survive an insertion, and a manifest that tiles the file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fleet_server.ota.chunking import build_manifest, cdc_cuts, onnx_tensor_spans
+
+
+def _model(path: Path, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w1": rng.standard_normal((64, 32)).astype(np.float32),
+        "w2": rng.standard_normal((32, 10)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph), path)
+    return weights
+
+
+def test_onnx_spans_are_the_initializer_payloads(tmp_path: Path) -> None:
+    weights = _model(tmp_path / "m.onnx", 0)
+    data = (tmp_path / "m.onnx").read_bytes()
+    spans = onnx_tensor_spans(data)
+    assert sorted(data[o : o + n] for o, n in spans) == sorted(w.tobytes() for w in weights.values())
+
+
+def test_manifest_tiles_the_file_and_a_head_change_touches_one_chunk(tmp_path: Path) -> None:
+    _model(tmp_path / "a.onnx", 0)
+    m = onnx.load(tmp_path / "a.onnx")
+    w2 = numpy_helper.to_array(m.graph.initializer[1]) + 0.01
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(w2, "w2"))
+    onnx.save(m, tmp_path / "b.onnx")
+    a, b = build_manifest(tmp_path / "a.onnx"), build_manifest(tmp_path / "b.onnx")
+    data = (tmp_path / "b.onnx").read_bytes()
+    assert b["kind"] == "onnx-tensors" and b["sha256"] == hashlib.sha256(data).hexdigest()
+    pos = 0
+    for offset, length, sha in b["chunks"]:
+        assert offset == pos and hashlib.sha256(data[offset : offset + length]).hexdigest() == sha
+        pos += length
+    assert pos == len(data)
+    held = {c[2] for c in a["chunks"]}
+    changed = [c for c in b["chunks"] if c[2] not in held]
+    assert sum(c[1] for c in changed) == w2.nbytes
+
+
+def test_content_defined_cuts_survive_an_insertion() -> None:
+    data = os.urandom(1 << 20)
+    before = cdc_cuts(data)
+    after = cdc_cuts(b"inserted" + data)
+    assert before[-1] == len(data) and len(before) > 8
+    shared = set(before) & {c - 8 for c in after}
+    assert len(shared) >= len(before) - 2
