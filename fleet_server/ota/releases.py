@@ -165,6 +165,7 @@ class OtaService:
         if missing:
             raise NotFoundError(f"unknown devices: {', '.join(missing[:5])}")
         deployment_id = f"dep_{secrets.token_hex(6)}"
+        signed: list[tuple[str, TargetFile]] = []
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
             for device in devices:
                 assert device is not None
@@ -181,14 +182,15 @@ class OtaService:
                 }
                 doc = Path(tmp) / f"{device.id}.json"
                 doc.write_bytes(canonical_json(custom))
-                self.repo.assign(
-                    device.id, self.repo.add_target_file(f"devices/{device.id}/assignment", doc, custom)
+                signed.append(
+                    (device.id, self.repo.add_target_file(f"devices/{device.id}/assignment", doc, custom))
                 )
                 session.merge(
                     OtaDeviceStatus(device_id=device.id, deployment_id=deployment_id, release_seq=release_seq)
                 )
                 device.desired_generation += 1
                 session.add(device)
+            self.repo.assign(signed)
         session.commit()
         logger.info(
             "deployment created id=%s release=%d devices=%d", deployment_id, release_seq, len(devices)

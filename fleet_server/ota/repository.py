@@ -214,22 +214,28 @@ class OtaRepository(Repository):
                     targets.targets[info.path] = info
             self.publish_metadata()
 
-    def assign(self, device_id: str, info: TargetFile) -> int:
-        """Sign `info` (a ``devices/<id>/...`` target) into the device's role; returns its version."""
-        role = device_role(device_id)
+    def assign(self, assignments: list[tuple[str, TargetFile]]) -> None:
+        """Sign each ``(device_id, devices/<id>/... target)`` into its device role, then one snapshot."""
         with self.lock:
-            if role not in self.director_roles():
+            existing = set(self.director_roles())
+            missing = [d for d, _ in assignments if device_role(d) not in existing]
+            if missing:
                 keys = self.keys.roles[DIRECTOR].keys
                 with self.edit_targets(DIRECTOR) as director:
                     assert director.delegations is not None
                     assert director.delegations.roles is not None
-                    director.delegations.roles[role] = DelegatedRole(
-                        role, [k.keyid for k in keys], 1, True, paths=[f"devices/{device_id}/*"]
-                    )
-            with self.edit_targets(role) as signed:
-                signed.targets = {info.path: info}
+                    for device_id in missing:
+                        director.delegations.roles[device_role(device_id)] = DelegatedRole(
+                            device_role(device_id),
+                            [k.keyid for k in keys],
+                            1,
+                            True,
+                            paths=[f"devices/{device_id}/*"],
+                        )
+            for device_id, info in assignments:
+                with self.edit_targets(device_role(device_id)) as signed:
+                    signed.targets = {info.path: info}
             self.publish_metadata()
-            return self.targets(role).version
 
     def release_targets(self) -> dict[str, TargetFile]:
         return dict(self.targets().targets)
