@@ -30,6 +30,7 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from fleet_server.federated.routes import router as federated_router
 from fleet_server.federated.wiring import build_federated
 from fleet_server.grpc_api.server import build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(devices.router)
     api.include_router(tokens.router)
     api.include_router(drift_router)
+    api.include_router(federated_router)
     mount_ota(app, api, settings)
     app.include_router(api)
     return app

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server.drift.cli import register as register_drift
+from fleet_server.federated.cli import register as register_fl
 from fleet_server.ota.cli import register as register_ota
 
 EXIT_API_ERROR = 33
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_drift(sub)
     register_ota(sub)
+    register_fl(sub)
     return parser
 
 

@@ -233,6 +233,12 @@ class FleetGrid(Grid):
             known = {node_id_for(d): d for d in self._devices} | self._seen
         return [known.get(n, f"node-{n:x}") for n in node_ids]
 
+    def state_of(self, device_id: str) -> dict[str, float]:
+        """Conditions the device reported when it opened its task stream (idle, charging, ...)."""
+        with self._lock:
+            device = self._devices.get(device_id)
+            return dict(device.state) if device is not None else {}
+
     def note(self, kind: str, counts: Counter[str]) -> None:
         """Add protocol-level refusals (e.g. SecAgg MAC failures) to the rejected counters."""
         with self._lock:

@@ -67,7 +67,7 @@ class FederatedRunner:
     def __init__(self, *, engine: Engine, grid: FleetGrid, out_dir: Path) -> None:
         self._engine = engine
         self._grid = grid
-        self._out_dir = out_dir
+        self.out_dir = out_dir
         self._thread: threading.Thread | None = None
         self.result: ArrayRecord | None = None
 
@@ -149,6 +149,7 @@ class FederatedRunner:
     ) -> ArrayRecord:
         started, t0 = utcnow(), time.monotonic()
         before = self._grid.counters()
+        self._await_nodes(spec)
         messages = list(strategy.configure_train(rnd, arrays, config, self._grid))  # type: ignore[attr-defined]
         if spec.secure_aggregation:
             replies = self._secure(f"{run_id[:12]}:{rnd}", spec, messages, arrays)
@@ -213,6 +214,14 @@ class FederatedRunner:
         )
         return arrays
 
+    def _await_nodes(self, spec: RunSpec) -> None:
+        """Flower's sampler waits forever for `min_available_nodes`; we give up after the round timeout."""
+        deadline = time.monotonic() + spec.round_timeout_s
+        while (online := len(list(self._grid.get_node_ids()))) < spec.strategy.min_nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {online} eligible devices online, need {spec.strategy.min_nodes}")
+            time.sleep(0.2)
+
     def _secure(
         self, round_id: str, spec: RunSpec, messages: list[Message], arrays: ArrayRecord
     ) -> list[Message]:
@@ -251,7 +260,7 @@ class FederatedRunner:
             run.status, run.detail, run.finished_at = status, detail, utcnow()
             if final is not None:
                 run.final_digest = digest(final)
-                path = self._out_dir / run_id / "final.npz"
+                path = self.out_dir / run_id / "final.npz"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(path, **{k: a.numpy() for k, a in final.items()})  # type: ignore[arg-type]
             if spec.dp_noise_multiplier > 0:

@@ -1,0 +1,105 @@
+"""Federated REST routes: start a run (operator), list runs and show one run's rounds (viewer).
+
+A run starts from the previous completed run's final model when `from_last` is set, otherwise
+from a zero softmax head of the requested size (`features` x `classes`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from flwr.app import Array, ArrayRecord
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from fleet_server.api.deps import Operator, SessionDep, Viewer
+from fleet_server.errors import NotFoundError
+from fleet_server.federated.cohort import CohortFilter, CohortSpec
+from fleet_server.federated.models import FlRound, FlRun
+from fleet_server.federated.runner import RunSpec
+from fleet_server.federated.secagg import SecAggParams
+from fleet_server.federated.strategy import StrategySpec
+from fleet_server.federated.wiring import FederatedRuntime
+
+router = APIRouter(prefix="/federated", tags=["federated"])
+
+
+class RunRequest(BaseModel):
+    strategy: str = "fedavg"
+    rounds: int = Field(default=3, ge=1, le=1000)
+    min_nodes: int = Field(default=2, ge=1)
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    malicious: int = Field(default=0, ge=0)
+    round_timeout_s: float = Field(default=60.0, gt=0)
+    norm_bound: float = Field(default=0.0, ge=0)
+    secure_aggregation: bool = False
+    secagg_clip: float = Field(default=1.0, gt=0)
+    dp_noise_multiplier: float = Field(default=0.0, ge=0)
+    dp_clip: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=0.1, gt=0)
+    local_epochs: int = Field(default=1, ge=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    profile: str = ""
+    drifted_only: bool = False
+    require_conditions: list[str] = Field(default_factory=list)
+    features: int = Field(default=64, ge=1)
+    classes: int = Field(default=10, ge=2)
+    from_last: bool = False
+
+
+def _initial(req: RunRequest, session: SessionDep, out_dir: Path) -> ArrayRecord:
+    if req.from_last:
+        last = session.exec(
+            select(FlRun).where(FlRun.status == "completed").order_by(col(FlRun.finished_at).desc())
+        ).first()
+        if last is not None and (out_dir / last.id / "final.npz").exists():
+            data = np.load(out_dir / last.id / "final.npz")
+            return ArrayRecord({k: Array(data[k]) for k in data.files})
+    w = np.zeros((req.features, req.classes), np.float32)
+    return ArrayRecord({"w": Array(w), "b": Array(np.zeros(req.classes, np.float32))})
+
+
+@router.post("/runs", status_code=202)
+def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
+    fl: FederatedRuntime = request.app.state.federated
+    cohort = CohortSpec(req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only)
+    fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
+    spec = RunSpec(
+        strategy=StrategySpec(req.strategy, req.min_nodes, req.fraction, req.malicious),
+        num_rounds=req.rounds,
+        round_timeout_s=req.round_timeout_s,
+        norm_bound=req.norm_bound,
+        secure_aggregation=req.secure_aggregation,
+        secagg=SecAggParams(clip=req.secagg_clip),
+        train_config={"lr": req.lr, "local-epochs": req.local_epochs},
+        dp_noise_multiplier=req.dp_noise_multiplier,
+        dp_clip=req.dp_clip,
+        cohort={"labels": [f"{k}={v}" for k, v in req.labels.items()], "profile": req.profile},
+    )
+    run_id = fl.runner.start(spec, _initial(req, session, fl.runner.out_dir))
+    return {"run_id": run_id}
+
+
+@router.get("/runs")
+def list_runs(session: SessionDep, _: Viewer, limit: int = 20) -> list[dict[str, Any]]:
+    rows = session.exec(select(FlRun).order_by(col(FlRun.created_at).desc()).limit(limit)).all()
+    return [r.model_dump(mode="json") for r in rows]
+
+
+@router.get("/runs/{run_id}")
+def show_run(run_id: str, request: Request, session: SessionDep, _: Viewer) -> dict[str, Any]:
+    run = session.get(FlRun, run_id)
+    if run is None:
+        raise NotFoundError(f"no federated run {run_id!r}")
+    rounds = session.exec(
+        select(FlRound).where(FlRound.run_id == run_id).order_by(col(FlRound.server_round))
+    ).all()
+    fl: FederatedRuntime = request.app.state.federated
+    return {
+        "run": run.model_dump(mode="json"),
+        "rounds": [r.model_dump(mode="json") for r in rounds],
+        "online_devices": len(list(fl.grid.get_node_ids())),
+    }
