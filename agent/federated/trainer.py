@@ -19,7 +19,7 @@ class TrainParams:
     lr: float = 0.1
     epochs: int = 1
     batch_size: int = 32
-    proximal_mu: float = 0.0
+    proximal_mu: float = 0.0  # FedProx; SGD on the prox term is stable only while lr * mu < 2
     seed: int = 0
 
 
