@@ -161,3 +161,21 @@ def test_reporter_writes_one_record_per_episode_event_and_periodic_sketches() ->
     sketches = [drift_pb2.DriftSketch.FromString(r[3]) for r in outbox.records if r[1] == "drift_sketch"]
     assert sum(s.samples for s in sketches) == 6000
     assert all(sum(b.counts) == s.samples for s in sketches for b in s.bins)
+
+
+def test_agent_drift_imports_numpy_and_protobuf_only() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, agent.drift, agent.drift.reporter;"
+        "import json; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    loaded = set(json.loads(out.stdout))
+    heavy = {"scipy", "river", "torch", "sklearn", "pandas", "fleet_server", "sqlalchemy", "fastapi", "grpc"}
+    assert "numpy" in loaded and "agent" in loaded
+    assert not loaded & heavy, loaded & heavy
