@@ -1,6 +1,6 @@
 """Batched persistence of device reports and telemetry (group commit).
 
-Sync handlers submit rows and await a future; one writer task drains everything pending into a
+Sync handlers submit rows with a completion callback; one writer task drains everything pending into a
 single transaction per flush (Core `executemany`, never one ORM commit per message — see
 shared/research/transport.md: ~4k rows/s per-row ORM vs ~230k rows/s batched). Acks go out only
 after the commit, which is what makes store-and-forward delivery exactly-once together with the
@@ -55,11 +55,16 @@ Observers must be idempotent per (device_id, seq): a record may be seen again af
 """
 
 
+Done = Callable[[BaseException | None], None]
+"""Called on the serving loop after the flush holding the row: None on commit, else the error.
+Called directly (no future, no extra loop iteration): this runs once per device message."""
+
+
 @dataclass
 class _Pending:
     reports: dict[str, ReportRow] = field(default_factory=dict)
     telemetry: list[tuple[str, TelemetryRow]] = field(default_factory=list)
-    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    callbacks: list[Done] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.reports) + len(self.telemetry)
@@ -114,22 +119,20 @@ class IngestWriter:
         if self._task is not None:
             await self._task
 
-    def submit_report(self, row: ReportRow) -> asyncio.Future[None]:
-        """Queue a report (latest per device wins within a flush); resolves after commit."""
+    def submit_report(self, row: ReportRow, done: Done) -> None:
+        """Queue a report (latest per device wins within a flush); `done` runs after commit."""
         self._pending.reports[row.device_id] = row
-        return self._future()
+        self._add(done)
 
-    def submit_telemetry(self, device_id: str, rows: list[TelemetryRow]) -> asyncio.Future[None]:
+    def submit_telemetry(self, device_id: str, rows: list[TelemetryRow], done: Done) -> None:
         self._pending.telemetry.extend((device_id, r) for r in rows)
-        return self._future()
+        self._add(done)
 
-    def _future(self) -> asyncio.Future[None]:
+    def _add(self, done: Done) -> None:
         if self._closing:
             raise RuntimeError("ingest writer is stopping")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.futures.append(fut)
+        self._pending.callbacks.append(done)
         self._wake.set()
-        return fut
 
     async def _run(self) -> None:
         while True:
@@ -138,9 +141,9 @@ class IngestWriter:
             if self._linger_s and len(self._pending) < self._max_rows and not self._closing:
                 await asyncio.sleep(self._linger_s)
             batch, self._pending = self._pending, _Pending()
-            if batch.futures:
+            if batch.callbacks:
                 await self._flush(batch)
-            if self._closing and not self._pending.futures:
+            if self._closing and not self._pending.callbacks:
                 return
 
     async def _flush(self, batch: _Pending) -> None:
@@ -150,17 +153,21 @@ class IngestWriter:
         except Exception as err:
             self.stats.errors += 1
             logger.exception("ingest flush failed rows=%d", len(batch))
-            for fut in batch.futures:
-                if not fut.done():
-                    fut.set_exception(err)
+            self._notify(batch, err)
             return
         self.stats.flushes += 1
         self.stats.reports += len(batch.reports)
         self.stats.telemetry_rows += len(batch.telemetry)
         self.stats.last_flush_s = time.perf_counter() - started
-        for fut in batch.futures:
-            if not fut.done():
-                fut.set_result(None)
+        self._notify(batch, None)
+
+    @staticmethod
+    def _notify(batch: _Pending, err: BaseException | None) -> None:
+        for done in batch.callbacks:
+            try:
+                done(err)
+            except Exception:
+                logger.exception("ingest completion callback failed")
 
     def _write(self, batch: _Pending) -> None:
         now = utcnow()

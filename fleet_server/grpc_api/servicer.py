@@ -250,21 +250,25 @@ class DeviceServicer:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"certificate is for {session.device_id!r}; cannot report as {req.report.device_id!r}",
                 )
-            fut = self._writer.submit_report(report_from_proto(req.report))
             ack = pb.SyncResponse(report_ack=pb.ReportAck(sequence=req.report.sequence))
-            fut.add_done_callback(lambda f: self._after_commit(session, f, ack))
+            self._writer.submit_report(
+                report_from_proto(req.report), lambda err: self._after_commit(session, err, ack)
+            )
             return None
         if kind == "telemetry":
             problem = self._check_telemetry(req.telemetry)
             if problem:
                 return grpc.StatusCode.INVALID_ARGUMENT, problem
-            fut = self._writer.submit_telemetry(session.device_id, telemetry_from_proto(req.telemetry))
             ack = pb.SyncResponse(
                 telemetry_ack=pb.TelemetryAck(
                     batch_id=req.telemetry.batch_id, seqs=[r.seq for r in req.telemetry.records]
                 )
             )
-            fut.add_done_callback(lambda f: self._after_commit(session, f, ack))
+            self._writer.submit_telemetry(
+                session.device_id,
+                telemetry_from_proto(req.telemetry),
+                lambda err: self._after_commit(session, err, ack),
+            )
             return None
         if kind == "command_result":
             logger.info(
@@ -287,8 +291,8 @@ class DeviceServicer:
                 return f"telemetry record {rec.seq} payload exceeds {self._settings.max_payload_bytes} bytes"
         return ""
 
-    def _after_commit(self, session: _Session, fut: asyncio.Future[None], ack: pb.SyncResponse) -> None:
-        if fut.cancelled() or fut.exception() is not None:
+    def _after_commit(self, session: _Session, err: BaseException | None, ack: pb.SyncResponse) -> None:
+        if err is not None:
             self._close(session, grpc.StatusCode.UNAVAILABLE, "storage unavailable; retry later")
         else:
             session.outbox.put_nowait(ack)
