@@ -83,11 +83,11 @@ def federated(
     xtr, ytr, xte, yte = load()
     parts = dirichlet(ytr, clients, 0.3, rng)
     bad = (
-        set(rng.choice(clients, int(round(frac_bad * clients)), replace=False).tolist())
+        set(rng.choice(clients, round(frac_bad * clients), replace=False).tolist())
         if attack != "none"
         else set()
     )
-    f = int(round(frac_bad * clients))
+    f = round(frac_bad * clients)
     strat = strategy(agg, clients, f)
     bound = 1.0 if agg.endswith("+nb") else 0.0
     w = [np.zeros((64, 10), np.float32), np.zeros(10, np.float32)]

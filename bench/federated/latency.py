@@ -31,8 +31,17 @@ from tests.helpers.inproc import enroll, live, prepare
 
 
 def _spawn(tmp: Path, device_id: str, target: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "agent.federated", "--data-dir", str(tmp / device_id), "--endpoint", target,
-           "--samples", str(tmp / f"{device_id}.npz")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "agent.federated",
+        "--data-dir",
+        str(tmp / device_id),
+        "--endpoint",
+        target,
+        "--samples",
+        str(tmp / f"{device_id}.npz"),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -56,8 +65,12 @@ def measure(n: int, rounds: int) -> dict[str, Any]:
             while len(list(rt.grid.get_node_ids())) < n:
                 time.sleep(0.1)
             attach_s = time.monotonic() - t0
-            spec = RunSpec(strategy=StrategySpec("fedavg", min_nodes=n), num_rounds=rounds, round_timeout_s=120,
-                           train_config={"lr": 0.5, "local-epochs": 1, "batch-size": 16})  # fmt: skip
+            spec = RunSpec(
+                strategy=StrategySpec("fedavg", min_nodes=n),
+                num_rounds=rounds,
+                round_timeout_s=120,
+                train_config={"lr": 0.5, "local-epochs": 1, "batch-size": 16},
+            )
             init = ArrayRecord(
                 {"w": Array(np.zeros((64, 10), np.float32)), "b": Array(np.zeros(10, np.float32))}
             )
@@ -75,6 +88,11 @@ def measure(n: int, rounds: int) -> dict[str, Any]:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait(20)
-            return {"devices": n, "attach_s": attach_s, "round_s": durations,
-                    "median_round_s": float(np.median(durations[1:] or durations)), "accuracy": acc}  # fmt: skip
+            return {
+                "devices": n,
+                "attach_s": attach_s,
+                "round_s": durations,
+                "median_round_s": float(np.median(durations[1:] or durations)),
+                "accuracy": acc,
+            }
     raise RuntimeError("server did not start")

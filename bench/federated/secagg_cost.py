@@ -112,9 +112,14 @@ class DirectGrid(Grid):
             res.blobs.update(sa.share(rid, blob(cfg, "roster")))
         elif task.kind == "train.secagg_masked":
             tensor_from_proto(task.arrays[0], max_bytes=MAX)  # the device decodes the model it trains
-            vec, blobs, n, _ = sa.masked(rid, blob(cfg, "inbox"), lambda: ([self.deltas[node]], 50, {}),
-                                         clip=num(cfg, "secagg-clip", 1), scale=num(cfg, "secagg-scale", 1),
-                                         max_examples=int(num(cfg, "secagg-max-examples", 1000)))  # fmt: skip
+            vec, blobs, n, _ = sa.masked(
+                rid,
+                blob(cfg, "inbox"),
+                lambda: ([self.deltas[node]], 50, {}),
+                clip=num(cfg, "secagg-clip", 1),
+                scale=num(cfg, "secagg-scale", 1),
+                max_examples=int(num(cfg, "secagg-max-examples", 1000)),
+            )
             res.arrays.append(tensor_to_proto("masked", vec))
             res.blobs.update(blobs)
             res.num_examples = n
@@ -146,8 +151,14 @@ def _one(n: int, params: int, drop: float, secure: bool, seed: int) -> dict[str,
         err = float(np.max(np.abs(res["w"].numpy() - exact)))
         bound = 0.0
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "client_s_per_device": grid.client_s / n, "server_s": wall - grid.client_s,
-            "upload_mb_per_device": float(np.mean([b for k, b in grid.upload.items() if k not in dead])) / 1e6, "max_err": err, "bound": bound}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "client_s_per_device": grid.client_s / n,
+        "server_s": wall - grid.client_s,
+        "upload_mb_per_device": float(np.mean([b for k, b in grid.upload.items() if k not in dead])) / 1e6,
+        "max_err": err,
+        "bound": bound,
+    }
 
 
 def measure(*, n: int, params: int, drop: float, reps: int) -> dict[str, Any]:

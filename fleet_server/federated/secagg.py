@@ -3,7 +3,7 @@
 One `SecAggRound.run(train_messages)` replaces the "send train messages, collect replies" step of
 a round for a linear strategy: keys -> shares (routed, the server cannot read them) -> masked
 updates (MAC-checked) -> unmask (self-mask seeds of survivors, mask keys of dropouts) -> the sum.
-Devices talk in a k-regular circulant graph (k ~ 2 log2 n, SecAgg+), threshold t = k/2 + 1.
+Devices talk in a random k-regular graph (k ~ 2 log2 n, SecAgg+), threshold t = k/2 + 1.
 
 Fixed point: each device sends n_i * clip(delta_i, +-c) * S rounded, mod 2^32, plus n_i; with
 S = (2^31 - 1) / (c * n_max * N_max) the sum cannot wrap. Error bound of the recovered weighted
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -69,7 +70,11 @@ class SecAggOutcome:
     node_of: dict[int, int]  # device index -> Flower node id
 
 
-def neighbours(indices: list[int], degree: int) -> dict[int, list[int]]:
+def neighbours(indices: list[int], degree: int, rng: random.Random | None = None) -> dict[int, list[int]]:
+    """k-regular circulant graph over a random permutation of the devices (SecAgg+ needs random
+    neighbourhoods: with sorted ones, a run of adjacent dropouts leaves a device's shares short)."""
+    indices = list(indices)
+    (rng or random.SystemRandom()).shuffle(indices)
     n = len(indices)
     k = degree or min(n - 1, max(4, 2 * math.ceil(math.log2(max(n, 2)))))
     k = min(k, n - 1)
