@@ -1,0 +1,92 @@
+"""FederatedRunner over FleetGrid with in-process devices: round records with lineage, DP epsilon
+on every round, devices refusing rounds past their budget, robust strategy with anomaly scores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from sqlmodel import Session, select
+
+from fleet_server.db import make_engine
+from fleet_server.federated.models import FlRound, FlRun
+from fleet_server.federated.privacy import epsilon_after
+from fleet_server.federated.runner import FederatedRunner, RunSpec
+from fleet_server.federated.strategy import StrategySpec
+from fleet_server.migrate import upgrade
+from protos.edgeloop.v1 import federated_pb2 as pb
+from tests.unit.fleet_server.test_federated_secagg import InProcFleet, loop, model
+
+__all__ = ["loop"]
+
+
+def _runner(tmp: Path, fleet: InProcFleet) -> tuple[FederatedRunner, object]:
+    engine = make_engine(f"sqlite:///{tmp / 'fl.sqlite'}")
+    upgrade(engine)
+    return FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp / "out"), engine
+
+
+def _rounds(engine: object, run_id: str) -> tuple[FlRun, list[FlRound]]:
+    with Session(engine) as s:  # type: ignore[call-overload]
+        run = s.get(FlRun, run_id)
+        rows = list(
+            s.exec(select(FlRound).where(FlRound.run_id == run_id).order_by(FlRound.server_round)).all()
+        )
+    return run, rows
+
+
+def test_dp_run_records_epsilon_and_devices_stop_at_their_budget(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    fleet = InProcFleet(loop, tmp_path, 6)
+    for c in fleet.clients.values():
+        c.ledger.budget_epsilon = epsilon_after(2, 4.0, 1e-5) + 1e-9  # room for exactly two noised rounds
+    runner, engine = _runner(tmp_path, fleet)
+    spec = RunSpec(
+        StrategySpec("fedavg", min_nodes=6),
+        num_rounds=3,
+        round_timeout_s=10,
+        dp_noise_multiplier=4.0,
+        dp_clip=0.5,
+    )
+    run_id = runner.run_blocking(spec, model())
+    run, rows = _rounds(engine, run_id)
+    assert [r.results for r in rows] == [6, 6, 0] and rows[2].dropped == {"declined": 6}
+    assert rows[0].epsilon < rows[1].epsilon and rows[1].delta == 1e-5
+    assert rows[1].epsilon == epsilon_after(2, 4.0, 1e-5)
+    assert run.status == "completed" and run.epsilon == epsilon_after(3, 4.0, 1e-5)
+    assert rows[1].parent_digest == rows[0].arrays_digest and rows[2].arrays_digest == rows[1].arrays_digest
+    assert (tmp_path / "out" / run_id / "final.npz").exists() and run.final_digest == rows[-1].arrays_digest
+
+
+def test_multikrum_with_norm_bound_scores_the_attacker(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    def sign_flip(did: str, task: pb.TrainTask, res: pb.TaskResult) -> pb.TaskResult:
+        if did == "d03" and res.arrays:
+            for sent, got in zip(task.arrays, res.arrays, strict=True):
+                old, new = np.frombuffer(sent.data, np.float32), np.frombuffer(got.data, np.float32)
+                got.data = (old - 20 * (new - old)).astype(np.float32).tobytes()
+        return res
+
+    fleet = InProcFleet(loop, tmp_path, 8, sign_flip)
+    runner, engine = _runner(tmp_path, fleet)
+    spec = RunSpec(
+        StrategySpec("multikrum", min_nodes=8, malicious=1), num_rounds=2, round_timeout_s=10, norm_bound=5.0
+    )
+    run_id = runner.run_blocking(spec, model())
+    _, rows = _rounds(engine, run_id)
+    for r in rows:
+        assert r.results == 8
+        assert max(r.anomaly_scores, key=r.anomaly_scores.get) == "d03"  # type: ignore[arg-type]
+
+
+def test_run_fails_cleanly_when_too_few_devices(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    fleet = InProcFleet(loop, tmp_path, 2)
+    runner, engine = _runner(tmp_path, fleet)
+    run_id = runner.run_blocking(
+        RunSpec(StrategySpec("fedavg", min_nodes=3), num_rounds=1, round_timeout_s=0.5), model()
+    )
+    run, rows = _rounds(engine, run_id)
+    assert run.status == "failed" and "only 2 eligible devices" in run.detail and rows == []
