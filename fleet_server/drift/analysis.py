@@ -154,3 +154,40 @@ def _classify_episodes(
                 severity=max(e.severity for e in eps),
             )
         )
+
+
+def psi(actual: list[int], expected: list[float]) -> float:
+    """Population stability index of bin counts against expected bin shares (empty bins floored at 1e-4)."""
+    total = sum(actual)
+    if total == 0:
+        return 0.0
+    out = 0.0
+    for count, share in zip(actual, expected, strict=True):
+        a, e = max(count / total, 1e-4), max(share, 1e-4)
+        out += (a - e) * math.log(a / e)
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureComparison:
+    """One feature of one device: PSI of its merged sketch vs the reference deciles and vs its cohort."""
+
+    feature: str
+    device_samples: int
+    psi_vs_reference: float
+    psi_vs_cohort: float
+    cohort_psi_vs_reference: float
+
+
+def compare_sketches(device: dict[str, list[int]], cohort: dict[str, list[int]]) -> list[FeatureComparison]:
+    """Device-vs-fleet distance from mergeable decile sketches (bins are reference deciles: 10 % each)."""
+    out = []
+    for feature, bins in sorted(device.items()):
+        others = cohort.get(feature, [0] * len(bins))
+        total = sum(others)
+        shares = [c / total for c in others] if total else [0.1] * len(bins)
+        uniform = [1.0 / len(bins)] * len(bins)
+        out.append(
+            FeatureComparison(feature, sum(bins), psi(bins, uniform), psi(bins, shares), psi(others, uniform))
+        )
+    return out

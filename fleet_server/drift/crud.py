@@ -10,7 +10,15 @@ from collections import defaultdict
 
 from sqlmodel import Session, col, select
 
-from fleet_server.drift.analysis import ClassifyConfig, CohortKey, CohortReport, Exposure, classify_cohort
+from fleet_server.drift.analysis import (
+    ClassifyConfig,
+    CohortKey,
+    CohortReport,
+    Exposure,
+    FeatureComparison,
+    classify_cohort,
+    compare_sketches,
+)
 from fleet_server.drift.models import DriftEpisodeRow, DriftSketchRow
 from fleet_server.errors import NotFoundError
 from fleet_server.models import Device
@@ -69,3 +77,33 @@ def cohort_reports(
             n_features = known.n_features if known else len(ep.features) or 1
             exposures[key][ep.device_id] = Exposure(ep.samples_seen, ep.budget_per_10k, n_features)
     return [classify_cohort(k, episodes.get(k, []), exposures[k], config) for k in sorted(exposures)]
+
+
+def _sum_bins(into: dict[str, list[int]], bins: dict[str, list[int]]) -> None:
+    for feature, counts in bins.items():
+        acc = into.setdefault(feature, [0] * len(counts))
+        if len(acc) == len(counts):
+            into[feature] = [a + c for a, c in zip(acc, counts, strict=True)]
+
+
+def device_sketch(*, session: Session, device_id: str) -> tuple[str, list[FeatureComparison]]:
+    """Merged sketch of a device's latest model version against the rest of its cohort."""
+    mine = session.exec(select(DriftSketchRow).where(DriftSketchRow.device_id == device_id)).all()
+    if not mine:
+        raise NotFoundError(f"no drift sketches from device {device_id}")
+    version = max(mine, key=lambda s: s.seq).model_version
+    device_bins: dict[str, list[int]] = {}
+    for s in mine:
+        if s.model_version == version:
+            _sum_bins(device_bins, s.bins)
+    devices = {d.id: d for d in session.exec(select(Device)).all()}
+    profile = devices[device_id].profile if device_id in devices else ""
+    cohort_bins: dict[str, list[int]] = {}
+    stmt = select(DriftSketchRow).where(
+        DriftSketchRow.model_version == version, DriftSketchRow.device_id != device_id
+    )
+    for s in session.exec(stmt).all():
+        other = devices.get(s.device_id)
+        if (other.profile if other else "") == profile:
+            _sum_bins(cohort_bins, s.bins)
+    return version, compare_sketches(device_bins, cohort_bins)

@@ -1,4 +1,5 @@
-"""Drift REST routes (viewer role): episodes, one episode, cohort verdicts, policy actions."""
+"""Drift REST routes (viewer role): episodes, one episode, cohort verdicts with policy actions, and a
+device's merged sketch against its cohort."""
 
 from __future__ import annotations
 
@@ -93,3 +94,25 @@ def cohorts(
             )
         )
     return out
+
+
+class FeatureSketchPublic(BaseModel):
+    feature: str
+    device_samples: int
+    psi_vs_reference: float
+    psi_vs_cohort: float
+    cohort_psi_vs_reference: float
+
+
+class DeviceSketchPublic(BaseModel):
+    device_id: str
+    model_version: str
+    features: list[FeatureSketchPublic]
+
+
+@router.get("/devices/{device_id}/sketch", response_model=DeviceSketchPublic)
+def device_sketch(device_id: str, session: SessionDep, _: Viewer) -> DeviceSketchPublic:
+    """The device's merged decile sketch vs the reference and vs the rest of its cohort (PSI per feature)."""
+    version, rows = crud.device_sketch(session=session, device_id=device_id)
+    features = [FeatureSketchPublic(**asdict(r)) for r in rows]
+    return DeviceSketchPublic(device_id=device_id, model_version=version, features=features)

@@ -122,6 +122,16 @@ def test_fleet_population_shift_vs_stuck_sensor(
     one = server.client.get(f"/api/v1/drift/episodes/{stuck_ep['id']}", headers=viewer).json()
     assert one["classification"] == "device_anomaly" and one["features"] == ["f3"]
 
+    sketch = server.client.get(f"/api/v1/drift/devices/{STUCK}/sketch", headers=viewer).json()
+    f3 = next(f for f in sketch["features"] if f["feature"] == "f3")
+    assert sketch["model_version"] == "3" and f3["device_samples"] == 3000
+    assert f3["psi_vs_cohort"] > 1.0 and f3["cohort_psi_vs_reference"] < 0.1, (
+        "the device deviates, the fleet does not"
+    )
+    shifted = server.client.get(f"/api/v1/drift/devices/{SHIFTED[0]}/sketch", headers=viewer).json()
+    assert next(f for f in shifted["features"] if f["feature"] == "f0")["psi_vs_reference"] > 0.25
+    assert server.client.get("/api/v1/drift/devices/nope/sketch", headers=viewer).status_code == 404
+
     engine = make_engine(server.settings.resolved_database_url())
     with Session(engine) as session:
         actions = drift_policy(session)
