@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from agent.errors import AgentError, InvalidInputError, TransportError
+from agent.errors import AgentError, ConfigError, InvalidInputError, TransportError
 from agent.federated import trainer
 from agent.federated.privacy import PrivacyLedger, clip_and_noise
 from agent.federated.secagg import SecAggClient
@@ -43,6 +44,22 @@ class FederatedConfig:
     delta: float = 1e-5
     max_task_bytes: int = 64 * 2**20
     retry_max_s: float = 30.0
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object]) -> FederatedConfig:
+        """Build from the `[federated]` table of agent.toml. Raises: ConfigError on unknown/bad keys."""
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"[federated]: unknown keys {sorted(unknown)}")
+        defaults = cls()
+        values: dict[str, object] = {}
+        for key, given in raw.items():
+            want = type(getattr(defaults, key))
+            value = float(given) if want is float and type(given) is int else given
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ConfigError(f"[federated].{key}: expected {want.__name__}, got {value!r}")
+            values[key] = value
+        return cls(**values)  # type: ignore[arg-type]
 
 
 class ConditionsSource(Protocol):

@@ -109,3 +109,14 @@ def test_tensor_codec_refuses_foreign_dtype_and_size_mismatch() -> None:
         tensor_from_proto(pb.FlTensor(name="w", shape=[4], dtype="object", data=t.data), max_bytes=100)
     with pytest.raises(IntegrityError):
         tensor_from_proto(t, max_bytes=8)
+
+
+def test_config_from_agent_toml_table() -> None:
+    from agent.errors import ConfigError
+
+    cfg = FederatedConfig.from_mapping({"require_charging": False, "epsilon_budget": 4, "max_samples": 100})
+    assert cfg.epsilon_budget == 4.0 and not cfg.require_charging and cfg.max_samples == 100
+    with pytest.raises(ConfigError):
+        FederatedConfig.from_mapping({"epsilon": 1.0})
+    with pytest.raises(ConfigError):
+        FederatedConfig.from_mapping({"max_samples": "many"})
