@@ -71,11 +71,13 @@ class DirectGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        out = []
+        out, cache = [], {}  # type: ignore[var-annotated]
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             node = msg.metadata.dst_node_id
-            task, specs = message_to_task(msg, round_id=msg.metadata.group_id or "1:1", deadline_s=0)
+            task, specs = message_to_task(
+                msg, round_id=msg.metadata.group_id or "1:1", deadline_s=0, cache=cache
+            )
             if node in self.dead and task.kind == "train.secagg_masked":
                 continue
             raw = task.SerializeToString()

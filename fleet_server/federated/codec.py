@@ -79,10 +79,18 @@ def array_key(content: RecordDict) -> str:
     return keys[0] if keys else "arrays"
 
 
+TensorCache = dict[int, tuple[pb.FlTensor, TensorSpec]]
+
+
 def message_to_task(
-    msg: Message, *, round_id: str, deadline_s: float
+    msg: Message, *, round_id: str, deadline_s: float, cache: TensorCache | None = None
 ) -> tuple[pb.TrainTask, list[TensorSpec]]:
-    """Encode a Flower instruction message; returns the task and the specs a reply must match."""
+    """Encode a Flower instruction message; returns the task and the specs a reply must match.
+
+    Strategies send the same ArrayRecord to every device: pass one `cache` for a batch of messages
+    so each array is serialized once (keyed by object identity, valid only within the batch).
+    """
+    cache = {} if cache is None else cache
     task = pb.TrainTask(
         task_id=msg.metadata.message_id,
         round_id=round_id,
@@ -94,9 +102,15 @@ def message_to_task(
     for record in msg.content.values():
         if isinstance(record, ArrayRecord):
             for name, array in record.items():
-                nd = array.numpy()
-                task.arrays.append(tensor_to_proto(name, nd))
-                specs.append(TensorSpec(name, tuple(nd.shape), str(nd.dtype)))
+                if id(array) not in cache:
+                    nd = array.numpy()
+                    cache[id(array)] = (
+                        tensor_to_proto(name, nd),
+                        TensorSpec(name, tuple(nd.shape), str(nd.dtype)),
+                    )
+                tensor, spec = cache[id(array)]
+                task.arrays.append(tensor)
+                specs.append(spec)
         elif isinstance(record, ConfigRecord):
             for key, value in record.items():
                 task.config[key].CopyFrom(_config_value(value))

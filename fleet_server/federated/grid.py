@@ -31,6 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fleet_server.federated.codec import (
     ResultRejectedError,
+    TensorCache,
     TensorSpec,
     array_key,
     check_arrays,
@@ -134,9 +135,10 @@ class FleetGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
+        cache: TensorCache = {}  # messages of one batch share arrays: serialize each once
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            self._push_one(msg)
+            self._push_one(msg, cache)
             ids.append(msg.metadata.message_id)
         return ids
 
@@ -284,9 +286,9 @@ class FleetGrid(Grid):
     def _device_for(self, node_id: int) -> str | None:
         return next((d for d in self._devices if node_id_for(d) == node_id), None)
 
-    def _push_one(self, msg: Message) -> None:
+    def _push_one(self, msg: Message, cache: TensorCache) -> None:
         round_id = msg.metadata.group_id or f"{self._run.run_id}:{server_round_of(msg)}"
-        task, specs = message_to_task(msg, round_id=round_id, deadline_s=self.round_timeout_s)
+        task, specs = message_to_task(msg, round_id=round_id, deadline_s=self.round_timeout_s, cache=cache)
         with self._lock:
             device_id = self._device_for(msg.metadata.dst_node_id)
             if device_id is None:
