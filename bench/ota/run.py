@@ -145,12 +145,14 @@ dl = Downloader(urllib3.PoolManager())
 base = hwm()
 if mode == "delta":
     index = ChunkIndex()
-    index.add(Path(old), parse_manifest(Path(manifest_old).read_bytes(), length=mo["length"], sha256=mo["sha256"]))
+    held = parse_manifest(Path(manifest_old).read_bytes(), length=mo["length"], sha256=mo["sha256"])
+    index.add(Path(old), held)
     chunks = parse_manifest(Path(manifest_new).read_bytes(), length=mn["length"], sha256=mn["sha256"])
     rebuild(chunks, index, lambda o, n: dl.fetch_range(url, o, n), Path(out))
 else:
     dl.download(url, Path(out), length=mn["length"], sha256=mn["sha256"])
-print(json.dumps({"baseline_hwm": base, "peak_hwm": hwm(), "growth": hwm() - base, "fetched": dl.bytes_received}))
+peak = hwm()
+print(json.dumps({"baseline_hwm": base, "peak_hwm": peak, "growth": peak - base, "fetched": dl.bytes_received}))
 """
 
 
