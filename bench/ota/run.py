@@ -152,7 +152,8 @@ if mode == "delta":
 else:
     dl.download(url, Path(out), length=mn["length"], sha256=mn["sha256"])
 peak = hwm()
-print(json.dumps({"baseline_hwm": base, "peak_hwm": peak, "growth": peak - base, "fetched": dl.bytes_received}))
+out = {"baseline_hwm": base, "peak_hwm": peak, "growth": peak - base, "fetched": dl.bytes_received}
+print(json.dumps(out))
 """
 
 
