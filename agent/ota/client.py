@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Protocol
 
@@ -52,7 +53,7 @@ class OtaClient:
         clock: Clock,
         poll_interval_s: float = 300.0,
         crash: CrashPoints | None = None,
-        notify: object = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self._trust = trust
         self._work = work
@@ -172,7 +173,7 @@ class OtaClient:
             payload=payload,
         )
         self._save(replace(self.record, unreported={}))
-        if callable(self._notify):
+        if self._notify is not None:
             self._notify()
 
     @staticmethod

@@ -101,6 +101,8 @@ class OtaRepository(Repository):
         path = self.metadata_dir / f"{role}.json"
         if not path.exists():
             signed: Any = {"root": Root, "snapshot": Snapshot, "timestamp": Timestamp}.get(role, Targets)()
+            if isinstance(signed, Snapshot):
+                signed.meta = {}  # filled by do_snapshot from targets_infos (with hashes)
             md: Metadata[Any] = Metadata(signed)
             md.signed.version = 0
             return md
