@@ -222,6 +222,14 @@ class FederatedClient:
         )
         new, loss = trainer.train(weights, x, y, params)
         metrics = {"train_loss": loss}
+        flower_clip = num(
+            config, "clipping_norm", 0.0
+        )  # Flower's client-side fixed clipping (fixedclipping_mod)
+        if flower_clip > 0:
+            new, norm = clip_and_noise(
+                weights, new, clip=flower_clip, noise_multiplier=0.0, rng=np.random.default_rng()
+            )
+            metrics["update_norm"] = norm
         if sigma > 0:
             rng = np.random.default_rng()
             new, norm = clip_and_noise(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
     FedAvg,
     FedMedian,
@@ -22,7 +23,7 @@ from flwr.serverapp.strategy import (
 
 from fleet_server.errors import InvalidRequestError
 
-LINEAR = frozenset({"fedavg", "fedprox", "fedadam"})
+LINEAR = frozenset({"fedavg", "fedprox", "fedadam", "dp-fedavg"})
 ROBUST = frozenset({"fedtrimmedavg", "fedmedian", "krum", "multikrum"})
 
 
@@ -35,6 +36,8 @@ class StrategySpec:
     trim_beta: float = 0.2
     proximal_mu: float = 0.01
     server_lr: float = 0.1
+    dp_noise_multiplier: float = 1.0  # dp-fedavg: Flower's central DP, server-side noise
+    dp_clip: float = 1.0  # dp-fedavg: devices clip their update to this L2 norm
 
 
 def make_strategy(spec: StrategySpec) -> Strategy:
@@ -48,6 +51,13 @@ def make_strategy(spec: StrategySpec) -> Strategy:
     name = spec.name.lower()
     if name == "fedavg":
         return FedAvg(**common)  # type: ignore[arg-type]
+    if name == "dp-fedavg":
+        return DifferentialPrivacyClientSideFixedClipping(
+            FedAvg(**common),  # type: ignore[arg-type]
+            noise_multiplier=spec.dp_noise_multiplier,
+            clipping_norm=spec.dp_clip,
+            num_sampled_clients=spec.min_nodes,
+        )
     if name == "fedprox":
         return FedProx(proximal_mu=spec.proximal_mu, **common)  # type: ignore[arg-type]
     if name == "fedadam":

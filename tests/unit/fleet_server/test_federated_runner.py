@@ -90,3 +90,19 @@ def test_run_fails_cleanly_when_too_few_devices(loop: asyncio.AbstractEventLoop,
     )
     run, rows = _rounds(engine, run_id)
     assert run.status == "failed" and "only 2 eligible devices" in run.detail and rows == []
+
+
+def test_flower_dp_wrapper_runs_unchanged_and_devices_clip(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    fleet = InProcFleet(loop, tmp_path, 4)
+    runner, engine = _runner(tmp_path, fleet)
+    strat = StrategySpec("dp-fedavg", min_nodes=4, dp_noise_multiplier=0.5, dp_clip=0.01)
+    run_id = runner.run_blocking(RunSpec(strat, num_rounds=2, round_timeout_s=10), model())
+    run, rows = _rounds(engine, run_id)
+    assert run.status == "completed" and [r.results for r in rows] == [4, 4]
+    assert rows[0].metrics["update_norm"] > 0.05  # devices report the pre-clip norm (> 5x the clip)...
+    assert rows[0].arrays_digest != rows[0].parent_digest
+    result = runner.result
+    final = np.concatenate([result["w"].numpy().ravel(), result["b"].numpy().ravel()]) if result else None
+    assert final is not None and np.linalg.norm(final) < 0.06  # 2 rounds x (clip 0.01 + noise ~0.01)

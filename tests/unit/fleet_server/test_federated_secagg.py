@@ -33,7 +33,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     th = threading.Thread(target=lp.run_forever, daemon=True)
     th.start()
     yield lp
-    lp.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(lp)])
+
+    async def cancel_devices() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(cancel_devices(), lp).result(10)
     lp.call_soon_threadsafe(lp.stop)
     th.join(5)
 
