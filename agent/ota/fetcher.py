@@ -67,18 +67,20 @@ class HttpFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as err:
             raise tuf_exc.DownloadError(f"cannot fetch {url}: {err}") from err
         if resp.status != 200:
-            resp.release_conn()
+            _discard(resp)
             raise tuf_exc.DownloadHTTPError(f"HTTP {resp.status} for {url}", resp.status)
         return self._chunks(resp)
 
     @staticmethod
     def _chunks(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        done = False
         try:
             yield from resp.stream(_BLOCK)
+            done = True
         except urllib3.exceptions.HTTPError as err:
             raise tuf_exc.DownloadError(f"stream failed: {err}") from err
         finally:
-            resp.release_conn()
+            _release(resp, complete=done)
 
 
 class Downloader:
@@ -155,7 +157,7 @@ class Downloader:
         except urllib3.exceptions.HTTPError as err:
             raise TransportError(f"cannot fetch {url}: {err}") from err
         if resp.status >= 400:
-            resp.release_conn()
+            _discard(resp)
             raise HttpStatusError(url, resp.status)
         return resp
 
@@ -168,6 +170,7 @@ class Downloader:
         resp = self._request(url, {"Range": f"bytes={have}-"} if have else {})
         if resp.status != 206:
             have = 0  # server ignored the range: start over
+        done = False
         try:
             with partial.open("r+b" if have else "wb") as fh:
                 fh.seek(have)
@@ -180,10 +183,11 @@ class Downloader:
                     self.bytes_received += len(block)
                 fh.flush()
                 os.fsync(fh.fileno())
+            done = True
         except urllib3.exceptions.HTTPError as err:
             raise TransportError(f"{url}: stream broke at {have} bytes: {err}") from err
         finally:
-            resp.release_conn()
+            _release(resp, complete=done)
         if have < length:
             raise TransportError(f"{url}: truncated at {have} of {length} bytes")
 
@@ -201,6 +205,22 @@ class Downloader:
             raise TransportError(f"{url}: range returned {len(data)} of {length} bytes")
         self.bytes_received += len(data)
         return bytes(data)
+
+
+def _release(resp: urllib3.BaseHTTPResponse, *, complete: bool) -> None:
+    """Return the connection to the pool; one abandoned mid-body (endless data, a cut) is closed."""
+    if not complete:
+        resp.close()
+    resp.release_conn()
+
+
+def _discard(resp: urllib3.BaseHTTPResponse) -> None:
+    """Read the rest of an error body so the pooled connection is clean for the next request."""
+    try:
+        resp.drain_conn()
+    except urllib3.exceptions.HTTPError:
+        pass
+    resp.release_conn()
 
 
 def _sha256_file(path: Path) -> str:
