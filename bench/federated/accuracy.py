@@ -3,7 +3,8 @@
 Each round every client fine-tunes the softmax head (agent.federated.trainer, the code devices
 run) and the replies go through Flower's own `aggregate_train` as `Message`s, optionally after
 our norm bounding (fleet_server.federated.robust). Attacks at 20% of clients: sign flip of the
-update, x10 scaled update, label flip (y -> 9 - y). Centralized reference: the same head trained
+update, x10 scaled update, label flip (y -> 9 - y), and label flip with a x10 scaled
+update. Centralized reference: the same head trained
 on the pooled training set.
 """
 
@@ -19,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from agent.federated import trainer
 from fleet_server.federated.robust import bound_norms
 
-ATTACKS = ("none", "sign_flip", "scaled", "label_flip")
+ATTACKS = ("none", "sign_flip", "scaled", "label_flip", "scaled_label_flip")
 
 
 def load() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -95,11 +96,11 @@ def federated(
         g = ArrayRecord({"w": Array(w[0]), "b": Array(w[1])})
         replies = []
         for c, idx in enumerate(parts):
-            y = 9 - ytr[idx] if (c in bad and attack == "label_flip") else ytr[idx]
+            y = 9 - ytr[idx] if (c in bad and attack.endswith("label_flip")) else ytr[idx]
             new, _ = trainer.train(
                 w, xtr[idx], y, trainer.TrainParams(lr=0.5, epochs=2, batch_size=16, seed=seed * 1000 + rnd)
             )
-            if c in bad and attack in {"sign_flip", "scaled"}:
+            if c in bad and attack in {"sign_flip", "scaled", "scaled_label_flip"}:
                 k = -1.0 if attack == "sign_flip" else 10.0
                 new = [(o + k * (nw - o)).astype(np.float32) for o, nw in zip(w, new, strict=True)]
             req = Message(
