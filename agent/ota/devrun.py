@@ -40,7 +40,7 @@ async def main() -> None:
     holder: list[SyncLoop] = []
     client = build_ota_client(
         config=ota_config, device_id=identity.device_id, data_path=config.data_path, service=service,
-        slots_root=slots_root, loader=loader, reports=outbox, clock=SystemClock(),
+        slots_root=slots_root, loader=loader, reports=outbox, clock=SystemClock(), profile=profile.name,
         notify=lambda: holder[0].telemetry_ready.set() if holder else None,
     )  # fmt: skip
     sync = SyncLoop(

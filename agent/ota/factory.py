@@ -81,7 +81,10 @@ def build_ota_client(
     reports: ReportSink,
     clock: Clock,
     notify: Callable[[], None] | None = None,
+    profile: str = "",
 ) -> OtaClient:
+    """The OTA client of one device; run it with ``asyncio.create_task(client.run(stop))`` and pass it
+    to ``Reconciler(statefile, client)`` as the ModelExecutor."""
     directory = data_path / "ota"
     directory.mkdir(parents=True, exist_ok=True)
     pool = urllib3.PoolManager(num_pools=4, maxsize=4)
@@ -91,7 +94,7 @@ def build_ota_client(
         downloader=downloader,
         serving=InferenceServing(service, slots_root=slots_root, loader=loader),
         resources=system_resources(directory),
-        limits=WorkLimits(use_delta=config.use_delta),
+        limits=WorkLimits(use_delta=config.use_delta, profile=profile),
     )
     trust = Trust(
         device_id=device_id,

@@ -50,6 +50,7 @@ class Plan:
     golden: TargetRef | None
     golden_threshold: float
     gates: dict[str, float] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)  # empty: any device profile
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +130,7 @@ class Trust:
             golden=self._optional(updater, golden.get("path")),
             golden_threshold=float(golden.get("threshold", 0.0)),
             gates={str(k): float(v) for k, v in (spec.get("gates") or {}).items()},
+            profiles=[str(p) for p in spec.get("profiles") or []],
         )
 
     def _optional(self, updater: Updater, path: object) -> TargetRef | None:

@@ -46,6 +46,7 @@ class WorkLimits:
     min_free_ram_bytes: int = 32 << 20
     use_delta: bool = True
     max_golden_bytes: int = 64 << 20
+    profile: str = ""  # this device's profile; a release listing profiles must name it
 
 
 class Work:
@@ -115,6 +116,10 @@ class Work:
 
     def download(self, plan: Plan) -> Outcome:
         dest = self.artifact_path(plan)
+        if plan.profiles and self._limits.profile not in plan.profiles:
+            return Outcome(
+                E.DOWNLOAD_FAILED, f"release is for {plan.profiles}, device is {self._limits.profile!r}"
+            )
         if dest.exists():
             return Outcome(E.DOWNLOADED, "already downloaded")
         disk, ram = self._resources()

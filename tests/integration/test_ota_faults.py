@@ -163,3 +163,23 @@ def test_full_disk_fails_before_download(tmp_path: Path, fleet: FleetSide) -> No
             await dev.service.stop()
 
     asyncio.run(scenario())
+
+
+def test_release_for_another_profile_is_refused(tmp_path: Path, fleet: FleetSide) -> None:
+    async def scenario() -> None:
+        dev = await start_device(tmp_path, fleet)
+        try:
+            dep = fleet.deploy(fleet.publish(models().v1, "1", profiles=["coral-dev-board"]), "dev-1")
+            await check(dev)
+            assert dev.reports.chain(dep) == ["downloading", "failed"]
+            assert "coral-dev-board" in dev.reports.items[-1]["detail"]
+            assert dev.work.downloader.bytes_received == 0 and slot_files(dev.root) == {}
+            dep = fleet.deploy(
+                fleet.publish(models().v1, "1", profiles=["coral-dev-board", "generic-x86"]), "dev-1"
+            )
+            await check(dev)
+            assert dev.reports.chain(dep)[-1] == "committed"
+        finally:
+            await dev.service.stop()
+
+    asyncio.run(scenario())

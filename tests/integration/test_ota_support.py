@@ -205,7 +205,7 @@ async def start_device(
         downloader=Downloader(pool, policy=RetryPolicy(attempts=3, initial_s=0.01), sleep=lambda _: None),
         serving=port,
         resources=lambda: resources,
-        limits=WorkLimits(),
+        limits=WorkLimits(profile="generic-x86"),
     )
     trust = Trust(
         device_id=device_id,
