@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from fleet_server.drift.policy import OPEN_RETRAINING_ROUND, drift_policy
+from fleet_server.drift.policy import OPEN_RETRAINING_ROUND, DriftPolicy, drift_policy
 from fleet_server.models import Device
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ class CohortFilter:
         engine: Engine,
         spec: CohortSpec,
         conditions: Callable[[str], dict[str, float]],
+        policy: DriftPolicy = drift_policy,
         ttl_s: float = 5.0,
     ) -> None:
         self._engine = engine
+        self._policy = policy
         self._spec = spec
         self._conditions = conditions
         self._ttl_s = ttl_s
@@ -74,7 +76,7 @@ class CohortFilter:
         return all(device.labels.get(k) == v for k, v in self._spec.labels.items())
 
     def _apply_drift(self, session: Session, allowed: set[str]) -> set[str] | None:
-        actions = drift_policy(session)
+        actions = self._policy(session)
         for action in actions:
             allowed -= set(action.exclude_devices)
         if not self._spec.drifted_only:

@@ -235,6 +235,11 @@ class FleetGrid(Grid):
             known = {node_id_for(d): d for d in self._devices} | self._seen
         return [known.get(n, f"node-{n:x}") for n in node_ids]
 
+    def online_devices(self) -> list[str]:
+        """Devices holding an open task stream (before any cohort filter)."""
+        with self._lock:
+            return sorted(self._devices)
+
     def state_of(self, device_id: str) -> dict[str, float]:
         """Conditions the device reported when it opened its task stream (idle, charging, ...)."""
         with self._lock:

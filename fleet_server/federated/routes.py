@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from flwr.app import Array, ArrayRecord
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
 from fleet_server.errors import NotFoundError
@@ -22,6 +22,7 @@ from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
 from fleet_server.federated.secagg import SecAggParams
 from fleet_server.federated.strategy import StrategySpec
+from fleet_server.federated.trigger import DriftRetrainTrigger
 from fleet_server.federated.wiring import FederatedRuntime
 
 router = APIRouter(prefix="/federated", tags=["federated"])
@@ -62,12 +63,8 @@ def _initial(req: RunRequest, session: SessionDep, out_dir: Path) -> ArrayRecord
     return ArrayRecord({"w": Array(w), "b": Array(np.zeros(req.classes, np.float32))})
 
 
-@router.post("/runs", status_code=202)
-def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
-    fl: FederatedRuntime = request.app.state.federated
-    cohort = CohortSpec(req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only)
-    fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
-    spec = RunSpec(
+def _spec(req: RunRequest) -> RunSpec:
+    return RunSpec(
         strategy=StrategySpec(req.strategy, req.min_nodes, req.fraction, req.malicious),
         num_rounds=req.rounds,
         round_timeout_s=req.round_timeout_s,
@@ -79,8 +76,43 @@ def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operato
         dp_clip=req.dp_clip,
         cohort={"labels": [f"{k}={v}" for k, v in req.labels.items()], "profile": req.profile},
     )
+
+
+@router.post("/runs", status_code=202)
+def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
+    fl: FederatedRuntime = request.app.state.federated
+    cohort = CohortSpec(req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only)
+    fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
+    spec = _spec(req)
     run_id = fl.runner.start(spec, _initial(req, session, fl.runner.out_dir))
     return {"run_id": run_id}
+
+
+@router.put("/auto-retrain")
+def enable_auto_retrain(
+    req: RunRequest, request: Request, _: Operator, interval_s: float = 30.0
+) -> dict[str, bool]:
+    """Let the drift policy open runs (with these settings) for drifted cohorts automatically."""
+    fl: FederatedRuntime = request.app.state.federated
+    engine = request.app.state.engine
+    out_dir = fl.runner.out_dir
+
+    def initial() -> ArrayRecord:
+        with Session(engine) as s:
+            return _initial(req.model_copy(update={"from_last": True}), s, out_dir)
+
+    trigger = DriftRetrainTrigger(
+        engine=engine, grid=fl.grid, runner=fl.runner, spec=_spec(req), initial=initial, interval_s=interval_s
+    )
+    fl.set_trigger(trigger)
+    return {"enabled": True}
+
+
+@router.delete("/auto-retrain")
+def disable_auto_retrain(request: Request, _: Operator) -> dict[str, bool]:
+    fl: FederatedRuntime = request.app.state.federated
+    fl.set_trigger(None)
+    return {"enabled": False}
 
 
 @router.get("/runs")

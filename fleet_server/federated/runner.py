@@ -78,6 +78,7 @@ class FederatedRunner:
         """Raises: ConflictError when a run is already in progress."""
         if self.busy():
             raise ConflictError("a federated run is already in progress")
+        make_strategy(spec.strategy)  # validate now: InvalidRequestError for the caller, not a failed run
         if spec.secure_aggregation and spec.strategy.name.lower() not in LINEAR:
             raise InvalidRequestError("secure aggregation needs a linear strategy (robust rules see updates)")
         run_id = uuid.uuid4().hex

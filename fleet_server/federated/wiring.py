@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.runner import FederatedRunner
 from fleet_server.federated.servicer import FederatedServicer, device_authenticator
+from fleet_server.federated.trigger import DriftRetrainTrigger
 
 
 @dataclass
@@ -18,8 +19,18 @@ class FederatedRuntime:
     grid: FleetGrid
     servicer: FederatedServicer
     runner: FederatedRunner
+    trigger: DriftRetrainTrigger | None = None
+
+    def set_trigger(self, trigger: DriftRetrainTrigger | None) -> None:
+        """Replace (or remove, with None) the drift-triggered retraining policy."""
+        if self.trigger is not None:
+            self.trigger.stop()
+        self.trigger = trigger
+        if trigger is not None:
+            trigger.start()
 
     def shutdown(self) -> None:
+        self.set_trigger(None)
         self.runner.wait(timeout=0.1)
 
 

@@ -261,3 +261,18 @@ def test_secure_aggregation_run_via_cli_with_a_dropout_mid_protocol(
     fl_status(api, argparse.Namespace(run_id=run_id, json=False), console)
     fl_history(api, argparse.Namespace(limit=5, json=False), console)
     assert run_id[:12] in console.export_text()
+
+
+def test_auto_retrain_policy_is_operator_only_and_toggles(server: LiveServer) -> None:
+    url = "/api/v1/federated/auto-retrain"
+    assert server.client.put(url, json={}, headers=server.auth("viewer")).status_code == 403
+    assert server.client.put(url, json={"min_nodes": 3}, headers=server.auth("operator")).json() == {
+        "enabled": True
+    }
+    assert runtime(server).trigger is not None
+    assert server.client.delete(url, headers=server.auth("operator")).json() == {"enabled": False}
+    assert runtime(server).trigger is None
+    bad = server.client.post(
+        "/api/v1/federated/runs", json={"strategy": "nope"}, headers=server.auth("operator")
+    )
+    assert bad.status_code == 422

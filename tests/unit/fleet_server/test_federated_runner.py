@@ -106,3 +106,36 @@ def test_flower_dp_wrapper_runs_unchanged_and_devices_clip(
     result = runner.result
     final = np.concatenate([result["w"].numpy().ravel(), result["b"].numpy().ravel()]) if result else None
     assert final is not None and np.linalg.norm(final) < 0.06  # 2 rounds x (clip 0.01 + noise ~0.01)
+
+
+def test_drift_policy_opens_a_run_for_the_shifted_devices_only(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    from fleet_server.drift.analysis import CohortKey
+    from fleet_server.drift.policy import OPEN_RETRAINING_ROUND, CohortAction
+    from fleet_server.federated.trigger import DriftRetrainTrigger
+
+    fleet = InProcFleet(loop, tmp_path, 6)
+    runner, engine = _runner(tmp_path, fleet)
+    action = CohortAction(
+        CohortKey("pi4", "digits", "1"),
+        OPEN_RETRAINING_ROUND,
+        ("d00", "d01", "d02", "d03"),
+        ("d03",),
+        "shift",
+    )
+    trigger = DriftRetrainTrigger(
+        engine=engine,  # type: ignore[arg-type]
+        grid=fleet.grid,
+        runner=runner,
+        spec=RunSpec(StrategySpec("fedavg", min_nodes=3), num_rounds=1, round_timeout_s=10),
+        initial=model,
+        policy=lambda session: [action],
+    )
+    run_id = trigger.check_once()
+    assert run_id is not None
+    runner.wait(30)
+    run, rows = _rounds(engine, run_id)
+    assert run.status == "completed" and rows[0].sampled == 3
+    assert set(rows[0].anomaly_scores) == {"d00", "d01", "d02"}  # d03 anomalous, d04/d05 not drifted
+    assert trigger.check_once() is None  # same cohort is not retrained again

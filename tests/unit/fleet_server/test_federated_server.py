@@ -100,3 +100,31 @@ def test_cohort_filters_by_labels_profile_and_reported_conditions(tmp_path: Path
     spec = CohortSpec(labels={"site": "x"}, profile="pi4", require_conditions=("idle",))
     chosen = CohortFilter(engine=engine, spec=spec, conditions=lambda d: state.get(d, {}))
     assert chosen({"a", "b", "c", "d", "e"}) == {"a"}
+
+
+def test_cohort_applies_the_drift_policy_hook(tmp_path: Path) -> None:
+    from fleet_server.drift.analysis import CohortKey
+    from fleet_server.drift.policy import EXCLUDE_DEVICES, OPEN_RETRAINING_ROUND, CohortAction
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    with Session(engine) as s:
+        for d in "abcde":
+            s.add(Device(id=d, profile="pi4"))
+        s.commit()
+    cohort = CohortKey(profile="pi4", model_name="digits", model_version="1")
+    actions = [
+        CohortAction(cohort, OPEN_RETRAINING_ROUND, ("a", "b", "c"), ("d",), "shift"),
+        CohortAction(cohort, EXCLUDE_DEVICES, (), ("b",), "anomaly"),
+    ]
+
+    def policy(session: Session) -> list[CohortAction]:
+        return actions
+
+    online = set("abcde")
+    everyone = CohortFilter(engine=engine, spec=CohortSpec(), conditions=lambda d: {}, policy=policy)
+    assert everyone(online) == {"a", "c", "e"}  # anomalous devices never train
+    drifted = CohortFilter(
+        engine=engine, spec=CohortSpec(drifted_only=True), conditions=lambda d: {}, policy=policy
+    )
+    assert drifted(online) == {"a", "c"}  # a drift-triggered run trains the shifted devices only
