@@ -14,17 +14,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from fleet_server.errors import ConflictError, InvalidRequestError
 from fleet_server.federated.grid import FleetGrid
+from fleet_server.federated.handoff import write_artifacts
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
@@ -261,18 +262,41 @@ class FederatedRunner:
             run.status, run.detail, run.finished_at = status, detail, utcnow()
             if final is not None:
                 run.final_digest = digest(final)
-                path = self.out_dir / run_id / "final.npz"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, **{k: a.numpy() for k, a in final.items()})  # type: ignore[arg-type]
             if spec.dp_noise_multiplier > 0:
                 run.epsilon = epsilon_after(spec.num_rounds, spec.dp_noise_multiplier, spec.dp_delta)
             s.add(run)
             s.commit()
+            if final is not None:
+                rounds = s.exec(select(FlRound).where(FlRound.run_id == run_id)).all()
+                write_artifacts(
+                    self.out_dir / run_id, {k: a.numpy() for k, a in final.items()}, _lineage(run, rounds)
+                )
 
     def _save(self, row: FlRun | FlRound) -> None:
         with Session(self._engine) as s:
             s.add(row)
             s.commit()
+
+
+def _lineage(run: FlRun, rounds: list[FlRound] | Sequence[FlRound]) -> dict[str, object]:
+    return {
+        "run_id": run.id,
+        "strategy": run.strategy,
+        "parent_digest": run.parent_digest,
+        "final_digest": run.final_digest,
+        "epsilon": run.epsilon,
+        "delta": run.delta,
+        "cohort": run.cohort,
+        "rounds": [
+            {
+                "round": r.server_round,
+                "participants": r.results,
+                "sampled": r.sampled,
+                "digest": r.arrays_digest,
+            }
+            for r in sorted(rounds, key=lambda r: r.server_round)
+        ],
+    }
 
 
 def _metrics(record: MetricRecord | None) -> dict[str, float]:

@@ -139,3 +139,29 @@ def test_drift_policy_opens_a_run_for_the_shifted_devices_only(
     assert run.status == "completed" and rows[0].sampled == 3
     assert set(rows[0].anomaly_scores) == {"d00", "d01", "d02"}  # d03 anomalous, d04/d05 not drifted
     assert trigger.check_once() is None  # same cohort is not retrained again
+
+
+def test_handoff_writes_an_onnx_head_with_lineage(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    fleet = InProcFleet(loop, tmp_path, 3)
+    runner, engine = _runner(tmp_path, fleet)
+    run_id = runner.run_blocking(
+        RunSpec(StrategySpec("fedavg", min_nodes=3), num_rounds=2, round_timeout_s=10), model()
+    )
+    run, rows = _rounds(engine, run_id)
+    out = tmp_path / "out" / run_id
+    lineage = json.loads(onnx.load(str(out / "final.onnx")).metadata_props[0].value)
+    assert lineage["run_id"] == run_id and lineage["final_digest"] == run.final_digest
+    assert [r["participants"] for r in lineage["rounds"]] == [3, 3] and lineage["parent_digest"] == rows[
+        0
+    ].parent_digest
+    x = np.random.default_rng(0).random((5, 16)).astype(np.float32)
+    w = np.load(out / "final.npz")
+    expected = np.exp(x @ w["w"] + w["b"])
+    expected /= expected.sum(axis=1, keepdims=True)
+    got = ort.InferenceSession(str(out / "final.onnx")).run(None, {"features": x})[0]
+    assert np.allclose(got, expected, atol=1e-5)
