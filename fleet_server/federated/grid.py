@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -49,6 +49,7 @@ ERR_DROPPED = 501  # device stream closed while the task was outstanding
 ERR_OFFLINE = 502  # device was not connected when the task was pushed
 ERR_REJECTED = 503  # device result failed validation
 ERR_DECLINED = 504  # device declined (not allowed to train now, DP budget exhausted, ...)
+MAX_FINISHED = 100_000  # remembered task ids (late/duplicate detection), oldest forgotten first
 
 
 def node_id_for(device_id: str) -> int:
@@ -96,7 +97,7 @@ class FleetGrid(Grid):
         self._devices: dict[str, _Device] = {}
         self._pending: dict[str, _Pending] = {}
         self._replies: dict[str, Message] = {}
-        self._finished: set[str] = set()
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recent task ids, to tell late from unknown
         self._seen: dict[int, str] = {}
         self.rejected: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
@@ -164,7 +165,7 @@ class FleetGrid(Grid):
                 self._lock.wait(min(remaining, 1.0))
             for i in ids:  # stragglers: forget the task, refuse its late result
                 pending = self._pending.pop(i, None)
-                self._finished.add(i)
+                self._mark_finished(i)
                 if pending is not None:
                     self.dropped["straggler"] += 1
                     logger.info(
@@ -224,7 +225,7 @@ class FleetGrid(Grid):
                 )
                 return False, err.reason
             del self._pending[result.task_id]
-            self._finished.add(result.task_id)
+            self._mark_finished(result.task_id)
             self._replies[result.task_id] = reply
             self._lock.notify_all()
         return True, ""
@@ -232,7 +233,7 @@ class FleetGrid(Grid):
     def device_ids(self, node_ids: list[int]) -> list[str]:
         """Device ids for Flower node ids (devices that left since keep their node id's hex)."""
         with self._lock:
-            known = {node_id_for(d): d for d in self._devices} | self._seen
+            known = dict(self._seen)
         return [known.get(n, f"node-{n:x}") for n in node_ids]
 
     def online_devices(self) -> list[str]:
@@ -284,12 +285,18 @@ class FleetGrid(Grid):
 
     def _fail(self, message_id: str, code: int, reason: str) -> None:
         pending = self._pending.pop(message_id, None)
-        self._finished.add(message_id)
+        self._mark_finished(message_id)
         if pending is not None:
             self._replies[message_id] = Message(Error(code=code, reason=reason), reply_to=pending.request)
 
     def _device_for(self, node_id: int) -> str | None:
-        return next((d for d in self._devices if node_id_for(d) == node_id), None)
+        device_id = self._seen.get(node_id)
+        return device_id if device_id in self._devices else None
+
+    def _mark_finished(self, message_id: str) -> None:
+        self._finished[message_id] = None
+        while len(self._finished) > MAX_FINISHED:
+            self._finished.popitem(last=False)
 
     def _push_one(self, msg: Message, cache: TensorCache) -> None:
         round_id = msg.metadata.group_id or f"{self._run.run_id}:{server_round_of(msg)}"
