@@ -120,6 +120,8 @@ def _build_into(
     artifacts = {o.profile: _place(o, staging) for o in outcomes}
     lineage = _lineage(request, source, fp32, calib=calib, evaluation=evaluation, task=tc.task)
     doc = report.build_report(lineage=lineage, reference=reference, outcomes=outcomes, artifacts=artifacts)
+    on_event("building the drift reference profile")
+    doc["drift_reference"] = _drift_reference(staging, evaluation, tc, source)
     (staging / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     (staging / "MODEL_CARD.md").write_text(report.model_card(doc))
     shutil.rmtree(work)
@@ -149,6 +151,24 @@ def _search(
         latency_tolerance=request.latency_tolerance,
         on_event=on_event,
     )
+
+
+def _drift_reference(
+    staging: Path, evaluation: Dataset, tc: LocalToolchain, source: export.ModelSource
+) -> dict[str, Any]:
+    from compiler.drift_reference import make_reference
+
+    blob, view = make_reference(
+        evaluation,
+        tc.reference_outputs(),
+        task=tc.task,
+        model_name=Path(source.location.split(":")[-1]).stem,
+    )
+    if blob is None:
+        return {"path": None, "reason": view}
+    dest = staging / "drift_reference.json"
+    dest.write_bytes(blob)
+    return {"path": dest.name, "sha256": file_digest(dest), "size_bytes": len(blob), "monitors": view}
 
 
 def _fp32_onnx(source: export.ModelSource, calib: Dataset, work: Path) -> tuple[Path, Any]:

@@ -83,9 +83,19 @@ def test_build_writes_one_artifact_per_profile_with_report_and_card(built: Path,
     assert sorted(p.name for p in built.iterdir()) == [
         "MODEL_CARD.md",
         "coral-dev-board",
+        "drift_reference.json",
         "raspberry-pi-4",
         "report.json",
     ]
+    # The drift reference ships beside the artifacts and loads in the device's own monitor.
+    from agent.drift.monitor import DriftMonitor
+    from agent.drift.reference import ReferenceProfile
+
+    drift = report["drift_reference"]
+    assert drift["monitors"].startswith("flattened input (PCA view)")
+    profile = ReferenceProfile.from_bytes((built / drift["path"]).read_bytes())
+    monitor = DriftMonitor(profile)
+    assert monitor.observe(ws["data"].x_test[:50].reshape(50, -1)) == []
     lin = report["lineage"]
     assert len(lin["input_sha256"]) == 64
     assert lin["calibration"]["samples"] == 256
