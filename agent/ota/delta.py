@@ -1,8 +1,10 @@
 """Model-aware delta: rebuild a target from chunks of models already on the device plus fetched spans.
 
 A signed chunk manifest (a TUF target of the release) lists ``[offset, length, sha256]`` chunks
-covering the artifact. `ChunkIndex` maps chunk hashes to where the same bytes already live (any
-model the device holds whose manifest it kept). `rebuild` streams the target into a ``.partial``
+covering the artifact; a chunk may also name a base chunk and an lzma XOR patch against it
+(``[..., base_sha256, patch_length, patch_sha256]``), used when the device holds the base.
+`ChunkIndex` maps chunk hashes to where the same bytes already live (any model the device holds
+whose manifest it kept). `rebuild` streams the target into a ``.partial``
 file in order: local chunks are read and re-hashed, missing runs are fetched with one Range
 request per run (coalesced up to `max_request`) and hashed, so memory stays bounded by one run. A
 crash leaves a prefix of verified chunks that the next call keeps. The caller still checks the
@@ -14,17 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from agent.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
 FetchRange = Callable[[int, int], bytes]  # (offset, length) -> bytes of the target
+FetchPatch = Callable[["Chunk"], bytes]  # chunk -> its patch file's bytes (exactly patch_length)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,9 @@ class Chunk:
     offset: int
     length: int
     sha256: str
+    base: str = ""  # a chunk the patch applies to (XOR), when the release ships one
+    patch_length: int = 0
+    patch_sha256: str = ""
 
 
 @dataclass
@@ -41,6 +50,8 @@ class RebuildStats:
     reused_bytes: int = 0
     fetched_bytes: int = 0
     requests: int = 0
+    patched_chunks: int = 0
+    patch_bytes: int = 0
 
 
 def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
@@ -51,7 +62,7 @@ def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
     """
     try:
         raw = json.loads(data)
-        chunks = [Chunk(int(o), int(n), str(h)) for o, n, h in raw["chunks"]]
+        chunks = [_chunk(entry) for entry in raw["chunks"]]
         ok = raw["length"] == length and raw["sha256"] == sha256
     except (ValueError, KeyError, TypeError) as err:
         raise IntegrityError(f"chunk manifest unreadable: {err}") from err
@@ -63,6 +74,14 @@ def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
     if not ok or pos != length:
         raise IntegrityError("chunk manifest does not describe the signed target")
     return chunks
+
+
+def _chunk(entry: list[object]) -> Chunk:
+    offset, length, sha = int(entry[0]), int(entry[1]), str(entry[2])  # type: ignore[call-overload]
+    if len(entry) == 3:
+        return Chunk(offset, length, sha)
+    base, patch_length, patch_sha = str(entry[3]), int(entry[4]), str(entry[5])  # type: ignore[call-overload]
+    return Chunk(offset, length, sha, base, patch_length, patch_sha)
 
 
 class ChunkIndex:
@@ -111,7 +130,13 @@ def _verified_prefix(partial: Path, chunks: list[Chunk]) -> int:
 
 
 def rebuild(
-    chunks: list[Chunk], index: ChunkIndex, fetch: FetchRange, partial: Path, *, max_request: int = 8 << 20
+    chunks: list[Chunk],
+    index: ChunkIndex,
+    fetch: FetchRange,
+    partial: Path,
+    *,
+    fetch_patch: FetchPatch | None = None,
+    max_request: int = 8 << 20,
 ) -> RebuildStats:
     """Write the target into `partial` from local chunks and fetched runs (resuming a prefix).
 
@@ -134,24 +159,64 @@ def rebuild(
                 stats.reused_bytes += len(local)
                 i += 1
                 continue
-            j = _missing_run(chunks, i, index, max_request)
+            patched = _patched(chunks[i], index, fetch_patch, stats)
+            if patched is not None:
+                out.write(patched)
+                i += 1
+                continue
+            j = _missing_run(chunks, i, index, max_request, patchable=fetch_patch is not None)
             _write_fetched(out, chunks[i:j], fetch, stats)
             i = j
         out.flush()
         os.fsync(out.fileno())
     logger.info(
-        "delta rebuilt chunks=%d reused=%d reused_bytes=%d fetched_bytes=%d requests=%d",
-        stats.chunks, stats.reused_chunks, stats.reused_bytes, stats.fetched_bytes, stats.requests,
+        "delta rebuilt chunks=%d reused=%d reused_bytes=%d fetched_bytes=%d patched=%d patch_bytes=%d "
+        "requests=%d",
+        stats.chunks, stats.reused_chunks, stats.reused_bytes, stats.fetched_bytes, stats.patched_chunks,
+        stats.patch_bytes, stats.requests,
     )  # fmt: skip
     return stats
 
 
-def _missing_run(chunks: list[Chunk], i: int, index: ChunkIndex, max_request: int) -> int:
+def _missing_run(chunks: list[Chunk], i: int, index: ChunkIndex, max_request: int, *, patchable: bool) -> int:
     j, size = i + 1, chunks[i].length
     while j < len(chunks) and size + chunks[j].length <= max_request and not index.has(chunks[j].sha256):
+        if patchable and chunks[j].base and index.has(chunks[j].base):
+            break
         size += chunks[j].length
         j += 1
     return j
+
+
+def _patched(
+    chunk: Chunk, index: ChunkIndex, fetch_patch: FetchPatch | None, stats: RebuildStats
+) -> bytes | None:
+    """The chunk rebuilt from a local base and a fetched XOR patch, or None (no patch, no base).
+
+    Raises:
+        IntegrityError: the patch or the rebuilt chunk does not match the signed manifest.
+    """
+    if fetch_patch is None or not chunk.base:
+        return None
+    base = index.read(chunk.base)
+    if base is None or len(base) != chunk.length:
+        return None
+    patch = fetch_patch(chunk)
+    stats.requests += 1
+    stats.patch_bytes += len(patch)
+    if len(patch) != chunk.patch_length or hashlib.sha256(patch).hexdigest() != chunk.patch_sha256:
+        raise IntegrityError(f"patch for chunk at {chunk.offset} does not match the manifest")
+    try:
+        xor = lzma.LZMADecompressor().decompress(patch, max_length=chunk.length)
+    except lzma.LZMAError as err:
+        raise IntegrityError(f"patch for chunk at {chunk.offset} is not valid xz: {err}") from err
+    if len(xor) != chunk.length:
+        raise IntegrityError(f"patch for chunk at {chunk.offset} has the wrong size")
+    data = np.bitwise_xor(np.frombuffer(xor, np.uint8), np.frombuffer(base, np.uint8)).tobytes()
+    if hashlib.sha256(data).hexdigest() != chunk.sha256:
+        raise IntegrityError(f"patched chunk at {chunk.offset} does not match the manifest")
+    stats.patched_chunks += 1
+    return data
 
 
 def _write_fetched(out: BinaryIO, run: list[Chunk], fetch: FetchRange, stats: RebuildStats) -> None:

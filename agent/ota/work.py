@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
 from agent.ota import gates
-from agent.ota.delta import ChunkIndex, parse_manifest, rebuild
+from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, rebuild
 from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
 from agent.ota.machine import UpdateRecord
 from agent.ota.serving import Batch, ServingPort
@@ -155,14 +155,27 @@ class Work:
         )
         partial = dest.with_name(dest.name + ".partial")
         before = self.downloader.bytes_received
+        targets = plan.artifact.url[: plan.artifact.url.index("/targets/") + len("/targets/")]
+
+        def patch(c: Chunk) -> bytes:
+            return self.downloader.fetch_range(f"{targets}patches/{c.base}-{c.sha256}.xz", 0, c.patch_length)
+
         stats = rebuild(
-            chunks, index, lambda o, n: self.downloader.fetch_range(plan.artifact.url, o, n), partial
+            chunks,
+            index,
+            lambda o, n: self.downloader.fetch_range(plan.artifact.url, o, n),
+            partial,
+            fetch_patch=patch,
         )
         if sha256_file(partial) != plan.artifact.sha256:
             partial.unlink(missing_ok=True)
             raise IntegrityError("rebuilt artifact does not hash to the signed target")
         partial.replace(dest)
-        self.last_delta = {"fetched": self.downloader.bytes_received - before, "reused": stats.reused_bytes}
+        self.last_delta = {
+            "fetched": self.downloader.bytes_received - before,
+            "reused": stats.reused_bytes,
+            "patched": stats.patched_chunks,
+        }
         return (
             f"delta reused_bytes={stats.reused_bytes} fetched_bytes={self.downloader.bytes_received - before}"
         )

@@ -27,6 +27,7 @@ from fleet_server.models import Device
 from fleet_server.ota.chunking import build_manifest
 from fleet_server.ota.keys import KeyRing
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
+from fleet_server.ota.patches import add_patches
 from fleet_server.ota.repository import Expiry, OtaRepository, canonical_json, device_role
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,12 @@ class OtaService:
         session.flush()
         assert row.seq is not None
         base = f"models/{spec.model_name}/r{row.seq}"
-        infos, custom = self._release_targets(base, artifact, spec, row.seq)
+        previous = session.exec(
+            select(OtaRelease)
+            .where(OtaRelease.model_name == spec.model_name, col(OtaRelease.seq) < row.seq)
+            .order_by(col(OtaRelease.seq).desc())
+        ).first()
+        infos, custom = self._release_targets(base, artifact, spec, row.seq, previous)
         self.repo.set_targets(infos)
         row.target_path, row.custom = infos[-1].path, custom
         session.add(row)
@@ -121,9 +127,13 @@ class OtaService:
         return row
 
     def _release_targets(
-        self, base: str, artifact: Path, spec: ReleaseCreate, seq: int
+        self, base: str, artifact: Path, spec: ReleaseCreate, seq: int, previous: OtaRelease | None
     ) -> tuple[list[TargetFile], dict[str, Any]]:
         manifest = build_manifest(_suffixed(artifact, spec.filename))
+        if previous is not None and (self.blobs / previous.sha256).exists():
+            old = _suffixed(self.blob(previous.sha256), spec.filename)
+            new = _suffixed(artifact, spec.filename)
+            add_patches(manifest, new, build_manifest(old), old, self.repo.targets_dir / "patches")
         infos: list[TargetFile] = []
         with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
             mpath = Path(tmp) / "chunks.json"

@@ -89,12 +89,18 @@ def test_tampered_artifact_is_refused_on_delta_and_full_paths(tmp_path: Path, fl
         # has to fetch it; unchanged chunks come from the local v1 and never touch the mirror.
         targets = fleet.ota.repo.targets_dir / "models" / "digits"
         manifests = [json.loads(next((targets / r).glob("*.chunks.json")).read_bytes()) for r in ("r1", "r2")]
-        held = {h for _, _, h in manifests[0]["chunks"]}
-        offset, length, _ = next(c for c in manifests[1]["chunks"] if c[2] not in held and c[1] > 64)
+        held = {c[2] for c in manifests[0]["chunks"]}
+        offset, length = next(c[:2] for c in manifests[1]["chunks"] if c[2] not in held and c[1] > 64)
         target = next((targets / "r2").glob("*.model.onnx"))
         data = bytearray(target.read_bytes())
         data[offset + length // 2] ^= 0xFF
         target.write_bytes(bytes(data))
+        patches = list((fleet.ota.repo.targets_dir / "patches").glob("*.xz"))
+        assert patches  # the head's chunk ships as an XOR patch against v1: tamper it as well
+        for patch in patches:
+            raw = bytearray(patch.read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            patch.write_bytes(bytes(raw))
 
     dev = _run(tmp_path, fleet, tamper, expect_refused_metadata=False)
     assert "does not match the signed sha256" in dev.reports.items[-1]["detail"]

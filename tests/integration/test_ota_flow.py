@@ -42,6 +42,7 @@ def test_full_then_delta_update_commits(tmp_path: Path, fleet: FleetSide) -> Non
             delta = dev.work.last_delta["fetched"]
             assert dev.work.downloader.bytes_received - before < m.v2.stat().st_size * 0.2
             assert 0 < delta < m.v2.stat().st_size * 0.2, (delta, full)
+            assert dev.work.last_delta["patched"] >= 1  # the fine-tuned head came as an XOR patch
         finally:
             await dev.service.stop()
 

@@ -111,3 +111,48 @@ def test_gates() -> None:
     assert not slow.passed and "latency" in slow.detail
     assert not gates.watch_verdict(requests=100, errors=6, limits=limits).passed
     assert gates.watch_verdict(requests=0, errors=0, limits=limits).passed
+
+
+def _patched_manifest(old: bytes, new: bytes, size: int) -> tuple[list[Chunk], dict[str, bytes]]:
+    import lzma
+
+    chunks, patches = [], {}
+    for c_old, c_new in zip(_chunks(old, size), _chunks(new, size), strict=True):
+        if c_old.sha256 == c_new.sha256:
+            chunks.append(c_new)
+            continue
+        xor = bytes(
+            a ^ b
+            for a, b in zip(
+                old[c_old.offset : c_old.offset + size], new[c_new.offset : c_new.offset + size], strict=True
+            )
+        )
+        patch = lzma.compress(xor)
+        patches[c_new.sha256] = patch
+        chunks.append(
+            Chunk(
+                c_new.offset,
+                c_new.length,
+                c_new.sha256,
+                c_old.sha256,
+                len(patch),
+                hashlib.sha256(patch).hexdigest(),
+            )
+        )
+    return chunks, patches
+
+
+def test_xor_patches_rebuild_changed_chunks_from_their_base(tmp_path: Path) -> None:
+    old, _, index, partial = _setup(tmp_path)
+    new = bytearray(old)
+    new[5000] ^= 0x01  # a fine-tune: small changes inside chunks
+    new[30000] ^= 0x10
+    chunks, patches = _patched_manifest(old, bytes(new), 4096)
+    remote = Remote(bytes(new))
+    stats = rebuild(chunks, index, remote, partial, fetch_patch=lambda c: patches[c.sha256])
+    assert partial.read_bytes() == bytes(new)
+    assert remote.calls == [] and stats.patched_chunks == 2 and stats.patch_bytes < 400
+    partial.unlink()
+    evil = {k: v[:-1] + bytes([v[-1] ^ 1]) for k, v in patches.items()}
+    with pytest.raises(IntegrityError, match="patch"):
+        rebuild(chunks, index, remote, partial, fetch_patch=lambda c: evil[c.sha256])

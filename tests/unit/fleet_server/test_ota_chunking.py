@@ -64,3 +64,18 @@ def test_content_defined_cuts_survive_an_insertion() -> None:
     assert before[-1] == len(data) and len(before) > 8
     shared = set(before) & {c - 8 for c in after}
     assert len(shared) >= len(before) - 2
+
+
+def test_patches_for_a_fine_tuned_tensor(tmp_path: Path) -> None:
+    from fleet_server.ota.patches import add_patches
+
+    _model(tmp_path / "a.onnx", 0)
+    m = onnx.load(tmp_path / "a.onnx")
+    w2 = numpy_helper.to_array(m.graph.initializer[1]) * np.float32(1.0001)
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(w2, "w2"))
+    onnx.save(m, tmp_path / "b.onnx")
+    a, b = build_manifest(tmp_path / "a.onnx"), build_manifest(tmp_path / "b.onnx")
+    assert add_patches(b, tmp_path / "b.onnx", a, tmp_path / "a.onnx", tmp_path / "patches") == 1
+    (entry,) = [c for c in b["chunks"] if len(c) == 6]
+    patch = (tmp_path / "patches" / f"{entry[3]}-{entry[2]}.xz").read_bytes()
+    assert entry[4] == len(patch) < 0.8 * entry[1] and entry[5] == hashlib.sha256(patch).hexdigest()
