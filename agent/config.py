@@ -68,9 +68,15 @@ class InferenceConfig:
     micro_batch: bool = False
     micro_batch_wait_s: float = 0.0
     cache_entries: int = 0
-    capture_per_second: float = 0.0  # input/output samples kept for the drift monitor
+    capture_per_second: float = 20.0  # input/output samples kept for the drift monitor (0 = off)
     max_request_bytes: int = 16 * 2**20
     stats_interval_s: float = 30.0  # inference telemetry (latency histogram, errors, throughput)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = True  # needs inference.capture_per_second > 0 and a drift_reference.json per model
+    interval_s: float = 5.0  # how often captured samples are fed to the monitor
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class AgentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @property
     def data_path(self) -> Path:
@@ -104,6 +111,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "telemetry": TelemetryConfig,
     "sync": SyncConfig,
     "inference": InferenceConfig,
+    "drift": DriftConfig,
 }
 
 
@@ -170,6 +178,8 @@ def _validate(cfg: AgentConfig) -> None:
         (0 <= cfg.sync.backoff_jitter < 1, "sync.backoff_jitter must be in [0, 1)"),
         (bool(cfg.device.data_dir), "device.data_dir must be set"),
         (cfg.inference.stats_interval_s > 0, "inference.stats_interval_s must be > 0"),
+        (cfg.inference.capture_per_second >= 0, "inference.capture_per_second must be >= 0"),
+        (cfg.drift.interval_s > 0, "drift.interval_s must be > 0"),
         (cfg.inference.tcp_port >= -1, "inference.tcp_port must be -1 (off), 0 (any) or a port"),
     ]
     for ok, message in checks:

@@ -146,6 +146,35 @@ async def _report_inference(
             logger.error("inference telemetry not recorded: %s", err)
 
 
+async def _monitor_drift(
+    config: AgentConfig,
+    service: InferenceService,
+    outbox: TelemetryOutbox,
+    loop: SyncLoop,
+    stop: asyncio.Event,
+) -> None:
+    """Feed captured inputs/outputs of the serving model to its calibrated drift monitor."""
+    from agent.drift.feeder import DriftFeeder
+    from agent.drift.reporter import DriftReporter
+
+    clock = SystemClock()
+    feeder = DriftFeeder(
+        lambda name, version: DriftReporter(outbox, clock=clock, model_name=name, model_version=version)
+    )
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=config.drift.interval_s)
+        except TimeoutError:
+            pass
+        try:
+            if feeder.feed(service.serving(), service.drain_samples()):
+                loop.telemetry_ready.set()
+        except StorageError as err:
+            logger.error("drift report not recorded: %s", err)
+        except Exception:  # the monitor must never take the daemon down
+            logger.exception("drift monitor failed; samples of this interval skipped")
+
+
 async def run_daemon(config: AgentConfig) -> None:
     from agent.transport.grpc_fleet import GrpcFleetConnector
 
@@ -189,6 +218,8 @@ async def run_daemon(config: AgentConfig) -> None:
             f"{serving.name}@{serving.version}" if serving else "none",
         )
         tasks.append(asyncio.create_task(_report_inference(config, inference, outbox, sync, stop)))
+        if config.drift.enabled and config.inference.capture_per_second > 0:
+            tasks.append(asyncio.create_task(_monitor_drift(config, inference, outbox, sync, stop)))
     try:
         await sync.run(stop)
     finally:

@@ -1,0 +1,114 @@
+"""Feeds the inference service's captured samples into a drift monitor for the serving model.
+
+Owns the binding between "which model is serving" and "which reference profile and monitor are
+active": when the serving model changes (an OTA switch, a rollback) the monitor is rebuilt from the
+`drift_reference.json` that ships beside that model's artifact in its slot; without one, nothing
+is monitored and `status` says why. The output view is softmax of the model's first output, the
+same transform the compiler applies when it builds the reference. Does not capture samples
+(agent.inference.capture) or send anything itself (DriftReporter writes to the outbox).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.drift.monitor import DriftMonitor
+from agent.drift.reference import ReferenceProfile
+from agent.drift.reporter import DriftReporter
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_FILE = "drift_reference.json"
+
+
+class ServingModel(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def artifact(self) -> Path: ...
+
+
+class CapturedSample(Protocol):
+    @property
+    def inputs(self) -> dict[str, np.ndarray]: ...
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def _stack(samples: Sequence[CapturedSample]) -> tuple[np.ndarray, np.ndarray] | None:
+    xs, ys = [], []
+    for s in samples:
+        if not s.inputs or not s.outputs:
+            continue
+        x = np.asarray(next(iter(s.inputs.values())), dtype=np.float64)
+        y = np.asarray(next(iter(s.outputs.values())), dtype=np.float64)
+        n = x.shape[0] if x.ndim > 1 else 1
+        xs.append(x.reshape(n, -1))
+        ys.append(y.reshape(n, -1))
+    if not xs:
+        return None
+    try:
+        return np.concatenate(xs), _softmax(np.concatenate(ys))
+    except ValueError:  # samples of different shapes: a model swap mid-drain; skip this drain
+        return None
+
+
+class DriftFeeder:
+    def __init__(self, make_reporter: Callable[[str, str], DriftReporter]) -> None:
+        self._make_reporter = make_reporter
+        self._key: tuple[str, str, str] | None = None
+        self._monitor: DriftMonitor | None = None
+        self._reporter: DriftReporter | None = None
+        self.status = "no model serving"
+
+    def feed(self, serving: ServingModel | None, samples: Sequence[CapturedSample]) -> int:
+        """Observe `samples` with the serving model's monitor; returns drift records written."""
+        self._bind(serving)
+        if self._monitor is None or self._reporter is None or not samples:
+            return 0
+        stacked = _stack(samples)
+        if stacked is None:
+            return 0
+        inputs, probs = stacked
+        return self._reporter.publish(self._monitor, self._monitor.observe(inputs, probs))
+
+    def _bind(self, serving: ServingModel | None) -> None:
+        key = None if serving is None else (serving.name, serving.version, str(serving.artifact))
+        if key == self._key:
+            return
+        self._key, self._monitor, self._reporter = key, None, None
+        if serving is None:
+            self.status = "no model serving"
+            return
+        path = serving.artifact.parent / REFERENCE_FILE
+        try:
+            profile = ReferenceProfile.from_bytes(path.read_bytes())
+        except FileNotFoundError:
+            self.status = f"{serving.name}@{serving.version} ships no {REFERENCE_FILE}: not monitored"
+            logger.info("drift monitoring off: %s", self.status)
+            return
+        except (OSError, ValueError) as err:
+            self.status = f"{serving.name}@{serving.version}: unusable drift reference ({err})"
+            logger.warning("drift monitoring off: %s", self.status)
+            return
+        self._monitor = DriftMonitor(profile)
+        self._reporter = self._make_reporter(serving.name, serving.version)
+        self.status = f"monitoring {serving.name}@{serving.version}"
+        logger.info("drift monitoring on model=%s version=%s", serving.name, serving.version)
+
+    @property
+    def monitor(self) -> Any:
+        return self._monitor
