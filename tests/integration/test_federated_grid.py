@@ -27,8 +27,6 @@ from tests.fixtures.digits import load_digits_data
 from tests.helpers.inproc import LiveServer, device_channel, enroll
 from tests.helpers.procs import wait_until
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
 
 def dirichlet_split(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
