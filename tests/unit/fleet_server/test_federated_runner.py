@@ -165,3 +165,23 @@ def test_handoff_writes_an_onnx_head_with_lineage(loop: asyncio.AbstractEventLoo
     expected /= expected.sum(axis=1, keepdims=True)
     got = ort.InferenceSession(str(out / "final.onnx")).run(None, {"features": x})[0]
     assert np.allclose(got, expected, atol=1e-5)
+
+
+def test_straggler_is_cut_at_the_round_timeout_and_its_late_result_refused(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    import time
+
+    fleet = InProcFleet(loop, tmp_path, 4, slow={"d02": 2.0})
+    runner, engine = _runner(tmp_path, fleet)
+    t0 = time.monotonic()
+    run_id = runner.run_blocking(
+        RunSpec(StrategySpec("fedavg", min_nodes=4), num_rounds=1, round_timeout_s=1.0), model()
+    )
+    assert time.monotonic() - t0 < 1.9
+    _, rows = _rounds(engine, run_id)
+    assert rows[0].sampled == 4 and rows[0].results == 3 and rows[0].dropped == {"straggler": 1}
+    deadline = time.monotonic() + 5
+    while not fleet.late and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fleet.late == [(False, "late_or_duplicate")]

@@ -48,9 +48,17 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 class InProcFleet:
     """Devices as FederatedClients fed by FleetGrid queues; `hook` may drop (None) or alter results."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tmp: Path, n: int, hook: Hook | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tmp: Path,
+        n: int,
+        hook: Hook | None = None,
+        slow: dict[str, float] | None = None,
+    ) -> None:
         self.grid = FleetGrid(loop=loop)
-        self.loop, self.hook = loop, hook
+        self.loop, self.hook, self.slow = loop, hook, slow or {}
+        self.late: list[tuple[bool, str]] = []
         rng = np.random.default_rng(0)
         self.clients: dict[str, FederatedClient] = {}
         for i in range(n):
@@ -73,6 +81,10 @@ class InProcFleet:
             if self.hook is not None and (result := self.hook(did, task, result)) is None:
                 self.grid.detach(did, queue)
                 return
+            if did in self.slow:
+                await asyncio.sleep(self.slow[did])
+                self.late.append(await asyncio.to_thread(self.grid.accept_result, did, result))
+                continue
             await asyncio.to_thread(self.grid.accept_result, did, result)
 
 
