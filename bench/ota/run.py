@@ -12,8 +12,9 @@ model as the only local source; patches built by `fleet_server.ota.patches` agai
 as the server does against the previous release) + the signed chunk manifest; HTTP headers are not
 counted (one request per run of consecutive missing chunks or per patch, listed). Also: peak RSS
 growth of an agent process rebuilding and downloading a ~100 MB model over loopback HTTP (real
-`Downloader`), and the time from "release published" to "100 simulated devices committed" (real repository, HTTP, TUF client, delta and
-state machine per device in one process; serving reduced to bookkeeping, watch window 0 s).
+`Downloader`), and the time from "release published" to "100 simulated devices committed" (real
+repository, HTTP, TUF client, delta and state machine per device in one process; serving reduced
+to bookkeeping, watch window 0 s).
 """
 
 from __future__ import annotations
