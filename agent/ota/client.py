@@ -11,7 +11,6 @@ model keeps serving. Does not build its adapters (the daemon does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -92,8 +91,8 @@ class OtaClient:
         if in_flight(self.record):
             await self._drive(UpdateEvent.RESUMED, "agent restarted", stop)
         while not stop.is_set():
+            self._wake.clear()  # an assignment pushed while checking wakes the next check at once
             await self.check_once(stop)
-            self._wake.clear()
             waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
             await asyncio.wait(waiters, timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
@@ -183,10 +182,3 @@ class OtaClient:
             report.from_state, report.to_state, report.event, report.deployment_id,
             report.release_seq, report.detail,
         )  # fmt: skip
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True when `stop` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()

@@ -17,14 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
 from agent.ota import gates
 from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, rebuild
+from agent.ota.evaluate import GoldenSet, golden_check, load_golden, shadow_check
 from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
 from agent.ota.machine import UpdateRecord
-from agent.ota.serving import Batch, ServingPort
+from agent.ota.serving import ServingPort
 from agent.ota.states import UpdateEvent, UpdateState
 from agent.ota.trust import Plan, TargetRef
 
@@ -222,57 +221,30 @@ class Work:
             return Outcome(E.STAGE_FAILED, f"{type(err).__name__}: {err}")
         return Outcome(E.STAGED, "candidate loaded and warmed up")
 
-    def _golden_set(self, plan: Plan) -> tuple[list[Batch], np.ndarray] | None:
+    def _golden_set(self, plan: Plan) -> GoldenSet | None:
         if plan.golden is None:
             return None
         if plan.golden.length > self._limits.max_golden_bytes:
             raise IntegrityError("golden set larger than the configured limit")
         self._small(plan.golden)
-        path = self.downloads / f"{plan.golden.sha256}.golden.npz"
-        with np.load(path, allow_pickle=False) as npz:
-            names = [k for k in npz.files if k.startswith("input:")]
-            labels = npz["labels"]
-            arrays = {k.removeprefix("input:"): npz[k] for k in names}
-        batches = [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(labels))]
-        return batches, labels
+        return load_golden(self.downloads / f"{plan.golden.sha256}.golden.npz")
 
     async def golden(self, plan: Plan) -> Outcome:
         try:
             golden = await asyncio.to_thread(self._golden_set, plan)
-            if golden is None:
-                return Outcome(E.GOLDEN_PASSED, "release has no golden set")
-            batches, labels = golden
-            outputs, _ = await self.serving.evaluate("candidate", batches)
-        except (InferenceError, SlotError, IntegrityError, ValueError, KeyError) as err:
-            return Outcome(E.GOLDEN_FAILED, f"golden set not evaluable: {err}")
-        logits = np.concatenate([next(iter(o.values())) for o in outputs])
-        verdict = gates.golden_verdict(gates.golden_accuracy(logits, labels), plan.golden_threshold)
-        return Outcome(E.GOLDEN_PASSED if verdict.passed else E.GOLDEN_FAILED, verdict.detail)
+        except (IntegrityError, ValueError, KeyError, OSError) as err:
+            return Outcome(E.GOLDEN_FAILED, f"golden set unusable: {err}")
+        passed, detail = await golden_check(self.serving, golden, plan.golden_threshold)
+        return Outcome(E.GOLDEN_PASSED if passed else E.GOLDEN_FAILED, detail)
 
     async def shadow(self, plan: Plan) -> Outcome:
-        limits = gates.thresholds(plan.gates)
-        if self.serving.serving() is None:
-            return Outcome(E.SHADOW_PASSED, "nothing serving: no shadow comparison possible")
-        batches, source = self.serving.live_inputs(), "live"
-        if len(batches) < limits["min_shadow_samples"]:
-            golden = await asyncio.to_thread(self._golden_set, plan)
-            batches, source = (batches + golden[0] if golden else batches), "live+golden"
-        if not batches:
-            return Outcome(E.SHADOW_PASSED, "no live or golden inputs: shadow skipped")
         try:
-            current, t_cur = await self.serving.evaluate("current", batches)
-            candidate, t_cand = await self.serving.evaluate("candidate", batches)
-        except (InferenceError, SlotError) as err:
-            return Outcome(E.SHADOW_FAILED, f"shadow run failed: {err}")
-        a = np.concatenate([next(iter(o.values())) for o in current])
-        b = np.concatenate([next(iter(o.values())) for o in candidate])
-        agreement, distance = gates.agreement_and_distance(a, b)
-        verdict = gates.shadow_verdict(
-            agreement=agreement, distance=distance, p95_current_s=gates.p95(t_cur),
-            p95_candidate_s=gates.p95(t_cand), limits=limits,
-        )  # fmt: skip
-        detail = f"{verdict.detail} samples={len(batches)} source={source}"
-        return Outcome(E.SHADOW_PASSED if verdict.passed else E.SHADOW_FAILED, detail)
+            golden = await asyncio.to_thread(self._golden_set, plan)
+        except (IntegrityError, ValueError, KeyError) as err:
+            logger.warning("golden inputs unavailable for the shadow run: %s", err)
+            golden = None
+        passed, detail = await shadow_check(self.serving, golden, gates.thresholds(plan.gates))
+        return Outcome(E.SHADOW_PASSED if passed else E.SHADOW_FAILED, detail)
 
     # ------------------------------------------------------------ switch, watch, revert
 

@@ -1,0 +1,80 @@
+"""The two pre-switch quality gates run against the serving stack: golden set and shadow run.
+
+`golden_check` runs the candidate on the labelled set shipped with the release and compares its
+top-1 accuracy with the release's threshold. `shadow_check` runs current and candidate on the same
+inputs (live traffic captured by the serving layer; topped up from the golden inputs when traffic
+is thin) and compares agreement, output distance and latency p95 (`gates.py` holds the arithmetic).
+Each returns (passed, detail) and never raises for model failures: a model that cannot be evaluated
+fails its gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import InferenceError, SlotError
+from agent.ota import gates
+from agent.ota.serving import Batch, ServingPort
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    batches: list[Batch]  # one sample per batch
+    labels: np.ndarray
+
+
+def load_golden(path: Path) -> GoldenSet:
+    """Arrays ``input:<name>`` (batch first) and ``labels`` from an .npz (no pickles).
+
+    Raises:
+        ValueError, KeyError, OSError: not a golden set.
+    """
+    with np.load(path, allow_pickle=False) as npz:
+        names = [k for k in npz.files if k.startswith("input:")]
+        labels = npz["labels"]
+        arrays = {k.removeprefix("input:"): npz[k] for k in names}
+    if not arrays or any(len(v) != len(labels) for v in arrays.values()):
+        raise ValueError("golden set inputs and labels disagree")
+    return GoldenSet([{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(labels))], labels)
+
+
+def _first_output(outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([next(iter(o.values())) for o in outputs])
+
+
+async def golden_check(serving: ServingPort, golden: GoldenSet | None, threshold: float) -> tuple[bool, str]:
+    if golden is None:
+        return True, "release has no golden set"
+    try:
+        outputs, _ = await serving.evaluate("candidate", golden.batches)
+    except (InferenceError, SlotError) as err:
+        return False, f"golden set not evaluable: {err}"
+    verdict = gates.golden_verdict(gates.golden_accuracy(_first_output(outputs), golden.labels), threshold)
+    return verdict.passed, verdict.detail
+
+
+async def shadow_check(
+    serving: ServingPort, golden: GoldenSet | None, limits: Mapping[str, float]
+) -> tuple[bool, str]:
+    if serving.serving() is None:
+        return True, "nothing serving: no shadow comparison possible"
+    batches, source = serving.live_inputs(), "live"
+    if len(batches) < limits["min_shadow_samples"] and golden is not None:
+        batches, source = batches + golden.batches, "live+golden"
+    if not batches:
+        return True, "no live or golden inputs: shadow skipped"
+    try:
+        current, t_cur = await serving.evaluate("current", batches)
+        candidate, t_cand = await serving.evaluate("candidate", batches)
+    except (InferenceError, SlotError) as err:
+        return False, f"shadow run failed: {err}"
+    agreement, distance = gates.agreement_and_distance(_first_output(current), _first_output(candidate))
+    verdict = gates.shadow_verdict(
+        agreement=agreement, distance=distance, p95_current_s=gates.p95(t_cur),
+        p95_candidate_s=gates.p95(t_cand), limits=limits,
+    )  # fmt: skip
+    return verdict.passed, f"{verdict.detail} samples={len(batches)} source={source}"
