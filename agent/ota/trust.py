@@ -51,13 +51,17 @@ class Plan:
     golden_threshold: float
     gates: dict[str, float] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)  # empty: any device profile
+    compressed: TargetRef | None = None  # the artifact as xz, when the release ships it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Plan:
-        refs = {k: TargetRef(**raw[k]) if raw.get(k) else None for k in ("artifact", "manifest", "golden")}
+        refs = {
+            k: TargetRef(**raw[k]) if raw.get(k) else None
+            for k in ("artifact", "manifest", "golden", "compressed")
+        }
         artifact = refs.pop("artifact")
         assert artifact is not None
         return cls(**{**raw, **refs, "artifact": artifact})
@@ -131,6 +135,7 @@ class Trust:
             golden_threshold=float(golden.get("threshold", 0.0)),
             gates={str(k): float(v) for k, v in (spec.get("gates") or {}).items()},
             profiles=[str(p) for p in spec.get("profiles") or []],
+            compressed=self._optional(updater, spec.get("compressed")),
         )
 
     def _optional(self, updater: Updater, path: object) -> TargetRef | None:

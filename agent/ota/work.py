@@ -19,13 +19,13 @@ from pathlib import Path
 
 from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
 from agent.ota import gates
-from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, rebuild
 from agent.ota.evaluate import GoldenSet, golden_check, load_golden, shadow_check
 from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
 from agent.ota.machine import UpdateRecord
 from agent.ota.serving import ServingPort
 from agent.ota.states import UpdateEvent, UpdateState
-from agent.ota.trust import Plan, TargetRef
+from agent.ota.transfer import Transfer
+from agent.ota.trust import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class Work:
         self.downloads.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.last_delta: dict[str, int] = {}
+        self.transfer = Transfer(
+            downloader=downloader,
+            downloads=self.downloads,
+            manifests=self.manifests,
+            held=serving.held_models,
+        )
 
     async def run(
         self, record: UpdateRecord, stop: asyncio.Event, *, save: Callable[[UpdateRecord], None]
@@ -128,75 +134,12 @@ class Work:
         if ram < plan.artifact.length + self._limits.min_free_ram_bytes:
             return Outcome(E.DOWNLOAD_FAILED, f"not enough RAM to load the model: {ram} available")
         try:
-            detail = self._delta(plan, dest)
+            detail = self.transfer.fetch(plan, dest, use_delta=self._limits.use_delta)
         except IntegrityError as err:
-            logger.warning("delta rebuild discarded, full download: %s", err)
-            detail = ""
-        if not detail:
-            before = self.downloader.bytes_received
-            try:
-                self.downloader.download(
-                    plan.artifact.url, dest, length=plan.artifact.length, sha256=plan.artifact.sha256
-                )
-            except IntegrityError as err:
-                return Outcome(E.DOWNLOAD_FAILED, str(err))
-            detail = f"full download bytes={self.downloader.bytes_received - before}"
+            return Outcome(E.DOWNLOAD_FAILED, str(err))
+        self.last_delta = {"fetched": self.transfer.last.fetched, "reused": self.transfer.last.reused,
+                           "patched": self.transfer.last.patched}  # fmt: skip
         return Outcome(E.DOWNLOADED, detail)
-
-    def _delta(self, plan: Plan, dest: Path) -> str:
-        if not self._limits.use_delta or plan.manifest is None:
-            return ""
-        index = self._index()
-        if not len(index):
-            return ""
-        chunks = parse_manifest(
-            self._small(plan.manifest), length=plan.artifact.length, sha256=plan.artifact.sha256
-        )
-        partial = dest.with_name(dest.name + ".partial")
-        before = self.downloader.bytes_received
-        targets = plan.artifact.url[: plan.artifact.url.index("/targets/") + len("/targets/")]
-
-        def patch(c: Chunk) -> bytes:
-            return self.downloader.fetch_range(f"{targets}patches/{c.base}-{c.sha256}.xz", 0, c.patch_length)
-
-        stats = rebuild(
-            chunks,
-            index,
-            lambda o, n: self.downloader.fetch_range(plan.artifact.url, o, n),
-            partial,
-            fetch_patch=patch,
-        )
-        if sha256_file(partial) != plan.artifact.sha256:
-            partial.unlink(missing_ok=True)
-            raise IntegrityError("rebuilt artifact does not hash to the signed target")
-        partial.replace(dest)
-        self.last_delta = {
-            "fetched": self.downloader.bytes_received - before,
-            "reused": stats.reused_bytes,
-            "patched": stats.patched_chunks,
-        }
-        return (
-            f"delta reused_bytes={stats.reused_bytes} fetched_bytes={self.downloader.bytes_received - before}"
-        )
-
-    def _small(self, ref: TargetRef) -> bytes:
-        path = self.downloads / f"{ref.sha256}.{ref.path.rsplit('/', 1)[-1]}"
-        if not path.exists():
-            self.downloader.download(ref.url, path, length=ref.length, sha256=ref.sha256)
-        return path.read_bytes()
-
-    def _index(self) -> ChunkIndex:
-        index = ChunkIndex()
-        for path, sha in self.serving.held_models():
-            manifest = self.manifests / f"{sha}.json"
-            if manifest.exists() and path.exists():
-                try:
-                    index.add(
-                        path, parse_manifest(manifest.read_bytes(), length=path.stat().st_size, sha256=sha)
-                    )
-                except IntegrityError:
-                    manifest.unlink(missing_ok=True)
-        return index
 
     def verify(self, plan: Plan) -> Outcome:
         path = self.artifact_path(plan)
@@ -206,7 +149,7 @@ class Work:
             path.unlink()
             return Outcome(E.VERIFY_FAILED, "artifact does not match the signed length and sha256")
         if plan.manifest is not None:
-            data = self._small(plan.manifest)
+            data = self.transfer.small(plan.manifest)
             (self.manifests / f"{plan.artifact.sha256}.json").write_bytes(data)
         return Outcome(E.VERIFIED, f"sha256={plan.artifact.sha256[:16]}")
 
@@ -226,7 +169,7 @@ class Work:
             return None
         if plan.golden.length > self._limits.max_golden_bytes:
             raise IntegrityError("golden set larger than the configured limit")
-        self._small(plan.golden)
+        self.transfer.small(plan.golden)
         return load_golden(self.downloads / f"{plan.golden.sha256}.golden.npz")
 
     async def golden(self, plan: Plan) -> Outcome:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import os
 import secrets
 import tempfile
@@ -143,6 +144,11 @@ class OtaService:
             if spec.golden_sha256:
                 infos.append(self.repo.add_target_file(f"{base}/golden.npz", self.blob(spec.golden_sha256)))
                 golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
+            compressed = ""
+            xz = Path(tmp) / "artifact.xz"
+            if _compress(artifact, xz) < 0.99 * artifact.stat().st_size:
+                compressed = f"{base}/{spec.filename}.xz"
+                infos.append(self.repo.add_target_file(compressed, xz))
             custom = {
                 "edgeloop": {
                     "release_seq": seq,
@@ -152,6 +158,7 @@ class OtaService:
                     "runtime": spec.runtime,
                     "compiler_report_sha256": spec.compiler_report_sha256,
                     "manifest": f"{base}/chunks.json",
+                    "compressed": compressed,
                     "golden": golden,
                     "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
                 }
@@ -223,6 +230,14 @@ class OtaService:
                 repo.do_timestamp(force=True)
             elif repo.timestamp().expires - now < repo.expiry.timestamp / 2:
                 repo.do_timestamp(force=True)
+
+
+def _compress(source: Path, dest: Path) -> int:
+    """xz (preset 6) of `source`, streamed; returns the compressed size."""
+    with source.open("rb") as src, lzma.open(dest, "wb", preset=6) as out:
+        while block := src.read(1 << 20):
+            out.write(block)
+    return dest.stat().st_size
 
 
 def _suffixed(artifact: Path, filename: str) -> Path:

@@ -97,7 +97,7 @@ def test_tampered_artifact_is_refused_on_delta_and_full_paths(tmp_path: Path, fl
         target.write_bytes(bytes(data))
         patches = list((fleet.ota.repo.targets_dir / "patches").glob("*.xz"))
         assert patches  # the head's chunk ships as an XOR patch against v1: tamper it as well
-        for patch in patches:
+        for patch in [*patches, next((targets / "r2").glob("*.model.onnx.xz"))]:  # and the xz artifact
             raw = bytearray(patch.read_bytes())
             raw[len(raw) // 2] ^= 0xFF
             patch.write_bytes(bytes(raw))
@@ -108,8 +108,8 @@ def test_tampered_artifact_is_refused_on_delta_and_full_paths(tmp_path: Path, fl
 
 def test_oversized_artifact_endless_data_is_refused(tmp_path: Path, fleet: FleetSide) -> None:
     def endless(dev: Device_) -> None:
-        target = next(p for p in fleet.ota.repo.targets_dir.rglob("*.model.onnx") if "r2" in str(p))
-        target.write_bytes(target.read_bytes() + b"\0" * (1 << 20))
+        for target in (fleet.ota.repo.targets_dir / "models" / "digits" / "r2").glob("*.model.onnx*"):
+            target.write_bytes(target.read_bytes() + b"\0" * (1 << 20))
         (dev.root / "ota" / "manifests").mkdir(exist_ok=True)
         shutil.rmtree(dev.root / "ota" / "manifests")  # force the full-download path
 

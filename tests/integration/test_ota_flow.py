@@ -34,6 +34,8 @@ def test_full_then_delta_update_commits(tmp_path: Path, fleet: FleetSide) -> Non
             ]  # fmt: skip
             assert dev.service.serving() is not None and dev.service.serving().version == "1"  # type: ignore[union-attr]
             full = dev.work.downloader.bytes_received
+            downloaded = next(r for r in dev.reports.items if r["event"] == "downloaded")
+            assert "full xz download" in downloaded["detail"] and full < m.v1.stat().st_size
             dep2 = fleet.deploy(fleet.publish(m.v2, "2", golden=m.golden, golden_threshold=0.8), "dev-1")
             before = dev.work.downloader.bytes_received
             await check(dev)

@@ -156,3 +156,20 @@ def test_xor_patches_rebuild_changed_chunks_from_their_base(tmp_path: Path) -> N
     evil = {k: v[:-1] + bytes([v[-1] ^ 1]) for k, v in patches.items()}
     with pytest.raises(IntegrityError, match="patch"):
         rebuild(chunks, index, remote, partial, fetch_patch=lambda c: evil[c.sha256])
+
+
+def test_xz_stream_is_bounded_and_complete(tmp_path: Path) -> None:
+    import lzma
+
+    from agent.ota.transfer import _decompress
+
+    data = os.urandom(1000) * 300
+    packed = lzma.compress(data)
+    (tmp_path / "ok.xz").write_bytes(packed)
+    _decompress(tmp_path / "ok.xz", tmp_path / "out", limit=len(data))
+    assert (tmp_path / "out").read_bytes() == data
+    with pytest.raises(IntegrityError, match="past"):
+        _decompress(tmp_path / "ok.xz", tmp_path / "out", limit=len(data) - 1)
+    (tmp_path / "cut.xz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(IntegrityError, match="truncated"):
+        _decompress(tmp_path / "cut.xz", tmp_path / "out", limit=len(data))
