@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import subprocess
 import sys
 import tempfile
@@ -63,8 +64,11 @@ def delta_cost(old: Path, new: Path, work: Path) -> dict[str, Any]:
     zstd = len(zstandard.ZstdCompressor(level=19).compress(data))
     bsdiff = len(bsdiff4.diff(old.read_bytes(), data))
     delta = stats.fetched_bytes + stats.patch_bytes + manifest
+    xz = len(lzma.compress(data, preset=6))  # what the server ships as the compressed full target
+    agent = manifest + min(stats.fetched_bytes + stats.patch_bytes, xz)  # the agent takes the cheaper
     return {
-        "full": full, "zstd19": zstd, "bsdiff4": bsdiff, "delta": delta,
+        "full": full, "zstd19": zstd, "xz6": xz, "bsdiff4": bsdiff, "delta": delta, "agent_bytes": agent,
+        "agent_over_zstd_pct": round(100 * agent / zstd - 100, 1),
         "delta_payload": stats.fetched_bytes, "patch_bytes": stats.patch_bytes,
         "patched_chunks": stats.patched_chunks, "manifest": manifest, "requests": stats.requests,
         "chunks": stats.chunks, "kind": mn["kind"],
