@@ -130,9 +130,9 @@ class Transfer:
     def _compressed(self, plan: Plan, dest: Path) -> None:
         assert plan.compressed is not None
         xz = self.downloads / f"{plan.compressed.sha256}.xz"
-        self.downloader.download(
-            plan.compressed.url, xz, length=plan.compressed.length, sha256=plan.compressed.sha256
-        )
+        if not xz.exists():  # present only after its hash was checked (a crash before decompressing)
+            ref = plan.compressed
+            self.downloader.download(ref.url, xz, length=ref.length, sha256=ref.sha256)
         partial = dest.with_name(dest.name + ".partial")
         try:
             _decompress(xz, partial, limit=plan.artifact.length)
