@@ -87,6 +87,9 @@ class AgentConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    # The [federated] table, validated by agent.federated.client.FederatedConfig.from_mapping at
+    # daemon start (kept raw here so this module stays stdlib-only).
+    federated: dict[str, object] = field(default_factory=dict)
 
     @property
     def data_path(self) -> Path:
@@ -142,12 +145,26 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Agen
             if key in values:
                 values[key] = _coerce(f"{name}.{key}", values[key], fld.default)
         sections[name] = cls(**values)
-    unknown_sections = set(raw) - set(_SECTIONS)
+    sections["federated"] = _raw_section("federated", raw.get("federated", {}), env)
+    unknown_sections = set(raw) - set(_SECTIONS) - {"federated"}
     if unknown_sections:
         raise ConfigError(f"unknown config section(s): {sorted(unknown_sections)}")
     cfg = AgentConfig(**sections)
     _validate(cfg)
     return cfg
+
+
+def _raw_section(name: str, values: dict[str, Any], env: Mapping[str, str]) -> dict[str, object]:
+    """A table validated elsewhere; `EDGELOOP_AGENT_<NAME>_<KEY>` overrides parse as TOML values."""
+    out: dict[str, object] = dict(values)
+    prefix = f"EDGELOOP_AGENT_{name.upper()}_"
+    for key, text in env.items():
+        if key.startswith(prefix):
+            try:
+                out[key[len(prefix) :].lower()] = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key[len(prefix) :].lower()] = text
+    return out
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -8,6 +8,7 @@ flush within the configured time, close the stream, exit 0).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import signal
@@ -25,6 +26,8 @@ from agent.sync import Reconciler, SyncLoop
 from agent.sysinfo import read_resources
 
 if TYPE_CHECKING:
+    from agent.federated.client import FederatedClient
+    from agent.identity import Identity
     from agent.serving.server import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -175,6 +178,18 @@ async def _monitor_drift(
             logger.exception("drift monitor failed; samples of this interval skipped")
 
 
+def _build_federated(config: AgentConfig, identity: Identity, endpoint: str) -> FederatedClient | None:
+    """Local training in federated rounds over the device's mTLS channel (numpy; never flwr)."""
+    from agent.federated.client import FederatedClient, FederatedConfig
+
+    fl_config = FederatedConfig.from_mapping(config.federated)
+    if not fl_config.enabled:
+        return None
+    if not fl_config.server_name and config.server.server_name:
+        fl_config = dataclasses.replace(fl_config, server_name=config.server.server_name)
+    return FederatedClient(identity=identity, endpoint=endpoint, data_dir=config.data_path, config=fl_config)
+
+
 async def run_daemon(config: AgentConfig) -> None:
     from agent.transport.grpc_fleet import GrpcFleetConnector
 
@@ -220,6 +235,9 @@ async def run_daemon(config: AgentConfig) -> None:
         tasks.append(asyncio.create_task(_report_inference(config, inference, outbox, sync, stop)))
         if config.drift.enabled and config.inference.capture_per_second > 0:
             tasks.append(asyncio.create_task(_monitor_drift(config, inference, outbox, sync, stop)))
+    federated = _build_federated(config, identity, endpoint)
+    if federated is not None:
+        tasks.append(asyncio.create_task(federated.run(stop)))
     try:
         await sync.run(stop)
     finally:
