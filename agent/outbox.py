@@ -110,7 +110,8 @@ class TelemetryOutbox:
             delivered_after_drop = len(seqs) - cur.rowcount
             if delivered_after_drop > 0:
                 self._db.execute(
-                    "UPDATE meta SET value = MAX(0, value - ?) WHERE key = 'dropped_total'", (delivered_after_drop,)
+                    "UPDATE meta SET value = MAX(0, value - ?) WHERE key = 'dropped_total'",
+                    (delivered_after_drop,),
                 )
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
