@@ -26,8 +26,11 @@ from agent.sync import Reconciler, SyncLoop
 from agent.sysinfo import read_resources
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.federated.client import FederatedClient
     from agent.identity import Identity
+    from agent.ota.client import OtaClient
     from agent.serving.server import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -178,6 +181,38 @@ async def _monitor_drift(
             logger.exception("drift monitor failed; samples of this interval skipped")
 
 
+def _build_ota(
+    config: AgentConfig,
+    device_id: str,
+    inference: InferenceService | None,
+    outbox: TelemetryOutbox,
+    notify: Callable[[], None],
+) -> OtaClient | None:
+    """Signed model updates (TUF) into the inference service's slots; None when not configured."""
+    from agent.inference.registry import ProfileLoader
+    from agent.ota.factory import OtaConfig, build_ota_client
+    from agent.profile import load_profile
+
+    ota_config = OtaConfig.from_env()
+    if ota_config is None:
+        return None
+    if inference is None:
+        raise ConfigError("OTA needs the inference service (inference.enabled = true)")
+    profile = load_profile(config.device.profile)
+    return build_ota_client(
+        config=ota_config,
+        device_id=device_id,
+        data_path=config.data_path,
+        service=inference,
+        slots_root=config.slots_root,
+        loader=ProfileLoader(profile),
+        reports=outbox,
+        clock=SystemClock(),
+        notify=notify,
+        profile=profile.name,
+    )
+
+
 def _build_federated(config: AgentConfig, identity: Identity, endpoint: str) -> FederatedClient | None:
     """Local training in federated rounds over the device's mTLS channel (numpy; never flwr)."""
     from agent.federated.client import FederatedClient, FederatedConfig
@@ -199,7 +234,15 @@ async def run_daemon(config: AgentConfig) -> None:
     if not endpoint:
         raise ConfigError("no sync endpoint: set server.sync_endpoint or re-enroll")
     outbox = TelemetryOutbox(config.data_path / "outbox.db", max_records=config.telemetry.queue_max_records)
-    reconciler = Reconciler(StateFile(config.data_path / "state.json"))
+    inference = _build_inference(config)
+    wake: list[SyncLoop] = []
+
+    def notify() -> None:  # new OTA reports: wake the Sync loop to send them now
+        for loop_ in wake:
+            loop_.telemetry_ready.set()
+
+    ota = _build_ota(config, identity.device_id, inference, outbox, notify)
+    reconciler = Reconciler(StateFile(config.data_path / "state.json"), ota)
     sync = SyncLoop(
         config=config,
         device_id=identity.device_id,
@@ -212,6 +255,7 @@ async def run_daemon(config: AgentConfig) -> None:
         resources=lambda: read_resources(config.data_path),
         status_path=config.data_path / "status.json",
     )
+    wake.append(sync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -223,7 +267,6 @@ async def run_daemon(config: AgentConfig) -> None:
         endpoint,
         config.device.profile,
     )
-    inference = _build_inference(config)
     tasks = [asyncio.create_task(_produce(config, outbox, sync, stop))]
     if inference is not None:
         serving = await inference.start()
@@ -235,6 +278,8 @@ async def run_daemon(config: AgentConfig) -> None:
         tasks.append(asyncio.create_task(_report_inference(config, inference, outbox, sync, stop)))
         if config.drift.enabled and config.inference.capture_per_second > 0:
             tasks.append(asyncio.create_task(_monitor_drift(config, inference, outbox, sync, stop)))
+    if ota is not None:
+        tasks.append(asyncio.create_task(ota.run(stop)))
     federated = _build_federated(config, identity, endpoint)
     if federated is not None:
         tasks.append(asyncio.create_task(federated.run(stop)))
