@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 BIN = Path(sys.executable).parent
 WORK = ROOT / ".demo"
 console = Console()
@@ -111,6 +112,11 @@ def main() -> int:
                 EDGELOOP_AGENT_SERVER_ENROLL_ENDPOINT=f"localhost:{enroll_port}",
                 EDGELOOP_AGENT_SERVER_CA_FILE=str(WORK / "server" / "pki" / "ca.pem"),
                 EDGELOOP_AGENT_TELEMETRY_INTERVAL_S="0.5",
+                EDGELOOP_AGENT_OTA_BASE_URL=f"{url}/ota",
+                EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(
+                    WORK / "server" / "ota" / "repo" / "metadata" / "1.root.json"
+                ),
+                EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="2",
             )
             out = run([str(BIN / "edgeloop-agent"), "enroll", "--token", bt], env)
             console.print(f"  {out.stdout.strip()} ({profile}); key generated on the device, mode 0600")
@@ -148,7 +154,42 @@ def main() -> int:
         )
         console.print(f"  {DEVICES[1][0]} applied generation {status['applied_generation']}")
 
-        step("5. shutdown")
+        step("5. compile: the data scientist's model, for two device classes")
+        from demo_model import prepare
+
+        model = prepare(WORK / "model")
+        compiled = WORK / "compiled"
+        build = run(
+            [str(BIN / "edgeloop-compile"), "build", "--model", "tests.fixtures.digits:make_digits_cnn",
+             "--weights", str(model["weights"]), "--profile", "raspberry-pi-4", "--profile", "coral-dev-board",
+             "--calib", str(model["calib"]), "--eval", str(model["eval"]), "--out", str(compiled), "--json"],
+            dict(base_env, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        report = json.loads((compiled / "report.json").read_text())
+        for prof, art in json.loads(build.stdout)["chosen"].items():
+            chosen = report["profiles"][prof]["chosen"]
+            console.print(f"  {prof}: {chosen} -> {art['path']} ({art['size_bytes']:,} B, {art['runtime']})")
+        console.print(f"  drift reference: {report['drift_reference'].get('monitors')}")
+
+        step("6. signed OTA release to the Raspberry Pi (TUF, golden-set + shadow gates)")
+        pi, pi_env = DEVICES[0][0], agent_envs[0]
+        published = json.loads(
+            run(
+                [str(BIN / "edgeloop"), "--json", "release", "publish", str(compiled / "raspberry-pi-4" / "model.onnx"),
+                 "--name", "digits", "--version", "1", "--golden", str(model["golden"]),
+                 "--profile", "raspberry-pi-4", "--report", str(compiled / "report.json"), "--deploy", pi],
+                cli_env,
+            ).stdout
+        )  # fmt: skip
+        console.print(f"  release published: {json.dumps(published)[:200]}")
+        served = wait_for(
+            f"{pi} to verify, gate and switch to digits@1",
+            lambda: _predict(pi_env, model["normal"]),
+            timeout=120,
+        )
+        console.print(f"  {pi} serves {served['model']}: predictions {served['classes'][:16]}")
+
+        step("7. shutdown")
         for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
@@ -172,6 +213,24 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _predict(env: dict[str, str], npy: Path) -> dict[str, Any] | None:
+    sock = Path(env["EDGELOOP_AGENT_DEVICE_DATA_DIR"]) / "inference.sock"
+    if not sock.exists():
+        return None
+    out = subprocess.run(
+        [BIN / "edgeloop-agent", "predict", "--input", str(npy), "--socket", str(sock), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return None
+    doc = json.loads(out.stdout)
+    outputs = next(iter(doc.get("outputs", {}).values()), None)
+    classes = [int(max(range(len(row)), key=row.__getitem__)) for row in outputs] if outputs else []
+    return {"model": f"{doc.get('model')}@{doc.get('version')}", "classes": classes}
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:
