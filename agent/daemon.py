@@ -173,7 +173,7 @@ async def _monitor_drift(
         except TimeoutError:
             pass
         try:
-            if feeder.feed(service.serving(), service.drain_samples()):
+            if feeder.feed(service.serving(), service.drain_samples("drift")):
                 loop.telemetry_ready.set()
         except StorageError as err:
             logger.error("drift report not recorded: %s", err)

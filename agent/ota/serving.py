@@ -142,7 +142,7 @@ class InferenceServing:
         await self._service.rollback()
 
     def live_inputs(self) -> list[Batch]:
-        return [s.inputs for s in self._service.drain_samples()]
+        return [s.inputs for s in self._service.drain_samples("ota-shadow")]
 
     def error_counts(self) -> tuple[int, int]:
         meta = self._service.serving()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class InferenceService:
         # Model loads and slot I/O get their own thread so neither starves the other under load.
         self._admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-admin")
         self._holder = ModelHolder()
+        self._consumers: dict[str, deque[Sample]] = {}
         self._stats = ServingStats()
         loader = loader or ProfileLoader(profile)
         self._slots_root = slots_root
@@ -171,9 +173,21 @@ class InferenceService:
         """Flat serving metrics (latency p50/p95/p99 ms, errors, throughput, cache, restarts) per version."""
         return self._stats.snapshot(reset=reset)
 
-    def drain_samples(self) -> list[Sample]:
-        """Captured input/output samples since the last call (empty when capture is off)."""
-        return self._capture.drain() if self._capture is not None else []
+    def drain_samples(self, consumer: str = "default") -> list[Sample]:
+        """Captured input/output samples this `consumer` has not seen yet (empty when capture is off).
+
+        Several consumers (the drift monitor, the OTA shadow run) each see every sample: a drain
+        tees fresh samples into every known consumer's bounded queue, then empties the caller's.
+        """
+        if self._capture is None:
+            return []
+        mine = self._consumers.setdefault(consumer, deque(maxlen=self._options.capture_capacity))
+        fresh = self._capture.drain()
+        for queue in self._consumers.values():
+            queue.extend(fresh)
+        out = list(mine)
+        mine.clear()
+        return out
 
     def serving(self) -> ModelMeta | None:
         handle = self._holder.current

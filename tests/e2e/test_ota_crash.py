@@ -1,5 +1,5 @@
 """Power loss anywhere during an OTA install: a real `edgeloop-server` and real agent processes
-(`python -m agent.ota.devrun`: Sync + inference service + OTA client) on loopback.
+(`edgeloop-agent run`: Sync + inference service + OTA client, the real daemon) on loopback.
 
 A named crash point (``EDGELOOP_OTA_CRASH_AT``) makes the agent SIGKILL itself at that instant; the
 harness restarts it with the next crash point of the chain, and after the last one lets it finish.
@@ -15,7 +15,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.procs import AgentProc, ServerProc, wait_until
+from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
 from tests.integration.test_ota_support import models
 
 STATES = [
@@ -89,12 +88,12 @@ class OtaAgent(AgentProc):
     def launch(self, crash_at: str = "") -> None:
         fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.ota.devrun"], env=self.ota_env(crash_at), stdout=fh, stderr=fh
+            [BIN / "edgeloop-agent", "run"], env=self.ota_env(crash_at), stdout=fh, stderr=fh
         )
 
     def serving_sha(self) -> str:
-        meta = json.loads((self.data_dir / "slots" / "current" / "model.json").read_text())
-        artifact = self.data_dir / "slots" / "current" / meta["artifact"]
+        meta = json.loads((self.data_dir / "models" / "current" / "model.json").read_text())
+        artifact = self.data_dir / "models" / "current" / meta["artifact"]
         assert hashlib.sha256(artifact.read_bytes()).hexdigest() == meta["sha256"]
         return str(meta["sha256"])
 

@@ -295,12 +295,15 @@ def test_sample_capture_is_opt_in_and_rate_limited(
     options = ServingOptions(capture_per_second=0.001, capture_capacity=8)  # burst of 4, then ~nothing
     with _serve(tmp_path, profile, options) as bg:
         bg.call(lambda: bg.service.install(models.onnx_fp32, name="digits", version="1"))
+        assert bg.service.drain_samples("drift") == []  # a second consumer (the drift monitor)
         with EdgeloopClient(tmp_path / "api.sock") as client:
             for i in range(20):
                 client.predict(models.data.x_test[i : i + 1])
         samples = bg.service.drain_samples()
         assert bg.service.drain_samples() == []
+        teed = bg.service.drain_samples("drift")  # every consumer sees every sample
     assert len(samples) == 4
+    assert [s.at for s in teed] == [s.at for s in samples]
     assert samples[0].model == "digits@1"
     np.testing.assert_array_equal(samples[0].inputs["input"], models.data.x_test[:1])
     assert samples[0].outputs["logits"].shape == (1, 10)
