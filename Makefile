@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgeloop needs Python 3.11+"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[agent,server,compiler,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[agent,server,compiler,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
