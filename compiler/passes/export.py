@@ -10,6 +10,7 @@ Measured constraints (torch 2.13): the dynamo exporter needs `onnxscript`, a sam
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import re
@@ -128,6 +129,11 @@ def export_onnx(
     dynamic_shapes = tuple(torch_dims.get(n, {}) for n in names)  # positional, like `tensors`
     input_names = ["input"] if len(names) == 1 else names
     try:
+        # The exporter parses Python source with `ast`. On CPython 3.11 a finalizer that raises
+        # while an AST is being built (LiteRT's Delegate.__del__ does) trips "AST constructor
+        # recursion depth mismatch" (CPython gh-106905). Collect first and keep the GC paused.
+        gc.collect()
+        gc.disable()
         with stdout_to_stderr(), torch.no_grad():
             torch.onnx.export(
                 model,
@@ -142,6 +148,8 @@ def export_onnx(
             )
     except Exception as err:
         raise UnsupportedError(f"torch -> ONNX export failed: {type(err).__name__}: {err}") from err
+    finally:
+        gc.enable()
     onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(out))), str(out))
     return out
 
