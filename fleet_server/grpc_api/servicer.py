@@ -117,7 +117,6 @@ class DeviceServicer:
         self._writer = writer
         self._registry = registry
         registry.push_desired = self.push_desired
-        self.rejected: dict[str, int] = {}
 
     # ------------------------------------------------------------ Enroll
 
@@ -218,7 +217,6 @@ class DeviceServicer:
         try:
             async for raw in requests:
                 if not bucket.allow(time.monotonic()):
-                    self.rejected[session.device_id] = self.rejected.get(session.device_id, 0) + 1
                     self._close(
                         session,
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
