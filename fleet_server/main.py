@@ -39,6 +39,8 @@ from fleet_server.migrate import upgrade
 from fleet_server.ota.routes import mount_ota
 from fleet_server.ota.status import ota_status_observer
 from fleet_server.pki import FleetCA
+from fleet_server.registry.routes import router as registry_router
+from fleet_server.registry.wiring import build_registry
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
         )
         app.state.federated = federated
+        app.state.models = build_registry(
+            engine=engine, ota=app.state.ota, settings=settings, runner=federated.runner
+        )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
@@ -92,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             federated.shutdown()
+            app.state.models.stop()
             await servers.stop()
             await writer.stop()
             engine.dispose()
@@ -133,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(tokens.router)
     api.include_router(drift_router)
     api.include_router(federated_router)
+    api.include_router(registry_router)
     mount_ota(app, api, settings)
     app.include_router(api)
     return app

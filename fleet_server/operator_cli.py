@@ -20,6 +20,7 @@ from rich.table import Table
 from fleet_server.drift.cli import register as register_drift
 from fleet_server.federated.cli import register as register_fl
 from fleet_server.ota.cli import register as register_ota
+from fleet_server.registry.cli import register as register_models
 
 EXIT_API_ERROR = 33
 EXIT_UNREACHABLE = 34
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_drift(sub)
     register_ota(sub)
     register_fl(sub)
+    register_models(sub)
     return parser
 
 

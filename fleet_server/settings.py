@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_payload_bytes: int = 16 * 1024  # bytes per telemetry record payload
 
     device_cert_days: int = 365
+    # The compiler runs as a child process (nothing imports `compiler`); empty = this Python's
+    # `-m compiler`, which needs the compiler extra installed beside the server.
+    compiler_command: list[str] = Field(default_factory=list)
+    compile_timeout_s: float = 1800.0
     bootstrap_token_ttl_s: int = 24 * 3600
 
     @field_validator("database_url")

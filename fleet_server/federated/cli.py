@@ -32,6 +32,8 @@ def fl_start(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "profile": ns.profile,
         "drifted_only": ns.drifted_only,
         "from_last": ns.from_last,
+        "model": ns.model,
+        "model_version": ns.model_version,
     }
     out = api.request("POST", "/federated/runs", json=body)
     if ns.json:
@@ -106,6 +108,8 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", default="")
     p.add_argument("--drifted-only", action="store_true")
     p.add_argument("--from-last", action="store_true", help="continue from the last completed run")
+    p.add_argument("--model", default="", help="registry model: start from its head, hand the result back")
+    p.add_argument("--model-version", type=int, help="registry version to start from (default: newest)")
     p.set_defaults(func=fl_start)
     p = fl.add_parser("status", help="rounds of one run (default: the latest)")
     p.add_argument("run_id", nargs="?", default="")

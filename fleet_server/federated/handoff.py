@@ -3,8 +3,9 @@
 Writes `<out>/<run_id>/final.npz` (the arrays), `lineage.json` (run id, strategy, rounds with
 participant counts and digests, DP epsilon/delta, parent digest) and, when `onnx` is installed
 (the compiler extra), `final.onnx`: features -> MatMul(W) + b -> logits -> Softmax, with the
-lineage in the model's metadata_props. Registry versions, the compiler run and the signed OTA
-release are not triggered from here (no model registry exists yet).
+lineage in the model's metadata_props. These files are the run's own record; when the run names
+a registry model, the runner's completion hook (`fleet_server.registry.wiring`) splices the head
+into that model and the registry compiles and releases it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def write_artifacts(out_dir: Path, arrays: dict[str, np.ndarray], lineage: dict[
     paths[1].write_text(json.dumps(lineage, indent=1, default=str))
     head = _softmax_head(arrays)
     if head is not None and importlib.util.find_spec("onnx") is not None:
-        paths.append(_write_onnx(out_dir / "final.onnx", *head, lineage))
+        paths.append(write_head_onnx(out_dir / "final.onnx", *head, lineage))
     logger.info("hand-off written run_id=%s files=%s", lineage.get("run_id"), [p.name for p in paths])
     return paths
 
@@ -40,7 +41,7 @@ def _softmax_head(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return None
 
 
-def _write_onnx(path: Path, w: np.ndarray, b: np.ndarray, lineage: dict[str, Any]) -> Path:
+def write_head_onnx(path: Path, w: np.ndarray, b: np.ndarray, lineage: dict[str, Any]) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

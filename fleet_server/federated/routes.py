@@ -1,6 +1,8 @@
 """Federated REST routes: start a run (operator), list runs and show one run's rounds (viewer).
 
-A run starts from the previous completed run's final model when `from_last` is set, otherwise
+A run that names a registry `model` starts from that model's head (its newest version, or
+`model_version`) and hands its final head back to the registry, which compiles and releases it.
+Otherwise it starts from the previous completed run's final model when `from_last` is set, or
 from a zero softmax head of the requested size (`features` x `classes`).
 """
 
@@ -24,6 +26,7 @@ from fleet_server.federated.secagg import SecAggParams
 from fleet_server.federated.strategy import StrategySpec
 from fleet_server.federated.trigger import DriftRetrainTrigger
 from fleet_server.federated.wiring import FederatedRuntime
+from fleet_server.registry.service import ModelRegistry
 
 router = APIRouter(prefix="/federated", tags=["federated"])
 
@@ -49,21 +52,28 @@ class RunRequest(BaseModel):
     features: int = Field(default=64, ge=1)
     classes: int = Field(default=10, ge=2)
     from_last: bool = False
+    model: str = Field(default="", max_length=128)
+    model_version: int | None = Field(default=None, ge=1)
 
 
-def _initial(req: RunRequest, session: SessionDep, out_dir: Path) -> ArrayRecord:
+def _initial(
+    req: RunRequest, session: SessionDep, out_dir: Path, models: ModelRegistry
+) -> tuple[ArrayRecord, int]:
+    if req.model:
+        version, head = models.head(session, req.model, req.model_version)
+        return ArrayRecord({k: Array(v) for k, v in head.items()}), version.version
     if req.from_last:
         last = session.exec(
             select(FlRun).where(FlRun.status == "completed").order_by(col(FlRun.finished_at).desc())
         ).first()
         if last is not None and (out_dir / last.id / "final.npz").exists():
             data = np.load(out_dir / last.id / "final.npz")
-            return ArrayRecord({k: Array(data[k]) for k in data.files})
+            return ArrayRecord({k: Array(data[k]) for k in data.files}), 0
     w = np.zeros((req.features, req.classes), np.float32)
-    return ArrayRecord({"w": Array(w), "b": Array(np.zeros(req.classes, np.float32))})
+    return ArrayRecord({"w": Array(w), "b": Array(np.zeros(req.classes, np.float32))}), 0
 
 
-def _spec(req: RunRequest) -> RunSpec:
+def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
     return RunSpec(
         strategy=StrategySpec(req.strategy, req.min_nodes, req.fraction, req.malicious),
         num_rounds=req.rounds,
@@ -75,6 +85,8 @@ def _spec(req: RunRequest) -> RunSpec:
         dp_noise_multiplier=req.dp_noise_multiplier,
         dp_clip=req.dp_clip,
         cohort={"labels": [f"{k}={v}" for k, v in req.labels.items()], "profile": req.profile},
+        model=req.model,
+        parent_version=parent_version,
     )
 
 
@@ -83,8 +95,8 @@ def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operato
     fl: FederatedRuntime = request.app.state.federated
     cohort = CohortSpec(req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only)
     fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
-    spec = _spec(req)
-    run_id = fl.runner.start(spec, _initial(req, session, fl.runner.out_dir))
+    initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
+    run_id = fl.runner.start(_spec(req, parent_version), initial)
     return {"run_id": run_id}
 
 
@@ -96,10 +108,16 @@ def enable_auto_retrain(
     fl: FederatedRuntime = request.app.state.federated
     engine = request.app.state.engine
     out_dir = fl.runner.out_dir
+    models: ModelRegistry = request.app.state.models
+    if req.model:
+        with Session(engine) as s:
+            models.head(s, req.model, req.model_version)  # fail now (404/422), not in the trigger thread
 
     def initial() -> ArrayRecord:
-        with Session(engine) as s:
-            return _initial(req.model_copy(update={"from_last": True}), s, out_dir)
+        with Session(engine) as s:  # a registry model: its newest version at the time of the drift
+            return _initial(
+                req.model_copy(update={"from_last": True, "model_version": None}), s, out_dir, models
+            )[0]
 
     trigger = DriftRetrainTrigger(
         engine=engine, grid=fl.grid, runner=fl.runner, spec=_spec(req), initial=initial, interval_s=interval_s

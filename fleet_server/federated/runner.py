@@ -52,6 +52,12 @@ class RunSpec:
     dp_clip: float = 1.0
     dp_delta: float = 1e-5
     cohort: dict[str, str | list[str]] = field(default_factory=dict)
+    model: str = ""  # registry model name: the final head becomes its next version (the hand-off)
+    parent_version: int = 0  # registry version the run started from; 0 = the newest at hand-off
+
+
+# Called after a completed run with (spec, final arrays, lineage): the registry hand-off.
+CompletionHook = Callable[[RunSpec, dict[str, np.ndarray], dict[str, object]], None]
 
 
 def digest(arrays: ArrayRecord) -> str:
@@ -65,10 +71,13 @@ def digest(arrays: ArrayRecord) -> str:
 class FederatedRunner:
     """Starts runs in a worker thread and records them; `result` holds the last final model."""
 
-    def __init__(self, *, engine: Engine, grid: FleetGrid, out_dir: Path) -> None:
+    def __init__(
+        self, *, engine: Engine, grid: FleetGrid, out_dir: Path, on_complete: CompletionHook | None = None
+    ) -> None:
         self._engine = engine
         self._grid = grid
         self.out_dir = out_dir
+        self.on_complete = on_complete
         self._thread: threading.Thread | None = None
         self.result: ArrayRecord | None = None
 
@@ -87,6 +96,7 @@ class FederatedRunner:
             FlRun(
                 id=run_id,
                 strategy=spec.strategy.name,
+                secure_aggregation=spec.secure_aggregation,
                 num_rounds=spec.num_rounds,
                 config=_jsonable(spec),
                 cohort=dict(spec.cohort),
@@ -266,11 +276,23 @@ class FederatedRunner:
                 run.epsilon = epsilon_after(spec.num_rounds, spec.dp_noise_multiplier, spec.dp_delta)
             s.add(run)
             s.commit()
-            if final is not None:
-                rounds = s.exec(select(FlRound).where(FlRound.run_id == run_id)).all()
-                write_artifacts(
-                    self.out_dir / run_id, {k: a.numpy() for k, a in final.items()}, _lineage(run, rounds)
-                )
+            if final is None:
+                return
+            rounds = s.exec(select(FlRound).where(FlRound.run_id == run_id)).all()
+            arrays = {k: a.numpy() for k, a in final.items()}
+            lineage = _lineage(run, rounds)
+        write_artifacts(self.out_dir / run_id, arrays, lineage)
+        if self.on_complete is not None and spec.model:
+            try:
+                self.on_complete(spec, arrays, lineage)
+            except Exception as err:  # the run itself completed; the hand-off failure is recorded on it
+                logger.exception("hand-off failed run_id=%s model=%s", run_id, spec.model)
+                with Session(self._engine) as s:
+                    run = s.get(FlRun, run_id)
+                    if run is not None:
+                        run.detail = f"hand-off failed: {type(err).__name__}: {err}"[:500]
+                        s.add(run)
+                        s.commit()
 
     def _save(self, row: FlRun | FlRound) -> None:
         with Session(self._engine) as s:
@@ -287,8 +309,11 @@ def _lineage(run: FlRun, rounds: list[FlRound] | Sequence[FlRound]) -> dict[str,
         "epsilon": run.epsilon,
         "delta": run.delta,
         "cohort": run.cohort,
+        "secure_aggregation": run.secure_aggregation,
+        "participants_max": max((r.results for r in rounds), default=0),
         "rounds": [
             {
+                "round_id": f"{run.id}:{r.server_round}",
                 "round": r.server_round,
                 "participants": r.results,
                 "sampled": r.sampled,

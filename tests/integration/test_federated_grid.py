@@ -4,8 +4,6 @@ softmax head on non-IID digits through Flower's FedAvg; dropouts, stragglers and
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,73 +14,15 @@ import pytest
 from flwr.app import ArrayRecord
 from sqlmodel import Session, select
 
-from agent.identity import IdentityStore
 from fleet_server.db import make_engine
 from fleet_server.federated.grid import GridLimits
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
 from fleet_server.federated.strategy import StrategySpec
 from protos.edgeloop.v1 import federated_pb2 as pb
-from tests.fixtures.digits import load_digits_data
+from tests.helpers.fl_fleet import Fleet
 from tests.helpers.inproc import LiveServer, device_channel, enroll
 from tests.helpers.procs import wait_until
-
-
-def dirichlet_split(y: np.ndarray, clients: int, alpha: float, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(clients)]
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        cuts = (np.cumsum(rng.dirichlet([alpha] * clients)) * len(idx)).astype(int)[:-1]
-        for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
-            part.extend(chunk.tolist())
-    return [np.array(p, dtype=np.int64) for p in parts]
-
-
-class Fleet:
-    def __init__(self, server: LiveServer, tmp: Path, n: int, slow_s: float = 0.0) -> None:
-        self.server, self.procs, self.ids = server, [], []
-        data = load_digits_data(0)
-        x = data.x_train.reshape(len(data.x_train), -1)
-        self.x_test, self.y_test = data.x_test.reshape(len(data.x_test), -1), data.y_test
-        token = server.bootstrap_token()
-        for i, part in enumerate(dirichlet_split(data.y_train, n, 0.3, seed=1)):
-            device_id = f"fl-{i:02d}"
-            creds = enroll(server, device_id, token if i == 0 else server.bootstrap_token(), tmp)
-            IdentityStore(tmp / device_id).save(
-                device_id=device_id, cert_chain_pem=creds.chain_pem, ca_pem=creds.ca_pem, sync_endpoint=""
-            )
-            rows = part if len(part) else np.arange(5)
-            np.savez(tmp / f"{device_id}.npz", x=x[rows], y=data.y_train[rows])
-            self.ids.append(device_id)
-            self.procs.append(self._spawn(tmp, device_id, slow_s))
-
-    def _spawn(self, tmp: Path, device_id: str, slow_s: float) -> subprocess.Popen[bytes]:
-        log = open(tmp / f"{device_id}.log", "ab")
-        cmd = [
-            sys.executable,
-            "-m",
-            "agent.federated",
-            "--data-dir",
-            str(tmp / device_id),
-            "--endpoint",
-            self.server.device_target,
-            "--samples",
-            str(tmp / f"{device_id}.npz"),
-            "--slow-s",
-            str(slow_s),
-        ]
-        return subprocess.Popen(cmd, stdout=log, stderr=log)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def runtime(server: LiveServer):  # type: ignore[no-untyped-def]
@@ -236,7 +176,7 @@ def test_secure_aggregation_run_via_cli_with_a_dropout_mid_protocol(
     args = argparse.Namespace(
         strategy="fedavg", rounds=2, min_nodes=9, malicious=0, timeout=30.0, norm_bound=0.0,
         secure_aggregation=True, dp_noise=0.0, lr=0.5, label=[], profile="", drifted_only=False,
-        from_last=False, json=True,
+        from_last=False, json=True, model="", model_version=None,
     )  # fmt: skip
     run_id = fl_start(api, args, console)["run_id"]
 

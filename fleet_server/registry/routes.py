@@ -1,0 +1,60 @@
+"""Registry REST routes: register versions, list and show them, set the release policy, approve.
+
+Reads are for viewers; registering, policy and approval are operator actions. The compile job
+runs in the registry's worker, so registering returns at once with status `registered`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from fleet_server.api.deps import Operator, SessionDep, Viewer
+from fleet_server.registry.models import ModelVersion, RegisteredModel
+from fleet_server.registry.schemas import Approval, PolicyUpdate, VersionCreate, VersionPublic
+from fleet_server.registry.service import ModelRegistry
+
+router = APIRouter(prefix="/models", tags=["registry"])
+
+
+def get_models(request: Request) -> ModelRegistry:
+    models: ModelRegistry = request.app.state.models
+    return models
+
+
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+
+
+@router.post("", response_model=VersionPublic, status_code=201)
+def register_version(
+    spec: VersionCreate, session: SessionDep, models: ModelsDep, operator: Operator
+) -> ModelVersion:
+    return models.register(session, spec, created_by=operator.name)
+
+
+@router.get("", response_model=list[VersionPublic])
+def list_versions(
+    session: SessionDep, models: ModelsDep, _: Viewer, name: str | None = None
+) -> list[ModelVersion]:
+    return list(models.versions(session, name))
+
+
+@router.get("/{name}/versions/{version}", response_model=VersionPublic)
+def show_version(name: str, version: int, session: SessionDep, models: ModelsDep, _: Viewer) -> ModelVersion:
+    return models.get(session, name, version)
+
+
+@router.put("/{name}/policy")
+def set_policy(
+    name: str, body: PolicyUpdate, session: SessionDep, models: ModelsDep, _: Operator
+) -> dict[str, object]:
+    model: RegisteredModel = models.set_policy(session, name, auto_release=body.auto_release)
+    return {"name": model.name, "auto_release": model.auto_release}
+
+
+@router.post("/{name}/versions/{version}/approve", response_model=VersionPublic)
+def approve_version(
+    name: str, version: int, *, body: Approval, session: SessionDep, models: ModelsDep, operator: Operator
+) -> ModelVersion:
+    return models.approve(session, name, version, devices=body.devices, created_by=operator.name)

@@ -1,0 +1,429 @@
+"""`ModelRegistry`: versions with lineage, compiled with their budgets, released through signed OTA.
+
+Owns the life of a version: register (an upload, or the aggregated head of a federated run
+spliced into its parent's graph), compile (one job at a time in a worker thread, through the
+`Compiler` port, with the budgets and data sets the version inherits from its parent), judge
+(a descendant whose compiled accuracy falls below its parent's by more than the budget is
+rejected), and release (one signed release per device profile, deployed to the version's cohort:
+automatically for federated versions when the model's `auto_release` policy is on, otherwise when
+an operator approves). Blobs live in the OTA blob store; it does not sign anything itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
+from fleet_server.models import Device, utcnow
+from fleet_server.ota.models import ReleaseCreate
+from fleet_server.ota.releases import OtaService
+from fleet_server.registry.compile import CompileFailed, CompileJob, Compiler
+from fleet_server.registry.head import read_head, splice_head
+from fleet_server.registry.models import (
+    AWAITING_APPROVAL,
+    COMPILED,
+    COMPILING,
+    FAILED,
+    REGISTERED,
+    REJECTED,
+    RELEASED,
+    ModelVersion,
+    RegisteredModel,
+)
+from fleet_server.registry.schemas import VersionCreate
+
+logger = logging.getLogger(__name__)
+
+_STOP = -1
+
+
+class ModelRegistry:
+    """The registry service; `start()` runs the compile worker, `stop()` ends it."""
+
+    def __init__(self, *, engine: Engine, ota: OtaService, work_dir: Path, compiler: Compiler) -> None:
+        self._engine = engine
+        self._ota = ota
+        self._work = work_dir
+        self._compiler = compiler
+        self._jobs: queue.Queue[int] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ worker
+
+    def start(self) -> None:
+        """Start the worker and requeue versions a previous process left registered or compiling."""
+        with Session(self._engine) as s:
+            pending = s.exec(
+                select(ModelVersion).where(col(ModelVersion.status).in_([REGISTERED, COMPILING]))
+            )
+            for version in pending:
+                if version.compile_spec.get("profiles"):
+                    self._jobs.put(_id(version))
+        self._thread = threading.Thread(target=self._work_loop, name="registry-compile", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def idle(self) -> bool:
+        return self._jobs.unfinished_tasks == 0
+
+    def _work_loop(self) -> None:
+        while (version_id := self._jobs.get()) != _STOP:
+            try:
+                self.process(version_id)
+            except Exception:  # one bad version must not stop the worker
+                logger.exception("registry job failed version_id=%d", version_id)
+            finally:
+                self._jobs.task_done()
+        self._jobs.task_done()
+
+    # ------------------------------------------------------------ register
+
+    def register(self, session: Session, spec: VersionCreate, created_by: str) -> ModelVersion:
+        """A new version from uploaded blobs; queued for compiling when it has profiles.
+
+        Raises:
+            NotFoundError: a blob or the parent version does not exist.
+            InvalidRequestError: not an ONNX model, or no data sets to compile with.
+        """
+        model_bytes = self._ota.blob(spec.artifact_sha256).read_bytes()
+        read_head(model_bytes)  # a registry model must be a classifier with a trainable head
+        parent = self._parent(session, spec.name, spec.parent_version)
+        compile_spec = {"profiles": spec.profiles, **spec.budgets} if spec.profiles else {}
+        if parent is not None and not compile_spec:
+            compile_spec = dict(parent.compile_spec)
+        datasets = {k: v for k, v in spec.datasets().items() if v}
+        if parent is not None:
+            datasets = {**parent.datasets, **datasets}
+        for key in ("calib_sha256", "eval_sha256", "golden_sha256"):
+            if datasets.get(key):
+                self._ota.blob(str(datasets[key]))
+        if compile_spec and not (datasets.get("calib_sha256") and datasets.get("eval_sha256")):
+            raise InvalidRequestError("compiling needs calibration and evaluation sets (calib, eval)")
+        return self._new_version(
+            session,
+            name=spec.name,
+            parent=parent,
+            source="upload",
+            artifact_sha256=spec.artifact_sha256,
+            compile_spec=compile_spec,
+            datasets=datasets,
+            lineage=dict(spec.lineage),
+            created_by=created_by,
+        )
+
+    def register_federated(
+        self, *, name: str, parent_version: int | None, arrays: dict[str, np.ndarray], lineage: dict[str, Any]
+    ) -> ModelVersion:
+        """The aggregated head of a run, spliced into its parent's graph, as the next version."""
+        with Session(self._engine) as s:
+            parent = self._parent(s, name, parent_version)
+            assert parent is not None
+            full = {**lineage, "parent_version": parent.version, "parent_sha256": parent.artifact_sha256}
+            spliced = splice_head(self._ota.blob(parent.artifact_sha256).read_bytes(), arrays, full)
+            sha = self._store_bytes(spliced)
+            return self._new_version(
+                s,
+                name=name,
+                parent=parent,
+                source="federated",
+                artifact_sha256=sha,
+                compile_spec=dict(parent.compile_spec),
+                datasets=dict(parent.datasets),
+                lineage=full,
+                created_by="federated:" + str(lineage.get("run_id", ""))[:32],
+            )
+
+    def _new_version(
+        self, session: Session, *, name: str, parent: ModelVersion | None, **fields: Any
+    ) -> ModelVersion:
+        if session.get(RegisteredModel, name) is None:
+            session.add(RegisteredModel(name=name, created_by=fields["created_by"], created_at=utcnow()))
+            session.flush()
+        top = session.exec(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)).one()
+        now = utcnow()
+        version = ModelVersion(
+            name=name,
+            version=int(top or 0) + 1,
+            parent_version=parent.version if parent is not None else None,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
+        session.add(version)
+        session.commit()
+        session.refresh(version)
+        logger.info(
+            "model version registered %s@%d source=%s parent=%s",
+            name,
+            version.version,
+            version.source,
+            version.parent_version,
+        )
+        if version.compile_spec.get("profiles"):
+            self._jobs.put(_id(version))
+        return version
+
+    def _parent(self, session: Session, name: str, version: int | None) -> ModelVersion | None:
+        if version is None:
+            return self.latest(session, name, required=False)
+        return self.get(session, name, version)
+
+    # ------------------------------------------------------------ queries
+
+    def get(self, session: Session, name: str, version: int) -> ModelVersion:
+        row = session.exec(
+            select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"model {name}@{version} not found")
+        return row
+
+    def latest(self, session: Session, name: str, *, required: bool = True) -> ModelVersion | None:
+        row = session.exec(
+            select(ModelVersion).where(ModelVersion.name == name).order_by(col(ModelVersion.version).desc())
+        ).first()
+        if row is None and required:
+            raise NotFoundError(f"no model named {name!r} in the registry")
+        return row
+
+    def versions(self, session: Session, name: str | None = None) -> Sequence[ModelVersion]:
+        stmt = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version).desc())
+        if name is not None:
+            stmt = stmt.where(ModelVersion.name == name)
+        return session.exec(stmt).all()
+
+    def head(
+        self, session: Session, name: str, version: int | None
+    ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+        """The version a federated run starts from (default: newest), and its head arrays."""
+        row = self.get(session, name, version) if version is not None else self.latest(session, name)
+        assert row is not None
+        return row, read_head(self._ota.blob(row.artifact_sha256).read_bytes())
+
+    def set_policy(self, session: Session, name: str, *, auto_release: bool) -> RegisteredModel:
+        model = session.get(RegisteredModel, name)
+        if model is None:
+            raise NotFoundError(f"no model named {name!r} in the registry")
+        model.auto_release = auto_release
+        session.add(model)
+        session.commit()
+        session.refresh(model)
+        return model
+
+    # ------------------------------------------------------------ compile, judge, release
+
+    def process(self, version_id: int) -> None:
+        """Compile one version, judge it against its parent, and release it if policy says so."""
+        with Session(self._engine) as s:
+            version = s.get(ModelVersion, version_id)
+            if version is None or version.status not in (REGISTERED, COMPILING):
+                return
+            self._set(s, version, COMPILING, "")
+            job = self._job(version)
+        try:
+            report = self._compiler.build(job)
+        except CompileFailed as err:
+            with Session(self._engine) as s:
+                version = s.get(ModelVersion, version_id)
+                assert version is not None
+                self._set(s, version, FAILED, str(err))
+            logger.warning("compile failed version_id=%d: %s", version_id, err)
+            return
+        with Session(self._engine) as s:
+            version = s.get(ModelVersion, version_id)
+            assert version is not None
+            version.artifacts = self._adopt_artifacts(job.out, report)
+            version.accuracy = _float(report.get("reference", {}).get("accuracy"))
+            verdict = self._judge(s, version)
+            if verdict:
+                self._set(s, version, REJECTED, verdict)
+                return
+            self._set(s, version, COMPILED, "")
+            model = s.get(RegisteredModel, version.name)
+            if version.source == "federated" and model is not None and model.auto_release:
+                self._release(s, version, self.cohort_devices(s, version), created_by="policy:auto_release")
+            else:
+                self._set(
+                    s, version, AWAITING_APPROVAL, "compiled inside its budgets; release needs approval"
+                )
+
+    def approve(
+        self, session: Session, name: str, version_no: int, *, devices: list[str] | None, created_by: str
+    ) -> ModelVersion:
+        """Release a compiled version to `devices` (default: its cohort).
+
+        Raises:
+            ConflictError: the version is not waiting for approval.
+            InvalidRequestError: no device to release to.
+        """
+        version = self.get(session, name, version_no)
+        if version.status not in (AWAITING_APPROVAL, COMPILED):
+            raise ConflictError(f"{name}@{version_no} is {version.status}, not awaiting approval")
+        targets = devices if devices is not None else self.cohort_devices(session, version)
+        if not targets:
+            raise InvalidRequestError(f"no devices to release {name}@{version_no} to: name them")
+        self._release(session, version, targets, created_by=created_by)
+        return version
+
+    def cohort_devices(self, session: Session, version: ModelVersion) -> list[str]:
+        """Who a federated version goes to: its run's cohort (listed devices, or labels + profile)."""
+        cohort: dict[str, Any] = dict(version.lineage.get("cohort") or {})
+        active = session.exec(select(Device).where(Device.status == "active")).all()
+        if cohort.get("devices"):
+            wanted = set(cohort["devices"])
+            return sorted(d.id for d in active if d.id in wanted)
+        labels = dict(str(item).split("=", 1) for item in cohort.get("labels", []) if "=" in str(item))
+        profile = str(cohort.get("profile") or "")
+        return sorted(
+            d.id
+            for d in active
+            if (not profile or d.profile == profile) and all(d.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def _job(self, version: ModelVersion) -> CompileJob:
+        out = self._work / version.name / f"v{version.version}"
+        inputs = out / "inputs"
+        shutil.rmtree(out, ignore_errors=True)
+        inputs.mkdir(parents=True)
+        model = inputs / "model.onnx"
+        shutil.copyfile(self._ota.blob(version.artifact_sha256), model)
+        calib, evaluation = inputs / "calib.npz", inputs / "eval.npz"
+        shutil.copyfile(self._ota.blob(version.datasets["calib_sha256"]), calib)
+        shutil.copyfile(self._ota.blob(version.datasets["eval_sha256"]), evaluation)
+        spec = version.compile_spec
+        budgets = {k: float(v) for k, v in spec.items() if k != "profiles"}
+        return CompileJob(model, tuple(spec["profiles"]), calib, evaluation, out / "build", budgets)
+
+    def _adopt_artifacts(self, build: Path, report: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        report_sha = self._store_file(build / "report.json")
+        for profile, entry in report.get("profiles", {}).items():
+            art = entry.get("artifact")
+            if not art:
+                continue
+            chosen: dict[str, Any] = next(
+                (c for c in entry.get("candidates", []) if c["recipe"] == entry.get("chosen")), {}
+            )
+            metrics = chosen.get("metrics") or {}
+            drift = next(
+                (
+                    p
+                    for p in (build / profile / "drift_reference.json", build / "drift_reference.json")
+                    if p.exists()
+                ),
+                None,
+            )
+            out[profile] = {
+                "artifact_sha256": self._store_file(build / art["path"]),
+                "filename": Path(art["path"]).name,
+                "runtime": art.get("runtime", ""),
+                "size_bytes": art.get("size_bytes"),
+                "recipe": entry.get("chosen"),
+                "accuracy": _float(metrics.get("accuracy")),
+                "agreement": _float(metrics.get("agreement")),
+                "report_sha256": report_sha,
+                "drift_reference_sha256": self._store_file(drift) if drift is not None else "",
+            }
+        return out
+
+    def _judge(self, session: Session, version: ModelVersion) -> str:
+        """Empty when the version may be released; else why not (compared per profile to the parent)."""
+        if not version.artifacts:
+            return "the compiler produced no artifact"
+        if version.parent_version is None:
+            return ""
+        parent = self.get(session, version.name, version.parent_version)
+        drop = float(version.compile_spec.get("max_accuracy_drop", 0.01))
+        for profile, art in version.artifacts.items():
+            before = (parent.artifacts.get(profile) or {}).get("accuracy")
+            now = art.get("accuracy")
+            if before is not None and now is not None and now < before - drop:
+                return (
+                    f"{profile}: accuracy {now:.4f} is below parent v{parent.version}'s {before:.4f} - {drop}"
+                )
+        return ""
+
+    def _release(
+        self, session: Session, version: ModelVersion, devices: list[str], *, created_by: str
+    ) -> None:
+        by_id = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(devices))).all()}
+        releases: dict[str, Any] = {}
+        skipped = sorted(d for d in devices if d not in by_id or by_id[d].profile not in version.artifacts)
+        for profile, art in sorted(version.artifacts.items()):
+            targets = sorted(d for d, dev in by_id.items() if dev.profile == profile)
+            if not targets:
+                continue
+            spec = ReleaseCreate(
+                model_name=version.name,
+                model_version=str(version.version),
+                artifact_sha256=art["artifact_sha256"],
+                filename=art["filename"],
+                profiles=[profile],
+                compiler_report_sha256=art.get("report_sha256", ""),
+                golden_sha256=str(version.datasets.get("golden_sha256", "")),
+                golden_threshold=float(version.datasets.get("golden_threshold", 0.0)),
+            )
+            release = self._ota.publish(session=session, spec=spec, created_by=created_by)
+            assert release.seq is not None
+            deployment = self._ota.deploy(session=session, release_seq=release.seq, device_ids=targets)
+            releases[profile] = {"release_seq": release.seq, "deployment_id": deployment, "devices": targets}
+        if not releases:
+            raise InvalidRequestError(
+                f"none of {len(devices)} device(s) has a profile in {name_list(version.artifacts)}"
+            )
+        version.releases = releases
+        note = f"released to {sum(len(r['devices']) for r in releases.values())} device(s)"
+        self._set(session, version, RELEASED, note + (f"; skipped {skipped[:5]}" if skipped else ""))
+
+    # ------------------------------------------------------------ helpers
+
+    def _set(self, session: Session, version: ModelVersion, status: str, detail: str) -> None:
+        version.status, version.detail, version.updated_at = status, detail[:1024], utcnow()
+        session.add(version)
+        session.commit()
+        session.refresh(version)
+        logger.info("model version %s@%d -> %s %s", version.name, version.version, status, detail)
+
+    def _store_bytes(self, data: bytes) -> str:
+        upload = self._ota.new_upload()
+        try:
+            upload.write_bytes(data)
+            return self._ota.adopt_blob(upload)[0]
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def _store_file(self, path: Path) -> str:
+        upload = self._ota.new_upload()
+        try:
+            shutil.copyfile(path, upload)
+            return self._ota.adopt_blob(upload)[0]
+        finally:
+            upload.unlink(missing_ok=True)
+
+
+def name_list(artifacts: dict[str, Any]) -> str:
+    return "[" + ", ".join(sorted(artifacts)) + "]"
+
+
+def _id(version: ModelVersion) -> int:
+    assert version.id is not None
+    return version.id
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
