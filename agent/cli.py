@@ -1,9 +1,14 @@
-"""`edgeloop-agent`: enroll | run | status | version. Parses, loads config, calls one function."""
+"""`edgeloop-agent`: enroll | run | status | feedback | version (+ predict, models).
+
+Parses, loads config, calls one function. Output is plain text (or JSON with --json): the agent
+extra carries no rich, and these commands run on the device.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -11,7 +16,16 @@ import sys
 from pathlib import Path
 
 from agent import __version__
-from agent.errors import AgentError, ConfigError, EnrollmentError, ExitCode, StorageError, TransportError
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    EnrollmentError,
+    ExitCode,
+    InferenceError,
+    InvalidInputError,
+    StorageError,
+    TransportError,
+)
 
 
 def _config(ns: argparse.Namespace) -> object:
@@ -76,6 +90,43 @@ def _status(ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _feedback(ns: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agent.config import AgentConfig
+    from agent.inference.cli import SOCKET_ENV
+    from agent.serving.feedback_client import send_feedback
+
+    try:
+        with np.load(ns.npz, allow_pickle=False) as data:
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError, KeyError) as err:
+        print(f"edgeloop-agent: cannot read x and y from {ns.npz}: {err}", file=sys.stderr)
+        return ExitCode.USAGE
+    socket = ns.socket or os.environ.get(SOCKET_ENV, "")
+    if not socket:  # the socket the daemon listens on, from the same config it reads
+        cfg = _config(ns)
+        assert isinstance(cfg, AgentConfig)
+        socket = str(cfg.inference_socket)
+    target: Path | str = socket if ":" in socket and not socket.startswith("/") else Path(socket)
+    try:
+        summary = send_feedback(target, x, y, input_name=ns.input_name, batch_rows=ns.batch_rows)
+    except InvalidInputError as err:
+        print(f"edgeloop-agent: feedback refused: {err}", file=sys.stderr)
+        return ExitCode.USAGE
+    except InferenceError as err:
+        print(f"edgeloop-agent: feedback failed: {err}", file=sys.stderr)
+        return ExitCode.INFERENCE
+    if ns.json:
+        print(json.dumps(dataclasses.asdict(summary)))
+        return ExitCode.OK
+    print(f"stored {summary.accepted} labelled samples for {summary.model_name}@{summary.model_version}")
+    print(f"{'batches':>24}: {summary.batches} (up to {ns.batch_rows} rows each)")
+    print(f"{'features':>24}: {summary.feature_source}, {summary.feature_width} floats per sample")
+    print(f"{'samples on device':>24}: {summary.stored_total} (after retention)")
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeloop-agent", description="edgeloop on-device agent")
     parser.add_argument("--config", "-c", default=os.environ.get("EDGELOOP_AGENT_CONFIG"), help="agent.toml")
@@ -93,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.inference.cli import add_subcommands
 
     add_subcommands(sub)  # predict, models: talk to the running agent's local inference API
+    p = sub.add_parser("feedback", help="store labelled samples (.npz x, y) for on-device training")
+    p.add_argument("--npz", required=True, type=Path, help=".npz with x (inputs, batch first) and y (labels)")
+    p.add_argument("--input-name", default="", help="model input x binds to (default: the only input)")
+    p.add_argument(
+        "--socket",
+        help="agent inference socket or host:port (default: EDGELOOP_INFERENCE_SOCKET, else the config's)",
+    )
+    p.add_argument("--batch-rows", type=int, default=256, help="rows per request (default 256)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_feedback)
     p = sub.add_parser("version")
     p.set_defaults(func=lambda ns: print(__version__) or ExitCode.OK)
     return parser

@@ -213,16 +213,35 @@ def _build_ota(
     )
 
 
-def _build_federated(config: AgentConfig, identity: Identity, endpoint: str) -> FederatedClient | None:
-    """Local training in federated rounds over the device's mTLS channel (numpy; never flwr)."""
+def _build_federated(
+    config: AgentConfig, identity: Identity, endpoint: str, ota: OtaClient | None
+) -> FederatedClient | None:
+    """Local training in federated rounds over the device's mTLS channel (numpy; never flwr).
+
+    Trains only when the system readings allow it (`SystemConditions`); "mid-update" is the OTA
+    client's persisted record being in flight.
+    """
     from agent.federated.client import FederatedClient, FederatedConfig
+    from agent.federated.conditions import SystemConditions
+    from agent.ota.machine import in_flight
 
     fl_config = FederatedConfig.from_mapping(config.federated)
     if not fl_config.enabled:
         return None
     if not fl_config.server_name and config.server.server_name:
         fl_config = dataclasses.replace(fl_config, server_name=config.server.server_name)
-    return FederatedClient(identity=identity, endpoint=endpoint, data_dir=config.data_path, config=fl_config)
+    conditions = SystemConditions(
+        max_load_per_cpu=fl_config.max_load_per_cpu,
+        metered=fl_config.metered,
+        updating=lambda: ota is not None and in_flight(ota.record),
+    )
+    return FederatedClient(
+        identity=identity,
+        endpoint=endpoint,
+        data_dir=config.data_path,
+        config=fl_config,
+        conditions=conditions,
+    )
 
 
 async def run_daemon(config: AgentConfig) -> None:
@@ -242,6 +261,9 @@ async def run_daemon(config: AgentConfig) -> None:
             loop_.telemetry_ready.set()
 
     ota = _build_ota(config, identity.device_id, inference, outbox, notify)
+    federated = _build_federated(config, identity, endpoint, ota)
+    if inference is not None and federated is not None:
+        inference.set_feedback_sink(federated.store)  # Feedback -> the training samples
     reconciler = Reconciler(StateFile(config.data_path / "state.json"), ota)
     sync = SyncLoop(
         config=config,
@@ -280,7 +302,6 @@ async def run_daemon(config: AgentConfig) -> None:
             tasks.append(asyncio.create_task(_monitor_drift(config, inference, outbox, sync, stop)))
     if ota is not None:
         tasks.append(asyncio.create_task(ota.run(stop)))
-    federated = _build_federated(config, identity, endpoint)
     if federated is not None:
         tasks.append(asyncio.create_task(federated.run(stop)))
     try:

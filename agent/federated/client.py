@@ -3,8 +3,10 @@
 Holds a `FederatedService/Tasks` stream open while training is allowed, runs each task with the
 numpy trainer on the bounded sample store, applies client-side DP when the task asks for it
 (refusing rounds that would exceed the device's epsilon budget), and pushes one result per task.
-Reconnects with capped exponential backoff. Conditions (idle, charging, unmetered) come from a
-`ConditionsSource` port so the daemon can feed real readings; the default reads config flags.
+Reconnects with capped exponential backoff. Conditions (idle, charging, unmetered, not mid-update)
+come from a `ConditionsSource` port: the daemon feeds real readings (`conditions.SystemConditions`),
+the default (`StaticConditions`) allows everything. The samples come from the device: apps post
+labelled rows to the inference API's Feedback, which writes them into `store`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class FederatedConfig:
     require_idle: bool = True
     require_charging: bool = True
     require_unmetered: bool = True
+    require_not_updating: bool = True  # no training while a model update is in flight
+    max_load_per_cpu: float = 0.5  # "idle": 1-minute load average per CPU below this
+    metered: bool = False  # the link is metered (cellular); Linux has no portable flag for it
     max_samples: int = 5000
     max_sample_age_s: float = 30 * 86400
     epsilon_budget: float = 10.0  # per device, across all rounds and runs
@@ -59,37 +64,54 @@ class FederatedConfig:
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise ConfigError(f"[federated].{key}: expected {want.__name__}, got {value!r}")
             values[key] = value
-        return cls(**values)  # type: ignore[arg-type]
+        config = cls(**values)  # type: ignore[arg-type]
+        if not config.max_load_per_cpu > 0:
+            raise ConfigError(f"[federated].max_load_per_cpu must be > 0, got {config.max_load_per_cpu}")
+        return config
 
 
 class ConditionsSource(Protocol):
     def current(self) -> dict[str, float]:
-        """idle / charging / unmetered as 1.0 or 0.0 (plus any extra readings)."""
+        """idle / charging / unmetered / not_updating as 1.0 or 0.0 (plus any extra readings)."""
         ...
 
 
 @dataclass(frozen=True)
 class StaticConditions:
+    """Fixed readings: the default source (and the fake in tests)."""
+
     idle: bool = True
     charging: bool = True
     unmetered: bool = True
+    not_updating: bool = True
 
     def current(self) -> dict[str, float]:
         return {
             "idle": float(self.idle),
             "charging": float(self.charging),
             "unmetered": float(self.unmetered),
+            "not_updating": float(self.not_updating),
         }
 
 
+_BLOCKED = {
+    "idle": "device not idle",
+    "charging": "device not charging",
+    "unmetered": "link is metered",
+    "not_updating": "a model update is in progress",
+}
+
+
 def blocked_reason(config: FederatedConfig, state: dict[str, float]) -> str:
+    """Why the device may not train now ("" when it may); a missing reading counts as not met."""
     for flag, needed in (
         ("idle", config.require_idle),
         ("charging", config.require_charging),
         ("unmetered", config.require_unmetered),
+        ("not_updating", config.require_not_updating),
     ):
         if needed and state.get(flag, 0.0) < 0.5:
-            return f"not allowed to train: device not {flag}"
+            return f"not allowed to train: {_BLOCKED[flag]}"
     return ""
 
 

@@ -3,11 +3,13 @@
 Retention: at most `max_samples` rows (oldest dropped first) and nothing older than
 `max_age_s`. Features are float32 blobs of one fixed width per store; a sample of another width
 is refused. Data never leaves the device: only model updates do. The clock is injected.
+Safe to share between threads (the inference API's Feedback writes while the trainer reads).
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,7 @@ class SampleStore:
         self._max_samples = max_samples
         self._max_age_s = max_age_s
         self._clock = clock
+        self._lock = threading.RLock()  # one connection shared by threads: one statement group at a time
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), check_same_thread=False)
@@ -57,17 +60,18 @@ class SampleStore:
         x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         if len(x) != len(y) or (len(y) and int(np.min(y)) < 0) or not np.all(np.isfinite(x)):
             raise InvalidInputError("samples need finite features and one non-negative label each")
-        width = self.width()
-        if width and len(x) and x.shape[1] != width:
-            raise InvalidInputError(f"feature width {x.shape[1]} != stored width {width}")
         now = self._clock()
         rows = [(now, int(label), feats.tobytes()) for feats, label in zip(x, y, strict=True)]
-        with self._db:
-            self._db.executemany("INSERT INTO sample(ts, label, features) VALUES (?, ?, ?)", rows)
-        return self.enforce_retention()
+        with self._lock:
+            width = self.width()
+            if width and len(x) and x.shape[1] != width:
+                raise InvalidInputError(f"feature width {x.shape[1]} != stored width {width}")
+            with self._db:
+                self._db.executemany("INSERT INTO sample(ts, label, features) VALUES (?, ?, ?)", rows)
+            return self.enforce_retention()
 
     def enforce_retention(self) -> int:
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("DELETE FROM sample WHERE ts < ?", (self._clock() - self._max_age_s,))
             self._db.execute(
                 "DELETE FROM sample WHERE id NOT IN (SELECT id FROM sample ORDER BY id DESC LIMIT ?)",
@@ -76,16 +80,19 @@ class SampleStore:
         return self.count()
 
     def count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM sample").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM sample").fetchone()[0])
 
     def width(self) -> int:
-        row = self._db.execute("SELECT features FROM sample LIMIT 1").fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT features FROM sample LIMIT 1").fetchone()
         return len(row[0]) // 4 if row else 0
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """All retained samples as (x float32 (n, d), y int64 (n,))."""
-        self.enforce_retention()
-        rows = self._db.execute("SELECT label, features FROM sample ORDER BY id").fetchall()
+        with self._lock:
+            self.enforce_retention()
+            rows = self._db.execute("SELECT label, features FROM sample ORDER BY id").fetchall()
         if not rows:
             return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
         x = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])

@@ -2,8 +2,9 @@
 
 Owns the wiring of one serving stack (slots -> model manager -> holder -> engine -> grpc.aio server on
 a Unix domain socket, optionally loopback TCP) and its public surface for the daemon and the OTA
-flow: `start`/`stop`, `stats_snapshot` for telemetry, `drain_samples` for the drift monitor, and
-`load_candidate`/`promote`/`rollback`/`install` for model updates. Does not decide *when* to update
+flow: `start`/`stop`, `stats_snapshot` for telemetry, `drain_samples` for the drift monitor,
+`set_feedback_sink` for labelled samples (Feedback), and `load_candidate`/`promote`/`rollback`/
+`install` for model updates. Does not decide *when* to update
 (that is the OTA state machine) and configures no logging.
 """
 
@@ -25,6 +26,7 @@ from agent.inference.registry import ProfileLoader
 from agent.inference.runtime import RuntimeLoader
 from agent.inference.stats import ServingStats
 from agent.profile import DeviceProfile
+from agent.serving.feedback import FeedbackSink
 from agent.serving.framed import FramedServer
 from agent.serving.models import ModelManager
 from agent.serving.servicer import InferenceServicer
@@ -83,10 +85,20 @@ class InferenceService:
             if self._options.capture_per_second > 0
             else None
         )
+        self._feedback_sink: FeedbackSink | None = None
         self._models: ModelManager | None = None
         self._engine: InferenceEngine | None = None
         self._server: grpc.aio.Server | None = None
         self.bound_tcp_port: int | None = None
+
+    def set_feedback_sink(self, sink: FeedbackSink | None) -> None:
+        """Where Feedback stores labelled rows (the federated sample store); call before `start`.
+
+        Without a sink (federated learning disabled) Feedback answers FAILED_PRECONDITION.
+        """
+        if self._server is not None:
+            raise RuntimeError("set_feedback_sink() must be called before start()")
+        self._feedback_sink = sink
 
     async def start(self) -> ModelMeta | None:
         """Recover the slots, load the current model (if any) and start listening.
@@ -120,6 +132,7 @@ class InferenceService:
             models=self._models,
             options=self._options,
             stats=self.stats_snapshot,
+            feedback_sink=self._feedback_sink,
         )
         self._server = self._build_server(servicer)
         await self._server.start()

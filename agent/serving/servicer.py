@@ -2,7 +2,9 @@
 
 Owns the one mapping from `InferenceError` subclasses to gRPC status codes (INVALID_ARGUMENT for a
 request that does not fit the signature, RESOURCE_EXHAUSTED over a limit, UNAVAILABLE with no model,
-INTERNAL when the backend failed even after a restart). Does not load models or hold state of its own.
+FAILED_PRECONDITION for feedback the device cannot take, INTERNAL when the backend failed even after
+a restart or the sample store could not be written). Does not load models or hold state of its own;
+Feedback's rules live in `feedback`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from agent.errors import (
     ModelLoadError,
     NoModelError,
     RequestTooLargeError,
+    StorageError,
 )
 from agent.inference.engine import InferenceEngine, ServingOptions
 from agent.inference.handle import ModelHolder
 from agent.serving import codec
+from agent.serving.feedback import FeedbackHandler, FeedbackRefusedError, FeedbackSink
 from agent.serving.models import ModelManager
 from protos.edgeloop.v1 import inference_pb2 as pb
 from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 _STATUS: tuple[tuple[type[InferenceError], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FeedbackRefusedError, grpc.StatusCode.FAILED_PRECONDITION),
     (RequestTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NoModelError, grpc.StatusCode.UNAVAILABLE),
     (BackendCrashedError, grpc.StatusCode.INTERNAL),
@@ -60,12 +65,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         models: ModelManager,
         options: ServingOptions,
         stats: Callable[[], dict[str, float]],
+        feedback_sink: FeedbackSink | None = None,
     ) -> None:
         self._engine = engine
         self._holder = holder
         self._models = models
         self._options = options
         self._stats = stats
+        self._feedback = FeedbackHandler(engine=engine, holder=holder, options=options, sink=feedback_sink)
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         try:
@@ -111,6 +118,33 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             slots=list(codec.slots_to_proto(self._models.listing())),
             serving_version=handle.meta.version if handle else "",
             stats=self._stats(),
+        )
+
+    async def Feedback(self, request: pb.FeedbackRequest, context: Context) -> pb.FeedbackResponse:
+        try:
+            return await self.feedback_message(request)
+        except InferenceError as err:
+            await context.abort(status_for(err), str(err))
+            raise  # unreachable: abort raises
+        except StorageError as err:
+            await context.abort(grpc.StatusCode.INTERNAL, f"sample store: {err}")
+            raise
+
+    async def feedback_message(self, request: pb.FeedbackRequest) -> pb.FeedbackResponse:
+        """Decode and store labelled rows; raises `InferenceError` or `StorageError`."""
+        self._feedback.require_sink()
+        handle = self._holder.current
+        names = handle.runtime.signature.input_names() if handle is not None else ()
+        inputs = codec.inputs_from_proto(request.inputs, names)
+        result = await self._feedback.submit(inputs, request.labels, model_name=request.model_name)
+        return pb.FeedbackResponse(
+            accepted=result.accepted,
+            stored_total=result.stored_total,
+            model_name=result.meta.name,
+            model_version=result.meta.version,
+            feature_source=result.feature_source,
+            feature_width=result.feature_width,
+            request_id=request.request_id,
         )
 
     async def predict_message(self, request: pb.PredictRequest) -> pb.PredictResponse:

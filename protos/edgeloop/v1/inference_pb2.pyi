@@ -136,3 +136,33 @@ class ListModelsResponse(_message.Message):
     serving_version: str
     stats: _containers.ScalarMap[str, float]
     def __init__(self, slots: _Optional[_Iterable[_Union[SlotEntry, _Mapping]]] = ..., serving_version: _Optional[str] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("inputs", "labels", "model_name", "request_id")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    model_name: str
+    request_id: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., model_name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("accepted", "stored_total", "model_name", "model_version", "feature_source", "feature_width", "request_id")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    STORED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    stored_total: int
+    model_name: str
+    model_version: str
+    feature_source: str
+    feature_width: int
+    request_id: str
+    def __init__(self, accepted: _Optional[int] = ..., stored_total: _Optional[int] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., feature_source: _Optional[str] = ..., feature_width: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class InferenceServiceStub:
                 request_serializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/edgeloop.v1.InferenceService/Feedback',
+                request_serializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -86,6 +91,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Labelled samples for local training. FAILED_PRECONDITION when federated learning is disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +120,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class InferenceService:
             '/edgeloop.v1.InferenceService/ListModels',
             protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             protos_dot_edgeloop_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.InferenceService/Feedback',
+            protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            protos_dot_edgeloop_dot_v1_dot_inference__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
