@@ -55,6 +55,8 @@ def release_publish(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     if ns.golden:
         body["golden_sha256"] = _upload(api, Path(ns.golden))
         body["golden_threshold"] = ns.golden_threshold
+    if ns.drift_reference:
+        body["drift_reference_sha256"] = _upload(api, Path(ns.drift_reference))
     if ns.report:
         body["compiler_report_sha256"] = hashlib.sha256(Path(ns.report).read_bytes()).hexdigest()
     release = api.request("POST", "/releases", json=body)
@@ -154,6 +156,9 @@ def register(sub: Any) -> None:
     p.add_argument("--filename", help="target file name (default model.<suffix>)")
     p.add_argument("--golden", help="labelled golden set (.npz with input:<name> arrays and labels)")
     p.add_argument("--golden-threshold", type=float, default=0.0)
+    p.add_argument(
+        "--drift-reference", help="drift_reference.json the compiler wrote beside the artifact (signed too)"
+    )
     p.add_argument("--profile", action="append", help="compatible device profile (repeat)")
     p.add_argument("--runtime", action="append", help="runtime requirement key=value (repeat)")
     p.add_argument("--report", help="compiler report file (its sha256 is signed into the release)")

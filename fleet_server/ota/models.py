@@ -28,6 +28,7 @@ class OtaRelease(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     length: int = Field(sa_column=Column(BigInteger, nullable=False))
     custom: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    drift_reference_sha256: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
     created_by: str = Field(default="", max_length=64)
     created_at: datetime | None = _ts()
 
@@ -61,6 +62,7 @@ class ReleaseCreate(SQLModel):
     golden_sha256: str = ""
     golden_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     gates: dict[str, float] = Field(default_factory=dict)
+    drift_reference_sha256: str = ""  # drift_reference.json for the on-device monitor (a blob)
 
 
 class ReleasePublic(SQLModel):
@@ -71,6 +73,7 @@ class ReleasePublic(SQLModel):
     sha256: str
     length: int
     custom: dict[str, Any]
+    drift_reference_sha256: str
     created_by: str
     created_at: datetime | None
 

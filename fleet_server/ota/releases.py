@@ -2,8 +2,9 @@
 
 Owns the release sequence (a database row per release, separate from the model version: going
 back to an old model is a new release pointing at the old bytes), content-addressed blob uploads,
-writing release targets (artifact + chunk manifest + golden set) and signing per-device
-assignments into the director roles. Does not speak HTTP (`routes.py`) or sign root.
+writing release targets (artifact + chunk manifest + golden set + drift reference, the last one
+checked for shape first) and signing per-device assignments into the director roles. Does not
+speak HTTP (`routes.py`) or sign root.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
 from fleet_server.errors import InvalidRequestError, NotFoundError
 from fleet_server.models import Device
 from fleet_server.ota.chunking import build_manifest
+from fleet_server.ota.drift_reference import check_drift_reference
 from fleet_server.ota.keys import KeyRing
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
 from fleet_server.ota.patches import add_patches
@@ -90,17 +92,21 @@ class OtaService:
 
         Raises:
             NotFoundError: a referenced blob was not uploaded.
-            InvalidRequestError: a golden threshold without a golden set.
+            InvalidRequestError: a golden threshold without a golden set, or a drift reference
+                that is not one (too big, not JSON, wrong shape).
         """
         artifact = self.blob(spec.artifact_sha256)
         if spec.golden_threshold > 0 and not spec.golden_sha256:
             raise InvalidRequestError("golden_threshold needs golden_sha256")
+        if spec.drift_reference_sha256:
+            check_drift_reference(self.blob(spec.drift_reference_sha256))
         row = OtaRelease(
             model_name=spec.model_name,
             model_version=spec.model_version,
             target_path="",
             sha256=spec.artifact_sha256,
             length=artifact.stat().st_size,
+            drift_reference_sha256=spec.drift_reference_sha256,
             created_by=created_by,
         )
         session.add(row)
@@ -144,6 +150,12 @@ class OtaService:
             if spec.golden_sha256:
                 infos.append(self.repo.add_target_file(f"{base}/golden.npz", self.blob(spec.golden_sha256)))
                 golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
+            drift_reference = ""
+            if spec.drift_reference_sha256:
+                drift_reference = f"{base}/drift_reference.json"
+                infos.append(
+                    self.repo.add_target_file(drift_reference, self.blob(spec.drift_reference_sha256))
+                )
             compressed = ""
             xz = Path(tmp) / "artifact.xz"
             if _compress(artifact, xz) < 0.99 * artifact.stat().st_size:
@@ -160,6 +172,7 @@ class OtaService:
                     "manifest": f"{base}/chunks.json",
                     "compressed": compressed,
                     "golden": golden,
+                    "drift_reference": drift_reference,
                     "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
                 }
             }

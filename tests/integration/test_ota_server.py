@@ -4,6 +4,7 @@ carries the signed assignment, and the telemetry observer that keeps per-device 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from fleet_server.operator_cli import main as cli
 from fleet_server.ota.models import OtaDeviceStatus
 from fleet_server.ota.status import ota_status_observer
 from fleet_server.settings import Settings
+from tests.helpers.inproc import LiveServer
 from tests.helpers.procs import AgentProc, ServerProc
-from tests.integration.test_ota_support import models
+from tests.integration.test_ota_support import drift_references, models
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,12 +50,19 @@ def test_cli_publish_deploy_range_and_root_rotation(
         release = _cli(
             server, capsys, "release", "publish", str(m.v1), "--name", "digits", "--version", "1.0",
             "--golden", str(m.golden), "--golden-threshold", "0.8", "--gate", "watch_s=0.5",
-            "--deploy", "dev-a",
+            "--drift-reference", str(drift_references()[0]), "--deploy", "dev-a",
         )  # fmt: skip
         assert isinstance(release, dict) and release["seq"] == 1
         assert release["custom"]["edgeloop"]["golden"]["threshold"] == "0.8"
+        reference = drift_references()[0].read_bytes()
+        ref_sha = hashlib.sha256(reference).hexdigest()
+        assert release["drift_reference_sha256"] == ref_sha
+        assert release["custom"]["edgeloop"]["drift_reference"] == "models/digits/r1/drift_reference.json"
+        signed = httpx.get(f"{server.url}/ota/targets/models/digits/r1/{ref_sha}.drift_reference.json")
+        assert signed.status_code == 200 and signed.content == reference
         listed = _cli(server, capsys, "release", "list")
         assert [r["model_version"] for r in listed] == ["1.0"]  # type: ignore[union-attr]
+        assert [r["drift_reference_sha256"] for r in listed] == [ref_sha]  # type: ignore[union-attr]
         with server.api() as api:
             viewer = api.post("/operator-tokens", json={"name": "v", "role": "viewer"})
         token = viewer.json()["token"]
@@ -82,6 +91,53 @@ def test_cli_publish_deploy_range_and_root_rotation(
         assert httpx.get(f"{server.url}/ota/metadata/2.root.json").status_code == 200
     finally:
         server.stop()
+
+
+def test_publish_refuses_bad_drift_references_with_422(server: LiveServer) -> None:
+    """Not JSON, the wrong shape or too big: 422 naming the problem, no release row, nothing signed."""
+    ota = server.client.app.state.ota  # type: ignore[attr-defined]
+    headers = server.auth("operator")
+
+    def blob(data: bytes) -> str:
+        put = server.client.put("/api/v1/ota/blobs", content=data, headers=headers)
+        assert put.status_code == 200, put.text
+        return str(put.json()["sha256"])
+
+    def publish(reference_sha: str) -> httpx.Response:
+        body = {"model_name": "digits", "model_version": "1", "artifact_sha256": artifact,
+                "drift_reference_sha256": reference_sha}  # fmt: skip
+        return server.client.post("/api/v1/releases", json=body, headers=headers)
+
+    artifact = blob(models().v1.read_bytes())
+    good = json.loads(drift_references()[0].read_bytes())
+    bad = {
+        "not JSON": b"\x89PNG\r\n\x1a\n not a reference",
+        "nested too deeply": b"[" * 200_000,
+        "must be a JSON object, not an array": b"[1, 2, 3]",
+        "format_version must be 1, got 7": json.dumps({**good, "format_version": 7}).encode(),
+        "missing key 'calibration'": json.dumps(
+            {k: v for k, v in good.items() if k != "calibration"}
+        ).encode(),
+        "key 'inputs' must be an object, not a string": json.dumps({**good, "inputs": "x"}).encode(),
+        "the limit is 8388608 bytes": json.dumps(good).encode() + b" " * (8 << 20),
+    }
+    for message, data in bad.items():
+        answer = publish(blob(data))
+        assert answer.status_code == 422, (message, answer.text)
+        assert message in answer.json()["detail"], answer.json()
+    assert publish("0" * 64).status_code == 404  # never uploaded
+    assert server.client.get("/api/v1/releases", headers=headers).json() == []
+    assert ota.repo.release_targets() == {}
+
+    reference = drift_references()[0].read_bytes()
+    answer = publish(blob(reference))
+    assert answer.status_code == 201, answer.text
+    release = answer.json()
+    assert release["drift_reference_sha256"] == hashlib.sha256(reference).hexdigest()
+    path = release["custom"]["edgeloop"]["drift_reference"]
+    target = ota.repo.release_targets()[path]
+    assert target.hashes["sha256"] == release["drift_reference_sha256"] and target.length == len(reference)
+    assert ota.repo.target_file_path(target).read_bytes() == reference
 
 
 def _row(seq: int, transition: int, to: str, deployment: str = "dep_1") -> TelemetryRow:

@@ -82,6 +82,23 @@ def models() -> Models:
     return Models(v1, v2, scrambled, golden, data.x_test[64:128])
 
 
+@functools.cache
+def drift_references() -> tuple[Path, Path]:
+    """Two distinct `drift_reference.json` files for the digits models (as the compiler writes them)."""
+    from agent.drift.reference import build_reference
+    from tests.fixtures.digits import load_digits_data
+
+    out = Path(tempfile.mkdtemp(prefix="edgeloop-ota-drift-"))
+    data = load_digits_data()
+    x = np.concatenate([data.x_train, data.x_test]).reshape(-1, 64).astype(np.float64)
+    paths = []
+    for tag in ("a", "b"):
+        path = out / f"drift_reference_{tag}.json"
+        path.write_bytes(build_reference(x, meta={"model": "digits", "tag": tag}).to_bytes())
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 class RepoHttp:
     """The repository folder served over loopback HTTP exactly like the fleet server's /ota mount."""
 
@@ -117,12 +134,22 @@ class FleetSide:
     engine: Any
     http: RepoHttp
 
-    def publish(self, artifact: Path, version: str, *, golden: Path | None = None, **kw: Any) -> int:
+    def publish(
+        self,
+        artifact: Path,
+        version: str,
+        *,
+        golden: Path | None = None,
+        drift_reference: Path | None = None,
+        **kw: Any,
+    ) -> int:
         sha, _ = self._blob(artifact)
         gsha = self._blob(golden)[0] if golden else ""
+        dsha = self._blob(drift_reference)[0] if drift_reference else ""
         spec = ReleaseCreate(
-            model_name="digits", model_version=version, artifact_sha256=sha, golden_sha256=gsha, **kw
-        )
+            model_name="digits", model_version=version, artifact_sha256=sha, golden_sha256=gsha,
+            drift_reference_sha256=dsha, **kw,
+        )  # fmt: skip
         with Session(self.engine) as s:
             seq = self.ota.publish(session=s, spec=spec, created_by="test").seq
         assert seq is not None
