@@ -147,6 +147,22 @@ class Slots:
             )
         return info
 
+    def add_file(self, slot: str, filename: str, data: bytes) -> None:
+        """Write a companion file (e.g. ``drift_reference.json``) beside the slot's artifact.
+
+        It lives in the slot directory, so promote and rollback move it with its model.
+
+        Raises:
+            SlotError: the slot is empty, `filename` is not a plain name or would replace the
+                artifact or ``model.json``, or the write failed.
+        """
+        info = self.read(slot)
+        if info is None:
+            raise SlotError(f"slot {slot} is empty")
+        if "/" in filename or filename in ("", ".", "..", META, info.artifact):
+            raise SlotError(f"{filename!r} cannot be added beside the model in slot {slot}")
+        self._fs.write_atomic(f"{slot}/{filename}", data)
+
     @property
     def generation(self) -> int:
         return _generation(self._pointer())

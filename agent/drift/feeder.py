@@ -3,9 +3,12 @@
 Owns the binding between "which model is serving" and "which reference profile and monitor are
 active": when the serving model changes (an OTA switch, a rollback) the monitor is rebuilt from the
 `drift_reference.json` that ships beside that model's artifact in its slot; without one, nothing
-is monitored and `status` says why. The output view is softmax of the model's first output, the
-same transform the compiler applies when it builds the reference. Does not capture samples
-(agent.inference.capture) or send anything itself (DriftReporter writes to the outbox).
+is monitored and `status` says why. A slot switch is recognised by the model's identity and by the
+reference file itself (inode, mtime, size), so a release that re-ships the same model name and
+version with another reference (or none) still gets its own monitor. The output view is softmax of
+the model's first output, the same transform the compiler applies when it builds the reference.
+Does not capture samples (agent.inference.capture) or send anything itself (DriftReporter writes
+to the outbox).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _stack(samples: Sequence[CapturedSample]) -> tuple[np.ndarray, np.ndarray] |
 class DriftFeeder:
     def __init__(self, make_reporter: Callable[[str, str], DriftReporter]) -> None:
         self._make_reporter = make_reporter
-        self._key: tuple[str, str, str] | None = None
+        self._key: tuple[str, str, str, tuple[int, int, int] | None] | None = None
         self._monitor: DriftMonitor | None = None
         self._reporter: DriftReporter | None = None
         self.status = "no model serving"
@@ -86,14 +89,15 @@ class DriftFeeder:
         return self._reporter.publish(self._monitor, self._monitor.observe(inputs, probs))
 
     def _bind(self, serving: ServingModel | None) -> None:
-        key = None if serving is None else (serving.name, serving.version, str(serving.artifact))
-        if key == self._key:
-            return
-        self._key, self._monitor, self._reporter = key, None, None
         if serving is None:
+            self._key, self._monitor, self._reporter = None, None, None
             self.status = "no model serving"
             return
         path = serving.artifact.parent / REFERENCE_FILE
+        key = (serving.name, serving.version, str(serving.artifact), _file_tag(path))
+        if key == self._key:
+            return
+        self._key, self._monitor, self._reporter = key, None, None
         try:
             profile = ReferenceProfile.from_bytes(path.read_bytes())
         except FileNotFoundError:
@@ -112,3 +116,12 @@ class DriftFeeder:
     @property
     def monitor(self) -> Any:
         return self._monitor
+
+
+def _file_tag(path: Path) -> tuple[int, int, int] | None:
+    """What tells one reference file from another across slot renames (None: no readable file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

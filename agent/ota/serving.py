@@ -1,11 +1,12 @@
 """Port between the update client and the serving stack, and its adapter over `InferenceService`.
 
 `ServingPort` is everything the commit protocol needs from serving: what is serving now, load a
-candidate (stage + load + warm-up, via the inference service), run current or candidate on given
-inputs for the gates, promote, roll back, live inputs for the shadow run, error counters for the
-watch window, and which model files the device holds (delta sources). The adapter loads its own
-runtime of a slot's artifact for gate evaluation (released after the gates) so the serving path is
-never touched before the switch. Does not decide anything (`client.py`).
+candidate (stage + load + warm-up, via the inference service), add a file beside it (the release's
+drift reference), run current or candidate on given inputs for the gates, promote, roll back, live
+inputs for the shadow run, error counters for the watch window, and which model files the device
+holds (delta sources). The adapter loads its own runtime of a slot's artifact for gate evaluation
+(released after the gates) so the serving path is never touched before the switch. Does not
+decide anything (`client.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class ServingPort(Protocol):
         Raises:
             ModelLoadError: it does not load or warm up (serving untouched).
             SlotError: the disk failed.
+        """
+        ...
+
+    def add_candidate_file(self, filename: str, data: bytes) -> None:
+        """Write `filename` beside the staged candidate's artifact; it travels with the slot.
+
+        Raises:
+            SlotError: no candidate is staged, or the disk failed.
         """
         ...
 
@@ -103,6 +112,9 @@ class InferenceServing:
 
     async def load_candidate(self, artifact: Path, *, name: str, version: str) -> None:
         await self._service.load_candidate(artifact, name=name, version=version)
+
+    def add_candidate_file(self, filename: str, data: bytes) -> None:
+        self._slots.add_file(CANDIDATE, filename, data)
 
     async def evaluate(
         self, slot: str, batches: list[Batch]

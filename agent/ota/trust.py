@@ -52,6 +52,7 @@ class Plan:
     gates: dict[str, float] = field(default_factory=dict)
     profiles: list[str] = field(default_factory=list)  # empty: any device profile
     compressed: TargetRef | None = None  # the artifact as xz, when the release ships it
+    drift_reference: TargetRef | None = None  # drift_reference.json staged beside the model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +61,7 @@ class Plan:
     def from_dict(cls, raw: dict[str, Any]) -> Plan:
         refs = {
             k: TargetRef(**raw[k]) if raw.get(k) else None
-            for k in ("artifact", "manifest", "golden", "compressed")
+            for k in ("artifact", "manifest", "golden", "compressed", "drift_reference")
         }
         artifact = refs.pop("artifact")
         assert artifact is not None
@@ -136,6 +137,7 @@ class Trust:
             gates={str(k): float(v) for k, v in (spec.get("gates") or {}).items()},
             profiles=[str(p) for p in spec.get("profiles") or []],
             compressed=self._optional(updater, spec.get("compressed")),
+            drift_reference=self._optional(updater, spec.get("drift_reference")),
         )
 
     def _optional(self, updater: Updater, path: object) -> TargetRef | None:

@@ -4,19 +4,24 @@
 None when it must be retried later (transient network failure, or the agent is stopping). Each
 piece is idempotent so a crash can re-run it: downloads resume from ``.partial``, staging replaces
 the candidate, the switch checks whether it already happened, revert checks what is serving.
-Owns the OTA working directory: ``downloads/`` (cleared when a deployment ends) and
-``manifests/<sha256>.json`` (kept for models the device holds: the delta sources).
+A release's drift reference is fetched and checked against its signed hash while verifying (a
+mismatch fails the install like a tampered artifact) and written beside the candidate when staging,
+so it moves with the model on switch and rollback. Owns the OTA working directory: ``downloads/``
+(cleared when a deployment ends) and ``manifests/<sha256>.json`` (kept for models the device
+holds: the delta sources).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.drift.feeder import REFERENCE_FILE
 from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
 from agent.ota import gates
 from agent.ota.evaluate import GoldenSet, golden_check, load_golden, shadow_check
@@ -25,7 +30,7 @@ from agent.ota.machine import UpdateRecord
 from agent.ota.serving import ServingPort
 from agent.ota.states import UpdateEvent, UpdateState
 from agent.ota.transfer import Transfer
-from agent.ota.trust import Plan
+from agent.ota.trust import Plan, TargetRef
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class WorkLimits:
     min_free_ram_bytes: int = 32 << 20
     use_delta: bool = True
     max_golden_bytes: int = 64 << 20
+    max_drift_reference_bytes: int = 8 << 20  # the fleet server's publish limit too
     profile: str = ""  # this device's profile; a release listing profiles must name it
 
 
@@ -151,18 +157,48 @@ class Work:
         if plan.manifest is not None:
             data = self.transfer.small(plan.manifest)
             (self.manifests / f"{plan.artifact.sha256}.json").write_bytes(data)
+        if plan.drift_reference is not None:
+            try:
+                self._drift_reference(plan.drift_reference)
+            except IntegrityError as err:
+                return Outcome(E.VERIFY_FAILED, f"drift reference refused: {err}")
         return Outcome(E.VERIFIED, f"sha256={plan.artifact.sha256[:16]}")
+
+    def _drift_reference(self, ref: TargetRef) -> bytes:
+        """The release's drift reference, fetched once and checked against the signed target.
+
+        Raises:
+            IntegrityError: larger than the configured limit, or not the signed bytes.
+            TransportError, HttpStatusError: the repository failed.
+        """
+        if ref.length > self._limits.max_drift_reference_bytes:
+            raise IntegrityError(
+                f"{ref.length} bytes is more than the limit of {self._limits.max_drift_reference_bytes}"
+            )
+        data = self.transfer.small(ref)
+        if len(data) != ref.length or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise IntegrityError("does not match the signed length and sha256")
+        return data
 
     # ------------------------------------------------------------ stage and gates
 
     async def stage(self, plan: Plan) -> Outcome:
+        reference = None
+        if plan.drift_reference is not None:  # verified already; read before the candidate loads
+            try:
+                reference = await asyncio.to_thread(self._drift_reference, plan.drift_reference)
+            except IntegrityError as err:
+                return Outcome(E.STAGE_FAILED, f"drift reference refused: {err}")
         try:
             await self.serving.load_candidate(
                 self.artifact_path(plan), name=plan.model_name, version=plan.model_version
             )
+            if reference is not None:
+                await asyncio.to_thread(self.serving.add_candidate_file, REFERENCE_FILE, reference)
         except (InferenceError, SlotError) as err:
             return Outcome(E.STAGE_FAILED, f"{type(err).__name__}: {err}")
-        return Outcome(E.STAGED, "candidate loaded and warmed up")
+        detail = "candidate loaded and warmed up" + (f", {REFERENCE_FILE} staged" if reference else "")
+        return Outcome(E.STAGED, detail)
 
     def _golden_set(self, plan: Plan) -> GoldenSet | None:
         if plan.golden is None:

@@ -14,17 +14,20 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 from tuf.api.metadata import Metadata  # type: ignore[attr-defined]
 from tuf.api.serialization.json import JSONSerializer
 
+from agent.drift.feeder import REFERENCE_FILE
 from fleet_server.ota.repository import rotate_root
 from tests.integration.test_ota_support import (
     Device_,
     FleetSide,
     check,
+    drift_references,
     fleet_side,
     models,
     slot_files,
@@ -56,7 +59,9 @@ def _latest(fleet: FleetSide, role: str) -> Path:
     return _meta(fleet, f"{version}.{role}.json")
 
 
-def _run(tmp_path: Path, fleet: FleetSide, attack: object, *, expect_refused_metadata: bool) -> Device_:
+def _run(
+    tmp_path: Path, fleet: FleetSide, attack: object, *, expect_refused_metadata: bool, **publish: Any
+) -> Device_:
     """Set up v1, publish v2 for the device, apply `attack`, check; assert nothing was installed."""
 
     async def scenario() -> Device_:
@@ -65,7 +70,7 @@ def _run(tmp_path: Path, fleet: FleetSide, attack: object, *, expect_refused_met
             before = slot_files(dev.root)
             serving = dev.service.serving()
             count = len(dev.reports.items)
-            dep = fleet.deploy(fleet.publish(models().v2, "2"), "dev-1")
+            dep = fleet.deploy(fleet.publish(models().v2, "2", **publish), "dev-1")
             attack(dev)  # type: ignore[operator]
             await check(dev)
             assert slot_files(dev.root) == before
@@ -115,6 +120,31 @@ def test_oversized_artifact_endless_data_is_refused(tmp_path: Path, fleet: Fleet
 
     dev = _run(tmp_path, fleet, endless, expect_refused_metadata=False)
     assert "more than the signed length" in dev.reports.items[-1]["detail"]
+
+
+@pytest.mark.parametrize("how", ["modified", "grown"])
+def test_tampered_drift_reference_fails_the_install(tmp_path: Path, fleet: FleetSide, how: str) -> None:
+    """The drift reference is a signed target like the artifact: bytes changed on the mirror after
+    signing fail the install before anything is staged, and the device keeps its model."""
+
+    def tamper(_: Device_) -> None:
+        target = next(
+            (fleet.ota.repo.targets_dir / "models" / "digits" / "r2").glob("*.drift_reference.json")
+        )
+        data = target.read_bytes()
+        assert b'"tag":"b"' in data
+        # still a well-formed reference (another tag), or the same one with trailing bytes
+        target.write_bytes(
+            data.replace(b'"tag":"b"', b'"tag":"x"') if how == "modified" else data + b" " * 4096
+        )
+
+    dev = _run(tmp_path, fleet, tamper, expect_refused_metadata=False, drift_reference=drift_references()[1])
+    last = dev.reports.items[-1]
+    assert (last["from"], last["to"]) == ("verifying", "failed"), dev.reports.items
+    assert "drift reference refused" in last["detail"]
+    expected = "does not match the signed sha256" if how == "modified" else "more than the signed length"
+    assert expected in last["detail"], last["detail"]
+    assert not list((dev.root / "slots").glob(f"*/{REFERENCE_FILE}"))
 
 
 def test_timestamp_signed_with_wrong_key_is_refused(tmp_path: Path, fleet: FleetSide) -> None:

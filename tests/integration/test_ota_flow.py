@@ -6,11 +6,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.drift.feeder import REFERENCE_FILE, DriftFeeder
+from agent.drift.reporter import DriftReporter
 from agent.ota.serving import InferenceServing
-from tests.integration.test_ota_support import FleetSide, check, fleet_side, models, start_device
+from agent.outbox import TelemetryOutbox
+from agent.ports import SystemClock
+from tests.integration.test_ota_support import (
+    FleetSide,
+    check,
+    drift_references,
+    fleet_side,
+    models,
+    start_device,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,5 +115,70 @@ def test_quality_gates_never_switch_or_revert(tmp_path: Path, fleet: FleetSide) 
             assert "committed" not in dev.reports.chain(dep)
         finally:
             await dev.service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_drift_reference_travels_with_its_model_through_switch_and_rollback(
+    tmp_path: Path, fleet: FleetSide
+) -> None:
+    """The release's drift_reference.json lands in the serving slot byte for byte; a rollback brings
+    back the previous slot's own reference (or none); the drift feeder binds a new monitor per swap."""
+    m = models()
+    ref_a, ref_b = drift_references()
+    fast: dict[str, Any] = {"gates": {"watch_s": 0.3}}
+
+    async def scenario() -> None:
+        dev = await start_device(tmp_path, fleet, serving_wrapper=DegradingServing)
+        slots = dev.root / "slots"
+        outbox = TelemetryOutbox(tmp_path / "drift.db", max_records=100)
+        feeder = DriftFeeder(
+            lambda n, v: DriftReporter(outbox, clock=SystemClock(), model_name=n, model_version=v)
+        )
+
+        def bind() -> Any:
+            feeder.feed(dev.service.serving(), [])  # what the daemon's drift loop does each drain
+            return feeder.monitor
+
+        async def install(artifact: Path, version: str, reference: Path | None) -> list[str]:
+            dep = fleet.deploy(fleet.publish(artifact, version, drift_reference=reference, **fast), "dev-1")
+            await check(dev)
+            return dev.reports.chain(dep)
+
+        try:
+            assert (await install(m.v1, "1", ref_a))[-1] == "committed", dev.reports.items
+            assert (slots / "current" / REFERENCE_FILE).read_bytes() == ref_a.read_bytes()
+            staged = next(r for r in dev.reports.items if r["event"] == "staged")
+            assert REFERENCE_FILE in staged["detail"]
+            first = bind()
+            assert first is not None and feeder.status == "monitoring digits@1"
+
+            # version "2" degrades in the watch window (DegradingServing): switched, then rolled back
+            chain = await install(m.v2, "2", ref_b)
+            assert chain[-3:] == ["watching", "reverting", "rolled_back"], dev.reports.items
+            assert (slots / "current" / REFERENCE_FILE).read_bytes() == ref_a.read_bytes()
+            assert (slots / "broken" / REFERENCE_FILE).read_bytes() == ref_b.read_bytes()
+            assert bind() is first  # the same model and the same reference file serve again
+
+            assert (await install(m.v2, "3", ref_b))[-1] == "committed", dev.reports.items
+            assert (slots / "current" / REFERENCE_FILE).read_bytes() == ref_b.read_bytes()
+            assert (slots / "previous" / REFERENCE_FILE).read_bytes() == ref_a.read_bytes()
+            third = bind()
+            assert third is not None and third is not first and feeder.status == "monitoring digits@3"
+
+            # the same model name, version and bytes re-released without a reference: no monitor
+            assert (await install(m.v2, "3", None))[-1] == "committed", dev.reports.items
+            assert not (slots / "current" / REFERENCE_FILE).exists()
+            assert bind() is None and "ships no drift_reference.json" in feeder.status
+
+            # a rollback to a slot that has no reference leaves the serving slot without one
+            chain = await install(m.v2, "2", ref_b)
+            assert chain[-1] == "rolled_back", dev.reports.items
+            assert dev.service.serving().version == "3"  # type: ignore[union-attr]
+            assert not (slots / "current" / REFERENCE_FILE).exists()
+            assert bind() is None
+        finally:
+            await dev.service.stop()
+            outbox.close()
 
     asyncio.run(scenario())
