@@ -5,9 +5,12 @@ Steps (each prints what it does; every process is real and is shut down cleanly 
   2. three devices: bootstrap tokens from the operator CLI, `edgeloop-agent enroll`, `run`
   3. the fleet through the operator CLI: devices online, reporting, telemetry arriving
   4. desired state: label a device, watch its agent reconcile the new generation
-  5. shutdown: SIGTERM agents (they flush their outboxes) and the server
-
-Later capabilities (compiler, inference, OTA, drift, federated) add their steps here.
+  5. compile: the digits CNN for a Raspberry Pi (ONNX int8) and a Coral (LiteRT int8)
+  6. signed OTA release to the Pi: TUF verify, golden-set and shadow gates, hot swap, predictions
+  7. model registry: a small head model registered, compiled by the server, released on approval
+  8. federated learning: labelled feedback on two devices, rounds on FleetGrid, the aggregated head
+     becomes registry v2 (lineage), is compiled with v1's budgets and auto-released through OTA
+  9. shutdown: SIGTERM agents (they flush their outboxes) and the server
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ DEVICES = [
     ("pi-kitchen", "raspberry-pi-4"),
     ("jetson-dock", "jetson-orin-nano"),
     ("coral-gate", "coral-dev-board"),
+    ("pi-garden", "raspberry-pi-4"),
 ]
+LEARNERS = ["jetson-dock", "pi-garden"]  # the federated cohort (label learn=digits)
 
 
 def free_port() -> int:
@@ -96,7 +101,7 @@ def main() -> int:
         )
         cli_env = dict(base_env, EDGELOOP_SERVER=url, EDGELOOP_TOKEN=token)
 
-        step("2. three devices enroll with one-time bootstrap tokens")
+        step(f"2. {len(DEVICES)} devices enroll with one-time bootstrap tokens")
         agent_envs = []
         for device_id, profile in DEVICES:
             bt = json.loads(
@@ -117,6 +122,10 @@ def main() -> int:
                     WORK / "server" / "ota" / "repo" / "metadata" / "1.root.json"
                 ),
                 EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="2",
+                # The demo box is busy compiling: do not wait for an idle CPU or a charger to train.
+                EDGELOOP_AGENT_FEDERATED_REQUIRE_IDLE="false",
+                EDGELOOP_AGENT_FEDERATED_REQUIRE_CHARGING="false",
+                EDGELOOP_AGENT_FEDERATED_REQUIRE_UNMETERED="false",
             )
             out = run([str(BIN / "edgeloop-agent"), "enroll", "--token", bt], env)
             console.print(f"  {out.stdout.strip()} ({profile}); key generated on the device, mode 0600")
@@ -189,7 +198,100 @@ def main() -> int:
         )
         console.print(f"  {pi} serves {served['model']}: predictions {served['classes'][:16]}")
 
-        step("7. shutdown")
+        step("7. model registry: a small head model, compiled by the server, released on approval")
+        from demo_model import prepare_head
+
+        head = prepare_head(WORK / "head", LEARNERS)
+        registered = _cli_json(
+            cli_env, "models", "register", str(head["model"]), "--name", "digits-head",
+            "--profile", "raspberry-pi-4", "--profile", "jetson-orin-nano", "--calib", str(head["calib"]),
+            "--eval", str(head["eval"]), "--golden", str(head["golden"]), "--golden-threshold", "0.5",
+            "--max-accuracy-drop", "0.02",
+        )  # fmt: skip
+        console.print(f"  registered digits-head@{registered['version']}: 40 central samples, compiling…")
+        v1 = wait_for(
+            "the server's compile job (edgeloop-compile in a child process)",
+            lambda: (
+                (v := _cli_json(cli_env, "models", "show", "digits-head", "1"))["status"]
+                in ("awaiting_approval", "failed", "rejected")
+                and v
+            ),
+            timeout=300,
+        )
+        if v1["status"] != "awaiting_approval":
+            raise SystemExit(f"demo: digits-head@1 {v1['status']}: {v1['detail']}")
+        for label_target in LEARNERS:
+            run([str(BIN / "edgeloop"), "devices", "label", label_target, "learn=digits"], cli_env)
+        console.print(
+            run([str(BIN / "edgeloop"), "models", "approve", "digits-head", "1", *[a for d in LEARNERS for a in ("--device", d)]], cli_env).stdout.rstrip()
+        )  # fmt: skip
+        learner_envs = {d: agent_envs[[x for x, _ in DEVICES].index(d)] for d in LEARNERS}
+        for device_id, env in learner_envs.items():
+            served = wait_for(
+                f"{device_id} to install digits-head@1",
+                lambda env=env: _predict(env, head["head_inputs"], "digits-head@1"),
+                120,
+            )
+            console.print(f"  {device_id} serves {served['model']}")
+
+        step(
+            "8. devices learn: labelled feedback -> federated rounds -> registry v2 -> compiler -> signed OTA"
+        )
+        for device_id, env in learner_envs.items():
+            sock = Path(env["EDGELOOP_AGENT_DEVICE_DATA_DIR"]) / "inference.sock"
+            fb = json.loads(
+                run(
+                    [
+                        str(BIN / "edgeloop-agent"),
+                        "feedback",
+                        "--npz",
+                        str(head[f"shard:{device_id}"]),
+                        "--socket",
+                        str(sock),
+                        "--json",
+                    ],
+                    env,
+                ).stdout
+            )
+            console.print(
+                f"  {device_id}: {fb.get('accepted')} labelled samples stored on the device (they never leave it)"
+            )
+        run([str(BIN / "edgeloop"), "models", "policy", "digits-head", "--auto-release", "on"], cli_env)
+        started = _cli_json(
+            cli_env, "fl", "start", "--model", "digits-head", "--label", "learn=digits", "--rounds", "5",
+            "--min-nodes", "2", "--lr", "0.5", "--norm-bound", "5", "--timeout", "60",
+        )  # fmt: skip
+        run_id = started["run_id"]
+        wait_for(
+            "5 federated rounds on FleetGrid",
+            lambda: _cli_json(cli_env, "fl", "status", run_id)["run"]["status"] in ("completed", "failed"),
+            timeout=300,
+        )
+        sys.stdout.write(run([str(BIN / "edgeloop"), "fl", "status", run_id], cli_env).stdout)
+        v2 = wait_for(
+            "digits-head@2: registered from the run, compiled with v1's budgets, judged, auto-released",
+            lambda: (
+                (v := _cli_json(cli_env, "models", "list", "--name", "digits-head"))
+                and v[0]["version"] == 2
+                and v[0]["status"] in ("released", "failed", "rejected", "awaiting_approval")
+                and v[0]
+            ),
+            timeout=300,
+        )
+        sys.stdout.write(
+            run([str(BIN / "edgeloop"), "models", "list", "--name", "digits-head"], cli_env).stdout
+        )
+        if v2["status"] != "released":
+            raise SystemExit(f"demo: digits-head@2 {v2['status']}: {v2['detail']}")
+        for device_id, env in learner_envs.items():
+            served = wait_for(
+                f"{device_id} to verify, gate and switch to digits-head@2",
+                lambda env=env: _predict(env, head["head_inputs"], "digits-head@2"),
+                180,
+            )
+            console.print(f"  {device_id} serves {served['model']}: predictions {served['classes']}")
+
+        step("9. shutdown")
         for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
@@ -215,7 +317,14 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _predict(env: dict[str, str], npy: Path) -> dict[str, Any] | None:
+def _cli_json(env: dict[str, str], *args: str) -> Any:
+    out = subprocess.run([BIN / "edgeloop", "--json", *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"demo: edgeloop {' '.join(args)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def _predict(env: dict[str, str], npy: Path, want: str = "") -> dict[str, Any] | None:
     sock = Path(env["EDGELOOP_AGENT_DEVICE_DATA_DIR"]) / "inference.sock"
     if not sock.exists():
         return None
@@ -230,7 +339,10 @@ def _predict(env: dict[str, str], npy: Path) -> dict[str, Any] | None:
     doc = json.loads(out.stdout)
     outputs = next(iter(doc.get("outputs", {}).values()), None)
     classes = [int(max(range(len(row)), key=row.__getitem__)) for row in outputs] if outputs else []
-    return {"model": f"{doc.get('model')}@{doc.get('version')}", "classes": classes}
+    served = f"{doc.get('model')}@{doc.get('version')}"
+    if want and served != want:
+        return None
+    return {"model": served, "classes": classes}
 
 
 def _status(env: dict[str, str]) -> dict[str, Any]:

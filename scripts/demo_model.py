@@ -39,3 +39,20 @@ def prepare(work: Path) -> dict[str, Path]:
     # A sensor that went bright: every pixel +0.35 (clipped), what a dirty lens or new lighting does.
     np.save(paths["shifted"], np.clip(data.x_test + 0.35, 0, 1).astype(np.float32))
     return paths
+
+
+def prepare_head(work: Path, devices: list[str]) -> dict[str, Path]:
+    """The federated model: a 64x10 softmax head on the digit pixels, trained centrally on only
+    40 samples (the registry's v1), plus one labelled non-IID shard per device: the samples each
+    device's app confirms through `edgeloop-agent feedback`."""
+    from tests.fixtures.heads import flat_digits, write_head_model
+    from tests.helpers.fl_fleet import dirichlet_split
+
+    paths = write_head_model(work, n_train=40)
+    x_tr, y_tr, x_te, _ = flat_digits()
+    for device, rows in zip(devices, dirichlet_split(y_tr[40:], len(devices), 0.5, seed=3), strict=True):
+        paths[f"shard:{device}"] = work / f"feedback-{device}.npz"
+        np.savez(paths[f"shard:{device}"], x=x_tr[40:][rows], y=y_tr[40:][rows])
+    paths["head_inputs"] = work / "head-inputs.npy"
+    np.save(paths["head_inputs"], x_te[:16])
+    return paths

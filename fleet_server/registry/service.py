@@ -377,6 +377,7 @@ class ModelRegistry:
                 compiler_report_sha256=art.get("report_sha256", ""),
                 golden_sha256=str(version.datasets.get("golden_sha256", "")),
                 golden_threshold=float(version.datasets.get("golden_threshold", 0.0)),
+                gates=_shadow_gates(version),
             )
             release = self._ota.publish(session=session, spec=spec, created_by=created_by)
             assert release.seq is not None
@@ -414,6 +415,21 @@ class ModelRegistry:
             return self._ota.adopt_blob(upload)[0]
         finally:
             upload.unlink(missing_ok=True)
+
+
+# A retrained descendant is meant to change some predictions: its on-device shadow run compares it
+# with the parent it replaces, so the default agreement floor is lower than for a re-quantized
+# model (0.9 on the agent). The golden-set gate still guards accuracy. Override per model with
+# the budgets `shadow_min_agreement` / `shadow_max_distance` at registration.
+DESCENDANT_SHADOW_GATES = {"min_agreement": 0.7, "max_distance": 0.5}
+
+
+def _shadow_gates(version: ModelVersion) -> dict[str, float]:
+    gates = dict(DESCENDANT_SHADOW_GATES) if version.parent_version is not None else {}
+    for key, value in version.compile_spec.items():
+        if key.startswith("shadow_"):
+            gates[key.removeprefix("shadow_")] = float(value)
+    return gates
 
 
 def name_list(artifacts: dict[str, Any]) -> str:
