@@ -1,8 +1,9 @@
 """`FederatedClient`: the daemon's federated-learning task (one asyncio task per agent).
 
 Holds a `FederatedService/Tasks` stream open while training is allowed, runs each task with the
-numpy trainer on the bounded sample store, applies client-side DP when the task asks for it
-(refusing rounds that would exceed the device's epsilon budget), and pushes one result per task.
+configured trainer (`[federated] trainer`: numpy by default, torch behind the agent's `train` extra)
+on the bounded sample store, applies client-side DP when the task asks for it (refusing rounds that
+would exceed the device's epsilon budget), and pushes one result per task.
 Reconnects with capped exponential backoff. Conditions (idle, charging, unmetered, not mid-update)
 come from a `ConditionsSource` port: the daemon feeds real readings (`conditions.SystemConditions`),
 the default (`StaticConditions`) allows everything. The samples come from the device: apps post
@@ -12,8 +13,9 @@ labelled rows to the inference API's Feedback, which writes them into `store`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.errors import AgentError, ConfigError, InvalidInputError, TransportError
-from agent.federated import trainer
+from agent.federated import torch_trainer, trainer
 from agent.federated.privacy import PrivacyLedger, clip_and_noise
 from agent.federated.secagg import SecAggClient
 from agent.federated.store import SampleStore
@@ -31,6 +33,11 @@ from agent.identity import Identity
 from protos.edgeloop.v1 import federated_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+TRAINERS = ("numpy", "torch")
+TrainFn = Callable[
+    [list[np.ndarray], np.ndarray, np.ndarray, trainer.TrainParams], tuple[list[np.ndarray], float]
+]
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,16 @@ class FederatedConfig:
     delta: float = 1e-5
     max_task_bytes: int = 64 * 2**20
     retry_max_s: float = 30.0
+    trainer: str = "numpy"  # "numpy" | "torch" (needs the agent's `train` extra)
+    torch_threads: int = 0  # torch.set_num_threads for the torch trainer; 0: torch's default
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> FederatedConfig:
-        """Build from the `[federated]` table of agent.toml. Raises: ConfigError on unknown/bad keys."""
+        """Build from the `[federated]` table of agent.toml.
+
+        Raises:
+            ConfigError: unknown or bad keys, or `trainer = "torch"` without torch installed.
+        """
         unknown = set(raw) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"[federated]: unknown keys {sorted(unknown)}")
@@ -67,7 +80,20 @@ class FederatedConfig:
         config = cls(**values)  # type: ignore[arg-type]
         if not config.max_load_per_cpu > 0:
             raise ConfigError(f"[federated].max_load_per_cpu must be > 0, got {config.max_load_per_cpu}")
+        if config.trainer not in TRAINERS:
+            raise ConfigError(f"[federated].trainer must be one of {list(TRAINERS)}, got {config.trainer!r}")
+        if config.torch_threads < 0:
+            raise ConfigError(f"[federated].torch_threads must be >= 0, got {config.torch_threads}")
+        if config.trainer == "torch":
+            torch_trainer.require()
         return config
+
+
+def select_trainer(config: FederatedConfig) -> TrainFn:
+    """The `train` function `config.trainer` names (torch is imported only when it first trains)."""
+    if config.trainer == "torch":
+        return functools.partial(torch_trainer.train, threads=config.torch_threads)
+    return trainer.train
 
 
 class ConditionsSource(Protocol):
@@ -130,6 +156,7 @@ class FederatedClient:
         self._identity = identity
         self._endpoint = endpoint
         self.config = config or FederatedConfig()
+        self._train_fn = select_trainer(self.config)
         self._conditions = conditions or StaticConditions()
         fl_dir = data_dir / "federated"
         self.store = SampleStore(
@@ -242,7 +269,7 @@ class FederatedClient:
             proximal_mu=num(config, "proximal-mu", 0.0),
             seed=int(num(config, "seed", 0)) + task.server_round,
         )
-        new, loss = trainer.train(weights, x, y, params)
+        new, loss = self._train_fn(weights, x, y, params)
         metrics = {"train_loss": loss}
         flower_clip = num(
             config, "clipping_norm", 0.0
