@@ -216,7 +216,7 @@ def _build_ota(
 def _build_federated(
     config: AgentConfig, identity: Identity, endpoint: str, ota: OtaClient | None
 ) -> FederatedClient | None:
-    """Local training in federated rounds over the device's mTLS channel (numpy; never flwr).
+    """Local training in federated rounds over the device's mTLS channel (numpy or torch trainer; never flwr).
 
     Trains only when the system readings allow it (`SystemConditions`); "mid-update" is the OTA
     client's persisted record being in flight.

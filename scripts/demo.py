@@ -7,10 +7,11 @@ Steps (each prints what it does; every process is real and is shut down cleanly 
   4. desired state: label a device, watch its agent reconcile the new generation
   5. compile: the digits CNN for a Raspberry Pi (ONNX int8) and a Coral (LiteRT int8)
   6. signed OTA release to the Pi: TUF verify, golden-set and shadow gates, hot swap, predictions
-  7. model registry: a small head model registered, compiled by the server, released on approval
-  8. federated learning: labelled feedback on two devices, rounds on FleetGrid, the aggregated head
+  7. drift: shifted inputs on the Pi; the monitor that shipped with its release reports an episode
+  8. model registry: a small head model registered, compiled by the server, released on approval
+  9. federated learning: labelled feedback on two devices, rounds on FleetGrid, the aggregated head
      becomes registry v2 (lineage), is compiled with v1's budgets and auto-released through OTA
-  9. shutdown: SIGTERM agents (they flush their outboxes) and the server
+  10. shutdown: SIGTERM agents (they flush their outboxes) and the server
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def main() -> int:
             run(
                 [str(BIN / "edgeloop"), "--json", "release", "publish", str(compiled / "raspberry-pi-4" / "model.onnx"),
                  "--name", "digits", "--version", "1", "--golden", str(model["golden"]),
-                 "--profile", "raspberry-pi-4", "--report", str(compiled / "report.json"), "--deploy", pi],
+                 "--profile", "raspberry-pi-4", "--report", str(compiled / "report.json"),
+                 "--drift-reference", str(compiled / "drift_reference.json"), "--deploy", pi],
                 cli_env,
             ).stdout
         )  # fmt: skip
@@ -198,7 +200,18 @@ def main() -> int:
         )
         console.print(f"  {pi} serves {served['model']}: predictions {served['classes'][:16]}")
 
-        step("7. model registry: a small head model, compiled by the server, released on approval")
+        step("7. drift: the Pi's camera goes bright; its monitor (shipped in the release) notices")
+        for _ in range(6):
+            _predict(pi_env, model["shifted"])
+        episodes = wait_for(
+            "a drift episode from pi-kitchen",
+            lambda: [e for e in _cli_json(cli_env, "drift", "list") if e["device_id"] == pi],
+            timeout=90,
+        )
+        sys.stdout.write(run([str(BIN / "edgeloop"), "drift", "list"], cli_env).stdout)
+        console.print(f"  {len(episodes)} episode(s) from {pi}; the policy hook can open a retraining round")
+
+        step("8. model registry: a small head model, compiled by the server, released on approval")
         from demo_model import prepare_head
 
         head = prepare_head(WORK / "head", LEARNERS)
@@ -235,7 +248,7 @@ def main() -> int:
             console.print(f"  {device_id} serves {served['model']}")
 
         step(
-            "8. devices learn: labelled feedback -> federated rounds -> registry v2 -> compiler -> signed OTA"
+            "9. devices learn: labelled feedback -> federated rounds -> registry v2 -> compiler -> signed OTA"
         )
         for device_id, env in learner_envs.items():
             sock = Path(env["EDGELOOP_AGENT_DEVICE_DATA_DIR"]) / "inference.sock"
@@ -291,7 +304,7 @@ def main() -> int:
             )
             console.print(f"  {device_id} serves {served['model']}: predictions {served['classes']}")
 
-        step("9. shutdown")
+        step("10. shutdown")
         for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)

@@ -37,7 +37,8 @@ def prepare(work: Path) -> dict[str, Path]:
     np.savez(paths["golden"], **{"input:input": data.x_test[:64]}, labels=data.y_test[:64])
     np.save(paths["normal"], data.x_test[64:96])
     # A sensor that went bright: every pixel +0.35 (clipped), what a dirty lens or new lighting does.
-    np.save(paths["shifted"], np.clip(data.x_test + 0.35, 0, 1).astype(np.float32))
+    # 200 rows per request: the agent's API takes batches of up to 256.
+    np.save(paths["shifted"], np.clip(data.x_test[:200] + 0.35, 0, 1).astype(np.float32))
     return paths
 
 

@@ -22,6 +22,19 @@ class TrainParams:
     proximal_mu: float = 0.0  # FedProx; SGD on the prox term is stable only while lr * mu < 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """A task's config comes from the server: refuse values no training run can use.
+
+        Raises:
+            InvalidInputError: lr not finite and > 0, epochs outside 1..1000, batch size < 1, mu < 0.
+        """
+        if not (np.isfinite(self.lr) and self.lr > 0) or not 1 <= self.epochs <= 1000:
+            raise InvalidInputError(f"bad training config: lr={self.lr} epochs={self.epochs}")
+        if self.batch_size < 1 or not (np.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
+            raise InvalidInputError(
+                f"bad training config: batch-size={self.batch_size} proximal-mu={self.proximal_mu}"
+            )
+
 
 def _check(weights: list[np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(weights) != 2 or weights[0].ndim != 2 or weights[1].ndim != 1:

@@ -378,6 +378,7 @@ class ModelRegistry:
                 golden_sha256=str(version.datasets.get("golden_sha256", "")),
                 golden_threshold=float(version.datasets.get("golden_threshold", 0.0)),
                 gates=_shadow_gates(version),
+                drift_reference_sha256=art.get("drift_reference_sha256", ""),
             )
             release = self._ota.publish(session=session, spec=spec, created_by=created_by)
             assert release.seq is not None

@@ -130,3 +130,22 @@ def test_daemon_refuses_to_start_with_torch_trainer_but_no_torch(
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ConfigError, match="train extra"):  # the CLI exits with ExitCode.CONFIG
         _build_federated(config, identity, "localhost:1", None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr": 0.0},
+        {"lr": float("nan")},
+        {"epochs": 0},
+        {"epochs": 10**6},
+        {"batch_size": 0},
+        {"proximal_mu": -1.0},
+    ],
+)
+def test_unusable_task_config_is_refused_not_crashed(bad: dict[str, float]) -> None:
+    from agent.errors import InvalidInputError
+    from agent.federated.trainer import TrainParams
+
+    with pytest.raises(InvalidInputError, match="bad training config"):
+        TrainParams(**bad)  # type: ignore[arg-type]
