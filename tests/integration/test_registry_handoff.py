@@ -127,6 +127,11 @@ def test_federated_head_becomes_a_compiled_version_released_to_its_cohort(
     signed = next(r for r in releases if r["seq"] == rel["release_seq"])
     assert (signed["model_name"], signed["model_version"]) == ("digits-head", "2")
     assert signed["sha256"] == v2["artifacts"][PROFILE]["artifact_sha256"]
+    # The shadow gate asks for the agreement the two accuracies guarantee (a + b - 1), less slack.
+    v2_acc = v2["artifacts"][PROFILE]["accuracy"]
+    gates = signed["custom"]["edgeloop"]["gates"]
+    assert float(gates["min_agreement"]) == round(max(0.5, v1_acc + v2_acc - 1 - 0.05), 4)
+    assert signed["custom"]["edgeloop"]["drift_reference"]  # the compiler's reference travels along
     statuses = server.client.get(f"/api/v1/deployments/{rel['deployment_id']}", headers=server.auth("viewer"))
     assert sorted(s["device_id"] for s in statuses.json()) == sorted(fleet.ids)
 
