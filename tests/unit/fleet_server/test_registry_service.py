@@ -1,0 +1,108 @@
+"""Registry service with a fake compiler (the real one runs in tests/integration/test_registry_handoff.py):
+versions left registered or compiling by a killed server are compiled after a restart, and a
+compiler that fails marks the version failed without stopping the worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session
+
+from fleet_server.db import make_engine
+from fleet_server.federated.handoff import write_head_onnx
+from fleet_server.migrate import upgrade
+from fleet_server.ota.releases import OtaService
+from fleet_server.registry.compile import CompileFailed, CompileJob
+from fleet_server.registry.schemas import VersionCreate
+from fleet_server.registry.service import ModelRegistry
+
+
+class FakeCompiler:
+    """Writes what `edgeloop-compile build` writes: <out>/<profile>/model.onnx and report.json."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.jobs: list[CompileJob] = []
+        self.fail = fail
+
+    def build(self, job: CompileJob) -> dict[str, Any]:
+        self.jobs.append(job)
+        if self.fail:
+            raise CompileFailed("compiler exit 51: UnsupportedError: no")
+        report: dict[str, Any] = {"reference": {"accuracy": 0.9}, "profiles": {}}
+        for profile in job.profiles:
+            (job.out / profile).mkdir(parents=True)
+            (job.out / profile / "model.onnx").write_bytes(job.model.read_bytes())
+            report["profiles"][profile] = {
+                "chosen": "onnx-fp32",
+                "artifact": {"path": f"{profile}/model.onnx", "size_bytes": 1, "runtime": "onnxruntime"},
+                "candidates": [{"recipe": "onnx-fp32", "metrics": {"accuracy": 0.9, "agreement": 1.0}}],
+            }
+        (job.out / "report.json").write_text(json.dumps(report))
+        return report
+
+
+def _setup(tmp_path: Path) -> tuple[Any, OtaService, VersionCreate]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    upgrade(engine)
+    ota = OtaService(tmp_path / "ota")
+    model = write_head_onnx(tmp_path / "m.onnx", np.zeros((4, 3), np.float32), np.zeros(3, np.float32), {})
+
+    def blob(data: bytes) -> str:
+        upload = ota.new_upload()
+        upload.write_bytes(data)
+        return ota.adopt_blob(upload)[0]
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64))
+    data = blob((tmp_path / "d.npz").read_bytes())
+    spec = VersionCreate(
+        name="m",
+        artifact_sha256=blob(model.read_bytes()),
+        profiles=["generic-x86"],
+        calib_sha256=data,
+        eval_sha256=data,
+    )
+    return engine, ota, spec
+
+
+def _wait(registry: ModelRegistry) -> None:
+    deadline = time.monotonic() + 10
+    while not registry.idle() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_versions_left_by_a_killed_server_are_compiled_after_restart(tmp_path: Path) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    first = ModelRegistry(engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler())
+    with Session(engine) as s:  # registered, but the process dies before its worker runs
+        assert first.register(s, spec, created_by="t").status == "registered"
+    compiler = FakeCompiler()
+    second = ModelRegistry(engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=compiler)
+    second.start()
+    _wait(second)
+    second.stop()
+    assert [j.profiles for j in compiler.jobs] == [("generic-x86",)]
+    with Session(engine) as s:
+        version = second.get(s, "m", 1)
+        assert version.status == "awaiting_approval"
+        assert version.artifacts["generic-x86"]["accuracy"] == 0.9
+        assert ota.blob(version.artifacts["generic-x86"]["artifact_sha256"]).exists()
+
+
+def test_a_failing_compiler_marks_the_version_and_the_worker_goes_on(tmp_path: Path) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    registry = ModelRegistry(
+        engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler(fail=True)
+    )
+    registry.start()
+    with Session(engine) as s:
+        registry.register(s, spec, created_by="t")
+        registry.register(s, spec, created_by="t")
+    _wait(registry)
+    registry.stop()
+    with Session(engine) as s:
+        assert [(v.version, v.status) for v in registry.versions(s, "m")] == [(2, "failed"), (1, "failed")]
+        assert "UnsupportedError" in registry.get(s, "m", 2).detail
