@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from fleet_server import __version__
 from fleet_server.api.routes import devices, tokens
+from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.drift.observer import drift_observer
 from fleet_server.drift.routes import router as drift_router
@@ -142,4 +143,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(registry_router)
     mount_ota(app, api, settings)
     app.include_router(api)
-    return app
+    return mount_console(app)
