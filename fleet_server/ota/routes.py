@@ -15,13 +15,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from sqlmodel import col, select
 from tuf.api.exceptions import UnsignedMetadataError
 
 from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
+from fleet_server.errors import NotFoundError
 from fleet_server.models import utcnow
 from fleet_server.ota.models import (
     DeploymentCreate,
     DeviceStatusPublic,
+    OtaDeviceStatus,
     OtaRelease,
     ReleaseCreate,
     ReleasePublic,
@@ -78,6 +81,17 @@ def deploy_release(
     for device_id in body.device_ids:
         registry.notify_desired_changed(device_id)
     return {"deployment_id": deployment_id, "devices": len(body.device_ids)}
+
+
+@router.get("/releases/{seq}/deployments", response_model=list[DeviceStatusPublic])
+def release_deployments(seq: int, session: SessionDep, _: Viewer) -> list[object]:
+    """Every device status of every deployment of release `seq` (404 for an unknown release)."""
+    if session.get(OtaRelease, seq) is None:
+        raise NotFoundError(f"release {seq} not found")
+    stmt = select(OtaDeviceStatus).where(OtaDeviceStatus.release_seq == seq)
+    order = (col(OtaDeviceStatus.deployment_id), col(OtaDeviceStatus.device_id))
+    rows: list[OtaDeviceStatus] = list(session.exec(stmt.order_by(*order)))
+    return list(rows)
 
 
 @router.get("/deployments/{deployment_id}", response_model=list[DeviceStatusPublic])

@@ -128,7 +128,7 @@ def test_every_endpoint_the_js_calls_is_in_the_openapi_schema(server: LiveServer
 
 def test_data_endpoints_require_auth_and_a_viewer_can_read_them(server: LiveServer) -> None:
     for name, (_, template) in _endpoints().items():
-        path = re.sub(r"\{\w+\}", "no-such-id", template)
+        path = re.sub(r"\{seq\}", "999999", re.sub(r"\{(?!seq\})\w+\}", "no-such-id", template))
         assert server.client.get(path).status_code == 401, name
         assert server.client.get(path, headers={"Authorization": "Bearer op_forged"}).status_code == 401, name
         r = server.client.get(path, headers=server.auth("viewer"))
@@ -201,7 +201,6 @@ const vs = [
 eq(C.lineageChain(vs, "m", 3), [1, 2, 3]);
 eq(C.lineageChain([{name: "m", version: 1, parent_version: 1}], "m", 1), [1]);
 eq(C.releasedTo(vs[1]), 3);
-eq(C.deploymentsForRelease(vs, 5), ["dep_b"]);
 eq(C.profileAccuracy({artifacts: {pi: {accuracy: 0.9}}}), [{profile: "pi", accuracy: 0.9}]);
 const spans = C.episodeSpans([
   {id: 1, device_id: "b", stream: "input", state: "closed", opened_ms: 10, closed_ms: 20, severity: 2},

@@ -134,6 +134,14 @@ def test_federated_head_becomes_a_compiled_version_released_to_its_cohort(
     assert signed["custom"]["edgeloop"]["drift_reference"]  # the compiler's reference travels along
     statuses = server.client.get(f"/api/v1/deployments/{rel['deployment_id']}", headers=server.auth("viewer"))
     assert sorted(s["device_id"] for s in statuses.json()) == sorted(fleet.ids)
+    by_release = server.client.get(
+        f"/api/v1/releases/{rel['release_seq']}/deployments", headers=server.auth("viewer")
+    )
+    assert {s["deployment_id"] for s in by_release.json()} == {rel["deployment_id"]}
+    assert (
+        server.client.get("/api/v1/releases/999/deployments", headers=server.auth("viewer")).status_code
+        == 404
+    )
 
     # The fp32 model of v2 is v1's graph with the aggregated head, carrying its lineage.
     ota = server.client.app.state.ota  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@
     devices: ["GET", "/api/v1/devices"],
     releases: ["GET", "/api/v1/releases"],
     deployment: ["GET", "/api/v1/deployments/{deployment_id}"],
+    release_deployments: ["GET", "/api/v1/releases/{seq}/deployments"],
     episodes: ["GET", "/api/v1/drift/episodes"],
     runs: ["GET", "/api/v1/federated/runs"],
     run: ["GET", "/api/v1/federated/runs/{run_id}"],
@@ -194,17 +195,6 @@
       .map((profile) => ({ profile, accuracy: arts[profile] ? arts[profile].accuracy : null }));
   }
 
-  /** Deployment ids the registry recorded for release `seq` (the API lists no deployments per release). */
-  function deploymentsForRelease(versions, seq) {
-    const ids = new Set();
-    for (const v of versions || []) {
-      for (const rel of Object.values(v.releases || {})) {
-        if (rel && Number(rel.release_seq) === Number(seq) && rel.deployment_id) ids.add(rel.deployment_id);
-      }
-    }
-    return Array.from(ids).sort();
-  }
-
   /** Episodes grouped by device for the timeline; open episodes run until `nowMs`. */
   function episodeSpans(episodes, nowMs) {
     const groups = new Map();
@@ -248,7 +238,7 @@
   const helpers = {
     ENDPOINTS, fillPath, withQuery, toMs, fmtAgo, fmtUtc, fmtClock, fmtNum, fmtPct, fmtBytes,
     shortId, labelsText, servingModel, linearScale, niceTicks, integerTicks, lineageChain,
-    releasedTo, profileAccuracy, deploymentsForRelease, episodeSpans, roundSeries,
+    releasedTo, profileAccuracy, episodeSpans, roundSeries,
   };
   root.EdgeloopConsole = Object.freeze(helpers);
   if (!root.document) return; // loaded for tests: no DOM, no app
@@ -547,15 +537,15 @@
     ));
     const ids = [];
     if (state.release !== null) {
-      const versions = await api("models");
-      ids.push(...deploymentsForRelease(versions, state.release));
+      const statuses = await api("release_deployments", { seq: state.release });
+      for (const r of statuses) if (!ids.includes(r.deployment_id)) ids.push(r.deployment_id);
     }
     for (const id of state.lookups) if (!ids.includes(id)) ids.push(id);
     const parts = [];
     if (state.release !== null) {
       parts.push(el("h3", null, `Release ${state.release}: deployments`));
       if (!ids.length) {
-        parts.push(muted("The registry recorded no deployment of this release. Type a deployment id below (edgeloop release deploy prints it)."));
+        parts.push(muted("This release is not deployed to any device yet (edgeloop release deploy SEQ DEVICE…)."));
       }
     }
     for (const id of ids) parts.push(await deploymentTable(id));
