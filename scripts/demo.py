@@ -100,6 +100,7 @@ def main() -> int:
         console.print(
             f"REST {url}/api/v1 · enrollment :{enroll_port} (TLS) · Sync :{device_port} (mutual TLS)"
         )
+        console.print(f"operator console {url}/console (paste the admin token)")
         cli_env = dict(base_env, EDGELOOP_SERVER=url, EDGELOOP_TOKEN=token)
 
         step(f"2. {len(DEVICES)} devices enroll with one-time bootstrap tokens")
