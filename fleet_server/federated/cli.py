@@ -22,6 +22,7 @@ def fl_start(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "strategy": ns.strategy,
         "rounds": ns.rounds,
         "min_nodes": ns.min_nodes,
+        "max_nodes": ns.max_nodes,
         "malicious": ns.malicious,
         "round_timeout_s": ns.timeout,
         "norm_bound": ns.norm_bound,
@@ -98,6 +99,7 @@ def register(sub: Any) -> None:
     p.add_argument("--strategy", default="fedavg")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-nodes", type=int, default=2)
+    p.add_argument("--max-nodes", type=int, default=0, help="at most this many devices per round (0: all)")
     p.add_argument("--malicious", type=int, default=0, help="f for krum/multikrum")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per round")
     p.add_argument("--norm-bound", type=float, default=0.0)

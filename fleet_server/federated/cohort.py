@@ -3,12 +3,15 @@
 A device qualifies when it is active, matches the run's labels and profile, reported itself
 able to train (idle / charging / unmetered, from its `Tasks` stream), and is not excluded by the
 drift policy hook (`fleet_server.drift.policy.drift_policy`: anomalous devices are kept out of
-training; `drifted_only` restricts the run to the shifted devices of a drifted cohort).
+training; `drifted_only` restricts the run to the shifted devices of a drifted cohort). With
+`max_devices`, a fresh uniform sample of at most that many eligible devices is offered each time
+the strategy asks (each round), so a large fleet does not put every device into every round.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ class CohortSpec:
     require_conditions: tuple[str, ...] = ()  # e.g. ("idle", "charging", "unmetered")
     use_drift_policy: bool = True
     drifted_only: bool = False
+    max_devices: int = 0  # 0 = every eligible device
 
 
 class CohortFilter:
@@ -42,6 +46,7 @@ class CohortFilter:
         conditions: Callable[[str], dict[str, float]],
         policy: DriftPolicy = drift_policy,
         ttl_s: float = 5.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
         self._policy = policy
@@ -49,15 +54,19 @@ class CohortFilter:
         self._conditions = conditions
         self._ttl_s = ttl_s
         self._cached: tuple[float, set[str], set[str] | None] | None = None
+        self._rng = rng or random.SystemRandom()
 
     def __call__(self, online: set[str]) -> set[str]:
         allowed, drifted = self._fleet_view()
         out = {d for d in online & allowed if drifted is None or d in drifted}
-        return {
+        ready = {
             d
             for d in out
             if all(self._conditions(d).get(c, 0.0) >= 0.5 for c in self._spec.require_conditions)
         }
+        if 0 < self._spec.max_devices < len(ready):
+            return set(self._rng.sample(sorted(ready), self._spec.max_devices))
+        return ready
 
     def _fleet_view(self) -> tuple[set[str], set[str] | None]:
         now = time.monotonic()

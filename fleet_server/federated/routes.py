@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
-from fleet_server.errors import NotFoundError
+from fleet_server.errors import InvalidRequestError, NotFoundError
 from fleet_server.federated.cohort import CohortFilter, CohortSpec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
@@ -35,6 +35,7 @@ class RunRequest(BaseModel):
     strategy: str = "fedavg"
     rounds: int = Field(default=3, ge=1, le=1000)
     min_nodes: int = Field(default=2, ge=1)
+    max_nodes: int = Field(default=0, ge=0)  # 0 = no cap; else a fresh sample of at most this many per round
     fraction: float = Field(default=1.0, gt=0, le=1)
     malicious: int = Field(default=0, ge=0)
     round_timeout_s: float = Field(default=60.0, gt=0)
@@ -93,7 +94,11 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
 @router.post("/runs", status_code=202)
 def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
     fl: FederatedRuntime = request.app.state.federated
-    cohort = CohortSpec(req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only)
+    if 0 < req.max_nodes < req.min_nodes:
+        raise InvalidRequestError(f"max_nodes {req.max_nodes} is below min_nodes {req.min_nodes}")
+    cohort = CohortSpec(
+        req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only, req.max_nodes
+    )
     fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
     initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
     run_id = fl.runner.start(_spec(req, parent_version), initial)

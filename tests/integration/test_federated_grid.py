@@ -176,7 +176,7 @@ def test_secure_aggregation_run_via_cli_with_a_dropout_mid_protocol(
     args = argparse.Namespace(
         strategy="fedavg", rounds=2, min_nodes=9, malicious=0, timeout=30.0, norm_bound=0.0,
         secure_aggregation=True, dp_noise=0.0, lr=0.5, label=[], profile="", drifted_only=False,
-        from_last=False, json=True, model="", model_version=None,
+        from_last=False, json=True, model="", model_version=None, max_nodes=0,
     )  # fmt: skip
     run_id = fl_start(api, args, console)["run_id"]
 

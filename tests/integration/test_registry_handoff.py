@@ -227,6 +227,10 @@ def test_non_onnx_model_and_missing_datasets_and_unknown_models(
     assert r.status_code == 422 and "calibration and evaluation" in r.json()["detail"]
     r = server.client.post("/api/v1/federated/runs", json={"model": "nope"}, headers=server.auth("operator"))
     assert r.status_code == 404 and "no model named 'nope'" in r.json()["detail"]
+    r = server.client.post(
+        "/api/v1/federated/runs", json={"min_nodes": 3, "max_nodes": 2}, headers=server.auth("operator")
+    )
+    assert r.status_code == 422 and "max_nodes 2 is below min_nodes 3" in r.json()["detail"]
     r = server.client.put(
         "/api/v1/models/nope/policy", json={"auto_release": True}, headers=server.auth("operator")
     )

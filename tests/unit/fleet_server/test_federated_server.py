@@ -128,3 +128,21 @@ def test_cohort_applies_the_drift_policy_hook(tmp_path: Path) -> None:
         engine=engine, spec=CohortSpec(drifted_only=True), conditions=lambda d: {}, policy=policy
     )
     assert drifted(online) == {"a", "c"}  # a drift-triggered run trains the shifted devices only
+
+
+def test_cohort_cap_offers_a_fresh_sample_of_at_most_max_devices(tmp_path: Path) -> None:
+    import random
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    with Session(engine) as s:
+        for d in "abcdefgh":
+            s.add(Device(id=d, profile="pi4"))
+        s.commit()
+    spec = CohortSpec(use_drift_policy=False, max_devices=3)
+    capped = CohortFilter(engine=engine, spec=spec, conditions=lambda d: {}, rng=random.Random(7))
+    online = set("abcdefg")  # h is offline
+    rounds = [capped(online) for _ in range(20)]
+    assert all(len(r) == 3 and r <= online for r in rounds)
+    assert len(set().union(*rounds)) == 7  # over rounds, every eligible device gets its turn
+    assert capped({"a", "b"}) == {"a", "b"}  # fewer than the cap: all of them
