@@ -44,7 +44,29 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def measure(n: int, rounds: int, timeout_s: float = 900) -> dict[str, Any]:
+def _available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _clientapps() -> int:
+    count = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            count += b"flwr-clientapp" in cmdline.read_bytes()
+        except OSError:
+            pass
+    return count
+
+
+def measure(
+    n: int, rounds: int, timeout_s: float = 1500, stagger_s: float = 1.0, min_free_mb: float = 4000
+) -> dict[str, Any]:
+    """SuperNodes start `stagger_s` apart; one that exits before round 1 has started (on a loaded
+    2-core box a SuperNode can give up connecting, exit code 305) is restarted with a fresh key.
+    The run is aborted (and says so) if available memory falls below `min_free_mb`: the box is shared."""
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         env = dict(os.environ)
@@ -56,38 +78,58 @@ def measure(n: int, rounds: int, timeout_s: float = 900) -> dict[str, Any]:
         (tmp / "flwr_home" / "config.toml").write_text(config + "insecure = true\n")
         stamps = tmp / "stamps.txt"
         log = open(tmp / "flower.log", "ab")
-        superlink = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation"]
-        procs = [subprocess.Popen(superlink, env=env, stdout=log, stderr=log)]
-        time.sleep(5)
-        for i in range(n):
+
+        def supernode(i: int) -> subprocess.Popen[bytes]:
             cmd = ["flower-supernode", "--insecure", "--superlink", "127.0.0.1:8000", "--port", str(9200 + i),
                    "--node-config", f"partition-id={i} num-partitions={n}"]  # fmt: skip
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=log))
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+
+        superlink = ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation"]
+        link = subprocess.Popen(superlink, env=env, stdout=log, stderr=log)
         time.sleep(5)
+        nodes: dict[int, subprocess.Popen[bytes]] = {}
+        for i in range(n):
+            nodes[i] = supernode(i)
+            time.sleep(stagger_s)
         run = ["flwr", "run", str(APP), "local", "--stream", "--run-config",
                f"num-server-rounds={rounds} num-nodes={n} stamps='{stamps}'"]  # fmt: skip
-        t0 = time.time()
+        t0, restarts, min_mb, aborted = time.time(), 0, _available_mb(), ""
+        client = subprocess.Popen(run, env=env, stdout=log, stderr=log)
         try:
-            out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=timeout_s)
+            # `flwr run --stream` may return before the ServerApp is done: wait for the end stamp
             while time.time() - t0 < timeout_s and "end" not in _read(stamps):
-                time.sleep(1)  # `flwr run --stream` may return before the ServerApp is done
+                if not _read(stamps):
+                    for i, p in nodes.items():
+                        if p.poll() is not None:
+                            nodes[i], restarts = supernode(i), restarts + 1
+                min_mb = min(min_mb, _available_mb())
+                if min_mb < min_free_mb:
+                    aborted = f"MemAvailable {min_mb:.0f} MB with {_clientapps()} flwr-clientapp processes"
+                    break
+                time.sleep(1)
         finally:
-            for p in procs:
+            for p in [client, *nodes.values(), link]:
                 p.send_signal(signal.SIGTERM)
-            for p in procs:
+            for p in [client, *nodes.values(), link]:
                 try:
                     p.wait(20)
                 except subprocess.TimeoutExpired:
                     p.kill()
             log.close()
-        text = stamps.read_text() if stamps.exists() else ""
+        text = _read(stamps)
         marks = [float(line.split()[1]) for line in text.splitlines()]
         durations = list(np.diff(marks)) if len(marks) > 1 else []
-        result = {"devices": n, "round_s": durations, "total_s": time.time() - t0, "rc": out.returncode}
+        result: dict[str, Any] = {
+            "devices": n,
+            "round_s": durations,
+            "total_s": time.time() - t0,
+            "supernode_restarts": restarts,
+            "min_available_mb": min_mb,
+            "finished": "end" in text,
+            "aborted": aborted,
+        }
         if durations:
             result["median_round_s"] = float(np.median(durations[1:] or durations))
         else:
-            result["error"] = (
-                out.stdout[-1500:] + out.stderr[-1500:] + (tmp / "flower.log").read_text()[-3000:]
-            )
+            result["error"] = (tmp / "flower.log").read_text()[-3000:]
         return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
@@ -161,14 +160,3 @@ def _one(n: int, params: int, drop: float, secure: bool, seed: int) -> dict[str,
         "max_err": err,
         "bound": bound,
     }
-
-
-def measure(*, n: int, params: int, drop: float, reps: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n, "params": params, "drop": drop}
-    for mode in ("plain", "secagg"):
-        runs = [_one(n, params, drop, mode == "secagg", seed) for seed in range(reps)]
-        out[mode] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-        print(mode, out[mode], flush=True)
-    out["server_x_plain"] = out["secagg"]["server_s"] / out["plain"]["server_s"]
-    out["upload_x_plain"] = out["secagg"]["upload_mb_per_device"] / out["plain"]["upload_mb_per_device"]
-    return out

@@ -1,14 +1,20 @@
 """Choose and configure a Flower strategy by name (aggregation stays Flower's own code).
 
 `make_strategy("multikrum", min_nodes=8, fraction=1.0, malicious=2)` -> a configured
-`flwr.serverapp.strategy` instance. Robust rules and secure aggregation are exclusive: a run with
+`flwr.serverapp.strategy` instance. `robust-<rule>` (e.g. `robust-multikrum`) puts our
+pre-aggregation (`fleet_server.federated.robust`) in front of Flower's unchanged rule: up to
+`malicious` replies that point against the median update are dropped, and the rest are bounded to
+the round's median update norm. Robust rules and secure aggregation are exclusive: a run with
 secure aggregation must use a linear rule (fedavg / fedprox / fedadam).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
@@ -22,9 +28,11 @@ from flwr.serverapp.strategy import (
 )
 
 from fleet_server.errors import InvalidRequestError
+from fleet_server.federated.robust import bound_to_median, drop_opposed
 
 LINEAR = frozenset({"fedavg", "fedprox", "fedadam", "dp-fedavg"})
-ROBUST = frozenset({"fedtrimmedavg", "fedmedian", "krum", "multikrum"})
+_RULES = frozenset({"fedtrimmedavg", "fedmedian", "krum", "multikrum"})
+ROBUST = _RULES | {f"robust-{r}" for r in _RULES | {"fedavg"}}
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,58 @@ class StrategySpec:
     dp_clip: float = 1.0  # dp-fedavg: devices clip their update to this L2 norm
 
 
+class PreAggregated(Strategy):
+    """Flower's `inner` strategy behind our pre-aggregation of the training replies.
+
+    Each round, of the valid replies: at most `max_drop` whose update has a negative cosine with
+    the coordinate-wise median update (summed over the rounds so far, per node) are dropped
+    (sign-flip / inner-product attacks); then, unless `inner` is Krum-family, every update is
+    scaled to at most the round's median update norm (scaled and noise attacks); then `inner`
+    aggregates. Krum's distance scores already exclude oversized updates, and bounding first
+    would hide them (digits bench, inner-product x10 attack: 94% without, 88% with). A MultiKrum
+    `inner` selects `len(kept) - (max_drop - dropped)`: replies already dropped count against
+    the assumed number of attackers.
+    """
+
+    def __init__(self, inner: Strategy, max_drop: int) -> None:
+        self.inner = inner
+        self.max_drop = max_drop
+        self._arrays: ArrayRecord | None = None
+        self.history: dict[int, float] = {}  # node id -> sum of its update's cosines with the median
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._arrays = arrays
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        if self._arrays is not None:
+            valid = [m for m in replies if not m.has_error()]
+            kept = drop_opposed(self._arrays, valid, self.max_drop, self.history)
+            if not isinstance(self.inner, (Krum, MultiKrum)):  # Krum scores need the raw norms
+                bound_to_median(self._arrays, kept)
+            if isinstance(self.inner, MultiKrum):
+                left = max(0, self.max_drop - (len(valid) - len(kept)))
+                self.inner.num_nodes_to_select = max(1, len(kept) - left)
+            replies = kept + [m for m in replies if m.has_error()]
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+
 def make_strategy(spec: StrategySpec) -> Strategy:
     """Raises: InvalidRequestError for an unknown name."""
     common = {
@@ -49,6 +109,9 @@ def make_strategy(spec: StrategySpec) -> Strategy:
         "min_available_nodes": spec.min_nodes,
     }
     name = spec.name.lower()
+    if name.startswith("robust-") and name in ROBUST:
+        inner = make_strategy(replace(spec, name=name.removeprefix("robust-")))
+        return PreAggregated(inner, max_drop=spec.malicious or max(1, spec.min_nodes // 5))
     if name == "fedavg":
         return FedAvg(**common)  # type: ignore[arg-type]
     if name == "dp-fedavg":
