@@ -2,10 +2,12 @@
 
 Each round every client fine-tunes the softmax head (agent.federated.trainer, the code devices
 run) and the replies go through Flower's own `aggregate_train` as `Message`s, optionally after
-our norm bounding (fleet_server.federated.robust). Attacks at 20% of clients: sign flip of the
-update, x10 scaled update, label flip (y -> 9 - y), and label flip with a x10 scaled
-update. Centralized reference: the same head trained
-on the pooled training set.
+our norm bounding ("+nb"), or through the product's `robust-<rule>` strategies
+(fleet_server.federated.strategy.PreAggregated, called as the runner calls it). Attacks at 20% of
+clients: sign flip of the update, x10 scaled update, label flip (y -> 9 - y), label flip with a
+x10 scaled update, and hidden variants that see the round's honest updates (`HIDDEN`: ALIE, IPM
+with eps 0.5 and 10, Gaussian noise). "oracle" averages the honest clients only. Centralized
+reference: the same head trained on the pooled training set.
 """
 
 from __future__ import annotations

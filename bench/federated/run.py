@@ -1,10 +1,11 @@
 """Federated benchmark: accuracy under non-IID + attacks, FleetGrid round latency, SecAgg+ cost.
 
-Reproduce (2-core box, ~15 min for everything):
+Reproduce (2-core box, ~1 h for everything; see BENCHMARKS.md "Federated"):
     .venv/bin/python -m bench.federated.run --part all --out bench/federated/results.json
-Parts: `accuracy` (digits, Dirichlet a=0.3, 20 and 50 clients, 3 seeds, 4 attacks, 5 aggregators,
-centralized reference), `latency` (10 and 50 real agent processes on loopback through FleetGrid),
-`secagg` (N=100, 1M parameters, 10% dropouts, ours vs plain FedAvg in the same harness),
+Parts: `accuracy` (digits, Dirichlet a=0.3, 20 and 50 clients, 3 seeds, 4 attacks + 4 hidden ones,
+8 aggregators incl. the product's robust-* and an honest-only oracle, centralized reference),
+`latency` (10 and 50 real agent processes on loopback through FleetGrid), `secagg` (N=100, 1M
+parameters, 10% dropouts: ours and Flower's SecAgg+, each with its plain FedAvg, one harness),
 `latency+flower` (latency, then the same rounds on Flower's SuperLink + SuperNodes as the anchor).
 """
 

@@ -3,9 +3,10 @@
 `make_strategy("multikrum", min_nodes=8, fraction=1.0, malicious=2)` -> a configured
 `flwr.serverapp.strategy` instance. `robust-<rule>` (e.g. `robust-multikrum`) puts our
 pre-aggregation (`fleet_server.federated.robust`) in front of Flower's unchanged rule: up to
-`malicious` replies that point against the median update are dropped, and the rest are bounded to
-the round's median update norm. Robust rules and secure aggregation are exclusive: a run with
-secure aggregation must use a linear rule (fedavg / fedprox / fedadam).
+`malicious` replies that point against the median update are dropped, MultiKrum selects on the raw
+updates, and the rest are bounded to the round's median update norm. Robust rules and secure
+aggregation are exclusive: a run with secure aggregation must use a linear rule (fedavg / fedprox /
+fedadam). The default stays `fedavg`, which secure aggregation needs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flwr.serverapp.strategy import (
     MultiKrum,
     Strategy,
 )
+from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from fleet_server.errors import InvalidRequestError
 from fleet_server.federated.robust import bound_to_median, drop_opposed
@@ -53,12 +55,13 @@ class PreAggregated(Strategy):
 
     Each round, of the valid replies: at most `max_drop` whose update has a negative cosine with
     the coordinate-wise median update (summed over the rounds so far, per node) are dropped
-    (sign-flip / inner-product attacks); then, unless `inner` is Krum-family, every update is
-    scaled to at most the round's median update norm (scaled and noise attacks); then `inner`
-    aggregates. Krum's distance scores already exclude oversized updates, and bounding first
-    would hide them (digits bench, inner-product x10 attack: 94% without, 88% with). A MultiKrum
-    `inner` selects `len(kept) - (max_drop - dropped)`: replies already dropped count against
-    the assumed number of attackers.
+    (sign-flip / inner-product attacks). A MultiKrum `inner` then selects `len(kept) - max_drop`
+    of them with Flower's `select_multikrum` on the raw updates: bounding before Krum would hide
+    oversized updates from its distance scores, and the filter's drops do not count against f
+    (under non-IID data it may drop honest rare-class devices instead; crediting them let
+    inner-product x10 attackers through, 79% instead of 89% worst seed at 50 clients). Then
+    every update left is scaled to at most the round's median update norm (scaled and noise
+    attacks) and `inner` aggregates them all.
     """
 
     def __init__(self, inner: Strategy, max_drop: int) -> None:
@@ -80,13 +83,24 @@ class PreAggregated(Strategy):
         if self._arrays is not None:
             valid = [m for m in replies if not m.has_error()]
             kept = drop_opposed(self._arrays, valid, self.max_drop, self.history)
-            if not isinstance(self.inner, (Krum, MultiKrum)):  # Krum scores need the raw norms
-                bound_to_median(self._arrays, kept)
             if isinstance(self.inner, MultiKrum):
-                left = max(0, self.max_drop - (len(valid) - len(kept)))
-                self.inner.num_nodes_to_select = max(1, len(kept) - left)
+                kept = self._krum_select(kept, self.max_drop)
+            bound_to_median(self._arrays, kept)
             replies = kept + [m for m in replies if m.has_error()]
         return self.inner.aggregate_train(server_round, replies)
+
+    def _krum_select(self, kept: list[Message], f: int) -> list[Message]:
+        """Flower's own MultiKrum selection on the raw updates; the inner rule then averages them all."""
+        assert isinstance(self.inner, MultiKrum)
+        select = max(1, len(kept) - f)
+        chosen = select_multikrum(
+            [m.content for m in kept],
+            num_malicious_nodes=self.inner.num_malicious_nodes,
+            num_nodes_to_select=select,
+        )
+        ids = {id(c) for c in chosen}
+        self.inner.num_nodes_to_select = len(chosen)
+        return [m for m in kept if id(m.content) in ids]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
