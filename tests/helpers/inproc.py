@@ -169,3 +169,21 @@ def telemetry(batch_id: int, seqs: list[int], payload: bytes = b"") -> pb.SyncRe
 def live(settings: Settings, tokens: dict[str, str]) -> Iterator[LiveServer]:
     with TestClient(create_app(settings)) as client:
         yield LiveServer(settings, client, tokens)
+
+
+def operator_api(server: LiveServer) -> type:
+    """A stand-in for `fleet_server.operator_cli.Api` that talks to the in-process server (the
+    TestClient is not a socket): `monkeypatch.setattr(operator_cli, "Api", operator_api(server))`."""
+    from fleet_server import operator_cli
+
+    class InProcApi:
+        def __init__(self, base_url: str, token: str) -> None:
+            self.headers = {"Authorization": f"Bearer {token}"}
+
+        def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            resp = server.client.request(method, "/api/v1" + path, headers=self.headers, **kwargs)
+            if resp.status_code >= 400:
+                raise operator_cli.ApiError(resp.status_code, resp.json()["detail"])
+            return resp.json()
+
+    return InProcApi

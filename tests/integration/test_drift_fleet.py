@@ -21,7 +21,7 @@ from agent.drift import DriftMonitor, DriftReporter, ReferenceProfile, build_ref
 from fleet_server.db import make_engine
 from fleet_server.drift.policy import EXCLUDE_DEVICES, OPEN_RETRAINING_ROUND, drift_policy
 from protos.edgeloop.v1 import device_pb2 as pb
-from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll
+from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll, operator_api
 
 SHIFTED = [f"dev-{i:02d}" for i in range(10)]
 STUCK = "dev-10"
@@ -173,17 +173,7 @@ def test_cli_drift_list_show_cohorts_json(
 
     _send(server, STUCK, tmp_path, _simulate(STUCK, 10, profile).records)
 
-    class InProcApi:
-        def __init__(self, base_url: str, token: str) -> None:
-            self.headers = {"Authorization": f"Bearer {token}"}
-
-        def request(self, method: str, path: str, **kwargs: Any) -> Any:
-            resp = server.client.request(method, "/api/v1" + path, headers=self.headers, **kwargs)
-            if resp.status_code >= 400:
-                raise operator_cli.ApiError(resp.status_code, resp.json()["detail"])
-            return resp.json()
-
-    monkeypatch.setattr(operator_cli, "Api", InProcApi)
+    monkeypatch.setattr(operator_cli, "Api", operator_api(server))
     token = ["--token", server.tokens["viewer"]]
     assert operator_cli.main([*token, "--json", "drift", "list"]) == 0
     listed = json.loads(capsys.readouterr().out)

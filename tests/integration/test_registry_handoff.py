@@ -18,7 +18,7 @@ from fleet_server.federated.handoff import write_head_onnx
 from fleet_server.registry.head import read_head
 from tests.fixtures.heads import write_head_model
 from tests.helpers.fl_fleet import Fleet
-from tests.helpers.inproc import LiveServer
+from tests.helpers.inproc import LiveServer, operator_api
 from tests.helpers.procs import wait_until
 
 PROFILE = "generic-x86"  # the Fleet helper enrolls devices with this profile
@@ -245,17 +245,7 @@ def test_operator_cli_registers_and_lists(
 ) -> None:
     from fleet_server import operator_cli
 
-    class InProcApi:  # the CLI's Api over the in-process server (TestClient is not a socket)
-        def __init__(self, base_url: str, token: str) -> None:
-            self.headers = {"Authorization": f"Bearer {token}"}
-
-        def request(self, method: str, path: str, **kwargs: Any) -> Any:
-            resp = server.client.request(method, "/api/v1" + path, headers=self.headers, **kwargs)
-            if resp.status_code >= 400:
-                raise operator_cli.ApiError(resp.status_code, resp.json()["detail"])
-            return resp.json()
-
-    monkeypatch.setattr(operator_cli, "Api", InProcApi)
+    monkeypatch.setattr(operator_cli, "Api", operator_api(server))
     monkeypatch.setenv("COLUMNS", "200")
     token = ["--token", server.tokens["operator"]]
     code = operator_cli.main(
