@@ -34,9 +34,9 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.default_workflows import default_fit_workflow
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from bench.federated.secagg_cost import InProcGrid
 
 
 class _Device(NumPyClient):
@@ -47,40 +47,12 @@ class _Device(NumPyClient):
         return [parameters[0] + self.delta], 50, {}
 
 
-class FlowerDirectGrid(Grid):
+class FlowerDirectGrid(InProcGrid):
     def __init__(self, deltas: dict[int, np.ndarray], dead: set[int], secure: bool) -> None:
-        self.deltas, self.dead = deltas, dead
+        super().__init__(deltas, dead)
         mods = [secaggplus_mod] if secure else []
         self.app = ClientApp(client_fn=lambda ctx: _Device(deltas[ctx.node_id]).to_client(), mods=mods)
         self.contexts = {n: Context(1, n, {}, RecordDict(), {}) for n in deltas}
-        self.client_s, self.upload = 0.0, dict.fromkeys(deltas, 0)
-        self._run = Run.create_empty(1)
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.deltas)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -34,10 +34,12 @@ from protos.edgeloop.v1 import federated_pb2 as pb
 MAX = 2**31
 
 
-class DirectGrid(Grid):
+class InProcGrid(Grid):
+    """Flower's `Grid` for one process: every node id is a simulated device holding one update.
+    Subclasses deliver the messages (`send_and_receive`); the rest is shared boilerplate."""
+
     def __init__(self, deltas: dict[int, np.ndarray], dead: set[int]) -> None:
         self.deltas, self.dead = deltas, dead
-        self.clients = {n: SecAggClient() for n in deltas}
         self.client_s, self.upload = 0.0, dict.fromkeys(deltas, 0)
         self._run = Run.create_empty(1)
 
@@ -66,6 +68,12 @@ class DirectGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         raise NotImplementedError
+
+
+class DirectGrid(InProcGrid):
+    def __init__(self, deltas: dict[int, np.ndarray], dead: set[int]) -> None:
+        super().__init__(deltas, dead)
+        self.clients = {n: SecAggClient() for n in deltas}
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
