@@ -160,7 +160,10 @@ class FederatedClient:
         self._conditions = conditions or StaticConditions()
         fl_dir = data_dir / "federated"
         self.store = SampleStore(
-            fl_dir / "samples.db", max_samples=self.config.max_samples, max_age_s=self.config.max_sample_age_s
+            fl_dir / "samples.db",
+            max_samples=self.config.max_samples,
+            max_age_s=self.config.max_sample_age_s,
+            replace_on_width_change=True,  # a new backbone: old features are useless to the new head
         )
         self.ledger = PrivacyLedger(
             fl_dir / "privacy_ledger.json", budget_epsilon=self.config.epsilon_budget, delta=self.config.delta

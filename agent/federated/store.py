@@ -1,13 +1,17 @@
 """Bounded on-device store of labelled samples (SQLite), the trainer's only data source.
 
 Retention: at most `max_samples` rows (oldest dropped first) and nothing older than
-`max_age_s`. Features are float32 blobs of one fixed width per store; a sample of another width
-is refused. Data never leaves the device: only model updates do. The clock is injected.
+`max_age_s`. Features are float32 blobs of one fixed width per store. A sample of another width
+means the serving model's feature space changed (an update replaced the backbone): with
+`replace_on_width_change` (what the daemon uses) the old rows, useless to the new head, are
+deleted and counted in `replaced_total`; otherwise the sample is refused. Data never leaves the
+device: only model updates do. The clock is injected.
 Safe to share between threads (the inference API's Feedback writes while the trainer reads).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -17,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.errors import InvalidInputError, StorageError
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sample (
@@ -39,8 +45,11 @@ class SampleStore:
         max_samples: int = 5000,
         max_age_s: float = 30 * 86400,
         clock: Callable[[], float] = time.time,
+        replace_on_width_change: bool = False,
     ) -> None:
         self._max_samples = max_samples
+        self._replace = replace_on_width_change
+        self.replaced_total = 0  # rows deleted because a new feature width arrived
         self._max_age_s = max_age_s
         self._clock = clock
         self._lock = threading.RLock()  # one connection shared by threads: one statement group at a time
@@ -55,7 +64,8 @@ class SampleStore:
         """Append samples, then apply retention. Returns how many rows the store holds.
 
         Raises:
-            InvalidInputError: shapes disagree, labels negative, or width differs from stored rows.
+            InvalidInputError: shapes disagree, labels negative, or (unless replacing) the width
+                differs from the stored rows.
         """
         x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         if len(x) != len(y) or (len(y) and int(np.min(y)) < 0) or not np.all(np.isfinite(x)):
@@ -65,7 +75,18 @@ class SampleStore:
         with self._lock:
             width = self.width()
             if width and len(x) and x.shape[1] != width:
-                raise InvalidInputError(f"feature width {x.shape[1]} != stored width {width}")
+                if not self._replace:
+                    raise InvalidInputError(f"feature width {x.shape[1]} != stored width {width}")
+                dropped = self.count()
+                with self._db:
+                    self._db.execute("DELETE FROM sample")
+                self.replaced_total += dropped
+                logger.warning(
+                    "feature width changed %d -> %d: %d stored samples of the old model dropped",
+                    width,
+                    x.shape[1],
+                    dropped,
+                )
             with self._db:
                 self._db.executemany("INSERT INTO sample(ts, label, features) VALUES (?, ?, ?)", rows)
             return self.enforce_retention()

@@ -201,6 +201,14 @@ def test_store_refuses_a_feature_width_change(tmp_path: Path) -> None:
     assert store.count() == 1
 
 
+def test_a_store_that_replaces_drops_the_old_feature_space_and_counts_it(tmp_path: Path) -> None:
+    store = SampleStore(tmp_path / "r.db", replace_on_width_change=True)
+    store.add_many(np.zeros((3, 64), np.float32), np.array([1, 2, 3]))
+    assert store.add_many(np.ones((2, 5), np.float32), np.array([4, 5])) == 2
+    x, y = store.load()
+    assert x.shape == (2, 5) and y.tolist() == [4, 5] and store.replaced_total == 3
+
+
 def test_model_swapped_mid_request_is_retryable_and_stores_nothing(tmp_path: Path) -> None:
     handler, store = _handler(tmp_path, HeadRuntime())
     validated_on = ModelHolder()  # the handler checked v2's signature; the engine still serves v1
