@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.errors import AgentError, ConfigError, InvalidInputError, TransportError
-from agent.federated import torch_trainer, trainer
+from agent.federated import train_torch, trainer
 from agent.federated.privacy import PrivacyLedger, clip_and_noise
 from agent.federated.secagg import SecAggClient
 from agent.federated.store import SampleStore
@@ -85,14 +85,14 @@ class FederatedConfig:
         if config.torch_threads < 0:
             raise ConfigError(f"[federated].torch_threads must be >= 0, got {config.torch_threads}")
         if config.trainer == "torch":
-            torch_trainer.require()
+            train_torch.require()
         return config
 
 
 def select_trainer(config: FederatedConfig) -> TrainFn:
     """The `train` function `config.trainer` names (torch is imported only when it first trains)."""
     if config.trainer == "torch":
-        return functools.partial(torch_trainer.train, threads=config.torch_threads)
+        return functools.partial(train_torch.train, threads=config.torch_threads)
     return trainer.train
 
 

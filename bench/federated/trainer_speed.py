@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agent.federated import torch_trainer, trainer
+from agent.federated import train_torch, trainer
 from tests.fixtures.heads import flat_digits
 
 Train = Callable[[list[np.ndarray], np.ndarray, np.ndarray, trainer.TrainParams], Any]
@@ -54,8 +54,8 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     trainers: dict[str, Train] = {
         "numpy": trainer.train,
-        "torch, 1 thread": lambda w, x, y, p: torch_trainer.train(w, x, y, p, threads=1),
-        f"torch, {default_threads} threads": lambda w, x, y, p: torch_trainer.train(
+        "torch, 1 thread": lambda w, x, y, p: train_torch.train(w, x, y, p, threads=1),
+        f"torch, {default_threads} threads": lambda w, x, y, p: train_torch.train(
             w, x, y, p, threads=default_threads
         ),
     }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ConfigError, InvalidInputError
-from agent.federated import torch_trainer, trainer
+from agent.federated import train_torch, trainer
 from agent.federated.client import FederatedClient, FederatedConfig, select_trainer
 from agent.federated.tensors import tensor_from_proto, tensor_to_proto
 from agent.identity import Identity
@@ -31,15 +31,13 @@ def test_torch_head_matches_numpy_head_on_digits() -> None:
     x_tr, y_tr = x_tr[:1000], y_tr[:1000]
     params = trainer.TrainParams(lr=0.5, epochs=5, batch_size=32, seed=7)
     ref, ref_loss = trainer.train(_zeros(), x_tr, y_tr, params)
-    got, loss = torch_trainer.train(_zeros(), x_tr, y_tr, params, threads=THREADS)
+    got, loss = train_torch.train(_zeros(), x_tr, y_tr, params, threads=THREADS)
     ref_acc, acc = trainer.evaluate(ref, x_te, y_te)[1], trainer.evaluate(got, x_te, y_te)[1]
     assert acc > 0.9 and abs(acc - ref_acc) <= 0.01, (acc, ref_acc)
     assert [a.dtype for a in got] == [np.float32, np.float32] and got[0].shape == (64, 10)
     assert loss == pytest.approx(ref_loss, rel=1e-4)  # same minibatch order, float32 vs float64
     np.testing.assert_allclose(got[0], ref[0], atol=1e-4)
-    as64, _ = torch_trainer.train(
-        [a.astype(np.float64) for a in _zeros()], x_tr, y_tr, params, threads=THREADS
-    )
+    as64, _ = train_torch.train([a.astype(np.float64) for a in _zeros()], x_tr, y_tr, params, threads=THREADS)
     assert as64[0].dtype == np.float64  # dtypes come back as they went in
 
 
@@ -50,7 +48,7 @@ def test_fedprox_term_pulls_weights_toward_the_start() -> None:
 
     def drift(mu: float) -> float:
         params = trainer.TrainParams(lr=0.5, epochs=3, proximal_mu=mu)
-        new, _ = torch_trainer.train(start, x_tr[:500], y_tr[:500], params, threads=THREADS)
+        new, _ = train_torch.train(start, x_tr[:500], y_tr[:500], params, threads=THREADS)
         ref, _ = trainer.train(start, x_tr[:500], y_tr[:500], params)
         np.testing.assert_allclose(new[0], ref[0], atol=1e-4)  # same prox semantics as numpy
         return float(np.linalg.norm(new[0] - start[0]))
@@ -72,7 +70,7 @@ def test_fedprox_term_pulls_weights_toward_the_start() -> None:
 )
 def test_bad_shapes_raise_invalid_input(weights: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> None:
     with pytest.raises(InvalidInputError):
-        torch_trainer.train(weights, x, y, trainer.TrainParams())
+        train_torch.train(weights, x, y, trainer.TrainParams())
 
 
 def test_config_selects_and_validates_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +85,7 @@ def test_config_selects_and_validates_the_trainer(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match=r"pip install edgeloop\[agent,train\]"):
         FederatedConfig.from_mapping({"trainer": "torch"})
     with pytest.raises(ConfigError, match="train extra"):
-        torch_trainer.train(_zeros(4, 2), np.zeros((3, 4)), np.zeros(3, np.int64), trainer.TrainParams())
+        train_torch.train(_zeros(4, 2), np.zeros((3, 4)), np.zeros(3, np.int64), trainer.TrainParams())
 
 
 def test_client_trains_a_task_with_the_torch_trainer(tmp_path: Path) -> None:
