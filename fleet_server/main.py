@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.federated = federated
         app.state.models = build_registry(
-            engine=engine, ota=app.state.ota, settings=settings, runner=federated.runner
+            engine=engine,
+            ota=app.state.ota,
+            settings=settings,
+            runner=federated.runner,
+            notify=registry.notify_desired_changed,
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}

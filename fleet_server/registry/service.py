@@ -15,7 +15,7 @@ import logging
 import queue
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,17 @@ _STOP = -1
 class ModelRegistry:
     """The registry service; `start()` runs the compile worker, `stop()` ends it."""
 
-    def __init__(self, *, engine: Engine, ota: OtaService, work_dir: Path, compiler: Compiler) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        ota: OtaService,
+        work_dir: Path,
+        compiler: Compiler,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self._engine = engine
+        self._notify = notify  # push the new desired state to a connected device now
         self._ota = ota
         self._work = work_dir
         self._compiler = compiler
@@ -281,7 +290,13 @@ class ModelRegistry:
         return version
 
     def cohort_devices(self, session: Session, version: ModelVersion) -> list[str]:
-        """Who a federated version goes to: its run's cohort (listed devices, or labels + profile)."""
+        """Who a federated version goes to: its run's cohort (listed devices, or labels + profile).
+
+        An uploaded version has no cohort: it goes only to devices an operator names (never, by
+        default, to the whole fleet).
+        """
+        if "cohort" not in version.lineage:
+            return []
         cohort: dict[str, Any] = dict(version.lineage.get("cohort") or {})
         active = session.exec(select(Device).where(Device.status == "active")).all()
         if cohort.get("devices"):
@@ -383,6 +398,9 @@ class ModelRegistry:
             release = self._ota.publish(session=session, spec=spec, created_by=created_by)
             assert release.seq is not None
             deployment = self._ota.deploy(session=session, release_seq=release.seq, device_ids=targets)
+            if self._notify is not None:
+                for device_id in targets:
+                    self._notify(device_id)
             releases[profile] = {"release_seq": release.seq, "deployment_id": deployment, "devices": targets}
         if not releases:
             raise InvalidRequestError(

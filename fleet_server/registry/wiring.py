@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sqlalchemy import Engine
 
@@ -19,12 +21,15 @@ def build_registry(
     settings: Settings,
     runner: FederatedRunner,
     compiler: Compiler | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> ModelRegistry:
     """The started registry, with federated runs that name a model handing their head to it."""
     compiler = compiler or SubprocessCompiler(
         tuple(settings.compiler_command) or SubprocessCompiler.command, settings.compile_timeout_s
     )
-    models = ModelRegistry(engine=engine, ota=ota, work_dir=settings.data_dir / "registry", compiler=compiler)
+    models = ModelRegistry(
+        engine=engine, ota=ota, work_dir=settings.data_dir / "registry", compiler=compiler, notify=notify
+    )
 
     def hand_off(spec: RunSpec, arrays: dict[str, np.ndarray], lineage: dict[str, object]) -> None:
         models.register_federated(

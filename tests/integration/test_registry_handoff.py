@@ -87,6 +87,12 @@ def test_federated_head_becomes_a_compiled_version_released_to_its_cohort(
     assert v1["status"] == "awaiting_approval", v1["detail"]
     v1_acc = v1["artifacts"][PROFILE]["accuracy"]
     assert 0.5 < v1_acc < 0.93  # 40 central samples: a weak start
+    # An uploaded version has no cohort: approving it without naming devices releases nothing,
+    # even with four devices online (never the whole fleet by default).
+    r = server.client.post(
+        "/api/v1/models/digits-head/versions/1/approve", json={}, headers=server.auth("operator")
+    )
+    assert r.status_code == 422 and "no devices" in r.json()["detail"]
     policy = server.client.put(
         "/api/v1/models/digits-head/policy", json={"auto_release": True}, headers=server.auth("operator")
     )
