@@ -247,6 +247,15 @@ def main() -> int:
                 120,
             )
             console.print(f"  {device_id} serves {served['model']}")
+        deployments = [
+            r["deployment_id"]
+            for r in _cli_json(cli_env, "models", "show", "digits-head", "1")["releases"].values()
+        ]
+        wait_for(
+            "the watch window to pass and both devices to commit (devices do not train mid-update)",
+            lambda: all(row["state"] == "committed" for dep in deployments for row in _cli_json(cli_env, "release", "status", dep)),
+            timeout=180,
+        )  # fmt: skip
 
         step(
             "9. devices learn: labelled feedback -> federated rounds -> registry v2 -> compiler -> signed OTA"
@@ -282,6 +291,11 @@ def main() -> int:
             timeout=300,
         )
         sys.stdout.write(run([str(BIN / "edgeloop"), "fl", "status", run_id], cli_env).stdout)
+        status = _cli_json(cli_env, "fl", "status", run_id)
+        if status["run"]["status"] != "completed" or not any(r["results"] for r in status["rounds"]):
+            raise SystemExit(
+                f"demo: the federated run trained nothing: {status['run']['detail'] or status['rounds']}"
+            )
         v2 = wait_for(
             "digits-head@2: registered from the run, compiled with v1's budgets, judged, auto-released",
             lambda: (
@@ -297,6 +311,13 @@ def main() -> int:
         )
         if v2["status"] != "released":
             raise SystemExit(f"demo: digits-head@2 {v2['status']}: {v2['detail']}")
+        if not (v2["accuracy"] or 0) > (v1["accuracy"] or 0):
+            raise SystemExit(
+                f"demo: federated v2 ({v2['accuracy']}) is not better than v1 ({v1['accuracy']})"
+            )
+        console.print(
+            f"  fp32 accuracy v1 {v1['accuracy']:.1%} -> v2 {v2['accuracy']:.1%}, lineage run {run_id[:12]}"
+        )
         for device_id, env in learner_envs.items():
             served = wait_for(
                 f"{device_id} to verify, gate and switch to digits-head@2",

@@ -232,6 +232,7 @@ class FederatedClient:
         if not reason and len(y) == 0:
             reason = "no local training data"
         if reason:
+            logger.info("task declined round_id=%s: %s", task.round_id, reason)
             return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=reason)
         names = [t.name for t in task.arrays]
         weights = [tensor_from_proto(t, max_bytes=self.config.max_task_bytes) for t in task.arrays]

@@ -271,6 +271,12 @@ class FleetGrid(Grid):
     def _reply_for(self, pending: _Pending, result: pb.TaskResult) -> Message:
         if result.error:
             self.dropped["declined"] += 1
+            logger.info(
+                "task declined device_id=%s round_id=%s reason=%s",
+                pending.device_id,
+                result.round_id,
+                result.error,
+            )
             return Message(Error(code=ERR_DECLINED, reason=result.error[:200]), reply_to=pending.request)
         lim = self.limits
         if pending.request.metadata.message_type.startswith("train.secagg_"):

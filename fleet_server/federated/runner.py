@@ -282,17 +282,25 @@ class FederatedRunner:
             arrays = {k: a.numpy() for k, a in final.items()}
             lineage = _lineage(run, rounds)
         write_artifacts(self.out_dir / run_id, arrays, lineage)
+        if lineage["final_digest"] == lineage["parent_digest"]:
+            # No round aggregated an update (every device declined or failed): nothing new to hand off.
+            self._note(run_id, "no round aggregated an update: the model is unchanged, nothing handed off")
+            return
         if self.on_complete is not None and spec.model:
             try:
                 self.on_complete(spec, arrays, lineage)
             except Exception as err:  # the run itself completed; the hand-off failure is recorded on it
                 logger.exception("hand-off failed run_id=%s model=%s", run_id, spec.model)
-                with Session(self._engine) as s:
-                    run = s.get(FlRun, run_id)
-                    if run is not None:
-                        run.detail = f"hand-off failed: {type(err).__name__}: {err}"[:500]
-                        s.add(run)
-                        s.commit()
+                self._note(run_id, f"hand-off failed: {type(err).__name__}: {err}")
+
+    def _note(self, run_id: str, detail: str) -> None:
+        logger.warning("run_id=%s %s", run_id, detail)
+        with Session(self._engine) as s:
+            run = s.get(FlRun, run_id)
+            if run is not None:
+                run.detail = detail[:500]
+                s.add(run)
+                s.commit()
 
     def _save(self, row: FlRun | FlRound) -> None:
         with Session(self._engine) as s:

@@ -185,3 +185,26 @@ def test_straggler_is_cut_at_the_round_timeout_and_its_late_result_refused(
     while not fleet.late and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fleet.late == [(False, "late_or_duplicate")]
+
+
+def test_a_run_where_every_device_declined_hands_nothing_off(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    fleet = InProcFleet(loop, tmp_path, 3)
+    for c in fleet.clients.values():
+        c.ledger.budget_epsilon = 1e-9  # every noised round would exceed it: all devices decline
+    runner, engine = _runner(tmp_path, fleet)
+    handed: list[str] = []
+    runner.on_complete = lambda spec, arrays, lineage: handed.append(str(lineage["run_id"]))
+    spec = RunSpec(
+        StrategySpec("fedavg", min_nodes=3),
+        num_rounds=2,
+        round_timeout_s=10,
+        dp_noise_multiplier=4.0,
+        model="m",
+    )
+    run_id = runner.run_blocking(spec, model())
+    run, rows = _rounds(engine, run_id)
+    assert [r.results for r in rows] == [0, 0] and rows[0].dropped == {"declined": 3}
+    assert run.status == "completed" and run.final_digest == run.parent_digest
+    assert handed == [] and "nothing handed off" in run.detail
