@@ -19,6 +19,7 @@ from agent import __version__
 from agent.errors import (
     AgentError,
     ConfigError,
+    DataDirLockedError,
     EnrollmentError,
     ExitCode,
     InferenceError,
@@ -26,6 +27,7 @@ from agent.errors import (
     StorageError,
     TransportError,
 )
+from agent.fsutil import DataDirLock
 
 
 def _config(ns: argparse.Namespace) -> object:
@@ -43,7 +45,8 @@ def _enroll(ns: argparse.Namespace) -> int:
     token = ns.token or os.environ.get("EDGELOOP_BOOTSTRAP_TOKEN", "")
     if not token:
         raise ConfigError("a bootstrap token is required (--token or EDGELOOP_BOOTSTRAP_TOKEN)")
-    device_id = asyncio.run(enroll_device(cfg, token))
+    with DataDirLock(cfg.data_path):  # writes the identity and state.json
+        device_id = asyncio.run(enroll_device(cfg, token))
     print(json.dumps({"device_id": device_id, "enrolled": True}) if ns.json else f"enrolled as {device_id}")
     return ExitCode.OK
 
@@ -55,10 +58,13 @@ def _run(ns: argparse.Namespace) -> int:
 
     cfg = _config(ns)
     assert isinstance(cfg, AgentConfig)
-    if not IdentityStore(cfg.data_path).is_enrolled():
-        print("edgeloop-agent: not enrolled; run `edgeloop-agent enroll --token ...` first", file=sys.stderr)
-        return ExitCode.NOT_ENROLLED
-    asyncio.run(run_daemon(cfg))
+    with DataDirLock(cfg.data_path):  # held for the daemon's life, before any state is read
+        if not IdentityStore(cfg.data_path).is_enrolled():
+            print(
+                "edgeloop-agent: not enrolled; run `edgeloop-agent enroll --token ...` first", file=sys.stderr
+            )
+            return ExitCode.NOT_ENROLLED
+        asyncio.run(run_daemon(cfg))
     return ExitCode.OK
 
 
@@ -172,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except EnrollmentError as err:
         print(f"edgeloop-agent: {err}", file=sys.stderr)
         return ExitCode.ENROLLMENT
+    except DataDirLockedError as err:
+        print(f"edgeloop-agent: refusing to start: {err}", file=sys.stderr)
+        return ExitCode.DATA_DIR_LOCKED
     except StorageError as err:
         print(f"edgeloop-agent: {err}", file=sys.stderr)
         return ExitCode.STORAGE

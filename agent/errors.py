@@ -16,7 +16,8 @@ Each branch answers the caller's question "what do I do next?"::
     │   │   └── BackendUnavailableError  runtime/EP/delegate the profile asks for is missing here
     │   ├── BackendCrashedError   the runtime failed mid-call; restart the backend, retry once
     │   └── NoModelError          no model is loaded yet; the caller may retry later
-    └── StorageError        local state (queue, key files) unusable; exit with ExitCode.STORAGE
+    ├── StorageError        local state (queue, key files) unusable; exit with ExitCode.STORAGE
+    └── DataDirLockedError  another agent process owns the data directory; exit DATA_DIR_LOCKED
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ExitCode(IntEnum):
     STORAGE = 13
     TRANSPORT = 14
     INFERENCE = 15
+    DATA_DIR_LOCKED = 20  # another agent process holds the data directory
 
 
 class AgentError(Exception):
@@ -67,6 +69,18 @@ class SlotError(AgentError):
 
 class StorageError(AgentError):
     """Local persistent state is unusable."""
+
+
+class DataDirLockedError(AgentError):
+    """Another agent process holds the data directory's lock; this one must not touch its state."""
+
+    def __init__(self, data_dir: object, holder_pid: int | None) -> None:
+        who = f"pid {holder_pid}" if holder_pid else "another process (pid unknown)"
+        super().__init__(
+            f"data directory {data_dir} is in use by {who}; "
+            "stop that agent first or give this one its own data directory"
+        )
+        self.holder_pid = holder_pid
 
 
 class InferenceError(AgentError):
