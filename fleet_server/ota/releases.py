@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
 
 from fleet_server.errors import InvalidRequestError, NotFoundError
-from fleet_server.models import Device
+from fleet_server.models import Device, utcnow
 from fleet_server.ota.chunking import build_manifest
 from fleet_server.ota.drift_reference import check_drift_reference
 from fleet_server.ota.keys import KeyRing
@@ -108,6 +108,7 @@ class OtaService:
             length=artifact.stat().st_size,
             drift_reference_sha256=spec.drift_reference_sha256,
             created_by=created_by,
+            created_at=utcnow(),
         )
         session.add(row)
         session.flush()
