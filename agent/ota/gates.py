@@ -5,6 +5,14 @@
   distance (total variation between softmax outputs; 1 - cosine for embeddings) and latency p95;
 - watch: error rate of the serving model after the switch.
 Thresholds come from the release (`gates` in the signed target) over these defaults.
+
+Every gate has a minimum sample size (``min_*``). With fewer samples a gate does not judge: it
+says "not enough data (n=3 < 30)" and the caller keeps collecting within its window
+(``shadow_window_s`` for the shadow run, ``watch_max_s`` for the watch). When the window ends
+still short, the stated policy decides (``insufficient_*``: 1 = pass with a warning in the
+detail, 0 = fail); by default a gate never fails a good update on a handful of samples. Hard
+evidence is still judged: a watch that saw serving errors fails on them whatever the count.
+`shadow_readiness` and `watch_verdict` take the elapsed time from the caller (no clock here).
 """
 
 from __future__ import annotations
@@ -21,7 +29,17 @@ DEFAULTS: dict[str, float] = {
     "latency_slack_ms": 2.0,  # absolute allowance so sub-millisecond models are not judged on noise
     "watch_s": 3.0,
     "max_error_rate": 0.05,
-    "min_shadow_samples": 16,
+    "min_shadow_samples": 16,  # agreement and output distance
+    "min_latency_samples": 30,  # latency p95 of each model
+    "min_golden_samples": 20,
+    "min_watch_requests": 20,
+    "shadow_window_s": 10.0,  # how long the shadow run waits for enough live inputs
+    "shadow_poll_s": 0.5,
+    "watch_max_s": 0.0,  # the watch may run on until this (when > watch_s) to see enough requests
+    "insufficient_agreement": 1.0,  # window over, too few samples: 1 pass with warning, 0 fail
+    "insufficient_latency": 1.0,
+    "insufficient_golden": 1.0,
+    "insufficient_watch": 1.0,  # applies only when the watch saw no errors
 }
 
 
@@ -41,7 +59,27 @@ def golden_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits.reshape(len(labels), -1), axis=-1) == labels.reshape(-1)))
 
 
-def golden_verdict(accuracy: float, threshold: float) -> Verdict:
+def not_enough(n: int, minimum: float) -> str:
+    return f"not enough data (n={n} < {minimum:g})"
+
+
+def _insufficient(gate: str, n: int, minimum: float, policy: float) -> tuple[bool, str]:
+    """The stated policy for a gate whose window ended short of its minimum sample."""
+    passed = policy >= 1.0
+    return (
+        passed,
+        f"{gate}: {not_enough(n, minimum)}, {'passed with warning' if passed else 'failed'} by policy",
+    )
+
+
+def golden_verdict(
+    accuracy: float, threshold: float, *, n: int | None = None, limits: Mapping[str, float] | None = None
+) -> Verdict:
+    if n is not None and limits is not None and n < limits["min_golden_samples"]:
+        passed, detail = _insufficient(
+            "golden", n, limits["min_golden_samples"], limits["insufficient_golden"]
+        )
+        return Verdict(passed, f"{detail} (accuracy {accuracy:.4f}, threshold {threshold:.4f})")
     ok = accuracy >= threshold
     return Verdict(ok, f"golden accuracy {accuracy:.4f} {'>=' if ok else '<'} threshold {threshold:.4f}")
 
@@ -72,6 +110,31 @@ def p95(values_s: list[float]) -> float:
     return float(np.percentile(np.asarray(values_s), 95)) if values_s else 0.0
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the shadow run should evaluate now (`ready`), and why it waits otherwise."""
+
+    ready: bool
+    detail: str
+
+
+def shadow_needed(limits: Mapping[str, float]) -> int:
+    """Samples the shadow run wants before judging every gate."""
+    return int(max(limits["min_shadow_samples"], limits["min_latency_samples"]))
+
+
+def shadow_readiness(samples: int, elapsed_s: float, limits: Mapping[str, float]) -> Readiness:
+    """Evaluate once every gate has its minimum sample, or when the shadow window is over."""
+    need = shadow_needed(limits)
+    if samples >= need:
+        return Readiness(True, f"samples={samples}")
+    if elapsed_s >= limits["shadow_window_s"]:
+        return Readiness(True, f"window {limits['shadow_window_s']:g}s over with {not_enough(samples, need)}")
+    return Readiness(
+        False, f"{not_enough(samples, need)}, waiting {elapsed_s:.1f}/{limits['shadow_window_s']:g}s"
+    )
+
+
 def shadow_verdict(
     *,
     agreement: float,
@@ -79,25 +142,54 @@ def shadow_verdict(
     p95_current_s: float,
     p95_candidate_s: float,
     limits: Mapping[str, float],
+    samples: int | None = None,
+    latency_samples: int | None = None,
 ) -> Verdict:
+    """Judge agreement/distance and latency, each only on its minimum sample (else its policy).
+
+    `samples` / `latency_samples` None: the caller vouches the sample is large enough.
+    """
     budget = p95_current_s * limits["max_latency_ratio"] + limits["latency_slack_ms"] / 1e3
-    problems = []
-    if agreement < limits["min_agreement"]:
-        problems.append(f"agreement {agreement:.3f} < {limits['min_agreement']:.3f}")
-    if distance > limits["max_distance"]:
-        problems.append(f"distance {distance:.3f} > {limits['max_distance']:.3f}")
-    if p95_candidate_s > budget:
+    problems: list[str] = []
+    warnings: list[str] = []
+
+    def short(gate: str, n: int | None, minimum: float, policy: float) -> bool:
+        if n is None or n >= minimum:
+            return False
+        passed, detail = _insufficient(gate, n, minimum, policy)
+        (warnings if passed else problems).append(detail)
+        return True
+
+    if not short("agreement", samples, limits["min_shadow_samples"], limits["insufficient_agreement"]):
+        if agreement < limits["min_agreement"]:
+            problems.append(f"agreement {agreement:.3f} < {limits['min_agreement']:.3f}")
+        if distance > limits["max_distance"]:
+            problems.append(f"distance {distance:.3f} > {limits['max_distance']:.3f}")
+    latency_short = short(
+        "latency", latency_samples, limits["min_latency_samples"], limits["insufficient_latency"]
+    )
+    if not latency_short and p95_candidate_s > budget:
         problems.append(f"latency p95 {p95_candidate_s * 1e3:.2f}ms > {budget * 1e3:.2f}ms")
     summary = (
         f"agreement={agreement:.3f} distance={distance:.3f} "
         f"p95_ms current={p95_current_s * 1e3:.2f} candidate={p95_candidate_s * 1e3:.2f}"
     )
-    return Verdict(not problems, "; ".join(problems) or summary)
+    if problems:
+        return Verdict(False, "; ".join(problems + warnings))
+    return Verdict(True, "; ".join([summary, *warnings]))
 
 
-def watch_verdict(*, requests: int, errors: int, limits: Mapping[str, float]) -> Verdict:
+def watch_verdict(
+    *, requests: int, errors: int, limits: Mapping[str, float], final: bool = True
+) -> Verdict | None:
+    """The watch gate; None: too few requests and the watch may go on (`final` False)."""
     rate = errors / requests if requests else 0.0
     ok = rate <= limits["max_error_rate"]
-    return Verdict(
-        ok, f"watch error rate {rate:.3f} over {requests} requests (max {limits['max_error_rate']:.3f})"
-    )
+    judged = f"watch error rate {rate:.3f} over {requests} requests (max {limits['max_error_rate']:.3f})"
+    minimum = limits["min_watch_requests"]
+    if requests >= minimum or (errors and not ok):
+        return Verdict(ok, judged)  # enough requests, or errors that fail even the short sample
+    if not final:
+        return None
+    passed, detail = _insufficient("watch", requests, minimum, limits["insufficient_watch"])
+    return Verdict(passed, f"{detail}; {judged}")

@@ -3,11 +3,16 @@
 How to read the table: a row ``(STATE, EVENT): NEXT`` says that when the work of STATE reports
 EVENT the machine moves to NEXT. Each in-flight state has work (download, verify, stage ...) that
 the client runs *after* the state is persisted, so a power cut re-enters the same state and the
-work runs again (every step is idempotent). Terminal states (COMMITTED, FAILED, ROLLED_BACK) are
-the statuses a deployment ends in; a new assignment leaves them. Two events apply to any
-in-flight state and are handled in `machine.py`: RESUMED (the agent restarted inside the state)
-and LOOP_DETECTED (it restarted there too often: before the switch the update fails, after it the
-previous model is restored). Values are strings because they are persisted.
+work runs again (every step is idempotent). Terminal states (COMMITTED, FAILED, ROLLED_BACK,
+REFUSED) are the statuses a deployment ends in; a new assignment leaves them. REFUSED is entered
+from a terminal state when the device refuses the repository's metadata for the deployment the
+fleet server says it should run (rollback, freeze, rogue key, expiry): nothing was downloaded, the
+serving model stays. Three events apply to any in-flight state and are handled in `machine.py`:
+RESUMED (the agent restarted inside the state), LOOP_DETECTED (it restarted there too often:
+before the switch the update fails, after it the previous model is restored) and RETRY (the
+state's work failed transiently: it runs again after a backoff, and after a bounded number of
+attempts the state's `GIVE_UP` event ends it with the last error as the reason). Values are
+strings because they are persisted.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class UpdateState(StrEnum):
     COMMITTED = "committed"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    REFUSED = "refused"
 
 
 class UpdateEvent(StrEnum):
@@ -52,11 +58,13 @@ class UpdateEvent(StrEnum):
     REVERT_FAILED = "revert_failed"
     RESUMED = "resumed"
     LOOP_DETECTED = "loop_detected"
+    RETRY = "retry"
+    METADATA_REFUSED = "metadata_refused"
 
 
 S, E = UpdateState, UpdateEvent
 
-TERMINAL = frozenset({S.IDLE, S.COMMITTED, S.FAILED, S.ROLLED_BACK})
+TERMINAL = frozenset({S.IDLE, S.COMMITTED, S.FAILED, S.ROLLED_BACK, S.REFUSED})
 # After these states the new model may be serving, so a failure means restoring the previous one.
 SWITCHED_STATES = frozenset({S.SWITCHING, S.WATCHING, S.COMMITTING, S.REVERTING})
 
@@ -65,6 +73,12 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (S.COMMITTED, E.ASSIGNED): S.DOWNLOADING,
     (S.FAILED, E.ASSIGNED): S.DOWNLOADING,
     (S.ROLLED_BACK, E.ASSIGNED): S.DOWNLOADING,
+    (S.REFUSED, E.ASSIGNED): S.DOWNLOADING,
+    (S.IDLE, E.METADATA_REFUSED): S.REFUSED,
+    (S.COMMITTED, E.METADATA_REFUSED): S.REFUSED,
+    (S.FAILED, E.METADATA_REFUSED): S.REFUSED,
+    (S.ROLLED_BACK, E.METADATA_REFUSED): S.REFUSED,
+    (S.REFUSED, E.METADATA_REFUSED): S.REFUSED,
     (S.DOWNLOADING, E.DOWNLOADED): S.VERIFYING,
     (S.DOWNLOADING, E.DOWNLOAD_FAILED): S.FAILED,
     (S.VERIFYING, E.VERIFIED): S.STAGING,
@@ -86,4 +100,17 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (S.GOLDEN_CHECK, E.RESUMED): S.STAGING,
     (S.SHADOWING, E.RESUMED): S.STAGING,
     (S.SWITCHING, E.RESUMED): S.STAGING,  # the client posts SWITCHED instead if the switch happened
+}
+
+# The event that ends a state whose work kept failing transiently (RETRY attempts exhausted).
+# COMMITTING has none: its work cannot fail.
+GIVE_UP: dict[UpdateState, UpdateEvent] = {
+    S.DOWNLOADING: E.DOWNLOAD_FAILED,
+    S.VERIFYING: E.VERIFY_FAILED,
+    S.STAGING: E.STAGE_FAILED,
+    S.GOLDEN_CHECK: E.GOLDEN_FAILED,
+    S.SHADOWING: E.SHADOW_FAILED,
+    S.SWITCHING: E.SWITCH_FAILED,
+    S.WATCHING: E.WATCH_FAILED,
+    S.REVERTING: E.REVERT_FAILED,
 }

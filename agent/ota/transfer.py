@@ -4,8 +4,11 @@ Owns the choice and the three paths. The delta path (chunks of held models + XOR
 ranges, `delta.py`) is taken when the signed manifest says it costs no more than the full
 download; the full download is the xz-compressed artifact when the release ships one (a signed
 TUF target of its own, decompressed in a stream) and the raw artifact otherwise. Whatever the path,
-the result must hash to the signed artifact or it is discarded; a failed delta falls back to the
-full download. Small signed files (manifest, golden set) are fetched and cached here too.
+the result must hash to the signed artifact or it is discarded. Any failure of the delta path
+(a short or failed Range read, a missing or corrupt patch, a rebuild that does not hash, a local
+read error) falls back to the full download at once, and the delta is not tried again for that
+artifact by this process: a broken mirror of patches never blocks an update whose full artifact
+is intact. Small signed files (manifest, golden set) are fetched and cached here too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import IntegrityError
+from agent.errors import IntegrityError, TransportError
 from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, rebuild
 from agent.ota.fetcher import Downloader, sha256_file
 from agent.ota.trust import Plan, TargetRef
@@ -40,6 +43,7 @@ class Transfer:
         self.manifests = manifests
         self._held = held
         self.last = TransferStats()
+        self._delta_failed: set[str] = set()  # artifacts whose delta path failed: full download only
 
     def small(self, ref: TargetRef) -> bytes:
         path = self.downloads / f"{ref.sha256}.{ref.path.rsplit('/', 1)[-1]}"
@@ -56,17 +60,18 @@ class Transfer:
         """
         before = self.downloader.bytes_received
         full_cost = plan.compressed.length if plan.compressed else plan.artifact.length
-        plan_delta = self._delta_plan(plan) if use_delta else None
-        if plan_delta is not None and plan_delta[2] <= full_cost:
-            try:
+        detail = ""
+        try:
+            delta_ok = use_delta and plan.artifact.sha256 not in self._delta_failed
+            plan_delta = self._delta_plan(plan) if delta_ok else None
+            if plan_delta is not None and plan_delta[2] <= full_cost:
                 self._delta(plan, dest, plan_delta[0], plan_delta[1])
                 return f"delta fetched_bytes={self.last.fetched} reused_bytes={self.last.reused}"
-            except IntegrityError as err:
-                (dest.with_name(dest.name + ".partial")).unlink(missing_ok=True)
-                self.last.extra["delta_discarded"] = 1
-                detail = f"delta discarded ({err}); "
-        else:
-            detail = ""
+        except (IntegrityError, TransportError, OSError) as err:
+            (dest.with_name(dest.name + ".partial")).unlink(missing_ok=True)
+            self._delta_failed.add(plan.artifact.sha256)
+            self.last.extra["delta_discarded"] = 1
+            detail = f"delta discarded ({type(err).__name__}: {err}); "
         if plan.compressed is not None:
             self._compressed(plan, dest)
             how = "xz"
@@ -75,7 +80,8 @@ class Transfer:
                 plan.artifact.url, dest, length=plan.artifact.length, sha256=plan.artifact.sha256
             )
             how = "raw"
-        self.last = TransferStats(path=how, fetched=self.downloader.bytes_received - before)
+        extra = {"delta_discarded": 1} if detail else {}
+        self.last = TransferStats(path=how, fetched=self.downloader.bytes_received - before, extra=extra)
         return f"{detail}full {how} download fetched_bytes={self.last.fetched}"
 
     def _index(self) -> ChunkIndex:

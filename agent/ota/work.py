@@ -1,7 +1,9 @@
 """The work of each update state (download, verify, stage, gates, switch, watch, commit, revert).
 
-`Work.run(record)` performs the state's work through the ports and returns the outcome event, or
-None when it must be retried later (transient network failure, or the agent is stopping). Each
+`Work.run(record)` performs the state's work through the ports and returns the outcome event: the
+state's own events, RETRY with the error for a transient failure (network, disk I/O; the machine
+bounds the attempts), the state's give-up event at once for a terminal HTTP status (4xx), or None
+when the agent is stopping. Each
 piece is idempotent so a crash can re-run it: downloads resume from ``.partial``, staging replaces
 the candidate, the switch checks whether it already happened, revert checks what is serving.
 A release's drift reference is fetched and checked against its signed hash while verifying (a
@@ -17,7 +19,8 @@ import asyncio
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from agent.ota.evaluate import GoldenSet, golden_check, load_golden, shadow_chec
 from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
 from agent.ota.machine import UpdateRecord
 from agent.ota.serving import ServingPort
-from agent.ota.states import UpdateEvent, UpdateState
+from agent.ota.states import GIVE_UP, UpdateEvent, UpdateState
 from agent.ota.transfer import Transfer
 from agent.ota.trust import Plan, TargetRef
 
@@ -63,6 +66,7 @@ class Work:
         serving: ServingPort,
         resources: Resources,
         limits: WorkLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dir = directory
         self.downloads = directory / "downloads"
@@ -71,6 +75,7 @@ class Work:
         self.serving = serving
         self._resources = resources
         self._limits = limits or WorkLimits()
+        self._clock = clock
         self.downloads.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.last_delta: dict[str, int] = {}
@@ -88,13 +93,15 @@ class Work:
         try:
             return await self._dispatch(record, plan, stop, save)
         except (TransportError, OSError) as err:
-            failed = _failed(record.state)
+            failed = GIVE_UP.get(record.state)
             if isinstance(err, HttpStatusError) and err.terminal and failed is not None:
                 return Outcome(failed, str(err))
             logger.warning(
-                "ota work interrupted state=%s deployment_id=%s: %s", record.state, record.deployment_id, err
-            )
-            return None
+                "ota work failed, will retry state=%s deployment_id=%s: %s",
+                record.state, record.deployment_id, err,
+            )  # fmt: skip
+            reason = str(err) if isinstance(err, TransportError) else f"{type(err).__name__}: {err}"
+            return Outcome(E.RETRY, reason[:512])
 
     async def _dispatch(
         self, record: UpdateRecord, plan: Plan, stop: asyncio.Event, save: Callable[[UpdateRecord], None]
@@ -109,7 +116,7 @@ class Work:
         if state is S.GOLDEN_CHECK:
             return await self.golden(plan)
         if state is S.SHADOWING:
-            return await self.shadow(plan)
+            return await self.shadow(plan, stop)
         if state is S.SWITCHING:
             return await self.switch(record, plan, save)
         if state is S.WATCHING:
@@ -213,16 +220,23 @@ class Work:
             golden = await asyncio.to_thread(self._golden_set, plan)
         except (IntegrityError, ValueError, KeyError, OSError) as err:
             return Outcome(E.GOLDEN_FAILED, f"golden set unusable: {err}")
-        passed, detail = await golden_check(self.serving, golden, plan.golden_threshold)
+        passed, detail = await golden_check(
+            self.serving, golden, plan.golden_threshold, gates.thresholds(plan.gates)
+        )
         return Outcome(E.GOLDEN_PASSED if passed else E.GOLDEN_FAILED, detail)
 
-    async def shadow(self, plan: Plan) -> Outcome:
+    async def shadow(self, plan: Plan, stop: asyncio.Event) -> Outcome | None:
         try:
             golden = await asyncio.to_thread(self._golden_set, plan)
         except (IntegrityError, ValueError, KeyError) as err:
             logger.warning("golden inputs unavailable for the shadow run: %s", err)
             golden = None
-        passed, detail = await shadow_check(self.serving, golden, gates.thresholds(plan.gates))
+        judged = await shadow_check(
+            self.serving, golden, gates.thresholds(plan.gates), clock=self._clock, wait=_waiter(stop)
+        )
+        if judged is None:
+            return None  # stopping: the shadow run starts again after the restart
+        passed, detail = judged
         return Outcome(E.SHADOW_PASSED if passed else E.SHADOW_FAILED, detail)
 
     # ------------------------------------------------------------ switch, watch, revert
@@ -246,17 +260,26 @@ class Work:
     async def watch(self, plan: Plan, stop: asyncio.Event) -> Outcome | None:
         limits = gates.thresholds(plan.gates)
         req0, err0 = self.serving.error_counts()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=limits["watch_s"])
+        wait = _waiter(stop)
+        start = self._clock()
+        if await wait(limits["watch_s"]):
             return None  # stopping: the watch restarts after the restart
-        except TimeoutError:
-            pass
-        model = self.serving.serving()
-        if model is None or model.sha256 != plan.artifact.sha256:
-            return Outcome(E.WATCH_FAILED, "the release is no longer serving (it failed to load at start)")
-        req1, err1 = self.serving.error_counts()
-        verdict = gates.watch_verdict(requests=max(0, req1 - req0), errors=max(0, err1 - err0), limits=limits)
-        return Outcome(E.WATCH_PASSED if verdict.passed else E.WATCH_FAILED, verdict.detail)
+        longest = max(limits["watch_s"], limits["watch_max_s"])
+        while True:
+            model = self.serving.serving()
+            if model is None or model.sha256 != plan.artifact.sha256:
+                return Outcome(
+                    E.WATCH_FAILED, "the release is no longer serving (it failed to load at start)"
+                )
+            req1, err1 = self.serving.error_counts()
+            final = self._clock() - start >= longest
+            verdict = gates.watch_verdict(
+                requests=max(0, req1 - req0), errors=max(0, err1 - err0), limits=limits, final=final
+            )
+            if verdict is not None:
+                return Outcome(E.WATCH_PASSED if verdict.passed else E.WATCH_FAILED, verdict.detail)
+            if await wait(min(max(0.01, limits["shadow_poll_s"]), longest)):
+                return None
 
     async def revert(self, plan: Plan) -> Outcome:
         model = self.serving.serving()
@@ -279,10 +302,14 @@ class Work:
                 manifest.unlink(missing_ok=True)
 
 
-def _failed(state: UpdateState) -> UpdateEvent | None:
-    return {
-        S.DOWNLOADING: E.DOWNLOAD_FAILED,
-        S.VERIFYING: E.VERIFY_FAILED,
-        S.GOLDEN_CHECK: E.GOLDEN_FAILED,
-        S.SHADOWING: E.SHADOW_FAILED,
-    }.get(state)
+def _waiter(stop: asyncio.Event) -> Callable[[float], Awaitable[bool]]:
+    """Sleep up to `s` seconds; True when the agent is stopping."""
+
+    async def wait(s: float) -> bool:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=s)
+        except TimeoutError:
+            return False
+        return True
+
+    return wait

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StorageError
-from agent.ota.machine import MAX_RESTARTS, Report, RunState, TransitionError, UpdateRecord, assign, step
-from agent.ota.states import TRANSITIONS, UpdateEvent, UpdateState
+from agent.ota.machine import (
+    MAX_RESTARTS,
+    Report,
+    RunState,
+    TransitionError,
+    UpdateRecord,
+    assign,
+    refuse,
+    step,
+)
+from agent.ota.states import GIVE_UP, TERMINAL, TRANSITIONS, UpdateEvent, UpdateState
 from agent.ota.store import RecordStore
 
 S, E = UpdateState, UpdateEvent
@@ -99,9 +108,71 @@ def test_misuse_raises() -> None:
 def test_every_table_state_is_reachable_and_terminal_states_leave_only_by_assignment() -> None:
     reachable = {S.DOWNLOADING} | set(TRANSITIONS.values())
     assert reachable | {S.IDLE} == set(UpdateState)
-    for (state, event), _ in TRANSITIONS.items():
-        if state in (S.COMMITTED, S.FAILED, S.ROLLED_BACK, S.IDLE):
-            assert event is E.ASSIGNED
+    for (state, event), target in TRANSITIONS.items():
+        if state in TERMINAL:
+            assert event is E.ASSIGNED or (event is E.METADATA_REFUSED and target is S.REFUSED)
+    # every in-flight state but committing can give up after its retries
+    assert set(GIVE_UP) == set(UpdateState) - TERMINAL - {S.COMMITTING}
+    for state, event in GIVE_UP.items():
+        assert (state, event) in TRANSITIONS
+
+
+def test_transient_failures_retry_with_bounded_attempts_then_fail_with_the_reason() -> None:
+    record, _ = _drive([])
+    details = []
+    for n in range(1, 4):
+        record, effects = step(record, E.RETRY, detail="truncated at 20000 of 90000 bytes", max_attempts=4)
+        assert record.state is S.DOWNLOADING and record.attempts == n
+        report, run = effects
+        assert isinstance(report, Report) and report.event is E.RETRY and report.to_state is S.DOWNLOADING
+        assert run == RunState(S.DOWNLOADING, attempt=n)
+        details.append(report.detail)
+    assert details[0] == "attempt 1/4 failed: truncated at 20000 of 90000 bytes"
+    record, effects = step(record, E.RETRY, detail="truncated at 20000 of 90000 bytes", max_attempts=4)
+    assert record.state is S.FAILED and effects == [
+        Report("dep", 7, record.transition, S.DOWNLOADING, S.FAILED, E.DOWNLOAD_FAILED,
+               "gave up after 4 attempts: truncated at 20000 of 90000 bytes")
+    ]  # fmt: skip
+    # a newer deployment is not blocked by the failed one
+    record, effects = assign(record, deployment_id="dep2", plan={"release_seq": 8})
+    assert record.state is S.DOWNLOADING and record.attempts == 0
+
+
+def test_attempts_reset_on_progress_and_survive_restarts() -> None:
+    record, _ = _drive([])
+    record, _ = step(record, E.RETRY, detail="x")
+    record, _ = step(record, E.RESUMED)  # a restart keeps the count and does not reset the bound
+    assert record.attempts == 1 and record.save_count == 2
+    record, effects = step(record, E.DOWNLOADED)
+    assert record.attempts == 0 and effects[-1] == RunState(S.VERIFYING)
+
+
+def test_retry_after_the_switch_gives_up_through_revert() -> None:
+    record, _ = _drive(HAPPY[:6])
+    assert record.state is S.WATCHING
+    record, _ = step(record, E.RETRY, detail="disk", max_attempts=1)
+    assert record.state is S.REVERTING and record.detail == "gave up after 1 attempts: disk"
+    with pytest.raises(TransitionError):
+        step(UpdateRecord(), E.RETRY)
+
+
+def test_metadata_refusal_is_reported_against_the_desired_deployment_and_left_by_assignment() -> None:
+    record, _ = _drive(HAPPY)
+    assert record.state is S.COMMITTED
+    record, effects = refuse(
+        record, deployment_id="dep9", release_seq=9, detail="OTA metadata refused: rollback"
+    )
+    assert record.state is S.REFUSED and record.deployment_id == "dep9"
+    assert effects == [
+        Report("dep9", 9, record.transition, S.COMMITTED, S.REFUSED, E.METADATA_REFUSED,
+               "OTA metadata refused: rollback")
+    ]  # fmt: skip
+    record, effects = assign(record, deployment_id="dep9", plan={"release_seq": 9})
+    assert record.state is S.DOWNLOADING and isinstance(effects[0], Report)
+    with pytest.raises(TransitionError):
+        refuse(record, deployment_id="dep10", release_seq=10, detail="in flight")
+    with pytest.raises(TransitionError):
+        step(record, E.METADATA_REFUSED)
 
 
 def test_record_store_round_trip_and_corruption(tmp_path: Path) -> None:
