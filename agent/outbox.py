@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS record (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped_total', 0);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('rejected_total', 0);
 """
 
 
@@ -49,6 +50,7 @@ class OutboxStats:
     queued: int
     dropped_total: int
     last_seq: int
+    rejected_total: int = 0  # records the server refused for good (discarded, never resent)
 
 
 class TelemetryOutbox:
@@ -120,10 +122,32 @@ class TelemetryOutbox:
         self._count -= cur.rowcount
         return cur.rowcount
 
+    def discard(self, seqs: list[int]) -> int:
+        """Delete records the server refused for good (counted in `rejected_total`). Returns deleted."""
+        if not seqs:
+            return 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.executemany("DELETE FROM record WHERE seq = ?", [(s,) for s in seqs])
+            self._db.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'rejected_total'", (cur.rowcount,)
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise StorageError(f"cannot discard rejected telemetry: {err}") from err
+        self._count -= cur.rowcount
+        return cur.rowcount
+
     def stats(self) -> OutboxStats:
-        dropped = self._db.execute("SELECT value FROM meta WHERE key = 'dropped_total'").fetchone()[0]
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'record'").fetchone()
-        return OutboxStats(queued=self._count, dropped_total=int(dropped), last_seq=int(row[0]) if row else 0)
+        return OutboxStats(
+            queued=self._count,
+            dropped_total=int(meta.get("dropped_total", 0)),
+            last_seq=int(row[0]) if row else 0,
+            rejected_total=int(meta.get("rejected_total", 0)),
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -34,6 +34,9 @@ class DesiredState:
     settings: AgentSettings = field(default_factory=AgentSettings)
     labels: dict[str, str] = field(default_factory=dict)
     models: tuple[ModelAssignment, ...] = ()
+    # Short-lived OTA repository credential (not part of the reconcile decision; see OtaCredential).
+    ota_token: str = ""
+    ota_token_expires_at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,14 @@ class DeviceReport:
 class TelemetryAcked:
     batch_id: int
     seqs: tuple[int, ...]
+    # (seq, reason) of records the server refused for good: drop them, never resend.
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class ReportAcked:
     sequence: int
+    rejected_reason: str = ""  # non-empty: the server refused (did not store) this report
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class SyncStatus:
     last_error: str = ""
     reports_acked: int = 0
     telemetry_acked: int = 0
+    reports_rejected: int = 0
+    last_rejection: str = ""
     deferred: list[str] = field(default_factory=list)
 
 
@@ -239,6 +241,9 @@ class SyncLoop:
             "telemetry_acked": self.status.telemetry_acked,
             "telemetry_queued": stats.queued,
             "telemetry_dropped_total": stats.dropped_total,
+            "telemetry_rejected_total": stats.rejected_total,
+            "reports_rejected": self.status.reports_rejected,
+            "last_rejection": self.status.last_rejection,
             "telemetry_last_seq": stats.last_seq,
             "applied_generation": self._reconciler.observed.applied_generation,
             "deferred": self._reconciler.deferred,
@@ -294,12 +299,37 @@ class _Session:
             elif isinstance(msg, TelemetryAcked):
                 self.in_flight.pop(msg.batch_id, None)
                 self.loop.status.telemetry_acked += self.loop._outbox.ack(list(msg.seqs))
+                if msg.rejected:
+                    self._rejected_telemetry(msg)
                 self.acked.set()
             elif isinstance(msg, ReportAcked):
-                self.loop.status.reports_acked += 1
+                if msg.rejected_reason:
+                    self.loop.status.reports_rejected += 1
+                    self.loop.status.last_rejection = f"report {msg.sequence}: {msg.rejected_reason}"
+                    logger.warning(
+                        "report refused by the server sequence=%d reason=%r",
+                        msg.sequence,
+                        msg.rejected_reason,
+                    )
+                else:
+                    self.loop.status.reports_acked += 1
                 self.report_acked.set()
             elif isinstance(msg, CommandReceived):
                 await self._command(msg)
+
+    def _rejected_telemetry(self, msg: TelemetryAcked) -> None:
+        """The server refused these records for good: drop them (counted), never resend them."""
+        dropped = self.loop._outbox.discard([seq for seq, _ in msg.rejected])
+        seq, reason = msg.rejected[0]
+        self.loop.status.last_rejection = f"telemetry seq {seq}: {reason}"
+        logger.warning(
+            "telemetry refused by the server batch_id=%d count=%d discarded=%d first_seq=%d reason=%r",
+            msg.batch_id,
+            len(msg.rejected),
+            dropped,
+            seq,
+            reason,
+        )
 
     async def _command(self, cmd: CommandReceived) -> None:
         if cmd.kind == "flush_telemetry":

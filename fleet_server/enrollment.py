@@ -2,6 +2,9 @@
 
 The token is burned only if the device row is created and the certificate issued; a failure
 anywhere rolls all of it back, so an operator never has to mint a new token for a server error.
+The caller is unauthenticated until the token checks out: the device id is checked (length,
+control characters, the id pattern) before anything else, and errors never echo more than a
+bounded, escaped piece of it.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from fleet_server.crud.devices import register_device, validate_device_id
 from fleet_server.crud.tokens import consume_bootstrap_token
 from fleet_server.desired import DesiredState, desired_for
 from fleet_server.errors import ConflictError, InvalidRequestError
+from fleet_server.logsafe import text as safe_text
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+MAX_DEVICE_ID = 63
+MAX_LABEL_FIELD = 64  # profile, agent_version
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ def enroll_device(
     agent_version: str,
 ) -> EnrollmentResult:
     """Raises: AuthError (token), InvalidRequestError (id/CSR), ConflictError (id taken)."""
+    check_caller_text(device_id=device_id, profile=profile, agent_version=agent_version)
     validate_device_id(device_id)
     if len(csr_pem) > 16 * 1024:
         raise InvalidRequestError("csr_pem larger than 16 KiB")
@@ -68,7 +76,7 @@ def enroll_device(
         logger.info(
             "device enrolled device_id=%s profile=%s token_id=%s cert_serial=%s",
             device_id,
-            profile,
+            safe_text(profile),
             token.id,
             issued.serial,
         )
@@ -78,3 +86,21 @@ def enroll_device(
             ca_certificate_pem=ca.cert_pem,
             desired=desired_for(device, settings),
         )
+
+
+def check_caller_text(*, device_id: str, profile: str, agent_version: str) -> None:
+    """Refuse ids and labels no device would send: too long or with control characters.
+
+    Raises: InvalidRequestError (the message names the field, never the raw value).
+    """
+    if len(device_id) > MAX_DEVICE_ID:
+        raise InvalidRequestError(f"device id is {len(device_id)} chars; at most {MAX_DEVICE_ID} allowed")
+    for name, value, limit in (
+        ("device id", device_id, MAX_DEVICE_ID),
+        ("profile", profile, MAX_LABEL_FIELD),
+        ("agent_version", agent_version, MAX_LABEL_FIELD),
+    ):
+        if len(value) > limit:
+            raise InvalidRequestError(f"{name} is {len(value)} chars; at most {limit} allowed")
+        if not value.isprintable():
+            raise InvalidRequestError(f"{name} contains control characters")

@@ -6,6 +6,13 @@ shared/research/transport.md: ~4k rows/s per-row ORM vs ~230k rows/s batched). A
 after the commit, which is what makes store-and-forward delivery exactly-once together with the
 (device_id, seq) unique key.
 
+One device never fails the others: records are range-checked one by one before they get here
+(grpc_api/codec.py; refusals are counted with `count_rejected`), and if a flush still fails for
+a reason other than the database being unreachable, the batch is retried split by device
+(bisection, each part in its own transaction) so only the device whose rows fail gets
+`RowsRefusedError`; everyone else commits and is acked in the same flush cycle. A database that
+is down (`StorageUnavailableError`) fails the whole batch once, without per-device retries.
+
 Does not decide what a message means (grpc_api/servicer.py) or how rows look to the API (crud/).
 """
 
@@ -21,9 +28,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.expression import Insert
 from sqlmodel import SQLModel
 
+from fleet_server.logsafe import text as safe_text
 from fleet_server.models import Device, TelemetryRecord, utcnow
 
 logger = logging.getLogger(__name__)
@@ -50,33 +60,66 @@ TelemetryObserver = Callable[[Connection, list[tuple[str, TelemetryRow]]], None]
 """Runs inside the flush transaction with every telemetry row of the batch (device_id, row).
 
 Domain modules (drift, inference stats) register one to derive their own tables from the same
-exactly-once stream; an exception rolls back the whole flush, so nothing is acked half-derived.
+exactly-once stream; an exception rolls back the flush, so nothing is acked half-derived (the
+batch is then retried split by device, so only the device whose rows make it raise is refused).
 Observers must be idempotent per (device_id, seq): a record may be seen again after a lost ack.
 """
 
 
 Done = Callable[[BaseException | None], None]
-"""Called on the serving loop after the flush holding the row: None on commit, else the error.
-Called directly (no future, no extra loop iteration): this runs once per device message."""
+"""Called on the serving loop after the flush holding the row: None on commit, else the error
+(`StorageUnavailableError` or `RowsRefusedError`). Called directly (no future, no extra loop
+iteration): this runs once per device message."""
+
+
+class StorageUnavailableError(Exception):
+    """The database is unreachable or refused the connection: retry later (everyone)."""
+
+
+class RowsRefusedError(Exception):
+    """This device's rows could not be stored (its own data failed a constraint or an observer)."""
+
+
+MAX_DEVICE_COUNTERS = 256
+"""Per-device rejection counters kept in memory; beyond this, counted under OTHER_DEVICES."""
+OTHER_DEVICES = "(other devices)"
 
 
 @dataclass
 class _Pending:
     reports: dict[str, ReportRow] = field(default_factory=dict)
     telemetry: list[tuple[str, TelemetryRow]] = field(default_factory=list)
-    callbacks: list[Done] = field(default_factory=list)
+    callbacks: list[tuple[str, Done]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.reports) + len(self.telemetry)
 
+    def devices(self) -> list[str]:
+        return sorted({d for d, _ in self.callbacks} | set(self.reports) | {d for d, _ in self.telemetry})
+
+    def only(self, devices: set[str]) -> _Pending:
+        return _Pending(
+            reports={d: r for d, r in self.reports.items() if d in devices},
+            telemetry=[(d, r) for d, r in self.telemetry if d in devices],
+            callbacks=[(d, c) for d, c in self.callbacks if d in devices],
+        )
+
 
 @dataclass
 class IngestStats:
+    """Served as `ingest` in /healthz."""
+
     flushes: int = 0
     reports: int = 0
     telemetry_rows: int = 0
     errors: int = 0
     last_flush_s: float = 0.0
+    isolated_flushes: int = 0  # flushes that failed whole and were retried split by device
+    device_failures: int = 0  # devices whose rows failed alone in such a retry
+    rejected_records: int = 0  # records refused one by one before batching (never stored)
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    rejected_by_device: dict[str, int] = field(default_factory=dict)
+    nonfinite_metrics_dropped: int = 0
 
 
 class IngestWriter:
@@ -122,16 +165,26 @@ class IngestWriter:
     def submit_report(self, row: ReportRow, done: Done) -> None:
         """Queue a report (latest per device wins within a flush); `done` runs after commit."""
         self._pending.reports[row.device_id] = row
-        self._add(done)
+        self._add(row.device_id, done)
 
     def submit_telemetry(self, device_id: str, rows: list[TelemetryRow], done: Done) -> None:
         self._pending.telemetry.extend((device_id, r) for r in rows)
-        self._add(done)
+        self._add(device_id, done)
 
-    def _add(self, done: Done) -> None:
+    def count_rejected(self, device_id: str, reason: str, n: int = 1) -> None:
+        """Count records refused before batching (per reason and per device, memory-bounded)."""
+        s = self.stats
+        s.rejected_records += n
+        s.rejected_reasons[reason] = s.rejected_reasons.get(reason, 0) + n
+        key = device_id
+        if key not in s.rejected_by_device and len(s.rejected_by_device) >= MAX_DEVICE_COUNTERS:
+            key = OTHER_DEVICES
+        s.rejected_by_device[key] = s.rejected_by_device.get(key, 0) + n
+
+    def _add(self, device_id: str, done: Done) -> None:
         if self._closing:
             raise RuntimeError("ingest writer is stopping")
-        self._pending.callbacks.append(done)
+        self._pending.callbacks.append((device_id, done))
         self._wake.set()
 
     async def _run(self) -> None:
@@ -148,24 +201,62 @@ class IngestWriter:
 
     async def _flush(self, batch: _Pending) -> None:
         started = time.perf_counter()
+        committed: set[str] = set()
         try:
-            await asyncio.to_thread(self._write, batch)
+            failed = await asyncio.to_thread(self._commit, batch, committed, True)
         except Exception as err:
             self.stats.errors += 1
-            logger.exception("ingest flush failed rows=%d", len(batch))
-            self._notify(batch, err)
+            logger.error("ingest flush failed: storage unavailable rows=%d: %s", len(batch), _describe(err))
+            down = StorageUnavailableError("storage unavailable")
+            self._notify(batch, lambda device: None if device in committed else down)
             return
+        if failed:
+            self.stats.errors += 1
         self.stats.flushes += 1
-        self.stats.reports += len(batch.reports)
-        self.stats.telemetry_rows += len(batch.telemetry)
+        self.stats.reports += sum(1 for d in batch.reports if d in committed)
+        self.stats.telemetry_rows += sum(1 for d, _ in batch.telemetry if d in committed)
         self.stats.last_flush_s = time.perf_counter() - started
-        self._notify(batch, None)
+        self._notify(batch, failed.get)
+
+    def _commit(self, batch: _Pending, committed: set[str], top: bool) -> dict[str, BaseException]:
+        """Write `batch`; on a failure that is not the database being down, bisect by device.
+
+        Adds every device whose rows committed to `committed`; returns the devices that failed
+        alone with their error. Raises: the database error when storage is unavailable.
+        """
+        devices = batch.devices()
+        try:
+            self._write(batch)
+        except Exception as err:
+            if _storage_down(err):
+                raise
+            if len(devices) <= 1:
+                self.stats.device_failures += 1
+                detail = _describe(err)
+                logger.warning(
+                    "ingest rows refused device_id=%s: %s", safe_text(devices[0] if devices else ""), detail
+                )
+                return {d: RowsRefusedError(f"records could not be stored: {detail}") for d in devices}
+            if top:
+                self.stats.isolated_flushes += 1
+                logger.warning(
+                    "ingest flush failed for %d devices; retrying split by device: %s",
+                    len(devices),
+                    _describe(err),
+                )
+            half = len(devices) // 2
+            failed: dict[str, BaseException] = {}
+            for part in (devices[:half], devices[half:]):
+                failed.update(self._commit(batch.only(set(part)), committed, False))
+            return failed
+        committed.update(devices)
+        return {}
 
     @staticmethod
-    def _notify(batch: _Pending, err: BaseException | None) -> None:
-        for done in batch.callbacks:
+    def _notify(batch: _Pending, error_for: Callable[[str], BaseException | None]) -> None:
+        for device_id, done in batch.callbacks:
             try:
-                done(err)
+                done(error_for(device_id))
             except Exception:
                 logger.exception("ingest completion callback failed")
 
@@ -177,7 +268,25 @@ class IngestWriter:
                 for observer in self._observers:
                     observer(conn, batch.telemetry)
             if batch.reports:
-                conn.execute(_REPORT_UPDATE, [_report_params(r, now) for r in batch.reports.values()])
+                rejected = self.stats.rejected_by_device
+                conn.execute(
+                    _REPORT_UPDATE,
+                    [_report_params(r, now, rejected.get(r.device_id, 0)) for r in batch.reports.values()],
+                )
+
+
+def _storage_down(err: BaseException) -> bool:
+    """True when the database itself is unreachable (retrying per device would only hammer it)."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
+
+
+def _describe(err: BaseException) -> str:
+    """A short, single-line reason: the driver's message without SQL or parameters."""
+    orig = getattr(err, "orig", None) or err
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {safe_text(first, 200)}"
 
 
 _device = SQLModel.metadata.tables[Device.__tablename__]
@@ -194,12 +303,13 @@ _REPORT_UPDATE = (
 )
 
 
-def _report_params(row: ReportRow, now: datetime) -> dict[str, Any]:
+def _report_params(row: ReportRow, now: datetime, rejected: int) -> dict[str, Any]:
+    observed = {**row.observed, "ingest_rejected_total": rejected} if rejected else row.observed
     return {
         "b_id": row.device_id,
         "b_now": now,
         "b_agent_version": row.agent_version,
-        "b_observed": row.observed,
+        "b_observed": observed,
         "b_dropped": row.telemetry_dropped_total,
     }
 

@@ -6,6 +6,8 @@ buffers whose size does not match the shape, so a corrupt task never reaches the
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from agent.errors import IntegrityError
@@ -28,7 +30,8 @@ def tensor_from_proto(t: pb.FlTensor, *, max_bytes: int) -> np.ndarray:
         raise IntegrityError(f"tensor {t.name!r}: {len(t.data)} bytes over the {max_bytes} limit")
     shape = tuple(int(d) for d in t.shape)
     dtype = np.dtype(t.dtype).newbyteorder("<")
-    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(t.data):
+    # math.prod is exact (np.prod wraps around at 2^63 and could let a bogus shape through)
+    if any(d < 0 for d in shape) or len(shape) > 32 or math.prod(shape) * dtype.itemsize != len(t.data):
         raise IntegrityError(f"tensor {t.name!r}: shape {shape} does not match {len(t.data)} bytes")
     return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
 

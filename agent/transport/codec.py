@@ -16,6 +16,8 @@ from agent.state import (
 )
 from protos.edgeloop.v1 import device_pb2 as pb
 
+MAX_REASON = 200  # characters kept of server-sent reasons and ids (they reach logs and status)
+
 _HEALTH = {Health.OK: pb.HEALTH_OK, Health.DEGRADED: pb.HEALTH_DEGRADED, Health.FAILING: pb.HEALTH_FAILING}
 
 
@@ -34,6 +36,8 @@ def desired_from_proto(msg: pb.DesiredState) -> DesiredState:
             ModelAssignment(m.slot, m.model_name, m.model_version, m.release_id, m.deployment_id)
             for m in msg.models
         ),
+        ota_token=msg.ota_access.token,
+        ota_token_expires_at_ms=msg.ota_access.expires_at_ms,
     )
 
 
@@ -92,9 +96,18 @@ def inbound_from_proto(msg: pb.SyncResponse) -> Inbound | None:
     if kind == "desired":
         return desired_from_proto(msg.desired)
     if kind == "telemetry_ack":
-        return TelemetryAcked(batch_id=msg.telemetry_ack.batch_id, seqs=tuple(msg.telemetry_ack.seqs))
+        ack = msg.telemetry_ack
+        return TelemetryAcked(
+            batch_id=ack.batch_id,
+            seqs=tuple(ack.seqs),
+            rejected=tuple((r.seq, r.reason[:MAX_REASON]) for r in ack.rejected),
+        )
     if kind == "report_ack":
-        return ReportAcked(sequence=msg.report_ack.sequence)
+        return ReportAcked(
+            sequence=msg.report_ack.sequence, rejected_reason=msg.report_ack.rejected_reason[:MAX_REASON]
+        )
     if kind == "command":
-        return CommandReceived(command_id=msg.command.command_id, kind=msg.command.WhichOneof("kind") or "")
+        return CommandReceived(
+            command_id=msg.command.command_id[:MAX_REASON], kind=msg.command.WhichOneof("kind") or ""
+        )
     return None  # a newer server's message this agent does not know: ignore

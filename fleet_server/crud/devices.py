@@ -14,7 +14,7 @@ LABEL_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")
 
 
 def validate_device_id(device_id: str) -> None:
-    if not DEVICE_ID_RE.match(device_id):
+    if not DEVICE_ID_RE.fullmatch(device_id):  # `$` alone lets a trailing newline through
         raise InvalidRequestError(
             f"invalid device id {device_id!r}: 2-63 chars of a-z, 0-9, '.', '_', '-', starting alphanumeric"
         )

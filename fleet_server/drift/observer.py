@@ -3,14 +3,17 @@
 Owns decoding of `kind="drift"` (edgeloop.v1.DriftEpisode) and `kind="drift_sketch"`
 (edgeloop.v1.DriftSketch) payloads and the idempotent upserts: an episode row is keyed by
 (device, monitor_id, episode_id) and only a record with a higher telemetry seq than the one last
-applied changes it; a sketch row is keyed by (device, seq). A payload that does not decode is
-logged and skipped (raising would roll back and re-deliver the flush forever).
+applied changes it; a sketch row is keyed by (device, seq). A payload that does not decode, or
+holds a value its column cannot store (an integer over 2^63-1, a NaN severity, a NUL in a name),
+is logged, counted in `SKIPPED` and skipped (raising would roll back the device's flush).
 Does not classify anything (analysis.py).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -18,6 +21,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from fleet_server.drift.models import DriftEpisodeRow, DriftSketchRow
 from fleet_server.ingest import TelemetryRow
+from fleet_server.logsafe import text as safe_text
 from fleet_server.models import utcnow
 from protos.edgeloop.v1 import drift_pb2
 
@@ -28,6 +32,10 @@ SKETCH_KIND = "drift_sketch"
 _STATE = {drift_pb2.DRIFT_EPISODE_OPEN: "open", drift_pb2.DRIFT_EPISODE_CLOSED: "closed"}
 _episodes = DriftEpisodeRow.__table__  # type: ignore[attr-defined]
 _sketches = DriftSketchRow.__table__  # type: ignore[attr-defined]
+_INT64 = (-(2**63), 2**63 - 1)
+
+SKIPPED: Counter[str] = Counter()
+"""Payloads skipped since start, by kind (process-wide; drift payloads never fail a flush)."""
 
 
 def drift_observer(conn: Connection, rows: list[tuple[str, TelemetryRow]]) -> None:
@@ -41,9 +49,33 @@ def drift_observer(conn: Connection, rows: list[tuple[str, TelemetryRow]]) -> No
             else:
                 _apply_sketch(conn, device_id, row)
         except (DecodeError, ValueError) as err:
+            SKIPPED[row.kind] += 1
             logger.warning(
-                "drift payload skipped device=%s seq=%d kind=%s: %s", device_id, row.seq, row.kind, err
+                "drift payload skipped device=%s seq=%d kind=%s: %s",
+                device_id,
+                row.seq,
+                row.kind,
+                safe_text(err, 200),
             )
+
+
+def _ints(msg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(msg, name)
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"{name}={value} does not fit a signed 64-bit integer")
+
+
+def _finite(msg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not math.isfinite(getattr(msg, name)):
+            raise ValueError(f"{name} is not a finite number")
+
+
+def _texts(msg: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if "\x00" in getattr(msg, name):
+            raise ValueError(f"{name} contains a NUL character")
 
 
 def signature_of(stream: str, evidence: list[dict[str, Any]]) -> tuple[str, list[str]]:
@@ -71,8 +103,8 @@ def _evidence(msg: drift_pb2.DriftEpisode) -> list[dict[str, Any]]:
             "channel": e.channel,
             "kind": e.kind,
             "feature": e.feature,
-            "statistic": e.statistic,
-            "threshold": e.threshold,
+            "statistic": e.statistic if math.isfinite(e.statistic) else None,
+            "threshold": e.threshold if math.isfinite(e.threshold) else None,
             "window_rows": e.window_rows,
         }
         for e in msg.evidence
@@ -83,6 +115,11 @@ def _apply_episode(conn: Connection, device_id: str, row: TelemetryRow) -> None:
     msg = drift_pb2.DriftEpisode.FromString(row.payload)
     if msg.state not in _STATE or not msg.monitor_id:
         raise ValueError(f"episode without state or monitor id (state={msg.state})")
+    _ints(msg, ("episode_id", "start_sample", "detected_sample", "end_sample", "samples_seen"))
+    _finite(msg, ("severity", "budget_per_10k"))
+    _texts(msg, ("monitor_id", "stream", "model_name", "model_version"))
+    for e in msg.evidence:
+        _texts(e, ("channel", "kind", "feature"))
     evidence = _evidence(msg)
     signature, features = signature_of(msg.stream, evidence)
     values = {
@@ -119,6 +156,11 @@ def _apply_episode(conn: Connection, device_id: str, row: TelemetryRow) -> None:
 
 def _apply_sketch(conn: Connection, device_id: str, row: TelemetryRow) -> None:
     msg = drift_pb2.DriftSketch.FromString(row.payload)
+    _ints(msg, ("samples", "samples_total"))
+    _finite(msg, ("budget_per_10k",))
+    _texts(msg, ("monitor_id", "model_name", "model_version"))
+    if any("\x00" in b.feature for b in msg.bins) or any("\x00" in k for k in (*msg.missing, *msg.nonfinite)):
+        raise ValueError("feature name contains a NUL character")
     exists = conn.execute(
         select(_sketches.c.id).where(_sketches.c.device_id == device_id, _sketches.c.seq == row.seq)
     ).first()

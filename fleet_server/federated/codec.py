@@ -8,6 +8,7 @@ the reason. Does not decide what a refused result means for the round (grid.py d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from protos.edgeloop.v1 import federated_pb2 as pb
 
 ALLOWED_DTYPES = frozenset({"float32", "float64"})
+MAX_DIMS = 32  # numpy allows 64; no model tensor comes near either
 NUM_EXAMPLES_KEY = "num-examples"
 
 
@@ -54,10 +56,10 @@ def tensor_from_proto(
     if len(t.data) > max_bytes:
         raise ResultRejectedError("oversized", f"{t.name}: {len(t.data)} bytes")
     shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise ResultRejectedError("bad_shape", str(shape))
+    if any(d < 0 for d in shape) or len(shape) > MAX_DIMS:
+        raise ResultRejectedError("bad_shape", str(shape)[:200])
     dtype = np.dtype(t.dtype).newbyteorder("<")
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(t.data):
+    if math.prod(shape) * dtype.itemsize != len(t.data):  # exact: np.prod wraps around at 2^63
         raise ResultRejectedError("bad_shape", f"{t.name}: {shape} vs {len(t.data)} bytes")
     return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
 

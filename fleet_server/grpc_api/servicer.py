@@ -4,6 +4,10 @@ Requests arrive as raw bytes and are parsed here, so a malformed message gets IN
 with a reason (the stock deserializer path would answer INTERNAL). Every Sync message is bound to
 the device named by the client certificate; a report naming another device is PERMISSION_DENIED.
 Per-device token buckets turn a flooding device into RESOURCE_EXHAUSTED for that device only.
+A record that cannot be stored (an integer over 2^63-1, seq 0, an oversized payload) is refused
+alone: it is counted, listed in TelemetryAck.rejected (or ReportAck.rejected_reason), and the
+session goes on. Text from devices and unauthenticated callers reaches the log only escaped and
+bounded (logsafe.py); refused enrollments are logged once per call and rate-limited per peer.
 
 Owns the session lifecycle (one live session per device; a new one supersedes the old) and the
 push of DesiredState. Does not write to the database itself (ingest.py, enrollment.py do).
@@ -33,8 +37,15 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from fleet_server.grpc_api.codec import desired_to_proto, report_from_proto, telemetry_from_proto
-from fleet_server.ingest import IngestWriter
+from fleet_server.grpc_api.codec import (
+    RecordRejectedError,
+    desired_to_proto,
+    report_from_proto,
+    telemetry_from_proto,
+)
+from fleet_server.ingest import IngestWriter, StorageUnavailableError
+from fleet_server.logsafe import RateLimitedLog, peer_host
+from fleet_server.logsafe import text as safe_text
 from fleet_server.pki import FleetCA
 from fleet_server.ratelimit import TokenBucket
 from fleet_server.settings import Settings
@@ -116,6 +127,7 @@ class DeviceServicer:
         self._settings = settings
         self._writer = writer
         self._registry = registry
+        self._enroll_log = RateLimitedLog(logger)
         registry.push_desired = self.push_desired
 
     # ------------------------------------------------------------ Enroll
@@ -138,8 +150,17 @@ class DeviceServicer:
                 agent_version=req.agent_version,
             )
         except FleetError as err:
-            logger.warning("enrollment refused device_id=%s reason=%s", req.device_id, err)
-            await context.abort(status_for(err), str(err))
+            code = status_for(err)
+            host = peer_host(context.peer() or "")
+            self._enroll_log.warning(
+                f"{host}|{code.name}",
+                "enrollment refused peer=%s device_id=%s code=%s reason=%s",
+                safe_text(host),
+                safe_text(req.device_id, 64),
+                code.name,
+                safe_text(err, 200),
+            )
+            await context.abort(code, safe_text(err, 300))
         host = self._settings.public_hostnames[0] if self._settings.public_hostnames else "localhost"
         return pb.EnrollResponse(
             device_id=result.device_id,
@@ -248,55 +269,82 @@ class DeviceServicer:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"certificate is for {session.device_id!r}; cannot report as {req.report.device_id!r}",
                 )
-            ack = pb.SyncResponse(report_ack=pb.ReportAck(sequence=req.report.sequence))
-            self._writer.submit_report(
-                report_from_proto(req.report), lambda err: self._after_commit(session, err, ack)
-            )
+            self._handle_report(session, req.report)
             return None
         if kind == "telemetry":
             problem = self._check_telemetry(req.telemetry)
             if problem:
                 return grpc.StatusCode.INVALID_ARGUMENT, problem
-            ack = pb.SyncResponse(
-                telemetry_ack=pb.TelemetryAck(
-                    batch_id=req.telemetry.batch_id, seqs=[r.seq for r in req.telemetry.records]
-                )
-            )
-            self._writer.submit_telemetry(
-                session.device_id,
-                telemetry_from_proto(req.telemetry),
-                lambda err: self._after_commit(session, err, ack),
-            )
+            self._handle_telemetry(session, req.telemetry)
             return None
         if kind == "command_result":
             logger.info(
                 "command result device_id=%s command_id=%s ok=%s",
                 session.device_id,
-                req.command_result.command_id,
+                safe_text(req.command_result.command_id, 64),
                 req.command_result.ok,
             )
             return None
         return grpc.StatusCode.INVALID_ARGUMENT, "empty SyncRequest (no report, telemetry or command_result)"
 
+    def _handle_report(self, session: _Session, report: pb.DeviceReport) -> None:
+        try:
+            row = report_from_proto(report)
+        except RecordRejectedError as err:
+            self._writer.count_rejected(session.device_id, err.reason)
+            logger.warning("report refused device_id=%s: %s", session.device_id, safe_text(err, 200))
+            session.outbox.put_nowait(
+                pb.SyncResponse(report_ack=pb.ReportAck(sequence=report.sequence, rejected_reason=err.reason))
+            )
+            return
+        ack = pb.SyncResponse(report_ack=pb.ReportAck(sequence=report.sequence))
+        self._writer.submit_report(row, lambda err: self._after_commit(session, err, ack))
+
+    def _handle_telemetry(self, session: _Session, batch: pb.TelemetryBatch) -> None:
+        decoded = telemetry_from_proto(batch, max_payload_bytes=self._settings.max_payload_bytes)
+        self._writer.stats.nonfinite_metrics_dropped += decoded.nonfinite_metrics
+        for r in decoded.rejected:
+            self._writer.count_rejected(session.device_id, r.reason)
+        if decoded.rejected:
+            logger.warning(
+                "telemetry records refused device_id=%s batch_id=%d count=%d first_seq=%d reason=%s",
+                session.device_id,
+                batch.batch_id,
+                len(decoded.rejected),
+                decoded.rejected[0].seq,
+                decoded.rejected[0].reason,
+            )
+        ack = pb.SyncResponse(
+            telemetry_ack=pb.TelemetryAck(
+                batch_id=batch.batch_id,
+                seqs=[r.seq for r in decoded.rows],
+                rejected=[pb.RejectedRecord(seq=r.seq, reason=r.reason) for r in decoded.rejected],
+            )
+        )
+        if not decoded.rows:
+            session.outbox.put_nowait(ack)
+            return
+        self._writer.submit_telemetry(
+            session.device_id, decoded.rows, lambda err: self._after_commit(session, err, ack)
+        )
+
     def _check_telemetry(self, batch: pb.TelemetryBatch) -> str:
         limit = max(self._settings.telemetry_batch_max * 10, 1)
         if len(batch.records) > limit:
             return f"telemetry batch of {len(batch.records)} records exceeds the limit of {limit}"
-        for rec in batch.records:
-            if rec.seq == 0:
-                return "telemetry record seq must be >= 1"
-            if len(rec.payload) > self._settings.max_payload_bytes:
-                return f"telemetry record {rec.seq} payload exceeds {self._settings.max_payload_bytes} bytes"
         return ""
 
     def _after_commit(self, session: _Session, err: BaseException | None, ack: pb.SyncResponse) -> None:
-        if err is not None:
+        if err is None:
+            session.outbox.put_nowait(ack)
+        elif isinstance(err, StorageUnavailableError):
             self._close(session, grpc.StatusCode.UNAVAILABLE, "storage unavailable; retry later")
         else:
-            session.outbox.put_nowait(ack)
+            self._close(session, grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
     def _close(self, session: _Session, code: grpc.StatusCode, detail: str) -> None:
         if not session.closed_reason:
+            detail = safe_text(detail, 300)
             logger.warning(
                 "sync session aborted device_id=%s code=%s detail=%s", session.device_id, code.name, detail
             )

@@ -70,8 +70,16 @@ class AgentSettings(_message.Message):
     max_messages_per_s: int
     def __init__(self, report_interval_s: _Optional[int] = ..., telemetry_batch_max: _Optional[int] = ..., max_messages_per_s: _Optional[int] = ...) -> None: ...
 
+class OtaAccess(_message.Message):
+    __slots__ = ("token", "expires_at_ms")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    expires_at_ms: int
+    def __init__(self, token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
 class DesiredState(_message.Message):
-    __slots__ = ("generation", "models", "settings", "labels")
+    __slots__ = ("generation", "models", "settings", "labels", "ota_access")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,11 +91,13 @@ class DesiredState(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    OTA_ACCESS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
     settings: AgentSettings
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., settings: _Optional[_Union[AgentSettings, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    ota_access: OtaAccess
+    def __init__(self, generation: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ..., settings: _Optional[_Union[AgentSettings, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ota_access: _Optional[_Union[OtaAccess, _Mapping]] = ...) -> None: ...
 
 class SlotState(_message.Message):
     __slots__ = ("slot", "model_name", "model_version", "sha256")
@@ -174,13 +184,23 @@ class TelemetryBatch(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
     def __init__(self, batch_id: _Optional[int] = ..., records: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ...) -> None: ...
 
+class RejectedRecord(_message.Message):
+    __slots__ = ("seq", "reason")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    reason: str
+    def __init__(self, seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class TelemetryAck(_message.Message):
-    __slots__ = ("batch_id", "seqs")
+    __slots__ = ("batch_id", "seqs", "rejected")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     seqs: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedRecord]
+    def __init__(self, batch_id: _Optional[int] = ..., seqs: _Optional[_Iterable[int]] = ..., rejected: _Optional[_Iterable[_Union[RejectedRecord, _Mapping]]] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("command_id", "flush_telemetry", "reenroll")
@@ -223,10 +243,12 @@ class SyncRequest(_message.Message):
     def __init__(self, report: _Optional[_Union[DeviceReport, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
 
 class ReportAck(_message.Message):
-    __slots__ = ("sequence",)
+    __slots__ = ("sequence", "rejected_reason")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_REASON_FIELD_NUMBER: _ClassVar[int]
     sequence: int
-    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+    rejected_reason: str
+    def __init__(self, sequence: _Optional[int] = ..., rejected_reason: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
     __slots__ = ("desired", "command", "telemetry_ack", "report_ack")

@@ -55,7 +55,8 @@ def test_codec_survives_nan_unknown_enum_and_inf_metrics() -> None:
         pb.DeviceReport(device_id="d", health=42, resources=pb.Resources(temperature_c=float("nan")))
     )
     assert row.observed["health"] == "unknown" and row.observed["resources"]["temperature_c"] is None
-    rows = telemetry_from_proto(
-        pb.TelemetryBatch(records=[pb.TelemetryRecord(seq=1, metrics={"ok": 1.0, "bad": float("inf")})])
+    decoded = telemetry_from_proto(
+        pb.TelemetryBatch(records=[pb.TelemetryRecord(seq=1, metrics={"ok": 1.0, "bad": float("inf")})]),
+        max_payload_bytes=1024,
     )
-    assert rows[0].metrics == {"ok": 1.0}
+    assert decoded.rows[0].metrics == {"ok": 1.0} and decoded.nonfinite_metrics == 1
