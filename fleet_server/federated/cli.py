@@ -1,4 +1,4 @@
-"""`edgeloop fl start|status|history`: operator CLI handlers over the federated REST API.
+"""`edgeloop fl start|status|history|cancel`: operator CLI handlers over the federated REST API.
 
 Same conventions as operator_cli.py (rich tables for people, the API's JSON unchanged with --json).
 """
@@ -88,6 +88,15 @@ def fl_history(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     return None
 
 
+def fl_cancel(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    """Cancel a running run (the API answers 404 for an unknown run, 409 if it already ended)."""
+    out = api.request("POST", f"/federated/runs/{ns.run_id}/cancel", json={"reason": ns.reason})
+    if ns.json:
+        return out
+    console.print(f"run {out['id']} {out['status']}: {out['detail']}", markup=False, highlight=False)
+    return None
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
 
@@ -116,6 +125,10 @@ def register(sub: Any) -> None:
     p = fl.add_parser("status", help="rounds of one run (default: the latest)")
     p.add_argument("run_id", nargs="?", default="")
     p.set_defaults(func=fl_status)
+    p = fl.add_parser("cancel", help="stop a running run now (its round is abandoned) and free the slot")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="", help="why (recorded on the run with your token's name)")
+    p.set_defaults(func=fl_cancel)
     p = fl.add_parser("history")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=fl_history)

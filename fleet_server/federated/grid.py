@@ -148,8 +148,17 @@ class FleetGrid(Grid):
             return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        stop: threading.Event | None = None,
     ) -> Iterable[Message]:
+        """Flower's call, plus `stop`: once it is set (a cancelled run; see `wake`) nothing more is
+        pushed, the wait ends at once and the outstanding tasks are forgotten like stragglers (their
+        late results are refused as `late_or_duplicate`)."""
+        if stop is not None and stop.is_set():
+            return []
         ids = set(self.push_messages(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else self.round_timeout_s)
         out: list[Message] = []
@@ -160,18 +169,24 @@ class FleetGrid(Grid):
                     out.append(self._replies.pop(i))
                 ids -= ready
                 remaining = deadline - time.monotonic()
-                if not ids or remaining <= 0:
+                if not ids or remaining <= 0 or (stop is not None and stop.is_set()):
                     break
                 self._lock.wait(min(remaining, 1.0))
-            for i in ids:  # stragglers: forget the task, refuse its late result
+            why = "cancelled" if stop is not None and stop.is_set() else "straggler"
+            for i in ids:  # stragglers (or a cancelled round): forget the task, refuse its late result
                 pending = self._pending.pop(i, None)
                 self._mark_finished(i)
                 if pending is not None:
-                    self.dropped["straggler"] += 1
+                    self.dropped[why] += 1
                     logger.info(
-                        "straggler dropped round_id=%s device_id=%s", pending.round_id, pending.device_id
+                        "%s dropped round_id=%s device_id=%s", why, pending.round_id, pending.device_id
                     )
         return out
+
+    def wake(self) -> None:
+        """Wake every `send_and_receive` waiting here (call after setting its `stop` event)."""
+        with self._lock:
+            self._lock.notify_all()
 
     # ------------------------------------------------------------------ device side (event loop)
 

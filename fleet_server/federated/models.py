@@ -1,6 +1,7 @@
 """SQLModel tables of federated runs and rounds (lineage: run -> rounds -> model digests).
 
-Changed together with migrations/versions/0004_federated.py.
+Changed together with migrations/versions/0004_federated.py and 0009_federated_terminal.py
+(cancellation: who cancelled a run; its states are in lifecycle.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class FlRun(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     strategy: str = Field(max_length=32)
     secure_aggregation: bool = False
-    status: str = Field(default="running", max_length=16)  # running | completed | failed
+    status: str = Field(default="running", max_length=16)  # lifecycle.RunStatus
     num_rounds: int
     config: dict[str, Any] = _json()
     cohort: dict[str, Any] = _json()
@@ -34,7 +35,8 @@ class FlRun(SQLModel, table=True):
     final_digest: str = Field(default="", max_length=64)
     epsilon: float = 0.0
     delta: float = 0.0
-    detail: str = Field(default="", max_length=512)
+    detail: str = Field(default="", max_length=512)  # the reason a run failed / was cancelled, or a note
+    cancelled_by: str = Field(default="", max_length=64)  # operator name ("" unless cancelled)
     created_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
 

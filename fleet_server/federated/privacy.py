@@ -15,9 +15,19 @@ ORDERS = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0, 128.
 
 
 def epsilon_after(rounds: int, noise_multiplier: float, delta: float) -> float:
-    """Epsilon of `rounds` noised releases at `noise_multiplier` (0 rounds or no noise: inf/0)."""
+    """Epsilon of `rounds` noised releases at `noise_multiplier` (0 rounds: 0; no noise: inf).
+
+    Never raises: a noise multiplier whose square under- or overflows, or a delta outside (0, 1),
+    gives inf (no meaningful guarantee) instead of an exception in the run's thread.
+    """
     if rounds <= 0:
         return 0.0
-    if noise_multiplier <= 0:
+    if not (noise_multiplier > 0 and 0 < delta < 1) or not math.isfinite(noise_multiplier):
         return math.inf
-    return min(rounds * 2.0 * a / noise_multiplier**2 + math.log(1.0 / delta) / (a - 1.0) for a in ORDERS)
+    try:
+        variance = noise_multiplier * noise_multiplier
+        if variance == 0.0:
+            return math.inf
+        return min(rounds * 2.0 * a / variance + math.log(1.0 / delta) / (a - 1.0) for a in ORDERS)
+    except (OverflowError, ZeroDivisionError):
+        return math.inf

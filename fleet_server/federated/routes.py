@@ -1,24 +1,31 @@
-"""Federated REST routes: start a run (operator), list runs and show one run's rounds (viewer).
+"""Federated REST routes: start and cancel a run, toggle auto-retrain (operator); list runs,
+show one run's rounds, show the auto-retrain state (viewer).
 
 A run that names a registry `model` starts from that model's head (its newest version, or
 `model_version`) and hands its final head back to the registry, which compiles and releases it.
 Otherwise it starts from the previous completed run's final model when `from_last` is set, or
 from a zero softmax head of the requested size (`features` x `classes`).
+
+Every field is bounded in the schema (limits.py), so a bad body is a 422 before anything runs;
+the one-run slot is taken (409 when busy) before the initial model is built, so a refused start
+allocates nothing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from flwr.app import Array, ArrayRecord
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
 from fleet_server.errors import InvalidRequestError, NotFoundError
+from fleet_server.federated import limits as lim
 from fleet_server.federated.cohort import CohortFilter, CohortSpec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
@@ -30,31 +37,62 @@ from fleet_server.registry.service import ModelRegistry
 
 router = APIRouter(prefix="/federated", tags=["federated"])
 
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+LabelValue = Annotated[str, StringConstraints(max_length=253)]
+Condition = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+RunId = Annotated[str, PathParam(min_length=1, max_length=64, description="federated run id")]
+
 
 class RunRequest(BaseModel):
-    strategy: str = "fedavg"
-    rounds: int = Field(default=3, ge=1, le=1000)
-    min_nodes: int = Field(default=2, ge=1)
-    max_nodes: int = Field(default=0, ge=0)  # 0 = no cap; else a fresh sample of at most this many per round
+    """A federated run's settings; every number is finite and within limits.py's bounds."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    strategy: str = Field(default="fedavg", min_length=1, max_length=32)
+    rounds: int = Field(default=3, ge=1, le=lim.MAX_ROUNDS)
+    min_nodes: int = Field(default=2, ge=1, le=lim.MAX_NODES)
+    max_nodes: int = Field(default=0, ge=0, le=lim.MAX_NODES)  # 0 = no cap; else at most this many per round
     fraction: float = Field(default=1.0, gt=0, le=1)
-    malicious: int = Field(default=0, ge=0)
-    round_timeout_s: float = Field(default=60.0, gt=0)
-    norm_bound: float = Field(default=0.0, ge=0)
+    malicious: int = Field(default=0, ge=0, le=lim.MAX_NODES)
+    round_timeout_s: float = Field(default=60.0, ge=lim.MIN_ROUND_TIMEOUT_S, le=lim.MAX_ROUND_TIMEOUT_S)
+    norm_bound: float = Field(default=0.0, ge=0, le=lim.MAX_NORM_BOUND)
     secure_aggregation: bool = False
-    secagg_clip: float = Field(default=1.0, gt=0)
-    dp_noise_multiplier: float = Field(default=0.0, ge=0)
-    dp_clip: float = Field(default=1.0, gt=0)
-    lr: float = Field(default=0.1, gt=0)
-    local_epochs: int = Field(default=1, ge=1)
-    labels: dict[str, str] = Field(default_factory=dict)
-    profile: str = ""
+    secagg_clip: float = Field(default=1.0, ge=lim.MIN_SECAGG_CLIP, le=lim.MAX_SECAGG_CLIP)
+    dp_noise_multiplier: float = Field(
+        default=0.0, ge=0, le=lim.MAX_DP_NOISE, description=f"0 = off, else >= {lim.MIN_DP_NOISE}"
+    )
+    dp_clip: float = Field(default=1.0, ge=lim.MIN_DP_CLIP, le=lim.MAX_DP_CLIP)
+    dp_delta: float = Field(default=1e-5, ge=lim.MIN_DP_DELTA, le=lim.MAX_DP_DELTA)
+    lr: float = Field(default=0.1, gt=0, le=lim.MAX_LR)
+    local_epochs: int = Field(default=1, ge=1, le=lim.MAX_LOCAL_EPOCHS)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=lim.MAX_LABELS)
+    profile: str = Field(default="", max_length=128)
     drifted_only: bool = False
-    require_conditions: list[str] = Field(default_factory=list)
-    features: int = Field(default=64, ge=1)
-    classes: int = Field(default=10, ge=2)
+    require_conditions: list[Condition] = Field(default_factory=list, max_length=lim.MAX_CONDITIONS)
+    features: int = Field(default=64, ge=1, le=lim.MAX_FEATURES)
+    classes: int = Field(default=10, ge=2, le=lim.MAX_CLASSES)
     from_last: bool = False
     model: str = Field(default="", max_length=128)
-    model_version: int | None = Field(default=None, ge=1)
+    model_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunRequest:
+        if 0 < self.dp_noise_multiplier < lim.MIN_DP_NOISE:
+            raise ValueError(f"dp_noise_multiplier must be 0 (off) or at least {lim.MIN_DP_NOISE}")
+        if self.malicious >= self.min_nodes:
+            raise ValueError(f"malicious {self.malicious} must be below min_nodes {self.min_nodes}")
+        size = lim.head_bytes(self.features, self.classes)
+        if size > lim.MAX_HEAD_BYTES:
+            raise ValueError(
+                f"a {self.features} x {self.classes} head is {size} bytes; at most {lim.MAX_HEAD_BYTES}"
+            )
+        return self
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=400, description="why (recorded on the run)")
 
 
 def _initial(
@@ -85,6 +123,7 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
         train_config={"lr": req.lr, "local-epochs": req.local_epochs},
         dp_noise_multiplier=req.dp_noise_multiplier,
         dp_clip=req.dp_clip,
+        dp_delta=req.dp_delta,
         cohort={"labels": [f"{k}={v}" for k, v in req.labels.items()], "profile": req.profile},
         model=req.model,
         parent_version=parent_version,
@@ -93,22 +132,46 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
 
 @router.post("/runs", status_code=202)
 def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
+    """Validate (422), take the one-run slot (409), then build the initial model and start."""
     fl: FederatedRuntime = request.app.state.federated
     if 0 < req.max_nodes < req.min_nodes:
         raise InvalidRequestError(f"max_nodes {req.max_nodes} is below min_nodes {req.min_nodes}")
+    fl.runner.validate(_spec(req))
     cohort = CohortSpec(
         req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only, req.max_nodes
     )
-    fl.grid.eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
-    initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
-    run_id = fl.runner.start(_spec(req, parent_version), initial)
+    eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
+    with fl.runner.reserve() as slot:
+        initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
+        run_id = slot.start(_spec(req, parent_version), initial, eligible=eligible)
     return {"run_id": run_id}
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(
+    run_id: RunId, request: Request, operator: Operator, body: CancelRequest | None = None
+) -> dict[str, Any]:
+    """Stop a running run at once (its round is abandoned) and free the slot; 409 if it already ended."""
+    fl: FederatedRuntime = request.app.state.federated
+    run = fl.runner.cancel(run_id, by=operator.name, reason=body.reason if body is not None else "")
+    return run.model_dump(mode="json")
+
+
+Interval = Annotated[
+    float,
+    Query(
+        ge=lim.MIN_TRIGGER_INTERVAL_S,
+        le=lim.MAX_TRIGGER_INTERVAL_S,
+        allow_inf_nan=False,
+        description="seconds between drift checks",
+    ),
+]
 
 
 @router.put("/auto-retrain")
 def enable_auto_retrain(
-    req: RunRequest, request: Request, _: Operator, interval_s: float = 30.0
-) -> dict[str, bool]:
+    req: RunRequest, request: Request, _: Operator, interval_s: Interval = 30.0
+) -> dict[str, Any]:
     """Let the drift policy open runs (with these settings) for drifted cohorts automatically."""
     fl: FederatedRuntime = request.app.state.federated
     engine = request.app.state.engine
@@ -128,7 +191,14 @@ def enable_auto_retrain(
         engine=engine, grid=fl.grid, runner=fl.runner, spec=_spec(req), initial=initial, interval_s=interval_s
     )
     fl.set_trigger(trigger)
-    return {"enabled": True}
+    return fl.trigger_status()
+
+
+@router.get("/auto-retrain")
+def auto_retrain_status(request: Request, _: Viewer) -> dict[str, Any]:
+    """Whether auto-retrain is on and what its trigger has done (checks, errors, last run)."""
+    fl: FederatedRuntime = request.app.state.federated
+    return fl.trigger_status()
 
 
 @router.delete("/auto-retrain")
@@ -139,13 +209,15 @@ def disable_auto_retrain(request: Request, _: Operator) -> dict[str, bool]:
 
 
 @router.get("/runs")
-def list_runs(session: SessionDep, _: Viewer, limit: int = 20) -> list[dict[str, Any]]:
+def list_runs(
+    session: SessionDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 20
+) -> list[dict[str, Any]]:
     rows = session.exec(select(FlRun).order_by(col(FlRun.created_at).desc()).limit(limit)).all()
     return [r.model_dump(mode="json") for r in rows]
 
 
 @router.get("/runs/{run_id}")
-def show_run(run_id: str, request: Request, session: SessionDep, _: Viewer) -> dict[str, Any]:
+def show_run(run_id: RunId, request: Request, session: SessionDep, _: Viewer) -> dict[str, Any]:
     run = session.get(FlRun, run_id)
     if run is None:
         raise NotFoundError(f"no federated run {run_id!r}")

@@ -5,6 +5,12 @@ aggregate_train) so we can, between receiving and aggregating, score every updat
 and write the round (participants, failures, refusals, anomaly scores, DP epsilon, model digests)
 to the database. The strategy itself runs unchanged. One run at a time per server process; it
 runs in a worker thread because Flower strategies block.
+
+Every run ends (lifecycle.py): `completed`, `failed` with the reason (an exception in the thread,
+no round with enough participants, too few devices within the round timeout, a server restart:
+`recover()` at startup) or `cancelled` by an operator (`cancel()`: the in-flight round is
+abandoned at once, late device replies are refused, the slot is free for the next run). The slot
+is reserved before the initial model is built (`reserve()`), so a refused start allocates nothing.
 """
 
 from __future__ import annotations
@@ -14,18 +20,23 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
 
-from fleet_server.errors import ConflictError, InvalidRequestError
+from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
+from fleet_server.federated import lifecycle
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.handoff import write_artifacts
+from fleet_server.federated.lifecycle import RunStatus
+from fleet_server.federated.limits import check_spec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
@@ -36,6 +47,12 @@ from fleet_server.models import utcnow
 logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, ArrayRecord], dict[str, float]]
+Eligible = Callable[[set[str]], set[str]]
+CANCEL_JOIN_S = 10.0  # how long cancel() waits for the run's thread to leave before freeing the slot
+
+
+class RunCancelledError(Exception):
+    """Raised inside a run's thread at the next checkpoint after `cancel()`."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,35 @@ def digest(arrays: ArrayRecord) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Active:
+    """The run holding the one-run slot (its thread is None until the run is recorded and started)."""
+
+    run_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    spec: RunSpec | None = None
+    cancel_detail: str = ""
+    cancel_by: str = ""
+
+
+class Reservation:
+    """The slot, held while the caller builds the initial model; `start` launches the run in it."""
+
+    def __init__(self, runner: FederatedRunner, active: _Active) -> None:
+        self._runner, self._active = runner, active
+
+    def start(
+        self,
+        spec: RunSpec,
+        initial: ArrayRecord,
+        evaluate_fn: EvaluateFn | None = None,
+        *,
+        eligible: Eligible | None = None,
+    ) -> str:
+        return self._runner._launch(self._active, spec, initial, evaluate_fn, eligible)
+
+
 class FederatedRunner:
     """Starts runs in a worker thread and records them; `result` holds the last final model."""
 
@@ -78,20 +124,72 @@ class FederatedRunner:
         self._grid = grid
         self.out_dir = out_dir
         self.on_complete = on_complete
+        self._lock = threading.Lock()
+        self._active: _Active | None = None
         self._thread: threading.Thread | None = None
         self.result: ArrayRecord | None = None
 
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        with self._lock:
+            return self._active is not None
 
-    def start(self, spec: RunSpec, initial: ArrayRecord, evaluate_fn: EvaluateFn | None = None) -> str:
-        """Raises: ConflictError when a run is already in progress."""
-        if self.busy():
-            raise ConflictError("a federated run is already in progress")
-        make_strategy(spec.strategy)  # validate now: InvalidRequestError for the caller, not a failed run
+    def current(self) -> str | None:
+        """Id of the run holding the slot (None when idle or while a start is being prepared)."""
+        with self._lock:
+            return self._active.run_id if self._active is not None and self._active.thread else None
+
+    @staticmethod
+    def validate(spec: RunSpec) -> None:
+        """Raises: InvalidRequestError for a spec out of bounds or an unknown/unsuitable strategy."""
+        check_spec(spec)
+        make_strategy(spec.strategy)
         if spec.secure_aggregation and spec.strategy.name.lower() not in LINEAR:
             raise InvalidRequestError("secure aggregation needs a linear strategy (robust rules see updates)")
-        run_id = uuid.uuid4().hex
+
+    @contextmanager
+    def reserve(self) -> Iterator[Reservation]:
+        """Hold the one-run slot (or raise ConflictError at once, before anything is allocated)."""
+        with self._lock:
+            if self._active is not None:
+                holder = self._active.run_id
+                raise ConflictError(
+                    f"federated run {holder} is in progress; wait for it or cancel it "
+                    f"(edgeloop fl cancel {holder})"
+                )
+            active = self._active = _Active(run_id=uuid.uuid4().hex)
+        try:
+            yield Reservation(self, active)
+        finally:
+            if active.thread is None:  # never launched: give the slot back
+                self._release(active)
+
+    def start(
+        self,
+        spec: RunSpec,
+        initial: ArrayRecord | Callable[[], ArrayRecord],
+        evaluate_fn: EvaluateFn | None = None,
+        *,
+        eligible: Eligible | None = None,
+    ) -> str:
+        """Start a run (`initial` may be a function, called only once the slot is held).
+
+        Raises: InvalidRequestError for a bad spec; ConflictError when a run is in progress.
+        """
+        self.validate(spec)
+        with self.reserve() as slot:
+            arrays = initial() if callable(initial) else initial
+            return slot.start(spec, arrays, evaluate_fn, eligible=eligible)
+
+    def _launch(
+        self,
+        active: _Active,
+        spec: RunSpec,
+        initial: ArrayRecord,
+        evaluate_fn: EvaluateFn | None,
+        eligible: Eligible | None,
+    ) -> str:
+        self.validate(spec)
+        run_id, active.spec = active.run_id, spec
         self._save(
             FlRun(
                 id=run_id,
@@ -105,14 +203,60 @@ class FederatedRunner:
                 created_at=utcnow(),
             )
         )
-        self._thread = threading.Thread(
+        if eligible is not None:
+            self._grid.eligible = eligible
+        thread = threading.Thread(
             target=self._guarded,
-            args=(run_id, spec, initial, evaluate_fn),
+            args=(active, spec, initial, evaluate_fn),
             name=f"fl-run-{run_id[:8]}",
             daemon=True,
         )
-        self._thread.start()
+        with self._lock:
+            active.thread = self._thread = thread
+        thread.start()
         return run_id
+
+    def cancel(self, run_id: str, *, by: str, reason: str = "") -> FlRun:
+        """Cancel a running run: stop its round at once, record `cancelled` with who/why, free the slot.
+
+        Raises: NotFoundError for an unknown run; ConflictError when it already ended.
+        """
+        detail, by = lifecycle.cancel_reason(by, reason), lifecycle.clean(by)[:64]
+        with self._lock:
+            active = self._active if self._active is not None and self._active.run_id == run_id else None
+            if active is not None:
+                active.cancel_detail, active.cancel_by = detail, by
+                active.stop.set()
+        if active is not None:
+            self._grid.wake()
+            if active.thread is not None and active.thread is not threading.current_thread():
+                active.thread.join(CANCEL_JOIN_S)
+        spec = active.spec if active is not None else None
+        self._end(run_id, RunStatus.CANCELLED, detail, spec=spec, cancelled_by=by)
+        if active is not None:
+            self._release(active)  # even if its thread is still stuck: it can no longer push or record
+        run = self._load(run_id)
+        if run is None:
+            raise NotFoundError(f"no federated run {run_id!r}")
+        if run.status != RunStatus.CANCELLED or run.detail != detail:
+            raise ConflictError(f"federated run {run_id} already ended: {run.status} {run.detail}".strip())
+        logger.warning("federated run cancelled run_id=%s by=%s detail=%s", run_id, by, detail)
+        return run
+
+    def recover(self) -> int:
+        """At startup: runs a killed server left `running` are failed ("server restarted mid-run").
+
+        Not resumed: the round in flight, its SecAgg keys and the devices' tasks died with the
+        process, and resuming would need every round's state persisted. Returns how many.
+        """
+        with self._engine.begin() as conn:
+            stale = update(FlRun).where(col(FlRun.status) == RunStatus.RUNNING)
+            n = conn.execute(
+                stale.values(status=RunStatus.FAILED, detail=lifecycle.SERVER_RESTARTED, finished_at=utcnow())
+            ).rowcount
+        if n:
+            logger.warning("federated runs left running by a previous server marked failed count=%d", n)
+        return int(n or 0)
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -124,33 +268,70 @@ class FederatedRunner:
         return run_id
 
     def _guarded(
-        self, run_id: str, spec: RunSpec, initial: ArrayRecord, evaluate_fn: EvaluateFn | None
+        self, active: _Active, spec: RunSpec, initial: ArrayRecord, evaluate_fn: EvaluateFn | None
     ) -> None:
+        run_id = active.run_id
         try:
-            final = self._run(run_id, spec, initial, evaluate_fn)
-        except Exception as err:
-            logger.exception("federated run failed run_id=%s", run_id)
-            self._finish(run_id, "failed", f"{type(err).__name__}: {err}"[:500], None, spec)
-            return
-        self.result = final
-        self._finish(run_id, "completed", "", final, spec)
+            try:
+                final, results = self._run(active, spec, initial, evaluate_fn)
+            except RunCancelledError:
+                logger.info("federated run stopped after cancel run_id=%s", run_id)
+                self._end(
+                    run_id,
+                    RunStatus.CANCELLED,
+                    active.cancel_detail,
+                    spec=spec,
+                    cancelled_by=active.cancel_by,
+                )
+                return
+            except Exception as err:
+                logger.exception("federated run failed run_id=%s", run_id)
+                self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), spec=spec)
+                return
+            if not any(n >= spec.min_results for n in results):
+                reason = lifecycle.no_participants_reason(results, spec.min_results)
+                logger.warning("federated run failed run_id=%s %s", run_id, reason)
+                self._end(run_id, RunStatus.FAILED, reason, spec=spec)
+                return
+            self._complete(run_id, final, spec)
+        except Exception as err:  # recording the end itself failed: last attempt, never leave it running
+            logger.exception("federated run could not be recorded run_id=%s", run_id)
+            self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), quiet=True)
+        finally:
+            self._release(active)
+
+    def _release(self, active: _Active) -> None:
+        with self._lock:
+            if self._active is active:
+                self._active = None
+
+    @staticmethod
+    def _check(stop: threading.Event) -> None:
+        if stop.is_set():
+            raise RunCancelledError
 
     def _run(
-        self, run_id: str, spec: RunSpec, arrays: ArrayRecord, evaluate_fn: EvaluateFn | None
-    ) -> ArrayRecord:
+        self, active: _Active, spec: RunSpec, arrays: ArrayRecord, evaluate_fn: EvaluateFn | None
+    ) -> tuple[ArrayRecord, list[int]]:
+        """Returns the final arrays and the number of valid results of each round."""
         strategy = make_strategy(spec.strategy)
         config = ConfigRecord(dict(spec.train_config))
         if spec.dp_noise_multiplier > 0:
             config["dp-noise-multiplier"] = spec.dp_noise_multiplier
             config["dp-clip"] = spec.dp_clip
         self._grid.round_timeout_s = spec.round_timeout_s
+        results: list[int] = []
         for rnd in range(1, spec.num_rounds + 1):
-            arrays = self._round(run_id, rnd, spec, strategy, arrays, config=config, evaluate_fn=evaluate_fn)
-        return arrays
+            self._check(active.stop)
+            arrays, valid = self._round(
+                active, rnd, spec, strategy, arrays, config=config, evaluate_fn=evaluate_fn
+            )
+            results.append(valid)
+        return arrays, results
 
     def _round(
         self,
-        run_id: str,
+        active: _Active,
         rnd: int,
         spec: RunSpec,
         strategy: object,
@@ -158,15 +339,17 @@ class FederatedRunner:
         *,
         config: ConfigRecord,
         evaluate_fn: EvaluateFn | None,
-    ) -> ArrayRecord:
+    ) -> tuple[ArrayRecord, int]:
+        run_id, stop = active.run_id, active.stop
         started, t0 = utcnow(), time.monotonic()
         before = self._grid.counters()
-        self._await_nodes(spec)
+        self._await_nodes(spec, stop)
         messages = list(strategy.configure_train(rnd, arrays, config, self._grid))  # type: ignore[attr-defined]
         if spec.secure_aggregation:
-            replies = self._secure(f"{run_id[:12]}:{rnd}", spec, messages, arrays)
+            replies = self._secure(f"{run_id[:12]}:{rnd}", spec, messages, arrays, stop)
         else:
-            replies = list(self._grid.send_and_receive(messages, timeout=spec.round_timeout_s))
+            replies = list(self._grid.send_and_receive(messages, timeout=spec.round_timeout_s, stop=stop))
+        self._check(stop)  # a cancelled round is abandoned: nothing aggregated, nothing recorded
         valid = [m for m in replies if not m.has_error()]
         devices = self._grid.device_ids([m.metadata.src_node_id for m in valid])
         scores = dict(zip(devices, anomaly_scores(update_vectors(arrays, valid)), strict=True))
@@ -224,24 +407,34 @@ class FederatedRunner:
             len(valid),
             time.monotonic() - t0,
         )
-        return arrays
+        return arrays, len(valid)
 
-    def _await_nodes(self, spec: RunSpec) -> None:
+    def _await_nodes(self, spec: RunSpec, stop: threading.Event) -> None:
         """Flower's sampler waits forever for `min_available_nodes`; we give up after the round timeout."""
         deadline = time.monotonic() + spec.round_timeout_s
         while (online := len(list(self._grid.get_node_ids()))) < spec.strategy.min_nodes:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {online} eligible devices online, need {spec.strategy.min_nodes}")
-            time.sleep(0.2)
+                raise TimeoutError(
+                    f"only {online} eligible devices online within the round timeout"
+                    f" ({spec.round_timeout_s:g}s), need {spec.strategy.min_nodes}"
+                )
+            if stop.wait(0.2):
+                raise RunCancelledError
 
     def _secure(
-        self, round_id: str, spec: RunSpec, messages: list[Message], arrays: ArrayRecord
+        self,
+        round_id: str,
+        spec: RunSpec,
+        messages: list[Message],
+        arrays: ArrayRecord,
+        stop: threading.Event,
     ) -> list[Message]:
         """SecAgg+ stages; the strategy then aggregates a single reply holding the unmasked mean."""
         if not messages:
             return []
         params = replace(spec.secagg, timeout_s=spec.round_timeout_s)
-        out = SecAggRound(self._grid, params, round_id).run(messages)
+        out = SecAggRound(self._grid, params, round_id, stop=stop).run(messages)
+        self._check(stop)
         self._grid.note("secagg", out.rejected)
         if out.mean_delta is None:
             return []
@@ -262,29 +455,28 @@ class FederatedRunner:
         request.metadata.__dict__["_message_id"] = request.metadata.message_id or uuid.uuid4().hex
         return [Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=request)]
 
-    def _finish(
-        self, run_id: str, status: str, detail: str, final: ArrayRecord | None, spec: RunSpec
-    ) -> None:
+    def _complete(self, run_id: str, final: ArrayRecord, spec: RunSpec) -> None:
+        """Record `completed`, write the artifacts, hand the model off (unless cancelled meanwhile)."""
+        won = self._end(
+            run_id,
+            RunStatus.COMPLETED,
+            "",
+            spec=spec,
+            final_digest=digest(final),
+        )
+        if not won:
+            return
+        self.result = final
         with Session(self._engine) as s:
             run = s.get(FlRun, run_id)
-            if run is None:
-                return
-            run.status, run.detail, run.finished_at = status, detail, utcnow()
-            if final is not None:
-                run.final_digest = digest(final)
-            if spec.dp_noise_multiplier > 0:
-                run.epsilon = epsilon_after(spec.num_rounds, spec.dp_noise_multiplier, spec.dp_delta)
-            s.add(run)
-            s.commit()
-            if final is None:
-                return
+            assert run is not None
             rounds = s.exec(select(FlRound).where(FlRound.run_id == run_id)).all()
             arrays = {k: a.numpy() for k, a in final.items()}
             lineage = _lineage(run, rounds)
         write_artifacts(self.out_dir / run_id, arrays, lineage)
         if lineage["final_digest"] == lineage["parent_digest"]:
-            # No round aggregated an update (every device declined or failed): nothing new to hand off.
-            self._note(run_id, "no round aggregated an update: the model is unchanged, nothing handed off")
+            # Rounds aggregated but the model did not move (e.g. zero updates): nothing new to hand off.
+            self._note(run_id, "the model is unchanged: nothing handed off")
             return
         if self.on_complete is not None and spec.model:
             try:
@@ -293,12 +485,51 @@ class FederatedRunner:
                 logger.exception("hand-off failed run_id=%s model=%s", run_id, spec.model)
                 self._note(run_id, f"hand-off failed: {type(err).__name__}: {err}")
 
+    def _end(
+        self,
+        run_id: str,
+        status: RunStatus,
+        detail: str,
+        *,
+        spec: RunSpec | None = None,
+        quiet: bool = False,
+        **extra: Any,
+    ) -> bool:
+        """Move a running run to `status` (a conditional update: False if it had already ended)."""
+        assert lifecycle.is_valid_transition(RunStatus.RUNNING, status)
+        values: dict[str, Any] = {"status": status, "detail": lifecycle.clean(detail)}
+        values["finished_at"] = utcnow()
+        if spec is not None and spec.dp_noise_multiplier > 0:
+            rounds = spec.num_rounds if status == RunStatus.COMPLETED else self._rounds_done(run_id)
+            values["epsilon"] = epsilon_after(rounds, spec.dp_noise_multiplier, spec.dp_delta)
+        values |= extra
+        try:
+            with self._engine.begin() as conn:
+                stmt = update(FlRun).where(col(FlRun.id) == run_id, col(FlRun.status) == RunStatus.RUNNING)
+                won = bool(conn.execute(stmt.values(**values)).rowcount)
+        except Exception:
+            if quiet:
+                logger.exception("could not record the end of run_id=%s status=%s", run_id, status)
+                return False
+            raise
+        if won:
+            logger.info("federated run ended run_id=%s status=%s detail=%s", run_id, status, values["detail"])
+        return won
+
+    def _rounds_done(self, run_id: str) -> int:
+        with Session(self._engine) as s:
+            return len(s.exec(select(FlRound.id).where(FlRound.run_id == run_id)).all())
+
+    def _load(self, run_id: str) -> FlRun | None:
+        with Session(self._engine, expire_on_commit=False) as s:
+            return s.get(FlRun, run_id)
+
     def _note(self, run_id: str, detail: str) -> None:
         logger.warning("run_id=%s %s", run_id, detail)
         with Session(self._engine) as s:
             run = s.get(FlRun, run_id)
             if run is not None:
-                run.detail = detail[:500]
+                run.detail = lifecycle.clean(detail)
                 s.add(run)
                 s.commit()
 

@@ -20,8 +20,10 @@ import json
 import logging
 import math
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -91,8 +93,12 @@ def neighbours(indices: list[int], degree: int, rng: random.Random | None = None
 class SecAggRound:
     """Runs the four stages for one round over `grid`."""
 
-    def __init__(self, grid: Grid, params: SecAggParams, round_id: str) -> None:
+    def __init__(
+        self, grid: Grid, params: SecAggParams, round_id: str, stop: threading.Event | None = None
+    ) -> None:
+        """`stop` (FleetGrid only): a cancelled run's event; once set, no further stage is sent."""
         self._grid = grid
+        self._stop = stop
         self._p = params
         self._round_id = round_id
         self._sk, self._pk = sc.keypair()
@@ -154,7 +160,10 @@ class SecAggRound:
             msg = Message(content, node_of[i], f"train.secagg_{stage}", group_id=self._round_id)
             msgs.append(msg)
             index_of[node_of[i]] = i
-        replies = self._grid.send_and_receive(msgs, timeout=self._p.timeout_s) if msgs else []
+        if self._stop is not None and self._stop.is_set():
+            return {}
+        extra: dict[str, Any] = {"stop": self._stop} if self._stop is not None else {}
+        replies = self._grid.send_and_receive(msgs, timeout=self._p.timeout_s, **extra) if msgs else []
         good = {index_of[r.metadata.src_node_id]: r for r in replies if not r.has_error()}
         logger.info(
             "secagg stage=%s round_id=%s sent=%d answered=%d", stage, self._round_id, len(msgs), len(good)

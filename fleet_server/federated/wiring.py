@@ -1,10 +1,14 @@
-"""Builds the federated pieces for the composition root (`fleet_server.main.create_app`)."""
+"""Builds the federated pieces for the composition root (`fleet_server.main.create_app`).
+
+At build time, runs a previous server process left `running` are marked failed (runner.recover).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -29,6 +33,10 @@ class FederatedRuntime:
         if trigger is not None:
             trigger.start()
 
+    def trigger_status(self) -> dict[str, Any]:
+        """The drift trigger's state (`{"enabled": False}` when auto-retrain is off)."""
+        return self.trigger.status() if self.trigger is not None else {"enabled": False}
+
     def shutdown(self) -> None:
         self.set_trigger(None)
         self.runner.wait(timeout=0.1)
@@ -38,4 +46,5 @@ def build_federated(*, engine: Engine, loop: asyncio.AbstractEventLoop, data_dir
     grid = FleetGrid(loop=loop)
     servicer = FederatedServicer(grid=grid, authenticate=device_authenticator(engine))
     runner = FederatedRunner(engine=engine, grid=grid, out_dir=data_dir / "federated")
+    runner.recover()  # runs a killed server left "running" end as failed, with that reason
     return FederatedRuntime(grid=grid, servicer=servicer, runner=runner)

@@ -187,7 +187,7 @@ def test_straggler_is_cut_at_the_round_timeout_and_its_late_result_refused(
     assert fleet.late == [(False, "late_or_duplicate")]
 
 
-def test_a_run_where_every_device_declined_hands_nothing_off(
+def test_a_run_where_every_device_declined_fails_and_hands_nothing_off(
     loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:
     fleet = InProcFleet(loop, tmp_path, 3)
@@ -206,5 +206,6 @@ def test_a_run_where_every_device_declined_hands_nothing_off(
     run_id = runner.run_blocking(spec, model())
     run, rows = _rounds(engine, run_id)
     assert [r.results for r in rows] == [0, 0] and rows[0].dropped == {"declined": 3}
-    assert run.status == "completed" and run.final_digest == run.parent_digest
-    assert handed == [] and "nothing handed off" in run.detail
+    assert run.status == "failed" and run.final_digest == ""
+    assert "no round had enough participants" in run.detail and "[0, 0]" in run.detail
+    assert handed == [] and "nothing handed off" in run.detail and not runner.busy()
