@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from sqlalchemy import func, select
+from sqlmodel import SQLModel
 
 from fleet_server.db import make_engine
 from fleet_server.models import TelemetryRecord
@@ -26,6 +27,7 @@ from protos.edgeloop.v1 import device_pb2_grpc
 from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll, live, prepare, report
 
 BIG = 2**63
+_telemetry = SQLModel.metadata.tables[TelemetryRecord.__tablename__]
 
 
 @pytest.fixture
@@ -118,12 +120,12 @@ def test_flood_of_extreme_values_never_hurts_a_well_behaved_device(
     engine = make_engine(server.settings.resolved_database_url())
     with engine.connect() as conn:
         per_seq = conn.execute(
-            select(TelemetryRecord.seq, func.count())
-            .where(TelemetryRecord.device_id == "dev-good")
-            .group_by(TelemetryRecord.seq)
+            select(_telemetry.c.seq, func.count())
+            .where(_telemetry.c.device_id == "dev-good")
+            .group_by(_telemetry.c.seq)
         ).all()
         bad_big = conn.execute(
-            select(func.count()).where(TelemetryRecord.device_id == "dev-bad", TelemetryRecord.seq >= 10_000)
+            select(func.count()).where(_telemetry.c.device_id == "dev-bad", _telemetry.c.seq >= 10_000)
         ).scalar_one()
     engine.dispose()
     assert sorted(seq for seq, _ in per_seq) == list(range(1, 301)) and {n for _, n in per_seq} == {1}
@@ -158,11 +160,12 @@ def test_hostile_enrollment_calls_leave_a_bounded_log_without_forged_lines(
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     codes: set[grpc.StatusCode] = set()
+    detail_sizes: list[int] = []
     forged = "x\nERROR fleet_server.security admin token accepted for attacker\r\n" + "A" * 50_000
     try:
         before = len(sink.getvalue())
         with grpc.secure_channel(server.enroll_target, grpc.ssl_channel_credentials(server.ca_pem)) as ch:
-            stub = device_pb2_grpc.DeviceServiceStub(ch)
+            stub = device_pb2_grpc.DeviceServiceStub(ch)  # type: ignore[no-untyped-call]
             for i in range(200):
                 try:
                     stub.Enroll(
@@ -172,13 +175,14 @@ def test_hostile_enrollment_calls_leave_a_bounded_log_without_forged_lines(
                         timeout=10,
                     )
                 except grpc.RpcError as err:
-                    codes.add(err.code())  # type: ignore[attr-defined]
-                    assert len(err.details() or "") <= 400  # type: ignore[attr-defined]
+                    codes.add(err.code())
+                    detail_sizes.append(len(err.details() or ""))
         logged = sink.getvalue()[before:]
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
-    assert codes == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert codes == {grpc.StatusCode.INVALID_ARGUMENT} and len(detail_sizes) == 200
+    assert max(detail_sizes) <= 400  # the refusal does not echo the 50 KB id back either
     lines = logged.splitlines()
     refused = [line for line in lines if "enrollment refused" in line]
     # Bounded: a burst per peer and a trickle after, not 200 lines (nor 200 x 50 KB).
@@ -192,6 +196,6 @@ def test_hostile_enrollment_calls_leave_a_bounded_log_without_forged_lines(
     token = server.bootstrap_token()
     with pytest.raises(grpc.RpcError) as newline:
         enroll(server, "dev-ok\n", token, tmp_path)
-    assert newline.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "control characters" in (newline.value.details() or "")  # type: ignore[attr-defined]
+    assert newline.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "control characters" in (newline.value.details() or "")
     assert enroll(server, "dev-ok", token, tmp_path).device_id == "dev-ok"
