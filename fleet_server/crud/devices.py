@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, TelemetryRecord, utcnow
+from fleet_server.ota.models import UNHEALTHY_STATES, OtaDeviceStatus
 
 DEVICE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 LABEL_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")
@@ -55,6 +58,7 @@ def get_device(*, session: Session, device_id: str) -> Device:
     device = session.get(Device, device_id)
     if device is None:
         raise NotFoundError(f"device {device_id!r} not found")
+    _ota_health(session, [device])
     return device
 
 
@@ -64,7 +68,35 @@ def list_devices(
     rows = session.exec(select(Device).order_by(col(Device.id)).offset(offset).limit(limit)).all()
     if label:
         rows = [d for d in rows if all(d.labels.get(k) == v for k, v in label.items())]
+    _ota_health(session, rows)
     return list(rows)
+
+
+def _ota_health(session: Session, devices: Sequence[Device]) -> None:
+    """A device whose latest OTA report (highest transition) is failed or refused is not ok in the
+    API, with the reason, whatever its last device report said. Only the loaded objects change
+    (`set_committed_value`: never written back)."""
+    if not devices:
+        return
+    stmt = select(OtaDeviceStatus).where(
+        col(OtaDeviceStatus.device_id).in_([d.id for d in devices]), col(OtaDeviceStatus.transition) > 0
+    )
+    latest: dict[str, OtaDeviceStatus] = {}
+    for row in session.exec(stmt):
+        if row.device_id not in latest or row.transition > latest[row.device_id].transition:
+            latest[row.device_id] = row
+    for device in devices:
+        found = latest.get(device.id)
+        if found is None or found.state not in UNHEALTHY_STATES:
+            continue
+        observed = dict(device.observed or {})
+        if observed.get("health", "ok") in ("ok", "unknown"):
+            observed["health"] = "degraded"
+        reason = f"ota {found.state} in deployment {found.deployment_id}: {found.detail}"
+        if reason in str(observed.get("health_detail", "")):
+            continue  # already applied to this loaded object
+        observed["health_detail"] = "; ".join(x for x in (observed.get("health_detail"), reason) if x)[:512]
+        set_committed_value(device, "observed", observed)
 
 
 def update_labels(*, session: Session, device_id: str, changes: dict[str, str | None]) -> Device:

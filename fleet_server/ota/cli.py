@@ -16,11 +16,15 @@ from typing import Any, Protocol
 import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
 from fleet_server.ota.keys import write_private_key
 from fleet_server.ota.repository import rotate_root
+
+# Deployment states whose reason the operator must read in full (the agent's terminal problems).
+PROBLEM_STATES = frozenset({"failed", "refused", "rolled_back"})
 
 
 class Api(Protocol):
@@ -102,11 +106,21 @@ def release_status(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     rows = api.request("GET", f"/deployments/{ns.deployment_id}")
     if ns.json:
         return rows
-    table = Table(title=f"deployment {ns.deployment_id}")
-    for col in ("device", "state", "event", "detail", "updated"):
-        table.add_column(col)
+    counts: dict[str, int] = {}
     for r in rows:
-        table.add_row(r["device_id"], r["state"], r["event"], r["detail"][:80], str(r["updated_at"]))
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    table = Table(
+        title=f"deployment {ns.deployment_id}: {len(rows)} device(s){': ' + summary if summary else ''}"
+    )
+    for col in ("device", "state", "event", "reason / detail", "updated"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        problem = r["state"] in PROBLEM_STATES or r["event"] == "retry"
+        state = f"[bold red]{r['state']}[/]" if problem else r["state"]
+        # a refusal or failure shows its whole reason; progress notes are cut
+        detail = r["detail"] if problem else r["detail"][:80]
+        table.add_row(r["device_id"], state, r["event"], escape(detail), str(r["updated_at"]))
     console.print(table)
     return None
 

@@ -33,6 +33,10 @@ class OtaRelease(SQLModel, table=True):
     created_at: datetime | None = _ts()
 
 
+# States whose report makes the device's health not ok while it is the device's latest OTA status.
+UNHEALTHY_STATES = frozenset({"failed", "refused"})
+
+
 class OtaDeviceStatus(SQLModel, table=True):
     """Latest reported state of one device in one deployment (highest transition number wins)."""
 

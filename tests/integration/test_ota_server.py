@@ -156,6 +156,13 @@ def _row(seq: int, transition: int, to: str, deployment: str = "dep_1") -> Telem
 def test_status_observer_keeps_the_highest_transition(tmp_path: Path, database_url: str) -> None:
     engine = make_engine(database_url or f"sqlite:///{tmp_path / 's.db'}")
     upgrade(engine)
+    with engine.begin() as conn:  # what deploying dep_1 to d1 and d2 created
+        for device in ("d1", "d2"):
+            conn.execute(
+                OtaDeviceStatus.__table__.insert().values(  # type: ignore[attr-defined]
+                    device_id=device, deployment_id="dep_1", release_seq=3, state="assigned"
+                )
+            )
     batches = [
         [("d1", _row(1, 1, "downloading")), ("d1", _row(2, 2, "verifying"))],
         [("d1", _row(2, 2, "verifying"))],  # redelivered after a lost ack
@@ -169,7 +176,8 @@ def test_status_observer_keeps_the_highest_transition(tmp_path: Path, database_u
             ota_status_observer(conn, batch)
     with engine.connect() as conn:
         rows = conn.execute(select(OtaDeviceStatus.__table__)).mappings().all()  # type: ignore[attr-defined]
-    assert [(r["device_id"], r["state"], r["transition"], r["report_seq"]) for r in rows] == [
-        ("d1", "committed", 9, 5)
+    assert sorted((r["device_id"], r["state"], r["transition"], r["report_seq"]) for r in rows) == [
+        ("d1", "committed", 9, 5),
+        ("d2", "assigned", 0, 0),
     ]
     engine.dispose()

@@ -552,6 +552,9 @@
     show("release-detail", parts);
   }
 
+  // Deployment states the device reports with a reason the operator must see (agent/ota/states.py).
+  const PROBLEM_STATES = new Set(["failed", "refused", "rolled_back"]);
+
   async function deploymentTable(id) {
     let rows;
     try {
@@ -573,7 +576,9 @@
           { title: "Release", value: (r) => String(r.release_seq), cls: "num" },
           { title: "State", value: (r) => el("span", { class: `pill state-${r.state}` }, r.state) },
           { title: "Event", value: (r) => r.event || "–" },
-          { title: "Detail", value: (r) => r.detail || "" },
+          // the device's reason for a refusal, failure or retry; its progress note otherwise
+          { title: "Reason / detail", value: (r) => (PROBLEM_STATES.has(r.state) || r.event === "retry")
+              ? el("strong", null, r.detail || "(no reason given)") : (r.detail || "") },
           { title: "Transition", value: (r) => String(r.transition), cls: "num" },
           { title: "Updated", value: (r) => when(r.updated_at) },
         ],
