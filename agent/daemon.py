@@ -21,8 +21,9 @@ from agent.errors import ConfigError, StorageError
 from agent.identity import IdentityStore
 from agent.outbox import TelemetryOutbox
 from agent.ports import SystemClock
+from agent.state import DesiredState
 from agent.statefile import StateFile
-from agent.sync import Reconciler, SyncLoop
+from agent.sync import ModelExecutor, Reconciler, SyncLoop
 from agent.sysinfo import read_resources
 
 if TYPE_CHECKING:
@@ -31,9 +32,25 @@ if TYPE_CHECKING:
     from agent.federated.client import FederatedClient
     from agent.identity import Identity
     from agent.ota.client import OtaClient
+    from agent.ota.fetcher import OtaCredential
     from agent.serving.server import InferenceService
 
 logger = logging.getLogger(__name__)
+
+
+class _CredentialReconciler(Reconciler):
+    """Hands every DesiredState's OTA token to the OTA fetchers before reconciling it: tokens are
+    refreshed with the same generation, which reconcile (rightly) ignores."""
+
+    def __init__(
+        self, statefile: StateFile, executor: ModelExecutor | None, credential: OtaCredential
+    ) -> None:
+        super().__init__(statefile, executor)
+        self._credential = credential
+
+    def apply(self, desired: DesiredState) -> None:
+        self._credential.offer(desired.ota_token, desired.ota_token_expires_at_ms)
+        super().apply(desired)
 
 
 def _ca_pem(config: AgentConfig) -> bytes:
@@ -187,6 +204,8 @@ def _build_ota(
     inference: InferenceService | None,
     outbox: TelemetryOutbox,
     notify: Callable[[], None],
+    *,
+    credential: OtaCredential,
 ) -> OtaClient | None:
     """Signed model updates (TUF) into the inference service's slots; None when not configured."""
     from agent.inference.registry import ProfileLoader
@@ -210,6 +229,7 @@ def _build_ota(
         clock=SystemClock(),
         notify=notify,
         profile=profile.name,
+        credential=credential,
     )
 
 
@@ -260,11 +280,14 @@ async def run_daemon(config: AgentConfig) -> None:
         for loop_ in wake:
             loop_.telemetry_ready.set()
 
-    ota = _build_ota(config, identity.device_id, inference, outbox, notify)
+    from agent.ota.fetcher import OtaCredential
+
+    credential = OtaCredential()
+    ota = _build_ota(config, identity.device_id, inference, outbox, notify, credential=credential)
     federated = _build_federated(config, identity, endpoint, ota)
     if inference is not None and federated is not None:
         inference.set_feedback_sink(federated.store)  # Feedback -> the training samples
-    reconciler = Reconciler(StateFile(config.data_path / "state.json"), ota)
+    reconciler = _CredentialReconciler(StateFile(config.data_path / "state.json"), ota, credential=credential)
     sync = SyncLoop(
         config=config,
         device_id=identity.device_id,

@@ -1,14 +1,17 @@
 """Desired state of one device, derived from the registry and server settings.
 
-Later issues add model assignments (rollouts) here; for now it carries labels and agent
-settings, versioned by `Device.desired_generation`.
+Carries labels, agent settings and the signed model assignment, versioned by
+`Device.desired_generation`, plus a freshly minted OTA access token (not versioned: every push
+carries a new one, see `fleet_server.ota.access`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from fleet_server.models import Device
+from fleet_server.ota.access import access_for
 from fleet_server.ota.releases import assignment_for
 from fleet_server.settings import Settings
 
@@ -30,9 +33,12 @@ class DesiredState:
     max_messages_per_s: int
     labels: dict[str, str] = field(default_factory=dict)
     models: tuple[ModelAssignment, ...] = ()
+    ota_token: str = ""
+    ota_token_expires_at_ms: int = 0
 
 
 def desired_for(device: Device, settings: Settings) -> DesiredState:
+    token = access_for(settings.data_dir / "ota", settings.ota_token_ttl_s).mint(device.id, now_s=time.time())
     return DesiredState(
         generation=device.desired_generation,
         report_interval_s=settings.report_interval_s,
@@ -40,6 +46,8 @@ def desired_for(device: Device, settings: Settings) -> DesiredState:
         max_messages_per_s=settings.device_max_messages_per_s,
         labels=dict(device.labels),
         models=_models(device, settings),
+        ota_token=token.token,
+        ota_token_expires_at_ms=token.expires_at_s * 1000,
     )
 
 

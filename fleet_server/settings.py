@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     compile_timeout_s: float = 1800.0
     bootstrap_token_ttl_s: int = 24 * 3600
 
+    # OTA repository over HTTP: targets and device-naming metadata need a device token (minted per
+    # device, sent in DesiredState over mTLS Sync) or an operator token. True: anonymous reads, for
+    # operators who publish the repository as a public mirror/CDN.
+    ota_public: bool = False
+    ota_token_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)  # pushed again at half-life
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3_driver(cls, value: str) -> str:

@@ -4,16 +4,19 @@ Owns the bytes on the wire: `HttpFetcher` implements tuf's `FetcherInterface` fo
 enforces the length limits); `Downloader.download` resumes a target into ``<dest>.partial`` with
 HTTP Range, never writes past the expected length (endless data), checks the SHA-256 of the whole
 file and only then renames it into place; `Downloader.fetch_range` reads one span for delta
-rebuilds. Retries are capped, with exponential backoff and jitter; a 4xx status or a hash/length
-mismatch is terminal (retrying the same bytes cannot help). Foreign exceptions stop here.
+rebuilds. Both send the device's `OtaCredential` (the server's short-lived token) when given one.
+Retries are capped, with exponential backoff and jitter; a 4xx status or a hash/length mismatch
+is terminal (retrying the same bytes cannot help). Foreign exceptions stop here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +36,49 @@ _T = TypeVar("_T")
 # Only re-send a request whose pooled keep-alive connection turned out dead before any answer;
 # statuses and broken bodies are handled (and counted) by our own retry loop.
 _RETRY_STALE = urllib3.Retry(total=1, connect=1, read=1, redirect=0, status=0, other=0, raise_on_status=False)
+
+
+TOKEN_HEADER = "X-Edgeloop-Ota-Token"  # noqa: S105 (a header name)
+
+
+class OtaCredential:
+    """The newest OTA access token the server pushed in DesiredState (thread-safe, memory only).
+
+    The server mints a short-lived token per device and re-sends it before half its lifetime has
+    passed; `offer` keeps the one that expires last. Fetches wait (off the event loop, once, at most
+    `first_wait_s`) for the first token after a start, so the first repository check does not race
+    the Sync session; without any (a server in public mode that sends none) requests go anonymous.
+    """
+
+    def __init__(self, *, first_wait_s: float = 15.0) -> None:
+        self._lock = threading.Lock()
+        self._first = threading.Event()
+        self._first_wait_s = first_wait_s
+        self._token = ""
+        self._expires_ms = 0
+
+    def offer(self, token: str, expires_at_ms: int) -> None:
+        if not token:
+            return
+        with self._lock:
+            if expires_at_ms >= self._expires_ms:
+                self._token, self._expires_ms = token, expires_at_ms
+        self._first.set()
+
+    def headers(self) -> dict[str, str]:
+        if not self._first.is_set() and not _on_event_loop():
+            self._first.wait(self._first_wait_s)
+            self._first.set()  # waited once: from now on go without rather than stall every fetch
+        with self._lock:
+            return {TOKEN_HEADER: self._token} if self._token else {}
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class HttpStatusError(TransportError):
@@ -55,14 +101,23 @@ class RetryPolicy:
 class HttpFetcher(FetcherInterface):
     """tuf `FetcherInterface` over a urllib3 pool (metadata only; targets use `Downloader`)."""
 
-    def __init__(self, pool: urllib3.PoolManager, *, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, pool: urllib3.PoolManager, *, timeout_s: float = 15.0, credential: OtaCredential | None = None
+    ) -> None:
         self._pool = pool
         self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+        self._credential = credential
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        headers = self._credential.headers() if self._credential is not None else {}
         try:
             resp = self._pool.request(
-                "GET", url, preload_content=False, timeout=self._timeout, retries=_RETRY_STALE
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                timeout=self._timeout,
+                retries=_RETRY_STALE,
             )
         except urllib3.exceptions.HTTPError as err:
             raise tuf_exc.DownloadError(f"cannot fetch {url}: {err}") from err
@@ -94,8 +149,10 @@ class Downloader:
         timeout_s: float = 15.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        credential: OtaCredential | None = None,
     ) -> None:
         self._pool = pool
+        self._credential = credential
         self._policy = policy or RetryPolicy()
         self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self._sleep = sleep
@@ -145,6 +202,8 @@ class Downloader:
         raise AssertionError("unreachable")
 
     def _request(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        if self._credential is not None:
+            headers = {**headers, **self._credential.headers()}
         try:
             resp = self._pool.request(
                 "GET",

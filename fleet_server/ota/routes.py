@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from tuf.api.exceptions import UnsignedMetadataError
 
 from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
-from fleet_server.errors import NotFoundError
+from fleet_server.crud.tokens import authenticate_operator
+from fleet_server.errors import AuthError, NotFoundError
 from fleet_server.models import utcnow
+from fleet_server.ota.access import GuardedRepository, access_for
 from fleet_server.ota.models import (
     DeploymentCreate,
     DeviceStatusPublic,
@@ -124,5 +127,20 @@ def mount_ota(app: FastAPI, api: APIRouter, settings: Settings) -> OtaService:
             service.repo.metadata_dir / "timestamp.json", headers={"Cache-Control": "no-store"}
         )
 
-    app.mount("/ota", StaticFiles(directory=ota.repo.root_dir), name="ota")
+    access = None if settings.ota_public else access_for(settings.data_dir / "ota", settings.ota_token_ttl_s)
+
+    async def is_operator(token: str) -> bool:
+        def check() -> bool:
+            with Session(app.state.engine) as session:
+                try:
+                    authenticate_operator(session=session, token=token)
+                except AuthError:
+                    return False
+                return True
+
+        return await asyncio.to_thread(check)
+
+    static = StaticFiles(directory=ota.repo.root_dir)
+    guarded = GuardedRepository(static, access=access, is_operator=is_operator, now_s=time.time)
+    app.mount("/ota", guarded, name="ota")
     return ota

@@ -58,7 +58,9 @@ def test_cli_publish_deploy_range_and_root_rotation(
         ref_sha = hashlib.sha256(reference).hexdigest()
         assert release["drift_reference_sha256"] == ref_sha
         assert release["custom"]["edgeloop"]["drift_reference"] == "models/digits/r1/drift_reference.json"
-        signed = httpx.get(f"{server.url}/ota/targets/models/digits/r1/{ref_sha}.drift_reference.json")
+        signed_url = f"{server.url}/ota/targets/models/digits/r1/{ref_sha}.drift_reference.json"
+        assert httpx.get(signed_url).status_code == 401  # targets are not public (operator or device token)
+        signed = httpx.get(signed_url, headers={"Authorization": f"Bearer {server.admin_token}"})
         assert signed.status_code == 200 and signed.content == reference
         listed = _cli(server, capsys, "release", "list")
         assert [r["model_version"] for r in listed] == ["1.0"]  # type: ignore[union-attr]
@@ -74,7 +76,9 @@ def test_cli_publish_deploy_range_and_root_rotation(
         ]
         sha = release["sha256"]
         url = f"{server.url}/ota/targets/models/digits/r1/{sha}.model.onnx"
-        part = httpx.get(url, headers={"Range": "bytes=100-199"})
+        part = httpx.get(
+            url, headers={"Range": "bytes=100-199", "Authorization": f"Bearer {server.admin_token}"}
+        )
         assert part.status_code == 206 and part.content == m.v1.read_bytes()[100:200]
 
         keys = tmp_path / "keys"
