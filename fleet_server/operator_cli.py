@@ -17,6 +17,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from fleet_server.audit.cli import register as register_audit
 from fleet_server.drift.cli import register as register_drift
 from fleet_server.federated.cli import register as register_fl
 from fleet_server.ota.cli import register as register_ota
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_ota(sub)
     register_fl(sub)
     register_models(sub)
+    register_audit(sub)
     return parser
 
 
