@@ -33,7 +33,10 @@ def tensor_from_proto(t: pb.FlTensor, *, max_bytes: int) -> np.ndarray:
     # math.prod is exact (np.prod wraps around at 2^63 and could let a bogus shape through)
     if any(d < 0 for d in shape) or len(shape) > 32 or math.prod(shape) * dtype.itemsize != len(t.data):
         raise IntegrityError(f"tensor {t.name!r}: shape {shape} does not match {len(t.data)} bytes")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
+    try:
+        return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
+    except ValueError as err:  # e.g. a zero-size shape numpy still finds too big: (2**62, 0)
+        raise IntegrityError(f"tensor {t.name!r}: shape {shape} cannot be built") from err
 
 
 def config_from_proto(config: dict[str, pb.ConfigValue]) -> dict[str, float | str | bool | bytes]:

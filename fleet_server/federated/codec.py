@@ -61,7 +61,10 @@ def tensor_from_proto(
     dtype = np.dtype(t.dtype).newbyteorder("<")
     if math.prod(shape) * dtype.itemsize != len(t.data):  # exact: np.prod wraps around at 2^63
         raise ResultRejectedError("bad_shape", f"{t.name}: {shape} vs {len(t.data)} bytes")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
+    try:
+        return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(t.dtype)
+    except ValueError as err:  # e.g. a zero-size shape numpy still finds too big: (2**62, 0)
+        raise ResultRejectedError("bad_shape", f"{t.name}: {str(shape)[:200]}") from err
 
 
 def _config_value(value: object) -> pb.ConfigValue:
