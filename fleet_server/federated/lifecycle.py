@@ -23,7 +23,8 @@ class RunStatus(StrEnum):
 TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 TRANSITIONS = frozenset((RunStatus.RUNNING, end) for end in TERMINAL)
 
-SERVER_RESTARTED = "server restarted mid-run"
+SERVER_RESTARTED = "server restarted mid-run"  # found `running` at startup (the server was killed)
+SERVER_STOPPED = "server stopped mid-run"  # the server shut down while the run was in progress
 MAX_DETAIL = 500  # the column holds 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 

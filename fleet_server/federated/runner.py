@@ -93,6 +93,7 @@ class _Active:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     spec: RunSpec | None = None
+    stop_status: RunStatus = RunStatus.CANCELLED  # what the run ends as once `stop` is set
     cancel_detail: str = ""
     cancel_by: str = ""
 
@@ -221,26 +222,42 @@ class FederatedRunner:
 
         Raises: NotFoundError for an unknown run; ConflictError when it already ended.
         """
-        detail, by = lifecycle.cancel_reason(by, reason), lifecycle.clean(by)[:64]
+        by = lifecycle.clean(by)[:64]
+        run = self._stop(run_id, RunStatus.CANCELLED, lifecycle.cancel_reason(by, reason), by)
+        logger.warning("federated run cancelled run_id=%s by=%s detail=%s", run_id, by, run.detail)
+        return run
+
+    def shutdown(self, reason: str = lifecycle.SERVER_STOPPED) -> None:
+        """The server is stopping: the run in progress (if any) ends `failed` with `reason`."""
+        with self._lock:
+            active = self._active
+        if active is not None and active.thread is not None:
+            try:
+                self._stop(active.run_id, RunStatus.FAILED, reason, "", join_s=2.0)
+            except (ConflictError, NotFoundError):
+                pass  # it ended on its own meanwhile
+
+    def _stop(
+        self, run_id: str, status: RunStatus, detail: str, by: str, join_s: float = CANCEL_JOIN_S
+    ) -> FlRun:
         with self._lock:
             active = self._active if self._active is not None and self._active.run_id == run_id else None
             if active is not None:
-                active.cancel_detail, active.cancel_by = detail, by
+                active.stop_status, active.cancel_detail, active.cancel_by = status, detail, by
                 active.stop.set()
         if active is not None:
             self._grid.wake()
             if active.thread is not None and active.thread is not threading.current_thread():
-                active.thread.join(CANCEL_JOIN_S)
+                active.thread.join(join_s)
         spec = active.spec if active is not None else None
-        self._end(run_id, RunStatus.CANCELLED, detail, spec=spec, cancelled_by=by)
+        self._end(run_id, status, detail, spec=spec, cancelled_by=by)
         if active is not None:
             self._release(active)  # even if its thread is still stuck: it can no longer push or record
         run = self._load(run_id)
         if run is None:
             raise NotFoundError(f"no federated run {run_id!r}")
-        if run.status != RunStatus.CANCELLED or run.detail != detail:
+        if run.status != status or run.detail != detail:
             raise ConflictError(f"federated run {run_id} already ended: {run.status} {run.detail}".strip())
-        logger.warning("federated run cancelled run_id=%s by=%s detail=%s", run_id, by, detail)
         return run
 
     def recover(self) -> int:
@@ -278,7 +295,7 @@ class FederatedRunner:
                 logger.info("federated run stopped after cancel run_id=%s", run_id)
                 self._end(
                     run_id,
-                    RunStatus.CANCELLED,
+                    active.stop_status,
                     active.cancel_detail,
                     spec=spec,
                     cancelled_by=active.cancel_by,
