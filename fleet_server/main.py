@@ -1,8 +1,8 @@
 """Composition root of the fleet server: `create_app(settings)`.
 
 Builds the engine, runs migrations, loads the fleet CA, and starts the ingest writer and both
-gRPC servers in the FastAPI lifespan, on the same event loop as the REST API. Maps FleetError
-to HTTP in one place.
+gRPC servers in the FastAPI lifespan, on the same event loop as the REST API. Errors map to HTTP
+in one place (fleet_server.api.errors).
 """
 
 from __future__ import annotations
@@ -18,19 +18,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from fleet_server import __version__
+from fleet_server.api.errors import COMMON, CONFLICT, NOT_FOUND, install_error_handlers
 from fleet_server.api.routes import devices, tokens
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.drift.observer import drift_observer
 from fleet_server.drift.routes import router as drift_router
-from fleet_server.errors import (
-    AuthError,
-    ConflictError,
-    FleetError,
-    ForbiddenError,
-    InvalidRequestError,
-    NotFoundError,
-)
 from fleet_server.federated.routes import router as federated_router
 from fleet_server.federated.wiring import build_federated
 from fleet_server.grpc_api.server import build_grpc_servers
@@ -45,15 +38,6 @@ from fleet_server.registry.wiring import build_registry
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-_HTTP_STATUS: list[tuple[type[FleetError], int]] = [
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (InvalidRequestError, 422),
-    (AuthError, 401),
-    (ForbiddenError, 403),
-]
-
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -111,17 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="edgeloop fleet server", version=__version__, lifespan=lifespan)
     app.state.settings = settings
 
-    @app.exception_handler(FleetError)
-    async def _fleet_error(_: Request, err: FleetError) -> JSONResponse:
-        code = next((c for cls, c in _HTTP_STATUS if isinstance(err, cls)), 400)
-        return JSONResponse(status_code=code, content={"detail": str(err), "error": type(err).__name__})
+    install_error_handlers(app)
 
-    @app.exception_handler(OperationalError)
-    async def _db_down(_: Request, err: OperationalError) -> JSONResponse:
-        logger.error("database unavailable: %s", err.orig)
-        return JSONResponse(status_code=503, content={"detail": "database unavailable; retry later"})
-
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "degraded: database unavailable"}})
     def healthz(request: Request) -> JSONResponse:
         try:
             with request.app.state.engine.connect() as conn:
@@ -139,11 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", responses=COMMON)
     api.include_router(devices.router)
     api.include_router(tokens.router)
     api.include_router(drift_router)
-    api.include_router(federated_router)
+    api.include_router(federated_router, responses=NOT_FOUND | CONFLICT)
     api.include_router(registry_router)
     mount_ota(app, api, settings)
     app.include_router(api)

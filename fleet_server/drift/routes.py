@@ -10,6 +10,16 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from fleet_server.api.deps import SessionDep, Viewer
+from fleet_server.api.errors import NOT_FOUND
+from fleet_server.api.params import (
+    LABEL_KEY_PATTERN,
+    DeviceIdPath,
+    IdQuery,
+    Offset,
+    RowId,
+    SinceMs,
+    page_size,
+)
 from fleet_server.drift import crud
 from fleet_server.drift.models import DriftEpisodePublic, DriftEpisodeRow
 from fleet_server.drift.policy import actions_for
@@ -47,11 +57,11 @@ def list_episodes(
     *,
     session: SessionDep,
     _: Viewer,
-    device_id: str | None = None,
+    device_id: IdQuery = None,
     state: Annotated[str | None, Query(pattern="^(open|closed)$")] = None,
-    model_version: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    model_version: IdQuery = None,
+    limit: Annotated[int, page_size(5000)] = 100,
+    offset: Offset = 0,
 ) -> list[DriftEpisodePublic]:
     rows = crud.list_episodes(
         session=session,
@@ -65,8 +75,8 @@ def list_episodes(
     return [_public(r, verdicts.get(int(r.id or 0), "")) for r in rows]
 
 
-@router.get("/episodes/{episode_row_id}", response_model=DriftEpisodePublic)
-def get_episode(episode_row_id: int, session: SessionDep, _: Viewer) -> DriftEpisodePublic:
+@router.get("/episodes/{episode_row_id}", response_model=DriftEpisodePublic, responses=NOT_FOUND)
+def get_episode(episode_row_id: RowId, session: SessionDep, _: Viewer) -> DriftEpisodePublic:
     row = crud.get_episode(session=session, episode_row_id=episode_row_id)
     return _public(row, _verdicts(session).get(episode_row_id, ""))
 
@@ -75,8 +85,10 @@ def get_episode(episode_row_id: int, session: SessionDep, _: Viewer) -> DriftEpi
 def cohorts(
     session: SessionDep,
     _: Viewer,
-    label: Annotated[str | None, Query(description="also group by this device label")] = None,
-    since_ms: Annotated[int, Query(ge=0)] = 0,
+    label: Annotated[
+        str | None, Query(description="also group by this device label", pattern=LABEL_KEY_PATTERN)
+    ] = None,
+    since_ms: SinceMs = 0,
 ) -> list[CohortPublic]:
     out = []
     for r in crud.cohort_reports(session=session, label=label, since_ms=since_ms):
@@ -110,8 +122,8 @@ class DeviceSketchPublic(BaseModel):
     features: list[FeatureSketchPublic]
 
 
-@router.get("/devices/{device_id}/sketch", response_model=DeviceSketchPublic)
-def device_sketch(device_id: str, session: SessionDep, _: Viewer) -> DeviceSketchPublic:
+@router.get("/devices/{device_id}/sketch", response_model=DeviceSketchPublic, responses=NOT_FOUND)
+def device_sketch(device_id: DeviceIdPath, session: SessionDep, _: Viewer) -> DeviceSketchPublic:
     """The device's merged decile sketch vs the reference and vs the rest of its cohort (PSI per feature)."""
     version, rows = crud.device_sketch(session=session, device_id=device_id)
     features = [FeatureSketchPublic(**asdict(r)) for r in rows]

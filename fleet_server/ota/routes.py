@@ -9,6 +9,7 @@ work in `OtaService`. Only this module raises HTTPException.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Annotated
@@ -17,9 +18,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlmodel import Session, col, select
-from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.exceptions import RepositoryError
 
 from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
+from fleet_server.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE
+from fleet_server.api.params import IdPath, ReleaseSeq
 from fleet_server.crud.tokens import authenticate_operator
 from fleet_server.errors import AuthError, NotFoundError
 from fleet_server.models import utcnow
@@ -49,7 +52,7 @@ OtaDep = Annotated[OtaService, Depends(get_ota)]
 router = APIRouter(tags=["ota"])
 
 
-@router.put("/ota/blobs")
+@router.put("/ota/blobs", responses=TOO_LARGE)
 async def upload_blob(request: Request, ota: OtaDep, _: Operator) -> dict[str, object]:
     upload = ota.new_upload()
     size = 0
@@ -66,7 +69,7 @@ async def upload_blob(request: Request, ota: OtaDep, _: Operator) -> dict[str, o
     return {"sha256": sha, "length": length}
 
 
-@router.post("/releases", response_model=ReleasePublic, status_code=201)
+@router.post("/releases", response_model=ReleasePublic, status_code=201, responses=NOT_FOUND | CONFLICT)
 def publish_release(spec: ReleaseCreate, session: SessionDep, ota: OtaDep, operator: Operator) -> OtaRelease:
     return ota.publish(session=session, spec=spec, created_by=operator.name)
 
@@ -76,9 +79,14 @@ def list_releases(session: SessionDep, ota: OtaDep, _: Viewer) -> list[OtaReleas
     return ota.list_releases(session=session)
 
 
-@router.post("/releases/{seq}/deployments", status_code=201)
+@router.post("/releases/{seq}/deployments", status_code=201, responses=NOT_FOUND)
 def deploy_release(
-    seq: int, body: DeploymentCreate, session: SessionDep, ota: OtaDep, registry: RegistryDep, _: Operator
+    seq: ReleaseSeq,
+    body: DeploymentCreate,
+    session: SessionDep,
+    ota: OtaDep,
+    registry: RegistryDep,
+    _: Operator,
 ) -> dict[str, object]:
     deployment_id = ota.deploy(session=session, release_seq=seq, device_ids=body.device_ids)
     for device_id in body.device_ids:
@@ -86,8 +94,8 @@ def deploy_release(
     return {"deployment_id": deployment_id, "devices": len(body.device_ids)}
 
 
-@router.get("/releases/{seq}/deployments", response_model=list[DeviceStatusPublic])
-def release_deployments(seq: int, session: SessionDep, _: Viewer) -> list[object]:
+@router.get("/releases/{seq}/deployments", response_model=list[DeviceStatusPublic], responses=NOT_FOUND)
+def release_deployments(seq: ReleaseSeq, session: SessionDep, _: Viewer) -> list[object]:
     """Every device status of every deployment of release `seq` (404 for an unknown release)."""
     if session.get(OtaRelease, seq) is None:
         raise NotFoundError(f"release {seq} not found")
@@ -98,16 +106,45 @@ def release_deployments(seq: int, session: SessionDep, _: Viewer) -> list[object
 
 
 @router.get("/deployments/{deployment_id}", response_model=list[DeviceStatusPublic])
-def deployment_status(deployment_id: str, session: SessionDep, ota: OtaDep, _: Viewer) -> list[object]:
+def deployment_status(deployment_id: IdPath, session: SessionDep, ota: OtaDep, _: Viewer) -> list[object]:
     return list(ota.statuses(session=session, deployment_id=deployment_id))
 
 
-@router.post("/ota/root")
+MAX_ROOT_BYTES = 512_000  # python-tuf's own root_max_length
+_ROOT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the new root.json, signed by the old and the new root keys",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+async def _root_document(request: Request) -> bytes:
+    """The body if it is a JSON object that claims to be root metadata, else a 413/422 with why."""
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_ROOT_BYTES:
+            raise HTTPException(413, f"root metadata larger than {MAX_ROOT_BYTES} bytes")
+    try:
+        document = json.loads(data)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise HTTPException(422, f"root refused: body is not JSON ({err})") from err
+    signed = document.get("signed") if isinstance(document, dict) else None
+    if not isinstance(signed, dict) or signed.get("_type") != "root":
+        raise HTTPException(
+            422, 'root refused: expected {"signed": {"_type": "root", ...}, "signatures": [...]}'
+        )
+    return data
+
+
+@router.post("/ota/root", openapi_extra=_ROOT_BODY, responses=TOO_LARGE)
 async def install_root(request: Request, ota: OtaDep, _: Admin) -> dict[str, int]:
-    data = await request.body()
+    data = await _root_document(request)
     try:
         version = await asyncio.to_thread(ota.repo.install_root, data)
-    except (UnsignedMetadataError, ValueError) as err:
+    except (RepositoryError, ValueError, KeyError, TypeError) as err:
         raise HTTPException(422, f"root refused: {err}") from err
     return {"version": version}
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
+from fleet_server.api.errors import CONFLICT, NOT_FOUND
+from fleet_server.api.params import IdQuery, NamePath, VersionNo
 from fleet_server.registry.models import ModelVersion, RegisteredModel
 from fleet_server.registry.schemas import Approval, PolicyUpdate, VersionCreate, VersionPublic
 from fleet_server.registry.service import ModelRegistry
@@ -26,7 +29,7 @@ def get_models(request: Request) -> ModelRegistry:
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 
 
-@router.post("", response_model=VersionPublic, status_code=201)
+@router.post("", response_model=VersionPublic, status_code=201, responses=NOT_FOUND | CONFLICT)
 def register_version(
     spec: VersionCreate, session: SessionDep, models: ModelsDep, operator: Operator
 ) -> ModelVersion:
@@ -35,26 +38,41 @@ def register_version(
 
 @router.get("", response_model=list[VersionPublic])
 def list_versions(
-    session: SessionDep, models: ModelsDep, _: Viewer, name: str | None = None
+    session: SessionDep, models: ModelsDep, _: Viewer, name: IdQuery = None
 ) -> list[ModelVersion]:
     return list(models.versions(session, name))
 
 
-@router.get("/{name}/versions/{version}", response_model=VersionPublic)
-def show_version(name: str, version: int, session: SessionDep, models: ModelsDep, _: Viewer) -> ModelVersion:
+@router.get("/{name}/versions/{version}", response_model=VersionPublic, responses=NOT_FOUND)
+def show_version(
+    name: NamePath, version: VersionNo, session: SessionDep, models: ModelsDep, _: Viewer
+) -> ModelVersion:
     return models.get(session, name, version)
 
 
-@router.put("/{name}/policy")
+class PolicyPublic(BaseModel):
+    name: str
+    auto_release: bool
+
+
+@router.put("/{name}/policy", response_model=PolicyPublic, responses=NOT_FOUND)
 def set_policy(
-    name: str, body: PolicyUpdate, session: SessionDep, models: ModelsDep, _: Operator
+    name: NamePath, body: PolicyUpdate, session: SessionDep, models: ModelsDep, _: Operator
 ) -> dict[str, object]:
     model: RegisteredModel = models.set_policy(session, name, auto_release=body.auto_release)
     return {"name": model.name, "auto_release": model.auto_release}
 
 
-@router.post("/{name}/versions/{version}/approve", response_model=VersionPublic)
+@router.post(
+    "/{name}/versions/{version}/approve", response_model=VersionPublic, responses=NOT_FOUND | CONFLICT
+)
 def approve_version(
-    name: str, version: int, *, body: Approval, session: SessionDep, models: ModelsDep, operator: Operator
+    name: NamePath,
+    version: VersionNo,
+    *,
+    body: Approval,
+    session: SessionDep,
+    models: ModelsDep,
+    operator: Operator,
 ) -> ModelVersion:
     return models.approve(session, name, version, devices=body.devices, created_by=operator.name)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
+
+from fleet_server.api.params import INT64_MAX
 
 _SHA = r"^[0-9a-f]{64}$"
+_KEY = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
 class VersionCreate(BaseModel):
@@ -15,10 +17,10 @@ class VersionCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     artifact_sha256: str = Field(pattern=_SHA)  # fp32 ONNX with a final linear layer
-    parent_version: int | None = Field(default=None, ge=1)
-    profiles: list[str] = Field(default_factory=list, max_length=16)
+    parent_version: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    profiles: list[_KEY] = Field(default_factory=list, max_length=16)
     # Compiler budgets, inherited by every descendant: max_accuracy_drop, min_agreement, ...
-    budgets: dict[str, float] = Field(default_factory=dict)
+    budgets: dict[_KEY, float] = Field(default_factory=dict, max_length=32)
     calib_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     eval_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     golden_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
@@ -41,7 +43,9 @@ class PolicyUpdate(BaseModel):
 
 
 class Approval(BaseModel):
-    devices: list[str] | None = Field(default=None, max_length=10000)
+    devices: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=10000
+    )
 
 
 class VersionPublic(BaseModel):
@@ -59,5 +63,5 @@ class VersionPublic(BaseModel):
     accuracy: float | None
     releases: dict[str, Any]
     created_by: str
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: AwareDatetime | None
+    updated_at: AwareDatetime | None

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
+from pydantic import BaseModel
 
 from fleet_server.api.deps import Operator, RegistryDep, SessionDep, Viewer
+from fleet_server.api.errors import NOT_FOUND
+from fleet_server.api.params import AfterSeq, DeviceIdPath, LabelChanges, LabelSelector, Offset, page_size
 from fleet_server.crud import devices as crud
 from fleet_server.errors import InvalidRequestError
-from fleet_server.models import Device, DeviceLabelsUpdate, DevicePublic, TelemetryPublic, as_utc
+from fleet_server.models import Device, DevicePublic, TelemetryPublic, as_utc
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+class DeviceLabelsUpdate(BaseModel):
+    """Set (value is a string) or remove (value is null) labels."""
+
+    labels: LabelChanges
 
 
 def _public(device: Device, online: set[str]) -> DevicePublic:
@@ -36,9 +45,9 @@ def list_devices(
     session: SessionDep,
     registry: RegistryDep,
     _: Viewer,
-    label: Annotated[list[str] | None, Query(description="key=value; repeat to AND")] = None,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    label: LabelSelector = None,
+    limit: Annotated[int, page_size(5000)] = 500,
+    offset: Offset = 0,
 ) -> list[DevicePublic]:
     selector: dict[str, str] = {}
     for item in label or []:
@@ -53,27 +62,29 @@ def list_devices(
     ]
 
 
-@router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep, registry: RegistryDep, _: Viewer) -> DevicePublic:
+@router.get("/{device_id}", response_model=DevicePublic, responses=NOT_FOUND)
+def get_device(
+    device_id: DeviceIdPath, session: SessionDep, registry: RegistryDep, _: Viewer
+) -> DevicePublic:
     return _public(crud.get_device(session=session, device_id=device_id), registry.online())
 
 
-@router.patch("/{device_id}/labels", response_model=DevicePublic)
+@router.patch("/{device_id}/labels", response_model=DevicePublic, responses=NOT_FOUND)
 def label_device(
-    device_id: str, body: DeviceLabelsUpdate, session: SessionDep, registry: RegistryDep, _: Operator
+    device_id: DeviceIdPath, body: DeviceLabelsUpdate, session: SessionDep, registry: RegistryDep, _: Operator
 ) -> DevicePublic:
     device = crud.update_labels(session=session, device_id=device_id, changes=body.labels)
     registry.notify_desired_changed(device_id)
     return _public(device, registry.online())
 
 
-@router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic])
+@router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic], responses=NOT_FOUND)
 def device_telemetry(
-    device_id: str,
+    device_id: DeviceIdPath,
     session: SessionDep,
     _: Viewer,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    after_seq: AfterSeq = 0,
+    limit: Annotated[int, page_size(10000)] = 100,
 ) -> list[TelemetryPublic]:
     rows = crud.list_telemetry(session=session, device_id=device_id, after_seq=after_seq, limit=limit)
     return [

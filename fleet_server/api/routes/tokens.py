@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fleet_server.api.deps import Admin, Operator, SessionDep
+from fleet_server.api.params import Labels, NoNul
 from fleet_server.crud import tokens as crud
 from fleet_server.models import (
     BootstrapToken,
@@ -32,11 +35,20 @@ def _public(row: BootstrapToken) -> BootstrapTokenPublic:
     )
 
 
+class BootstrapTokenRequest(BaseModel):
+    """What a device enrolled with the token gets: labels, and the only profile it may claim."""
+
+    labels: Labels = Field(default_factory=dict)
+    profile: Annotated[str, Field(max_length=64, pattern=NoNul)] = ""  # "" = any profile
+    ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
+
+
 @router.post("/bootstrap-tokens", response_model=BootstrapTokenCreated, status_code=status.HTTP_201_CREATED)
 def create_bootstrap_token(
-    body: BootstrapTokenCreate, session: SessionDep, op: Operator
+    body: BootstrapTokenRequest, session: SessionDep, op: Operator
 ) -> BootstrapTokenCreated:
-    row, token = crud.create_bootstrap_token(session=session, spec=body, created_by=op.name)
+    spec = BootstrapTokenCreate(labels=body.labels, profile=body.profile, ttl_s=body.ttl_s)
+    row, token = crud.create_bootstrap_token(session=session, spec=spec, created_by=op.name)
     return BootstrapTokenCreated(**_public(row).model_dump(), token=token)
 
 
@@ -46,7 +58,7 @@ def list_bootstrap_tokens(session: SessionDep, _: Operator) -> list[BootstrapTok
 
 
 class OperatorTokenCreate(BaseModel):
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=NoNul)]
     role: Role = Role.VIEWER
 
 
