@@ -223,8 +223,14 @@ class FederatedClient:
         try:
             return self._run_task(task)
         except AgentError as err:
-            logger.warning("task failed round_id=%s kind=%s: %s", task.round_id, task.kind, err)
-            return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=str(err))
+            logger.warning("task failed round_id=%r kind=%r: %s", task.round_id[:64], task.kind[:64], err)
+            return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=str(err)[:500])
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError) as err:
+            # A task whose config or blobs do not decode (e.g. a secagg roster that is not JSON):
+            # declined for that one task, instead of ending the task loop.
+            reason = f"malformed task: {type(err).__name__}: {str(err)[:200]}"
+            logger.warning("task refused round_id=%r kind=%r: %s", task.round_id[:64], task.kind[:64], reason)
+            return pb.TaskResult(task_id=task.task_id, round_id=task.round_id, error=reason)
 
     def _run_task(self, task: pb.TrainTask) -> pb.TaskResult:
         reason = blocked_reason(self.config, self._conditions.current())

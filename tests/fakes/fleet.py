@@ -2,7 +2,9 @@
 
 Stores telemetry by seq (so duplicates are visible, not hidden), acks like the real server,
 and can be told to fail: refuse the next N connections, drop a session after K messages, or
-reject the device outright.
+reject the device outright. Like the real server it can refuse single records (`refuse_kind`:
+records of that kind are listed in `TelemetryAcked.rejected`, never stored) and reports
+(`refuse_reports`: the reason sent in `ReportAcked.rejected_reason`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class FakeFleet:
     reports: list[DeviceReport] = field(default_factory=list)
     sessions: int = 0
     attempts: int = 0
+    refuse_kind: str = ""
+    refuse_reports: str = ""
+    refused: Counter[int] = field(default_factory=Counter)  # seq -> times sent and refused
 
     async def open(self) -> FakeSession:
         self.attempts += 1
@@ -59,14 +64,27 @@ class FakeSession:
 
     async def send_report(self, report: DeviceReport) -> None:
         self._count()
+        if self.fleet.refuse_reports:
+            self.inbox.put_nowait(ReportAcked(report.sequence, rejected_reason=self.fleet.refuse_reports))
+            return
         self.fleet.reports.append(report)
         self.inbox.put_nowait(ReportAcked(report.sequence))
 
     async def send_telemetry(self, batch_id: int, records: list[OutboxRecord]) -> None:
         self._count()
-        for r in records:
+        refused = [r for r in records if self.fleet.refuse_kind and r.kind == self.fleet.refuse_kind]
+        stored = [r for r in records if r not in refused]
+        for r in stored:
             self.fleet.received[r.seq] += 1
-        self.inbox.put_nowait(TelemetryAcked(batch_id, tuple(r.seq for r in records)))
+        for r in refused:
+            self.fleet.refused[r.seq] += 1
+        self.inbox.put_nowait(
+            TelemetryAcked(
+                batch_id,
+                tuple(r.seq for r in stored),
+                rejected=tuple((r.seq, "seq_out_of_range") for r in refused),
+            )
+        )
 
     async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None:
         self._count()
