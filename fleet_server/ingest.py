@@ -175,11 +175,12 @@ class IngestWriter:
         """Count records refused before batching (per reason and per device, memory-bounded)."""
         s = self.stats
         s.rejected_records += n
-        s.rejected_reasons[reason] = s.rejected_reasons.get(reason, 0) + n
         key = device_id
         if key not in s.rejected_by_device and len(s.rejected_by_device) >= MAX_DEVICE_COUNTERS:
             key = OTHER_DEVICES
-        s.rejected_by_device[key] = s.rejected_by_device.get(key, 0) + n
+        # Copy on write: /healthz serializes these dicts from a worker thread.
+        s.rejected_reasons = {**s.rejected_reasons, reason: s.rejected_reasons.get(reason, 0) + n}
+        s.rejected_by_device = {**s.rejected_by_device, key: s.rejected_by_device.get(key, 0) + n}
 
     def _add(self, device_id: str, done: Done) -> None:
         if self._closing:
