@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from fleet_server.db import make_engine
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import lifecycle, limits
-from fleet_server.federated.models import FlRun
+from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.runner import FederatedRunner, RunSpec
 from fleet_server.federated.secagg import SecAggParams
@@ -122,7 +122,7 @@ def test_a_run_stuck_on_a_day_long_round_is_cancelled_at_once_and_the_next_run_s
     engine = _engine(tmp_path)
     runner = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out")
     first = runner.start(RunSpec(StrategySpec("fedavg", min_nodes=4), round_timeout_s=DAY), model())
-    _wait(lambda: len(fleet.grid._pending) == 1)  # three answered, the round waits for d00
+    _wait(lambda: len(fleet.grid._finished) == 3)  # three answered, the round waits for d00
     with pytest.raises(ConflictError, match=first):
         runner.start(RunSpec(), model())
     t0 = time.monotonic()
@@ -150,6 +150,30 @@ def test_a_run_stuck_on_a_day_long_round_is_cancelled_at_once_and_the_next_run_s
         runner.cancel(second, by="alice")
     with pytest.raises(NotFoundError):
         runner.cancel("0" * 32, by="alice")
+
+
+def test_a_secure_aggregation_round_is_abandoned_mid_protocol_on_cancel(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    fleet = InProcFleet(loop, tmp_path, 4, slow={"d03": 2.0})
+    engine = _engine(tmp_path)
+    runner = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out")
+    spec = RunSpec(StrategySpec("fedavg", min_nodes=4), round_timeout_s=DAY, secure_aggregation=True)
+    run_id = runner.start(spec, model())
+
+    def secagg_stage_out() -> bool:
+        with fleet.grid._lock:
+            kinds = [p.request.metadata.message_type for p in fleet.grid._pending.values()]
+        return any(k.startswith("train.secagg_") for k in kinds)
+
+    _wait(secagg_stage_out)
+    t0 = time.monotonic()
+    assert runner.cancel(run_id, by="carol").status == "cancelled"
+    assert time.monotonic() - t0 < 5 and not runner.busy()
+    runner.wait(10)
+    with Session(engine) as s:
+        assert s.exec(select(FlRound).where(FlRound.run_id == run_id)).all() == []  # nothing recorded
+    assert _run(engine, run_id).status == "cancelled"
 
 
 def test_a_run_waiting_for_devices_is_cancellable(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
