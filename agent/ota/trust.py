@@ -5,7 +5,8 @@ Owns the ngclient `Updater` (a fresh one per check: refresh runs once per instan
 `Plan`: the device's own role ``device-<id>`` must list ``devices/<id>/assignment`` naming this
 device, and the release target it points at must be signed by the top-level targets role (the
 director can only sign ``devices/`` paths). Every refusal is an IntegrityError (bad or stale
-metadata) or TransportError (repository unreachable), translated from tuf's exceptions here.
+metadata, or more bytes than the trusted metadata allows) or TransportError (repository
+unreachable), translated from tuf's exceptions here.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class Trust:
             updater = self._updater()
             updater.refresh()
             return self._plan(updater)
+        except tuf_exc.DownloadLengthMismatchError as err:  # endless data, or a swapped file: an attack
+            raise IntegrityError(f"OTA metadata refused: {type(err).__name__}: {err}") from err
         except tuf_exc.DownloadError as err:
             raise TransportError(f"OTA repository unreachable: {err}") from err
         except tuf_exc.RepositoryError as err:

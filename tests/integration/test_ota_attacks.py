@@ -30,6 +30,7 @@ from tests.integration.test_ota_support import (
     drift_references,
     fleet_side,
     models,
+    push_desired,
     slot_files,
     start_device,
 )
@@ -70,15 +71,22 @@ def _run(
             before = slot_files(dev.root)
             serving = dev.service.serving()
             count = len(dev.reports.items)
-            dep = fleet.deploy(fleet.publish(models().v2, "2", **publish), "dev-1")
+            seq = fleet.publish(models().v2, "2", **publish)
+            dep = fleet.deploy(seq, "dev-1")
+            push_desired(dev, dep, seq)  # what the fleet server pushes over the device's mTLS stream
             attack(dev)  # type: ignore[operator]
             await check(dev)
             assert slot_files(dev.root) == before
             assert dev.service.serving() == serving
             chain = dev.reports.chain(dep)
             if expect_refused_metadata:
-                assert chain == [] and len(dev.reports.items) == count, dev.reports.items
-                assert dev.client.last_error
+                # nothing installed, and the refusal is reported with its reason against the deployment
+                assert chain == ["refused"] and len(dev.reports.items) == count + 1, dev.reports.items
+                refused = dev.reports.items[-1]
+                assert refused["event"] == "metadata_refused" and refused["release_seq"] == seq
+                assert dev.client.last_error and refused["detail"] == dev.client.last_error
+                await check(dev)  # the same refusal is not reported again on every check
+                assert len(dev.reports.items) == count + 1
             else:
                 assert chain[-1] == "failed" and "committed" not in chain, dev.reports.items
             return dev

@@ -1,6 +1,9 @@
 """Network and disk faults during OTA: truncated transfers and 500s are retried and resumed with
-HTTP Range (bytes already on disk are not fetched again); a 404 on the artifact is terminal; metadata
-that cannot be fetched means no install until it can; a full disk fails before downloading."""
+HTTP Range (bytes already on disk are not fetched again); a mirror serving truncated delta patches
+makes the agent fall back to the full artifact; a mirror that fails everything ends the update in
+`failed` with the reason after bounded retries, and a newer deployment then installs; a 404 on the
+artifact is terminal; metadata that cannot be fetched means no install until it can; a full disk
+fails before downloading."""
 
 from __future__ import annotations
 
@@ -29,37 +32,39 @@ class Flaky:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.script: list[str] = []  # "500" | "404" | "truncate" | "ok", consumed per matching request
+        self.script: list[
+            str
+        ] = []  # "500" | "404" | "truncate" | "short" | "ok", consumed per matching request
+        self.fail_all = False  # every matching request answers 500
         self.prefix = "/ota/targets/"
         self.log: list[tuple[str, str, str]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        action = (
-            self.script.pop(0)
-            if scope["type"] == "http" and path.startswith(self.prefix) and self.script
-            else "ok"
-        )
+        matching = scope["type"] == "http" and path.startswith(self.prefix)
+        action = self.script.pop(0) if matching and self.script else "ok"
+        if matching and self.fail_all:
+            action = "500"
         rng = dict(scope.get("headers", [])).get(b"range", b"").decode()
         self.log.append((path, action, rng))
         if action in ("500", "404"):
             await send({"type": "http.response.start", "status": int(action), "headers": []})
             await send({"type": "http.response.body", "body": b"fault"})
             return
-        if action == "truncate":
-            await self.app(scope, receive, _truncating(send))
+        if action in ("truncate", "short"):  # short: a body cut after 8 bytes (Content-Length says more)
+            await self.app(scope, receive, _truncating(send, 20000 if action == "truncate" else 8))
             return
         await self.app(scope, receive, send)
 
 
-def _truncating(send: Send) -> Send:
+def _truncating(send: Send, limit: int) -> Send:
     sent = {"bytes": 0}
 
     async def wrapped(message: Any) -> None:
         if message["type"] == "http.response.body":
             body = message.get("body", b"")
-            if sent["bytes"] + len(body) > 20000:
-                await send({**message, "body": body[: max(0, 20000 - sent["bytes"])], "more_body": True})
+            if sent["bytes"] + len(body) > limit:
+                await send({**message, "body": body[: max(0, limit - sent["bytes"])], "more_body": True})
                 raise ConnectionResetError("injected truncation")
             sent["bytes"] += len(body)
         await send(message)
@@ -101,20 +106,86 @@ def test_truncation_and_500s_resume_with_range(tmp_path: Path, fleet: FleetSide)
             dev = await start_device(tmp_path, fleet, base_url=f"http://127.0.0.1:{http.port}/ota")
             try:
                 dep = fleet.deploy(fleet.publish(m.v1, "1"), "dev-1")
-                await check(dev)  # 3 attempts (truncated, 500, truncated): retries exhausted
-                assert dev.reports.chain(dep) == ["downloading"], dev.reports.items
-                partial = next((dev.root / "ota" / "downloads").glob("*.partial"))
-                kept = partial.stat().st_size
-                assert kept >= 20000  # what the truncated responses delivered stays on disk
-                await check(dev)  # the next check resumes from there
-                assert dev.reports.chain(dep)[-1] == "committed", dev.reports.items
+                # 3 transfer attempts (truncated, 500, truncated) exhaust the first try of the step;
+                # the update retries after a backoff and resumes where the bytes on disk end
+                await check(dev)
+                chain = dev.reports.chain(dep)
+                assert chain[:3] == ["downloading", "downloading", "verifying"] and chain[-1] == "committed"
+                retry = dev.reports.items[1]
+                assert retry["event"] == "retry" and retry["detail"].startswith("attempt 1/5 failed: "), retry
+                assert "stream broke at 40000 bytes" in retry["detail"]
                 model_requests = [x for x in http.flaky.log if x[0].endswith("model.onnx.xz")]
                 assert [a for _, a, _ in model_requests[:4]] == ["truncate", "500", "truncate", "ok"]
                 ranges = [r for _, _, r in model_requests]
-                assert ranges[:2] == ["", "bytes=20000-"] and ranges[3] == f"bytes={kept}-"
-                # bytes on the wire: the compressed file once, plus what the truncated responses delivered
+                # what the truncated responses delivered stays on disk and is not fetched again
+                assert ranges[:4] == ["", "bytes=20000-", "bytes=20000-", "bytes=40000-"]
                 xz = next(fleet.ota.repo.targets_dir.rglob("*.model.onnx.xz")).stat().st_size
                 assert dev.work.downloader.bytes_received <= xz + 2 * 20000 + 65536
+            finally:
+                await dev.service.stop()
+
+        asyncio.run(scenario())
+
+
+def test_truncated_delta_patches_fall_back_to_the_full_artifact(tmp_path: Path, fleet: FleetSide) -> None:
+    """The issue's mirror: every patch comes back short (a transport error, not an integrity one)
+    while the full artifact is intact; the update must not sit in `downloading`."""
+    m = models()
+    with FlakyHttp(fleet.ota.repo.root_dir) as http:
+
+        async def scenario() -> None:
+            dev = await start_device(tmp_path, fleet, base_url=f"http://127.0.0.1:{http.port}/ota")
+            try:
+                dep1 = fleet.deploy(fleet.publish(m.v1, "1"), "dev-1")
+                await check(dev)
+                assert dev.reports.chain(dep1)[-1] == "committed"
+                http.flaky.prefix, http.flaky.script = "/ota/targets/patches/", ["short"] * 100
+                dep2 = fleet.deploy(fleet.publish(m.v2, "2"), "dev-1")
+                await check(dev)
+                chain = dev.reports.chain(dep2)
+                assert chain[-1] == "committed" and chain.count("downloading") == 1, dev.reports.items
+                downloaded = next(
+                    r for r in dev.reports.items if r["deployment_id"] == dep2 and r["to"] == "verifying"
+                )
+                assert "delta discarded (TransportError" in downloaded["detail"], downloaded
+                assert "full xz download" in downloaded["detail"]
+                shorts = [
+                    x for x in http.flaky.log if x[0].startswith("/ota/targets/patches/") and x[1] == "short"
+                ]
+                assert shorts and all(r.startswith("bytes=0-") for _, _, r in shorts)
+                assert dev.service.serving().version == "2"  # type: ignore[union-attr]
+            finally:
+                await dev.service.stop()
+
+        asyncio.run(scenario())
+
+
+def test_a_mirror_that_fails_everything_ends_failed_and_a_newer_deployment_installs(
+    tmp_path: Path, fleet: FleetSide
+) -> None:
+    m = models()
+    with FlakyHttp(fleet.ota.repo.root_dir) as http:
+
+        async def scenario() -> None:
+            dev = await start_device(tmp_path, fleet, base_url=f"http://127.0.0.1:{http.port}/ota")
+            try:
+                http.flaky.fail_all = True  # targets only: metadata still verifies
+                dep1 = fleet.deploy(fleet.publish(m.v1, "1"), "dev-1")
+                await check(dev)
+                chain = dev.reports.chain(dep1)
+                assert chain == ["downloading"] * 5 + ["failed"], dev.reports.items
+                last = dev.reports.items[-1]
+                assert last["event"] == "download_failed"
+                assert last["detail"].startswith("gave up after 5 attempts: HTTP 500 for "), last
+                # 5 update attempts x 3 transfer attempts, and not one more
+                assert len([x for x in http.flaky.log if x[0].startswith("/ota/targets/")]) == 15
+                assert dev.client.record.state.value == "failed" and slot_files(dev.root) == {}
+                await check(dev)  # the failed deployment is not retried
+                assert dev.reports.chain(dep1) == chain
+                http.flaky.fail_all = False
+                dep2 = fleet.deploy(fleet.publish(m.v1, "1b"), "dev-1")
+                await check(dev)
+                assert dev.reports.chain(dep2)[-1] == "committed", dev.reports.items
             finally:
                 await dev.service.stop()
 

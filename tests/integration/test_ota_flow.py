@@ -126,7 +126,7 @@ def test_drift_reference_travels_with_its_model_through_switch_and_rollback(
     back the previous slot's own reference (or none); the drift feeder binds a new monitor per swap."""
     m = models()
     ref_a, ref_b = drift_references()
-    fast: dict[str, Any] = {"gates": {"watch_s": 0.3}}
+    fast: dict[str, Any] = {"gates": {"watch_s": 0.3, "shadow_window_s": 1.0}}  # no golden set: short window
 
     async def scenario() -> None:
         dev = await start_device(tmp_path, fleet, serving_wrapper=DegradingServing)

@@ -22,7 +22,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from agent.inference.registry import ProfileLoader
-from agent.ota.client import OtaClient
+from agent.ota.client import OtaClient, UpdateRetry
 from agent.ota.fetcher import Downloader, HttpFetcher, RetryPolicy
 from agent.ota.serving import InferenceServing
 from agent.ota.store import RecordStore
@@ -30,7 +30,9 @@ from agent.ota.trust import Trust
 from agent.ota.work import Work, WorkLimits
 from agent.ports import SystemClock
 from agent.profile import load_profile
+from agent.reconcile import InstallModel
 from agent.serving.server import InferenceService
+from agent.state import DesiredState, ModelAssignment
 from fleet_server.db import make_engine
 from fleet_server.migrate import upgrade
 from fleet_server.models import Device
@@ -216,6 +218,7 @@ async def start_device(
     resources: tuple[int, int] = (1 << 40, 1 << 40),
     serving_wrapper: Any = None,
     base_url: str | None = None,
+    retry: UpdateRetry | None = None,
 ) -> Device_:
     profile = load_profile("generic-x86")
     loader = ProfileLoader(profile)
@@ -248,8 +251,17 @@ async def start_device(
         store=RecordStore(root / "ota" / "update.json"),
         reports=reports,
         clock=SystemClock(),
+        retry=retry or UpdateRetry(attempts=5, initial_s=0.02, max_s=0.1),
     )
     return Device_(client, service, serving, reports, work, root)
+
+
+def push_desired(device: Device_, deployment_id: str, release_seq: int) -> None:
+    """Hand the client the desired state the fleet server pushes for a new deployment."""
+    assignment = ModelAssignment("default", "digits", "", str(release_seq), deployment_id)
+    device.client.submit(
+        [InstallModel(assignment)], DesiredState(generation=release_seq, models=(assignment,))
+    )
 
 
 async def check(device: Device_) -> None:
