@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from fleet_server.models import UtcDateTime
 
-def _ts() -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+
+def _ts() -> Any:  # read back as aware UTC on SQLite and PostgreSQL alike (the API shows the offset)
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
 
 
 def _json() -> Any:

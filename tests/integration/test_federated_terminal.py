@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from rich.console import Console
 from sqlmodel import Session
 
 from fleet_server import operator_cli
@@ -165,8 +166,6 @@ def test_a_refused_start_while_a_run_holds_the_slot_allocates_nothing(server: Li
 def test_a_run_on_a_day_long_round_is_cancelled_by_the_cli_and_the_next_run_completes(
     server: LiveServer,
     device: TaskDevice,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     first = start(server, min_nodes=1, rounds=3, round_timeout_s=DAY)
     wait_until(lambda: len(device.tasks) == 1, 30, what="the first run's task on the device")
@@ -176,10 +175,11 @@ def test_a_run_on_a_day_long_round_is_cancelled_by_the_cli_and_the_next_run_comp
     assert viewer.status_code == 403
     unknown = server.client.post(f"{RUNS}/{'f' * 32}/cancel", json={}, headers=server.auth("operator"))
     assert unknown.status_code == 404
-    monkeypatch.setattr(operator_cli, "Api", operator_api(server))
-    monkeypatch.setenv("EDGELOOP_TOKEN", server.tokens["operator"])
-    assert operator_cli.main(["fl", "cancel", first, "--reason", "stuck on a straggler"]) == 0
-    out = " ".join(capsys.readouterr().out.split())  # rich may wrap the line
+    ns = operator_cli.build_parser().parse_args(["fl", "cancel", first, "--reason", "stuck on a straggler"])
+    console = Console(record=True, width=300)
+    api = operator_api(server)("", server.tokens["operator"])  # the CLI's Api over the in-process server
+    assert ns.func(api, ns, console) is None
+    out = console.export_text()
     assert f"run {first} cancelled: cancelled by operator-user: stuck on a straggler" in out
 
     run = run_of(server, first)
