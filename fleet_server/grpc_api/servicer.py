@@ -128,6 +128,10 @@ class DeviceServicer:
         self._writer = writer
         self._registry = registry
         self._enroll_log = RateLimitedLog(logger)
+        # Refused records are all counted; their log lines are bounded per device and overall.
+        self._refusal_log = RateLimitedLog(
+            logger, rate_per_s=1.0, burst=10, global_rate_per_s=20.0, global_burst=100
+        )
         registry.push_desired = self.push_desired
 
     # ------------------------------------------------------------ Enroll
@@ -292,7 +296,12 @@ class DeviceServicer:
             row = report_from_proto(report)
         except RecordRejectedError as err:
             self._writer.count_rejected(session.device_id, err.reason)
-            logger.warning("report refused device_id=%s: %s", session.device_id, safe_text(err, 200))
+            self._refusal_log.warning(
+                f"{session.device_id}|report",
+                "report refused device_id=%s: %s",
+                session.device_id,
+                safe_text(err, 200),
+            )
             session.outbox.put_nowait(
                 pb.SyncResponse(report_ack=pb.ReportAck(sequence=report.sequence, rejected_reason=err.reason))
             )
@@ -306,7 +315,8 @@ class DeviceServicer:
         for r in decoded.rejected:
             self._writer.count_rejected(session.device_id, r.reason)
         if decoded.rejected:
-            logger.warning(
+            self._refusal_log.warning(
+                f"{session.device_id}|telemetry",
                 "telemetry records refused device_id=%s batch_id=%d count=%d first_seq=%d reason=%s",
                 session.device_id,
                 batch.batch_id,
