@@ -15,6 +15,7 @@ from fastapi import Path, Query
 from pydantic import Field, StringConstraints
 
 INT64_MAX = 2**63 - 1  # BIGINT / SQLite INTEGER
+INT32_MAX = 2**31 - 1  # INTEGER on PostgreSQL (model version numbers)
 MAX_OFFSET = 10**9
 ID_MAX_LEN = 128  # device ids, model names: the widest id column
 
@@ -32,7 +33,7 @@ AfterSeq = Annotated[int, Query(ge=0, le=INT64_MAX, description="only rows with 
 SinceMs = Annotated[int, Query(ge=0, le=INT64_MAX, description="unix milliseconds; 0 = all")]
 ReleaseSeq = Annotated[int, Path(ge=1, le=INT64_MAX, description="release sequence number")]
 RowId = Annotated[int, Path(ge=1, le=INT64_MAX, description="row id")]
-VersionNo = Annotated[int, Path(ge=1, le=INT64_MAX, description="model version number")]
+VersionNo = Annotated[int, Path(ge=1, le=INT32_MAX, description="model version number")]
 
 
 def page_size(maximum: int) -> Any:
@@ -45,9 +46,9 @@ def page_size(maximum: int) -> Any:
 
 NoNul = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 
-DeviceIdPath = Annotated[str, Path(max_length=ID_MAX_LEN, description="device id")]
-NamePath = Annotated[str, Path(max_length=ID_MAX_LEN, description="model name")]
-IdPath = Annotated[str, Path(max_length=64, description="identifier")]
+DeviceIdPath = Annotated[str, Path(max_length=ID_MAX_LEN, pattern=NoNul, description="device id")]
+NamePath = Annotated[str, Path(max_length=ID_MAX_LEN, pattern=NoNul, description="model name")]
+IdPath = Annotated[str, Path(max_length=64, pattern=NoNul, description="identifier")]
 IdQuery = Annotated[str | None, Query(max_length=ID_MAX_LEN, pattern=NoNul)]
 
 LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]

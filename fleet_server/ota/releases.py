@@ -217,7 +217,12 @@ class OtaService:
                     (device.id, self.repo.add_target_file(f"devices/{device.id}/assignment", doc, custom))
                 )
                 session.merge(
-                    OtaDeviceStatus(device_id=device.id, deployment_id=deployment_id, release_seq=release_seq)
+                    OtaDeviceStatus(
+                        device_id=device.id,
+                        deployment_id=deployment_id,
+                        release_seq=release_seq,
+                        updated_at=utcnow(),  # when it was assigned, until the device reports
+                    )
                 )
                 device.desired_generation += 1
                 session.add(device)

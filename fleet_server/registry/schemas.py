@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from fleet_server.api.params import INT64_MAX
+from fleet_server.api.params import INT32_MAX
 
 _SHA = r"^[0-9a-f]{64}$"
 _KEY = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -17,7 +17,7 @@ class VersionCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     artifact_sha256: str = Field(pattern=_SHA)  # fp32 ONNX with a final linear layer
-    parent_version: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    parent_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     profiles: list[_KEY] = Field(default_factory=list, max_length=16)
     # Compiler budgets, inherited by every descendant: max_accuracy_drop, min_agreement, ...
     budgets: dict[_KEY, float] = Field(default_factory=dict, max_length=32)

@@ -51,10 +51,25 @@
     return `${path}?${qs.toString()}`;
   }
 
+  // API times are ISO 8601 in UTC with an offset ("2026-01-02T03:04:05.123456Z" or "+00:00").
+  // Date.parse reads a string without an offset as *local* time and only promises millisecond
+  // fractions, so: cut the fraction to 3 digits and take a missing offset as UTC (older servers).
+  const ISO_RE = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d+))?(Z|[+-]\d{2}:?\d{2})?$/i;
+
+  function parseIso(text) {
+    const m = ISO_RE.exec(text.trim());
+    if (!m) return Date.parse(text);
+    const frac = m[3] ? `.${m[3].slice(0, 3).padEnd(3, "0")}` : "";
+    let zone = (m[4] || "Z").toUpperCase();
+    if (zone !== "Z" && !zone.includes(":")) zone = `${zone.slice(0, 3)}:${zone.slice(3)}`;
+    return Date.parse(`${m[1]}T${m[2]}${frac}${zone}`);
+  }
+
   function toMs(value) {
     if (value === null || value === undefined || value === "") return null;
-    if (typeof value === "number") return value;
-    const ms = Date.parse(value);
+    if (typeof value === "number") return Number.isFinite(value) ? value : null;
+    if (typeof value !== "string") return null;
+    const ms = parseIso(value);
     return Number.isNaN(ms) ? null : ms;
   }
 
