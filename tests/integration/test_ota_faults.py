@@ -36,6 +36,7 @@ class Flaky:
             str
         ] = []  # "500" | "404" | "truncate" | "short" | "ok", consumed per matching request
         self.fail_all = False  # every matching request answers 500
+        self.overrides: dict[str, bytes] = {}  # path -> body served instead of the file (an attacker's)
         self.prefix = "/ota/targets/"
         self.log: list[tuple[str, str, str]] = []
 
@@ -47,6 +48,12 @@ class Flaky:
             action = "500"
         rng = dict(scope.get("headers", [])).get(b"range", b"").decode()
         self.log.append((path, action, rng))
+        if scope["type"] == "http" and path in self.overrides:
+            body = self.overrides[path]
+            headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if action in ("500", "404"):
             await send({"type": "http.response.start", "status": int(action), "headers": []})
             await send({"type": "http.response.body", "body": b"fault"})
