@@ -473,24 +473,26 @@ class FederatedRunner:
         return [Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=request)]
 
     def _complete(self, run_id: str, final: ArrayRecord, spec: RunSpec) -> None:
-        """Record `completed`, write the artifacts, hand the model off (unless cancelled meanwhile)."""
-        won = self._end(
-            run_id,
-            RunStatus.COMPLETED,
-            "",
-            spec=spec,
-            final_digest=digest(final),
-        )
-        if not won:
-            return
-        self.result = final
+        """Write the artifacts, record `completed`, hand the model off (unless it ended meanwhile).
+
+        The artifacts come first: a run whose final model cannot be written (disk full) fails with
+        that reason instead of completing without them.
+        """
+        final_digest = digest(final)
+        epsilon = epsilon_after(spec.num_rounds, spec.dp_noise_multiplier, spec.dp_delta)
         with Session(self._engine) as s:
             run = s.get(FlRun, run_id)
             assert run is not None
+            s.expunge(run)  # lineage of the finished run, not written back here
+            run.final_digest = final_digest
+            run.epsilon = epsilon if spec.dp_noise_multiplier > 0 else run.epsilon
             rounds = s.exec(select(FlRound).where(FlRound.run_id == run_id)).all()
             arrays = {k: a.numpy() for k, a in final.items()}
             lineage = _lineage(run, rounds)
         write_artifacts(self.out_dir / run_id, arrays, lineage)
+        if not self._end(run_id, RunStatus.COMPLETED, "", spec=spec, final_digest=final_digest):
+            return
+        self.result = final
         if lineage["final_digest"] == lineage["parent_digest"]:
             # Rounds aggregated but the model did not move (e.g. zero updates): nothing new to hand off.
             self._note(run_id, "the model is unchanged: nothing handed off")

@@ -228,18 +228,16 @@ def test_an_exception_in_the_run_thread_fails_the_run_with_its_message(
 def test_a_failure_while_recording_the_end_still_ends_the_run(
     loop: asyncio.AbstractEventLoop, tmp_path: Path
 ) -> None:
-    class DiskFull(FederatedRunner):
-        def _complete(self, run_id: str, final: object, spec: RunSpec) -> None:  # type: ignore[override]
-            raise OSError(28, "No space left on device")
-
     fleet = InProcFleet(loop, tmp_path, 2)
     engine = _engine(tmp_path)
-    runner = DiskFull(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out")
+    (tmp_path / "out").write_text("not a directory")  # the final model cannot be written
+    runner = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out")
     run_id = runner.run_blocking(
         RunSpec(StrategySpec("fedavg", min_nodes=2), num_rounds=1, round_timeout_s=10), model()
     )
     run = _run(engine, run_id)
-    assert run.status == "failed" and "No space left on device" in run.detail and not runner.busy()
+    assert run.status == "failed" and run.detail.startswith("NotADirectoryError") and not runner.busy()
+    assert run.final_digest == "" and runner.result is None
 
 
 def test_runs_left_running_by_a_killed_server_fail_at_startup(tmp_path: Path) -> None:
