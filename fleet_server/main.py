@@ -30,6 +30,7 @@ from fleet_server.grpc_api.server import build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.migrate import upgrade
+from fleet_server.ota.access import refresh_tokens
 from fleet_server.ota.routes import mount_ota
 from fleet_server.ota.status import ota_status_observer
 from fleet_server.pki import FleetCA
@@ -82,9 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             servers.device_port,
             engine.url.render_as_string(hide_password=True),
         )
+        refresh = asyncio.create_task(  # OTA tokens in DesiredState, re-sent at half their lifetime
+            refresh_tokens(online=registry.online, push=servicer.push_desired, ttl_s=settings.ota_token_ttl_s)
+        )
         try:
             yield
         finally:
+            refresh.cancel()
             federated.shutdown()
             app.state.models.stop()
             await servers.stop()

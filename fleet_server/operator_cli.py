@@ -33,16 +33,33 @@ class ApiError(Exception):
         self.status = status
 
 
+class ApiTimeoutError(ConnectionError, TimeoutError):
+    """No progress within the idle timeout: nothing sent or received for that long."""
+
+
 class Api:
-    def __init__(self, base_url: str, token: str, timeout_s: float = 15.0) -> None:
+    """The REST client of every command.
+
+    `timeout_s` bounds each wait for progress, never a whole request: httpx applies its read and
+    write timeouts per operation (one chunk sent, the next bytes received), so a large upload on a
+    slow link that keeps moving never times out, and a stalled one fails after `timeout_s`. A call
+    that waits on server work (e.g. signing a release) passes its own `timeout=`.
+    """
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        timeout = httpx.Timeout(connect=10.0, read=timeout_s, write=timeout_s, pool=10.0)
         self._client = httpx.Client(
-            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout_s
+            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as err:
+            raise ApiTimeoutError(
+                f"{method} {path}: no progress from {self._client.base_url} within the timeout ({err!r})"
+            ) from err
         except httpx.TransportError as err:
             raise ConnectionError(f"cannot reach fleet server at {self._client.base_url}: {err}") from err
         if resp.status_code >= 400:
@@ -164,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=os.environ.get("EDGELOOP_SERVER", "http://127.0.0.1:8080"))
     parser.add_argument("--token", default=os.environ.get("EDGELOOP_TOKEN", ""))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout_s",
+        type=float,
+        default=float(os.environ.get("EDGELOOP_TIMEOUT_S", "30")),
+        help="seconds without progress (nothing sent or received) before a request fails (default 30)",
+    )
     sub = parser.add_subparsers(dest="group", required=True)
 
     devices = sub.add_parser("devices").add_subparsers(dest="command", required=True)
@@ -198,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     console = Console()
-    api = Api(ns.server, ns.token)
+    api = Api(ns.server, ns.token, timeout_s=ns.idle_timeout_s)
     try:
         result = ns.func(api, ns, console)
     except ApiError as err:

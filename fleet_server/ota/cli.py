@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +19,7 @@ import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
@@ -41,29 +44,82 @@ def _kv(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _upload(api: Api, path: Path) -> str:
-    return str(api.request("PUT", "/ota/blobs", content=path.read_bytes())["sha256"])
+_CHUNK = 1 << 20
+PUBLISH_ATTEMPTS = 4  # POST /releases again (same Idempotency-Key) when the answer is overdue
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _upload(api: Api, path: Path, progress: Progress) -> str:
+    """Stream `path` to the blob store in 1 MiB chunks (the idle timeout applies per chunk) and
+    check the server stored exactly these bytes; returns the sha256."""
+    size, expected = path.stat().st_size, _sha256(path)
+    task = progress.add_task(f"upload {path.name}", total=size)
+
+    def blocks() -> Iterator[bytes]:
+        with path.open("rb") as fh:
+            while block := fh.read(_CHUNK):
+                yield block
+                progress.advance(task, len(block))
+
+    stored = api.request("PUT", "/ota/blobs", content=blocks(), headers={"Content-Length": str(size)})
+    if stored["sha256"] != expected or stored["length"] != size:
+        raise SystemExit(f"edgeloop: upload of {path} was altered in transit (server stored {stored})")
+    return expected
+
+
+def _progress(ns: argparse.Namespace) -> Progress:
+    """Upload progress on stderr, only for a person at a terminal (never with --json)."""
+    err = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    return Progress(*columns, console=err, disable=ns.json or not err.is_terminal)
+
+
+def publish_key(body: dict[str, Any]) -> str:
+    """The default Idempotency-Key: the request's content (name, version, every blob's sha256, gates...),
+    so running the same publish again returns the release it made instead of a duplicate."""
+    return "pub-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:48]
+
+
+def _post_release(api: Api, body: dict[str, Any], key: str, size: int) -> Any:
+    # Signing compresses, chunks and diffs the artifact before the server answers: the wait for
+    # that answer grows with the artifact; an overdue answer is asked for again with the same key.
+    wait = httpx.Timeout(connect=10.0, read=60.0 + 3.0 * size / _CHUNK, write=30.0, pool=10.0)
+    for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        try:
+            return api.request("POST", "/releases", json=body, headers={"Idempotency-Key": key}, timeout=wait)
+        except TimeoutError:
+            if attempt == PUBLISH_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def release_publish(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     artifact = Path(ns.artifact)
-    body: dict[str, Any] = {
-        "model_name": ns.name,
-        "model_version": ns.model_version,
-        "artifact_sha256": _upload(api, artifact),
-        "filename": ns.filename or ("model" + artifact.suffix),
-        "profiles": ns.profile or [],
-        "runtime": _kv(ns.runtime),
-        "gates": {k: float(v) for k, v in _kv(ns.gate).items()},
-    }
-    if ns.golden:
-        body["golden_sha256"] = _upload(api, Path(ns.golden))
-        body["golden_threshold"] = ns.golden_threshold
-    if ns.drift_reference:
-        body["drift_reference_sha256"] = _upload(api, Path(ns.drift_reference))
+    with _progress(ns) as progress:
+        body: dict[str, Any] = {
+            "model_name": ns.name,
+            "model_version": ns.model_version,
+            "artifact_sha256": _upload(api, artifact, progress),
+            "filename": ns.filename or ("model" + artifact.suffix),
+            "profiles": ns.profile or [],
+            "runtime": _kv(ns.runtime),
+            "gates": {k: float(v) for k, v in _kv(ns.gate).items()},
+        }
+        if ns.golden:
+            body["golden_sha256"] = _upload(api, Path(ns.golden), progress)
+            body["golden_threshold"] = ns.golden_threshold
+        if ns.drift_reference:
+            body["drift_reference_sha256"] = _upload(api, Path(ns.drift_reference), progress)
     if ns.report:
         body["compiler_report_sha256"] = hashlib.sha256(Path(ns.report).read_bytes()).hexdigest()
-    release = api.request("POST", "/releases", json=body)
+    release = _post_release(api, body, ns.idempotency_key or publish_key(body), artifact.stat().st_size)
     if ns.deploy:
         release["deployment"] = api.request(
             "POST", f"/releases/{release['seq']}/deployments", json={"device_ids": ns.deploy}
@@ -178,6 +234,11 @@ def register(sub: Any) -> None:
     p.add_argument("--report", help="compiler report file (its sha256 is signed into the release)")
     p.add_argument("--gate", action="append", help="gate threshold key=value, e.g. min_agreement=0.95")
     p.add_argument("--deploy", nargs="+", metavar="DEVICE", help="also deploy to these devices")
+    p.add_argument(
+        "--idempotency-key",
+        help="publish key (default: derived from the content, so a re-run returns the same release; "
+        "pass a new value to publish the same bytes again as a new release)",
+    )
     p.set_defaults(func=release_publish)
     release.add_parser("list").set_defaults(func=release_list)
     p = release.add_parser("deploy", help="assign a release to devices")

@@ -31,6 +31,10 @@ class OtaRelease(SQLModel, table=True):
     drift_reference_sha256: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
     created_by: str = Field(default="", max_length=64)
     created_at: datetime | None = _ts()
+    # Publish idempotency (migration 0007): the client's Idempotency-Key and the sha256 of the
+    # request it came with; the same key again returns this row (same request) or 409 (another one).
+    idempotency_key: str | None = Field(default=None, max_length=128, unique=True, index=True)
+    request_sha256: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
 
 
 # States whose report makes the device's health not ok while it is the device's latest OTA status.

@@ -16,15 +16,17 @@ import lzma
 import os
 import secrets
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
 
-from fleet_server.errors import InvalidRequestError, NotFoundError
+from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.chunking import build_manifest
 from fleet_server.ota.drift_reference import check_drift_reference
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 SLOT = "default"
 _SHA_CHARS = set("0123456789abcdef")
+_KEY_STRIPES = 64  # publishes with keys hashing to the same stripe run one at a time
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class OtaService:
             self.repo.initialize()
         self.blobs = directory / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self._key_locks = [threading.Lock() for _ in range(_KEY_STRIPES)]
 
     # ------------------------------------------------------------ blobs
 
@@ -87,8 +91,61 @@ class OtaService:
 
     # ------------------------------------------------------------ releases
 
-    def publish(self, *, session: Session, spec: ReleaseCreate, created_by: str) -> OtaRelease:
-        """Sign a new release into the targets role; returns the stored row.
+    def publish_once(
+        self, *, session: Session, spec: ReleaseCreate, created_by: str, idempotency_key: str
+    ) -> tuple[OtaRelease, bool]:
+        """Publish unless `idempotency_key` already made a release; returns (row, created).
+
+        A retry while the first request is still signing waits for it (same process) or meets the
+        unique key (another replica), then gets the finished row.
+
+        Raises:
+            ConflictError: the key was used for a different request.
+            NotFoundError, InvalidRequestError: as for `publish`.
+        """
+        fingerprint = hashlib.sha256(canonical_json(spec.model_dump(mode="json"))).hexdigest()
+        stripe = int(hashlib.sha256(idempotency_key.encode()).hexdigest()[:8], 16) % _KEY_STRIPES
+        with self._key_locks[stripe]:
+            existing = self._by_key(session, idempotency_key, fingerprint)
+            if existing is not None:
+                return existing, False
+            try:
+                row = self.publish(
+                    session=session,
+                    spec=spec,
+                    created_by=created_by,
+                    idempotency=(idempotency_key, fingerprint),
+                )
+            except IntegrityError:
+                session.rollback()
+                existing = self._by_key(session, idempotency_key, fingerprint)
+                if existing is None:
+                    raise
+                return existing, False
+            return row, True
+
+    @staticmethod
+    def _by_key(session: Session, key: str, fingerprint: str) -> OtaRelease | None:
+        row = session.exec(select(OtaRelease).where(OtaRelease.idempotency_key == key)).first()
+        if row is not None and row.request_sha256 != fingerprint:
+            raise ConflictError(
+                f"Idempotency-Key {key[:40]!r} was used for another request (release {row.seq}); "
+                "use a new key to publish different content"
+            )
+        if row is not None:
+            logger.info("release publish replayed seq=%d key=%s", row.seq, key[:40])
+        return row
+
+    def publish(
+        self,
+        *,
+        session: Session,
+        spec: ReleaseCreate,
+        created_by: str,
+        idempotency: tuple[str, str] | None = None,
+    ) -> OtaRelease:
+        """Sign a new release into the targets role; returns the stored row. `idempotency` is the
+        (key, request sha256) stored with it (`publish_once`).
 
         Raises:
             NotFoundError: a referenced blob was not uploaded.
@@ -109,6 +166,8 @@ class OtaService:
             drift_reference_sha256=spec.drift_reference_sha256,
             created_by=created_by,
             created_at=utcnow(),
+            idempotency_key=idempotency[0] if idempotency else None,
+            request_sha256=idempotency[1] if idempotency else "",
         )
         session.add(row)
         session.flush()

@@ -12,9 +12,9 @@ import asyncio
 import json
 import logging
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from sqlmodel import Session, col, select
@@ -69,9 +69,45 @@ async def upload_blob(request: Request, ota: OtaDep, _: Operator) -> dict[str, o
     return {"sha256": sha, "length": length}
 
 
-@router.post("/releases", response_model=ReleasePublic, status_code=201, responses=NOT_FOUND | CONFLICT)
-def publish_release(spec: ReleaseCreate, session: SessionDep, ota: OtaDep, operator: Operator) -> OtaRelease:
-    return ota.publish(session=session, spec=spec, created_by=operator.name)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=8,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Client key of this publish: the same key and request again returns the release "
+        "it made (200) instead of a duplicate; the same key with another request is a 409.",
+    ),
+]
+_REPLAYED: dict[int | str, dict[str, Any]] = {
+    200: {"model": ReleasePublic, "description": "already published with this Idempotency-Key"}
+}
+
+
+@router.post(
+    "/releases",
+    response_model=ReleasePublic,
+    status_code=201,
+    responses=NOT_FOUND | CONFLICT | _REPLAYED,
+)
+def publish_release(
+    spec: ReleaseCreate,
+    session: SessionDep,
+    ota: OtaDep,
+    operator: Operator,
+    *,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> OtaRelease:
+    if idempotency_key is None:
+        return ota.publish(session=session, spec=spec, created_by=operator.name)
+    row, created = ota.publish_once(
+        session=session, spec=spec, created_by=operator.name, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.status_code = 200
+    return row
 
 
 @router.get("/releases", response_model=list[ReleasePublic])
