@@ -6,10 +6,14 @@ The server is the real app (lifespan, migrations, gRPC ports, ingest writer) ser
 a loopback socket, on SQLite (the targeted PostgreSQL regressions live in test_rest_api.py).
 Generation is derandomized (fixed seed) and bounded per operation so the file fits CI. No
 operation is excluded.
+
+Deeper runs by hand: ``FLEET_FUZZ_EXAMPLES=200`` (examples per operation and role) and
+``FLEET_FUZZ_DB=postgres`` (a fresh database on the test PostgreSQL instead of SQLite).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import threading
@@ -33,9 +37,12 @@ from schemathesis.specs.openapi.checks import (
 
 from fleet_server.main import create_app
 from fleet_server.settings import Settings
+from tests.conftest import drop_pg_database, make_pg_database
 from tests.helpers.inproc import prepare
 
-MAX_EXAMPLES = 12  # per operation and role, on top of the coverage phase's boundary cases
+# per operation and role, on top of the coverage phase's boundary cases (2^63, -1, "", ...)
+MAX_EXAMPLES = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "12"))
+BACKEND = os.environ.get("FLEET_FUZZ_DB", "sqlite")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 CASES: Counter[str] = Counter()  # "role" -> cases sent; printed at the end of the module
@@ -48,7 +55,8 @@ class _Uvicorn(uvicorn.Server):
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    settings_, tokens = prepare(tmp_path_factory.mktemp("fuzz") / "srv")
+    pg_name, database_url = make_pg_database() if BACKEND == "postgres" else ("", "")
+    settings_, tokens = prepare(tmp_path_factory.mktemp("fuzz") / "srv", database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = _Uvicorn(uvicorn.Config(create_app(settings_), log_level="warning", lifespan="on"))
@@ -62,6 +70,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     server.should_exit = True
     thread.join(timeout=30)
     sock.close()
+    if pg_name:
+        drop_pg_database(pg_name)
     print(f"\nschemathesis cases sent per role: {dict(CASES)}")
 
 
