@@ -9,9 +9,11 @@ after the commit, which is what makes store-and-forward delivery exactly-once to
 One device never fails the others: records are range-checked one by one before they get here
 (grpc_api/codec.py; refusals are counted with `count_rejected`), and if a flush still fails for
 a reason other than the database being unreachable, the batch is retried split by device
-(bisection, each part in its own transaction) so only the device whose rows fail gets
-`RowsRefusedError`; everyone else commits and is acked in the same flush cycle. A database that
-is down (`StorageUnavailableError`) fails the whole batch once, without per-device retries.
+(bisection, each part in its own transaction) and then, for a device that fails alone, split by
+row, so only the rows that fail are refused (`RowsRefusedError` names them; the device's other
+rows commit). Everyone is acked in the same flush cycle, and a device is never left resending a
+record that can never be stored. A database that is down (`StorageUnavailableError`) fails the
+whole batch once, without per-device retries.
 
 Does not decide what a message means (grpc_api/servicer.py) or how rows look to the API (crud/).
 """
@@ -77,7 +79,21 @@ class StorageUnavailableError(Exception):
 
 
 class RowsRefusedError(Exception):
-    """This device's rows could not be stored (its own data failed a constraint or an observer)."""
+    """Some of this device's rows could not be stored (its own data failed a constraint or an
+    observer); its other rows in the flush were committed.
+
+    `seqs` maps each refused telemetry seq to the reason; `report` is the reason its report was
+    refused ("" when it was stored or there was none).
+    """
+
+    def __init__(self, detail: str, *, seqs: dict[int, str], report: str = "") -> None:
+        super().__init__(detail)
+        self.seqs = seqs
+        self.report = report
+
+
+MAX_ROW_BISECT = 256
+"""Rows of one failing device that are isolated one by one; beyond this they are refused together."""
 
 
 MAX_DEVICE_COUNTERS = 256
@@ -232,12 +248,19 @@ class IngestWriter:
             if _storage_down(err):
                 raise
             if len(devices) <= 1:
+                refused = self._isolate_rows(batch, _describe(err))
+                if refused is None:  # every row stored when retried on its own
+                    committed.update(devices)
+                    return {}
                 self.stats.device_failures += 1
-                detail = _describe(err)
                 logger.warning(
-                    "ingest rows refused device_id=%s: %s", safe_text(devices[0] if devices else ""), detail
+                    "ingest rows refused device_id=%s records=%d report=%s: %s",
+                    safe_text(devices[0] if devices else ""),
+                    len(refused.seqs),
+                    bool(refused.report),
+                    refused,
                 )
-                return {d: RowsRefusedError(f"records could not be stored: {detail}") for d in devices}
+                return dict.fromkeys(devices, refused)
             if top:
                 self.stats.isolated_flushes += 1
                 logger.warning(
@@ -252,6 +275,39 @@ class IngestWriter:
             return failed
         committed.update(devices)
         return {}
+
+    def _isolate_rows(self, batch: _Pending, detail: str) -> RowsRefusedError | None:
+        """One device's batch failed: store what can be stored, row by row (bisection)."""
+        rows = batch.telemetry
+        if len(rows) > MAX_ROW_BISECT:
+            return RowsRefusedError(detail, seqs={r.seq: detail for _, r in rows}, report=detail)
+        refused: dict[int, str] = {}
+        if rows:
+            self._bisect_rows(rows, refused)
+        report = ""
+        if batch.reports:
+            try:
+                self._write(_Pending(reports=batch.reports))
+            except Exception as err:
+                if _storage_down(err):
+                    raise
+                report = _describe(err)
+        if not refused and not report:
+            return None
+        return RowsRefusedError(detail, seqs=refused, report=report)
+
+    def _bisect_rows(self, rows: list[tuple[str, TelemetryRow]], refused: dict[int, str]) -> None:
+        try:
+            self._write(_Pending(telemetry=rows))
+        except Exception as err:
+            if _storage_down(err):
+                raise
+            if len(rows) == 1:
+                refused[rows[0][1].seq] = _describe(err)
+                return
+            half = len(rows) // 2
+            self._bisect_rows(rows[:half], refused)
+            self._bisect_rows(rows[half:], refused)
 
     @staticmethod
     def _notify(batch: _Pending, error_for: Callable[[str], BaseException | None]) -> None:

@@ -6,8 +6,9 @@ the device named by the client certificate; a report naming another device is PE
 Per-device token buckets turn a flooding device into RESOURCE_EXHAUSTED for that device only.
 A record that cannot be stored (an integer over 2^63-1, seq 0, an oversized payload) is refused
 alone: it is counted, listed in TelemetryAck.rejected (or ReportAck.rejected_reason), and the
-session goes on. Text from devices and unauthenticated callers reaches the log only escaped and
-bounded (logsafe.py); refused enrollments are logged once per call and rate-limited per peer.
+session goes on; so is a record the database itself refuses later (ingest.py isolates it).
+Text from devices and unauthenticated callers reaches the log only escaped and bounded
+(logsafe.py); refused enrollments are logged once per call and rate-limited per peer.
 
 Owns the session lifecycle (one live session per device; a new one supersedes the old) and the
 push of DesiredState. Does not write to the database itself (ingest.py, enrollment.py do).
@@ -43,7 +44,7 @@ from fleet_server.grpc_api.codec import (
     report_from_proto,
     telemetry_from_proto,
 )
-from fleet_server.ingest import IngestWriter, StorageUnavailableError
+from fleet_server.ingest import IngestWriter, RowsRefusedError, StorageUnavailableError
 from fleet_server.logsafe import RateLimitedLog, peer_host
 from fleet_server.logsafe import text as safe_text
 from fleet_server.pki import FleetCA
@@ -347,10 +348,43 @@ class DeviceServicer:
     def _after_commit(self, session: _Session, err: BaseException | None, ack: pb.SyncResponse) -> None:
         if err is None:
             session.outbox.put_nowait(ack)
+        elif isinstance(err, RowsRefusedError):
+            session.outbox.put_nowait(self._partial_ack(session, err, ack))
         elif isinstance(err, StorageUnavailableError):
             self._close(session, grpc.StatusCode.UNAVAILABLE, "storage unavailable; retry later")
         else:
-            self._close(session, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            self._close(session, grpc.StatusCode.INTERNAL, "storing the records failed; retry later")
+
+    def _partial_ack(self, session: _Session, err: RowsRefusedError, ack: pb.SyncResponse) -> pb.SyncResponse:
+        """The ack for a message some of whose rows the database refused: those are listed as
+        rejected (reason "storage_refused"), so the device drops them instead of resending."""
+        reason = "storage_refused"
+        if ack.WhichOneof("msg") == "report_ack":
+            if not err.report:
+                return ack
+            self._writer.count_rejected(session.device_id, reason)
+            return pb.SyncResponse(
+                report_ack=pb.ReportAck(sequence=ack.report_ack.sequence, rejected_reason=reason)
+            )
+        t = ack.telemetry_ack
+        refused = [s for s in t.seqs if s in err.seqs]
+        if refused:
+            self._writer.count_rejected(session.device_id, reason, len(refused))
+        self._refusal_log.warning(
+            f"{session.device_id}|storage",
+            "telemetry records refused by storage device_id=%s batch_id=%d count=%d: %s",
+            session.device_id,
+            t.batch_id,
+            len(refused),
+            safe_text(err, 200),
+        )
+        return pb.SyncResponse(
+            telemetry_ack=pb.TelemetryAck(
+                batch_id=t.batch_id,
+                seqs=[s for s in t.seqs if s not in err.seqs],
+                rejected=[*t.rejected, *(pb.RejectedRecord(seq=s, reason=reason) for s in refused)],
+            )
+        )
 
     def _close(self, session: _Session, code: grpc.StatusCode, detail: str) -> None:
         if not session.closed_reason:

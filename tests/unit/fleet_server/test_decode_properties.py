@@ -261,17 +261,21 @@ def test_unstorable_drift_numbers_are_skipped_and_counted(tmp_path: Path, databa
 
 
 def _refuse_dev_poison(conn: Connection, rows: list[tuple[str, TelemetryRow]]) -> None:
-    if any(device_id == "dev-poison" for device_id, _ in rows):
+    if any(device_id == "dev-poison" and row.kind == "poison" for device_id, row in rows):
         raise ValueError("observer cannot handle dev-poison's record")
+
+
+def _rows(*seqs: int, poison: int = 0) -> list[TelemetryRow]:
+    return [TelemetryRow(s, 1, "poison" if s == poison else "t", {"v": 1.0}, b"") for s in seqs]
 
 
 def test_a_device_whose_rows_fail_the_flush_fails_alone(tmp_path: Path, database_url: str) -> None:
     engine = _engine(database_url, tmp_path)
     ok = [f"dev-{i}" for i in range(5)]
-    items: list[tuple[str, Any]] = [(d, [TelemetryRow(1, 1, "t", {"v": 1.0}, b"")]) for d in ok]
-    items.insert(2, ("dev-poison", [TelemetryRow(1, 1, "t", {}, b"")]))
+    items: list[tuple[str, Any]] = [(d, _rows(1)) for d in ok]
+    items.insert(2, ("dev-poison", _rows(1, 2, 3, 4, 5, poison=4)))
     # Not validated on purpose: what a future bug or a new column could let through.
-    items.insert(4, ("dev-huge", [TelemetryRow(2**63, 1, "t", {}, b"")]))
+    items.insert(4, ("dev-huge", _rows(1, 2**63, 3)))
     writer_stats: dict[str, int] = {}
 
     async def run() -> list[BaseException | None]:
@@ -289,17 +293,47 @@ def test_a_device_whose_rows_fail_the_flush_fails_alone(tmp_path: Path, database
         return results
 
     results = dict(zip([d for d, _ in items], asyncio.run(run()), strict=True))
-    assert isinstance(results["dev-poison"], RowsRefusedError) and "observer cannot" in str(
-        results["dev-poison"]
-    )
-    assert isinstance(results["dev-huge"], RowsRefusedError)
+    poison, huge = results["dev-poison"], results["dev-huge"]
+    # Only the one row that fails is refused, with the database's or observer's reason.
+    assert isinstance(poison, RowsRefusedError) and list(poison.seqs) == [4]
+    assert "observer cannot" in poison.seqs[4] and not poison.report
+    assert isinstance(huge, RowsRefusedError) and list(huge.seqs) == [2**63]
     assert all(results[d] is None for d in ok)
     # One flush cycle: the good devices' acks were not held back to a later flush by the failure.
     assert writer_stats == {"flushes": 1, "isolated": 1, "failed": 2}
     with engine.connect() as conn:
-        stored = set(conn.execute(select(_telemetry.c.device_id)).scalars())
-    assert stored == set(ok)
+        stored = {(d, s) for d, s in conn.execute(select(_telemetry.c.device_id, _telemetry.c.seq))}
+    assert stored == {(d, 1) for d in ok} | {("dev-poison", s) for s in (1, 2, 3, 5)} | {
+        ("dev-huge", 1),
+        ("dev-huge", 3),
+    }
     engine.dispose()
+
+
+def test_rows_refused_by_storage_are_acked_as_rejected_not_resent(
+    servicer_parts: tuple[Engine, FleetCA, Settings],
+) -> None:
+    engine, ca, cfg = servicer_parts
+    writer = IngestWriter(engine)
+    servicer = DeviceServicer(engine=engine, ca=ca, settings=cfg, writer=writer, registry=SessionRegistry())
+    session = _Session("dev-a", context=None)  # type: ignore[arg-type]
+    err = RowsRefusedError("x", seqs={2: "DataError: bigint out of range"}, report="DataError: y")
+    ack = pb.SyncResponse(
+        telemetry_ack=pb.TelemetryAck(
+            batch_id=7, seqs=[1, 2, 3], rejected=[pb.RejectedRecord(seq=9, reason="seq_zero")]
+        )
+    )
+    servicer._after_commit(session, err, ack)
+    servicer._after_commit(session, err, pb.SyncResponse(report_ack=pb.ReportAck(sequence=4)))
+    telemetry_ack, report_ack = session.outbox.get_nowait(), session.outbox.get_nowait()
+    assert telemetry_ack is not None and report_ack is not None and not session.closed_reason
+    assert list(telemetry_ack.telemetry_ack.seqs) == [1, 3]
+    assert [(r.seq, r.reason) for r in telemetry_ack.telemetry_ack.rejected] == [
+        (9, "seq_zero"),
+        (2, "storage_refused"),
+    ]
+    assert report_ack.report_ack.rejected_reason == "storage_refused"
+    assert writer.stats.rejected_by_device == {"dev-a": 2}
 
 
 def test_storage_down_fails_everyone_once_without_per_device_retries() -> None:
