@@ -16,10 +16,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from starlette.middleware import Middleware
 
 from fleet_server import __version__
 from fleet_server.api.errors import COMMON, CONFLICT, NOT_FOUND, install_error_handlers
 from fleet_server.api.routes import devices, tokens
+from fleet_server.audit.middleware import AuditMiddleware
+from fleet_server.audit.routes import router as audit_router
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.drift.observer import drift_observer
@@ -39,6 +42,7 @@ from fleet_server.registry.wiring import build_registry
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
@@ -97,7 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
             logger.info("fleet server stopped")
 
-    app = FastAPI(title="edgeloop fleet server", version=__version__, lifespan=lifespan)
+    # AuditMiddleware records operator writes and owns the audit log's lifecycle (fleet_server.audit).
+    app = FastAPI(
+        title="edgeloop fleet server", version=__version__, lifespan=lifespan,
+        middleware=[Middleware(AuditMiddleware)],
+    )  # fmt: skip
     app.state.settings = settings
 
     install_error_handlers(app)
@@ -126,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(drift_router)
     api.include_router(federated_router, responses=NOT_FOUND | CONFLICT)
     api.include_router(registry_router)
+    api.include_router(audit_router)
     mount_ota(app, api, settings)
     app.include_router(api)
     return mount_console(app)
