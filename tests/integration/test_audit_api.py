@@ -148,6 +148,17 @@ def test_the_head_is_signed_at_shutdown(tmp_path: Path, database_url: str) -> No
     engine.dispose()
 
 
+def _cli_api(server: LiveServer) -> type:
+    """operator_api(server), tolerating the keyword arguments the CLI passes to its Api."""
+    base: Any = operator_api(server)
+
+    class CliApi(base):  # type: ignore[misc,valid-type]
+        def __init__(self, base_url: str, token: str, **_: object) -> None:
+            super().__init__(base_url, token)
+
+    return CliApi
+
+
 class _Borrowed:
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -162,7 +173,7 @@ class _Borrowed:
 def test_cli_list_verify_export(
     server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(operator_cli, "Api", operator_api(server))
+    monkeypatch.setattr(operator_cli, "Api", _cli_api(server))
     monkeypatch.setattr(audit_cli, "http_client", lambda ns: _Borrowed(server.client))
     server.client.post("/api/v1/bootstrap-tokens", json={}, headers=server.auth())
     tok = ["--token", server.tokens["admin"]]
@@ -189,7 +200,7 @@ def test_cli_list_verify_export(
     assert exc.value.code == 1
     assert "BROKEN at seq 2" in capsys.readouterr().out
 
-    monkeypatch.setattr(operator_cli, "Api", operator_api(server))
+    monkeypatch.setattr(operator_cli, "Api", _cli_api(server))
     assert (
         operator_cli.main(["--token", server.tokens["viewer"], "audit", "export"])
         == operator_cli.EXIT_API_ERROR
