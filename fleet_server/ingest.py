@@ -92,8 +92,13 @@ class RowsRefusedError(Exception):
         self.report = report
 
 
+class RowsFailedError(Exception):
+    """This device's rows failed and were too many to isolate one by one: nothing of them was
+    stored; the device should resend (in smaller batches)."""
+
+
 MAX_ROW_BISECT = 256
-"""Rows of one failing device that are isolated one by one; beyond this they are refused together."""
+"""Rows of one failing device that are isolated one by one; beyond this, `RowsFailedError`."""
 
 
 MAX_DEVICE_COUNTERS = 256
@@ -218,14 +223,23 @@ class IngestWriter:
 
     async def _flush(self, batch: _Pending) -> None:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         committed: set[str] = set()
+        notified: set[str] = set()
+
+        def release(devices: list[str]) -> None:
+            """From the writer thread, during a split retry: ack these devices now, so a slow
+            retry of one device never holds back the others' acks."""
+            committed.update(devices)
+            loop.call_soon_threadsafe(self._notify, batch, lambda d: None, set(devices), notified)
+
         try:
-            failed = await asyncio.to_thread(self._commit, batch, committed, True)
+            failed = await asyncio.to_thread(self._commit, batch, committed, release, True)
         except Exception as err:
             self.stats.errors += 1
             logger.error("ingest flush failed: storage unavailable rows=%d: %s", len(batch), _describe(err))
             down = StorageUnavailableError("storage unavailable")
-            self._notify(batch, lambda device: None if device in committed else down)
+            self._notify(batch, lambda d: None if d in committed else down, None, notified)
             return
         if failed:
             self.stats.errors += 1
@@ -233,24 +247,33 @@ class IngestWriter:
         self.stats.reports += sum(1 for d in batch.reports if d in committed)
         self.stats.telemetry_rows += sum(1 for d, _ in batch.telemetry if d in committed)
         self.stats.last_flush_s = time.perf_counter() - started
-        self._notify(batch, failed.get)
+        self._notify(batch, failed.get, None, notified)
 
-    def _commit(self, batch: _Pending, committed: set[str], top: bool) -> dict[str, BaseException]:
+    def _commit(
+        self, batch: _Pending, committed: set[str], release: Callable[[list[str]], None], top: bool
+    ) -> dict[str, BaseException]:
         """Write `batch`; on a failure that is not the database being down, bisect by device.
 
-        Adds every device whose rows committed to `committed`; returns the devices that failed
-        alone with their error. Raises: the database error when storage is unavailable.
+        Adds every device whose rows committed to `committed` (and `release`s it at once inside a
+        split retry); returns the devices that failed alone with their error.
+        Raises: the database error when storage is unavailable.
         """
         devices = batch.devices()
+        stored = committed.update if top else release  # top level: acked after the flush, as usual
         try:
             self._write(batch)
         except Exception as err:
             if _storage_down(err):
                 raise
             if len(devices) <= 1:
+                if len(batch.telemetry) > MAX_ROW_BISECT:
+                    self.stats.device_failures += 1
+                    return dict.fromkeys(
+                        devices, RowsFailedError(f"records could not be stored: {_describe(err)}")
+                    )
                 refused = self._isolate_rows(batch, _describe(err))
                 if refused is None:  # every row stored when retried on its own
-                    committed.update(devices)
+                    stored(devices)
                     return {}
                 self.stats.device_failures += 1
                 logger.warning(
@@ -271,16 +294,14 @@ class IngestWriter:
             half = len(devices) // 2
             failed: dict[str, BaseException] = {}
             for part in (devices[:half], devices[half:]):
-                failed.update(self._commit(batch.only(set(part)), committed, False))
+                failed.update(self._commit(batch.only(set(part)), committed, release, False))
             return failed
-        committed.update(devices)
+        stored(devices)
         return {}
 
     def _isolate_rows(self, batch: _Pending, detail: str) -> RowsRefusedError | None:
         """One device's batch failed: store what can be stored, row by row (bisection)."""
         rows = batch.telemetry
-        if len(rows) > MAX_ROW_BISECT:
-            return RowsRefusedError(detail, seqs={r.seq: detail for _, r in rows}, report=detail)
         refused: dict[int, str] = {}
         if rows:
             self._bisect_rows(rows, refused)
@@ -310,12 +331,21 @@ class IngestWriter:
             self._bisect_rows(rows[half:], refused)
 
     @staticmethod
-    def _notify(batch: _Pending, error_for: Callable[[str], BaseException | None]) -> None:
+    def _notify(
+        batch: _Pending,
+        error_for: Callable[[str], BaseException | None],
+        only: set[str] | None,
+        notified: set[str],
+    ) -> None:
+        """Run the callbacks of `only` (None: every device) not yet notified in this flush."""
         for device_id, done in batch.callbacks:
+            if device_id in notified or (only is not None and device_id not in only):
+                continue
             try:
                 done(error_for(device_id))
             except Exception:
                 logger.exception("ingest completion callback failed")
+        notified.update(only if only is not None else batch.devices())
 
     def _write(self, batch: _Pending) -> None:
         now = utcnow()

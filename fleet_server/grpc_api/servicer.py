@@ -353,7 +353,7 @@ class DeviceServicer:
         elif isinstance(err, StorageUnavailableError):
             self._close(session, grpc.StatusCode.UNAVAILABLE, "storage unavailable; retry later")
         else:
-            self._close(session, grpc.StatusCode.INTERNAL, "storing the records failed; retry later")
+            self._close(session, grpc.StatusCode.INTERNAL, f"{err}; retry later in smaller batches")
 
     def _partial_ack(self, session: _Session, err: RowsRefusedError, ack: pb.SyncResponse) -> pb.SyncResponse:
         """The ack for a message some of whose rows the database refused: those are listed as

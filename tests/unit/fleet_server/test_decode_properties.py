@@ -35,8 +35,10 @@ from fleet_server.grpc_api.codec import (
 )
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry, _Session
 from fleet_server.ingest import (
+    MAX_ROW_BISECT,
     IngestWriter,
     ReportRow,
+    RowsFailedError,
     RowsRefusedError,
     StorageUnavailableError,
     TelemetryRow,
@@ -278,11 +280,17 @@ def test_a_device_whose_rows_fail_the_flush_fails_alone(tmp_path: Path, database
     items.insert(4, ("dev-huge", _rows(1, 2**63, 3)))
     writer_stats: dict[str, int] = {}
 
-    async def run() -> list[BaseException | None]:
+    order: list[str] = []
+
+    async def run() -> dict[str, BaseException | None]:
         writer = IngestWriter(engine, observers=[_refuse_dev_poison])
-        results: list[BaseException | None] = []
+        results: dict[str, BaseException | None] = {}
+
+        def done(device_id: str) -> Callable[[BaseException | None], None]:
+            return lambda err: (results.__setitem__(device_id, err), order.append(device_id))
+
         for device_id, rows in items:  # queued before the writer runs: one shared batch
-            writer.submit_telemetry(device_id, rows, results.append)
+            writer.submit_telemetry(device_id, rows, done(device_id))
         await writer.start()
         await writer.stop()
         writer_stats.update(
@@ -292,21 +300,43 @@ def test_a_device_whose_rows_fail_the_flush_fails_alone(tmp_path: Path, database
         )
         return results
 
-    results = dict(zip([d for d, _ in items], asyncio.run(run()), strict=True))
+    results = asyncio.run(run())
     poison, huge = results["dev-poison"], results["dev-huge"]
     # Only the one row that fails is refused, with the database's or observer's reason.
     assert isinstance(poison, RowsRefusedError) and list(poison.seqs) == [4]
     assert "observer cannot" in poison.seqs[4] and not poison.report
     assert isinstance(huge, RowsRefusedError) and list(huge.seqs) == [2**63]
-    assert all(results[d] is None for d in ok)
-    # One flush cycle: the good devices' acks were not held back to a later flush by the failure.
+    assert all(results[d] is None for d in ok) and len(order) == len(items)
+    # One flush cycle, and the good devices were acked as soon as their part committed: before
+    # the failing devices' rows were retried one by one.
     assert writer_stats == {"flushes": 1, "isolated": 1, "failed": 2}
+    assert order.index("dev-poison") > max(order.index(d) for d in ok if d < "dev-poison")
     with engine.connect() as conn:
         stored = {(d, s) for d, s in conn.execute(select(_telemetry.c.device_id, _telemetry.c.seq))}
     assert stored == {(d, 1) for d in ok} | {("dev-poison", s) for s in (1, 2, 3, 5)} | {
         ("dev-huge", 1),
         ("dev-huge", 3),
     }
+    engine.dispose()
+
+
+def test_too_many_failing_rows_fail_that_device_alone_for_a_resend(tmp_path: Path) -> None:
+    engine = _engine("", tmp_path)
+    many = _rows(*range(1, MAX_ROW_BISECT + 2), poison=7)
+
+    async def run() -> list[tuple[str, BaseException | None]]:
+        writer = IngestWriter(engine, observers=[_refuse_dev_poison])
+        results: list[tuple[str, BaseException | None]] = []
+        writer.submit_telemetry("dev-poison", many, lambda err: results.append(("dev-poison", err)))
+        writer.submit_telemetry("dev-ok", _rows(1), lambda err: results.append(("dev-ok", err)))
+        await writer.start()
+        await writer.stop()
+        return results
+
+    results = dict(asyncio.run(run()))
+    assert results["dev-ok"] is None and isinstance(results["dev-poison"], RowsFailedError)
+    with engine.connect() as conn:
+        assert {d for (d,) in conn.execute(select(_telemetry.c.device_id))} == {"dev-ok"}
     engine.dispose()
 
 
