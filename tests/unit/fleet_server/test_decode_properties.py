@@ -287,7 +287,11 @@ def test_a_device_whose_rows_fail_the_flush_fails_alone(tmp_path: Path, database
         results: dict[str, BaseException | None] = {}
 
         def done(device_id: str) -> Callable[[BaseException | None], None]:
-            return lambda err: (results.__setitem__(device_id, err), order.append(device_id))
+            def record(err: BaseException | None) -> None:
+                results[device_id] = err
+                order.append(device_id)
+
+            return record
 
         for device_id, rows in items:  # queued before the writer runs: one shared batch
             writer.submit_telemetry(device_id, rows, done(device_id))
