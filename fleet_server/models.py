@@ -170,3 +170,7 @@ class OperatorToken(SQLModel, table=True):
     secret_hash: str = Field(max_length=64, index=True, unique=True)
     created_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
+
+
+# Tables of capability packages that no route imports yet: registered here for Alembic and tests.
+import fleet_server.rollouts.models  # noqa: E402, F401
