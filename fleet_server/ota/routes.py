@@ -147,11 +147,19 @@ def deployment_status(deployment_id: IdPath, session: SessionDep, ota: OtaDep, _
 
 
 MAX_ROOT_BYTES = 512_000  # python-tuf's own root_max_length
+_ROOT_SHAPE = {  # what _root_document checks; the signatures are checked by python-tuf
+    "type": "object",
+    "required": ["signed", "signatures"],
+    "properties": {
+        "signed": {"type": "object", "required": ["_type"], "properties": {"_type": {"const": "root"}}},
+        "signatures": {"type": "array", "items": {"type": "object"}},
+    },
+}
 _ROOT_BODY = {
     "requestBody": {
         "required": True,
         "description": "the new root.json, signed by the old and the new root keys",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "content": {"application/json": {"schema": _ROOT_SHAPE}},
     }
 }
 

@@ -20,7 +20,9 @@ class VersionCreate(BaseModel):
     parent_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     profiles: list[_KEY] = Field(default_factory=list, max_length=16)
     # Compiler budgets, inherited by every descendant: max_accuracy_drop, min_agreement, ...
-    budgets: dict[_KEY, float] = Field(default_factory=dict, max_length=32)
+    budgets: dict[_KEY, float] = Field(
+        default_factory=dict, max_length=32, json_schema_extra={"additionalProperties": False}
+    )
     calib_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     eval_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     golden_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
