@@ -63,10 +63,22 @@ def verify_chain(audit: AuditDep, _: Viewer) -> AuditVerifyResult:
     return AuditVerifyResult(**audit.verify().to_dict())
 
 
-@router.get("/export", response_class=StreamingResponse)
+class JsonLinesResponse(StreamingResponse):
+    media_type = "application/x-ndjson"
+
+
+_JSONL: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One audit entry (JSON object, with its hash) per line",
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/export", response_model=None, responses=_JSONL)
 def export_entries(
     request: Request, audit: AuditDep, admin: Admin, after_seq: AfterSeq = 0
-) -> StreamingResponse:
+) -> JsonLinesResponse:
     """Every entry after `after_seq` as JSON Lines (one entry per line, with its hash)."""
     head = audit.head()
     client = request.client
@@ -82,4 +94,4 @@ def export_entries(
         for entry in audit.iter_all(after_seq=after_seq):
             yield json.dumps(entry.to_dict(), sort_keys=True, ensure_ascii=False).encode() + b"\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return JsonLinesResponse(lines())
