@@ -177,7 +177,7 @@ def operator_api(server: LiveServer) -> type:
     from fleet_server import operator_cli
 
     class InProcApi:
-        def __init__(self, base_url: str, token: str) -> None:
+        def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
             self.headers = {"Authorization": f"Bearer {token}"}
 
         def request(self, method: str, path: str, **kwargs: Any) -> Any:
