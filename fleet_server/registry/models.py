@@ -11,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from fleet_server.models import UtcDateTime
 
 # Version states (strings, persisted as they are).
 REGISTERED = "registered"
@@ -24,8 +26,8 @@ REJECTED = "rejected"  # compiled, but worse than its parent beyond the budget
 FAILED = "failed"
 
 
-def _ts() -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+def _ts() -> Any:  # aware UTC when read back, on SQLite too (the API serializes the offset)
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))
 
 
 def _json() -> Any:

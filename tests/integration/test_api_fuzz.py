@@ -20,14 +20,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -35,17 +38,20 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from fleet_server.federated.handoff import write_head_onnx
 from fleet_server.main import create_app
 from fleet_server.settings import Settings
 from tests.conftest import drop_pg_database, make_pg_database
-from tests.helpers.inproc import prepare
+from tests.helpers.inproc import enroll, prepare
 
 # per operation and role, on top of the coverage phase's boundary cases (2^63, -1, "", ...)
 MAX_EXAMPLES = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "12"))
 BACKEND = os.environ.get("FLEET_FUZZ_DB", "sqlite")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
-CASES: Counter[str] = Counter()  # "role" -> cases sent; printed at the end of the module
+CASES: Counter[str] = Counter()  # "role" -> cases sent; printed by test_fuzz_reached_the_handlers
+ANSWERS: Counter[tuple[str, int]] = Counter()  # ("GET /path", status) of the admin's cases
+KNOWN: dict[str, object] = {}  # path parameter -> an id that exists on the fuzzed server (_seed)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -66,13 +72,44 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "fleet server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", tokens
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    KNOWN.update(_seed(base_url, tokens, server.config.app, settings_, tmp_path_factory.mktemp("seed")))
+    yield base_url, tokens
     server.should_exit = True
     thread.join(timeout=30)
     sock.close()
     if pg_name:
         drop_pg_database(pg_name)
-    print(f"\nschemathesis cases sent per role: {dict(CASES)}")
+
+
+@dataclass
+class _EnrollTarget:  # the two attributes `enroll` reads from a LiveServer
+    enroll_target: str
+    ca_pem: bytes
+
+
+def _seed(
+    base_url: str, tokens: dict[str, str], app: Any, settings_: Settings, tmp: Path
+) -> dict[str, object]:
+    """A device, a release deployed to it and a registry version, so that half of the generated
+    path ids name something that exists and the handlers run past their 404."""
+    api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {tokens['admin']}"}, timeout=60)
+    token = api.post("/api/v1/bootstrap-tokens", json={}).json()["token"]
+    target = _EnrollTarget(
+        f"localhost:{app.state.grpc_ports['enroll']}", (settings_.pki_dir / "ca.pem").read_bytes()
+    )
+    enroll(target, "dev-fuzz", token, tmp)  # type: ignore[arg-type]
+    blob = api.put("/api/v1/ota/blobs", content=bytes(range(256)) * 64).json()["sha256"]
+    body = {"model_name": "fuzz", "model_version": "1", "artifact_sha256": blob, "filename": "m.tflite"}
+    seq = api.post("/api/v1/releases", json=body).json()["seq"]
+    deployment = api.post(f"/api/v1/releases/{seq}/deployments", json={"device_ids": ["dev-fuzz"]}).json()
+    head = write_head_onnx(tmp / "head.onnx", np.zeros((4, 3), np.float32), np.zeros(3, np.float32), {})
+    model = api.put("/api/v1/ota/blobs", content=head.read_bytes()).json()["sha256"]
+    version = api.post("/api/v1/models", json={"name": "fuzz-head", "artifact_sha256": model})
+    assert version.status_code == 201, version.text
+    api.close()
+    known = {"device_id": "dev-fuzz", "seq": seq, "deployment_id": deployment["deployment_id"]}
+    return known | {"name": "fuzz-head", "version": 1}
 
 
 def _openapi() -> dict[str, Any]:
@@ -84,6 +121,19 @@ def _openapi() -> dict[str, Any]:
 
 OPENAPI = _openapi()
 schema = schemathesis.openapi.from_dict(OPENAPI)
+
+
+@schema.hook
+def flatmap_path_parameters(
+    context: Any, path_parameters: dict[str, Any]
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Half the time, replace generated ids by ones that exist (random ids alone stop at a 404)."""
+    known = {k: KNOWN[k] for k in path_parameters or () if k in KNOWN}
+    return (
+        st.sampled_from([path_parameters, {**path_parameters, **known}])
+        if known
+        else st.just(path_parameters)
+    )
 
 
 def test_served_schema_is_the_fuzzed_one(fuzz_server: tuple[str, dict[str, str]]) -> None:
@@ -114,4 +164,23 @@ def test_api_fuzz(
     base_url, tokens = fuzz_server
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
     CASES[role or "no-token"] += 1
-    case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS, timeout=60)
+    response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS, timeout=60)
+    if role == "admin":
+        ANSWERS[(f"{case.method.upper()} {case.path}", response.status_code)] += 1
+
+
+def test_fuzz_reached_the_handlers() -> None:
+    """Runs after the fuzz (file order): the seeded ids got generated cases past auth and 404
+    into the handlers, so a 500 behind them could not hide."""
+    if not CASES:
+        pytest.skip("run together with test_api_fuzz")
+    for operation in (
+        "GET /api/v1/devices/{device_id}",
+        "GET /api/v1/devices/{device_id}/telemetry",
+        "GET /api/v1/deployments/{deployment_id}",
+        "GET /api/v1/releases/{seq}/deployments",
+        "GET /api/v1/models/{name}/versions/{version}",
+        "PATCH /api/v1/devices/{device_id}/labels",
+    ):
+        assert ANSWERS[(operation, 200)] > 0, (operation, sorted(ANSWERS.items()))
+    print(f"\nschemathesis cases sent per role: {dict(CASES)}")
