@@ -287,7 +287,10 @@ def main() -> int:
         run_id = started["run_id"]
         wait_for(
             "5 federated rounds on FleetGrid",
-            lambda: _cli_json(cli_env, "fl", "status", run_id)["run"]["status"] in ("completed", "failed"),
+            lambda: (
+                _cli_json(cli_env, "fl", "status", run_id)["run"]["status"]
+                in ("completed", "failed", "cancelled")
+            ),
             timeout=300,
         )
         sys.stdout.write(run([str(BIN / "edgeloop"), "fl", "status", run_id], cli_env).stdout)
@@ -326,7 +329,31 @@ def main() -> int:
             )
             console.print(f"  {device_id} serves {served['model']}: predictions {served['classes']}")
 
-        step("10. shutdown")
+        step("10. guard rails: what a careless operator or a hostile device meets")
+        twice = subprocess.run(
+            [str(BIN / "edgeloop-agent"), "run"],
+            env=agent_envs[0],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        console.print(f"  a second agent on {DEVICES[0][0]}'s data directory: exit {twice.returncode}, "
+                      f"{(twice.stderr.strip().splitlines() or [''])[-1]}")  # fmt: skip
+        if twice.returncode != 20:
+            raise SystemExit("demo: a second agent on one data directory was not refused")
+        anon = httpx.get(f"{url}/ota/metadata/snapshot.json", timeout=10)
+        console.print(f"  the OTA repository without a device token: HTTP {anon.status_code} "
+                      f"({anon.json().get('detail', '')})")  # fmt: skip
+        huge = api.get("/devices", params={"offset": 2**63})
+        console.print(f"  GET /devices?offset=2^63: HTTP {huge.status_code}, never a 500")
+        ingest = httpx.get(url + "/healthz", timeout=10).json()["ingest"]
+        console.print(
+            f"  ingest: {ingest['flushes']} group commits, {ingest['rejected_records']} records refused"
+        )
+        verify = run([str(BIN / "edgeloop"), "audit", "verify"], cli_env)
+        sys.stdout.write(verify.stdout)
+
+        step("11. shutdown")
         for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
