@@ -15,14 +15,16 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.middleware import Middleware
 
 from fleet_server import __version__
 from fleet_server.api.errors import COMMON, CONFLICT, NOT_FOUND, install_error_handlers
 from fleet_server.api.routes import devices, tokens
+from fleet_server.audit.chain import Actor
 from fleet_server.audit.middleware import AuditMiddleware
 from fleet_server.audit.routes import router as audit_router
+from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.drift.observer import drift_observer
@@ -53,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, engine)
         ca = FleetCA.load(settings.pki_dir)
+        audit = await asyncio.to_thread(build_audit, engine=engine, data_dir=settings.data_dir)
+        app.state.audit = audit.log
+        await asyncio.to_thread(audit.log.record, Actor.system("fleet-server"), "server.start")
         writer = IngestWriter(
             engine,
             max_rows=settings.flush_max_rows,
@@ -98,10 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.models.stop()
             await servers.stop()
             await writer.stop()
+            await asyncio.to_thread(_stop_audit, audit)
             engine.dispose()
             logger.info("fleet server stopped")
 
-    # AuditMiddleware records operator writes and owns the audit log's lifecycle (fleet_server.audit).
+    # AuditMiddleware records operator writes into app.state.audit (built in the lifespan above).
     app = FastAPI(
         title="edgeloop fleet server", version=__version__, lifespan=lifespan,
         middleware=[Middleware(AuditMiddleware)],
@@ -128,6 +134,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         )
 
+    _include_routers(app, settings)
+    return mount_console(app)
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> None:
     api = APIRouter(prefix="/api/v1", responses=COMMON)
     api.include_router(devices.router)
     api.include_router(tokens.router)
@@ -137,4 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(audit_router)
     mount_ota(app, api, settings)
     app.include_router(api)
-    return mount_console(app)
+
+
+def _stop_audit(audit: HeadSigner) -> None:
+    """Record the stop and sign the head before the engine goes away."""
+    try:
+        audit.log.record(Actor.system("fleet-server"), "server.stop")
+    except SQLAlchemyError as err:
+        logger.error("audit: server.stop not recorded: %s", err)
+    audit.stop()

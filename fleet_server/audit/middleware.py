@@ -1,12 +1,11 @@
-"""ASGI middleware: records every state-changing operator REST request, and runs the audit log's life.
+"""ASGI middleware: records every state-changing operator REST request.
 
 For POST/PUT/PATCH/DELETE under /api/v1 it appends one entry after the response: who (the operator
 token's id, name and role, resolved from the bearer token; "anonymous" when missing or invalid),
 what (method, route template, path, status code, query with secret-looking values redacted), where
 from (client address, user agent). Request bodies are never read, so tokens and keys sent in them
-never reach the log. On lifespan startup it builds the process's audit log (`app.state.audit`,
-head signer started, after the app's own startup so the engine exists); on shutdown it signs the
-head before the app's own shutdown disposes the engine.
+never reach the log. Does not own the audit log's life: the composition root (main.py) builds it
+(`app.state.audit`) before the services that record into it, and signs its head at shutdown.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet_server.audit.chain import Actor, Source, Target
 from fleet_server.audit.port import AuditRecorder
-from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.crud.tokens import authenticate_operator
 from fleet_server.errors import AuthError
 
@@ -82,9 +80,6 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
         if (
             scope["type"] != "http"
             or scope["method"] not in WRITE_METHODS
@@ -130,30 +125,3 @@ class AuditMiddleware:
             await asyncio.to_thread(write)
         except (SQLAlchemyError, LookupError) as err:
             logger.error("audit entry for %s %s not written: %s", scope["method"], scope["path"], err)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = scope.get("app")
-        signer: HeadSigner | None = None
-
-        async def on_send(message: Message) -> None:
-            nonlocal signer
-            if message["type"] == "lifespan.startup.complete" and app is not None:
-                state = app.state
-                signer = await asyncio.to_thread(
-                    build_audit, engine=state.engine, data_dir=state.settings.data_dir
-                )
-                state.audit = signer.log
-                await asyncio.to_thread(signer.log.record, Actor.system("fleet-server"), "server.start")
-            await send(message)
-
-        async def on_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.shutdown" and signer is not None:
-                try:
-                    await asyncio.to_thread(signer.log.record, Actor.system("fleet-server"), "server.stop")
-                except SQLAlchemyError as err:
-                    logger.error("audit: server.stop not recorded: %s", err)
-                await asyncio.to_thread(signer.stop)
-            return message
-
-        await self.app(scope, on_receive, on_send)
