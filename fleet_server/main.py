@@ -41,6 +41,7 @@ from fleet_server.ota.status import ota_status_observer
 from fleet_server.pki import FleetCA
 from fleet_server.registry.routes import router as registry_router
 from fleet_server.registry.wiring import build_registry
+from fleet_server.rollouts.metrics import model_metrics_observer
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine,
             max_rows=settings.flush_max_rows,
             linger_s=settings.flush_interval_ms / 1000 / 10,
-            observers=[ota_status_observer, drift_observer],
+            observers=[ota_status_observer, drift_observer, model_metrics_observer],
         )
         registry = SessionRegistry()
         registry.bind_loop(asyncio.get_running_loop())

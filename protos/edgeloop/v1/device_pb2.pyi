@@ -184,6 +184,50 @@ class TelemetryBatch(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
     def __init__(self, batch_id: _Optional[int] = ..., records: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ...) -> None: ...
 
+class ModelMetricsWindow(_message.Message):
+    __slots__ = ("model_name", "model_version", "model_sha256", "deployment_id", "window_start_ms", "window_s", "predictions", "errors", "confidence_hist", "class_counts", "confidence_sum", "confidence_sum_sq", "latency_p50_ms", "latency_p95_ms", "latency_sum_ms", "latency_sum_sq_ms", "latency_count", "drift_score", "shadow_agreement", "shadow_samples")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_HIST_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_SUM_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_SUM_SQ_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_SQ_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    model_sha256: str
+    deployment_id: str
+    window_start_ms: int
+    window_s: int
+    predictions: int
+    errors: int
+    confidence_hist: _containers.RepeatedScalarFieldContainer[int]
+    class_counts: _containers.RepeatedScalarFieldContainer[int]
+    confidence_sum: float
+    confidence_sum_sq: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_sum_ms: float
+    latency_sum_sq_ms: float
+    latency_count: int
+    drift_score: float
+    shadow_agreement: float
+    shadow_samples: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., model_sha256: _Optional[str] = ..., deployment_id: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_s: _Optional[int] = ..., predictions: _Optional[int] = ..., errors: _Optional[int] = ..., confidence_hist: _Optional[_Iterable[int]] = ..., class_counts: _Optional[_Iterable[int]] = ..., confidence_sum: _Optional[float] = ..., confidence_sum_sq: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_sum_ms: _Optional[float] = ..., latency_sum_sq_ms: _Optional[float] = ..., latency_count: _Optional[int] = ..., drift_score: _Optional[float] = ..., shadow_agreement: _Optional[float] = ..., shadow_samples: _Optional[int] = ...) -> None: ...
+
 class RejectedRecord(_message.Message):
     __slots__ = ("seq", "reason")
     SEQ_FIELD_NUMBER: _ClassVar[int]
