@@ -42,6 +42,8 @@ from fleet_server.pki import FleetCA
 from fleet_server.registry.routes import router as registry_router
 from fleet_server.registry.wiring import build_registry
 from fleet_server.rollouts.metrics import model_metrics_observer
+from fleet_server.rollouts.routes import router as rollouts_router
+from fleet_server.rollouts.wiring import build_rollouts
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit = await asyncio.to_thread(build_audit, engine=engine, data_dir=settings.data_dir)
         app.state.audit = audit.log
         await asyncio.to_thread(audit.log.record, Actor.system("fleet-server"), "server.start")
+        await asyncio.to_thread(app.state.ota.use_audit, audit.log)  # OtaService: built by mount_ota
         writer = IngestWriter(
             engine,
             max_rows=settings.flush_max_rows,
@@ -69,22 +72,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.bind_loop(asyncio.get_running_loop())
         servicer = DeviceServicer(engine=engine, ca=ca, settings=settings, writer=writer, registry=registry)
         loop = asyncio.get_running_loop()
-        federated = build_federated(engine=engine, loop=loop, data_dir=settings.data_dir)
+        federated = build_federated(engine=engine, loop=loop, data_dir=settings.data_dir, audit=audit.log)
         servers = build_grpc_servers(
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
         )
         app.state.federated = federated
+        app.state.rollouts = build_rollouts(
+            engine=engine, ota=app.state.ota, audit=audit.log, settings=settings,
+            notify=registry.notify_desired_changed,
+        )  # fmt: skip
         app.state.models = build_registry(
             engine=engine,
             ota=app.state.ota,
             settings=settings,
             runner=federated.runner,
             notify=registry.notify_desired_changed,
+            audit=audit.log,
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
         await servers.start()
+        app.state.rollouts.start()
         logger.info(
             "fleet server started http=%s:%s enroll_port=%s device_port=%s db=%s",
             settings.http_host,
@@ -100,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             refresh.cancel()
+            await asyncio.to_thread(app.state.rollouts.stop)
             federated.shutdown()
             app.state.models.stop()
             await servers.stop()
@@ -147,6 +157,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(federated_router, responses=NOT_FOUND | CONFLICT)
     api.include_router(registry_router)
     api.include_router(audit_router)
+    api.include_router(rollouts_router)
     mount_ota(app, api, settings)
     app.include_router(api)
 

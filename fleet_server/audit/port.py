@@ -2,10 +2,17 @@
 
 The fake keeps a real chain (same `chain.seal` and `ChainVerifier`), so tests of services that
 record can also assert the log verifies. The SQL adapter is store.SqlAuditLog.
+
+Services record a state change *after* it has committed (`record_change`): the changes span the
+database, TUF metadata files and worker threads, so they cannot share the audit append's
+transaction. A failed append never undoes or blocks a change that already happened; it is logged
+at ERROR with the whole entry (actor, action, target, details), so an operator can reconcile it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -23,6 +30,8 @@ from fleet_server.audit.chain import (
     VerifyReport,
     seal,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class AuditRecorder(Protocol):
@@ -74,3 +83,41 @@ class MemoryAuditLog:
             if not verifier.feed(entry):
                 break
         return verifier.finish(None, [], None)
+
+
+class Identity(Protocol):
+    """An authenticated operator token (fleet_server.models.OperatorToken has these)."""
+
+    id: str
+    name: str
+    role: str
+
+
+def operator_actor(token: Identity) -> Actor:
+    """The actor of a change an operator asked for through the API."""
+    return Actor.operator(token.id, token.name, token.role)
+
+
+def record_change(
+    audit: AuditRecorder,
+    actor: Actor,
+    action: str,
+    target: Target = NO_TARGET,
+    details: Mapping[str, Any] | None = None,
+) -> Entry | None:
+    """Record a state change that has already committed; never raises (the change stands).
+
+    On any recorder failure the entry is logged at ERROR in full and None is returned.
+    """
+    try:
+        return audit.record(actor, action, target, details)
+    except Exception as err:  # any storage failure: the change is done, the log must say so loudly
+        entry = {
+            "actor": vars(actor),
+            "action": action,
+            "target": vars(target),
+            "details": dict(details or {}),
+        }
+        logger.error("AUDIT ENTRY NOT WRITTEN (%s: %s): %s", type(err).__name__, err,
+                     json.dumps(entry, default=str, sort_keys=True))  # fmt: skip
+        return None

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
+from fleet_server.audit.port import operator_actor
 from fleet_server.errors import InvalidRequestError, NotFoundError
 from fleet_server.federated import limits as lim
 from fleet_server.federated.cohort import CohortFilter, CohortSpec
@@ -131,7 +132,7 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
 
 
 @router.post("/runs", status_code=202)
-def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operator) -> dict[str, str]:
+def start_run(req: RunRequest, request: Request, session: SessionDep, operator: Operator) -> dict[str, str]:
     """Validate (422), take the one-run slot (409), then build the initial model and start."""
     fl: FederatedRuntime = request.app.state.federated
     if 0 < req.max_nodes < req.min_nodes:
@@ -143,7 +144,9 @@ def start_run(req: RunRequest, request: Request, session: SessionDep, _: Operato
     eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
     with fl.runner.reserve() as slot:
         initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
-        run_id = slot.start(_spec(req, parent_version), initial, eligible=eligible)
+        run_id = slot.start(
+            _spec(req, parent_version), initial, eligible=eligible, actor=operator_actor(operator)
+        )
     return {"run_id": run_id}
 
 
@@ -153,7 +156,8 @@ def cancel_run(
 ) -> dict[str, Any]:
     """Stop a running run at once (its round is abandoned) and free the slot; 409 if it already ended."""
     fl: FederatedRuntime = request.app.state.federated
-    run = fl.runner.cancel(run_id, by=operator.name, reason=body.reason if body is not None else "")
+    reason = body.reason if body is not None else ""
+    run = fl.runner.cancel(run_id, by=operator.name, reason=reason, actor=operator_actor(operator))
     return run.model_dump(mode="json")
 
 

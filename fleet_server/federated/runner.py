@@ -11,6 +11,11 @@ no round with enough participants, too few devices within the round timeout, a s
 `recover()` at startup) or `cancelled` by an operator (`cancel()`: the in-flight round is
 abandoned at once, late device replies are refused, the slot is free for the next run). The slot
 is reserved before the initial model is built (`reserve()`), so a refused start allocates nothing.
+
+Every state change is recorded in the audit log after it committed: `federated_run.started` (by
+the operator, or `system:drift-trigger` for a run the drift policy opened), `.round_aggregated`,
+and exactly one of `.completed`, `.failed`, `.cancelled` with the reason (only the writer whose
+conditional update won records the end).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
+from fleet_server.audit.chain import Actor, Target
+from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import lifecycle
 from fleet_server.federated.grid import FleetGrid
@@ -49,6 +56,8 @@ logger = logging.getLogger(__name__)
 EvaluateFn = Callable[[int, ArrayRecord], dict[str, float]]
 Eligible = Callable[[set[str]], set[str]]
 CANCEL_JOIN_S = 10.0  # how long cancel() waits for the run's thread to leave before freeing the slot
+SYSTEM = Actor.system("federated")
+DRIFT_TRIGGER = Actor.system("drift-trigger")
 
 
 class RunCancelledError(Exception):
@@ -96,6 +105,7 @@ class _Active:
     stop_status: RunStatus = RunStatus.CANCELLED  # what the run ends as once `stop` is set
     cancel_detail: str = ""
     cancel_by: str = ""
+    stop_actor: Actor = SYSTEM
 
 
 class Reservation:
@@ -111,17 +121,25 @@ class Reservation:
         evaluate_fn: EvaluateFn | None = None,
         *,
         eligible: Eligible | None = None,
+        actor: Actor | None = None,
     ) -> str:
-        return self._runner._launch(self._active, spec, initial, evaluate_fn, eligible)
+        return self._runner._launch(self._active, spec, initial, evaluate_fn, eligible, actor=actor)
 
 
 class FederatedRunner:
     """Starts runs in a worker thread and records them; `result` holds the last final model."""
 
     def __init__(
-        self, *, engine: Engine, grid: FleetGrid, out_dir: Path, on_complete: CompletionHook | None = None
+        self,
+        *,
+        engine: Engine,
+        grid: FleetGrid,
+        out_dir: Path,
+        on_complete: CompletionHook | None = None,
+        audit: AuditRecorder | None = None,
     ) -> None:
         self._engine = engine
+        self._audit: AuditRecorder = audit if audit is not None else MemoryAuditLog()
         self._grid = grid
         self.out_dir = out_dir
         self.on_complete = on_complete
@@ -171,15 +189,17 @@ class FederatedRunner:
         evaluate_fn: EvaluateFn | None = None,
         *,
         eligible: Eligible | None = None,
+        actor: Actor | None = None,
     ) -> str:
-        """Start a run (`initial` may be a function, called only once the slot is held).
+        """Start a run (`initial` may be a function, called only once the slot is held). `actor`
+        who asked (default: the drift trigger for a drift cohort, else the system).
 
         Raises: InvalidRequestError for a bad spec; ConflictError when a run is in progress.
         """
         self.validate(spec)
         with self.reserve() as slot:
             arrays = initial() if callable(initial) else initial
-            return slot.start(spec, arrays, evaluate_fn, eligible=eligible)
+            return slot.start(spec, arrays, evaluate_fn, eligible=eligible, actor=actor)
 
     def _launch(
         self,
@@ -188,6 +208,8 @@ class FederatedRunner:
         initial: ArrayRecord,
         evaluate_fn: EvaluateFn | None,
         eligible: Eligible | None,
+        *,
+        actor: Actor | None = None,
     ) -> str:
         self.validate(spec)
         run_id, active.spec = active.run_id, spec
@@ -204,6 +226,12 @@ class FederatedRunner:
                 created_at=utcnow(),
             )
         )
+        if actor is None:
+            actor = DRIFT_TRIGGER if "drift" in spec.cohort else SYSTEM
+        details = {"strategy": spec.strategy.name, "rounds": spec.num_rounds, "cohort": dict(spec.cohort),
+                   "model": spec.model, "parent_version": spec.parent_version,
+                   "secure_aggregation": spec.secure_aggregation}  # fmt: skip
+        record_change(self._audit, actor, "federated_run.started", _target(run_id), details)
         if eligible is not None:
             self._grid.eligible = eligible
         thread = threading.Thread(
@@ -217,13 +245,14 @@ class FederatedRunner:
         thread.start()
         return run_id
 
-    def cancel(self, run_id: str, *, by: str, reason: str = "") -> FlRun:
+    def cancel(self, run_id: str, *, by: str, reason: str = "", actor: Actor | None = None) -> FlRun:
         """Cancel a running run: stop its round at once, record `cancelled` with who/why, free the slot.
 
         Raises: NotFoundError for an unknown run; ConflictError when it already ended.
         """
         by = lifecycle.clean(by)[:64]
-        run = self._stop(run_id, RunStatus.CANCELLED, lifecycle.cancel_reason(by, reason), by)
+        detail = lifecycle.cancel_reason(by, reason)
+        run = self._stop(run_id, RunStatus.CANCELLED, detail, by, actor=actor or Actor("operator", name=by))
         logger.warning("federated run cancelled run_id=%s by=%s detail=%s", run_id, by, run.detail)
         return run
 
@@ -238,19 +267,27 @@ class FederatedRunner:
                 pass  # it ended on its own meanwhile
 
     def _stop(
-        self, run_id: str, status: RunStatus, detail: str, by: str, join_s: float = CANCEL_JOIN_S
+        self,
+        run_id: str,
+        status: RunStatus,
+        detail: str,
+        by: str,
+        *,
+        join_s: float = CANCEL_JOIN_S,
+        actor: Actor = SYSTEM,
     ) -> FlRun:
         with self._lock:
             active = self._active if self._active is not None and self._active.run_id == run_id else None
             if active is not None:
                 active.stop_status, active.cancel_detail, active.cancel_by = status, detail, by
+                active.stop_actor = actor
                 active.stop.set()
         if active is not None:
             self._grid.wake()
             if active.thread is not None and active.thread is not threading.current_thread():
                 active.thread.join(join_s)
         spec = active.spec if active is not None else None
-        self._end(run_id, status, detail, spec=spec, cancelled_by=by)
+        self._end(run_id, status, detail, spec=spec, actor=actor, cancelled_by=by)
         if active is not None:
             self._release(active)  # even if its thread is still stuck: it can no longer push or record
         run = self._load(run_id)
@@ -267,13 +304,13 @@ class FederatedRunner:
         process, and resuming would need every round's state persisted. Returns how many.
         """
         with self._engine.begin() as conn:
-            stale = update(FlRun).where(col(FlRun.status) == RunStatus.RUNNING)
-            n = conn.execute(
-                stale.values(status=RunStatus.FAILED, detail=lifecycle.SERVER_RESTARTED, finished_at=utcnow())
-            ).rowcount
+            ids = list(conn.execute(select(FlRun.id).where(col(FlRun.status) == RunStatus.RUNNING)).scalars())
+        n = 0
+        for run_id in ids:  # one conditional update each: a run another replica ended stays as it is
+            n += self._end(run_id, RunStatus.FAILED, lifecycle.SERVER_RESTARTED)
         if n:
             logger.warning("federated runs left running by a previous server marked failed count=%d", n)
-        return int(n or 0)
+        return n
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -298,6 +335,7 @@ class FederatedRunner:
                     active.stop_status,
                     active.cancel_detail,
                     spec=spec,
+                    actor=active.stop_actor,
                     cancelled_by=active.cancel_by,
                 )
                 return
@@ -416,6 +454,10 @@ class FederatedRunner:
                 finished_at=utcnow(),
             )
         )
+        what = "round_aggregated" if len(valid) >= spec.min_results else "round_skipped"
+        counts = {"round": rnd, "sampled": len(messages), "results": len(valid), "epsilon": eps,
+                  "arrays_digest": digest(arrays)}  # fmt: skip
+        record_change(self._audit, SYSTEM, f"federated_run.{what}", _target(run_id), counts)
         logger.info(
             "round done run_id=%s round=%d sampled=%d results=%d duration=%.2fs",
             run_id,
@@ -512,9 +554,11 @@ class FederatedRunner:
         *,
         spec: RunSpec | None = None,
         quiet: bool = False,
+        actor: Actor = SYSTEM,
         **extra: Any,
     ) -> bool:
-        """Move a running run to `status` (a conditional update: False if it had already ended)."""
+        """Move a running run to `status` (a conditional update: False if it had already ended);
+        the winner records the end in the audit log."""
         assert lifecycle.is_valid_transition(RunStatus.RUNNING, status)
         values: dict[str, Any] = {"status": status, "detail": lifecycle.clean(detail)}
         values["finished_at"] = utcnow()
@@ -533,6 +577,8 @@ class FederatedRunner:
             raise
         if won:
             logger.info("federated run ended run_id=%s status=%s detail=%s", run_id, status, values["detail"])
+            details = {"reason": values["detail"]} | {k: v for k, v in extra.items() if isinstance(v, str)}
+            record_change(self._audit, actor, f"federated_run.{status}", _target(run_id), details)
         return won
 
     def _rounds_done(self, run_id: str) -> int:
@@ -556,6 +602,10 @@ class FederatedRunner:
         with Session(self._engine) as s:
             s.add(row)
             s.commit()
+
+
+def _target(run_id: str) -> Target:
+    return Target("federated_run", run_id)
 
 
 def _lineage(run: FlRun, rounds: list[FlRound] | Sequence[FlRound]) -> dict[str, object]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from fleet_server.audit.port import AuditRecorder
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.runner import FederatedRunner
 from fleet_server.federated.servicer import FederatedServicer, device_authenticator
@@ -42,9 +43,11 @@ class FederatedRuntime:
         self.runner.shutdown()  # a run in progress ends failed ("server stopped mid-run")
 
 
-def build_federated(*, engine: Engine, loop: asyncio.AbstractEventLoop, data_dir: Path) -> FederatedRuntime:
+def build_federated(
+    *, engine: Engine, loop: asyncio.AbstractEventLoop, data_dir: Path, audit: AuditRecorder
+) -> FederatedRuntime:
     grid = FleetGrid(loop=loop)
     servicer = FederatedServicer(grid=grid, authenticate=device_authenticator(engine))
-    runner = FederatedRunner(engine=engine, grid=grid, out_dir=data_dir / "federated")
+    runner = FederatedRunner(engine=engine, grid=grid, out_dir=data_dir / "federated", audit=audit)
     runner.recover()  # runs a killed server left "running" end as failed, with that reason
     return FederatedRuntime(grid=grid, servicer=servicer, runner=runner)

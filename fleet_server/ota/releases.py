@@ -3,7 +3,9 @@
 Owns the release sequence (a database row per release, separate from the model version: going
 back to an old model is a new release pointing at the old bytes), content-addressed blob uploads,
 writing release targets (artifact + chunk manifest + golden set + drift reference, the last one
-checked for shape first) and signing per-device assignments into the director roles. Does not
+checked for shape first) and signing per-device assignments into the director roles. Every
+publish, deploy and key generation is recorded in the audit log after it committed
+(`audit.port.record_change`; the actor is the operator the route names, else the system). Does not
 speak HTTP (`routes.py`) or sign root.
 """
 
@@ -26,6 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
 
+from fleet_server.audit.chain import Actor, Target
+from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.chunking import build_manifest
@@ -54,16 +58,30 @@ class Assignment:
 class OtaService:
     """The repository plus blob store under ``<data_dir>/ota``; keys are created on first start."""
 
-    def __init__(self, directory: Path, *, expiry: Expiry | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, expiry: Expiry | None = None, audit: AuditRecorder | None = None
+    ) -> None:
         self.dir = directory
+        self.audit: AuditRecorder = audit if audit is not None else MemoryAuditLog()
         keys_path = directory / "keys" / "keys.json"
-        keys = KeyRing.load(keys_path) if keys_path.exists() else KeyRing.create(directory / "keys")
+        self._new_keys = not keys_path.exists()  # recorded once an audit log is attached
+        keys = KeyRing.create(directory / "keys") if self._new_keys else KeyRing.load(keys_path)
         self.repo = OtaRepository(directory / "repo", keys, expiry=expiry)
         if not (self.repo.metadata_dir / "root.json").exists():
             self.repo.initialize()
         self.blobs = directory / "blobs"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self._key_locks = [threading.Lock() for _ in range(_KEY_STRIPES)]
+
+    def use_audit(self, audit: AuditRecorder) -> None:
+        """Record into `audit` from now on (the composition root builds the log after this service);
+        keys this service generated at construction are recorded now."""
+        self.audit = audit
+        if self._new_keys:
+            self._new_keys = False
+            roles = {role: len(rk.keys) for role, rk in self.repo.keys.roles.items()}
+            record_change(audit, Actor.system("ota"), "ota.keys.generated", Target("ota_keys", "all"),
+                          {"roles": roles})  # fmt: skip
 
     # ------------------------------------------------------------ blobs
 
@@ -92,7 +110,13 @@ class OtaService:
     # ------------------------------------------------------------ releases
 
     def publish_once(
-        self, *, session: Session, spec: ReleaseCreate, created_by: str, idempotency_key: str
+        self,
+        *,
+        session: Session,
+        spec: ReleaseCreate,
+        created_by: str,
+        idempotency_key: str,
+        actor: Actor | None = None,
     ) -> tuple[OtaRelease, bool]:
         """Publish unless `idempotency_key` already made a release; returns (row, created).
 
@@ -115,6 +139,7 @@ class OtaService:
                     spec=spec,
                     created_by=created_by,
                     idempotency=(idempotency_key, fingerprint),
+                    actor=actor,
                 )
             except IntegrityError:
                 session.rollback()
@@ -143,9 +168,10 @@ class OtaService:
         spec: ReleaseCreate,
         created_by: str,
         idempotency: tuple[str, str] | None = None,
+        actor: Actor | None = None,
     ) -> OtaRelease:
         """Sign a new release into the targets role; returns the stored row. `idempotency` is the
-        (key, request sha256) stored with it (`publish_once`).
+        (key, request sha256) stored with it (`publish_once`); `actor` who asked (audit log).
 
         Raises:
             NotFoundError: a referenced blob was not uploaded.
@@ -191,6 +217,10 @@ class OtaService:
             row.model_version,
             row.sha256[:12],
         )
+        details = {"model": row.model_name, "model_version": row.model_version, "sha256": row.sha256,
+                   "profiles": list(spec.profiles), "created_by": created_by}  # fmt: skip
+        record_change(self.audit, actor or Actor.system("ota"), "release.published",
+                      Target("release", str(row.seq)), details)  # fmt: skip
         return row
 
     def _release_targets(
@@ -241,7 +271,9 @@ class OtaService:
 
     # ------------------------------------------------------------ deployments
 
-    def deploy(self, *, session: Session, release_seq: int, device_ids: list[str]) -> str:
+    def deploy(
+        self, *, session: Session, release_seq: int, device_ids: list[str], actor: Actor | None = None
+    ) -> str:
         """Assign a release to devices (signed per-device roles); returns the deployment id.
 
         Raises:
@@ -290,6 +322,9 @@ class OtaService:
         logger.info(
             "deployment created id=%s release=%d devices=%d", deployment_id, release_seq, len(devices)
         )
+        details = {"deployment_id": deployment_id, "devices": len(device_ids), "device_ids": device_ids[:50]}
+        record_change(self.audit, actor or Actor.system("ota"), "release.deployed",
+                      Target("release", str(release_seq)), details)  # fmt: skip
         return deployment_id
 
     def list_releases(self, *, session: Session) -> list[OtaRelease]:

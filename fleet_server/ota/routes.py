@@ -23,6 +23,8 @@ from tuf.api.exceptions import RepositoryError
 from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
 from fleet_server.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE
 from fleet_server.api.params import IdPath, ReleaseSeq
+from fleet_server.audit.chain import Target
+from fleet_server.audit.port import operator_actor, record_change
 from fleet_server.crud.tokens import authenticate_operator
 from fleet_server.errors import AuthError, NotFoundError
 from fleet_server.models import utcnow
@@ -100,10 +102,11 @@ def publish_release(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> OtaRelease:
+    actor = operator_actor(operator)
     if idempotency_key is None:
-        return ota.publish(session=session, spec=spec, created_by=operator.name)
+        return ota.publish(session=session, spec=spec, created_by=operator.name, actor=actor)
     row, created = ota.publish_once(
-        session=session, spec=spec, created_by=operator.name, idempotency_key=idempotency_key
+        session=session, spec=spec, created_by=operator.name, idempotency_key=idempotency_key, actor=actor
     )
     if not created:
         response.status_code = 200
@@ -122,9 +125,12 @@ def deploy_release(
     session: SessionDep,
     ota: OtaDep,
     registry: RegistryDep,
-    _: Operator,
+    *,
+    operator: Operator,
 ) -> dict[str, object]:
-    deployment_id = ota.deploy(session=session, release_seq=seq, device_ids=body.device_ids)
+    deployment_id = ota.deploy(
+        session=session, release_seq=seq, device_ids=body.device_ids, actor=operator_actor(operator)
+    )
     for device_id in body.device_ids:
         registry.notify_desired_changed(device_id)
     return {"deployment_id": deployment_id, "devices": len(body.device_ids)}
@@ -184,12 +190,18 @@ async def _root_document(request: Request) -> bytes:
 
 
 @router.post("/ota/root", openapi_extra=_ROOT_BODY, responses=TOO_LARGE)
-async def install_root(request: Request, ota: OtaDep, _: Admin) -> dict[str, int]:
+async def install_root(request: Request, ota: OtaDep, admin: Admin) -> dict[str, int]:
     data = await _root_document(request)
     try:
         version = await asyncio.to_thread(ota.repo.install_root, data)
     except (RepositoryError, ValueError, KeyError, TypeError) as err:
         raise HTTPException(422, f"root refused: {err}") from err
+    root = json.loads(data)["signed"].get("roles", {}).get("root", {})  # verified by install_root
+    details = {"keyids": list(root.get("keyids", []))[:20], "threshold": root.get("threshold")}
+    await asyncio.to_thread(
+        record_change, ota.audit, operator_actor(admin), "ota.root.rotated", Target("ota_root", str(version)),
+        details,
+    )  # fmt: skip
     return {"version": version}
 
 

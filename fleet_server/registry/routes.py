@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from fleet_server.api.deps import Operator, SessionDep, Viewer
 from fleet_server.api.errors import CONFLICT, NOT_FOUND
 from fleet_server.api.params import IdQuery, NamePath, VersionNo
+from fleet_server.audit.port import operator_actor
 from fleet_server.registry.models import ModelVersion, RegisteredModel
 from fleet_server.registry.schemas import Approval, PolicyUpdate, VersionCreate, VersionPublic
 from fleet_server.registry.service import ModelRegistry
@@ -33,7 +34,7 @@ ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 def register_version(
     spec: VersionCreate, session: SessionDep, models: ModelsDep, operator: Operator
 ) -> ModelVersion:
-    return models.register(session, spec, created_by=operator.name)
+    return models.register(session, spec, created_by=operator.name, actor=operator_actor(operator))
 
 
 @router.get("", response_model=list[VersionPublic])
@@ -75,4 +76,6 @@ def approve_version(
     models: ModelsDep,
     operator: Operator,
 ) -> ModelVersion:
-    return models.approve(session, name, version, devices=body.devices, created_by=operator.name)
+    return models.approve(
+        session, name, version, devices=body.devices, created_by=operator.name, actor=operator_actor(operator)
+    )

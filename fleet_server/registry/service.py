@@ -7,6 +7,8 @@ spliced into its parent's graph), compile (one job at a time in a worker thread,
 rejected), and release (one signed release per device profile, deployed to the version's cohort:
 automatically for federated versions when the model's `auto_release` policy is on, otherwise when
 an operator approves). Blobs live in the OTA blob store; it does not sign anything itself.
+Every status change and approval is recorded in the audit log after it committed (the operator
+for register/approve, `system:registry` for the compile worker and the auto-release policy).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from fleet_server.audit.chain import Actor, Target
+from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.models import ReleaseCreate
@@ -45,6 +49,7 @@ from fleet_server.registry.schemas import VersionCreate
 logger = logging.getLogger(__name__)
 
 _STOP = -1
+SYSTEM = Actor.system("registry")
 
 
 class ModelRegistry:
@@ -58,8 +63,10 @@ class ModelRegistry:
         work_dir: Path,
         compiler: Compiler,
         notify: Callable[[str], None] | None = None,
+        audit: AuditRecorder | None = None,
     ) -> None:
         self._engine = engine
+        self._audit: AuditRecorder = audit if audit is not None else MemoryAuditLog()
         self._notify = notify  # push the new desired state to a connected device now
         self._ota = ota
         self._work = work_dir
@@ -102,7 +109,9 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ register
 
-    def register(self, session: Session, spec: VersionCreate, created_by: str) -> ModelVersion:
+    def register(
+        self, session: Session, spec: VersionCreate, created_by: str, *, actor: Actor = SYSTEM
+    ) -> ModelVersion:
         """A new version from uploaded blobs; queued for compiling when it has profiles.
 
         Raises:
@@ -133,6 +142,7 @@ class ModelRegistry:
             datasets=datasets,
             lineage=dict(spec.lineage),
             created_by=created_by,
+            actor=actor,
         )
 
     def register_federated(
@@ -155,10 +165,11 @@ class ModelRegistry:
                 datasets=dict(parent.datasets),
                 lineage=full,
                 created_by="federated:" + str(lineage.get("run_id", ""))[:32],
+                actor=Actor.system("federated"),
             )
 
     def _new_version(
-        self, session: Session, *, name: str, parent: ModelVersion | None, **fields: Any
+        self, session: Session, *, name: str, parent: ModelVersion | None, actor: Actor, **fields: Any
     ) -> ModelVersion:
         if session.get(RegisteredModel, name) is None:
             session.add(RegisteredModel(name=name, created_by=fields["created_by"], created_at=utcnow()))
@@ -183,6 +194,8 @@ class ModelRegistry:
             version.source,
             version.parent_version,
         )
+        self._record(actor, version, "registered", source=version.source, parent=version.parent_version,
+                     artifact_sha256=version.artifact_sha256)  # fmt: skip
         if version.compile_spec.get("profiles"):
             self._jobs.put(_id(version))
         return version
@@ -265,14 +278,23 @@ class ModelRegistry:
             self._set(s, version, COMPILED, "")
             model = s.get(RegisteredModel, version.name)
             if version.source == "federated" and model is not None and model.auto_release:
-                self._release(s, version, self.cohort_devices(s, version), created_by="policy:auto_release")
+                targets = self.cohort_devices(s, version)
+                self._release(s, version, targets, created_by="policy:auto_release", actor=SYSTEM)
+                self._record(SYSTEM, version, "auto_approved", policy="auto_release", devices=len(targets))
             else:
                 self._set(
                     s, version, AWAITING_APPROVAL, "compiled inside its budgets; release needs approval"
                 )
 
     def approve(
-        self, session: Session, name: str, version_no: int, *, devices: list[str] | None, created_by: str
+        self,
+        session: Session,
+        name: str,
+        version_no: int,
+        *,
+        devices: list[str] | None,
+        created_by: str,
+        actor: Actor = SYSTEM,
     ) -> ModelVersion:
         """Release a compiled version to `devices` (default: its cohort).
 
@@ -286,7 +308,8 @@ class ModelRegistry:
         targets = devices if devices is not None else self.cohort_devices(session, version)
         if not targets:
             raise InvalidRequestError(f"no devices to release {name}@{version_no} to: name them")
-        self._release(session, version, targets, created_by=created_by)
+        self._release(session, version, targets, created_by=created_by, actor=actor)
+        self._record(actor, version, "approved", devices=len(targets), named=devices is not None)
         return version
 
     def cohort_devices(self, session: Session, version: ModelVersion) -> list[str]:
@@ -374,7 +397,7 @@ class ModelRegistry:
         return ""
 
     def _release(
-        self, session: Session, version: ModelVersion, devices: list[str], *, created_by: str
+        self, session: Session, version: ModelVersion, devices: list[str], *, created_by: str, actor: Actor
     ) -> None:
         by_id = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(devices))).all()}
         releases: dict[str, Any] = {}
@@ -395,9 +418,11 @@ class ModelRegistry:
                 gates=_shadow_gates(session, self, version, profile),
                 drift_reference_sha256=art.get("drift_reference_sha256", ""),
             )
-            release = self._ota.publish(session=session, spec=spec, created_by=created_by)
+            release = self._ota.publish(session=session, spec=spec, created_by=created_by, actor=actor)
             assert release.seq is not None
-            deployment = self._ota.deploy(session=session, release_seq=release.seq, device_ids=targets)
+            deployment = self._ota.deploy(
+                session=session, release_seq=release.seq, device_ids=targets, actor=actor
+            )
             if self._notify is not None:
                 for device_id in targets:
                     self._notify(device_id)
@@ -408,16 +433,25 @@ class ModelRegistry:
             )
         version.releases = releases
         note = f"released to {sum(len(r['devices']) for r in releases.values())} device(s)"
-        self._set(session, version, RELEASED, note + (f"; skipped {skipped[:5]}" if skipped else ""))
+        self._set(session, version, RELEASED, note + (f"; skipped {skipped[:5]}" if skipped else ""), actor)
 
     # ------------------------------------------------------------ helpers
 
-    def _set(self, session: Session, version: ModelVersion, status: str, detail: str) -> None:
+    def _set(
+        self, session: Session, version: ModelVersion, status: str, detail: str, actor: Actor = SYSTEM
+    ) -> None:
+        before = version.status
         version.status, version.detail, version.updated_at = status, detail[:1024], utcnow()
         session.add(version)
         session.commit()
         session.refresh(version)
         logger.info("model version %s@%d -> %s %s", version.name, version.version, status, detail)
+        self._record(actor, version, status, previous=before, detail=version.detail)
+
+    def _record(self, actor: Actor, version: ModelVersion, what: str, **details: Any) -> None:
+        """Audit `model_version.<what>` for a change that has committed (never raises)."""
+        target = Target("model_version", f"{version.name}@{version.version}")
+        record_change(self._audit, actor, f"model_version.{what}", target, details)
 
     def _store_bytes(self, data: bytes) -> str:
         upload = self._ota.new_upload()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlalchemy import Engine
 
+from fleet_server.audit.port import AuditRecorder
 from fleet_server.federated.runner import FederatedRunner, RunSpec
 from fleet_server.ota.releases import OtaService
 from fleet_server.registry.compile import Compiler, SubprocessCompiler
@@ -20,6 +21,7 @@ def build_registry(
     ota: OtaService,
     settings: Settings,
     runner: FederatedRunner,
+    audit: AuditRecorder,
     compiler: Compiler | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> ModelRegistry:
@@ -28,7 +30,12 @@ def build_registry(
         tuple(settings.compiler_command) or SubprocessCompiler.command, settings.compile_timeout_s
     )
     models = ModelRegistry(
-        engine=engine, ota=ota, work_dir=settings.data_dir / "registry", compiler=compiler, notify=notify
+        engine=engine,
+        ota=ota,
+        work_dir=settings.data_dir / "registry",
+        compiler=compiler,
+        notify=notify,
+        audit=audit,
     )
 
     def hand_off(spec: RunSpec, arrays: dict[str, np.ndarray], lineage: dict[str, object]) -> None:

@@ -54,6 +54,7 @@ def test_writes_are_recorded_with_who_what_status_and_where(server: LiveServer) 
     entries = _entries(server)
     assert entries[0]["action"] == "server.start"
     assert entries[0]["actor"]["kind"] == "system"
+    assert (entries[1]["action"], entries[1]["actor"]["id"]) == ("ota.keys.generated", "ota")  # first start
     api = [e for e in entries if e["action"].startswith("api ")]
     assert [(e["actor"]["kind"], e["actor"]["role"], e["details"]["status"]) for e in api] == [
         ("operator", "operator", 201),
@@ -93,7 +94,7 @@ def test_reads_are_paged_and_bounded(server: LiveServer) -> None:
     page = c.get(
         "/api/v1/audit", params={"after_seq": 2, "limit": 1000}, headers=server.auth("viewer")
     ).json()
-    assert [e["seq"] for e in page["entries"]] == [3, 4, 5, 6]
+    assert [e["seq"] for e in page["entries"]] == [3, 4, 5, 6, 7]  # 1, 2: server.start, ota.keys.generated
     assert page["next_after_seq"] is None
     for params in [
         {"limit": 0},
@@ -114,14 +115,14 @@ def test_verify_and_export(server: LiveServer) -> None:
     for _ in range(3):
         c.post("/api/v1/bootstrap-tokens", json={}, headers=server.auth())
     report = c.get("/api/v1/audit/verify", headers=server.auth("viewer")).json()
-    assert report["ok"] is True and report["entries"] == 4 and report["broken_seq"] is None
+    assert report["ok"] is True and report["entries"] == 5 and report["broken_seq"] is None
     assert c.get("/api/v1/audit/export", headers=server.auth("viewer")).status_code == 403
     assert c.get("/api/v1/audit/export", headers=server.auth("operator")).status_code == 403
     resp = c.get("/api/v1/audit/export", headers=server.auth("admin"))
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(line) for line in resp.text.splitlines()]
-    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in lines] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["action"] == "audit.export"
     assert lines[-1]["actor"]["role"] == "admin"
     v = ChainVerifier()
@@ -143,8 +144,8 @@ def test_the_head_is_signed_at_shutdown(tmp_path: Path, database_url: str) -> No
     log = SqlAuditLog(engine, AuditKey.load_or_create(key_path(settings.data_dir)))
     report = log.verify()
     assert report.ok, report.reason
-    assert [e.action for e in log.iter_all()] == ["server.start", "server.stop"]
-    assert (report.signatures, report.last_signed_seq) == (1, 2)
+    assert [e.action for e in log.iter_all()] == ["server.start", "ota.keys.generated", "server.stop"]
+    assert (report.signatures, report.last_signed_seq) == (1, 3)
     engine.dispose()
 
 
@@ -187,18 +188,18 @@ def test_cli_list_verify_export(
 
     dest = tmp_path / "audit.jsonl"
     assert operator_cli.main([*tok, "audit", "export", "--out", str(dest)]) == 0
-    assert len(dest.read_text().splitlines()) == 3
+    assert len(dest.read_text().splitlines()) == 4  # server.start, ota.keys.generated, the POST, export
     assert operator_cli.main([*tok, "--json", "audit", "verify", "--file", str(dest)]) == 0
     capsys.readouterr()
 
     lines = dest.read_text().splitlines()
-    forged = json.loads(lines[1])
+    forged = json.loads(lines[2])
     forged["details"]["status"] = 200
-    dest.write_text("\n".join([lines[0], json.dumps(forged), lines[2]]) + "\n")
+    dest.write_text("\n".join([lines[0], lines[1], json.dumps(forged), lines[3]]) + "\n")
     with pytest.raises(SystemExit) as exc:
         operator_cli.main([*tok, "audit", "verify", "--file", str(dest)])
     assert exc.value.code == 1
-    assert "BROKEN at seq 2" in capsys.readouterr().out
+    assert "BROKEN at seq 3" in capsys.readouterr().out
 
     monkeypatch.setattr(operator_cli, "Api", _cli_api(server))
     assert (

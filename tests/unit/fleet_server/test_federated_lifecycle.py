@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from fleet_server.audit.port import MemoryAuditLog
 from fleet_server.db import make_engine
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import lifecycle, limits
@@ -120,7 +121,8 @@ def test_a_run_stuck_on_a_day_long_round_is_cancelled_at_once_and_the_next_run_s
 ) -> None:
     fleet = InProcFleet(loop, tmp_path, 4, slow={"d00": 2.0})  # d00 answers every task 2 s late
     engine = _engine(tmp_path)
-    runner = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out")
+    audit = MemoryAuditLog()
+    runner = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out", audit=audit)
     first = runner.start(RunSpec(StrategySpec("fedavg", min_nodes=4), round_timeout_s=DAY), model())
     _wait(lambda: len(fleet.grid._finished) == 3)  # three answered, the round waits for d00
     with pytest.raises(ConflictError, match=first):
@@ -150,6 +152,17 @@ def test_a_run_stuck_on_a_day_long_round_is_cancelled_at_once_and_the_next_run_s
         runner.cancel(second, by="alice")
     with pytest.raises(NotFoundError):
         runner.cancel("0" * 32, by="alice")
+    # The audit log holds each state change once, in order, by who made it; refused cancels add nothing.
+    trail = [(e.action, e.target.id, e.actor.kind, e.actor.name) for e in audit.entries]
+    assert trail == [
+        ("federated_run.started", first, "system", "federated"),
+        ("federated_run.cancelled", first, "operator", "alice"),
+        ("federated_run.started", second, "system", "federated"),
+        ("federated_run.round_aggregated", second, "system", "federated"),
+        ("federated_run.completed", second, "system", "federated"),
+    ]
+    assert audit.entries[1].details == {"reason": "cancelled by alice: wrong cohort", "cancelled_by": "alice"}
+    assert audit.verify().ok
 
 
 def test_a_secure_aggregation_round_is_abandoned_mid_protocol_on_cancel(
@@ -249,13 +262,17 @@ def test_runs_left_running_by_a_killed_server_fail_at_startup(tmp_path: Path) ->
         s.add(FlRun(id="b" * 32, strategy="fedavg", num_rounds=3, status="completed", created_at=utcnow()))
         s.commit()
     lp = asyncio.new_event_loop()
+    audit = MemoryAuditLog()
     try:
-        build_federated(engine=engine, loop=lp, data_dir=tmp_path)
+        build_federated(engine=engine, loop=lp, data_dir=tmp_path, audit=audit)
     finally:
         lp.close()
     stale, done = _run(engine, "a" * 32), _run(engine, "b" * 32)
     assert (stale.status, stale.detail) == ("failed", lifecycle.SERVER_RESTARTED) and stale.finished_at
     assert done.status == "completed" and done.detail == ""
+    [entry] = audit.entries  # only the stale run's end, by the system, with the reason
+    assert (entry.action, entry.target.id, entry.actor.id) == ("federated_run.failed", "a" * 32, "federated")
+    assert entry.details["reason"] == lifecycle.SERVER_RESTARTED
 
 
 # ---------------------------------------------------------------------------- drift trigger

@@ -1,6 +1,7 @@
 """Registry service with a fake compiler (the real one runs in tests/integration/test_registry_handoff.py):
 versions left registered or compiling by a killed server are compiled after a restart, and a
-compiler that fails marks the version failed without stopping the worker."""
+compiler that fails marks the version failed without stopping the worker; every status change
+lands in the audit log, and an audit failure never undoes a change."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from sqlmodel import Session
 
+from fleet_server.audit.chain import Actor
+from fleet_server.audit.port import MemoryAuditLog
 from fleet_server.db import make_engine
+from fleet_server.errors import InvalidRequestError
 from fleet_server.federated.handoff import write_head_onnx
 from fleet_server.migrate import upgrade
+from fleet_server.models import Device
 from fleet_server.ota.releases import OtaService
 from fleet_server.registry.compile import CompileFailed, CompileJob
 from fleet_server.registry.schemas import VersionCreate
@@ -106,3 +112,78 @@ def test_a_failing_compiler_marks_the_version_and_the_worker_goes_on(tmp_path: P
     with Session(engine) as s:
         assert [(v.version, v.status) for v in registry.versions(s, "m")] == [(2, "failed"), (1, "failed")]
         assert "UnsupportedError" in registry.get(s, "m", 2).detail
+
+
+def test_every_status_change_and_the_approval_land_in_the_audit_log(tmp_path: Path) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    audit = MemoryAuditLog()
+    ota.use_audit(audit)  # first: the keys OtaService generated at construction
+    registry = ModelRegistry(
+        engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler(), audit=audit
+    )
+    alice = Actor.operator("tok1", "alice", "operator")
+    with Session(engine) as s:
+        s.add(Device(id="dev-1", profile="generic-x86"))
+        s.commit()
+        registry.register(s, spec, created_by="alice", actor=alice)
+    registry.start()
+    _wait(registry)
+    with Session(engine) as s:
+        with pytest.raises(InvalidRequestError):  # refused: nothing changed, nothing recorded
+            registry.approve(s, "m", 1, devices=[], created_by="alice", actor=alice)
+        before = len(audit.entries)
+        registry.approve(s, "m", 1, devices=["dev-1"], created_by="alice", actor=alice)
+    registry.stop()
+    trail = [(e.action, e.target.kind, e.target.id, e.actor.name) for e in audit.entries]
+    assert trail[0][:2] == ("ota.keys.generated", "ota_keys")
+    assert trail[1:] == [
+        ("model_version.registered", "model_version", "m@1", "alice"),
+        ("model_version.compiling", "model_version", "m@1", "registry"),
+        ("model_version.compiled", "model_version", "m@1", "registry"),
+        ("model_version.awaiting_approval", "model_version", "m@1", "registry"),
+        ("release.published", "release", "1", "alice"),
+        ("release.deployed", "release", "1", "alice"),
+        ("model_version.released", "model_version", "m@1", "alice"),
+        ("model_version.approved", "model_version", "m@1", "alice"),
+    ]
+    assert before == 5
+    released = audit.entries[-2]
+    assert released.details["previous"] == "awaiting_approval" and released.actor == alice
+    assert audit.entries[6].details["device_ids"] == ["dev-1"]
+    assert audit.verify().ok
+
+
+def test_a_failed_compile_is_recorded_with_its_reason(tmp_path: Path) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    audit = MemoryAuditLog()
+    registry = ModelRegistry(
+        engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler(fail=True), audit=audit
+    )
+    registry.start()
+    with Session(engine) as s:
+        registry.register(s, spec, created_by="t")
+    _wait(registry)
+    registry.stop()
+    assert audit.actions() == ["model_version.registered", "model_version.compiling", "model_version.failed"]
+    assert "UnsupportedError" in audit.entries[-1].details["detail"]
+    assert audit.entries[-1].actor == Actor.system("registry")
+
+
+class BrokenAudit:
+    """An AuditRecorder whose storage is down."""
+
+    def record(self, *args: object, **kwargs: object) -> object:
+        raise OSError("audit database unavailable")
+
+
+def test_an_audit_failure_never_undoes_or_blocks_the_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    registry = ModelRegistry(
+        engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler(), audit=BrokenAudit()
+    )
+    with Session(engine) as s:
+        version = registry.register(s, spec, created_by="t")
+    assert version.status == "registered"  # committed although its audit entry was not written
+    assert "AUDIT ENTRY NOT WRITTEN" in caplog.text and "model_version.registered" in caplog.text
