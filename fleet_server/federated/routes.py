@@ -20,10 +20,19 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from flwr.app import Array, ArrayRecord
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
+from fleet_server.api.params import INT32_MAX, Labels, NoNul
 from fleet_server.audit.port import operator_actor
 from fleet_server.errors import InvalidRequestError, NotFoundError
 from fleet_server.federated import limits as lim
@@ -31,16 +40,28 @@ from fleet_server.federated.cohort import CohortFilter, CohortSpec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
 from fleet_server.federated.secagg import SecAggParams
-from fleet_server.federated.strategy import StrategySpec
+from fleet_server.federated.strategy import LINEAR, ROBUST, StrategySpec
 from fleet_server.federated.trigger import DriftRetrainTrigger
 from fleet_server.federated.wiring import FederatedRuntime
 from fleet_server.registry.service import ModelRegistry
 
 router = APIRouter(prefix="/federated", tags=["federated"])
 
-LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=63)]
-LabelValue = Annotated[str, StringConstraints(max_length=253)]
-Condition = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Condition = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NoNul)]
+STRATEGIES = tuple(sorted(LINEAR | ROBUST))
+
+
+def _known_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return name
+
+
+StrategyName = Annotated[
+    str,
+    AfterValidator(_known_strategy),
+    WithJsonSchema({"type": "string", "enum": list(STRATEGIES), "description": "Flower strategy"}),
+]
 RunId = Annotated[str, PathParam(min_length=1, max_length=64, description="federated run id")]
 
 
@@ -49,7 +70,7 @@ class RunRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    strategy: str = Field(default="fedavg", min_length=1, max_length=32)
+    strategy: StrategyName = "fedavg"
     rounds: int = Field(default=3, ge=1, le=lim.MAX_ROUNDS)
     min_nodes: int = Field(default=2, ge=1, le=lim.MAX_NODES)
     max_nodes: int = Field(default=0, ge=0, le=lim.MAX_NODES)  # 0 = no cap; else at most this many per round
@@ -66,15 +87,15 @@ class RunRequest(BaseModel):
     dp_delta: float = Field(default=1e-5, ge=lim.MIN_DP_DELTA, le=lim.MAX_DP_DELTA)
     lr: float = Field(default=0.1, gt=0, le=lim.MAX_LR)
     local_epochs: int = Field(default=1, ge=1, le=lim.MAX_LOCAL_EPOCHS)
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=lim.MAX_LABELS)
-    profile: str = Field(default="", max_length=128)
+    labels: Labels = Field(default_factory=dict, max_length=lim.MAX_LABELS)
+    profile: str = Field(default="", max_length=128, pattern=NoNul)
     drifted_only: bool = False
     require_conditions: list[Condition] = Field(default_factory=list, max_length=lim.MAX_CONDITIONS)
     features: int = Field(default=64, ge=1, le=lim.MAX_FEATURES)
     classes: int = Field(default=10, ge=2, le=lim.MAX_CLASSES)
     from_last: bool = False
-    model: str = Field(default="", max_length=128)
-    model_version: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    model: str = Field(default="", max_length=128, pattern=NoNul)
+    model_version: int | None = Field(default=None, ge=1, le=INT32_MAX)  # INTEGER on PostgreSQL
 
     @model_validator(mode="after")
     def _consistent(self) -> RunRequest:

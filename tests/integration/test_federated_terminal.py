@@ -119,6 +119,14 @@ BAD_BODIES: list[tuple[object, str]] = [
     ({"malicious": 5, "min_nodes": 2}, "malicious"),
     ({"labels": {f"k{i}": "v" for i in range(1000)}}, "labels"),
     ({"strategy": "x" * 100}, "strategy"),
+    # issue 11 loose ends: these reached the handlers (and PostgreSQL) before
+    ({"model": "m", "model_version": 2**31}, "model_version"),  # INTEGER column on PostgreSQL
+    ({"model": "m", "model_version": 2**63 - 1}, "model_version"),
+    ({"strategy": "FedAvg"}, "unknown strategy"),  # names are an enum in the schema, exact
+    ({"labels": {"-site": "x"}}, "labels"),  # the device label key pattern (api.params.Labels)
+    ({"labels": {"site": "a\u0000b"}}, "labels"),  # PostgreSQL text cannot hold NUL
+    ({"labels": {"k" * 64: "v"}}, "labels"),
+    ({"profile": "pi\u0000"}, "profile"),
     ({"round_timeout": 5}, "round_timeout"),  # a typo is refused, not silently ignored
     (b'{"lr": NaN}', "lr"),
     (b'{"round_timeout_s": Infinity}', "round_timeout_s"),
@@ -148,6 +156,13 @@ def test_bad_bodies_are_422_with_the_field_named_and_allocate_nothing(server: Li
     grown = rss_bytes() - before
     assert grown < 50 * MB, f"RSS grew by {grown / MB:.0f} MB across 40 refused bodies"
     assert not runtime(server).runner.busy()
+
+
+def test_the_schema_states_the_strategy_names_and_the_bounds(server: LiveServer) -> None:
+    schema = server.client.get("/openapi.json").json()["components"]["schemas"]["RunRequest"]["properties"]
+    assert {"fedavg", "krum", "robust-fedmedian"} <= set(schema["strategy"]["enum"])
+    assert schema["model_version"]["anyOf"][0]["maximum"] == 2**31 - 1
+    assert schema["labels"]["additionalProperties"] is False and schema["labels"]["patternProperties"]
 
 
 def test_a_refused_start_while_a_run_holds_the_slot_allocates_nothing(server: LiveServer) -> None:
