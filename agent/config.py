@@ -80,6 +80,12 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Live model metrics (issue 12): one model_metrics record per serving model per window.
+    window_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -87,6 +93,7 @@ class AgentConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # The [federated] table, validated by agent.federated.client.FederatedConfig.from_mapping at
     # daemon start (kept raw here so this module stays stdlib-only).
     federated: dict[str, object] = field(default_factory=dict)
@@ -115,6 +122,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "sync": SyncConfig,
     "inference": InferenceConfig,
     "drift": DriftConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -197,6 +205,7 @@ def _validate(cfg: AgentConfig) -> None:
         (cfg.inference.stats_interval_s > 0, "inference.stats_interval_s must be > 0"),
         (cfg.inference.capture_per_second >= 0, "inference.capture_per_second must be >= 0"),
         (cfg.drift.interval_s > 0, "drift.interval_s must be > 0"),
+        (0.1 <= cfg.metrics.window_s <= 86_400, "metrics.window_s must be in 0.1..86400"),
         (cfg.inference.tcp_port >= -1, "inference.tcp_port must be -1 (off), 0 (any) or a port"),
     ]
     for ok, message in checks:

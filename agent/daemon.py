@@ -1,8 +1,9 @@
 """Composition root of the agent process: builds every adapter and runs the loops.
 
 `enroll_device()` performs one-time enrollment; `run_daemon()` holds the Sync session, produces
-system telemetry into the outbox and shuts down gracefully on SIGTERM/SIGINT (stop producing,
-flush within the configured time, close the stream, exit 0).
+system telemetry, inference stats and live model metric windows (one `model_metrics` record per
+serving model every `[metrics] window_s`) into the outbox and shuts down gracefully on
+SIGTERM/SIGINT (stop producing, flush within the configured time, close the stream, exit 0).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import math
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 
     from agent.federated.client import FederatedClient
     from agent.identity import Identity
+    from agent.inference.handle import ModelMeta
+    from agent.inference.metrics_report import ModelMetricsReporter
+    from agent.inference.model_metrics import ModelId
+    from agent.inference.model_metrics_codec import Provenance
     from agent.ota.client import OtaClient
     from agent.ota.fetcher import OtaCredential
     from agent.serving.server import InferenceService
@@ -169,12 +174,69 @@ async def _report_inference(
             logger.error("inference telemetry not recorded: %s", err)
 
 
+class _DriftScores:
+    """The drift monitor's latest score per serving model (name, version), for the metric windows:
+    the largest severity (statistic / threshold) of its open episodes, 0 while none is open; a
+    model without a monitor (no reference shipped, drift or capture off) has none (-1)."""
+
+    def __init__(self) -> None:
+        self._scores: dict[tuple[str, str], float] = {}
+
+    def note(self, serving: ModelMeta | None, monitor: Any) -> None:
+        if serving is None:
+            return
+        key = (serving.name, serving.version)
+        if monitor is None:
+            self._scores.pop(key, None)
+            return
+        self._scores[key] = max((float(e.severity) for e in monitor.open_episodes()), default=0.0)
+
+    def score(self, name: str, version: str) -> float:
+        return self._scores.get((name, version), -1.0)
+
+
+def _metrics_provenance(drift: _DriftScores, ota: OtaClient | None) -> Callable[[ModelId], Provenance]:
+    from agent.inference.model_metrics_codec import Provenance
+
+    def lookup(model: ModelId) -> Provenance:
+        installed = ota.installed_by(model.sha256) if ota is not None else None
+        deployment_id, agreement, rows = installed or ("", -1.0, 0)
+        return Provenance(
+            deployment_id=deployment_id,
+            drift_score=drift.score(model.name, model.version),
+            shadow_agreement=agreement,
+            shadow_samples=rows,
+        )
+
+    return lookup
+
+
+async def _report_model_metrics(
+    config: AgentConfig, reporter: ModelMetricsReporter, loop: SyncLoop, stop: asyncio.Event
+) -> None:
+    """Every metrics window (and once more at shutdown): one model_metrics record per serving model."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=config.metrics.window_s)
+        except TimeoutError:
+            pass
+        try:
+            if reporter.emit():
+                loop.telemetry_ready.set()
+        except StorageError as err:
+            logger.error("model metrics not recorded: %s", err)
+        except Exception:  # a metrics bug must never take the daemon down
+            logger.exception("model metrics window failed; its counts are lost")
+
+
 async def _monitor_drift(
     config: AgentConfig,
     service: InferenceService,
     outbox: TelemetryOutbox,
     loop: SyncLoop,
     stop: asyncio.Event,
+    *,
+    scores: _DriftScores | None = None,
 ) -> None:
     """Feed captured inputs/outputs of the serving model to its calibrated drift monitor."""
     from agent.drift.feeder import DriftFeeder
@@ -190,8 +252,11 @@ async def _monitor_drift(
         except TimeoutError:
             pass
         try:
-            if feeder.feed(service.serving(), service.drain_samples("drift")):
+            serving = service.serving()
+            if feeder.feed(serving, service.drain_samples("drift")):
                 loop.telemetry_ready.set()
+            if scores is not None:
+                scores.note(serving, feeder.monitor)
         except StorageError as err:
             logger.error("drift report not recorded: %s", err)
         except Exception:  # the monitor must never take the daemon down
@@ -321,8 +386,22 @@ async def run_daemon(config: AgentConfig) -> None:
             f"{serving.name}@{serving.version}" if serving else "none",
         )
         tasks.append(asyncio.create_task(_report_inference(config, inference, outbox, sync, stop)))
+        from agent.inference.metrics_report import ModelMetricsReporter
+
+        drift_scores = _DriftScores()
+        reporter = ModelMetricsReporter(
+            inference.model_metrics,
+            outbox,
+            clock=SystemClock(),
+            provenance=_metrics_provenance(drift_scores, ota),
+        )
+        tasks.append(asyncio.create_task(_report_model_metrics(config, reporter, sync, stop)))
         if config.drift.enabled and config.inference.capture_per_second > 0:
-            tasks.append(asyncio.create_task(_monitor_drift(config, inference, outbox, sync, stop)))
+            tasks.append(
+                asyncio.create_task(
+                    _monitor_drift(config, inference, outbox, sync, stop, scores=drift_scores)
+                )
+            )
     if ota is not None:
         tasks.append(asyncio.create_task(ota.run(stop)))
     if federated is not None:

@@ -115,6 +115,21 @@ class OtaClient:
         if any(isinstance(a, InstallModel) for a in actions):
             self._wake.set()
 
+    def installed_by(self, sha256: str) -> tuple[str, float, int] | None:
+        """(deployment id, shadow agreement, rows compared) of the deployment whose artifact is
+        `sha256`, for live model metrics; agreement -1 (rows 0) when this process measured none
+        for it (no shadow run, or the agent restarted since). None: no deployment of ours."""
+        rec = self.record
+        artifact = rec.plan.get("artifact") if isinstance(rec.plan, dict) else None
+        if not sha256 or not rec.deployment_id or not isinstance(artifact, dict):
+            return None
+        if artifact.get("sha256") != sha256:
+            return None
+        shadow = self._work.last_shadow
+        if shadow is None or shadow[0] != sha256:
+            return rec.deployment_id, -1.0, 0
+        return rec.deployment_id, shadow[1], shadow[2]
+
     # ------------------------------------------------------------ task
 
     async def run(self, stop: asyncio.Event) -> None:

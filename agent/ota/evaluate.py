@@ -81,7 +81,9 @@ async def shadow_check(
     *,
     clock: Clock,
     wait: Wait,
+    measured: Callable[[float, int], None] | None = None,
 ) -> tuple[bool, str] | None:
+    """Shadow gate; `measured` (if given) receives the top-1 agreement and the rows it compared."""
     if serving.serving() is None:
         return True, "nothing serving: no shadow comparison possible"
     start, need = clock(), gates.shadow_needed(limits)
@@ -99,7 +101,10 @@ async def shadow_check(
         candidate, t_cand = await serving.evaluate("candidate", batches)
     except (InferenceError, SlotError) as err:
         return False, f"shadow run failed: {err}"
-    agreement, distance = gates.agreement_and_distance(_first_output(current), _first_output(candidate))
+    first_current = _first_output(current)
+    agreement, distance = gates.agreement_and_distance(first_current, _first_output(candidate))
+    if measured is not None:
+        measured(agreement, int(first_current.shape[0]))
     verdict = gates.shadow_verdict(
         agreement=agreement, distance=distance, p95_current_s=gates.p95(t_cur),
         p95_candidate_s=gates.p95(t_cand), limits=limits, samples=len(batches),

@@ -79,6 +79,8 @@ class Work:
         self.downloads.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.last_delta: dict[str, int] = {}
+        # (candidate sha256, top-1 agreement, rows) of the last shadow run, for live model metrics
+        self.last_shadow: tuple[str, float, int] | None = None
         self.transfer = Transfer(
             downloader=downloader,
             downloads=self.downloads,
@@ -231,8 +233,17 @@ class Work:
         except (IntegrityError, ValueError, KeyError) as err:
             logger.warning("golden inputs unavailable for the shadow run: %s", err)
             golden = None
+
+        def measured(agreement: float, rows: int) -> None:
+            self.last_shadow = (plan.artifact.sha256, agreement, rows)
+
         judged = await shadow_check(
-            self.serving, golden, gates.thresholds(plan.gates), clock=self._clock, wait=_waiter(stop)
+            self.serving,
+            golden,
+            gates.thresholds(plan.gates),
+            clock=self._clock,
+            wait=_waiter(stop),
+            measured=measured,
         )
         if judged is None:
             return None  # stopping: the shadow run starts again after the restart

@@ -2,10 +2,10 @@
 
 Owns the wiring of one serving stack (slots -> model manager -> holder -> engine -> grpc.aio server on
 a Unix domain socket, optionally loopback TCP) and its public surface for the daemon and the OTA
-flow: `start`/`stop`, `stats_snapshot` for telemetry, `drain_samples` for the drift monitor,
-`set_feedback_sink` for labelled samples (Feedback), and `load_candidate`/`promote`/`rollback`/
-`install` for model updates. Does not decide *when* to update
-(that is the OTA state machine) and configures no logging.
+flow: `start`/`stop`, `stats_snapshot` and `model_metrics` (live metric windows per serving
+model) for telemetry, `drain_samples` for the drift monitor, `set_feedback_sink` for labelled
+samples (Feedback), and `load_candidate`/`promote`/`rollback`/`install` for model updates. Does
+not decide *when* to update (that is the OTA state machine) and configures no logging.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from agent.errors import ConfigError
 from agent.inference.capture import Sample, SampleCapture
 from agent.inference.engine import InferenceEngine, ServingOptions
 from agent.inference.handle import ModelHolder, ModelMeta
+from agent.inference.model_metrics import ModelMetrics
 from agent.inference.registry import ProfileLoader
 from agent.inference.runtime import RuntimeLoader
 from agent.inference.stats import ServingStats
@@ -75,6 +76,7 @@ class InferenceService:
         self._holder = ModelHolder()
         self._consumers: dict[str, deque[Sample]] = {}
         self._stats = ServingStats()
+        self.model_metrics = ModelMetrics()  # live metric windows per serving model (the daemon rotates them)
         loader = loader or ProfileLoader(profile)
         self._slots_root = slots_root
         self._loader = loader
@@ -133,6 +135,7 @@ class InferenceService:
             options=self._options,
             stats=self.stats_snapshot,
             feedback_sink=self._feedback_sink,
+            metrics=self.model_metrics,
         )
         self._server = self._build_server(servicer)
         await self._server.start()

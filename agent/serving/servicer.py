@@ -10,6 +10,7 @@ Feedback's rules live in `feedback`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from agent.errors import (
 )
 from agent.inference.engine import InferenceEngine, ServingOptions
 from agent.inference.handle import ModelHolder
+from agent.inference.model_metrics import ModelMetrics
 from agent.serving import codec
 from agent.serving.feedback import FeedbackHandler, FeedbackRefusedError, FeedbackSink
 from agent.serving.models import ModelManager
@@ -66,8 +68,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         options: ServingOptions,
         stats: Callable[[], dict[str, float]],
         feedback_sink: FeedbackSink | None = None,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self._engine = engine
+        self._metrics = metrics if metrics is not None else ModelMetrics()  # live model metrics windows
         self._holder = holder
         self._models = models
         self._options = options
@@ -156,8 +160,16 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except InvalidInputError:
             if handle is not None:
                 self._engine.stats.record_error(handle.meta.key, "invalid_input")
+                self._metrics.error(handle.meta)
             raise
-        prediction = await self._engine.predict(inputs, use_cache=request.use_cache)
+        started = time.perf_counter()
+        try:
+            prediction = await self._engine.predict(inputs, use_cache=request.use_cache)
+        except InferenceError:
+            if handle is not None:
+                self._metrics.error(handle.meta)
+            raise
+        self._metrics.observe(prediction.meta, prediction.outputs, time.perf_counter() - started)
         return pb.PredictResponse(
             outputs=codec.outputs_to_proto(prediction.outputs),
             model_name=prediction.meta.name,
