@@ -42,6 +42,8 @@ from fleet_server.pki import FleetCA
 from fleet_server.registry.routes import router as registry_router
 from fleet_server.registry.wiring import build_registry
 from fleet_server.rollouts.metrics import model_metrics_observer
+from fleet_server.rollouts.routes import router as rollouts_router
+from fleet_server.rollouts.wiring import build_rollouts
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
         )
         app.state.federated = federated
+        app.state.rollouts = build_rollouts(
+            engine=engine, ota=app.state.ota, audit=audit.log, settings=settings,
+            notify=registry.notify_desired_changed,
+        )  # fmt: skip
         app.state.models = build_registry(
             engine=engine,
             ota=app.state.ota,
@@ -87,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
         await servers.start()
+        app.state.rollouts.start()
         logger.info(
             "fleet server started http=%s:%s enroll_port=%s device_port=%s db=%s",
             settings.http_host,
@@ -102,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             refresh.cancel()
+            await asyncio.to_thread(app.state.rollouts.stop)
             federated.shutdown()
             app.state.models.stop()
             await servers.stop()
@@ -149,6 +157,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(federated_router, responses=NOT_FOUND | CONFLICT)
     api.include_router(registry_router)
     api.include_router(audit_router)
+    api.include_router(rollouts_router)
     mount_ota(app, api, settings)
     app.include_router(api)
 

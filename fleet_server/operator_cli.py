@@ -22,6 +22,7 @@ from fleet_server.drift.cli import register as register_drift
 from fleet_server.federated.cli import register as register_fl
 from fleet_server.ota.cli import register as register_ota
 from fleet_server.registry.cli import register as register_models
+from fleet_server.rollouts.cli import register as register_rollouts
 
 EXIT_API_ERROR = 33
 EXIT_UNREACHABLE = 34
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_fl(sub)
     register_models(sub)
     register_audit(sub)
+    register_rollouts(sub)
     return parser
 
 

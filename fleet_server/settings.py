@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     ota_public: bool = False
     ota_token_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)  # pushed again at half-life
 
+    # Rollout engine: how often due rollouts are advanced, and how long a replica's claim on one
+    # lasts without renewal (another replica takes over after it).
+    rollout_tick_s: float = Field(default=2.0, gt=0, le=3600)
+    rollout_lease_s: float = Field(default=60.0, ge=1, le=3600)
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3_driver(cls, value: str) -> str:

@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from fleet_server.models import UtcDateTime
 from fleet_server.rollouts.machine import RolloutRecord
 from fleet_server.rollouts.states import BreachPolicy, RolloutState
 
@@ -33,11 +34,15 @@ DEVICE_UNKNOWN = "unknown"  # never reported after the rollback; never silently 
 
 
 def _ts(nullable: bool = True) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
 
 
 def _json() -> Any:
     return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+def _json_list() -> Any:
+    return Field(default_factory=list, sa_column=Column(JSON, nullable=False))
 
 
 def _bigint(default: int = 0) -> Any:
@@ -65,6 +70,14 @@ class Rollout(SQLModel, table=True):
     transition: int = _bigint()
     lease_owner: str = Field(default="", max_length=64)
     lease_expires_at: datetime | None = _ts()
+    # Migration 0012 (engine): one release per profile [{"seq", "profiles", "sha256", "model_name",
+    # "model_version"}]; the effects of `transition` not run yet (engine.py runs them before the
+    # next step); the rollback releases {str(previous seq): {"release_seq", "deployment_id",
+    # "devices"}}; a fencing token bumped at every claim.
+    releases: list[dict[str, Any]] = _json_list()
+    pending_effects: list[dict[str, Any]] = _json_list()
+    rollback: dict[str, Any] = _json()
+    lease_token: int = _bigint()
     created_by: str = Field(default="", max_length=128)
     created_at: datetime | None = _ts()
     updated_at: datetime | None = _ts()
@@ -82,6 +95,7 @@ class RolloutBatch(SQLModel, table=True):
     settled_at: datetime | None = _ts()
     looks: int = 0  # gate evaluations so far (alpha spending)
     gate_state: dict[str, Any] = _json()  # per gate: running always-valid p
+    deployments: dict[str, Any] = _json()  # str(release seq) -> deployment id (migration 0012)
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -93,6 +107,14 @@ class RolloutDevice(SQLModel, table=True):
     status: str = Field(default=DEVICE_PENDING, max_length=16)
     detail: str = Field(default="", max_length=1024)
     updated_at: datetime | None = _ts()
+    # Migration 0012: the device's profile and the release it gets, the deployment that assigned
+    # it, the release it had committed before (what a rollback returns it to) and the rollback's
+    # deployment.
+    profile: str = Field(default="", max_length=64)
+    release_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    deployment_id: str = Field(default="", max_length=64)
+    previous_release_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    rollback_deployment_id: str = Field(default="", max_length=64)
 
 
 class RolloutHold(SQLModel, table=True):
