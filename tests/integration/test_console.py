@@ -120,7 +120,17 @@ def test_only_the_console_files_are_served(server: LiveServer, path: str) -> Non
 def test_every_endpoint_the_js_calls_is_in_the_openapi_schema(server: LiveServer) -> None:
     paths = server.client.get("/openapi.json").json()["paths"]
     endpoints = _endpoints()
-    assert {"devices", "releases", "deployment", "episodes", "runs", "run", "models"} <= set(endpoints)
+    assert {
+        "devices",
+        "releases",
+        "deployment",
+        "episodes",
+        "runs",
+        "run",
+        "models",
+        "audit",
+        "audit_verify",
+    } <= set(endpoints)
     for name, (method, path) in endpoints.items():
         assert path in paths, f"{name}: {path} is not a route of the server"
         assert method.lower() in paths[path], f"{name}: {path} has no {method}"
@@ -211,6 +221,22 @@ const s = C.roundSeries([{server_round: 1, sampled: 3, results: 2, failures: 1, 
                           metrics: {server_accuracy: 0.8, note: "x"}}]);
 eq(s.results, [[1, 2]]);
 eq(s.metrics, {server_accuracy: [[1, 0.8]]});
+eq(C.actorText({kind: "operator", id: "t1", name: "alice", role: "admin"}), "operator alice (admin)");
+eq(C.actorText({kind: "system", id: "registry", name: "registry", role: ""}), "system registry");
+eq(C.actorText({kind: "anonymous", name: "no credentials"}), "anonymous: no credentials");
+eq(C.detailsText({status: 201, b: {x: [1]}, a: "y".repeat(200)}, 12),
+   ["a=yyyyyyyyyy…", 'b={"x":[1]}', "status=201"]);
+eq(C.chainStatus({ok: true, entries: 5, head_seq: 5, signatures: 1, last_signed_seq: 4, broken_seq: null,
+                  reason: ""}),
+   {ok: true, text: "intact: 5 entries up to seq 5; 1 head signature(s), last signed seq 4"});
+eq(C.chainStatus({ok: false, entries: 3, head_seq: 9, signatures: 0, last_signed_seq: 0, broken_seq: 3,
+                  reason: "hash mismatch"}), {ok: false, text: "BROKEN at seq 3: hash mismatch"});
+eq(C.chainStatus(null).ok, false);
+eq([C.auditAfterSeq(50), C.auditAfterSeq(1234), C.auditAfterSeq(undefined)], [0, 1034, 0]);
+eq(C.runOutcome({status: "cancelled", cancelled_by: "alice", detail: "cancelled by alice: wrong cohort"}),
+   "cancelled by alice — cancelled by alice: wrong cohort");
+eq(C.runOutcome({status: "failed", detail: "server restarted mid-run"}), "failed: server restarted mid-run");
+eq(C.runOutcome({status: "completed", detail: ""}), "");
 console.log("ok");
 """
 

@@ -8,7 +8,7 @@
  *  - data reaches the DOM only as text nodes or attribute values (`el`, `svg`); never as markup.
  * The pure helpers (formatting, scales, lineage, chart data) are exported as
  * `EdgeloopConsole` so they can be tested without a browser.
- * One file on purpose (~900 lines: helpers, DOM/SVG builders, five views): no bundler, one CSP-clean
+ * One file on purpose (~1000 lines: helpers, DOM/SVG builders, six views): no bundler, one CSP-clean
  * script request, and the ENDPOINTS table stays the single place the tests read.
  */
 (function (root) {
@@ -25,6 +25,8 @@
     runs: ["GET", "/api/v1/federated/runs"],
     run: ["GET", "/api/v1/federated/runs/{run_id}"],
     models: ["GET", "/api/v1/models"],
+    audit: ["GET", "/api/v1/audit"],
+    audit_verify: ["GET", "/api/v1/audit/verify"],
   });
 
   const TOKEN_KEY = "edgeloop.console.token";
@@ -250,10 +252,59 @@
     return out;
   }
 
+  // ------------------------------------------------------------------ audit helpers
+
+  const AUDIT_SHOWN = 200; // newest entries listed in the Audit tab
+  const VERIFY_EVERY_MS = 30000; // verification walks the whole chain on the server: not every refresh
+
+  /** "operator alice (admin)", "system registry", "anonymous: no credentials". */
+  function actorText(actor) {
+    const a = actor || {};
+    if (a.kind === "operator") return `operator ${a.name || a.id}${a.role ? ` (${a.role})` : ""}`;
+    if (a.kind === "system") return `system ${a.name || a.id}`;
+    return `${a.kind || "unknown"}${a.name ? `: ${a.name}` : ""}`;
+  }
+
+  /** Entry details as "key=value" items (nested values as compact JSON), each cut to `max` chars. */
+  function detailsText(details, max = 80) {
+    return Object.keys(details || {})
+      .sort()
+      .map((k) => {
+        const v = details[k];
+        const text = typeof v === "string" ? v : JSON.stringify(v);
+        return shortId(`${k}=${text}`, max);
+      });
+  }
+
+  /** The chain status line for a /audit/verify report: {ok, text}. */
+  function chainStatus(report) {
+    if (!report) return { ok: false, text: "not verified yet" };
+    const signed = report.signatures
+      ? `${report.signatures} head signature(s), last signed seq ${report.last_signed_seq}`
+      : "no head signature yet";
+    if (report.ok) return { ok: true, text: `intact: ${report.entries} entries up to seq ${report.head_seq}; ${signed}` };
+    const where = report.broken_seq === null || report.broken_seq === undefined ? "" : ` at seq ${report.broken_seq}`;
+    return { ok: false, text: `BROKEN${where}: ${report.reason || "no reason given"}` };
+  }
+
+  /** Where to start paging so that the newest `shown` entries of a chain with head `headSeq` come back. */
+  function auditAfterSeq(headSeq, shown = AUDIT_SHOWN) {
+    return Math.max(0, (Number.isInteger(headSeq) ? headSeq : 0) - shown);
+  }
+
+  /** A federated run's outcome for people: the reason it failed, or who cancelled it and why. */
+  function runOutcome(run) {
+    const r = run || {};
+    if (r.status === "cancelled") return `cancelled by ${r.cancelled_by || "unknown"}${r.detail ? ` — ${r.detail}` : ""}`;
+    if (r.status === "failed") return `failed: ${r.detail || "(no reason recorded)"}`;
+    return r.detail || "";
+  }
+
   const helpers = {
     ENDPOINTS, fillPath, withQuery, toMs, fmtAgo, fmtUtc, fmtClock, fmtNum, fmtPct, fmtBytes,
     shortId, labelsText, servingModel, linearScale, niceTicks, integerTicks, lineageChain,
-    releasedTo, profileAccuracy, episodeSpans, roundSeries,
+    releasedTo, profileAccuracy, episodeSpans, roundSeries, actorText, detailsText, chainStatus,
+    auditAfterSeq, runOutcome,
   };
   root.EdgeloopConsole = Object.freeze(helpers);
   if (!root.document) return; // loaded for tests: no DOM, no app
@@ -470,6 +521,9 @@
     run: null, // selected federated run id
     anomalyRound: null,
     model: null, // "name@version"
+    verify: null, // last /audit/verify report
+    verifiedAt: 0, // when it was fetched (ms)
+    auditFilter: "all", // all | changes (state changes) | requests (operator API calls)
   };
 
   async function api(name, params = {}, query = {}) {
@@ -639,7 +693,11 @@
         { title: "ε", value: (r) => fmtNum(r.epsilon), cls: "num" },
         { title: "Model", value: (r) => (r.config && r.config.model) || "–" },
         { title: "Created", value: (r) => when(r.created_at) },
-        { title: "Detail", value: (r) => r.detail || "" },
+        { title: "Finished", value: (r) => (r.finished_at ? when(r.finished_at) : "–") },
+        { title: "Cancelled by", value: (r) => (r.status === "cancelled" ? r.cancelled_by || "unknown" : "–") },
+        // why it ended: the failure reason or the cancel reason, in bold when the run did not complete
+        { title: "Reason / detail", value: (r) => (r.status === "failed" || r.status === "cancelled")
+            ? el("strong", null, r.detail || "(no reason recorded)") : (r.detail || "") },
       ],
       runs,
       {
@@ -671,6 +729,10 @@
       el("p", null, `${run.strategy} · ${run.status} · ${rounds.length}/${run.num_rounds} rounds · `,
         el("strong", null, dp), ` · ${out.online_devices} device(s) online`),
     ];
+    if (run.status === "failed" || run.status === "cancelled") {
+      parts.push(el("p", { class: `outcome run-${run.status}` }, el("strong", null, runOutcome(run)),
+        run.finished_at ? ` (${fmtUtc(run.finished_at)})` : ""));
+    }
     if (!rounds.length) return parts.concat(muted("No round finished yet."));
     const charts = [
       lineChart("Participation per round", [
@@ -798,7 +860,41 @@
     ];
   }
 
-  const LOADERS = { fleet: loadFleet, releases: loadReleases, drift: loadDrift, federated: loadFederated, models: loadModels };
+  async function loadAudit() {
+    const now = Date.now();
+    if (!state.verify || now - state.verifiedAt > VERIFY_EVERY_MS) {
+      state.verify = await api("audit_verify");
+      state.verifiedAt = now;
+    }
+    const status = chainStatus(state.verify);
+    show("audit-status", el("p", { class: status.ok ? "chain-status" : "chain-status broken" },
+      el("span", { class: status.ok ? "pill ok" : "pill state-failed" }, status.ok ? "chain intact" : "chain broken"),
+      ` ${status.text} · verified ${fmtUtc(state.verifiedAt)}`));
+    const page = await api("audit", {}, { after_seq: auditAfterSeq(state.verify.head_seq), limit: 1000 });
+    if (page.next_after_seq !== null) state.verify = null; // the log outgrew the last verification: redo it
+    const isRequest = (e) => e.action.startsWith("api ");
+    const wanted = (e) => state.auditFilter === "all" || (state.auditFilter === "requests") === isRequest(e);
+    const entries = page.entries.filter(wanted).slice(-AUDIT_SHOWN).reverse(); // newest first
+    show("audit-table", table(
+      [
+        { title: "Seq", value: (e) => String(e.seq), cls: "num" },
+        { title: "When", value: (e) => when(e.ts) },
+        { title: "Actor", value: (e) => el("span", { title: e.actor.id || "" }, actorText(e.actor)) },
+        { title: "Action", value: (e) => e.action, cls: "mono" },
+        { title: "Target", value: (e) => (e.target.kind ? `${e.target.kind} ${e.target.id}`.trim() : "–"), cls: "mono" },
+        { title: "Details", value: (e) => chips(detailsText(e.details)) },
+        { title: "From", value: (e) => e.source.ip || "–" },
+        { title: "Hash", value: (e) => el("span", { title: e.hash }, shortId(e.hash, 10)), cls: "mono" },
+      ],
+      entries,
+      { empty: "No audit entries yet." }
+    ));
+  }
+
+  const LOADERS = {
+    fleet: loadFleet, releases: loadReleases, drift: loadDrift, federated: loadFederated, models: loadModels,
+    audit: loadAudit,
+  };
 
   // ------------------------------------------------------------------ session, tabs, refresh
 
@@ -876,6 +972,8 @@
       refresh();
     });
     $("signout").addEventListener("click", () => signOut(""));
+    $("audit-filter").addEventListener("change", (ev) => select({ auditFilter: ev.target.value }));
+    $("audit-verify").addEventListener("click", () => select({ verify: null }));
     $("deployment-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const input = $("deployment-id");
