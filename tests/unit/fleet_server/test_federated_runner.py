@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from sqlmodel import Session, select
 
+from fleet_server.audit.chain import Actor
+from fleet_server.audit.port import MemoryAuditLog
 from fleet_server.db import make_engine
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
@@ -139,6 +141,20 @@ def test_drift_policy_opens_a_run_for_the_shifted_devices_only(
     assert run.status == "completed" and rows[0].sampled == 3
     assert set(rows[0].anomaly_scores) == {"d00", "d01", "d02"}  # d03 anomalous, d04/d05 not drifted
     assert trigger.check_once() is None  # same cohort is not retrained again
+    audit = runner._audit  # the default in-memory log: the drift trigger opened the run, with why
+    assert isinstance(audit, MemoryAuditLog)
+    started = audit.entries[0]
+    assert (started.action, started.target.id, started.actor) == (
+        "federated_run.started",
+        run_id,
+        Actor.system("drift-trigger"),
+    )
+    assert started.details["cohort"]["reason"] == "shift" and started.details["cohort"]["devices"] == [
+        "d00",
+        "d01",
+        "d02",
+    ]
+    assert audit.actions()[1:] == ["federated_run.round_aggregated", "federated_run.completed"]
 
 
 def test_handoff_writes_an_onnx_head_with_lineage(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
