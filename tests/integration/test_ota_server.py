@@ -93,6 +93,12 @@ def test_cli_publish_deploy_range_and_root_rotation(
                    "--new-key", new[1], "--threshold", "2")  # fmt: skip
         assert out == {"version": 2}
         assert httpx.get(f"{server.url}/ota/metadata/2.root.json").status_code == 200
+        admin = {"Authorization": f"Bearer {server.admin_token}"}
+        entries = httpx.get(f"{server.url}/api/v1/audit?limit=1000", headers=admin).json()["entries"]
+        [rotated] = [e for e in entries if e["action"] == "ota.root.rotated"]  # the refused one is not
+        assert rotated["target"] == {"kind": "ota_root", "id": "2"} and rotated["actor"]["role"] == "admin"
+        assert rotated["details"]["threshold"] == 2 and len(rotated["details"]["keyids"]) == 2
+        assert [e["action"] for e in entries].count("release.published") == 1
     finally:
         server.stop()
 
