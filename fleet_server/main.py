@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner=federated.runner,
             notify=registry.notify_desired_changed,
             audit=audit.log,
+            rollouts=app.state.rollouts,
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}

@@ -19,7 +19,7 @@ import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Engine, func
@@ -64,8 +64,10 @@ class ModelRegistry:
         compiler: Compiler,
         notify: Callable[[str], None] | None = None,
         audit: AuditRecorder | None = None,
+        rollouts: RolloutStarter | None = None,
     ) -> None:
         self._engine = engine
+        self._rollouts = rollouts  # None: a release is deployed to all its devices at once
         self._audit: AuditRecorder = audit if audit is not None else MemoryAuditLog()
         self._notify = notify  # push the new desired state to a connected device now
         self._ota = ota
@@ -279,7 +281,12 @@ class ModelRegistry:
             model = s.get(RegisteredModel, version.name)
             if version.source == "federated" and model is not None and model.auto_release:
                 targets = self.cohort_devices(s, version)
-                self._release(s, version, targets, created_by="policy:auto_release", actor=SYSTEM)
+                try:
+                    self._release(s, version, targets, created_by="policy:auto_release", actor=SYSTEM)
+                except (ConflictError, InvalidRequestError) as err:  # e.g. its devices are in a rollout
+                    s.rollback()
+                    self._set(s, version, AWAITING_APPROVAL, f"auto-release refused: {err}")
+                    return
                 self._record(SYSTEM, version, "auto_approved", policy="auto_release", devices=len(targets))
             else:
                 self._set(
@@ -420,6 +427,9 @@ class ModelRegistry:
             )
             release = self._ota.publish(session=session, spec=spec, created_by=created_by, actor=actor)
             assert release.seq is not None
+            if self._rollouts is not None:  # deployed batch by batch by the rollout engine
+                releases[profile] = {"release_seq": release.seq, "deployment_id": "", "devices": targets}
+                continue
             deployment = self._ota.deploy(
                 session=session, release_seq=release.seq, device_ids=targets, actor=actor
             )
@@ -431,9 +441,26 @@ class ModelRegistry:
             raise InvalidRequestError(
                 f"none of {len(devices)} device(s) has a profile in {name_list(version.artifacts)}"
             )
+        if self._rollouts is not None:
+            self._start_rollout(version, releases, actor)
         version.releases = releases
         note = f"released to {sum(len(r['devices']) for r in releases.values())} device(s)"
         self._set(session, version, RELEASED, note + (f"; skipped {skipped[:5]}" if skipped else ""), actor)
+
+    def _start_rollout(self, version: ModelVersion, releases: dict[str, Any], actor: Actor) -> None:
+        """One rollout of the version's releases with the model's rollout policy; `releases` gets
+        the rollout id and the first batch's deployment per profile."""
+        assert self._rollouts is not None
+        seqs = [int(r["release_seq"]) for r in releases.values()]
+        devices = sorted({d for r in releases.values() for d in r["devices"]})
+        started = self._rollouts.start_for_model(  # raises (409/422) when the rollout is refused
+            model_name=version.name, version=str(version.version), releases=seqs, devices=devices, actor=actor
+        )
+        for r in releases.values():
+            got = started["releases"].get(int(r["release_seq"]), {})
+            r["rollout_id"] = started["rollout_id"]
+            r["deployment_id"] = str(got.get("deployment_id", ""))
+            r["devices"] = list(got.get("devices", r["devices"]))
 
     # ------------------------------------------------------------ helpers
 
@@ -497,6 +524,14 @@ def _shadow_gates(
         if key.startswith("shadow_"):
             gates[key.removeprefix("shadow_")] = float(value)
     return gates
+
+
+class RolloutStarter(Protocol):
+    """fleet_server.rollouts.engine.RolloutEngine.start_for_model."""
+
+    def start_for_model(
+        self, *, model_name: str, version: str, releases: list[int], devices: list[str], actor: Actor
+    ) -> dict[str, Any]: ...
 
 
 def name_list(artifacts: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from fleet_server.audit.port import AuditRecorder
 from fleet_server.federated.runner import FederatedRunner, RunSpec
 from fleet_server.ota.releases import OtaService
 from fleet_server.registry.compile import Compiler, SubprocessCompiler
-from fleet_server.registry.service import ModelRegistry
+from fleet_server.registry.service import ModelRegistry, RolloutStarter
 from fleet_server.settings import Settings
 
 
@@ -24,6 +24,7 @@ def build_registry(
     audit: AuditRecorder,
     compiler: Compiler | None = None,
     notify: Callable[[str], None] | None = None,
+    rollouts: RolloutStarter | None = None,
 ) -> ModelRegistry:
     """The started registry, with federated runs that name a model handing their head to it."""
     compiler = compiler or SubprocessCompiler(
@@ -36,6 +37,7 @@ def build_registry(
         compiler=compiler,
         notify=notify,
         audit=audit,
+        rollouts=rollouts,
     )
 
     def hand_off(spec: RunSpec, arrays: dict[str, np.ndarray], lineage: dict[str, object]) -> None:

@@ -84,11 +84,13 @@ from fleet_server.rollouts.models import (
     RolloutDevice,
     RolloutGateResult,
     RolloutHold,
+    RolloutPolicyRow,
     store_record,
     to_record,
 )
 from fleet_server.rollouts.planning import BatchSpec, Candidate, Selector, plan_batches, select_targets
-from fleet_server.rollouts.schemas import GateConfig, RolloutCreate
+from fleet_server.rollouts.schemas import GateConfig, RolloutCreate, RolloutPolicy
+from fleet_server.rollouts.schemas import Selector as RolloutSelector
 from fleet_server.rollouts.states import ACTIVE, TERMINAL, BreachPolicy, RolloutEvent, RolloutState
 
 logger = logging.getLogger(__name__)
@@ -401,6 +403,12 @@ class RolloutEngine:
             releases, by_profile = self._releases(s, spec.releases)
             selector = Selector(labels=dict(spec.selector.labels), profiles=frozenset(spec.selector.profiles))
             candidates = self._candidates(s)
+            if spec.selector.devices:
+                named = set(spec.selector.devices)
+                unknown = sorted(named - {c.device_id for c in candidates})
+                if unknown:
+                    raise NotFoundError(f"unknown or revoked device(s): {', '.join(unknown[:5])}")
+                candidates = [c for c in candidates if c.device_id in named]
             profiles = self._release_profiles(by_profile, candidates)
             held = {h.device_id: h.rollout_id for h in s.exec(select(RolloutHold)).all()}
             wanted = select_targets(candidates, selector, profiles)
@@ -468,6 +476,60 @@ class RolloutEngine:
         if spec.start:
             self.act(rid, E.START, actor)
         return rid
+
+    def policy(self, model_name: str) -> tuple[RolloutPolicy, bool]:
+        """A registered model's rollout policy and whether one is stored (else the default)."""
+        with Session(self.db) as s:
+            row = s.get(RolloutPolicyRow, model_name)
+            if row is None:
+                return RolloutPolicy(), False
+            return RolloutPolicy.model_validate(row.policy), True
+
+    def set_policy(self, model_name: str, policy: RolloutPolicy, actor: Actor) -> None:
+        BatchSpec(
+            percents=tuple(policy.batches.percents),
+            counts=tuple(policy.batches.counts),
+            min_per_batch=policy.batches.min_per_batch,
+            budget=dict(policy.batches.budget),
+        ).validate()
+        with Session(self.db) as s:
+            row = s.get(RolloutPolicyRow, model_name) or RolloutPolicyRow(model_name=model_name)
+            row.policy, row.updated_by, row.updated_at = (
+                policy.model_dump(mode="json"),
+                actor.name[:128],
+                self.clock(),
+            )
+            s.add(row)
+            s.commit()
+        self.audit.record(
+            actor, "rollout.policy", Target("model", model_name), policy.model_dump(mode="json")
+        )
+
+    def start_for_model(
+        self, *, model_name: str, version: str, releases: list[int], devices: list[str], actor: Actor
+    ) -> dict[str, Any]:
+        """A rollout of a registry version's releases (one per profile) to `devices`, with the
+        model's rollout policy; returns {"rollout_id", "releases": {seq: {"deployment_id",
+        "devices"}}} (the deployment of the first batch)."""
+        policy, _ = self.policy(model_name)
+        spec = RolloutCreate(
+            name=f"{model_name}@{version}"[:128],
+            releases=releases,
+            selector=RolloutSelector(devices=sorted(set(devices))),
+            batches=policy.batches,
+            gates=policy.gates,
+            on_breach=policy.on_breach,
+        )
+        rid = self.create(spec, actor)
+        with Session(self.db) as s:
+            rows = s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rid)).all()
+            out: dict[int, dict[str, Any]] = {}
+            for d in sorted(rows, key=lambda r: r.device_id):
+                entry = out.setdefault(d.release_seq or 0, {"deployment_id": "", "devices": []})
+                entry["devices"].append(d.device_id)
+                if d.deployment_id and not entry["deployment_id"]:
+                    entry["deployment_id"] = d.deployment_id
+        return {"rollout_id": rid, "releases": out}
 
     def _releases(self, s: Session, seqs: list[int]) -> tuple[list[OtaRelease], dict[str, int]]:
         releases: list[OtaRelease] = []
@@ -581,6 +643,8 @@ class RolloutEngine:
         )
         by_profile = {p: int(r["seq"]) for r in row.releases for p in (r["profiles"] or [WILDCARD])}
         candidates = self._candidates(s)
+        if row.selector.get("devices"):
+            return  # a rollout to named devices takes no one else
         known = set(s.exec(select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == row.id)).all())
         held = set(s.exec(select(RolloutHold.device_id)).all())
         fresh = [c for c in candidates if c.device_id not in known and c.device_id not in held]

@@ -124,6 +124,17 @@ class RolloutHold(SQLModel, table=True):
     rollout_id: str = Field(max_length=32, index=True)
 
 
+class RolloutPolicyRow(SQLModel, table=True):
+    """A registered model's rollout policy (schemas.RolloutPolicy as JSON; migration 0012)."""
+
+    __tablename__ = "rollout_policy"
+
+    model_name: str = Field(primary_key=True, max_length=128)
+    policy: dict[str, Any] = _json()
+    updated_by: str = Field(default="", max_length=128)
+    updated_at: datetime | None = _ts()
+
+
 class RolloutGateResult(SQLModel, table=True):
     __tablename__ = "rollout_gate_result"
 

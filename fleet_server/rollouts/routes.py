@@ -17,7 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
 from fleet_server.api.errors import CONFLICT, NOT_FOUND
-from fleet_server.api.params import IdPath, Offset, page_size
+from fleet_server.api.params import IdPath, NamePath, Offset, page_size
 from fleet_server.audit.port import operator_actor
 from fleet_server.errors import NotFoundError
 from fleet_server.rollouts.engine import RolloutEngine
@@ -29,6 +29,8 @@ from fleet_server.rollouts.schemas import (
     GateResultPublic,
     RolloutCreate,
     RolloutDetail,
+    RolloutPolicy,
+    RolloutPolicyPublic,
     RolloutPublic,
 )
 from fleet_server.rollouts.states import RolloutEvent, RolloutState
@@ -149,6 +151,21 @@ def list_rollouts(
     rows = session.exec(stmt.offset(offset).limit(limit)).all()
     counts = _counts(session, [r.id for r in rows])
     return [_public(r, counts[r.id]) for r in rows]
+
+
+@router.get("/policies/{model_name}", response_model=RolloutPolicyPublic)
+def show_policy(model_name: NamePath, rollouts: RolloutsDep, _: Viewer) -> RolloutPolicyPublic:
+    """How approved (and auto-released) versions of a registered model roll out."""
+    policy, stored = rollouts.policy(model_name)
+    return RolloutPolicyPublic(**policy.model_dump(), model_name=model_name, stored=stored)
+
+
+@router.put("/policies/{model_name}", response_model=RolloutPolicyPublic)
+def set_policy(
+    model_name: NamePath, body: RolloutPolicy, rollouts: RolloutsDep, operator: Operator
+) -> RolloutPolicyPublic:
+    rollouts.set_policy(model_name, body, operator_actor(operator))
+    return RolloutPolicyPublic(**body.model_dump(), model_name=model_name, stored=True)
 
 
 @router.get("/{rollout_id}", response_model=RolloutDetail, responses=NOT_FOUND)

@@ -65,6 +65,10 @@ class Selector(BaseModel):
 
     labels: Labels = Field(default_factory=dict)
     profiles: list[_PROFILE] = Field(default_factory=list, max_length=32)
+    # Only these devices (still filtered by labels and profiles); empty: every matching device.
+    devices: list[Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NoNul)]] = Field(
+        default_factory=list, max_length=100_000
+    )
 
 
 class BatchPlan(BaseModel):
@@ -93,6 +97,21 @@ class RolloutCreate(BaseModel):
     gates: GateConfig = Field(default_factory=GateConfig)
     on_breach: Literal["pause", "rollback"] = "pause"
     start: bool = True  # False: stays a draft until POST .../start
+
+
+class RolloutPolicy(BaseModel):
+    """How a registered model's approved or auto-released versions roll out (stored per model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batches: BatchPlan = Field(default_factory=lambda: BatchPlan(percents=[100]))
+    gates: GateConfig = Field(default_factory=GateConfig)
+    on_breach: Literal["pause", "rollback"] = "pause"
+
+
+class RolloutPolicyPublic(RolloutPolicy):
+    model_name: str
+    stored: bool  # False: the default policy (one batch of every device, install gate)
 
 
 class Action(BaseModel):

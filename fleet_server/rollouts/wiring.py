@@ -1,13 +1,11 @@
 """Builds the rollout engine for the composition root (fleet_server/main.py).
 
-The metric windows come from `fleet_server.rollouts.metrics.device_window_sums` (the live-metrics
-stream); without that module the engine runs with `no_metrics` (metric gates wait, then follow the
-rollout's `on_no_data`).
+The metric windows come from `fleet_server.rollouts.metrics.device_window_sums` (written by the
+ingest observer from the devices' model_metrics records).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 import socket
@@ -16,20 +14,9 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from fleet_server.audit.port import AuditRecorder
-from fleet_server.rollouts.engine import MetricsSource, OtaPort, RolloutEngine, no_metrics
+from fleet_server.rollouts.engine import OtaPort, RolloutEngine
+from fleet_server.rollouts.metrics import device_window_sums
 from fleet_server.settings import Settings
-
-logger = logging.getLogger(__name__)
-
-
-def metrics_source() -> MetricsSource:
-    try:
-        from fleet_server.rollouts.metrics import device_window_sums  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        logger.warning("rollouts: no live-metrics reader (fleet_server.rollouts.metrics); metric gates wait")
-        return no_metrics
-    source: MetricsSource = device_window_sums
-    return source
 
 
 def build_rollouts(
@@ -46,7 +33,7 @@ def build_rollouts(
         engine=engine,
         ota=ota,
         audit=audit,
-        metrics=metrics_source(),
+        metrics=device_window_sums,
         notify=notify,
         holder=holder,
         lease_s=settings.rollout_lease_s,

@@ -1,5 +1,6 @@
 """rollouts: engine columns (releases per profile, pending effects, rollback releases, fencing
-token; per-batch deployments; per-device release, deployment and previous release)
+token; per-batch deployments; per-device release, deployment and previous release); a rollout
+policy per registered model
 
 Revision ID: 0012
 Revises: 0011
@@ -34,8 +35,17 @@ def upgrade() -> None:
         sa.Column("rollback_deployment_id", sa.String(64), nullable=False, server_default=""),
     )
 
+    op.create_table(
+        "rollout_policy",
+        sa.Column("model_name", sa.String(128), primary_key=True),
+        sa.Column("policy", sa.JSON(), nullable=False),
+        sa.Column("updated_by", sa.String(128), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("rollout_policy")
     with op.batch_alter_table("rollout_device") as t:
         for name in (
             "rollback_deployment_id",

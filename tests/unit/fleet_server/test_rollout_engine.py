@@ -100,6 +100,7 @@ class FakeMetrics:
     serving: dict[str, str] = field(default_factory=dict)
     bad_sha: str = ""
     calls: int = 0
+    min_windows: int = 0  # report at least this many windows (for tests on the wall clock)
 
     def __call__(
         self,
@@ -111,7 +112,7 @@ class FakeMetrics:
     ) -> dict[str, Sums]:
         self.calls += 1
         out = {}
-        windows = max(0, (until_ms - since_ms) // 30_000)
+        windows = max(self.min_windows, (until_ms - since_ms) // 30_000)
         for d in device_ids:
             sha = self.serving.get(d, OLD_SHA)
             if (model_sha256 is not None and sha != model_sha256) or windows == 0:
