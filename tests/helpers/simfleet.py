@@ -149,8 +149,15 @@ class Site:
     latency_factor: float
 
 
+# Fleet-wide class frequencies of the live inputs: skewed as digit streams are (Benford's law for
+# the digits 1-9, 0 as frequent as 4), so two swapped classes move the class mix by the difference
+# of their frequencies (3 vs 8: 0.11 vs 0.05). Each device draws its own mix around it.
+CLASS_PRIOR = np.array([0.087, 0.275, 0.161, 0.114, 0.087, 0.072, 0.061, 0.052, 0.047, 0.042])
+CLASS_PRIOR = CLASS_PRIOR / CLASS_PRIOR.sum()
+
+
 def make_site(pool: InputPool, rng: np.random.Generator, rate: float = 40.0) -> Site:
-    mix = rng.dirichlet(np.full(10, 4.0))
+    mix = rng.dirichlet(40.0 * CLASS_PRIOR)
     w = mix[pool.y]
     return Site(
         int(rng.integers(len(NOISE_LEVELS))),
@@ -455,3 +462,72 @@ def enroll_fleet(
         creds = list(ex.map(lambda it: enroll(target, it[0], it[1], workdir), zip(ids, tokens, strict=True)))
     rng = np.random.default_rng(seed)
     return [SimDevice(c.device_id, c, make_site(pool, rng, rate)) for c in creds]
+
+
+# --------------------------------------------------------------- operator side (REST of a server process)
+
+HALTED = frozenset({"paused", "rolling_back", "rolled_back", "aborted"})
+ENDED = frozenset({"completed", "aborted", "rolled_back"})
+
+
+def publish(
+    api: Any,
+    artifact: Path,
+    version: str,
+    golden: Path,
+    threshold: float = 0.7,
+    shadow_min_agreement: float | None = None,
+) -> int:
+    """Publish `artifact` as a release of model `digits` (an httpx client on /api/v1)."""
+    blob = api.put("/ota/blobs", content=artifact.read_bytes())
+    blob.raise_for_status()
+    gold = api.put("/ota/blobs", content=golden.read_bytes())
+    gold.raise_for_status()
+    body = {
+        "model_name": "digits", "model_version": version, "artifact_sha256": blob.json()["sha256"],
+        "golden_sha256": gold.json()["sha256"], "golden_threshold": threshold,
+        "gates": {"watch_s": 0.3, "shadow_window_s": 1.0},
+    }  # fmt: skip
+    if shadow_min_agreement is not None:
+        body["gates"]["min_agreement"] = shadow_min_agreement
+    resp = api.post("/releases", json=body)
+    resp.raise_for_status()
+    return int(resp.json()["seq"])
+
+
+def deploy_and_wait(api: Any, seq: int, device_ids: Sequence[str], timeout_s: float = 300) -> list[Any]:
+    """A plain deployment (no rollout) to `device_ids`, waited for until every row is terminal."""
+    resp = api.post(f"/releases/{seq}/deployments", json={"device_ids": list(device_ids)}, timeout=timeout_s)
+    resp.raise_for_status()
+    dep = resp.json()["deployment_id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = api.get(f"/deployments/{dep}", timeout=60).json()
+        if rows and all(r["state"] in ("committed", "failed", "rolled_back", "refused") for r in rows):
+            return list(rows)
+        time.sleep(0.5)
+    raise AssertionError(f"deployment {dep} of release {seq} did not end in {timeout_s}s")
+
+
+def gate_config(window_s: float, **overrides: Any) -> dict[str, Any]:
+    """Gates for short report windows: minimum sample 3 windows, a look per window."""
+    cfg: dict[str, Any] = {
+        "max_failure_rate": 0.1, "silent_timeout_s": 20 * window_s, "rollback_timeout_s": 60 * window_s,
+        "alpha": 0.05, "min_devices": 5, "min_samples": 200, "min_window_s": 3 * window_s,
+        "look_interval_s": window_s, "max_looks": 20, "max_wait_s": 30 * window_s, "on_no_data": "pass",
+    }  # fmt: skip
+    cfg.update(overrides)
+    return cfg
+
+
+def wait_rollout(api: Any, rollout_id: str, until: frozenset[str], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        resp = api.get(f"/rollouts/{rollout_id}", timeout=60)
+        resp.raise_for_status()
+        last = resp.json()
+        if last["state"] in until:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"rollout {rollout_id} not in {sorted(until)} after {timeout_s}s: {last}")
