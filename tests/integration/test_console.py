@@ -130,6 +130,8 @@ def test_every_endpoint_the_js_calls_is_in_the_openapi_schema(server: LiveServer
         "models",
         "audit",
         "audit_verify",
+        "rollouts",
+        "rollout",
     } <= set(endpoints)
     for name, (method, path) in endpoints.items():
         assert path in paths, f"{name}: {path} is not a route of the server"
@@ -237,6 +239,13 @@ eq(C.runOutcome({status: "cancelled", cancelled_by: "alice", detail: "cancelled 
    "cancelled by alice — cancelled by alice: wrong cohort");
 eq(C.runOutcome({status: "failed", detail: "server restarted mid-run"}), "failed: server restarted mid-run");
 eq(C.runOutcome({status: "completed", detail: ""}), "");
+eq(C.countsText({pending: 5, committed: 3, failed: 0}), "committed 3 · pending 5");
+eq(C.countsText({}), "");
+eq(C.rolloutProgress({state: "draft", batch: -1, batches: 4}), "draft");
+eq(C.rolloutProgress({state: "running", batch: 1, batches: 4}), "batch 2/4");
+eq(C.rolloutProgress({state: "completed", batch: 3, batches: 4}), "completed (4 batches)");
+const rel = {seq: 7, profiles: ["pi4", "coral"], model_name: "digits", model_version: "3"};
+eq(C.rolloutReleases({releases: [rel]}), ["pi4,coral → r7 digits@3"]);
 console.log("ok");
 """
 

@@ -8,7 +8,7 @@
  *  - data reaches the DOM only as text nodes or attribute values (`el`, `svg`); never as markup.
  * The pure helpers (formatting, scales, lineage, chart data) are exported as
  * `EdgeloopConsole` so they can be tested without a browser.
- * One file on purpose (~1000 lines: helpers, DOM/SVG builders, six views): no bundler, one CSP-clean
+ * One file on purpose (~1100 lines: helpers, DOM/SVG builders, seven views): no bundler, one CSP-clean
  * script request, and the ENDPOINTS table stays the single place the tests read.
  */
 (function (root) {
@@ -25,6 +25,8 @@
     runs: ["GET", "/api/v1/federated/runs"],
     run: ["GET", "/api/v1/federated/runs/{run_id}"],
     models: ["GET", "/api/v1/models"],
+    rollouts: ["GET", "/api/v1/rollouts"],
+    rollout: ["GET", "/api/v1/rollouts/{rollout_id}"],
     audit: ["GET", "/api/v1/audit"],
     audit_verify: ["GET", "/api/v1/audit/verify"],
   });
@@ -300,11 +302,40 @@
     return r.detail || "";
   }
 
+  // ------------------------------------------------------------------ rollout helpers
+
+  /** Device counts by status as "committed 3 · pending 5" (statuses sorted), "" when none. */
+  function countsText(counts) {
+    return Object.keys(counts || {})
+      .sort()
+      .filter((k) => counts[k] > 0)
+      .map((k) => `${k} ${counts[k]}`)
+      .join(" · ");
+  }
+
+  /** Where a rollout stands: "draft", "batch 2/4", "completed (4 batches)". */
+  function rolloutProgress(r) {
+    const x = r || {};
+    if (x.state === "draft" || !(x.batch >= 0)) return x.state === "draft" ? "draft" : `0/${x.batches ?? 0}`;
+    if (x.state === "completed") return `completed (${x.batches} batch${x.batches === 1 ? "" : "es"})`;
+    return `batch ${x.batch + 1}/${x.batches}`;
+  }
+
+  /** Releases of a rollout as "profile → r<seq>" items. */
+  function rolloutReleases(r) {
+    return ((r && r.releases) || []).map((rel) => {
+      const seq = rel.release_seq ?? rel.seq;
+      const profiles = Array.isArray(rel.profiles) ? rel.profiles.join(",") : rel.profile || "";
+      const model = rel.model_name ? ` ${rel.model_name}@${rel.model_version}` : "";
+      return `${profiles ? `${profiles} → ` : ""}r${seq ?? "?"}${model}`;
+    });
+  }
+
   const helpers = {
     ENDPOINTS, fillPath, withQuery, toMs, fmtAgo, fmtUtc, fmtClock, fmtNum, fmtPct, fmtBytes,
     shortId, labelsText, servingModel, linearScale, niceTicks, integerTicks, lineageChain,
     releasedTo, profileAccuracy, episodeSpans, roundSeries, actorText, detailsText, chainStatus,
-    auditAfterSeq, runOutcome,
+    auditAfterSeq, runOutcome, countsText, rolloutProgress, rolloutReleases,
   };
   root.EdgeloopConsole = Object.freeze(helpers);
   if (!root.document) return; // loaded for tests: no DOM, no app
@@ -521,6 +552,7 @@
     run: null, // selected federated run id
     anomalyRound: null,
     model: null, // "name@version"
+    rollout: null, // selected rollout id
     verify: null, // last /audit/verify report
     verifiedAt: 0, // when it was fetched (ms)
     auditFilter: "all", // all | changes (state changes) | requests (operator API calls)
@@ -860,6 +892,86 @@
     ];
   }
 
+  // Rollout states that stopped short of completing: the reason is what the operator needs.
+  const HALTED = new Set(["paused", "aborted", "rolling_back", "rolled_back"]);
+
+  async function loadRollouts() {
+    const rollouts = await api("rollouts", {}, { limit: 100 });
+    show("rollouts-table", table(
+      [
+        { title: "Rollout", value: (r) => el("span", { title: r.id }, r.name || shortId(r.id)), cls: "mono" },
+        { title: "State", value: (r) => el("span", { class: `pill rollout-${r.state}` }, r.state) },
+        { title: "Progress", value: (r) => rolloutProgress(r) },
+        { title: "Releases", value: (r) => chips(rolloutReleases(r)) },
+        { title: "Devices", value: (r) => countsText(r.devices) || "–" },
+        { title: "On breach", value: (r) => r.on_breach },
+        { title: "Reason", value: (r) => (HALTED.has(r.state) ? el("strong", null, r.reason || "(none given)") : r.reason || "") },
+        { title: "By", value: (r) => r.created_by || "–" },
+        { title: "Updated", value: (r) => when(r.updated_at) },
+      ],
+      rollouts,
+      {
+        empty: "No rollouts yet (edgeloop rollout create).",
+        key: (r) => r.id,
+        selected: state.rollout,
+        onSelect: (r) => select({ rollout: r.id }),
+      }
+    ));
+    if (!state.rollout) return show("rollout-detail", null);
+    let detail;
+    try {
+      detail = await api("rollout", { rollout_id: state.rollout });
+    } catch (err) {
+      if (err.status !== 404) throw err;
+      state.rollout = null;
+      return show("rollout-detail", null);
+    }
+    show("rollout-detail", rolloutDetail(detail));
+  }
+
+  function rolloutDetail(r) {
+    const excluded = countsText(r.excluded);
+    return [
+      el("h3", null, "Rollout ", el("span", { class: "mono" }, r.id), r.name ? ` (${r.name})` : ""),
+      el("p", null, `${r.state} · ${rolloutProgress(r)} · on breach: ${r.on_breach}`,
+        r.reason ? [" · ", el("strong", null, r.reason)] : ""),
+      excluded ? muted(`not targeted: ${excluded}`) : null,
+      el("h4", null, "Batches"),
+      table(
+        [
+          { title: "Batch", value: (b) => String(b.index + 1), cls: "num" },
+          { title: "Devices", value: (b) => String(b.size), cls: "num" },
+          { title: "Status", value: (b) => countsText(b.devices) || "–" },
+          { title: "Looks", value: (b) => String(b.looks), cls: "num" },
+          { title: "Assigned", value: (b) => (b.assigned_at ? when(b.assigned_at) : "–") },
+          { title: "Settled", value: (b) => (b.settled_at ? when(b.settled_at) : "–") },
+          { title: "Deployments", value: (b) => chips(Object.values(b.deployments || {})) },
+        ],
+        r.plan || [],
+        { empty: "No batch planned yet." }
+      ),
+      el("h4", null, `Gates of the current batch${r.batch >= 0 ? ` (${r.batch + 1})` : ""}: latest look`),
+      table(
+        [
+          { title: "Gate", value: (g) => g.gate, cls: "mono" },
+          { title: "Verdict", value: (g) => el("span", { class: `pill gate-${g.verdict}` }, g.verdict) },
+          { title: "Look", value: (g) => String(g.look), cls: "num" },
+          { title: "Statistic", value: (g) => fmtNum(g.statistic, 4), cls: "num" },
+          { title: "p", value: (g) => fmtNum(g.p_value, 3), cls: "num" },
+          { title: "e", value: (g) => fmtNum(g.e_value, 3), cls: "num" },
+          { title: "Threshold", value: (g) => fmtNum(g.threshold, 3), cls: "num" },
+          { title: "Effect", value: (g) => fmtNum(g.effect, 3), cls: "num" },
+          { title: "Samples (canary / control)", value: (g) => `${g.samples_canary} / ${g.samples_control}`, cls: "num" },
+          { title: "Devices (canary / control)", value: (g) => `${g.devices_canary} / ${g.devices_control}`, cls: "num" },
+          { title: "Detail", value: (g) => g.detail || "" },
+          { title: "Evaluated", value: (g) => (g.evaluated_at ? when(g.evaluated_at) : "–") },
+        ],
+        r.latest_gates || [],
+        { empty: "No gate evaluated for this batch yet." }
+      ),
+    ];
+  }
+
   async function loadAudit() {
     const now = Date.now();
     if (!state.verify || now - state.verifiedAt > VERIFY_EVERY_MS) {
@@ -892,8 +1004,8 @@
   }
 
   const LOADERS = {
-    fleet: loadFleet, releases: loadReleases, drift: loadDrift, federated: loadFederated, models: loadModels,
-    audit: loadAudit,
+    fleet: loadFleet, releases: loadReleases, rollouts: loadRollouts, drift: loadDrift, federated: loadFederated,
+    models: loadModels, audit: loadAudit,
   };
 
   // ------------------------------------------------------------------ session, tabs, refresh
