@@ -103,7 +103,7 @@ def _windows(engine: Engine, sha: str) -> list[Any]:
 
 
 def _padded(counts: tuple[int, ...] | list[int]) -> list[int]:
-    return np.trim_zeros(np.asarray(list(counts), dtype=np.int64), "b").tolist()
+    return [int(c) for c in np.trim_zeros(np.asarray(list(counts), dtype=np.int64), "b")]
 
 
 def _check_model(
@@ -123,9 +123,8 @@ def _check_model(
     assert sum(r.predictions for r in rows) == len(logits) and sum(r.errors for r in rows) == 1
     assert {r.deployment_id for r in rows} == {deployment_id}
     assert {(r.model_name, r.window_s) for r in rows} <= {("digits", 1), ("digits", 2)}
-    sums = device_window_sums(
-        engine.connect(), ["dev-a", "dev-b"], since_ms, int(time.time() * 1000) + 1, sha
-    )
+    with engine.connect() as conn:
+        sums = device_window_sums(conn, ["dev-a", "dev-b"], since_ms, int(time.time() * 1000) + 1, sha)
     assert list(sums) == ["dev-a"]
     s = sums["dev-a"]
     assert (s.model_sha256, s.windows, s.predictions, s.errors) == (sha, len(rows), len(logits), 1)
@@ -140,9 +139,8 @@ def _check_model(
 def _shadow_agreement_reported(engine: Engine, deployment_id: str) -> float:
     """The agreement in the device's own OTA report of the shadow gate (3 decimals)."""
     with engine.connect() as conn:
-        payloads = conn.execute(
-            select(TelemetryRecord.payload).where(TelemetryRecord.kind == "ota")  # type: ignore[arg-type]
-        ).scalars()
+        table = TelemetryRecord.__table__  # type: ignore[attr-defined]
+        payloads = conn.execute(select(table.c.payload).where(table.c.kind == "ota")).scalars()
         for payload in payloads:
             report = json.loads(payload)
             if report.get("deployment_id") == deployment_id and report.get("event") == "shadow_passed":
