@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, or_, update
+from sqlalchemy import Engine, String, cast, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
@@ -91,7 +91,7 @@ from fleet_server.rollouts.models import (
 from fleet_server.rollouts.planning import BatchSpec, Candidate, Selector, plan_batches, select_targets
 from fleet_server.rollouts.schemas import GateConfig, RolloutCreate, RolloutPolicy
 from fleet_server.rollouts.schemas import Selector as RolloutSelector
-from fleet_server.rollouts.states import ACTIVE, TERMINAL, BreachPolicy, RolloutEvent, RolloutState
+from fleet_server.rollouts.states import TERMINAL, BreachPolicy, RolloutEvent, RolloutState
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +99,8 @@ S, E = RolloutState, RolloutEvent
 SYSTEM = Actor.system("rollout-engine")
 WILDCARD = "*"  # a release published without profiles fits every profile
 FAILED_STATES = frozenset({"failed", "refused", "rolled_back"})  # agent's terminal non-commits
-_DUE = [
-    S.RUNNING.value,
-    S.WAITING.value,
-    S.ROLLING_BACK.value,
-    S.PAUSED.value,
-    S.COMPLETED.value,
-    S.ABORTED.value,
-    S.ROLLED_BACK.value,
-]
+# Advanced on every tick; any other state only while effects of its last step are left to run.
+_DUE = [S.RUNNING.value, S.WAITING.value, S.ROLLING_BACK.value]
 
 
 # ------------------------------------------------------------------ ports
@@ -286,14 +279,12 @@ class RolloutEngine:
 
     def _claim_next(self, skip: set[str]) -> Claim | None:
         now = self.clock()
-        recent = now - timedelta(hours=1)
+        leftovers = cast(col(Rollout.pending_effects), String) != "[]"
         with Session(self.db) as s:
             stmt = (
                 select(Rollout.id)
-                .where(col(Rollout.state).in_(_DUE), self._free(now), col(Rollout.id).not_in(skip))
-                .where(
-                    or_(col(Rollout.state).in_([x.value for x in ACTIVE]), col(Rollout.updated_at) > recent)
-                )
+                .where(or_(col(Rollout.state).in_(_DUE), leftovers))
+                .where(self._free(now), col(Rollout.id).not_in(skip))
                 .order_by(col(Rollout.updated_at))
                 .limit(1)
                 .with_for_update(skip_locked=True)

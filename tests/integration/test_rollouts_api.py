@@ -18,6 +18,7 @@ from fleet_server.models import Device
 from fleet_server.ota.models import OtaDeviceStatus
 from fleet_server.rollouts.models import RolloutDevice
 from tests.helpers.inproc import LiveServer, operator_api
+from tests.helpers.procs import wait_until
 
 GATES = {"min_window_s": 0, "look_interval_s": 0, "silent_timeout_s": 600}
 
@@ -112,8 +113,17 @@ def test_create_read_act_and_advance(server: LiveServer) -> None:
     # but the install gate is) and the next batch is assigned.
     _report(server, rid, canary, "committed")
     rollouts = c.app.state.rollouts  # type: ignore[attr-defined]
-    rollouts.advance(rid)
-    detail = c.get(f"/api/v1/rollouts/{rid}", headers=server.auth("viewer")).json()
+    rollouts.poke()  # the server's engine loop advances it (at the latest on its next tick)
+    detail = wait_until(
+        lambda: (
+            (d := c.get(f"/api/v1/rollouts/{rid}", headers=server.auth("viewer")).json())["plan"][0][
+                "settled_at"
+            ]
+            and d
+        ),
+        30,
+        what="batch 0 settled",
+    )
     assert detail["plan"][0]["devices"] == {"committed": 2}
     assert detail["plan"][0]["settled_at"] is not None
     assert any(g["gate"] == "install_failures" and g["verdict"] == "pass" for g in detail["latest_gates"])
@@ -235,3 +245,42 @@ def test_operator_cli(
     assert "rolling_back" in capsys.readouterr().out
     viewer = ["--token", server.tokens["viewer"]]
     assert operator_cli.main([*viewer, "rollout", "abort", rid]) == operator_cli.EXIT_API_ERROR
+
+
+def test_model_rollout_policy_is_stored_and_used_by_registry_releases(server: LiveServer) -> None:
+    c = server.client
+    r = c.get("/api/v1/rollouts/policies/digits", headers=server.auth("viewer"))
+    assert r.status_code == 200 and r.json()["stored"] is False
+    assert r.json()["batches"]["percents"] == [100]  # default: one batch, the install gate
+    policy = {"batches": {"percents": [25, 100]}, "gates": {"min_devices": 2}, "on_breach": "rollback"}
+    assert (
+        c.put("/api/v1/rollouts/policies/digits", json=policy, headers=server.auth("viewer")).status_code
+        == 403
+    )
+    bad = c.put(
+        "/api/v1/rollouts/policies/digits",
+        json={"batches": {"percents": [25, 50]}},
+        headers=server.auth("operator"),
+    )
+    assert bad.status_code == 422 and "do not add up" in bad.json()["detail"]
+    r = c.put("/api/v1/rollouts/policies/digits", json=policy, headers=server.auth("operator"))
+    assert r.status_code == 200 and r.json()["stored"] is True
+    # What the registry calls on approval: a rollout of the version's releases to named devices.
+    ids = _devices(server, 8)
+    _devices(server, 4, prefix="elsewhere")
+    seq = _release(server, b"digits-v2" * 20, ["generic-x86"])
+    rollouts = c.app.state.rollouts  # type: ignore[attr-defined]
+    from fleet_server.audit.chain import Actor
+
+    started = rollouts.start_for_model(
+        model_name="digits",
+        version="2",
+        releases=[seq],
+        devices=ids,
+        actor=Actor.operator("t", "alice", "operator"),
+    )
+    detail = c.get(f"/api/v1/rollouts/{started['rollout_id']}", headers=server.auth("viewer")).json()
+    assert detail["on_breach"] == "rollback" and [b["size"] for b in detail["plan"]] == [2, 6]
+    assert detail["gates"]["min_devices"] == 2 and detail["name"] == "digits@2"
+    assert sorted(started["releases"][seq]["devices"]) == sorted(ids)  # only the named devices
+    assert started["releases"][seq]["deployment_id"]

@@ -422,7 +422,7 @@ def test_a_holder_killed_between_persist_and_effects_leaves_the_effects_for_the_
     dead.crash_hook = die
     with pytest.raises(Killed):
         dead.create(spec(world), OPERATOR)
-    rid = world.row_ids()[0] if hasattr(world, "row_ids") else _only_rollout(world)
+    rid = _only_rollout(world)
     row = world.row(rid)
     assert row.state == "running" and [e["kind"] for e in row.pending_effects] == ["assign_batch", "audit"]
     assert world.ota.deployments == []  # nothing half-done: the record says running, effects listed
