@@ -56,18 +56,37 @@ def _get(api: Any, path: str) -> list[Any]:
             return out
 
 
+GATES = {
+    # Each batch must be able to settle: assigning 980 devices takes the OTA service tens of seconds.
+    "silent_timeout_s": 120,
+    # Histogram gates need a p-value below alpha/6 spent over the looks: with 1,000 permutations
+    # (smallest p 1/1001) and 20 looks (at most 6.9e-4 at a look) they could never fail.
+    "permutations": 5000,
+    "max_looks": 10,
+}
+
+
 def trial(
-    api: Any, fleet: sf.SimFleet, kind: str, index: int, path: Path, golden: Path, args: argparse.Namespace
+    api: Any,
+    fleet: sf.SimFleet,
+    kind: str,
+    index: int,
+    path: Path,
+    golden: Path,
+    args: argparse.Namespace,
+    behaviour: str,
 ) -> dict[str, Any]:
     version = f"{kind}-{index}"
-    fleet.catalogue[version] = dataclasses.replace(fleet.catalogue[kind], version=version)
+    fleet.catalogue[version] = dataclasses.replace(fleet.catalogue[behaviour], version=version)
     # The swapped model's top-1 agreement with v1 (~0.8) is under the agent's default shadow gate
     # (0.9): published with min_agreement 0.75, a device whose shadow run did not catch it.
     seq = sf.publish(api, path, version, golden, shadow_min_agreement=0.75 if kind == "swapped" else None)
     body = {
         "name": f"bench {version}", "releases": [seq], "selector": {"labels": {"fleet": "bench"}},
         "batches": {"percents": [args.canary, 100], "min_per_batch": 5, "seed": f"trial-{kind}-{index}"},
-        "gates": sf.gate_config(args.window), "on_breach": "rollback",
+        "gates": sf.gate_config(args.window, **{k: v * args.window if k.endswith("_s") else v
+                                                 for k, v in GATES.items()}),
+        "on_breach": "rollback",
     }  # fmt: skip
     t0 = time.time()
     resp = api.post("/rollouts", json=body, timeout=120)
@@ -115,9 +134,9 @@ def trial(
     }  # fmt: skip
 
 
-def reset(api: Any, fleet: sf.SimFleet, v1_seq: int) -> None:
+def reset(api: Any, fleet: sf.SimFleet, v1_seq: int, v1_sha: str) -> None:
     """Put every device not on v1 back on v1 with a plain deployment."""
-    off = [d.device_id for d in fleet.devices.values() if d.serving is None or d.serving.version != "1"]
+    off = [d.device_id for d in fleet.devices.values() if d.serving is None or d.serving.sha256 != v1_sha]
     if off:
         sf.deploy_and_wait(api, v1_seq, off, timeout_s=600)
 
@@ -211,14 +230,21 @@ def main() -> int:
             assert all(r["state"] == "committed" for r in rows_v1)
             print(f"v1 on every device in {time.time() - t1:.0f}s", flush=True)
             time.sleep(3 * args.window)  # the control cohort has windows on v1
+            # Bad trials first (each rolled back to v1); then good trials alternate v1 -> v2 -> v1:
+            # each rolls a retrained model over the one the whole fleet serves (no reset needed).
             plan = [("cold" if i % 2 == 0 else "swapped", i) for i in range(args.bad)]
             plan += [("good", i) for i in range(args.good)]
-            paths = {"cold": m.cold, "swapped": m.swapped, "good": m.good}
+            paths = {"cold": m.cold, "swapped": m.swapped}
             for kind, i in plan:
-                row = trial(api, fleet, kind, i, paths[kind], m.golden, args)
+                if kind == "good":
+                    path, behaves = (m.good, "good") if i % 2 == 0 else (m.v1, "1")
+                else:
+                    path, behaves = paths[kind], kind
+                row = trial(api, fleet, kind, i, path, m.golden, args, behaves)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                reset(api, fleet, v1)
+                if kind != "good":
+                    reset(api, fleet, v1, fleet.catalogue["1"].sha256)
                 time.sleep(2 * args.window)
         summary = summarize(rows, args.devices)
         print(json.dumps(summary, indent=2))

@@ -477,6 +477,7 @@ def publish(
     golden: Path,
     threshold: float = 0.7,
     shadow_min_agreement: float | None = None,
+    device_gates: dict[str, float] | None = None,
 ) -> int:
     """Publish `artifact` as a release of model `digits` (an httpx client on /api/v1)."""
     blob = api.put("/ota/blobs", content=artifact.read_bytes())
@@ -490,6 +491,7 @@ def publish(
     }  # fmt: skip
     if shadow_min_agreement is not None:
         body["gates"]["min_agreement"] = shadow_min_agreement
+    body["gates"].update(device_gates or {})
     resp = api.post("/releases", json=body)
     resp.raise_for_status()
     return int(resp.json()["seq"])
