@@ -807,7 +807,15 @@ class RolloutEngine:
         look = batch.looks + 1
         state = {k: float(v) for k, v in batch.gate_state.items() if not k.startswith("_")}
         seed = int.from_bytes(row.id.encode()[-4:], "big") + batch.index
-        results, new_state = judge.evaluate(cfg, canary, control, look=look, state=state, seed=seed)
+        results, new_state = judge.evaluate(
+            cfg,
+            canary,
+            control,
+            look=look,
+            state=state,
+            cohorts=(len(canary_ids), len(control_ids)),
+            seed=seed,
+        )
         batch.looks = look
         batch.gate_state = {**new_state, "_last_look_ms": _ms(now)}
         flag_modified(batch, "gate_state")

@@ -72,22 +72,25 @@ def evaluate(  # noqa: PLR0915
     *,
     look: int,
     state: Mapping[str, float],
+    cohorts: tuple[int, int] | None = None,
     seed: int = 0,
 ) -> tuple[list[GateResult], dict[str, float]]:
     """Every enabled metric gate at look `look` (1-based); returns the results and the new state
-    (running always-valid p per mSPRT gate). `min_devices` is capped at the cohorts' sizes so a
-    small fleet is judged on what it has (never below one device per arm)."""
+    (running always-valid p per mSPRT gate). `cohorts`: how many devices are in the canary and the
+    control cohort (reported or not; default: those with sums). `min_devices` is capped at the
+    cohorts' sizes so a small fleet is judged on what it has (never below one device per arm)."""
     gates = list(dict.fromkeys(cfg.metrics))
     if not gates:
         return [], dict(state)
-    if not control:
+    n_canary, n_control = cohorts if cohorts is not None else (len(canary), len(control))
+    if not n_control:
         return [
             _skip("canary_vs_control", "no control cohort: no matching device is left on the previous model")
         ], dict(state)
     alpha = cfg.alpha / len(gates)
     live_canary = [s for s in canary if s.windows > 0]
     live_control = [s for s in control if s.windows > 0]
-    min_dev = max(1, min(cfg.min_devices, len(canary), len(control)))
+    min_dev = max(1, min(cfg.min_devices, n_canary, n_control))
     common = {"min_devices": min_dev, "min_samples": cfg.min_samples}
     out: list[GateResult] = []
     new_state = dict(state)

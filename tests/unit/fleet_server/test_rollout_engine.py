@@ -101,6 +101,7 @@ class FakeMetrics:
     bad_sha: str = ""
     calls: int = 0
     min_windows: int = 0  # report at least this many windows (for tests on the wall clock)
+    silent: bool = False  # no device reports metric windows
 
     def __call__(
         self,
@@ -111,11 +112,13 @@ class FakeMetrics:
         model_sha256: str | None = None,
     ) -> dict[str, Sums]:
         self.calls += 1
-        out = {}
+        out: dict[str, Sums] = {}
+        if self.silent:
+            return out
         windows = max(self.min_windows, (until_ms - since_ms) // 30_000)
         for d in device_ids:
             sha = self.serving.get(d, OLD_SHA)
-            if (model_sha256 is not None and sha != model_sha256) or windows == 0:
+            if (model_sha256 is not None and sha != model_sha256) or windows <= 0:
                 continue
             rng = np.random.default_rng(abs(hash((d, windows))) % 2**32)
             n = 50 * windows
@@ -475,3 +478,46 @@ def test_a_stale_holder_cannot_write_after_losing_its_lease(world: World) -> Non
 def _only_rollout(world: World) -> str:
     with Session(world.db) as s:
         return s.exec(select(Rollout.id)).one()
+
+
+def test_an_operator_override_after_a_breach_assigns_the_next_batch(world: World) -> None:
+    world.devices(40)
+    world.metrics.bad_sha = NEW_SHA
+    eng = world.engine()
+    rid = eng.create(spec(world, batches=BatchPlan(percents=[10, 100])), OPERATOR)
+    assert drive(world, eng, rid) == "paused"
+    eng.act(rid, RolloutEvent.RESUME, OPERATOR, "known shift, accepted")
+    row = world.row(rid)
+    assert (row.state, row.batch) == ("running", 1)
+    assert len(world.ota.deployments) == 2 and len(world.ota.deployments[1][1]) == 36
+    assert "rollout.resume" in world.audit.actions()
+    resumed = next(e for e in world.audit.entries if e.action == "rollout.resume")
+    assert resumed.actor.name == "alice" and resumed.details["detail"] == "known shift, accepted"
+
+
+def test_a_draft_starts_on_request_and_a_completed_rollout_can_still_be_rolled_back(world: World) -> None:
+    world.devices(10)
+    eng = world.engine()
+    rid = eng.create(spec(world, start=False, batches=BatchPlan(percents=[100])), OPERATOR)
+    assert world.row(rid).state == "draft" and world.ota.deployments == []
+    eng.tick()
+    assert world.row(rid).state == "draft"  # a draft is never advanced by the loop
+    eng.act(rid, RolloutEvent.START, OPERATOR)
+    assert drive(world, eng, rid) == "completed"
+    eng.act(rid, RolloutEvent.ROLLBACK, OPERATOR, "field reports")
+    assert drive(world, eng, rid) == "rolled_back"
+    assert {r.status for r in world.devs(rid).values()} == {"rolled_back"}
+
+
+def test_metric_gates_without_data_follow_on_no_data(world: World) -> None:
+    world.devices(20)
+    world.metrics.silent = True  # the devices never report metric windows
+    eng = world.engine()
+    gates = FAST.model_copy(update={"on_no_data": "breach", "max_wait_s": 300})
+    rid = eng.create(spec(world, batches=BatchPlan(percents=[20, 100]), gates=gates), OPERATOR)
+    assert drive(world, eng, rid) == "paused"
+    assert "not enough metric data after 300 s" in world.row(rid).reason
+    rid2_world_gates = FAST.model_copy(update={"on_no_data": "pass", "max_wait_s": 300})
+    eng.act(rid, RolloutEvent.ABORT, OPERATOR)
+    rid2 = eng.create(spec(world, batches=BatchPlan(percents=[20, 100]), gates=rid2_world_gates), OPERATOR)
+    assert drive(world, eng, rid2) == "completed"
