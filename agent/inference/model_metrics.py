@@ -34,7 +34,7 @@ MAX_CLASSES = 1000
 MAX_MODELS = 8
 """Models tracked per window (a swap makes two); further ones are counted in `dropped_models`."""
 _PROBABILITY_TOLERANCE = 1e-3
-_SCALAR_VALUES = 64  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
+_SCALAR_VALUES = 128  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
 
 
 class ServedModel(Protocol):
