@@ -1,9 +1,10 @@
 """Every state change lands in the audit log, through a real server on SQLite and PostgreSQL: an
 operator publishes and deploys a release, registers a model that the real compiler builds, approves
-it, starts a federated run and cancels it. `GET /api/v1/audit` then lists each change once, in the
-order it happened, by who made it (the operator's token for requests, `system:<component>` for the
-compile worker), each service entry before the middleware's record of the request that caused it,
-and `GET /api/v1/audit/verify` finds the chain intact."""
+it (its release goes out through a rollout), starts a federated run and cancels it.
+`GET /api/v1/audit` then lists each change once, in the order it happened, by who made it (the
+operator's token for requests, `system:<component>` for the compile worker), each service entry
+before the middleware's record of the request that caused it, and `GET /api/v1/audit/verify`
+finds the chain intact."""
 
 from __future__ import annotations
 
@@ -96,9 +97,11 @@ def test_publish_deploy_register_approve_start_cancel_are_audited_in_order(
     changes = [
         (e["action"], e["target"]["kind"], e["target"]["id"], e["actor"]["kind"], e["actor"]["name"])
         for e in entries
-        if not e["action"].startswith("api ")
+        if not e["action"].startswith(("api ", "rollout."))  # rollout steps: checked below
     ]
     operator = ("operator", "operator-user")
+    # The approval's release goes out through a rollout (batch 1 deployed by the rollout engine).
+    deployer = next(a for a in changes if a[:3] == ("release.deployed", "release", str(second)))[3:]
     registry = ("system", "registry")
     assert changes == [
         ("server.start", "", "", "system", "fleet-server"),
@@ -110,7 +113,7 @@ def test_publish_deploy_register_approve_start_cancel_are_audited_in_order(
         ("model_version.compiled", "model_version", "digits-head@1", *registry),
         ("model_version.awaiting_approval", "model_version", "digits-head@1", *registry),
         ("release.published", "release", str(second), *operator),
-        ("release.deployed", "release", str(second), *operator),
+        ("release.deployed", "release", str(second), *deployer),
         ("model_version.released", "model_version", "digits-head@1", *operator),
         ("model_version.approved", "model_version", "digits-head@1", *operator),
         ("federated_run.started", "federated_run", run_id, *operator),
@@ -127,6 +130,9 @@ def test_publish_deploy_register_approve_start_cancel_are_audited_in_order(
     assert first_deploy["details"]["deployment_id"] == deployment["deployment_id"]
     assert first_deploy["details"]["device_ids"] == [device]
     assert by_action["model_version.released"]["details"]["previous"] == "awaiting_approval"
+    assert deployer in {operator, ("system", "ota"), ("system", "rollouts")}
+    [created] = [e for e in entries if e["action"] == "rollout.create"]
+    assert (created["actor"]["kind"], created["actor"]["name"]) == operator
     assert by_action["federated_run.cancelled"]["details"] == {
         "reason": "cancelled by operator-user: audit test",
         "cancelled_by": "operator-user",
@@ -141,6 +147,7 @@ def test_publish_deploy_register_approve_start_cancel_are_audited_in_order(
     assert index("federated_run.cancelled") < index("api POST /api/v1/federated/runs/{run_id}/cancel")
     approve_api = index("api POST /api/v1/models/{name}/versions/{version}/approve")
     assert index("release.published", 1) < index("model_version.approved") < approve_api
+    assert index("release.published", 1) < index("rollout.create") < index("model_version.released")
 
     report = _ok(c.get("/api/v1/audit/verify", headers=server.auth("viewer")), 200)
     assert report["ok"] is True and report["broken_seq"] is None, report
