@@ -43,7 +43,7 @@ from fleet_server.registry.routes import router as registry_router
 from fleet_server.registry.wiring import build_registry
 from fleet_server.rollouts.metrics import model_metrics_observer
 from fleet_server.rollouts.routes import router as rollouts_router
-from fleet_server.rollouts.wiring import build_rollouts
+from fleet_server.rollouts.wiring import build_rollouts, poke_on_ota_reports
 from fleet_server.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine,
             max_rows=settings.flush_max_rows,
             linger_s=settings.flush_interval_ms / 1000 / 10,
-            observers=[ota_status_observer, drift_observer, model_metrics_observer],
+            observers=[
+                ota_status_observer,
+                drift_observer,
+                model_metrics_observer,
+                poke_on_ota_reports(lambda: getattr(app.state, "rollouts", None)),
+            ],
         )
         registry = SessionRegistry()
         registry.bind_loop(asyncio.get_running_loop())

@@ -11,12 +11,25 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from fleet_server.audit.port import AuditRecorder
+from fleet_server.ingest import TelemetryObserver, TelemetryRow
 from fleet_server.rollouts.engine import OtaPort, RolloutEngine
 from fleet_server.rollouts.metrics import device_window_sums
 from fleet_server.settings import Settings
+
+
+def poke_on_ota_reports(engine: Callable[[], RolloutEngine | None]) -> TelemetryObserver:
+    """An ingest observer that wakes the engine when a flush carries OTA reports, so a batch
+    settles (or breaches) on the next flush rather than on the next tick. Never raises."""
+
+    def observe(conn: Connection, rows: list[tuple[str, TelemetryRow]]) -> None:
+        rollouts = engine()
+        if rollouts is not None and any(row.kind == "ota" for _, row in rows):
+            rollouts.poke()
+
+    return observe
 
 
 def build_rollouts(
