@@ -704,7 +704,14 @@ class RolloutEngine:
                 self._store_results(s, row.id, batch, [gate], look=batch.looks)
                 return E.BATCH_SETTLED, Ctx(detail=gate.detail)
             return None
-        # WAITING: canary vs control, at most once per look interval.
+        # WAITING: canary vs control, at most once per look interval. With no control cohort left
+        # (the last batch of a rollout that covers every matching device) there is nothing to
+        # compare against: the batch is judged on its installs alone, at once, never by waiting
+        # out `max_wait_s` (which would hold every later rollout of these devices for an hour).
+        if not self._control(s, row):
+            skipped = judge.no_control()
+            self._store_results(s, row.id, batch, [skipped], look=batch.looks)
+            return E.GATES_PASSED, Ctx(detail=skipped.detail)
         last = batch.gate_state.get("_last_look_ms")
         if last is not None and _ms(now) - int(last) < cfg.look_interval_s * 1000:
             return None

@@ -61,6 +61,11 @@ def _skip(name: str, why: str) -> GateResult:
     return GateResult(name, Verdict.PASS, 0.0, 1.0, None, 0.0, 0.0, (0, 0), (0, 0), f"skipped: {why}")
 
 
+def no_control() -> GateResult:
+    """The canary-vs-control verdict when no matching device is left on the previous model."""
+    return _skip("canary_vs_control", "no control cohort: no matching device is left on the previous model")
+
+
 def _pad(hists: Sequence[Sequence[int]], bins: int) -> list[list[int]]:
     return [list(h) + [0] * (bins - len(h)) for h in hists]
 
@@ -84,9 +89,7 @@ def evaluate(  # noqa: PLR0915
         return [], dict(state)
     n_canary, n_control = cohorts if cohorts is not None else (len(canary), len(control))
     if not n_control:
-        return [
-            _skip("canary_vs_control", "no control cohort: no matching device is left on the previous model")
-        ], dict(state)
+        return [no_control()], dict(state)
     alpha = cfg.alpha / len(gates)
     live_canary = [s for s in canary if s.windows > 0]
     live_control = [s for s in control if s.windows > 0]

@@ -521,3 +521,21 @@ def test_metric_gates_without_data_follow_on_no_data(world: World) -> None:
     eng.act(rid, RolloutEvent.ABORT, OPERATOR)
     rid2 = eng.create(spec(world, batches=BatchPlan(percents=[20, 100]), gates=rid2_world_gates), OPERATOR)
     assert drive(world, eng, rid2) == "completed"
+
+
+def test_a_last_batch_with_no_control_left_is_judged_on_installs_at_once(world: World) -> None:
+    """A one-batch rollout of every matching device (the registry's default policy) has no
+    control cohort: it completes as soon as its installs commit, never by waiting out max_wait_s
+    (which held the next registry version's rollout of the same devices for an hour)."""
+    world.devices(6)
+    eng = world.engine()
+    rid = eng.create(spec(world, batches=BatchPlan(percents=[100])), OPERATOR)
+    world.report(world.batch_devices(rid, 0), "committed", rid)
+    for _ in range(3):  # one tick settles the batch's installs, the next judges it
+        eng.tick()
+    assert world.row(rid).state == "completed"
+    with Session(world.db) as s:
+        gates = s.exec(select(RolloutGateResult).where(RolloutGateResult.rollout_id == rid)).all()
+    assert any(g.gate == "canary_vs_control" and "no control cohort" in g.detail for g in gates)
+    with Session(world.db) as s:
+        assert s.exec(select(RolloutHold)).all() == []  # the devices are free for the next rollout
