@@ -15,6 +15,7 @@ Does not know the database or HTTP (`releases.py`, `routes.py`).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -75,7 +76,7 @@ def _utcnow() -> datetime:
 
 
 class OtaRepository(Repository):
-    """File-backed repository; one writer at a time (a process-wide lock)."""
+    """File-backed repository; one writer at a time across threads and processes (`WriterLock`)."""
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class OtaRepository(Repository):
         self.keys = keys
         self.expiry = expiry or Expiry()
         self._now = now
-        self.lock = threading.RLock()
+        self.lock = WriterLock(root_dir.parent / f".{root_dir.name}.writer.lock")
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         self.targets_dir.mkdir(parents=True, exist_ok=True)
 
@@ -195,7 +196,8 @@ class OtaRepository(Repository):
         dest = self.target_file_path(info)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".tmp")
+            # Unique per writer: two replicas may store the same blob at once (outside the lock).
+            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             with source.open("rb") as src, tmp.open("wb") as out:
                 while block := src.read(1 << 20):
                     out.write(block)
@@ -296,6 +298,50 @@ def rotate_root(
             seen.add(signer.public_key.keyid)
             new_md.sign(signer, append=True)
     return new_md.to_bytes(_SERIALIZER)
+
+
+class WriterLock:
+    """One writer of the repository at a time, across threads *and* processes.
+
+    Several server replicas on one host (or on a shared volume with working `flock`) sign into the
+    same folder: every change re-reads the metadata from disk under this lock, so a version
+    number is never issued twice. Re-entrant per thread (a deploy publishes under the lock it
+    holds); the exclusive `flock` on `path` is taken on the outermost acquire and released with
+    it, and the kernel drops it if the process dies. The lock file lives beside the repository,
+    never inside the served folder.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self._depth -= 1
+            if self._depth == 0 and self._fd is not None:
+                fd, self._fd = self._fd, None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        finally:
+            self._thread_lock.release()
 
 
 def canonical_json(value: Any) -> bytes:
