@@ -5,7 +5,8 @@ real digits models (tests/fixtures/rollout_models.py).
 
 Fast tier: the rollout models have the properties the scenarios rely on (a silently bad model
 passes the device's golden-set and shadow gates but does something else on live inputs; a broken
-one does not load). Slow tier: one fleet, four rollouts in a row (each starts from where the last
+one does not load), and simulated devices are accepted by a real server process as agents are.
+Slow tier: one fleet, four rollouts in a row (each starts from where the last
 left the fleet): (i)+(iv) a good retrained model goes through every batch to every device; (ii) a
 model that fails to load halts at the canary, nobody else gets it, the canary stays on the
 previous model; (iii) a silently bad model halts at the canary on live metrics and is rolled back
@@ -31,6 +32,8 @@ import pytest
 
 from agent.client import EdgeloopClient
 from agent.ota.gates import DEFAULTS, agreement_and_distance
+from fleet_server.db import make_engine
+from fleet_server.rollouts.metrics import device_window_sums
 from fleet_server.rollouts.planning import order
 from tests.fixtures.rollout_models import (
     GOLDEN_THRESHOLD,
@@ -77,6 +80,58 @@ def test_rollout_models_are_what_the_scenarios_need() -> None:
     with pytest.raises(Exception, match=r"(?i)protobuf|load|parse"):
         run(m.broken, m.x_live)
     assert m.broken.stat().st_size < m.v1.stat().st_size
+
+
+def test_simulated_devices_speak_the_real_protocol(tmp_path: Path) -> None:
+    """OTA transitions and metric windows of simulated devices are accepted by a real server
+    process as an agent's are: deployment rows move to committed / failed, and every window lands
+    in `model_metric_window` with the served model's sha256 and real-model statistics."""
+    m = rollout_models()
+    pool = sf.input_pool(m.x_live, m.y_live)
+    catalogue = {v: sf.behaviour("digits", v, p, pool, profile) for v, p in [("1", m.v1), ("x", m.broken)]}
+    server = ServerProc(tmp_path / "server")
+    server.data_dir.mkdir()
+    server.init()
+    server.start()
+    sims: sf.SimFleet | None = None
+    try:
+        target = sf.ProcTarget(server.enroll_port, server.device_port, server.ca_file)
+        ids = [f"sim-{i}" for i in range(4)]
+        devices = sf.enroll_fleet(
+            target, [server.bootstrap_token() for _ in ids], ids, tmp_path / "ids", pool
+        )
+        sims = sf.SimFleet(target.device_target, target.ca_pem, devices, catalogue, window_s=0.5)
+        sims.start()
+        wait_until(lambda: sims is not None and sims.connected() == 4, 30, what="4 streams")
+        with server.api() as api:
+            v1 = sf.publish(api, m.v1, "1", m.golden)
+            rows = sf.deploy_and_wait(api, v1, ids[:3], timeout_s=60)
+            assert {r["state"] for r in rows} == {"committed"}, rows
+            bad = sf.publish(api, m.broken, "x", m.golden)
+            rows = sf.deploy_and_wait(api, bad, ids[:1], timeout_s=60)
+            assert rows[0]["state"] == "failed" and rows[0]["event"] == "stage_failed", rows
+        sha = catalogue["1"].sha256
+        engine = make_engine(f"sqlite:///{server.data_dir / 'fleet.db'}")
+        try:
+
+            def summed() -> dict[str, Any]:
+                with engine.connect() as conn:
+                    got = device_window_sums(conn, ids, 0, int(time.time() * 1000) + 1, sha)
+                return got if len(got) == 3 and all(s.windows >= 2 for s in got.values()) else {}
+
+            got = wait_until(summed, 30, what="metric windows of 3 devices")
+        finally:
+            engine.dispose()
+        assert set(got) == set(ids[:3])  # the device never assigned a model sends no windows
+        for s in got.values():
+            assert s.model_sha256 == sha and s.predictions > 0 and s.errors == 0
+            assert sum(s.confidence_hist) == s.predictions == sum(s.class_counts)
+            assert 0.8 < s.confidence_sum / s.predictions <= 1.0  # v1's real confidence
+        assert sims.devices["sim-0"].serving is not None and sims.devices["sim-0"].serving.version == "1"
+    finally:
+        if sims is not None:
+            sims.stop()
+        server.stop()
 
 
 # ---------------------------------------------------------------- the fleet: real agents + simulated
