@@ -45,6 +45,10 @@ def _ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
+def _windows(end: float | None, start: float | None, window_s: float) -> float | None:
+    return (end - start) / window_s if end is not None and start else None
+
+
 def _get(api: Any, path: str) -> list[Any]:
     out: list[Any] = []
     while True:
@@ -126,10 +130,8 @@ def trial(
         "received_outside_canary": len(received - canary),
         "install_gate_canary": install[-1]["verdict"] if install else None,
         "looks_canary": max((g["look"] for g in looks), default=0),
-        "canary_to_halt_windows": (halted_at - canary_start) / args.window
-        if halted and canary_start else None,
-        "min_sample_to_halt_windows": (halted_at - first_sample) / args.window
-        if halted and first_sample else None,
+        "canary_to_halt_windows": _windows(halted_at, canary_start, args.window),
+        "min_sample_to_halt_windows": _windows(halted_at, first_sample, args.window),
         "wall_s": time.time() - t0,
     }  # fmt: skip
 
