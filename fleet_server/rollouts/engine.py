@@ -708,6 +708,9 @@ class RolloutEngine:
         # (the last batch of a rollout that covers every matching device) there is nothing to
         # compare against: the batch is judged on its installs alone, at once, never by waiting
         # out `max_wait_s` (which would hold every later rollout of these devices for an hour).
+        # No metric gate configured: nothing to wait for either.
+        if not cfg.metrics:
+            return E.GATES_PASSED, Ctx(detail="no metric gates configured: judged on installs alone")
         if not self._control(s, row):
             skipped = judge.no_control()
             self._store_results(s, row.id, batch, [skipped], look=batch.looks)
@@ -953,9 +956,8 @@ class RolloutEngine:
         actor = Actor(
             str(a.get("kind", "system")), str(a.get("id", "")), str(a.get("name", "")), str(a.get("role", ""))
         )
-        self.audit.record(
-            actor, str(effect["action"]), Target("rollout", row.id), dict(effect.get("details") or {})
-        )
+        details = {**dict(effect.get("details") or {}), "replica": self.holder}  # which replica advanced it
+        self.audit.record(actor, str(effect["action"]), Target("rollout", row.id), details)
 
     def _assign(self, s: Session, claim: Claim, row: Rollout, effect: dict[str, Any]) -> None:
         """Deploy each release of the batch to exactly the batch's devices of its profiles (the

@@ -47,7 +47,7 @@ class GateConfig(BaseModel):
     min_samples: int = Field(default=100, ge=1, le=10**9)
     min_window_s: float = Field(default=60.0, ge=0, le=7 * 24 * 3600)
     look_interval_s: float = Field(default=30.0, ge=0, le=24 * 3600)
-    max_looks: int = Field(default=20, ge=1, le=1000)
+    max_looks: int = Field(default=10, ge=1, le=1000)
     # Give up waiting for metrics after this long: the gates pass on installs alone ("pass") or
     # the rollout breaches ("breach").
     max_wait_s: float = Field(default=3600.0, gt=0, le=30 * 24 * 3600)
@@ -57,7 +57,10 @@ class GateConfig(BaseModel):
     latency_margin: float = Field(default=0.25, ge=0.0, le=100.0)  # relative rise of mean latency
     drift_margin: float = Field(default=0.05, ge=0.0, le=1e6)
     hist_min_effect: float = Field(default=0.05, ge=0.0, le=1.0)  # total variation distance
-    permutations: int = Field(default=1000, ge=99, le=20_000)
+    # The smallest p a permutation test can give is 1/(permutations+1): it must be below the per-look
+    # alpha (alpha / gates / max_looks = 0.05 / 6 / 10 = 8.3e-4 by default) or a histogram gate can
+    # never fail (with 1,000 and 20 looks it could not: found by the rollout benchmark).
+    permutations: int = Field(default=5000, ge=99, le=20_000)
 
 
 class Selector(BaseModel):

@@ -219,3 +219,15 @@ def test_silently_bad_models_are_halted_within_three_windows(scenario: str, gate
     assert len(looks) / runs >= 0.95
     assert max(looks) <= 3  # the minimum sample (10 devices, 200 predictions per arm) is reached at look 1
     assert sum(gate in failed for _, failed in outcomes) >= 0.95 * runs
+
+
+def test_default_gate_config_lets_a_histogram_gate_fail_at_every_look() -> None:
+    """A permutation p-value is at least 1/(permutations+1): under the defaults it must be able to
+    fall below the alpha each look gets, or a class-mix shift could never halt a rollout."""
+    from fleet_server.rollouts.gates import spent_alpha
+    from fleet_server.rollouts.schemas import GateConfig
+
+    cfg = GateConfig()
+    per_gate = cfg.alpha / len(cfg.metrics)
+    smallest_p = 1 / (cfg.permutations + 1)
+    assert all(smallest_p < spent_alpha(k, cfg.max_looks, per_gate) for k in range(1, cfg.max_looks + 1))
