@@ -92,6 +92,7 @@ from fleet_server.rollouts.planning import BatchSpec, Candidate, Selector, plan_
 from fleet_server.rollouts.schemas import GateConfig, RolloutCreate, RolloutPolicy
 from fleet_server.rollouts.schemas import Selector as RolloutSelector
 from fleet_server.rollouts.states import TERMINAL, BreachPolicy, RolloutEvent, RolloutState
+from fleet_server.rollouts.windows import download_wait
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ _DUE = [S.RUNNING.value, S.WAITING.value, S.ROLLING_BACK.value]
 
 
 # ------------------------------------------------------------------ ports
+
+
+WAIT_PREFIX = "waiting for the download window"
+AWAITING_WINDOW = "awaiting_window"  # the agent's OTA state while its apply window is closed
 
 
 class OtaPort(Protocol):
@@ -419,7 +424,10 @@ class RolloutEngine:
                 name=spec.name or rid,
                 release_seq=releases[0].seq or 0,
                 selector=spec.selector.model_dump(mode="json"),
-                batch_spec=spec.batches.model_dump(mode="json"),
+                batch_spec={
+                    **spec.batches.model_dump(mode="json"),
+                    "windows": spec.windows.model_dump(mode="json"),
+                },
                 gates=spec.gates.model_dump(mode="json"),
                 on_breach=spec.on_breach,
                 batches=len(plan),
@@ -595,7 +603,7 @@ class RolloutEngine:
             self._guard(s, claim)
             row = s.get(Rollout, claim.rollout_id)
             assert row is not None
-            if row.pending_effects:  # another holder's leftovers: run them first
+            if row.pending_effects and not self._awaiting_download(row):  # leftovers: run them first
                 s.commit()
                 self._run_pending(claim)
                 return True
@@ -755,6 +763,9 @@ class RolloutEngine:
         statuses = _statuses(s, [(d.device_id, d.deployment_id) for d in live])
         now = self.clock()
         silent_after = (batch.assigned_at or now) + timedelta(seconds=cfg.silent_timeout_s)
+        # A device cannot be silent for not installing while it was not allowed to: no silent
+        # timeout while the download window is closed, nor for a device awaiting its apply window.
+        window_closed = download_wait(row.batch_spec, now) is not None
         for d in live:
             if d.status not in (DEVICE_ASSIGNED, DEVICE_SILENT, DEVICE_COMMITTED, DEVICE_FAILED):
                 continue
@@ -764,7 +775,12 @@ class RolloutEngine:
                 new, detail = DEVICE_COMMITTED, ""
             elif st is not None and st.state in FAILED_STATES:
                 new, detail = DEVICE_FAILED, f"{st.state}: {st.detail}"[:1024]
-            elif d.status == DEVICE_ASSIGNED and now >= silent_after:
+            elif (
+                d.status == DEVICE_ASSIGNED
+                and now >= silent_after
+                and not window_closed
+                and not (st is not None and st.state == AWAITING_WINDOW)
+            ):
                 new = DEVICE_SILENT
                 last = st.state if st else "none"
                 detail = f"no install report within {cfg.silent_timeout_s:g} s (last: {last})"
@@ -909,6 +925,35 @@ class RolloutEngine:
 
     # ------------------------------------------------------------ effects
 
+    def _awaiting_download(self, row: Rollout) -> bool:
+        """Every pending effect is a batch assignment and no download window is open: the
+        rollout waits in its state (operator events and observations still apply)."""
+        return (
+            bool(row.pending_effects)
+            and all(e.get("kind") == "assign_batch" for e in row.pending_effects)
+            and download_wait(row.batch_spec, self.clock()) is not None
+        )
+
+    def _hold_assignments(self, s: Session, row: Rollout) -> bool:
+        """Outside the download window: move the batch assignment behind the other effects (they
+        run now) and say in the rollout's reason when the window opens. True when only the held
+        assignment is left; inside the window, clear that reason and return False."""
+        wait = download_wait(row.batch_spec, self.clock())
+        if wait is None:
+            if row.reason.startswith(WAIT_PREFIX):
+                row.reason = ""
+                s.add(row)
+            return False
+        others = [e for e in row.pending_effects if e.get("kind") != "assign_batch"]
+        held = [e for e in row.pending_effects if e.get("kind") == "assign_batch"]
+        row.pending_effects = [*others, *held]
+        flag_modified(row, "pending_effects")
+        if row.reason != wait[:1024]:
+            row.reason = wait[:1024]
+            logger.info("rollout %s: %s", row.id, wait)
+        s.add(row)
+        return not others
+
     def _run_pending(self, claim: Claim) -> None:
         while True:
             with Session(self.db) as s:
@@ -916,6 +961,9 @@ class RolloutEngine:
                 row = s.get(Rollout, claim.rollout_id)
                 assert row is not None
                 if not row.pending_effects:
+                    s.commit()
+                    return
+                if row.pending_effects[0].get("kind") == "assign_batch" and self._hold_assignments(s, row):
                     s.commit()
                     return
                 effect = dict(row.pending_effects[0])

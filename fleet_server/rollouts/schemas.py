@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from fleet_server.api.params import INT64_MAX, Labels, NoNul
+from fleet_server.rollouts.windows import Windows
 
 _PROFILE = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 _LABEL_KEY = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}$")]
@@ -99,6 +100,9 @@ class RolloutCreate(BaseModel):
     batches: BatchPlan = Field(default_factory=lambda: BatchPlan(percents=[1, 10, 50, 100]))
     gates: GateConfig = Field(default_factory=GateConfig)
     on_breach: Literal["pause", "rollback"] = "pause"
+    # Download windows: batches are assigned only while one is open; apply windows: devices switch
+    # only inside one (sent in the signed assignment). Stored in the row's batch_spec["windows"].
+    windows: Windows = Field(default_factory=Windows)
     start: bool = True  # False: stays a draft until POST .../start
 
 

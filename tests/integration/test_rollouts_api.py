@@ -167,6 +167,27 @@ def test_create_read_act_and_advance(server: LiveServer) -> None:
         ({"releases": []}, 422, "releases"),
         ({"releases": ["REL"], "gates": {"alpha": 2}}, 422, "alpha"),
         ({"releases": ["REL"], "on_breach": "explode"}, 422, "on_breach"),
+        (
+            {
+                "releases": ["REL"],
+                "windows": {"download": [{"days": [1], "start": "01:00", "end": "02:00", "tz": "Mars/Base"}]},
+            },
+            422,
+            "unknown time zone",
+        ),
+        (
+            {
+                "releases": ["REL"],
+                "windows": {"apply": [{"days": ["someday"], "start": "01:00", "end": "02:00"}]},
+            },
+            422,
+            "days",
+        ),
+        (
+            {"releases": ["REL"], "windows": {"apply": [{"days": [1], "start": "7:00", "end": "08:00"}]}},
+            422,
+            "start",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_with_a_reason(
@@ -284,3 +305,20 @@ def test_model_rollout_policy_is_stored_and_used_by_registry_releases(server: Li
     assert detail["gates"]["min_devices"] == 2 and detail["name"] == "digits@2"
     assert sorted(started["releases"][seq]["devices"]) == sorted(ids)  # only the named devices
     assert started["releases"][seq]["deployment_id"]
+
+
+def test_a_rollout_outside_its_download_window_waits_with_a_visible_reason(server: LiveServer) -> None:
+    from datetime import UTC, datetime
+
+    _devices(server, 5)
+    seq = _release(server, b"v2-window" * 40, ["generic-x86"])
+    closed_day = (datetime.now(UTC).weekday() + 3) % 7  # a window that is not open today or tomorrow
+    windows = {"download": [{"days": [closed_day], "start": "00:00", "end": "00:01", "tz": "UTC"}]}
+    r = _create(server, releases=[seq], batches={"percents": [100]}, gates=GATES, windows=windows)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    out = server.client.get(f"/api/v1/rollouts/{rid}", headers=server.auth("viewer")).json()
+    assert out["state"] == "running" and out["devices"] == {"pending": 5}
+    assert out["reason"].startswith("waiting for the download window, opens at ")
+    assert out["batch_spec"]["windows"] == {**windows, "apply": []}
+    assert out["plan"][0]["deployments"] == {}
