@@ -14,7 +14,6 @@ the truncating mirror), 3 protocol-level devices in this process whose every rec
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import pytest
 from protos.edgeloop.v1 import device_pb2 as pb
 from tests.conftest import drop_pg_database, make_pg_database
 from tests.helpers.inproc import RawStream, device_channel, enroll, report
-from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 from tests.integration.test_ota_faults import FlakyHttp
 from tests.integration.test_ota_support import models
 
@@ -151,24 +150,6 @@ class Flooder:
                 time.sleep(0.3)
 
 
-class OtaAgent(AgentProc):
-    base_url: str = ""
-
-    def launch(self) -> subprocess.Popen[bytes]:
-        env = self.env()
-        env.update(
-            EDGELOOP_AGENT_OTA_BASE_URL=self.base_url or self.server.url + "/ota",
-            EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(
-                self.server.data_dir / "ota" / "repo" / "metadata" / "1.root.json"
-            ),
-            EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="2",
-            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_S="0.5",
-            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_MAX_S="2",
-        )
-        fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
-        return subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=fh, stderr=fh)
-
-
 @pytest.fixture
 def pg_url(pg_available: bool) -> Iterator[str]:
     if not pg_available:
@@ -235,7 +216,8 @@ def test_chaos_fleet_keeps_every_record_and_ends_every_update(tmp_path: Path, pg
     server.init()
     server.start()
     target = Target(server)
-    agents: list[OtaAgent] = []
+    agents: list[AgentProc] = []
+    mirrored: dict[str, str] = {}
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
@@ -245,13 +227,13 @@ def test_chaos_fleet_keeps_every_record_and_ends_every_update(tmp_path: Path, pg
 
             # ---- the fleet: 16 real agents, 3 simulated, 1 flooder
             for i in range(REAL):
-                agent = OtaAgent(f"dev-{i:02d}", tmp_path / "agents" / f"dev-{i:02d}", server, 0.3)
+                agent = AgentProc(f"dev-{i:02d}", tmp_path / "agents" / f"dev-{i:02d}", server, 0.3)
                 if i < VIA_BAD_MIRROR:
-                    agent.base_url = f"http://127.0.0.1:{mirror.port}/ota"
+                    mirrored[agent.device_id] = f"http://127.0.0.1:{mirror.port}/ota"
                 agent.data_dir.mkdir(parents=True)
                 result = agent.enroll(server.bootstrap_token(labels={"site": "chaos"}))
                 assert result.returncode == 0, result.stderr.decode()
-                agent.proc = agent.launch()
+                agent.start_ota(mirrored.get(agent.device_id, ""), EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="2")
                 agents.append(agent)
             sims = [
                 SimDevice(f"sim-{i}", target, enroll(target, f"sim-{i}", server.bootstrap_token(), tmp_path))  # type: ignore[arg-type]
@@ -273,7 +255,7 @@ def test_chaos_fleet_keeps_every_record_and_ends_every_update(tmp_path: Path, pg
 
             # ---- an agent started twice on its own data directory is refused, the first keeps going
             twice = next(a for a in agents if a.device_id == TWICE)
-            second = twice.launch()
+            second = twice.start_ota()
             assert second.wait(60) == 20, "a second agent on one data directory must exit 20"
             log = (twice.data_dir.parent / f"{TWICE}.log").read_text(errors="replace")
             assert f"in use by pid {twice.proc.pid}" in log  # type: ignore[union-attr]

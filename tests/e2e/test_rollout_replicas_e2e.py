@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import drop_pg_database, make_pg_database
-from tests.e2e.test_chaos import OtaAgent
 from tests.helpers.net import free_port
-from tests.helpers.procs import ServerProc, wait_until
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 from tests.integration.test_ota_support import models
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
@@ -103,19 +102,19 @@ def test_a_replica_killed_mid_rollout_leaves_the_other_to_finish_it(tmp_path: Pa
         lb.enroll_port: [a.enroll_port, b.enroll_port],
         lb.device_port: [a.device_port, b.device_port],
     }
-    agents: list[OtaAgent] = []
+    agents: list[AgentProc] = []
     with Balancer(routes):
         a.start(a.data_dir / "a.log")
         b.start(a.data_dir / "b.log")
         lb.admin_token = token
         try:
             for i in range(AGENTS):
-                agent = OtaAgent(f"dev-{i}", tmp_path / "agents" / f"dev-{i}", lb, 0.5)
+                agent = AgentProc(f"dev-{i}", tmp_path / "agents" / f"dev-{i}", lb, 0.5)
                 agent.env_extra["EDGELOOP_AGENT_SERVER_SYNC_ENDPOINT"] = f"localhost:{lb.device_port}"
                 agent.data_dir.mkdir(parents=True)
                 result = agent.enroll(lb.bootstrap_token(labels={"site": "replicas"}))
                 assert result.returncode == 0, result.stderr.decode()
-                agent.proc = agent.launch()
+                agent.start_ota()
                 agents.append(agent)
             with lb.api() as api:
                 blob = api.put("/ota/blobs", content=m.v1.read_bytes()).json()

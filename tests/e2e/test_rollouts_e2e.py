@@ -18,7 +18,6 @@ rollout still completes. Batch seeds are chosen with the engine's own ordering
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -44,7 +43,7 @@ from tests.fixtures.rollout_models import (
     run,
 )
 from tests.helpers import simfleet as sf
-from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 
 
 def test_rollout_models_are_what_the_scenarios_need() -> None:
@@ -150,17 +149,7 @@ class OtaAgent(AgentProc):
     """A real agent with OTA on, one-second metric windows, and an app feeding it live inputs."""
 
     def launch(self) -> None:
-        env = self.env()
-        env.update(
-            EDGELOOP_AGENT_OTA_BASE_URL=self.server.url + "/ota",
-            EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(self.server.data_dir / "ota/repo/metadata/1.root.json"),
-            EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="1",
-            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_S="0.5",
-            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_MAX_S="2",
-            EDGELOOP_AGENT_METRICS_WINDOW_S="1",
-        )
-        fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
-        self.proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=fh, stderr=fh)
+        self.start_ota(EDGELOOP_AGENT_METRICS_WINDOW_S="1")
 
     def version(self) -> str:
         with EdgeloopClient(self.data_dir / "inference.sock", timeout_s=5) as client:

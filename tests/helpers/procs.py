@@ -144,6 +144,28 @@ class AgentProc:
         fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
         self.proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=self.env(), stdout=fh, stderr=fh)
 
+    def start_ota(self, base_url: str = "", **extra: str) -> subprocess.Popen[bytes]:
+        """`edgeloop-agent run` with OTA on against the server's repository (or a mirror at
+        `base_url`), short polls and retry backoffs; `extra` adds or overrides EDGELOOP_* variables.
+        Returns the process (also kept as `proc` unless one is already running: a second instance
+        on the same data directory is how the lock is tested)."""
+        env = self.env()
+        env.update(
+            EDGELOOP_AGENT_OTA_BASE_URL=base_url or self.server.url + "/ota",
+            EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(
+                self.server.data_dir / "ota" / "repo" / "metadata" / "1.root.json"
+            ),
+            EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="1",
+            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_S="0.5",
+            EDGELOOP_AGENT_OTA_UPDATE_BACKOFF_MAX_S="2",
+        )
+        env.update(extra)
+        fh = open(self.data_dir.parent / f"{self.device_id}.log", "ab")
+        proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=fh, stderr=fh)
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = proc
+        return proc
+
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
             [BIN / "edgeloop-agent", "status", "--json"], env=self.env(), capture_output=True, check=True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from fleet_server.db import make_engine
 from fleet_server.models import TelemetryRecord
 from fleet_server.rollouts.metrics import ModelMetricWindow, device_window_sums
 from fleet_server.settings import Settings
-from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 from tests.integration.test_ota_support import drift_references, models
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,16 +64,7 @@ def _deploy(server: ServerProc, seq: int, device: str) -> str:
 
 
 def _launch(agent: AgentProc) -> None:
-    env = agent.env()
-    env.update(
-        EDGELOOP_AGENT_OTA_BASE_URL=agent.server.url + "/ota",
-        EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(agent.server.data_dir / "ota/repo/metadata/1.root.json"),
-        EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="1",
-        EDGELOOP_AGENT_METRICS_WINDOW_S="1",
-        EDGELOOP_AGENT_DRIFT_INTERVAL_S="0.3",
-    )
-    fh = open(agent.data_dir.parent / f"{agent.device_id}.log", "ab")
-    agent.proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=fh, stderr=fh)
+    agent.start_ota(EDGELOOP_AGENT_METRICS_WINDOW_S="1", EDGELOOP_AGENT_DRIFT_INTERVAL_S="0.3")
 
 
 def _traffic(client: EdgeloopClient, x: np.ndarray) -> tuple[np.ndarray, int]:

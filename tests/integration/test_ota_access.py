@@ -6,7 +6,6 @@ but not another device's, and `EDGELOOP_OTA_PUBLIC=true` restores anonymous read
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from fleet_server.ota.access import SECRET_FILE, TOKEN_HEADER, TOKEN_QUERY, access_for
-from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 from tests.integration.test_ota_support import models
 
 pytestmark = pytest.mark.timeout(240)
@@ -34,14 +33,7 @@ def _publish(server: ServerProc, path: Path, golden: Path) -> dict[str, object]:
 
 
 def _launch(agent: AgentProc) -> None:
-    env = agent.env()
-    env.update(
-        EDGELOOP_AGENT_OTA_BASE_URL=agent.server.url + "/ota",
-        EDGELOOP_AGENT_OTA_TRUSTED_ROOT=str(agent.server.data_dir / "ota/repo/metadata/1.root.json"),
-        EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="1",
-    )
-    fh = open(agent.data_dir.parent / f"{agent.device_id}.log", "ab")
-    agent.proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=fh, stderr=fh)
+    agent.start_ota()
 
 
 def test_targets_and_device_metadata_need_a_token_real_agent_installs_with_its_own(tmp_path: Path) -> None:
