@@ -4,7 +4,9 @@ How to read the table: a row ``(STATE, EVENT): NEXT`` says that when the work of
 EVENT the machine moves to NEXT. Each in-flight state has work (download, verify, stage ...) that
 the client runs *after* the state is persisted, so a power cut re-enters the same state and the
 work runs again (every step is idempotent). Terminal states (COMMITTED, FAILED, ROLLED_BACK,
-REFUSED) are the statuses a deployment ends in; a new assignment leaves them. REFUSED is entered
+REFUSED) are the statuses a deployment ends in; a new assignment leaves them. AWAITING_WINDOW sits
+between the gates and the switch while the assignment's apply windows are all closed
+(`protos/edgeloop/windows.py`). REFUSED is entered
 from a terminal state when the device refuses the repository's metadata for the deployment the
 fleet server says it should run (rollback, freeze, rogue key, expiry): nothing was downloaded, the
 serving model stays. Three events apply to any in-flight state and are handled in `machine.py`:
@@ -27,6 +29,7 @@ class UpdateState(StrEnum):
     STAGING = "staging"
     GOLDEN_CHECK = "golden_check"
     SHADOWING = "shadowing"
+    AWAITING_WINDOW = "awaiting_window"  # gates passed; the switch waits for an apply window
     SWITCHING = "switching"
     WATCHING = "watching"
     COMMITTING = "committing"
@@ -49,6 +52,8 @@ class UpdateEvent(StrEnum):
     GOLDEN_FAILED = "golden_failed"
     SHADOW_PASSED = "shadow_passed"
     SHADOW_FAILED = "shadow_failed"
+    WINDOW_CLOSED = "window_closed"
+    WINDOW_OPENED = "window_opened"
     SWITCHED = "switched"
     SWITCH_FAILED = "switch_failed"
     WATCH_PASSED = "watch_passed"
@@ -89,6 +94,9 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     (S.GOLDEN_CHECK, E.GOLDEN_FAILED): S.FAILED,
     (S.SHADOWING, E.SHADOW_PASSED): S.SWITCHING,
     (S.SHADOWING, E.SHADOW_FAILED): S.FAILED,
+    # The assignment carries apply windows and none is open: staged and gated, the switch waits.
+    (S.SHADOWING, E.WINDOW_CLOSED): S.AWAITING_WINDOW,
+    (S.AWAITING_WINDOW, E.WINDOW_OPENED): S.SWITCHING,
     (S.SWITCHING, E.SWITCHED): S.WATCHING,
     (S.SWITCHING, E.SWITCH_FAILED): S.REVERTING,
     (S.WATCHING, E.WATCH_PASSED): S.COMMITTING,
@@ -99,11 +107,13 @@ TRANSITIONS: dict[tuple[UpdateState, UpdateEvent], UpdateState] = {
     # A restart loses the loaded candidate (memory): gates and switch start again from staging.
     (S.GOLDEN_CHECK, E.RESUMED): S.STAGING,
     (S.SHADOWING, E.RESUMED): S.STAGING,
+    # Restarted while waiting: stage and gate the candidate again, then wait again (never early).
+    (S.AWAITING_WINDOW, E.RESUMED): S.STAGING,
     (S.SWITCHING, E.RESUMED): S.STAGING,  # the client posts SWITCHED instead if the switch happened
 }
 
 # The event that ends a state whose work kept failing transiently (RETRY attempts exhausted).
-# COMMITTING has none: its work cannot fail.
+# COMMITTING and AWAITING_WINDOW have none: their work cannot fail.
 GIVE_UP: dict[UpdateState, UpdateEvent] = {
     S.DOWNLOADING: E.DOWNLOAD_FAILED,
     S.VERIFYING: E.VERIFY_FAILED,

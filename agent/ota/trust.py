@@ -24,6 +24,7 @@ from tuf.ngclient.updater import Updater
 
 from agent.errors import IntegrityError, TransportError
 from agent.ota.fetcher import HttpFetcher
+from protos.edgeloop import windows
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Plan:
     profiles: list[str] = field(default_factory=list)  # empty: any device profile
     compressed: TargetRef | None = None  # the artifact as xz, when the release ships it
     drift_reference: TargetRef | None = None  # drift_reference.json staged beside the model
+    # The rollout's apply windows (signed in the assignment); empty: switch at once.
+    apply_windows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +144,7 @@ class Trust:
             profiles=[str(p) for p in spec.get("profiles") or []],
             compressed=self._optional(updater, spec.get("compressed")),
             drift_reference=self._optional(updater, spec.get("drift_reference")),
+            apply_windows=_apply_windows(ours.get("apply_windows")),
         )
 
     def _optional(self, updater: Updater, path: object) -> TargetRef | None:
@@ -163,3 +167,16 @@ def _edgeloop(info: TargetFile) -> dict[str, Any]:
     if not isinstance(ours, dict):
         raise IntegrityError(f"target {info.path} carries no edgeloop fields")
     return ours
+
+
+def _apply_windows(raw: object) -> list[dict[str, Any]]:
+    """The assignment's apply windows, checked here so a malformed one refuses the assignment."""
+    if not raw:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(w, dict) for w in raw):
+        raise IntegrityError("assignment apply_windows is not a list of windows")
+    try:
+        windows.parse(raw)
+    except windows.WindowError as err:
+        raise IntegrityError(f"assignment apply_windows refused: {err}") from err
+    return [dict(w) for w in raw]

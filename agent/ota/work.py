@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.drift.feeder import REFERENCE_FILE
@@ -34,6 +35,7 @@ from agent.ota.serving import ServingPort
 from agent.ota.states import GIVE_UP, UpdateEvent, UpdateState
 from agent.ota.transfer import Transfer
 from agent.ota.trust import Plan, TargetRef
+from protos.edgeloop import windows
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class WorkLimits:
     max_golden_bytes: int = 64 << 20
     max_drift_reference_bytes: int = 8 << 20  # the fleet server's publish limit too
     profile: str = ""  # this device's profile; a release listing profiles must name it
+    window_poll_s: float = 60.0  # awaiting an apply window: look at the wall clock at least this often
 
 
 class Work:
@@ -67,6 +70,7 @@ class Work:
         resources: Resources,
         limits: WorkLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.dir = directory
         self.downloads = directory / "downloads"
@@ -76,6 +80,7 @@ class Work:
         self._resources = resources
         self._limits = limits or WorkLimits()
         self._clock = clock
+        self._wall_clock = wall_clock  # apply windows are wall-clock time (UTC, tz-aware)
         self.downloads.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.last_delta: dict[str, int] = {}
@@ -119,6 +124,8 @@ class Work:
             return await self.golden(plan)
         if state is S.SHADOWING:
             return await self.shadow(plan, stop)
+        if state is S.AWAITING_WINDOW:
+            return await self.await_window(plan, stop)
         if state is S.SWITCHING:
             return await self.switch(record, plan, save)
         if state is S.WATCHING:
@@ -248,7 +255,23 @@ class Work:
         if judged is None:
             return None  # stopping: the shadow run starts again after the restart
         passed, detail = judged
+        if passed and not windows.is_open(windows.parse(plan.apply_windows), self._wall_clock()):
+            wait = windows.describe_wait(windows.parse(plan.apply_windows), self._wall_clock(), "apply")
+            return Outcome(E.WINDOW_CLOSED, f"{detail}; {wait}")
         return Outcome(E.SHADOW_PASSED if passed else E.SHADOW_FAILED, detail)
+
+    async def await_window(self, plan: Plan, stop: asyncio.Event) -> Outcome | None:
+        """Wait (staged, gates passed) until an apply window of the assignment is open."""
+        parsed = windows.parse(plan.apply_windows)
+        wait = _waiter(stop)
+        while True:
+            now = self._wall_clock()
+            if windows.is_open(parsed, now):
+                return Outcome(E.WINDOW_OPENED, f"apply window open at {now.isoformat(timespec='seconds')}")
+            nxt = windows.next_open(parsed, now)
+            until = (nxt - now).total_seconds() if nxt is not None else self._limits.window_poll_s
+            if await wait(max(0.01, min(until, self._limits.window_poll_s))):
+                return None  # stopping: a restart stages and gates again, then waits again
 
     # ------------------------------------------------------------ switch, watch, revert
 

@@ -272,9 +272,17 @@ class OtaService:
     # ------------------------------------------------------------ deployments
 
     def deploy(
-        self, *, session: Session, release_seq: int, device_ids: list[str], actor: Actor | None = None
+        self,
+        *,
+        session: Session,
+        release_seq: int,
+        device_ids: list[str],
+        actor: Actor | None = None,
+        apply_windows: list[dict[str, Any]] | None = None,
     ) -> str:
         """Assign a release to devices (signed per-device roles); returns the deployment id.
+        `apply_windows` (a rollout's, JSON as `protos/edgeloop/windows.py` reads it) go into each
+        signed assignment: the device switches to the release only inside one.
 
         Raises:
             NotFoundError: unknown release or device.
@@ -302,6 +310,8 @@ class OtaService:
                         "slot": SLOT,
                     }
                 }
+                if apply_windows:
+                    custom["edgeloop"]["apply_windows"] = apply_windows
                 doc = Path(tmp) / f"{device.id}.json"
                 doc.write_bytes(canonical_json(custom))
                 signed.append(

@@ -42,7 +42,7 @@ _EVENT_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 STATES = frozenset(
     {
         "downloading", "verifying", "staging", "golden_check", "shadowing", "switching", "watching",
-        "committing", "reverting", "committed", "failed", "rolled_back", "refused", "idle",
+        "awaiting_window", "committing", "reverting", "committed", "failed", "rolled_back", "refused", "idle",
     }
 )  # fmt: skip
 

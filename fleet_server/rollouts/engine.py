@@ -118,7 +118,14 @@ class OtaPort(Protocol):
         self, *, session: Session, spec: ReleaseCreate, created_by: str, idempotency_key: str
     ) -> tuple[OtaRelease, bool]: ...
 
-    def deploy(self, *, session: Session, release_seq: int, device_ids: list[str]) -> str: ...
+    def deploy(
+        self,
+        *,
+        session: Session,
+        release_seq: int,
+        device_ids: list[str],
+        apply_windows: list[dict[str, Any]] | None = None,
+    ) -> str: ...
 
 
 class MetricsSource(Protocol):
@@ -1043,8 +1050,10 @@ class RolloutEngine:
                 else:
                     self._mark(s2, row2, current, key)
                     self._crash("before_deploy")
+                    apply = (row2.batch_spec.get("windows") or {}).get("apply") or []
+                    extra: dict[str, Any] = {"apply_windows": apply} if apply else {}
                     dep = self.ota.deploy(
-                        session=s2, release_seq=seq, device_ids=ids
+                        session=s2, release_seq=seq, device_ids=ids, **extra
                     )  # commits with the mark
                     self._crash("deployed")
                 self._guard(s2, claim)

@@ -162,13 +162,15 @@ class FleetSide:
         upload.write_bytes(path.read_bytes())
         return self.ota.adopt_blob(upload)
 
-    def deploy(self, seq: int, *devices: str) -> str:
+    def deploy(self, seq: int, *devices: str, apply_windows: list[dict[str, Any]] | None = None) -> str:
         with Session(self.engine) as s:
             for d in devices:
                 if s.get(Device, d) is None:
                     s.add(Device(id=d))
             s.commit()
-            return self.ota.deploy(session=s, release_seq=seq, device_ids=list(devices))
+            return self.ota.deploy(
+                session=s, release_seq=seq, device_ids=list(devices), apply_windows=apply_windows
+            )
 
 
 @functools.cache
@@ -219,6 +221,8 @@ async def start_device(
     serving_wrapper: Any = None,
     base_url: str | None = None,
     retry: UpdateRetry | None = None,
+    wall_clock: Any = None,
+    window_poll_s: float = 60.0,
 ) -> Device_:
     profile = load_profile("generic-x86")
     loader = ProfileLoader(profile)
@@ -235,7 +239,8 @@ async def start_device(
         downloader=Downloader(pool, policy=RetryPolicy(attempts=3, initial_s=0.01), sleep=lambda _: None),
         serving=port,
         resources=lambda: resources,
-        limits=WorkLimits(profile="generic-x86"),
+        limits=WorkLimits(profile="generic-x86", window_poll_s=window_poll_s),
+        **({"wall_clock": wall_clock} if wall_clock is not None else {}),
     )
     trust = Trust(
         device_id=device_id,

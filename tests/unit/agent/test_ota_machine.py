@@ -111,8 +111,8 @@ def test_every_table_state_is_reachable_and_terminal_states_leave_only_by_assign
     for (state, event), target in TRANSITIONS.items():
         if state in TERMINAL:
             assert event is E.ASSIGNED or (event is E.METADATA_REFUSED and target is S.REFUSED)
-    # every in-flight state but committing can give up after its retries
-    assert set(GIVE_UP) == set(UpdateState) - TERMINAL - {S.COMMITTING}
+    # every in-flight state but committing and awaiting_window (their work cannot fail) can give up
+    assert set(GIVE_UP) == set(UpdateState) - TERMINAL - {S.COMMITTING, S.AWAITING_WINDOW}
     for state, event in GIVE_UP.items():
         assert (state, event) in TRANSITIONS
 

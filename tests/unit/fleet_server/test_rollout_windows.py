@@ -201,3 +201,31 @@ def test_an_operator_can_abort_a_rollout_waiting_for_its_window(world: World) ->
     eng.tick()
     assert world.ota.deployments == []
     assert FAST.silent_timeout_s == 300
+
+
+def test_the_apply_windows_go_with_every_batch_deployment_but_not_with_the_rollback(
+    world: World,  # noqa: F811
+) -> None:
+    from sqlmodel import Session
+
+    from tests.unit.fleet_server.test_rollout_engine import FakeOta
+
+    class RecordingOta(FakeOta):
+        def __init__(self) -> None:
+            super().__init__()
+            self.windows: list[object] = []
+
+        def deploy(
+            self, *, session: Session, release_seq: int, device_ids: list[str], apply_windows: object = None
+        ) -> str:
+            self.windows.append(apply_windows)
+            return super().deploy(session=session, release_seq=release_seq, device_ids=device_ids)
+
+    world.ota = RecordingOta()
+    world.devices(10)
+    eng = world.engine()
+    apply = [{"days": ["sat", "sun"], "start": "23:00", "end": "05:00", "tz": "Europe/Berlin"}]
+    rid = eng.create(spec(world, batches=BatchPlan(percents=[100]), windows={"apply": apply}), OPERATOR)
+    assert world.ota.windows == [apply]  # no download window: assigned at once, apply windows attached
+    eng.act(rid, RolloutEvent.ROLLBACK, OPERATOR, "test")
+    assert world.ota.windows[1:] == [None]  # the rollback switches back at once
