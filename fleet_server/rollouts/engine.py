@@ -785,6 +785,13 @@ class RolloutEngine:
             elif (
                 d.status == DEVICE_ASSIGNED
                 and now >= silent_after
+                # a device that left awaiting_window reported since: silent from its last report
+                and not (
+                    st is not None
+                    and st.updated_at is not None
+                    and st.state in ("switching", "watching", "committing")
+                    and now < st.updated_at + timedelta(seconds=cfg.silent_timeout_s)
+                )
                 and not window_closed
                 and not (st is not None and st.state == AWAITING_WINDOW)
             ):

@@ -229,3 +229,43 @@ def test_the_apply_windows_go_with_every_batch_deployment_but_not_with_the_rollb
     assert world.ota.windows == [apply]  # no download window: assigned at once, apply windows attached
     eng.act(rid, RolloutEvent.ROLLBACK, OPERATOR, "test")
     assert world.ota.windows[1:] == [None]  # the rollback switches back at once
+
+
+def test_a_device_awaiting_its_apply_window_is_not_silent_and_is_timed_from_its_last_report(
+    world: World,  # noqa: F811
+) -> None:
+    from sqlmodel import Session, select
+
+    from fleet_server.ota.models import OtaDeviceStatus
+    from fleet_server.rollouts.models import RolloutDevice
+
+    world.devices(10)
+    eng = world.engine()
+    rid = eng.create(spec(world, batches=BatchPlan(counts=[2])), OPERATOR)
+    a, b = world.batch_devices(rid, 0)
+
+    def report(device: str, state: str) -> None:
+        with Session(world.db) as s:
+            rd = s.exec(
+                select(RolloutDevice).where(
+                    RolloutDevice.rollout_id == rid, RolloutDevice.device_id == device
+                )
+            ).one()
+            row = s.get(OtaDeviceStatus, (device, rd.deployment_id))
+            assert row is not None
+            row.state, row.updated_at = state, world.clock.now
+            s.add(row)
+            s.commit()
+
+    report(a, "awaiting_window")
+    report(b, "awaiting_window")
+    world.clock.advance(FAST.silent_timeout_s * 10)
+    eng.tick()
+    assert {r.status for d, r in world.devs(rid).items() if d in (a, b)} == {"assigned"}
+    report(a, "watching")  # its window opened: it switched just now
+    world.clock.advance(FAST.silent_timeout_s / 2)
+    eng.tick()
+    assert world.devs(rid)[a].status == "assigned"
+    world.clock.advance(FAST.silent_timeout_s)  # then nothing more from it
+    eng.tick()
+    assert world.devs(rid)[a].status == "silent" and world.devs(rid)[b].status == "assigned"
