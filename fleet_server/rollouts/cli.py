@@ -55,6 +55,17 @@ def _pairs(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_window(text: str) -> dict[str, Any]:
+    """`"sat,sun 22:00-04:00 Europe/Berlin"` -> a window (days, start, end, tz; tz default UTC).
+    The server checks the values (a bad day, time or zone is its 422 with the field)."""
+    parts = text.split()
+    if len(parts) not in (2, 3) or "-" not in parts[1]:
+        raise SystemExit(f"bad window {text!r}: use 'DAYS HH:MM-HH:MM [TZ]', e.g. 'sat,sun 22:00-04:00 UTC'")
+    start, _, end = parts[1].partition("-")
+    days: list[Any] = [int(d) if d.isdigit() else d.lower() for d in parts[0].split(",") if d]
+    return {"days": days, "start": start, "end": end, "tz": parts[2] if len(parts) == 3 else "UTC"}
+
+
 def rollout_create(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     batches: dict[str, Any] = {"min_per_batch": ns.min_per_batch, "seed": ns.seed or ""}
     if ns.counts:
@@ -83,6 +94,10 @@ def rollout_create(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "selector": {"labels": _pairs(ns.label), "profiles": ns.profile or []},
         "batches": batches,
         "gates": gates,
+        "windows": {
+            "download": [parse_window(w) for w in ns.download_window or []],
+            "apply": [parse_window(w) for w in ns.apply_window or []],
+        },
     }
     out = api.request("POST", "/rollouts", json=body)
     if ns.json:
@@ -226,6 +241,16 @@ def register(sub: Any) -> None:
     p.add_argument("--max-wait", type=float, help="seconds to wait for metrics before on_no_data applies")
     p.add_argument("--silent-timeout", type=float, help="seconds until a silent device counts as failed")
     p.add_argument("--max-failure-rate", type=float)
+    p.add_argument(
+        "--download-window",
+        action="append",
+        help="'DAYS HH:MM-HH:MM [TZ]' (repeatable): batches are assigned only inside one",
+    )
+    p.add_argument(
+        "--apply-window",
+        action="append",
+        help="'DAYS HH:MM-HH:MM [TZ]' (repeatable): devices switch to the release only inside one",
+    )
     p.set_defaults(func=rollout_create)
     p = cmds.add_parser("list")
     p.add_argument("--state")

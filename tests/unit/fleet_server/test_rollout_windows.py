@@ -269,3 +269,14 @@ def test_a_device_awaiting_its_apply_window_is_not_silent_and_is_timed_from_its_
     world.clock.advance(FAST.silent_timeout_s)  # then nothing more from it
     eng.tick()
     assert world.devs(rid)[a].status == "silent" and world.devs(rid)[b].status == "assigned"
+
+
+def test_the_cli_window_syntax() -> None:
+    from fleet_server.rollouts.cli import parse_window
+
+    w = parse_window("sat,SUN,0 22:00-04:00 Europe/Berlin")
+    assert w == {"days": ["sat", "sun", 0], "start": "22:00", "end": "04:00", "tz": "Europe/Berlin"}
+    assert parse_window("mon 01:00-02:00")["tz"] == "UTC"
+    assert Windows.model_validate({"download": [w]}).download[0].tz == "Europe/Berlin"
+    with pytest.raises(SystemExit):
+        parse_window("mon")
