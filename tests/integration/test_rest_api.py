@@ -239,18 +239,19 @@ def test_every_datetime_is_utc_with_an_offset(server: LiveServer, tmp_path: Path
     for stamp in stamps:
         assert before <= _aware(stamp) <= datetime.now(UTC) + timedelta(seconds=5), stamp
     if shutil.which("node"):
-        ages = {tz: _console_age(stamps[1], tz) for tz in ("Asia/Tokyo", "America/New_York", "UTC")}
-        assert all(age.endswith(" s ago") for age in ages.values()), ages
-        naive = {tz: _console_age(stamps[1][:26], tz) for tz in ("Asia/Tokyo", "America/New_York")}
-        assert len(set(naive.values())) == 1, naive  # an older server's naive time is read as UTC
+        now_ms = int(_aware(stamps[1]).timestamp() * 1000) + 42_000  # one fixed "now" for every zone
+        ages = {tz: _console_age(stamps[1], tz, now_ms) for tz in ("Asia/Tokyo", "America/New_York", "UTC")}
+        assert set(ages.values()) == {"42 s ago"}, ages
+        naive = {tz: _console_age(stamps[1][:26], tz, now_ms) for tz in ("Asia/Tokyo", "America/New_York")}
+        assert set(naive.values()) == {"42 s ago"}, naive  # an older server's naive time is read as UTC
 
 
-def _console_age(stamp: str, tz: str) -> str:
-    """The console's own `fmtAgo` under node in time zone `tz`."""
+def _console_age(stamp: str, tz: str, now_ms: int) -> str:
+    """The console's own `fmtAgo` under node in time zone `tz`, at `now_ms`."""
     script = (
         "const vm = require('vm'), fs = require('fs'); const ctx = {URLSearchParams}; vm.createContext(ctx);"
         f"vm.runInContext(fs.readFileSync({json.dumps(str(CONSOLE_JS))}, 'utf8'), ctx);"
-        f"process.stdout.write(ctx.EdgeloopConsole.fmtAgo({json.dumps(stamp)}, Date.now()));"
+        f"process.stdout.write(ctx.EdgeloopConsole.fmtAgo({json.dumps(stamp)}, {now_ms}));"
     )
     done = subprocess.run(
         ["node", "-e", script], capture_output=True, text=True, timeout=60, env={**os.environ, "TZ": tz}
