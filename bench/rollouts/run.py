@@ -209,7 +209,6 @@ def main() -> int:
     fleet: sf.SimFleet | None = None
     rows: list[dict[str, Any]] = []
     try:
-        target = sf.ProcTarget(server.enroll_port, server.device_port, server.ca_file)
         t0 = time.time()
         with server.api() as api:
             tokens = []
@@ -218,8 +217,8 @@ def main() -> int:
                 r.raise_for_status()
                 tokens.append(r.json()["token"])
         ids = [f"sim-{i:04d}" for i in range(args.devices)]
-        devices = sf.enroll_fleet(target, tokens, ids, work / "ids", pool, rate=args.rate)
-        fleet = sf.SimFleet(target.device_target, target.ca_pem, devices, catalogue, window_s=args.window)
+        devices = sf.enroll_fleet(server, tokens, ids, work / "ids", pool, rate=args.rate)
+        fleet = sf.SimFleet(server.device_target, server.ca_pem, devices, catalogue, window_s=args.window)
         fleet.start()
         wait_until(
             lambda: fleet is not None and fleet.connected() == args.devices, 300, what="fleet connected"

@@ -43,31 +43,12 @@ BIG = 2**63  # a valid uint64 that no BIGINT column holds
 
 
 @dataclass
-class Target:
-    """What `tests.helpers.inproc.enroll`/`device_channel` need of a server, for a server process."""
-
-    server: ServerProc
-
-    @property
-    def enroll_target(self) -> str:
-        return f"localhost:{self.server.enroll_port}"
-
-    @property
-    def device_target(self) -> str:
-        return f"localhost:{self.server.device_port}"
-
-    @property
-    def ca_pem(self) -> bytes:
-        return self.server.ca_file.read_bytes()
-
-
-@dataclass
 class SimDevice:
     """A well-behaved device speaking the real protocol: sends numbered batches, resends what was
     not acked after a broken session, and remembers every seq the server acknowledged."""
 
     device_id: str
-    target: Target
+    target: ServerProc
     creds: Any
     acked: set[int] = field(default_factory=set)
     sessions: int = 0
@@ -115,7 +96,7 @@ class Flooder:
     """Floods records and reports no BIGINT column can hold, mixed with good records."""
 
     device_id: str
-    target: Target
+    target: ServerProc
     creds: Any
     sent_bad: int = 0
     good_acked: set[int] = field(default_factory=set)
@@ -215,7 +196,6 @@ def test_chaos_fleet_keeps_every_record_and_ends_every_update(tmp_path: Path, pg
     server.data_dir.mkdir()
     server.init()
     server.start()
-    target = Target(server)
     agents: list[AgentProc] = []
     mirrored: dict[str, str] = {}
     stop = threading.Event()
@@ -236,12 +216,11 @@ def test_chaos_fleet_keeps_every_record_and_ends_every_update(tmp_path: Path, pg
                 agent.start_ota(mirrored.get(agent.device_id, ""), EDGELOOP_AGENT_OTA_POLL_INTERVAL_S="2")
                 agents.append(agent)
             sims = [
-                SimDevice(f"sim-{i}", target, enroll(target, f"sim-{i}", server.bootstrap_token(), tmp_path))  # type: ignore[arg-type]
+                SimDevice(f"sim-{i}", server, enroll(server, f"sim-{i}", server.bootstrap_token(), tmp_path))  # type: ignore[arg-type]
                 for i in range(SIMULATED)
             ]
-            flooder = Flooder(
-                "flood-0", target, enroll(target, "flood-0", server.bootstrap_token(), tmp_path)
-            )  # type: ignore[arg-type]
+            flood_creds = enroll(server, "flood-0", server.bootstrap_token(), tmp_path)  # type: ignore[arg-type]
+            flooder = Flooder("flood-0", server, flood_creds)
             for worker in [*sims, flooder]:
                 threads.append(threading.Thread(target=worker.run, args=(stop,), daemon=True))
                 threads[-1].start()

@@ -94,12 +94,11 @@ def test_simulated_devices_speak_the_real_protocol(tmp_path: Path) -> None:
     server.start()
     sims: sf.SimFleet | None = None
     try:
-        target = sf.ProcTarget(server.enroll_port, server.device_port, server.ca_file)
         ids = [f"sim-{i}" for i in range(4)]
         devices = sf.enroll_fleet(
-            target, [server.bootstrap_token() for _ in ids], ids, tmp_path / "ids", pool
+            server, [server.bootstrap_token() for _ in ids], ids, tmp_path / "ids", pool
         )
-        sims = sf.SimFleet(target.device_target, target.ca_pem, devices, catalogue, window_s=0.5)
+        sims = sf.SimFleet(server.device_target, server.ca_pem, devices, catalogue, window_s=0.5)
         sims.start()
         wait_until(lambda: sims is not None and sims.connected() == 4, 30, what="4 streams")
         with server.api() as api:
@@ -269,11 +268,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EFleet]:
                 )
             )
             threads[-1].start()
-        target = sf.ProcTarget(server.enroll_port, server.device_port, server.ca_file)
         ids = [f"sim-{i:02d}" for i in range(SIMULATED)]
         tokens = [server.bootstrap_token(labels=LABELS) for _ in ids]
         sims = sf.SimFleet(
-            target.device_target, target.ca_pem, sf.enroll_fleet(target, tokens, ids, tmp / "ids", pool),
+            server.device_target, server.ca_pem, sf.enroll_fleet(server, tokens, ids, tmp / "ids", pool),
             catalogue, window_s=1.0,
         )  # fmt: skip
         sims.start()

@@ -49,6 +49,19 @@ class ServerProc:
     def ca_file(self) -> Path:
         return self.data_dir / "pki" / "ca.pem"
 
+    # What `tests.helpers.inproc.enroll`/`device_channel` read of a server (as of a LiveServer).
+    @property
+    def enroll_target(self) -> str:
+        return f"localhost:{self.enroll_port}"
+
+    @property
+    def device_target(self) -> str:
+        return f"localhost:{self.device_port}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_file.read_bytes()
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}
         env.update(

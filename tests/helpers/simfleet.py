@@ -421,27 +421,6 @@ class SimFleet:
 # --------------------------------------------------------------- setting a fleet up
 
 
-@dataclass(frozen=True)
-class ProcTarget:
-    """What `tests.helpers.inproc.enroll` needs of a server, for a real `edgeloop-server` process."""
-
-    enroll_port: int
-    device_port: int
-    ca_file: Path
-
-    @property
-    def enroll_target(self) -> str:
-        return f"localhost:{self.enroll_port}"
-
-    @property
-    def device_target(self) -> str:
-        return f"localhost:{self.device_port}"
-
-    @property
-    def ca_pem(self) -> bytes:
-        return self.ca_file.read_bytes()
-
-
 def enroll_fleet(
     target: Any,
     tokens: Sequence[str],
