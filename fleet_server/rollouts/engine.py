@@ -726,7 +726,8 @@ class RolloutEngine:
         # No metric gate configured: nothing to wait for either.
         if not cfg.metrics:
             return E.GATES_PASSED, Ctx(detail="no metric gates configured: judged on installs alone")
-        if not self._control(s, row):
+        control_ids = self._control(s, row)
+        if not control_ids:
             skipped = judge.no_control()
             self._store_results(s, row.id, batch, [skipped], look=batch.looks)
             return E.GATES_PASSED, Ctx(detail=skipped.detail)
@@ -736,7 +737,7 @@ class RolloutEngine:
         settled = batch.settled_at or now
         if (now - settled).total_seconds() < cfg.min_window_s:
             return None
-        results = self._metric_gates(s, row, batch, cfg, now)
+        results = self._metric_gates(s, row, batch, cfg, now, control_ids=control_ids)
         verdict = judge.combined(results)
         if verdict is Verdict.FAIL:
             failed = "; ".join(f"{r.gate}: {r.detail}" for r in results if r.verdict is Verdict.FAIL)
@@ -804,7 +805,14 @@ class RolloutEngine:
         return devices
 
     def _metric_gates(
-        self, s: Session, row: Rollout, batch: RolloutBatch, cfg: GateConfig, now: datetime
+        self,
+        s: Session,
+        row: Rollout,
+        batch: RolloutBatch,
+        cfg: GateConfig,
+        now: datetime,
+        *,
+        control_ids: list[str],
     ) -> list[GateResult]:
         canary_ids = [
             d.device_id
@@ -816,7 +824,6 @@ class RolloutEngine:
                 )
             ).all()
         ]
-        control_ids = self._control(s, row)
         since, until = _ms(batch.assigned_at or now), _ms(now)
         new_shas = {str(r["sha256"]) for r in row.releases}
         canary: list[judge.WindowSums] = []
