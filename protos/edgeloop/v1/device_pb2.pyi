@@ -128,7 +128,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_load_1m: _Optional[float] = ..., mem_total_bytes: _Optional[int] = ..., mem_available_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., temperature_c: _Optional[float] = ..., uptime_s: _Optional[int] = ...) -> None: ...
 
 class DeviceReport(_message.Message):
-    __slots__ = ("device_id", "sequence", "timestamp_ms", "agent_version", "profile", "applied_generation", "slots", "health", "health_detail", "resources", "telemetry_dropped_total", "telemetry_queued")
+    __slots__ = ("device_id", "sequence", "timestamp_ms", "agent_version", "profile", "applied_generation", "slots", "health", "health_detail", "resources", "telemetry_dropped_total", "telemetry_queued", "cert_fingerprint")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class DeviceReport(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     sequence: int
     timestamp_ms: int
@@ -153,7 +154,8 @@ class DeviceReport(_message.Message):
     resources: Resources
     telemetry_dropped_total: int
     telemetry_queued: int
-    def __init__(self, device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., profile: _Optional[str] = ..., applied_generation: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotState, _Mapping]]] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., telemetry_dropped_total: _Optional[int] = ..., telemetry_queued: _Optional[int] = ...) -> None: ...
+    cert_fingerprint: str
+    def __init__(self, device_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., agent_version: _Optional[str] = ..., profile: _Optional[str] = ..., applied_generation: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotState, _Mapping]]] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., telemetry_dropped_total: _Optional[int] = ..., telemetry_queued: _Optional[int] = ..., cert_fingerprint: _Optional[str] = ...) -> None: ...
 
 class TelemetryRecord(_message.Message):
     __slots__ = ("seq", "timestamp_ms", "kind", "metrics", "payload")
@@ -276,15 +278,43 @@ class CommandResult(_message.Message):
     detail: str
     def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem",)
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("certificate_chain_pem", "ca_certificate_pem", "not_after_ms", "error")
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    certificate_chain_pem: bytes
+    ca_certificate_pem: bytes
+    not_after_ms: int
+    error: str
+    def __init__(self, certificate_chain_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., not_after_ms: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
 class SyncRequest(_message.Message):
-    __slots__ = ("report", "telemetry", "command_result")
+    __slots__ = ("report", "telemetry", "command_result", "renew")
     REPORT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     COMMAND_RESULT_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     report: DeviceReport
     telemetry: TelemetryBatch
     command_result: CommandResult
-    def __init__(self, report: _Optional[_Union[DeviceReport, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
+    renew: RenewRequest
+    def __init__(self, report: _Optional[_Union[DeviceReport, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., command_result: _Optional[_Union[CommandResult, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ...) -> None: ...
+
+class SessionClosed(_message.Message):
+    __slots__ = ("code", "detail")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    detail: str
+    def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("sequence", "rejected_reason")
@@ -295,13 +325,17 @@ class ReportAck(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., rejected_reason: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("desired", "command", "telemetry_ack", "report_ack")
+    __slots__ = ("desired", "command", "telemetry_ack", "report_ack", "closed", "renewed")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
     REPORT_ACK_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     command: Command
     telemetry_ack: TelemetryAck
     report_ack: ReportAck
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ...) -> None: ...
+    closed: SessionClosed
+    renewed: RenewResponse
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., report_ack: _Optional[_Union[ReportAck, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ..., renewed: _Optional[_Union[RenewResponse, _Mapping]] = ...) -> None: ...
