@@ -9,9 +9,9 @@ protobuf message, and the topic says which type it is):
 |---|---|---|---|---|
 | `up`        | device → server | `device.SyncRequest` (report, telemetry, command result, renew) | 1 | no |
 | `down`      | server → device | `device.SyncResponse` (acks, commands, closed, renewed) | 1 | no |
-| `desired`   | server → device | `device.DesiredState` (latest generation; a reconnecting device gets it at once) | 1 | yes |
-| `status`    | device → server | `b"online"` on connect, `b"offline"` as the last will and on a clean stop | 1 | yes |
-| `fl/attach` | device → server | `federated.TaskStreamRequest`; an empty payload detaches (also the fl link's will) | 1 | no |
+| `desired`   | server → device | `device.DesiredState` (latest; sent at once on reconnect) | 1 | yes |
+| `status`    | device → server | `b"online"` on connect; `b"offline"` as last will and on stop | 1 | yes |
+| `fl/attach` | device → server | `federated.TaskStreamRequest`; empty = detach (also the will) | 1 | no |
 | `fl/task`   | server → device | `federated.TrainTask` | 1 | no |
 | `fl/result` | device → server | `federated.TaskResult` | 1 | no |
 | `fl/ack`    | server → device | `federated.PushResultResponse` | 1 | no |
