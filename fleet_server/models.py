@@ -73,6 +73,13 @@ class Device(DeviceBase, table=True):
     observed: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     desired_generation: int = Field(default=1, sa_column=Column(BigInteger, nullable=False, default=1))
     telemetry_dropped_total: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    transport: str = Field(default="", max_length=8)  # "grpc" | "mqtt": how its last report came
+    cert_not_after: datetime | None = _ts()
+    # Renewal: a certificate issued over the authenticated channel, valid for Sync until the device
+    # reports it in use; then it replaces cert_fingerprint/cert_serial (certs/renewal.py).
+    pending_cert_serial: str = Field(default="", max_length=64)
+    pending_cert_fingerprint: str = Field(default="", max_length=64)
+    revoked_at: datetime | None = _ts()
 
 
 class DevicePublic(DeviceBase):
@@ -85,6 +92,9 @@ class DevicePublic(DeviceBase):
     observed: dict[str, Any]
     desired_generation: int
     telemetry_dropped_total: int
+    transport: str = ""
+    cert_not_after: datetime | None = None
+    revoked_at: datetime | None = None
     online: bool = False
 
 
@@ -138,6 +148,7 @@ class BootstrapToken(SQLModel, table=True):
     expires_at: datetime | None = _ts(nullable=False)
     used_at: datetime | None = _ts()
     used_by_device: str = Field(default="", max_length=128)
+    revoked_at: datetime | None = _ts()
 
 
 class BootstrapTokenCreate(SQLModel):
@@ -155,6 +166,7 @@ class BootstrapTokenPublic(SQLModel):
     expires_at: datetime | None
     used_at: datetime | None
     used_by_device: str
+    revoked_at: datetime | None = None
 
 
 class BootstrapTokenCreated(BootstrapTokenPublic):
@@ -170,6 +182,25 @@ class OperatorToken(SQLModel, table=True):
     secret_hash: str = Field(max_length=64, index=True, unique=True)
     created_at: datetime | None = _ts()
     revoked_at: datetime | None = _ts()
+    expires_at: datetime | None = _ts()  # None = no expiry
+    last_used_at: datetime | None = _ts()
+    created_by: str = Field(default="", max_length=64)
+    rotated_from: str = Field(default="", max_length=32)
+
+
+# ---------------------------------------------------------------- certificates
+
+
+class RevokedCertificate(SQLModel, table=True):
+    """A device certificate the fleet CA no longer honours: the source of the CRL the broker reads."""
+
+    __tablename__ = "revoked_certificate"
+
+    serial: str = Field(primary_key=True, max_length=64)  # hex, as in Device.cert_serial
+    device_id: str = Field(index=True, max_length=128)
+    fingerprint: str = Field(default="", max_length=64)
+    revoked_at: datetime | None = _ts(nullable=False)
+    reason: str = Field(default="", max_length=256)
 
 
 # Tables of capability packages that no route imports yet: registered here for Alembic and tests.

@@ -71,9 +71,11 @@ def _nothing_written(out: Path) -> None:
 @pytest.fixture(scope="module")
 def built(ws: dict[str, Any]) -> Path:
     out = ws["root"] / "out"
-    # int8 runs this 25 µs CNN 1.25-1.5x slower than fp32 on x86 (more under CI load): 2x counts as equal.
+    # int8 runs this 25 µs CNN 1.25-1.5x slower than fp32 on x86, and CI load made it 2x+ (stop 21):
+    # every passing candidate counts as equally fast here, so the choice is by size and accuracy,
+    # not by a timing on a shared 2-core box. `choose` itself is unit-tested on fixed measurements.
     argv = _args(
-        ws, out, "--profile", "raspberry-pi-4", "--profile", "coral-dev-board", "--latency-tolerance", "1.0"
+        ws, out, "--profile", "raspberry-pi-4", "--profile", "coral-dev-board", "--latency-tolerance", "1000"
     )
     assert main(argv) == ExitCode.OK
     return out
