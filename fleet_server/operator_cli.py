@@ -1,4 +1,8 @@
-"""`edgeloop`: the operator CLI over the REST API (devices, bootstrap tokens).
+"""`edgeloop`: the operator CLI over the REST API (devices, bootstrap and operator tokens).
+
+`tokens` are bootstrap tokens (create, list, revoke: what enrolls a device); `operator-tokens`
+are the API's own credentials (list, create, rotate, revoke: admins only). A secret is printed
+once, by the command that creates it.
 
 Reads the server URL and token from `--server`/`--token` or EDGELOOP_SERVER/EDGELOOP_TOKEN.
 Human output is a rich table; `--json` prints the API's JSON unchanged for scripts.
@@ -151,6 +155,14 @@ def devices_label(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     return None
 
 
+def devices_revoke(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    device = api.request("POST", f"/devices/{ns.device_id}/revoke", json={"reason": ns.reason or ""})
+    if ns.json:
+        return device
+    console.print(f"device {ns.device_id} revoked" + (f" ({ns.reason})" if ns.reason else ""))
+    return None
+
+
 def tokens_create(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     labels = {k: v for k, v in _kv(ns.label or []).items() if v is not None}
     body = {"labels": labels, "profile": ns.profile or "", "ttl_s": ns.ttl}
@@ -167,14 +179,139 @@ def tokens_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
     if ns.json:
         return rows
     table = Table(title="bootstrap tokens")
-    for col in ("id", "labels", "profile", "expires", "used by"):
+    for col in ("id", "labels", "profile", "expires", "used by", "revoked"):
         table.add_column(col)
     for t in rows:
         table.add_row(
-            t["id"], _labels(t["labels"]), t["profile"] or "any", t["expires_at"], t["used_by_device"] or "-"
+            t["id"],
+            _labels(t["labels"]),
+            t["profile"] or "any",
+            t["expires_at"],
+            t["used_by_device"] or "-",
+            t.get("revoked_at") or "-",
         )
     console.print(table)
     return None
+
+
+def tokens_revoke(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    row = api.request("POST", f"/bootstrap-tokens/{ns.token_id}/revoke")
+    if ns.json:
+        return row
+    console.print(
+        f"bootstrap token {row['id']} revoked at {row['revoked_at']}: it can no longer enroll a device"
+    )
+    return None
+
+
+def _state(t: dict[str, Any]) -> str:
+    now = datetime.now(UTC)
+    if t["revoked_at"] and datetime.fromisoformat(t["revoked_at"]) <= now:
+        return "revoked"
+    if t["expires_at"] and datetime.fromisoformat(t["expires_at"]) <= now:
+        return "expired"
+    if t["revoked_at"]:
+        return f"active until {t['revoked_at']} (rotated)"
+    return "active"
+
+
+def operator_tokens_list(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    rows = api.request("GET", "/operator-tokens")
+    if ns.json:
+        return rows
+    table = Table(title=f"{len(rows)} operator token(s)")
+    for col in (
+        "id",
+        "name",
+        "role",
+        "state",
+        "created by",
+        "created",
+        "expires",
+        "last used",
+        "rotated from",
+    ):
+        table.add_column(col)
+    for t in rows:
+        table.add_row(
+            t["id"],
+            t["name"],
+            t["role"],
+            _state(t),
+            t["created_by"] or "-",
+            t["created_at"] or "-",
+            t["expires_at"] or "never",
+            _ago(t["last_used_at"]),
+            t["rotated_from"] or "-",
+        )
+    console.print(table)
+    return None
+
+
+def _print_secret(console: Console, created: dict[str, Any], what: str) -> None:
+    expires = created["expires_at"] or "never"
+    console.print(f"{what} {created['id']} ({created['name']}, {created['role']}, expires {expires}).")
+    console.print("The token is shown only this once; store it now:")
+    console.print(created["token"], soft_wrap=True)
+
+
+def operator_tokens_create(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    created = api.request(
+        "POST", "/operator-tokens", json={"name": ns.name, "role": ns.role, "ttl_s": ns.ttl}
+    )
+    if ns.json:
+        return created
+    _print_secret(console, created, "operator token")
+    return None
+
+
+def operator_tokens_rotate(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    created = api.request("POST", f"/operator-tokens/{ns.token_id}/rotate", json={"grace_s": ns.grace})
+    if ns.json:
+        return created
+    when = f"in {ns.grace}s" if ns.grace else "now"
+    _print_secret(console, created, f"rotated {ns.token_id} (old token stops working {when}) into")
+    return None
+
+
+def operator_tokens_revoke(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    row = api.request("POST", f"/operator-tokens/{ns.token_id}/revoke")
+    if ns.json:
+        return row
+    console.print(f"operator token {row['id']} ({row['name']}, {row['role']}) revoked at {row['revoked_at']}")
+    return None
+
+
+def _register_tokens(sub: Any) -> None:
+    """`tokens` (bootstrap: create, list, revoke) and `operator-tokens` (list, create, rotate, revoke)."""
+    tokens = sub.add_parser("tokens").add_subparsers(dest="command", required=True)
+    p = tokens.add_parser("create", help="mint a one-time bootstrap token for enrolling a device")
+    p.add_argument("--label", action="append", help="label applied to the enrolled device (key=value)")
+    p.add_argument("--profile", help="only devices of this profile may use it")
+    p.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires")
+    p.set_defaults(func=tokens_create)
+    p = tokens.add_parser("list", help="bootstrap tokens")
+    p.set_defaults(func=tokens_list)
+    p = tokens.add_parser("revoke", help="revoke an unused bootstrap token: it can no longer enroll")
+    p.add_argument("token_id")
+    p.set_defaults(func=tokens_revoke)
+
+    optok = sub.add_parser("operator-tokens", help="the API's credentials (admins only)")
+    ops = optok.add_subparsers(dest="command", required=True)
+    p = ops.add_parser("list", help="never shows secrets")
+    p.set_defaults(func=operator_tokens_list)
+    p = ops.add_parser("create", help="mint an operator token (the secret is printed once)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    p.add_argument("--ttl", type=int, default=None, help="seconds until it expires (default: never)")
+    p.set_defaults(func=operator_tokens_create)
+    p = ops.add_parser("rotate", help="new secret, same name and role; the old one is revoked")
+    p.add_argument("token_id")
+    p.add_argument("--grace", type=int, default=0, help="seconds the old token keeps working (default 0)")
+    p.set_defaults(func=operator_tokens_rotate)
+    p = ops.add_parser("revoke", help="revoke at once (never the last active admin token)")
+    p.add_argument("token_id")
+    p.set_defaults(func=operator_tokens_revoke)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,15 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_id")
     p.add_argument("labels", nargs="+")
     p.set_defaults(func=devices_label)
+    p = devices.add_parser("revoke", help="revoke the device's certificate: cut off on every transport")
+    p.add_argument("device_id")
+    p.add_argument("--reason", help="why (kept in the audit log)")
+    p.set_defaults(func=devices_revoke)
 
-    tokens = sub.add_parser("tokens").add_subparsers(dest="command", required=True)
-    p = tokens.add_parser("create", help="mint a one-time bootstrap token for enrolling a device")
-    p.add_argument("--label", action="append", help="label applied to the enrolled device (key=value)")
-    p.add_argument("--profile", help="only devices of this profile may use it")
-    p.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires")
-    p.set_defaults(func=tokens_create)
-    p = tokens.add_parser("list")
-    p.set_defaults(func=tokens_list)
+    _register_tokens(sub)
 
     register_drift(sub)
     register_ota(sub)
