@@ -29,6 +29,13 @@ class ServerConfig:
     ca_file: str = ""
     # TLS name to expect in the server certificate ("" = host part of the endpoint).
     server_name: str = ""
+    # How the Sync session and the federated link travel: "grpc" or "mqtt" (enrollment is always
+    # gRPC on enroll_endpoint). MQTT needs mqtt_endpoint: "mqtts://host:8883" (mutual TLS with the
+    # device identity) or "mqtt://host:1883" (plain: tests and demos on a local broker only).
+    transport: str = "grpc"
+    mqtt_endpoint: str = ""
+    # Renew the device certificate over the session when less than this fraction of its lifetime is left.
+    renew_before_fraction: float = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -211,3 +218,22 @@ def _validate(cfg: AgentConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_transport(cfg.server)
+
+
+TRANSPORTS = ("grpc", "mqtt")
+
+
+def _validate_transport(server: ServerConfig) -> None:
+    if server.transport not in TRANSPORTS:
+        raise ConfigError(f"server.transport must be one of {list(TRANSPORTS)}, got {server.transport!r}")
+    if not 0 < server.renew_before_fraction < 1:
+        raise ConfigError("server.renew_before_fraction must be in (0, 1)")
+    if server.transport != "mqtt":
+        return
+    scheme, sep, rest = server.mqtt_endpoint.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts") or not rest:
+        raise ConfigError(
+            "server.transport = \"mqtt\" needs server.mqtt_endpoint = \"mqtts://host:8883\" "
+            f"(or mqtt://host:1883 for a local test broker), got {server.mqtt_endpoint!r}"
+        )

@@ -24,7 +24,7 @@ from agent.outbox import TelemetryOutbox
 from agent.ports import SystemClock
 from agent.state import DesiredState
 from agent.statefile import StateFile
-from agent.sync import ModelExecutor, Reconciler, SyncLoop
+from agent.sync import ModelExecutor, Reconciler, SyncConnector, SyncLoop
 from agent.sysinfo import read_resources
 
 if TYPE_CHECKING:
@@ -329,14 +329,40 @@ def _build_federated(
     )
 
 
-async def run_daemon(config: AgentConfig) -> None:
+def _build_connector(
+    config: AgentConfig, store: IdentityStore, identity: Identity, endpoint: str
+) -> SyncConnector:
+    """The Sync transport chosen by `[server] transport`: gRPC (default) or MQTT.
+
+    Both reload the identity at each connect, so a renewed certificate is used by the next session.
+    Enrollment stays on gRPC (`agent.enroll`) whatever the transport.
+    """
+    if config.server.transport == "mqtt":
+        from agent.transport.mqtt_fleet import MqttFleetConnector
+
+        return MqttFleetConnector(
+            endpoint=config.server.mqtt_endpoint,
+            device_id=identity.device_id,
+            store=store,
+            server_name=config.server.server_name,
+        )
     from agent.transport.grpc_fleet import GrpcFleetConnector
 
-    store = IdentityStore(config.data_path)
-    identity = store.load()
-    endpoint = config.server.sync_endpoint or identity.sync_endpoint
     if not endpoint:
         raise ConfigError("no sync endpoint: set server.sync_endpoint or re-enroll")
+    return GrpcFleetConnector(
+        identity=identity, endpoint=endpoint, server_name=config.server.server_name, reload=store.load
+    )
+
+
+async def run_daemon(config: AgentConfig) -> None:
+    from agent.renewal import Renewer, recover
+
+    store = IdentityStore(config.data_path)
+    recover(store)  # finish a certificate swap a crash interrupted, before the identity is read
+    identity = store.load()
+    endpoint = config.server.sync_endpoint or identity.sync_endpoint
+    connector = _build_connector(config, store, identity, endpoint)
     outbox = TelemetryOutbox(config.data_path / "outbox.db", max_records=config.telemetry.queue_max_records)
     inference = _build_inference(config)
     wake: list[SyncLoop] = []
@@ -357,13 +383,12 @@ async def run_daemon(config: AgentConfig) -> None:
         config=config,
         device_id=identity.device_id,
         outbox=outbox,
-        connector=GrpcFleetConnector(
-            identity=identity, endpoint=endpoint, server_name=config.server.server_name
-        ),
+        connector=connector,
         reconciler=reconciler,
         clock=SystemClock(),
         resources=lambda: read_resources(config.data_path),
         status_path=config.data_path / "status.json",
+        renewer=Renewer(store, fraction=config.server.renew_before_fraction),
     )
     wake.append(sync)
     stop = asyncio.Event()
@@ -371,10 +396,11 @@ async def run_daemon(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger.info(
-        "agent started device_id=%s version=%s endpoint=%s profile=%s",
+        "agent started device_id=%s version=%s transport=%s endpoint=%s profile=%s",
         identity.device_id,
         __version__,
-        endpoint,
+        config.server.transport,
+        config.server.mqtt_endpoint if config.server.transport == "mqtt" else endpoint,
         config.device.profile,
     )
     tasks = [asyncio.create_task(_produce(config, outbox, sync, stop))]

@@ -5,7 +5,12 @@ outbox in batches (a window of `max_in_flight_batches`, deleting records only wh
 acks them), and applies DesiredState through `agent.reconcile`. It stays under the server's
 message rate on its own. On stop it flushes what it can within `shutdown_flush_s`.
 
-Owns session and backoff logic; does not know gRPC (a FleetConnector is injected) and does not
+Certificate renewal is session-level and the same on every transport: when a `Renewer` is given
+and the certificate is near its end, the session sends a renew request (sessions that can:
+`RenewCapable`); on the server's answer the new identity is installed and the loop reconnects at
+once with it. The first acked report of a session lets the renewer drop the previous key pair.
+
+Owns session and backoff logic; does not know gRPC or MQTT (a connector is injected) and does not
 execute model installs (later issues plug an executor into `Reconciler`).
 """
 
@@ -19,15 +24,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.errors import RateLimitedError, TransportError
 from agent.fsutil import atomic_write
-from agent.outbox import TelemetryOutbox
-from agent.ports import Clock, FleetConnector, FleetSession
+from agent.outbox import OutboxRecord, TelemetryOutbox
+from agent.ports import Clock
 from agent.reconcile import (
     ApplyLabels,
     ApplySettings,
@@ -36,11 +41,13 @@ from agent.reconcile import (
     RemoveModel,
     reconcile,
 )
+from agent.renewal import CertificateRenewed, Renewer
 from agent.state import (
     CommandReceived,
     DesiredState,
     DeviceReport,
     Health,
+    Inbound,
     ObservedState,
     ReportAcked,
     Resources,
@@ -51,6 +58,33 @@ from agent.statefile import StateFile
 from agent.transport.grpc_fleet import SessionRejectedError
 
 logger = logging.getLogger(__name__)
+
+
+class SyncSession(Protocol):
+    """`agent.ports.FleetSession` whose `receive` may also yield the answer to a renew request."""
+
+    async def send_report(self, report: DeviceReport) -> None: ...
+    async def send_telemetry(self, batch_id: int, records: list[OutboxRecord]) -> None: ...
+    async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None: ...
+    async def receive(self) -> Inbound | CertificateRenewed | None: ...
+    async def close(self) -> None: ...
+
+
+class SyncConnector(Protocol):
+    async def open(self) -> SyncSession:
+        """Raises: TransportError (or a subclass) when no session can be opened."""
+        ...
+
+
+@runtime_checkable
+class RenewCapable(Protocol):
+    """A session that can carry `SyncRequest.renew` (both real adapters; test fakes may not)."""
+
+    async def send_renew(self, csr_pem: bytes) -> None: ...
+
+
+class _RenewedReconnect(Exception):
+    """The identity changed: end this session and open the next one at once with the new certificate."""
 
 
 @dataclass
@@ -136,12 +170,13 @@ class SyncLoop:
         config: AgentConfig,
         device_id: str,
         outbox: TelemetryOutbox,
-        connector: FleetConnector,
+        connector: SyncConnector,
         reconciler: Reconciler,
         clock: Clock,
         resources: Callable[[], Resources],
         status_path: Path,
         rng: random.Random | None = None,
+        renewer: Renewer | None = None,
     ) -> None:
         self._cfg = config
         self._device_id = device_id
@@ -151,6 +186,7 @@ class SyncLoop:
         self._clock = clock
         self._resources = resources
         self._status_path = status_path
+        self._renewer = renewer
         s = config.sync
         self._backoff = Backoff(
             s.backoff_initial_s,
@@ -184,6 +220,11 @@ class SyncLoop:
         try:
             await _Session(self, session).run(stop)
             self.status.last_error = ""
+        except _RenewedReconnect:
+            logger.info("device certificate renewed: reconnecting device_id=%s", self._device_id)
+            self.status.last_error = ""
+            self._backoff.reset()
+            return 0.0
         except TransportError as err:
             return self._failed(err, started)
         except Exception as err:  # a bug must not kill the daemon: log it, back off, reconnect
@@ -258,9 +299,10 @@ class SyncLoop:
 class _Session:
     """State of one open session: in-flight batches and the send pacing."""
 
-    def __init__(self, loop: SyncLoop, session: FleetSession) -> None:
+    def __init__(self, loop: SyncLoop, session: SyncSession) -> None:
         self.loop = loop
         self.session = session
+        self.succeeded = False  # a report was acked in this session
         self.in_flight: dict[int, list[int]] = {}
         self.cursor = 0  # highest seq sent in this session; unacked records are resent next session
         self.acked = asyncio.Event()
@@ -313,9 +355,16 @@ class _Session:
                     )
                 else:
                     self.loop.status.reports_acked += 1
+                    if not self.succeeded and self.loop._renewer is not None:
+                        self.loop._renewer.session_succeeded()
+                    self.succeeded = True
                 self.report_acked.set()
             elif isinstance(msg, CommandReceived):
                 await self._command(msg)
+            elif isinstance(msg, CertificateRenewed):
+                renewer = self.loop._renewer
+                if renewer is not None and renewer.finish(msg):
+                    raise _RenewedReconnect()
 
     def _rejected_telemetry(self, msg: TelemetryAcked) -> None:
         """The server refused these records for good: drop them (counted), never resend them."""
@@ -338,12 +387,20 @@ class _Session:
         else:
             await self.session.send_command_result(cmd.command_id, False, f"unsupported command {cmd.kind!r}")
 
+    async def _maybe_renew(self) -> None:
+        renewer, now_ms = self.loop._renewer, self.loop._clock.time_ms()
+        if renewer is None or not isinstance(self.session, RenewCapable) or not renewer.due(now_ms):
+            return
+        logger.info("device certificate near its end: requesting renewal device_id=%s", self.loop._device_id)
+        await self.session.send_renew(renewer.start(self.loop._device_id, now_ms))
+
     async def _send(self, stop: asyncio.Event) -> None:
         clock = self.loop._clock
         next_report = clock.monotonic()
         while True:
             now = clock.monotonic()
             if now >= next_report:
+                await self._maybe_renew()
                 await self.session.send_report(self.loop.make_report())
                 self.loop.write_status()
                 interval, _ = self._settings

@@ -1,8 +1,16 @@
-"""protobuf <-> agent domain types (`<thing>_to_proto` / `<thing>_from_proto` pairs)."""
+"""protobuf <-> agent domain types (`<thing>_to_proto` / `<thing>_from_proto` pairs).
+
+Shared by both transports (gRPC Sync and MQTT carry the same messages). Besides the `Inbound`
+events, a SyncResponse may carry `closed` (the server ends the session: `ServerClosed`, which each
+adapter raises as its error) and `renewed` (the answer to a renew request: `CertificateRenewed`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agent.outbox import OutboxRecord
+from agent.renewal import CertificateRenewed
 from agent.state import (
     AgentSettings,
     CommandReceived,
@@ -41,7 +49,18 @@ def desired_from_proto(msg: pb.DesiredState) -> DesiredState:
     )
 
 
-def report_to_proto(report: DeviceReport) -> pb.SyncRequest:
+@dataclass(frozen=True)
+class ServerClosed:
+    """`SyncResponse.closed`: `code` is a gRPC status name (RESOURCE_EXHAUSTED, PERMISSION_DENIED...)."""
+
+    code: str
+    detail: str
+
+
+SessionEvent = Inbound | CertificateRenewed | ServerClosed
+
+
+def report_to_proto(report: DeviceReport, cert_fingerprint: str = "") -> pb.SyncRequest:
     r = report.resources
     return pb.SyncRequest(
         report=pb.DeviceReport(
@@ -69,6 +88,7 @@ def report_to_proto(report: DeviceReport) -> pb.SyncRequest:
             ),
             telemetry_dropped_total=report.telemetry_dropped_total,
             telemetry_queued=report.telemetry_queued,
+            cert_fingerprint=cert_fingerprint,
         )
     )
 
@@ -91,8 +111,22 @@ def command_result_to_proto(command_id: str, ok: bool, detail: str) -> pb.SyncRe
     return pb.SyncRequest(command_result=pb.CommandResult(command_id=command_id, ok=ok, detail=detail))
 
 
-def inbound_from_proto(msg: pb.SyncResponse) -> Inbound | None:
+def renew_to_proto(csr_pem: bytes) -> pb.SyncRequest:
+    return pb.SyncRequest(renew=pb.RenewRequest(csr_pem=csr_pem))
+
+
+def inbound_from_proto(msg: pb.SyncResponse) -> SessionEvent | None:
     kind = msg.WhichOneof("msg")
+    if kind == "closed":
+        return ServerClosed(code=msg.closed.code[:MAX_REASON], detail=msg.closed.detail[:MAX_REASON])
+    if kind == "renewed":
+        r = msg.renewed
+        return CertificateRenewed(
+            certificate_chain_pem=r.certificate_chain_pem,
+            ca_certificate_pem=r.ca_certificate_pem,
+            not_after_ms=r.not_after_ms,
+            error=r.error[:MAX_REASON],
+        )
     if kind == "desired":
         return desired_from_proto(msg.desired)
     if kind == "telemetry_ack":

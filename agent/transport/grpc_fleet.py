@@ -2,13 +2,17 @@
 
 Translates every grpc error into the AgentError tree at this boundary, so nothing above sees
 `grpc.RpcError`. TLS: enrollment authenticates the server with the configured fleet CA; Sync is
-mutual TLS with the device certificate.
+mutual TLS with the device certificate. `error_for_status` is the one mapping from a gRPC status
+name to the agent's error (also used for `SyncResponse.closed` on MQTT, so both back off alike).
+The connector reloads the identity at every `open()` when given a loader, so a renewed
+certificate is used by the next session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +21,14 @@ import grpc
 from agent.errors import AgentError, EnrollmentError, RateLimitedError, TransportError
 from agent.identity import Identity
 from agent.outbox import OutboxRecord
+from agent.renewal import CertificateRenewed, cert_fingerprint
 from agent.state import DesiredState, DeviceReport, Inbound
 from agent.transport.codec import (
+    ServerClosed,
     command_result_to_proto,
     desired_from_proto,
     inbound_from_proto,
+    renew_to_proto,
     report_to_proto,
     telemetry_to_proto,
 )
@@ -107,12 +114,16 @@ async def enroll(
 class GrpcSyncSession:
     """One open Sync stream. `receive()` returns None when the server closed it cleanly."""
 
-    def __init__(self, channel: grpc.aio.Channel, call: Any) -> None:
+    def __init__(self, channel: grpc.aio.Channel, call: Any, fingerprint: str = "") -> None:
         self._channel = channel
         self._call = call
+        self._fingerprint = fingerprint
 
     async def send_report(self, report: DeviceReport) -> None:
-        await self._write(report_to_proto(report))
+        await self._write(report_to_proto(report, self._fingerprint))
+
+    async def send_renew(self, csr_pem: bytes) -> None:
+        await self._write(renew_to_proto(csr_pem))
 
     async def send_telemetry(self, batch_id: int, records: list[OutboxRecord]) -> None:
         await self._write(telemetry_to_proto(batch_id, records))
@@ -120,7 +131,7 @@ class GrpcSyncSession:
     async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None:
         await self._write(command_result_to_proto(command_id, ok, detail))
 
-    async def receive(self) -> Inbound | None:
+    async def receive(self) -> Inbound | CertificateRenewed | None:
         while True:
             try:
                 msg = await self._call.read()
@@ -131,6 +142,8 @@ class GrpcSyncSession:
             if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return None
             inbound = inbound_from_proto(msg)
+            if isinstance(inbound, ServerClosed):
+                raise error_for_status(inbound.code, inbound.detail)
             if inbound is not None:
                 return inbound
 
@@ -154,12 +167,22 @@ class GrpcSyncSession:
 class GrpcFleetConnector:
     """Opens Sync sessions with the device identity (mutual TLS)."""
 
-    def __init__(self, *, identity: Identity, endpoint: str, server_name: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        endpoint: str,
+        server_name: str = "",
+        reload: Callable[[], Identity] | None = None,
+    ) -> None:
         self._identity = identity
         self._endpoint = endpoint
         self._server_name = server_name
+        self._reload = reload
 
     async def open(self) -> GrpcSyncSession:
+        if self._reload is not None:
+            self._identity = self._reload()
         creds = grpc.ssl_channel_credentials(
             root_certificates=self._identity.ca_pem,
             private_key=self._identity.key_pem,
@@ -173,13 +196,22 @@ class GrpcFleetConnector:
         except grpc.aio.AioRpcError as err:
             await channel.close(None)
             raise _translate(err) from err
-        return GrpcSyncSession(channel, call)
+        return GrpcSyncSession(channel, call, cert_fingerprint(self._identity.cert_chain_pem))
+
+
+_FATAL_NAMES = frozenset(code.name for code in _FATAL)
+
+
+def error_for_status(code_name: str, detail: str) -> TransportError:
+    """The agent's error for a gRPC status name: RESOURCE_EXHAUSTED -> RateLimitedError, a refusal
+    (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, ...) -> SessionRejectedError, anything
+    else -> TransportError (retry with the normal backoff)."""
+    if code_name == grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+        return RateLimitedError(f"throttled by server: {detail}")
+    if code_name in _FATAL_NAMES:
+        return SessionRejectedError(f"server rejected session ({code_name}): {detail}")
+    return TransportError(f"sync stream failed ({code_name or 'UNKNOWN'}): {detail}")
 
 
 def _translate(err: grpc.aio.AioRpcError) -> TransportError:
-    code, detail = err.code(), err.details() or ""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return RateLimitedError(f"throttled by server: {detail}")
-    if code in _FATAL:
-        return SessionRejectedError(f"server rejected session ({code.name}): {detail}")
-    return TransportError(f"sync stream failed ({code.name}): {detail}")
+    return error_for_status(err.code().name, err.details() or "")
