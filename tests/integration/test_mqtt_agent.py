@@ -30,7 +30,6 @@ import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -38,7 +37,7 @@ from agent.config import AgentConfig, SyncConfig, TelemetryConfig
 from agent.errors import RateLimitedError, TransportError
 from agent.identity import IdentityStore
 from agent.outbox import TelemetryOutbox
-from agent.state import AgentSettings, Resources
+from agent.state import Resources
 from agent.statefile import StateFile
 from agent.sync import Reconciler, SyncLoop
 from agent.transport.grpc_fleet import SessionRejectedError
@@ -350,7 +349,7 @@ def test_will_publishes_offline_when_the_agent_process_is_killed(
         EDGELOOP_AGENT_INFERENCE_ENABLED="false",
         EDGELOOP_AGENT_TELEMETRY_INTERVAL_S="0.2",
     )
-    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "agent.log", "wb")
     proc = subprocess.Popen([BIN / "edgeloop-agent", "run"], env=env, stdout=log, stderr=log)
     try:
         online = wait_until(lambda: server.status[-1:] == [mqtt.ONLINE] and len(server.reports) >= 1, 30)
