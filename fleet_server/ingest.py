@@ -15,7 +15,7 @@ rows commit). Everyone is acked in the same flush cycle, and a device is never l
 record that can never be stored. A database that is down (`StorageUnavailableError`) fails the
 whole batch once, without per-device retries.
 
-Does not decide what a message means (grpc_api/servicer.py) or how rows look to the API (crud/).
+Does not decide what a message means (device_session.py) or how rows look to the API (crud/).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class ReportRow:
     agent_version: str
     observed: dict[str, Any]
     telemetry_dropped_total: int
+    transport: str  # "grpc" | "mqtt": written to Device.transport
+    cert_fingerprint: str  # what the device says it uses; "" from agents that do not say
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ exactly-once stream; an exception rolls back the flush, so nothing is acked half
 batch is then retried split by device, so only the device whose rows make it raise is refused).
 Observers must be idempotent per (device_id, seq): a record may be seen again after a lost ack.
 """
+
+ReportObserver = Callable[[Connection, list[ReportRow]], None]
+"""Runs inside the flush transaction, after the device rows are updated, with every report of
+the batch (latest per device). Same failure rule as TelemetryObserver; must be idempotent (a
+report may be seen again). Example: certs/renewal.py promotes a renewed certificate that a
+report says is in use."""
 
 
 Done = Callable[[BaseException | None], None]
@@ -153,9 +161,11 @@ class IngestWriter:
         max_rows: int = 2000,
         linger_s: float = 0.0,
         observers: Sequence[TelemetryObserver] = (),
+        report_observers: Sequence[ReportObserver] = (),
     ) -> None:
         self._engine = engine
         self._observers = tuple(observers)
+        self._report_observers = tuple(report_observers)
         self._max_rows = max_rows
         self._linger_s = linger_s
         self._pending = _Pending()
@@ -360,6 +370,9 @@ class IngestWriter:
                     _REPORT_UPDATE,
                     [_report_params(r, now, rejected.get(r.device_id, 0)) for r in batch.reports.values()],
                 )
+                reports = list(batch.reports.values())
+                for report_observer in self._report_observers:
+                    report_observer(conn, reports)
 
 
 def _storage_down(err: BaseException) -> bool:
@@ -386,6 +399,7 @@ _REPORT_UPDATE = (
         agent_version=bindparam("b_agent_version"),
         observed=bindparam("b_observed"),
         telemetry_dropped_total=bindparam("b_dropped"),
+        transport=bindparam("b_transport"),
     )
 )
 
@@ -398,6 +412,7 @@ def _report_params(row: ReportRow, now: datetime, rejected: int) -> dict[str, An
         "b_agent_version": row.agent_version,
         "b_observed": observed,
         "b_dropped": row.telemetry_dropped_total,
+        "b_transport": row.transport,
     }
 
 

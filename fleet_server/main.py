@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.url.render_as_string(hide_password=True),
         )
         refresh = asyncio.create_task(  # OTA tokens in DesiredState, re-sent at half their lifetime
-            refresh_tokens(online=registry.online, push=servicer.push_desired, ttl_s=settings.ota_token_ttl_s)
+            refresh_tokens(online=registry.online, push=registry.push_desired, ttl_s=settings.ota_token_ttl_s)
         )
         try:
             yield

@@ -82,15 +82,19 @@ _REPORT_INTS = (
 _RESOURCE_INTS = ("mem_total_bytes", "mem_available_bytes", "disk_free_bytes", "uptime_s")
 
 
-def report_from_proto(msg: pb.DeviceReport) -> ReportRow:
-    """Raises: RecordRejectedError when an integer does not fit a signed 64-bit column."""
+def report_from_proto(msg: pb.DeviceReport, *, transport: str = "grpc") -> ReportRow:
+    """`transport` is how it came ("grpc" | "mqtt"); `cert_fingerprint` is the SHA-256 of the
+    certificate the device says it uses (a renewed one is promoted when reported in use).
+
+    Raises: RecordRejectedError when an integer does not fit a signed 64-bit column.
+    """
     r = msg.resources
     for name in _REPORT_INTS:
         _check_int64(name, getattr(msg, name))
     for name in _RESOURCE_INTS:
         _check_int64(name, getattr(r, name))
-    if "\x00" in msg.agent_version or "\x00" in msg.profile:
-        raise RecordRejectedError("text_has_nul", "agent_version/profile contain a NUL character")
+    if "\x00" in msg.agent_version or "\x00" in msg.profile or "\x00" in msg.cert_fingerprint:
+        raise RecordRejectedError("text_has_nul", "agent_version/profile/cert_fingerprint contain a NUL")
     observed: dict[str, Any] = {
         "sequence": msg.sequence,
         "timestamp_ms": msg.timestamp_ms,
@@ -119,6 +123,8 @@ def report_from_proto(msg: pb.DeviceReport) -> ReportRow:
         agent_version=msg.agent_version[:64],
         observed=observed,
         telemetry_dropped_total=msg.telemetry_dropped_total,
+        transport=transport,
+        cert_fingerprint=msg.cert_fingerprint[:64].lower(),
     )
 
 

@@ -1,25 +1,23 @@
 """DeviceService handlers: Enroll and the Sync session.
 
-Requests arrive as raw bytes and are parsed here, so a malformed message gets INVALID_ARGUMENT
-with a reason (the stock deserializer path would answer INTERNAL). Every Sync message is bound to
-the device named by the client certificate; a report naming another device is PERMISSION_DENIED.
-Per-device token buckets turn a flooding device into RESOURCE_EXHAUSTED for that device only.
-A record that cannot be stored (an integer over 2^63-1, seq 0, an oversized payload) is refused
-alone: it is counted, listed in TelemetryAck.rejected (or ReportAck.rejected_reason), and the
-session goes on; so is a record the database itself refuses later (ingest.py isolates it).
-Text from devices and unauthenticated callers reaches the log only escaped and bounded
-(logsafe.py); refused enrollments are logged once per call and rate-limited per peer.
+Requests arrive as raw bytes, so a malformed message gets INVALID_ARGUMENT with a reason (the
+stock deserializer path would answer INTERNAL). Every Sync stream is bound to the device named by
+the client certificate (its current certificate, or a renewed one not yet promoted). What each
+message means, the per-device rate limit, record refusals and acks are the transport-neutral
+`device_session.DeviceSession`, shared with the MQTT bridge; here a Refusal ends the stream with
+that gRPC status. Text from devices and unauthenticated callers reaches the log only escaped and
+bounded (logsafe.py); refused enrollments are logged once per call and rate-limited per peer.
 
-Owns the session lifecycle (one live session per device; a new one supersedes the old) and the
-push of DesiredState. Does not write to the database itself (ingest.py, enrollment.py do).
+Owns the gRPC session lifecycle (one live stream per device; a new one supersedes the old), the
+`SessionRegistry` (who is online over any transport; desired-state and kick fan-out) and the
+push of DesiredState on gRPC. Does not write to the database itself (ingest.py, enrollment.py do).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -29,6 +27,7 @@ from sqlmodel import Session
 
 from fleet_server.crud.devices import get_device
 from fleet_server.desired import desired_for
+from fleet_server.device_session import DeviceSession, Renewer, certificate_renewer, refusal_log
 from fleet_server.enrollment import enroll_device
 from fleet_server.errors import (
     AuthError,
@@ -38,17 +37,11 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from fleet_server.grpc_api.codec import (
-    RecordRejectedError,
-    desired_to_proto,
-    report_from_proto,
-    telemetry_from_proto,
-)
-from fleet_server.ingest import IngestWriter, RowsRefusedError, StorageUnavailableError
+from fleet_server.grpc_api.codec import desired_to_proto
+from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import RateLimitedLog, peer_host
 from fleet_server.logsafe import text as safe_text
 from fleet_server.pki import FleetCA
-from fleet_server.ratelimit import TokenBucket
 from fleet_server.settings import Settings
 from protos.edgeloop.v1 import device_pb2 as pb
 
@@ -73,26 +66,60 @@ def status_for(err: FleetError) -> grpc.StatusCode:
 
 
 class _Session:
+    """One gRPC Sync stream: an outbox drained into the stream, and the shared session logic."""
+
     def __init__(self, device_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.device_id = device_id
         self.context = context
         self.outbox: asyncio.Queue[pb.SyncResponse | None] = asyncio.Queue()
         self.closed_reason = ""
 
+    def reply(self, msg: pb.SyncResponse | None) -> None:
+        if msg is not None:
+            self.outbox.put_nowait(msg)
+
+    def close(self, code: str, detail: str) -> None:
+        """End the stream with gRPC status `code` (a StatusCode name); the first reason wins."""
+        if not self.closed_reason:
+            detail = safe_text(detail, 300)
+            logger.warning(
+                "sync session aborted device_id=%s code=%s detail=%s", self.device_id, code, detail
+            )
+            self.closed_reason = f"abort:{code}:{detail}"
+        self.outbox.put_nowait(None)
+
+
+DesiredPusher = Callable[[str], Awaitable[None]]
+Kicker = Callable[[str, str, str], None]
+
 
 class SessionRegistry:
-    """Live Sync sessions by device id. `notify_desired_changed` is safe from any thread."""
+    """Who is online, over any transport, and the fan-out of desired-state pushes and kicks.
+
+    gRPC sessions register here (`add`/`remove`); other transports (the MQTT bridge) report
+    presence with `set_present` and subscribe with `on_desired`/`on_kick`.
+    `notify_desired_changed` and `kick` are safe from any thread.
+    """
 
     def __init__(self) -> None:
         self._sessions: dict[str, _Session] = {}
+        self._present: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.push_desired: Any = None  # set by DeviceServicer
+        self._pushers: list[DesiredPusher] = []
+        self._kickers: list[Kicker] = []
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def online(self) -> set[str]:
-        return set(self._sessions)
+        return set(self._sessions) | self._present
+
+    def set_present(self, device_id: str, present: bool) -> None:
+        """Presence reported by a transport without a registered session (MQTT status)."""
+        if present:
+            self._present.add(device_id)
+        else:
+            self._present.discard(device_id)
 
     def add(self, session: _Session) -> None:
         old = self._sessions.get(session.device_id)
@@ -108,9 +135,40 @@ class SessionRegistry:
     def get(self, device_id: str) -> _Session | None:
         return self._sessions.get(device_id)
 
+    def on_desired(self, pusher: DesiredPusher) -> None:
+        self._pushers.append(pusher)
+
+    def on_kick(self, kicker: Kicker) -> None:
+        self._kickers.append(kicker)
+
+    async def push_desired(self, device_id: str) -> None:
+        """Send the device its current DesiredState on every transport that serves it."""
+        for pusher in self._pushers:
+            try:
+                await pusher(device_id)
+            except Exception:
+                logger.exception("desired push failed device_id=%s", device_id)
+
     def notify_desired_changed(self, device_id: str) -> None:
-        if self._loop is not None and self.push_desired is not None:
+        if self._loop is not None:
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.push_desired(device_id)))
+
+    def kick(self, device_id: str, code: str, detail: str) -> None:
+        """Close the device's sessions on every transport with status `code` (e.g. on revocation)."""
+        if self._loop is None:
+            self._kick_now(device_id, code, detail)
+        else:
+            self._loop.call_soon_threadsafe(self._kick_now, device_id, code, detail)
+
+    def _kick_now(self, device_id: str, code: str, detail: str) -> None:
+        session = self._sessions.get(device_id)
+        if session is not None:
+            session.close(code, detail)
+        for kicker in self._kickers:
+            try:
+                kicker(device_id, code, detail)
+            except Exception:
+                logger.exception("kick failed device_id=%s", device_id)
 
 
 class DeviceServicer:
@@ -122,18 +180,17 @@ class DeviceServicer:
         settings: Settings,
         writer: IngestWriter,
         registry: SessionRegistry,
+        renew: Renewer | None = None,
     ) -> None:
         self._engine = engine
         self._ca = ca
         self._settings = settings
         self._writer = writer
         self._registry = registry
+        self._renew = renew if renew is not None else certificate_renewer(engine, ca)
         self._enroll_log = RateLimitedLog(logger)
-        # Refused records are all counted; their log lines are bounded per device and overall.
-        self._refusal_log = RateLimitedLog(
-            logger, rate_per_s=1.0, burst=10, global_rate_per_s=20.0, global_burst=100
-        )
-        registry.push_desired = self.push_desired
+        self._refusal_log = refusal_log()
+        registry.on_desired(self.push_desired)
 
     # ------------------------------------------------------------ Enroll
 
@@ -177,11 +234,23 @@ class DeviceServicer:
 
     # ------------------------------------------------------------ Sync
 
+    def device_session(self, session: _Session) -> DeviceSession:
+        """The shared session logic (device_session.py) wired to this stream."""
+        return DeviceSession(
+            session.device_id,
+            transport="grpc",
+            settings=self._settings,
+            writer=self._writer,
+            close=session.close,
+            renew=self._renew,
+            log=self._refusal_log,
+        )
+
     async def sync(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         device_id = await self._authenticate(context)
         session = _Session(device_id, context)
         self._registry.add(session)
-        reader = asyncio.create_task(self._read(session, requests))
+        reader = asyncio.create_task(self._read(session, self.device_session(session), requests))
         logger.info("sync session opened device_id=%s peer=%s", device_id, context.peer())
         try:
             await self.push_desired(device_id)
@@ -218,6 +287,8 @@ class DeviceServicer:
             return get_device(session=s, device_id=device_id)
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The client certificate's CN names an active device, and the certificate is its current
+        one or the renewed one not yet promoted (usable at once after renewal)."""
         auth = context.auth_context()
         names = list(auth.get("x509_common_name") or [])
         pems = list(auth.get("x509_pem_cert") or [])
@@ -229,171 +300,27 @@ class DeviceServicer:
         except NotFoundError:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id!r} is not enrolled")
         fingerprint = _pem_fingerprint(pems[0])
-        if device.status != "active" or (device.cert_fingerprint and fingerprint != device.cert_fingerprint):
+        pinned = {f for f in (device.cert_fingerprint, device.pending_cert_fingerprint) if f}
+        if device.status != "active" or (device.cert_fingerprint and fingerprint not in pinned):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"certificate for {device_id!r} is revoked or superseded"
             )
         return device_id
 
-    async def _read(self, session: _Session, requests: AsyncIterator[bytes]) -> None:
-        bucket = TokenBucket(
-            rate_per_s=float(self._settings.device_max_messages_per_s),
-            burst=float(self._settings.device_burst),
-        )
+    async def _read(self, session: _Session, logic: DeviceSession, requests: AsyncIterator[bytes]) -> None:
         try:
             async for raw in requests:
-                if not bucket.allow(time.monotonic()):
-                    self._close(
-                        session,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"device {session.device_id} exceeded {self._settings.device_max_messages_per_s} "
-                        f"messages/s (burst {self._settings.device_burst}); back off and retry",
-                    )
-                    return
-                error = self._handle(session, raw)
-                if error is not None:
-                    self._close(session, *error)
+                refusal = logic.admit(0) or logic.handle(raw, session.reply)
+                if refusal is not None:
+                    session.close(*refusal)
                     return
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             return
         except Exception:
             logger.exception("sync reader failed device_id=%s", session.device_id)
-            self._close(session, grpc.StatusCode.INTERNAL, "internal error")
+            session.close("INTERNAL", "internal error")
             return
         session.outbox.put_nowait(None)  # client half-closed: finish the call
-
-    def _handle(self, session: _Session, raw: bytes) -> tuple[grpc.StatusCode, str] | None:
-        try:
-            req = pb.SyncRequest.FromString(raw)
-        except DecodeError as err:
-            return grpc.StatusCode.INVALID_ARGUMENT, f"malformed SyncRequest: {err}"
-        kind = req.WhichOneof("msg")
-        if kind == "report":
-            if req.report.device_id != session.device_id:
-                return (
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"certificate is for {session.device_id!r}; cannot report as {req.report.device_id!r}",
-                )
-            self._handle_report(session, req.report)
-            return None
-        if kind == "telemetry":
-            problem = self._check_telemetry(req.telemetry)
-            if problem:
-                return grpc.StatusCode.INVALID_ARGUMENT, problem
-            self._handle_telemetry(session, req.telemetry)
-            return None
-        if kind == "command_result":
-            logger.info(
-                "command result device_id=%s command_id=%s ok=%s",
-                session.device_id,
-                safe_text(req.command_result.command_id, 64),
-                req.command_result.ok,
-            )
-            return None
-        return grpc.StatusCode.INVALID_ARGUMENT, "empty SyncRequest (no report, telemetry or command_result)"
-
-    def _handle_report(self, session: _Session, report: pb.DeviceReport) -> None:
-        try:
-            row = report_from_proto(report)
-        except RecordRejectedError as err:
-            self._writer.count_rejected(session.device_id, err.reason)
-            self._refusal_log.warning(
-                f"{session.device_id}|report",
-                "report refused device_id=%s: %s",
-                session.device_id,
-                safe_text(err, 200),
-            )
-            session.outbox.put_nowait(
-                pb.SyncResponse(report_ack=pb.ReportAck(sequence=report.sequence, rejected_reason=err.reason))
-            )
-            return
-        ack = pb.SyncResponse(report_ack=pb.ReportAck(sequence=report.sequence))
-        self._writer.submit_report(row, lambda err: self._after_commit(session, err, ack))
-
-    def _handle_telemetry(self, session: _Session, batch: pb.TelemetryBatch) -> None:
-        decoded = telemetry_from_proto(batch, max_payload_bytes=self._settings.max_payload_bytes)
-        self._writer.stats.nonfinite_metrics_dropped += decoded.nonfinite_metrics
-        for r in decoded.rejected:
-            self._writer.count_rejected(session.device_id, r.reason)
-        if decoded.rejected:
-            self._refusal_log.warning(
-                f"{session.device_id}|telemetry",
-                "telemetry records refused device_id=%s batch_id=%d count=%d first_seq=%d reason=%s",
-                session.device_id,
-                batch.batch_id,
-                len(decoded.rejected),
-                decoded.rejected[0].seq,
-                decoded.rejected[0].reason,
-            )
-        ack = pb.SyncResponse(
-            telemetry_ack=pb.TelemetryAck(
-                batch_id=batch.batch_id,
-                seqs=[r.seq for r in decoded.rows],
-                rejected=[pb.RejectedRecord(seq=r.seq, reason=r.reason) for r in decoded.rejected],
-            )
-        )
-        if not decoded.rows:
-            session.outbox.put_nowait(ack)
-            return
-        self._writer.submit_telemetry(
-            session.device_id, decoded.rows, lambda err: self._after_commit(session, err, ack)
-        )
-
-    def _check_telemetry(self, batch: pb.TelemetryBatch) -> str:
-        limit = max(self._settings.telemetry_batch_max * 10, 1)
-        if len(batch.records) > limit:
-            return f"telemetry batch of {len(batch.records)} records exceeds the limit of {limit}"
-        return ""
-
-    def _after_commit(self, session: _Session, err: BaseException | None, ack: pb.SyncResponse) -> None:
-        if err is None:
-            session.outbox.put_nowait(ack)
-        elif isinstance(err, RowsRefusedError):
-            session.outbox.put_nowait(self._partial_ack(session, err, ack))
-        elif isinstance(err, StorageUnavailableError):
-            self._close(session, grpc.StatusCode.UNAVAILABLE, "storage unavailable; retry later")
-        else:
-            self._close(session, grpc.StatusCode.INTERNAL, f"{err}; retry later in smaller batches")
-
-    def _partial_ack(self, session: _Session, err: RowsRefusedError, ack: pb.SyncResponse) -> pb.SyncResponse:
-        """The ack for a message some of whose rows the database refused: those are listed as
-        rejected (reason "storage_refused"), so the device drops them instead of resending."""
-        reason = "storage_refused"
-        if ack.WhichOneof("msg") == "report_ack":
-            if not err.report:
-                return ack
-            self._writer.count_rejected(session.device_id, reason)
-            return pb.SyncResponse(
-                report_ack=pb.ReportAck(sequence=ack.report_ack.sequence, rejected_reason=reason)
-            )
-        t = ack.telemetry_ack
-        refused = [s for s in t.seqs if s in err.seqs]
-        if refused:
-            self._writer.count_rejected(session.device_id, reason, len(refused))
-        self._refusal_log.warning(
-            f"{session.device_id}|storage",
-            "telemetry records refused by storage device_id=%s batch_id=%d count=%d: %s",
-            session.device_id,
-            t.batch_id,
-            len(refused),
-            safe_text(err, 200),
-        )
-        return pb.SyncResponse(
-            telemetry_ack=pb.TelemetryAck(
-                batch_id=t.batch_id,
-                seqs=[s for s in t.seqs if s not in err.seqs],
-                rejected=[*t.rejected, *(pb.RejectedRecord(seq=s, reason=reason) for s in refused)],
-            )
-        )
-
-    def _close(self, session: _Session, code: grpc.StatusCode, detail: str) -> None:
-        if not session.closed_reason:
-            detail = safe_text(detail, 300)
-            logger.warning(
-                "sync session aborted device_id=%s code=%s detail=%s", session.device_id, code.name, detail
-            )
-            session.closed_reason = f"abort:{code.name}:{detail}"
-        session.outbox.put_nowait(None)
 
 
 def _pem_fingerprint(pem: bytes) -> str:

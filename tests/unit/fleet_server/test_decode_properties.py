@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -25,6 +24,7 @@ from sqlalchemy import Connection, Engine, event, func, select
 from sqlmodel import SQLModel
 
 from fleet_server.db import make_engine
+from fleet_server.device_session import DeviceSession
 from fleet_server.drift import observer as drift
 from fleet_server.federated import codec as fcodec
 from fleet_server.grpc_api.codec import (
@@ -33,7 +33,6 @@ from fleet_server.grpc_api.codec import (
     report_from_proto,
     telemetry_from_proto,
 )
-from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry, _Session
 from fleet_server.ingest import (
     MAX_ROW_BISECT,
     IngestWriter,
@@ -103,21 +102,24 @@ def _with_id(report: pb.DeviceReport, device_id: str) -> pb.DeviceReport:
 def test_every_sync_request_is_handled_record_by_record(
     servicer_parts: tuple[Engine, FleetCA, Settings], raw: bytes
 ) -> None:
-    engine, ca, cfg = servicer_parts
+    engine, _ca, cfg = servicer_parts
     writer = IngestWriter(engine)
-    servicer = DeviceServicer(engine=engine, ca=ca, settings=cfg, writer=writer, registry=SessionRegistry())
-    session = _Session("dev-a", context=None)  # type: ignore[arg-type]
+    closed: list[tuple[str, str]] = []
+    immediate: list[pb.SyncResponse] = []
+    session = DeviceSession(
+        "dev-a", transport="grpc", settings=cfg, writer=writer, close=lambda *c: closed.append(c)
+    )
     queued: list[Any] = []
     writer.submit_telemetry = lambda device_id, rows, done: queued.extend(rows)  # type: ignore[method-assign]
     writer.submit_report = lambda row, done: queued.append(row)  # type: ignore[method-assign]
 
-    error = servicer._handle(session, raw)  # never raises: that is the first property
+    error = session.handle(raw, lambda m: immediate.append(m) if m is not None else None)  # never raises
 
-    immediate = [m for _ in range(session.outbox.qsize()) if (m := session.outbox.get_nowait()) is not None]
+    assert not closed
     if error is not None:
         code, detail = error
-        assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED) and detail
-        assert not queued and writer.stats.rejected_records == 0
+        assert code in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNIMPLEMENTED") and detail
+        assert not queued and writer.stats.rejected_records == 0 and not immediate
         return
     req = pb.SyncRequest.FromString(raw)
     if req.WhichOneof("msg") == "telemetry":
@@ -347,20 +349,23 @@ def test_too_many_failing_rows_fail_that_device_alone_for_a_resend(tmp_path: Pat
 def test_rows_refused_by_storage_are_acked_as_rejected_not_resent(
     servicer_parts: tuple[Engine, FleetCA, Settings],
 ) -> None:
-    engine, ca, cfg = servicer_parts
+    engine, _ca, cfg = servicer_parts
     writer = IngestWriter(engine)
-    servicer = DeviceServicer(engine=engine, ca=ca, settings=cfg, writer=writer, registry=SessionRegistry())
-    session = _Session("dev-a", context=None)  # type: ignore[arg-type]
+    closed: list[tuple[str, str]] = []
+    replies: list[pb.SyncResponse | None] = []
+    session = DeviceSession(
+        "dev-a", transport="grpc", settings=cfg, writer=writer, close=lambda *c: closed.append(c)
+    )
     err = RowsRefusedError("x", seqs={2: "DataError: bigint out of range"}, report="DataError: y")
     ack = pb.SyncResponse(
         telemetry_ack=pb.TelemetryAck(
             batch_id=7, seqs=[1, 2, 3], rejected=[pb.RejectedRecord(seq=9, reason="seq_zero")]
         )
     )
-    servicer._after_commit(session, err, ack)
-    servicer._after_commit(session, err, pb.SyncResponse(report_ack=pb.ReportAck(sequence=4)))
-    telemetry_ack, report_ack = session.outbox.get_nowait(), session.outbox.get_nowait()
-    assert telemetry_ack is not None and report_ack is not None and not session.closed_reason
+    session.after_commit(err, ack, replies.append)
+    session.after_commit(err, pb.SyncResponse(report_ack=pb.ReportAck(sequence=4)), replies.append)
+    telemetry_ack, report_ack = replies
+    assert telemetry_ack is not None and report_ack is not None and not closed
     assert list(telemetry_ack.telemetry_ack.seqs) == [1, 3]
     assert [(r.seq, r.reason) for r in telemetry_ack.telemetry_ack.rejected] == [
         (9, "seq_zero"),
