@@ -1,4 +1,5 @@
-"""`edgeloop-server`: init | migrate | run | operator-token. Parses, calls one function, maps errors."""
+"""`edgeloop-server`: init | migrate | run | operator-token | mqtt-config. Parses, calls one function,
+maps errors."""
 
 from __future__ import annotations
 
@@ -122,6 +123,41 @@ def _operator_token(ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _mqtt_config(ns: argparse.Namespace) -> int:
+    from fleet_server.certs.crl import revoked_serials
+    from fleet_server.db import make_engine
+    from fleet_server.mqtt.brokerconf import BrokerOptions, write_broker_config
+    from fleet_server.pki import FleetCA
+    from fleet_server.settings import Settings
+
+    settings = _settings(ns)
+    assert isinstance(settings, Settings)
+    ca = FleetCA.load(settings.pki_dir)
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        crl = ca.build_crl(revoked_serials(engine))
+    finally:
+        engine.dispose()
+    defaults = BrokerOptions()
+    options = BrokerOptions(
+        port=ns.port,
+        bind=ns.bind,
+        hostnames=ns.host or defaults.hostnames,
+        peak_msgs_per_s=ns.peak_msgs_per_s,
+        stall_s=ns.stall_s,
+        max_queued_bytes=ns.max_queued_bytes,
+        message_size_limit=settings.max_message_bytes,
+        run_as=ns.run_as,
+    )
+    files = write_broker_config(ca, Path(ns.out), options, crl_pem=crl)
+    if ns.json:
+        print(json.dumps(files.as_dict()))
+    else:
+        print(f"wrote {files.config}; run: mosquitto -c {files.config}")
+        print(f"server MQTT identity: {files.server_cert} / {files.server_key}; CRL: {files.crl}")
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeloop-server", description="edgeloop fleet server")
     parser.add_argument("--log-level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
@@ -152,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
     p.set_defaults(func=_operator_token)
+    p = sub.add_parser(
+        "mqtt-config", help="write the Mosquitto config, ACL, certificates and CRL for the fleet"
+    )
+    common(p)
+    p.add_argument("--out", required=True, help="directory for mosquitto.conf and its files")
+    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--bind", default="", help="listen address (default: all interfaces)")
+    p.add_argument("--host", action="append", help="broker name devices connect to (repeat; SAN)")
+    p.add_argument("--run-as", dest="run_as", default="mosquitto", help="user mosquitto drops to")
+    p.add_argument("--peak-msgs-per-s", dest="peak_msgs_per_s", type=int, default=20_000)
+    p.add_argument("--stall-s", dest="stall_s", type=int, default=120, help="server stall to ride out")
+    p.add_argument("--max-queued-bytes", dest="max_queued_bytes", type=int, default=1 << 30)
+    p.set_defaults(func=_mqtt_config)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The fleet CA: creates the CA, the server's TLS certificate, and signs device CSRs.
+"""The fleet CA: creates the CA, the server's TLS certificate, signs device CSRs, service
+certificates (the MQTT broker, the server's MQTT identity) and CRLs.
 
 Owns key material on disk under `<data_dir>/pki` (keys 0600, written atomically). Does not
 decide *whether* a device may enroll (crud/enrollment.py does) and never logs key bytes.
@@ -10,6 +11,7 @@ import ipaddress
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +164,56 @@ class FleetCA:
             fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
         )
 
+    def issue_service_certificate(
+        self, *, common_name: str, hostnames: list[str] | None = None, days: int = 825
+    ) -> tuple[bytes, IssuedCertificate]:
+        """A fresh key and a certificate for a fleet service: (key_pem, certificate).
+
+        With `hostnames` it is a TLS server certificate (the broker's listener); without, a client
+        certificate whose CN is `common_name` (the server's own MQTT identity). The caller writes them.
+        """
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for host in hostnames or []:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        if not sans:
+            sans = [x509.UniformResourceIdentifier("urn:edgeloop:service:" + common_name)]
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if hostnames else ExtendedKeyUsageOID.CLIENT_AUTH
+        cert = self._issue(
+            subject_cn=common_name, public_key=key.public_key(), days=days, sans=sans, usage=usage
+        )
+        return _key_pem(key), _issued(cert)
+
+    def build_crl(self, revoked: Iterable[RevokedSerial], *, next_update_days: int = 7) -> bytes:
+        """A PEM CRL signed by the fleet CA listing `revoked` (none is a valid, empty CRL).
+
+        Mosquitto (OpenSSL) refuses *every* client once next_update has passed, so the publisher
+        must rebuild it well before then (certs/crl.py republishes it daily).
+        """
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - timedelta(minutes=5))
+            .next_update(now + timedelta(days=next_update_days))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
+            )
+        )
+        for item in revoked:
+            try:
+                serial = int(item.serial, 16)
+            except ValueError:
+                logger.warning("CRL: skipped malformed serial %r", item.serial[:64])
+                continue
+            at = item.revoked_at if item.revoked_at.tzinfo else item.revoked_at.replace(tzinfo=UTC)
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(at).build()
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
     def _issue(
         self,
         *,
@@ -188,3 +240,22 @@ class FleetCA:
             )
             .sign(self._key, hashes.SHA256())
         )
+
+
+@dataclass(frozen=True)
+class RevokedSerial:
+    serial: str  # hex, as in Device.cert_serial
+    revoked_at: datetime
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` with `mode` via a temp file and rename (readers never see half a file)."""
+    _write_atomic(path, data, mode)
+
+
+def _issued(cert: x509.Certificate) -> IssuedCertificate:
+    return IssuedCertificate(
+        pem=cert.public_bytes(serialization.Encoding.PEM),
+        serial=format(cert.serial_number, "x"),
+        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+    )
