@@ -72,7 +72,9 @@ INVALID = _declare(422, "The request is malformed or out of range (`errors` list
 UNAVAILABLE = _declare(503, "The database is unavailable; retry later")
 TOO_LARGE = _declare(413, "The body is larger than allowed")
 
-COMMON = MALFORMED | UNAUTHORIZED | FORBIDDEN | INVALID | UNAVAILABLE
+RATE_LIMITED = _declare(429, "Too many requests for this operator token; retry after Retry-After seconds")
+
+COMMON = MALFORMED | UNAUTHORIZED | FORBIDDEN | INVALID | TOO_LARGE | RATE_LIMITED | UNAVAILABLE
 """Declared on every operation under /api/v1 (all need a token and touch the database)."""
 
 
