@@ -1,7 +1,9 @@
 """Composition root of the fleet server: `create_app(settings)`.
 
-Builds the engine, runs migrations, loads the fleet CA, and starts the ingest writer and both
-gRPC servers in the FastAPI lifespan, on the same event loop as the REST API. Errors map to HTTP
+Builds the engine, runs migrations, loads the fleet CA, and starts the ingest writer, both
+gRPC servers and (when `mqtt_url` is set) the MQTT bridge in the FastAPI lifespan, on the same
+event loop as the REST API. Both device transports share one SessionRegistry (presence, desired
+state pushes, kicks) and one IngestWriter. Errors map to HTTP
 in one place (fleet_server.api.errors).
 """
 
@@ -14,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.middleware import Middleware
 
@@ -27,14 +29,18 @@ from fleet_server.audit.routes import router as audit_router
 from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
+from fleet_server.device_session import Renewer, certificate_renewer
 from fleet_server.drift.observer import drift_observer
 from fleet_server.drift.routes import router as drift_router
+from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.routes import router as federated_router
 from fleet_server.federated.wiring import build_federated
 from fleet_server.grpc_api.server import build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.migrate import upgrade
+from fleet_server.mqtt.bridge import MqttBridge
+from fleet_server.mqtt.devices import MqttDevices
 from fleet_server.ota.access import refresh_tokens
 from fleet_server.ota.routes import mount_ota
 from fleet_server.ota.status import ota_status_observer
@@ -72,10 +78,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 model_metrics_observer,
                 poke_on_ota_reports(lambda: getattr(app.state, "rollouts", None)),
             ],
+            # Reports, in the flush transaction (ingest.ReportObserver). Certificate renewal's
+            # promotion observer (certs/renewal.py: cert_promotion_observer) is registered here.
+            report_observers=[],
         )
-        registry = SessionRegistry()
+        registry = SessionRegistry()  # revocation: registry.kick(device_id, code, detail), any transport
         registry.bind_loop(asyncio.get_running_loop())
-        servicer = DeviceServicer(engine=engine, ca=ca, settings=settings, writer=writer, registry=registry)
+        renew = certificate_renewer(engine, ca)  # SyncRequest.renew on gRPC and MQTT
+        servicer = DeviceServicer(
+            engine=engine, ca=ca, settings=settings, writer=writer, registry=registry, renew=renew
+        )
         loop = asyncio.get_running_loop()
         federated = build_federated(engine=engine, loop=loop, data_dir=settings.data_dir, audit=audit.log)
         servers = build_grpc_servers(
@@ -99,13 +111,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
         await servers.start()
+        app.state.mqtt = bridge = await _start_mqtt(
+            settings, engine=engine, writer=writer, registry=registry, grid=federated.grid, renew=renew
+        )
         app.state.rollouts.start()
         logger.info(
-            "fleet server started http=%s:%s enroll_port=%s device_port=%s db=%s",
+            "fleet server started http=%s:%s enroll_port=%s device_port=%s transports=%s mqtt=%s db=%s",
             settings.http_host,
             settings.http_port,
             servers.enroll_port,
             servers.device_port,
+            "grpc+mqtt" if bridge is not None else "grpc",
+            bridge.endpoint if bridge is not None else "off",
             engine.url.render_as_string(hide_password=True),
         )
         refresh = asyncio.create_task(  # OTA tokens in DesiredState, re-sent at half their lifetime
@@ -118,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(app.state.rollouts.stop)
             federated.shutdown()
             app.state.models.stop()
+            if bridge is not None:
+                await bridge.stop()  # unacked messages stay with the broker's session
             await servers.stop()
             await writer.stop()
             await asyncio.to_thread(_stop_audit, audit)
@@ -133,26 +152,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
 
-    @app.get("/healthz", tags=["health"], responses={503: {"description": "degraded: database unavailable"}})
-    def healthz(request: Request) -> JSONResponse:
-        try:
-            with request.app.state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except OperationalError:
-            return JSONResponse(status_code=503, content={"status": "degraded", "database": "unavailable"})
-        writer: IngestWriter = request.app.state.writer
-        return JSONResponse(
-            {
-                "status": "ok",
-                "version": __version__,
-                "devices_online": len(request.app.state.registry.online()),
-                "grpc_ports": request.app.state.grpc_ports,
-                "ingest": vars(writer.stats),
-            }
-        )
-
+    app.get(
+        "/healthz",
+        tags=["health"],
+        name="healthz",
+        responses={503: {"description": "degraded: database unavailable"}},
+    )(_healthz)
     _include_routers(app, settings)
     return mount_console(app)
+
+
+def _healthz(request: Request) -> JSONResponse:
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError:
+        return JSONResponse(status_code=503, content={"status": "degraded", "database": "unavailable"})
+    writer: IngestWriter = request.app.state.writer
+    mqtt: MqttBridge | None = getattr(request.app.state, "mqtt", None)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "version": __version__,
+            "devices_online": len(request.app.state.registry.online()),
+            "grpc_ports": request.app.state.grpc_ports,
+            "ingest": vars(writer.stats),
+            **({"mqtt": vars(mqtt.handler.stats)} if mqtt is not None and mqtt.handler else {}),
+        }
+    )
 
 
 def _include_routers(app: FastAPI, settings: Settings) -> None:
@@ -166,6 +193,27 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(rollouts_router)
     mount_ota(app, api, settings)
     app.include_router(api)
+
+
+async def _start_mqtt(
+    settings: Settings,
+    *,
+    engine: Engine,
+    writer: IngestWriter,
+    registry: SessionRegistry,
+    grid: FleetGrid,
+    renew: Renewer,
+) -> MqttBridge | None:
+    """The MQTT transport, when `mqtt_url` is set: same ingest, registry and session logic as gRPC."""
+    if not settings.mqtt_url:
+        return None
+    bridge = MqttBridge(settings)
+    handler = MqttDevices(
+        engine=engine, settings=settings, writer=writer, registry=registry, publisher=bridge, grid=grid,
+        renew=renew,
+    )  # fmt: skip
+    await bridge.start(handler)
+    return bridge
 
 
 def _stop_audit(audit: HeadSigner) -> None:

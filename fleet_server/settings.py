@@ -57,6 +57,25 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(default=2.0, gt=0, le=3600)
     rollout_lease_s: float = Field(default=60.0, ge=1, le=3600)
 
+    # MQTT transport (fleet_server/mqtt/bridge.py). "" = off; "mqtt://host:port" (plain, tests and
+    # a broker on localhost) or "mqtts://host:port" (TLS with the client certificate below).
+    mqtt_url: str = ""
+    mqtt_ca_file: Path | None = None
+    mqtt_client_cert: Path | None = None
+    mqtt_client_key: Path | None = None
+    mqtt_share_group: str = "edgeloop"  # shared subscription group: replicas split the uplink
+    mqtt_client_id: str = ""  # "" = "edgeloop-server-<hostname>-<pid>" (its persistent session)
+    mqtt_inflight: int = Field(default=1000, ge=1, le=65535)  # QoS 1 messages held until committed
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)  # broker keeps the session
+    mqtt_status_ttl_s: float = Field(default=5.0, ge=0, le=3600)  # device status cache
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("mqtt_url must be empty, mqtt://host:port or mqtts://host:port")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3_driver(cls, value: str) -> str:

@@ -36,7 +36,8 @@ def _public(device: Device, online: set[str]) -> DevicePublic:
         observed=device.observed,
         desired_generation=device.desired_generation,
         telemetry_dropped_total=device.telemetry_dropped_total,
-        online=device.id in online,
+        transport=device.transport,
+        online=device.id in online,  # a gRPC Sync session or MQTT status "online"
     )
 
 
