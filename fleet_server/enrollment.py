@@ -5,6 +5,10 @@ anywhere rolls all of it back, so an operator never has to mint a new token for 
 The caller is unauthenticated until the token checks out: the device id is checked (length,
 control characters, the id pattern) before anything else, and errors never echo more than a
 bounded, escaped piece of it.
+
+A revoked device id may enroll again only with a bootstrap token created after its revocation
+(so a token that leaked before it cannot bring the device back): the row is reused, with the new
+certificate, status active and revoked_at cleared, and the re-enrollment is audited.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlmodel import Session
 
+from fleet_server.audit.chain import Actor, Target
+from fleet_server.audit.port import AuditRecorder, record_change
 from fleet_server.crud.devices import register_device, validate_device_id
 from fleet_server.crud.tokens import consume_bootstrap_token
 from fleet_server.desired import DesiredState, desired_for
-from fleet_server.errors import ConflictError, InvalidRequestError
+from fleet_server.errors import AuthError, ConflictError, InvalidRequestError
 from fleet_server.logsafe import text as safe_text
-from fleet_server.pki import FleetCA
+from fleet_server.models import BootstrapToken, Device, as_utc, utcnow
+from fleet_server.pki import FleetCA, IssuedCertificate
 from fleet_server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ def enroll_device(
     device_id: str,
     profile: str,
     agent_version: str,
+    audit: AuditRecorder | None = None,
 ) -> EnrollmentResult:
     """Raises: AuthError (token), InvalidRequestError (id/CSR), ConflictError (id taken)."""
     check_caller_text(device_id=device_id, profile=profile, agent_version=agent_version)
@@ -58,16 +66,25 @@ def enroll_device(
         token = consume_bootstrap_token(
             session=session, token=bootstrap_token, device_id=device_id, profile=profile
         )
+        if token.revoked_at is not None:
+            raise AuthError(f"bootstrap token {token.id} was revoked")
         issued = ca.sign_device_csr(csr_pem, device_id, days=settings.device_cert_days)
-        device = register_device(
-            session=session,
-            device_id=device_id,
-            profile=profile,
-            labels=token.labels,
-            agent_version=agent_version,
-            cert_serial=issued.serial,
-            cert_fingerprint=issued.fingerprint,
-        )
+        existing = session.get(Device, device_id)
+        reenrolled = existing is not None and existing.status == "revoked"
+        if existing is not None and reenrolled:
+            device = _reenroll(existing, token, profile=profile, agent_version=agent_version, issued=issued)
+            session.add(device)
+        else:
+            device = register_device(
+                session=session,
+                device_id=device_id,
+                profile=profile,
+                labels=token.labels,
+                agent_version=agent_version,
+                cert_serial=issued.serial,
+                cert_fingerprint=issued.fingerprint,
+            )
+        device.cert_not_after = issued.not_after
         try:
             session.commit()
         except SAIntegrityError as err:  # lost a race for the same device id
@@ -80,12 +97,35 @@ def enroll_device(
             token.id,
             issued.serial,
         )
+        if reenrolled and audit is not None:
+            record_change(
+                audit, Actor.system("enrollment"), "device.reenrolled", Target("device", device_id),
+                {"token_id": token.id, "cert_serial": issued.serial},
+            )  # fmt: skip
         return EnrollmentResult(
             device_id=device_id,
             certificate_chain_pem=issued.pem + ca.cert_pem,
             ca_certificate_pem=ca.cert_pem,
             desired=desired_for(device, settings),
         )
+
+
+def _reenroll(
+    device: Device, token: BootstrapToken, *, profile: str, agent_version: str, issued: IssuedCertificate
+) -> Device:
+    """The revoked row, enrolled again. Raises AuthError: the token predates the revocation."""
+    created, revoked_at = as_utc(token.created_at), as_utc(device.revoked_at)
+    if created is None or revoked_at is None or created <= revoked_at:
+        raise AuthError(
+            f"device {device.id!r} was revoked; enrolling it again needs a bootstrap token created after that"
+        )
+    device.status, device.revoked_at = "active", None
+    device.cert_serial, device.cert_fingerprint = issued.serial, issued.fingerprint
+    device.pending_cert_serial = device.pending_cert_fingerprint = ""
+    device.profile, device.labels, device.agent_version = profile, dict(token.labels), agent_version
+    device.enrolled_at = utcnow()
+    device.desired_generation += 1
+    return device
 
 
 def check_caller_text(*, device_id: str, profile: str, agent_version: str) -> None:

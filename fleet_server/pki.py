@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,6 +54,24 @@ class IssuedCertificate:
     pem: bytes
     serial: str
     fingerprint: str  # sha256 hex of the DER certificate
+    not_after: datetime | None = None
+
+
+def expiry_from_serial(serial_hex: str) -> datetime | None:
+    """The not-after a device certificate's serial carries (its top bits: `sign_device_csr` puts the
+    expiry's Unix seconds above 96 random bits), so a stored serial alone tells when it expires.
+    None for serials that do not carry one (older random serials decode to no plausible date).
+    """
+    try:
+        seconds = int(serial_hex, 16) >> 96
+    except ValueError:
+        return None
+    if not _PLAUSIBLE_EXPIRY[0] <= seconds <= _PLAUSIBLE_EXPIRY[1]:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+_PLAUSIBLE_EXPIRY = (1_577_836_800, 7_258_118_400)  # 2020-01-01 .. 2200-01-01
 
 
 class FleetCA:
@@ -157,12 +176,9 @@ class FleetCA:
             days=days,
             sans=[x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)],
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            expiry_in_serial=True,
         )
-        return IssuedCertificate(
-            pem=cert.public_bytes(serialization.Encoding.PEM),
-            serial=format(cert.serial_number, "x"),
-            fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
-        )
+        return _issued(cert)
 
     def issue_service_certificate(
         self, *, common_name: str, hostnames: list[str] | None = None, days: int = 825
@@ -222,16 +238,21 @@ class FleetCA:
         days: int,
         sans: list[x509.GeneralName],
         usage: x509.ObjectIdentifier,
+        expiry_in_serial: bool = False,
     ) -> x509.Certificate:
         now = datetime.now(UTC)
+        not_after = (now + timedelta(days=days)).replace(microsecond=0)
+        serial = x509.random_serial_number()
+        if expiry_in_serial:  # see expiry_from_serial; 96 random bits stay (>= 64 as CAs must)
+            serial = (int(not_after.timestamp()) << 96) | secrets.randbits(96)
         return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial)
             .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=days))
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -258,4 +279,5 @@ def _issued(cert: x509.Certificate) -> IssuedCertificate:
         pem=cert.public_bytes(serialization.Encoding.PEM),
         serial=format(cert.serial_number, "x"),
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+        not_after=cert.not_valid_after_utc,
     )
