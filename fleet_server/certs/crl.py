@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 NEXT_UPDATE_DAYS = 7
 REFRESH_S = 24 * 3600.0
+SOON_S = 2.0
 
 
 class BrokerReload(Protocol):
@@ -90,6 +91,8 @@ class CrlPublisher:
     def __init__(self, engine: Engine, ca: FleetCA, path: Path, reload: BrokerReload | None = None) -> None:
         self._engine, self._ca, self.path, self._reload = engine, ca, path, reload
         self._lock = asyncio.Lock()  # two revocations at once: one write, one reload after the other
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._soon: asyncio.Future[None] | None = None
 
     async def publish(self) -> int:
         """Rebuild the CRL and reload the broker. Raises what the write or the reload raised."""
@@ -104,6 +107,29 @@ class CrlPublisher:
 
     async def on_revoked(self, _device_id: str) -> None:
         await self.publish()
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def publish_soon(self) -> None:
+        """Thread-safe: republish after `SOON_S` (the ingest flush that promoted a renewed certificate
+        calls this inside its transaction; the delay lets it commit). Calls within the delay coalesce."""
+        loop = self._loop
+        if loop is None:
+            logger.warning("CRL publish_soon before bind_loop: the superseded serial waits for the refresh")
+            return
+        loop.call_soon_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        if self._soon is None or self._soon.done():
+            self._soon = asyncio.ensure_future(self._publish_later())
+
+    async def _publish_later(self) -> None:
+        await asyncio.sleep(SOON_S)
+        try:
+            await self.publish()
+        except (OSError, subprocess.SubprocessError) as err:
+            logger.error("CRL publish after certificate promotion failed: %s", err)
 
     async def refresh_forever(self, interval_s: float = REFRESH_S) -> None:
         while True:

@@ -16,7 +16,7 @@ Does not own issuing (pki.py), the CRL file (crl.py) or when a device asks (agen
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -132,11 +132,30 @@ _device = Device.__table__  # type: ignore[attr-defined]
 _revoked = RevokedCertificate.__table__  # type: ignore[attr-defined]
 
 
+def promotion_observer(on_promoted: Callable[[], None]) -> Callable[[Connection, Sequence[CertReport]], None]:
+    """`cert_promotion_observer` that also calls `on_promoted()` (e.g. `CrlPublisher.publish_soon`)
+    when it promoted something, so the superseded serial reaches the broker's CRL."""
+
+    def observe(conn: Connection, reports: Sequence[CertReport]) -> None:
+        if promote(conn, reports):
+            on_promoted()
+
+    return observe
+
+
 def cert_promotion_observer(conn: Connection, reports: Sequence[CertReport]) -> None:
-    """Promote pending certificates the reports show in use (inside the caller's transaction)."""
+    """An ingest report observer: `promote` (the CRL catches up at its next publish)."""
+    promote(conn, reports)
+
+
+def promote(conn: Connection, reports: Sequence[CertReport]) -> list[str]:
+    """Promote pending certificates the reports show in use (inside the caller's transaction).
+
+    Returns the ids of the devices promoted."""
     claimed = {r.device_id: r.cert_fingerprint for r in reports if r.cert_fingerprint}
+    promoted: list[str] = []
     if not claimed:
-        return
+        return promoted
     rows = conn.execute(
         select(
             _device.c.id, _device.c.cert_serial, _device.c.cert_fingerprint,
@@ -171,4 +190,6 @@ def cert_promotion_observer(conn: Connection, reports: Sequence[CertReport]) -> 
                     revoked_at=now, reason=SUPERSEDED,
                 )
             )  # fmt: skip
+        promoted.append(device_id)
         logger.info("renewed certificate in use device_id=%s serial=%s", device_id, row.pending_cert_serial)
+    return promoted

@@ -34,9 +34,11 @@ Queue sizing (the reasoning, since the defaults lose data):
   a device session only ever queues its own small downlink, so in practice only the server's
   sessions come near it. tests/integration/test_broker_security.py proves that 3x the default
   1000 messages published while the server's session is offline all arrive.
-- `max_inflight_messages` (default 20) caps unacknowledged QoS 1 deliveries per client: with 20 and
-  a 1 ms round trip a client cannot take more than ~20k msg/s, below the bare-paho QoS 1 rate
-  measured on this machine kind (~42k/s); 200 leaves room for a few ms of RTT to a replica.
+- `max_inflight_messages` (default 20) caps unacknowledged QoS 1 deliveries to MQTT 3.1.1 clients:
+  with 20 and a 1 ms round trip such a client cannot take more than ~20k msg/s; 200 leaves room
+  for a few ms of RTT. MQTT 5 clients (the server bridge) announce their own Receive Maximum, and
+  2.0.11 honours it over this setting (measured: 1000 unacked deliveries to a v5 subscriber with
+  Receive Maximum 1000 under max_inflight_messages 200), so the bridge's `mqtt_inflight` rules.
 - `message_size_limit` equals the server's `max_message_bytes` (the gRPC/REST limit), so the
   broker refuses oversized messages before they reach the bridge.
 - `persistent_client_expiration` drops sessions of devices gone for 30 days, so a decommissioned

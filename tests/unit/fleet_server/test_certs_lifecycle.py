@@ -266,3 +266,34 @@ def test_enrollment_records_certificate_expiry(engine: Engine, ca: FleetCA, tmp_
     )  # fmt: skip
     cert = x509.load_pem_x509_certificate(result.certificate_chain_pem)
     assert as_utc(_get(engine, "dev-e").cert_not_after) == cert.not_valid_after_utc
+
+
+def test_promotion_republishes_the_crl_with_the_superseded_serial(
+    engine: Engine, ca: FleetCA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet_server.certs import crl as crl_module
+    from fleet_server.certs.renewal import promotion_observer
+
+    monkeypatch.setattr(crl_module, "SOON_S", 0.05)
+    _device(engine, ca)
+    old_serial = _get(engine, "dev-1").cert_serial
+    resp = renew_certificate(engine, ca, "dev-1", _key_and_csr("dev-1")[1])
+    new_fp = x509.load_pem_x509_certificate(resp.certificate_chain_pem).fingerprint(hashes.SHA256()).hex()
+    reloads: list[int] = []
+    publisher = crl_module.CrlPublisher(engine, ca, tmp_path / "crl.pem", reload=lambda: reloads.append(1))
+    observe = promotion_observer(publisher.publish_soon)
+
+    async def scenario() -> None:
+        publisher.bind_loop(asyncio.get_running_loop())
+        with engine.begin() as conn:  # as the ingest flush thread would, in its transaction
+            await asyncio.to_thread(
+                observe, conn, [SimpleNamespace(device_id="dev-1", cert_fingerprint=new_fp)]
+            )
+        for _ in range(100):
+            if reloads:
+                return
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert {format(r.serial_number, "x") for r in crl} == {old_serial} and reloads == [1]
