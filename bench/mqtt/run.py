@@ -181,7 +181,9 @@ def bare_rep(broker: Broker, n: int, per_device: int, first_seq: int, slow_us: f
 class Candidate:
     """A real fleet server whose MQTT bridge is connected to broker B."""
 
-    def __init__(self, work: Path, broker: Broker, database_url: str, n_devices: int) -> None:
+    def __init__(
+        self, work: Path, broker: Broker, database_url: str, n_devices: int, extra_env: dict[str, str]
+    ) -> None:
         from sqlalchemy import create_engine
 
         self.database_url = database_url
@@ -200,6 +202,7 @@ class Candidate:
             EDGELOOP_MQTT_CLIENT_ID="edgeloop-bench-server",
             EDGELOOP_LOG_LEVEL="WARNING",
         )
+        env.update(extra_env)
         subprocess.run([BIN / "edgeloop-server", "init", "--json"], env=env, check=True, capture_output=True)
         register_devices(database_url, n_devices)
         out = open(work / "server.log", "ab")
@@ -328,7 +331,8 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                     url = url.replace("postgresql://", "postgresql+psycopg://")
                 else:
                     url = f"sqlite:///{work / 'server' / 'fleet.db'}"
-                cand = Candidate(work, b, url, max(sizes))
+                extra = dict(kv.split("=", 1) for kv in ns.server_env)
+                cand = Candidate(work, b, url, max(sizes), extra)
             for n in sizes:
                 per_device = max(1, ns.messages // n)
                 base_runs: list[dict[str, Any]] = []
@@ -418,6 +422,9 @@ def main() -> int:
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--slow-us", type=float, default=200.0, help="per-message delay of the slow subscriber")
     p.add_argument("--no-bridge", action="store_true", help="baseline and loss rows only")
+    p.add_argument(
+        "--server-env", action="append", default=[], metavar="EDGELOOP_X=V", help="extra server setting"
+    )
     p.add_argument("--json", type=Path)
     ns = p.parse_args()
     results = run(ns)
