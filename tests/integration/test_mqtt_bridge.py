@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import update
 from sqlmodel import SQLModel, select
 
-from fleet_server.db import make_engine, session_scope
+from fleet_server.db import make_engine
 from fleet_server.models import Device, TelemetryRecord
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import device_pb2 as pb
@@ -193,7 +193,8 @@ def test_messages_sent_while_the_server_is_down_are_delivered_once(
         gen.close()  # server stopped: its session (and subscriptions) stay with the broker
         dev.send(telemetry(2, [2, 3]))
         dev.send(telemetry(3, [3, 4]))
-        server = next(live(settings, tokens))  # type: ignore[arg-type]
+        gen = live(settings, tokens)  # type: ignore[arg-type]
+        server = next(gen)
         acks = [dev.down("telemetry_ack").telemetry_ack for _ in range(2)]
         assert sorted(a.batch_id for a in acks) == [2, 3]
         dev.send(telemetry(2, [2, 3]))  # the device did not see an ack in time and resends
@@ -201,7 +202,7 @@ def test_messages_sent_while_the_server_is_down_are_delivered_once(
         assert _rows(server, dev.device_id) == [1, 2, 3, 4]
     finally:
         dev.close()
-        server.client.__exit__(None, None, None)
+        gen.close()
 
 
 def test_flooding_and_malformed_devices_do_not_disturb_another(
@@ -241,8 +242,8 @@ def test_revoked_and_unknown_devices_are_refused_and_kicked(
         dev.send(mqtt.ONLINE, mqtt.STATUS, retain=True)
         _eventually(lambda: _api_device(server, dev.device_id)["online"] is True)
         engine = make_engine(server.settings.resolved_database_url())
-        with session_scope(engine) as s:
-            s.execute(update(Device).where(Device.id == dev.device_id).values(status="revoked"))  # type: ignore[arg-type]
+        with engine.begin() as conn:
+            conn.execute(update(Device).where(Device.id == dev.device_id).values(status="revoked"))  # type: ignore[arg-type]
         engine.dispose()
         server.client.app.state.registry.kick(dev.device_id, "PERMISSION_DENIED", "certificate revoked")  # type: ignore[attr-defined]
         closed = dev.down("closed").closed
