@@ -18,15 +18,15 @@ itself (ingest.py), and does not know gRPC or paho.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine
 
+from fleet_server.certs import renewal
 from fleet_server.grpc_api.codec import RecordRejectedError, report_from_proto, telemetry_from_proto
 from fleet_server.ingest import IngestWriter, RowsRefusedError, StorageUnavailableError
 from fleet_server.logsafe import RateLimitedLog
@@ -51,13 +51,11 @@ class Refusal(NamedTuple):
     detail: str
 
 
-def certificate_renewer(engine: Engine, ca: FleetCA) -> Renewer:
-    """`fleet_server.certs.renewal.renew_certificate` bound to this server's engine and CA."""
+def certificate_renewer(engine: Engine, ca: FleetCA, *, days: int) -> Renewer:
+    """`certs.renewal.renew_certificate` bound to this server's engine, CA and certificate lifetime."""
 
     def renew(device_id: str, csr_pem: bytes) -> pb.RenewResponse:
-        renewal: Any = importlib.import_module("fleet_server.certs.renewal")
-        response: pb.RenewResponse = renewal.renew_certificate(engine, ca, device_id, csr_pem)
-        return response
+        return renewal.renew_certificate(engine, ca, device_id, csr_pem, days=days)
 
     return renew
 

@@ -27,6 +27,7 @@ from fleet_server.audit.chain import Actor
 from fleet_server.audit.middleware import AuditMiddleware
 from fleet_server.audit.routes import router as audit_router
 from fleet_server.audit.wiring import HeadSigner, build_audit
+from fleet_server.certs.renewal import cert_promotion_observer
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.device_session import Renewer, certificate_renewer
@@ -78,13 +79,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 model_metrics_observer,
                 poke_on_ota_reports(lambda: getattr(app.state, "rollouts", None)),
             ],
-            # Reports, in the flush transaction (ingest.ReportObserver). Certificate renewal's
-            # promotion observer (certs/renewal.py: cert_promotion_observer) is registered here.
-            report_observers=[],
+            # Reports, in the flush transaction (ingest.ReportObserver): a renewed certificate the
+            # device reports in use becomes its current one (certs/renewal.py).
+            report_observers=[cert_promotion_observer],
         )
         registry = SessionRegistry()  # revocation: registry.kick(device_id, code, detail), any transport
         registry.bind_loop(asyncio.get_running_loop())
-        renew = certificate_renewer(engine, ca)  # SyncRequest.renew on gRPC and MQTT
+        renew = certificate_renewer(
+            engine, ca, days=settings.device_cert_days
+        )  # SyncRequest.renew on gRPC and MQTT
         servicer = DeviceServicer(
             engine=engine, ca=ca, settings=settings, writer=writer, registry=registry, renew=renew
         )

@@ -187,7 +187,7 @@ class DeviceServicer:
         self._settings = settings
         self._writer = writer
         self._registry = registry
-        self._renew = renew if renew is not None else certificate_renewer(engine, ca)
+        self._renew = renew or certificate_renewer(engine, ca, days=settings.device_cert_days)
         self._enroll_log = RateLimitedLog(logger)
         self._refusal_log = refusal_log()
         registry.on_desired(self.push_desired)

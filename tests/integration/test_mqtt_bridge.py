@@ -11,9 +11,7 @@ from __future__ import annotations
 import queue
 import shutil
 import subprocess
-import sys
 import time
-import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import update
 from sqlmodel import SQLModel, select
 
+from fleet_server.certs import renewal
 from fleet_server.db import make_engine
 from fleet_server.models import Device, TelemetryRecord
 from protos.edgeloop import mqtt
@@ -263,17 +262,17 @@ def test_revoked_and_unknown_devices_are_refused_and_kicked(
 def test_certificate_renewal_over_mqtt(
     server: LiveServer, broker: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SyncRequest.renew reaches certs.renewal.renew_certificate (stubbed here if that module is
-    not in the tree yet) and its RenewResponse comes back on `down`."""
+    """SyncRequest.renew reaches certs.renewal.renew_certificate (replaced here by a recorder: the
+    issuing itself is tested with certs/) and its RenewResponse comes back on `down`."""
     calls: list[tuple[str, bytes]] = []
 
-    def renew_certificate(engine: object, ca: object, device_id: str, csr_pem: bytes) -> pb.RenewResponse:
+    def renew_certificate(
+        engine: object, ca: object, device_id: str, csr_pem: bytes, **kwargs: object
+    ) -> pb.RenewResponse:
         calls.append((device_id, csr_pem))
         return pb.RenewResponse(certificate_chain_pem=b"chain", not_after_ms=42)
 
-    stub = types.ModuleType("fleet_server.certs.renewal")
-    stub.renew_certificate = renew_certificate  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fleet_server.certs.renewal", stub)
+    monkeypatch.setattr(renewal, "renew_certificate", renew_certificate)
     dev = _new_device(server, broker, tmp_path)
     try:
         dev.send(pb.SyncRequest(renew=pb.RenewRequest(csr_pem=b"CSR")))
