@@ -30,7 +30,7 @@ from agent.sysinfo import read_resources
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from agent.federated.client import FederatedClient
+    from agent.federated.client import FederatedClient, FederatedLink
     from agent.identity import Identity
     from agent.inference.handle import ModelMeta
     from agent.inference.metrics_report import ModelMetricsReporter
@@ -299,7 +299,7 @@ def _build_ota(
 
 
 def _build_federated(
-    config: AgentConfig, identity: Identity, endpoint: str, ota: OtaClient | None
+    config: AgentConfig, store: IdentityStore, identity: Identity, endpoint: str, ota: OtaClient | None
 ) -> FederatedClient | None:
     """Local training in federated rounds over the device's mTLS channel (numpy or torch trainer; never flwr).
 
@@ -320,12 +320,36 @@ def _build_federated(
         metered=fl_config.metered,
         updating=lambda: ota is not None and in_flight(ota.record),
     )
+    cfg = fl_config
+
+    def link() -> FederatedLink:
+        # A new link per attempt, with the identity on disk now (a renewed certificate is used).
+        if config.server.transport == "mqtt":
+            from agent.federated.mqtt_link import MqttFederatedLink
+
+            return MqttFederatedLink(
+                endpoint=config.server.mqtt_endpoint,
+                device_id=identity.device_id,
+                store=store,
+                server_name=cfg.server_name,
+                max_task_bytes=cfg.max_task_bytes,
+            )
+        from agent.federated.transport import GrpcFederatedLink
+
+        return GrpcFederatedLink(
+            identity=store.load(),
+            endpoint=endpoint,
+            server_name=cfg.server_name,
+            max_task_bytes=cfg.max_task_bytes,
+        )
+
     return FederatedClient(
         identity=identity,
         endpoint=endpoint,
         data_dir=config.data_path,
         config=fl_config,
         conditions=conditions,
+        link_factory=link,
     )
 
 
@@ -375,7 +399,7 @@ async def run_daemon(config: AgentConfig) -> None:
 
     credential = OtaCredential()
     ota = _build_ota(config, identity.device_id, inference, outbox, notify, credential=credential)
-    federated = _build_federated(config, identity, endpoint, ota)
+    federated = _build_federated(config, store, identity, endpoint, ota)
     if inference is not None and federated is not None:
         inference.set_feedback_sink(federated.store)  # Feedback -> the training samples
     reconciler = _CredentialReconciler(StateFile(config.data_path / "state.json"), ota, credential=credential)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
@@ -141,8 +141,24 @@ def blocked_reason(config: FederatedConfig, state: dict[str, float]) -> str:
     return ""
 
 
+class FederatedLink(Protocol):
+    """One connection to the federated grid: gRPC (`transport.GrpcFederatedLink`) or MQTT
+    (`mqtt_link.MqttFederatedLink`). Failures raise TransportError."""
+
+    def tasks(self, state: dict[str, float], capabilities: list[str]) -> AsyncIterator[pb.TrainTask]: ...
+
+    async def push(self, result: pb.TaskResult, timeout_s: float = 30.0) -> pb.PushResultResponse: ...
+
+    async def close(self) -> None: ...
+
+
 class FederatedClient:
-    """Runs federated tasks for this device until `stop` is set."""
+    """Runs federated tasks for this device until `stop` is set.
+
+    `link_factory` opens a new link per attempt (the daemon passes one that reloads the identity,
+    so a renewed certificate is used, and that picks the device's transport); without it the client
+    dials gRPC with the identity it was given.
+    """
 
     def __init__(
         self,
@@ -152,9 +168,11 @@ class FederatedClient:
         data_dir: Path,
         config: FederatedConfig | None = None,
         conditions: ConditionsSource | None = None,
+        link_factory: Callable[[], FederatedLink] | None = None,
     ) -> None:
         self._identity = identity
         self._endpoint = endpoint
+        self._link_factory = link_factory
         self.config = config or FederatedConfig()
         self._train_fn = select_trainer(self.config)
         self._conditions = conditions or StaticConditions()
@@ -178,12 +196,7 @@ class FederatedClient:
             return
         delay = 1.0
         while not stop.is_set():
-            link = GrpcFederatedLink(
-                identity=self._identity,
-                endpoint=self._endpoint,
-                server_name=self.config.server_name,
-                max_task_bytes=self.config.max_task_bytes,
-            )
+            link = self._link_factory() if self._link_factory is not None else self._grpc_link()
             try:
                 await self._serve_until(link, stop)
                 delay = 1.0
@@ -201,7 +214,15 @@ class FederatedClient:
             except TimeoutError:
                 delay = min(self.config.retry_max_s, delay * 2)
 
-    async def _serve_until(self, link: GrpcFederatedLink, stop: asyncio.Event) -> None:
+    def _grpc_link(self) -> FederatedLink:
+        return GrpcFederatedLink(
+            identity=self._identity,
+            endpoint=self._endpoint,
+            server_name=self.config.server_name,
+            max_task_bytes=self.config.max_task_bytes,
+        )
+
+    async def _serve_until(self, link: FederatedLink, stop: asyncio.Event) -> None:
         serve = asyncio.create_task(self._serve(link))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({serve, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -210,7 +231,7 @@ class FederatedClient:
         if serve in done and not serve.cancelled() and serve.exception() is not None:
             raise serve.exception()  # type: ignore[misc]
 
-    async def _serve(self, link: GrpcFederatedLink) -> None:
+    async def _serve(self, link: FederatedLink) -> None:
         async for task in link.tasks(self._conditions.current(), ["train", "evaluate", "dp"]):
             result = await asyncio.to_thread(self.handle, task)
             resp = await link.push(result)

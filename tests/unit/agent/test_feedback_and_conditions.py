@@ -16,7 +16,7 @@ from agent.errors import ConfigError, InvalidInputError, NoModelError, RequestTo
 from agent.federated.client import FederatedConfig, StaticConditions, blocked_reason
 from agent.federated.conditions import SystemConditions
 from agent.federated.store import SampleStore
-from agent.identity import Identity
+from agent.identity import Identity, IdentityStore
 from agent.inference.engine import InferenceEngine, ServingOptions
 from agent.inference.handle import ModelHandle, ModelHolder, ModelMeta
 from agent.inference.signature import Signature, TensorSpec
@@ -343,12 +343,12 @@ def test_daemon_binds_not_updating_to_the_ota_record(tmp_path: Path, state: str,
 
     config = AgentConfig(device=DeviceConfig(data_dir=str(tmp_path)), federated={"max_load_per_cpu": 1e9})
     identity = Identity("dev", b"", b"", b"", "")
-    client = _build_federated(config, identity, "localhost:1", _Ota(state))  # type: ignore[arg-type]
+    client = _build_federated(config, IdentityStore(tmp_path), identity, "localhost:1", _Ota(state))  # type: ignore[arg-type]
     assert client is not None
     assert isinstance(client._conditions, SystemConditions)
     assert client._conditions.current()["not_updating"] == not_updating
     disabled = AgentConfig(device=DeviceConfig(data_dir=str(tmp_path)), federated={"enabled": False})
-    assert _build_federated(disabled, identity, "localhost:1", None) is None
+    assert _build_federated(disabled, IdentityStore(tmp_path), identity, "localhost:1", None) is None
 
 
 # ---------------------------------------------------------------- CLI

@@ -14,7 +14,7 @@ from agent.errors import ConfigError, InvalidInputError
 from agent.federated import train_torch, trainer
 from agent.federated.client import FederatedClient, FederatedConfig, select_trainer
 from agent.federated.tensors import tensor_from_proto, tensor_to_proto
-from agent.identity import Identity
+from agent.identity import Identity, IdentityStore
 from protos.edgeloop.v1 import federated_pb2 as pb
 from tests.fixtures.heads import flat_digits
 
@@ -123,11 +123,11 @@ def test_daemon_refuses_to_start_with_torch_trainer_but_no_torch(
 
     config = AgentConfig(device=DeviceConfig(data_dir=str(tmp_path)), federated={"trainer": "torch"})
     identity = Identity("dev", b"", b"", b"", "")
-    client = _build_federated(config, identity, "localhost:1", None)
+    client = _build_federated(config, IdentityStore(tmp_path), identity, "localhost:1", None)
     assert client is not None and client.config.trainer == "torch"
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ConfigError, match="train extra"):  # the CLI exits with ExitCode.CONFIG
-        _build_federated(config, identity, "localhost:1", None)
+        _build_federated(config, IdentityStore(tmp_path), identity, "localhost:1", None)
 
 
 @pytest.mark.parametrize(
