@@ -30,9 +30,10 @@ logger = logging.getLogger(__name__)
 class BrokerEndpoint:
     host: str
     port: int
-    ca_file: Path
-    cert_file: Path  # the server's MQTT identity (brokerconf.py: server-client.pem)
-    key_file: Path
+    ca_file: Path | None  # None with no cert: plain MQTT (a test broker on localhost)
+    cert_file: Path | None  # the server's MQTT identity (brokerconf.py: server-client.pem)
+    key_file: Path | None
+    tls: bool = True
     timeout_s: float = 5.0
 
 
@@ -51,7 +52,12 @@ class TakeoverKick:
         done = threading.Event()
         result: list[str] = []
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        client.tls_set(ca_certs=str(ep.ca_file), certfile=str(ep.cert_file), keyfile=str(ep.key_file))
+        if ep.tls:
+            client.tls_set(
+                ca_certs=str(ep.ca_file) if ep.ca_file else None,
+                certfile=str(ep.cert_file) if ep.cert_file else None,
+                keyfile=str(ep.key_file) if ep.key_file else None,
+            )
 
         def on_connect(_c: paho.Client, _u: object, _f: object, rc: object, _p: object) -> None:
             result.append(str(rc))

@@ -1,8 +1,8 @@
 """Revocation end to end: the REST route, then a device cut off on gRPC and on MQTT (real Mosquitto
 with the generated config, CRL reloaded by SIGHUP, sessions kicked), timed; re-enrollment rules.
 
-main.py wiring of the Revoker is the integrator's: this test mounts the route and builds the Revoker
-exactly as the composition root is asked to (see certs/revocation.py).
+main.py wiring is the integrator's: this test mounts the route and builds the lifecycle with
+certs/wiring.py exactly as the composition root is asked to.
 """
 
 from __future__ import annotations
@@ -16,14 +16,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fleet_server.api.routes import certs as certs_routes
-from fleet_server.certs.crl import CrlPublisher
-from fleet_server.certs.revocation import Revoker, kick_with
-from fleet_server.certs.takeover import BrokerEndpoint, TakeoverKick
+from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.main import create_app
 from fleet_server.pki import FleetCA
+from fleet_server.settings import Settings
 from protos.edgeloop import mqtt
 from tests.helpers.broker import Broker, Cert, running_broker
 from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll, prepare, report
+
+
+class _Settings(Settings):
+    """The two settings certs/wiring.py reads that Settings does not have yet (integrator)."""
+
+    mqtt_crl_file: Path | None = None
+    mqtt_broker_reload: str = ""
 
 
 @pytest.fixture
@@ -33,15 +39,29 @@ def fleet(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, Broke
     app = create_app(settings)
     app.include_router(certs_routes.router, prefix="/api/v1")
     with running_broker(ca, tmp_path / "broker") as broker, TestClient(app) as client:
+        assert broker.proc is not None
+        pidfile = tmp_path / "mosquitto.pid"
+        pidfile.write_text(f"{broker.proc.pid}\n")
         files = broker.files
-        endpoint = BrokerEndpoint("127.0.0.1", broker.port, files.ca, files.server_cert, files.server_key)
-        publisher = CrlPublisher(app.state.engine, ca, files.crl, reload=broker.hup)
-        app.state.revoker = Revoker(
-            engine=app.state.engine,
-            audit=app.state.audit,
-            on_revoked=[publisher.on_revoked, kick_with(app.state.registry), TakeoverKick(endpoint)],
+        mqtt_settings = {
+            "mqtt_url": f"mqtts://127.0.0.1:{broker.port}", "mqtt_ca_file": files.ca,
+            "mqtt_client_cert": files.server_cert, "mqtt_client_key": files.server_key,
+            "mqtt_crl_file": files.crl, "mqtt_broker_reload": f"pidfile:{pidfile}",
+        }  # fmt: skip
+        wiring_settings = _Settings(**(settings.model_dump() | mqtt_settings))
+        lifecycle = build_cert_lifecycle(
+            engine=app.state.engine, ca=ca, settings=wiring_settings, audit=app.state.audit
         )
+        lifecycle.add_kicker(app.state.registry)
+        assert client.portal is not None
+        client.portal.call(_start, lifecycle)
+        app.state.revoker = lifecycle.revoker
         yield LiveServer(settings, client, tokens), broker
+        lifecycle.stop()
+
+
+async def _start(lifecycle: CertLifecycle) -> None:
+    lifecycle.start()
 
 
 def _device_files(creds: object, out: Path) -> Cert:
