@@ -3,8 +3,10 @@
 For benchmarks and end-to-end tests (real processes on loopback) and for devices that run
 federated learning as a separate service. The daemon composes `FederatedClient` itself.
 Optional `--samples x_y.npz` (arrays `x`, `y`) loads labelled samples into the device store first.
-`--slow-s` delays every answer to emulate a slow device; `--attack` (bench only) makes this
-device Byzantine: `sign_flip`, `scale` (x10 delta) or `label_flip` (y -> 9 - y before import).
+`--mqtt-endpoint mqtts://host:port` uses the MQTT link (the device's certificate from `--data-dir`)
+instead of gRPC on `--endpoint`. `--slow-s` delays every answer to emulate a slow device;
+`--attack` (bench only) makes this device Byzantine: `sign_flip`, `scale` (x10 delta) or
+`label_flip` (y -> 9 - y before import).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class _TestingClient(FederatedClient):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m agent.federated")
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--endpoint", required=True)
+    p.add_argument("--endpoint", default="")
+    p.add_argument("--mqtt-endpoint", default="")
     p.add_argument("--server-name", default="")
     p.add_argument("--samples", type=Path)
     p.add_argument("--slow-s", type=float, default=0.0)
@@ -52,8 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon-budget", type=float, default=10.0)
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    identity = IdentityStore(ns.data_dir).load()
+    if not (ns.endpoint or ns.mqtt_endpoint):
+        p.error("one of --endpoint or --mqtt-endpoint is required")
+    store = IdentityStore(ns.data_dir)
+    identity = store.load()
     config = FederatedConfig(server_name=ns.server_name, epsilon_budget=ns.epsilon_budget)
+    link_factory = None
+    if ns.mqtt_endpoint:
+        from agent.federated.mqtt_link import MqttFederatedLink
+
+        def link_factory() -> MqttFederatedLink:
+            return MqttFederatedLink(
+                endpoint=ns.mqtt_endpoint,
+                device_id=identity.device_id,
+                store=store,
+                server_name=ns.server_name,
+                max_task_bytes=config.max_task_bytes,
+            )
+
     client = _TestingClient(
         slow_s=ns.slow_s,
         attack=ns.attack,
@@ -61,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoint=ns.endpoint,
         data_dir=ns.data_dir,
         config=config,
+        link_factory=link_factory,
     )
     if ns.samples is not None:
         data = np.load(ns.samples)
