@@ -10,7 +10,8 @@ Prints `READY` once the subscription is acknowledged, then exits when it has eve
 (device, seq), when nothing arrived for `--idle-s`, or at `--timeout-s`, printing one JSON line:
 received, unique, duplicates, missing (exact, against the expected devices x seqs), t_first,
 t_last (time.time()). `--slow-us` sleeps that long per message: the slow subscriber that shows
-Mosquitto's default queue limit dropping QoS 1 messages.
+Mosquitto's default queue limit dropping QoS 1 messages. `--session ID --prime` creates a persistent
+session and leaves; `--session ID` then takes over what the broker queued meanwhile (drain mode).
 
     python bench/mqtt/bare_subscriber.py --port 1883 --devices 0:1000 --seqs 1:31
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -78,19 +81,32 @@ def main() -> int:
     p.add_argument("--slow-us", type=float, default=0.0)
     p.add_argument("--idle-s", type=float, default=5.0)
     p.add_argument("--timeout-s", type=float, default=300.0)
+    p.add_argument("--session", default="", help="client id of a persistent session (drain mode)")
+    p.add_argument("--prime", action="store_true", help="create the session, subscribe, and exit")
     ns = p.parse_args()
     d0, d1 = (int(x) for x in ns.devices.split(":"))
     s0, s1 = (int(x) for x in ns.seqs.split(":"))
     expected = {(f"{ns.prefix}-{i:05d}", s) for i in range(d0, d1) for s in range(s0, s1)}
     counting = Counting(expected, ns.slow_us / 1e6)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bare", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=ns.session or "bench-bare", protocol=mqtt.MQTTv5
+    )
     client.on_message = counting.on_message
     client.on_subscribe = lambda *_a: counting.subscribed.set()
     client.on_connect = lambda c, *_a: c.subscribe(FILTER, qos=contract.QOS)
-    client.connect("127.0.0.1", ns.port, keepalive=60)
+    props = None
+    if ns.session:  # the broker queues for it while it is away, like the server's session
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+    client.connect("127.0.0.1", ns.port, keepalive=60, clean_start=not ns.session, properties=props)
     client.loop_start()
     if not counting.subscribed.wait(30):
         raise SystemExit("bare subscriber: no SUBACK")
+    if ns.prime:
+        client.disconnect()
+        client.loop_stop()
+        print("READY", flush=True)
+        return 0
     cpu0 = time.process_time()
     print("READY", flush=True)
     deadline = time.monotonic() + ns.timeout_s

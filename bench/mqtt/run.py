@@ -178,6 +178,41 @@ def bare_rep(broker: Broker, n: int, per_device: int, first_seq: int, slow_us: f
     }
 
 
+def bare_drain_rep(broker: Broker, n: int, per_device: int, first_seq: int) -> dict[str, Any]:
+    """The subscriber's persistent session is primed, everything is published while it is away,
+    then it drains the broker's queue: rate = unique / (last - first delivery), no load generator."""
+    common = [
+        f"--port={broker.port}",
+        f"--devices=0:{n}",
+        f"--seqs={first_seq}:{first_seq + per_device}",
+        f"--prefix={PREFIX}",
+        "--session=bench-bare-drain",
+        "--idle-s=3",
+    ]
+    prime = subprocess.run(_py("bare_subscriber.py", *common, "--prime"), capture_output=True, check=True)
+    if prime.stdout.strip() != b"READY":
+        raise SystemExit("bare subscriber (prime) failed")
+    gens = start_loadgens(broker.port, n, per_device, first_seq)
+    go(gens)
+    pub = finish(gens)
+    sub = subprocess.Popen(_py("bare_subscriber.py", *common), stdout=subprocess.PIPE)
+    if _readline(sub) != b"READY":
+        raise SystemExit("bare subscriber failed")
+    out = json.loads(sub.communicate(timeout=600)[0].strip().splitlines()[-1])
+    elapsed = out["t_last"] - out["t_first"]
+    return {
+        **pub,
+        "expected": n * per_device,
+        "unique": out["unique"],
+        "missing": out["missing"],
+        "duplicates": out["duplicates"],
+        "seconds": elapsed,
+        "rate": out["unique"] / elapsed if elapsed > 0 else 0.0,
+        "consumer_cpu_s": out["cpu_s"],
+        "cpu_counted_msgs": out["unique"],
+    }
+
+
 class Candidate:
     """A real fleet server whose MQTT bridge is connected to broker B."""
 
@@ -203,23 +238,28 @@ class Candidate:
             EDGELOOP_LOG_LEVEL="WARNING",
         )
         env.update(extra_env)
+        self.env = env
+        self.work = work
         subprocess.run([BIN / "edgeloop-server", "init", "--json"], env=env, check=True, capture_output=True)
         register_devices(database_url, n_devices)
-        out = open(work / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [BIN / "edgeloop-server", "--log-level", "WARNING", "run"], env=env, stdout=out, stderr=out
-        )
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
         import httpx
 
+        out = open(self.work / "server.log", "ab")
+        proc = subprocess.Popen(
+            [BIN / "edgeloop-server", "--log-level", "WARNING", "run"], env=self.env, stdout=out, stderr=out
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (work / "server.log").read_text(errors="replace")[-3000:]
-                raise SystemExit(f"edgeloop server exited ({self.proc.returncode}):\n{tail}")
+            if proc.poll() is not None:
+                tail = (self.work / "server.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"edgeloop server exited ({proc.returncode}):\n{tail}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.http}/healthz", timeout=1).status_code == 200:
                     time.sleep(1.0)  # the bridge subscribes in the lifespan; give SUBACK a moment
-                    return
+                    return proc
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise SystemExit("edgeloop server did not start")
@@ -283,6 +323,59 @@ class Candidate:
             "server_rss_after": rss1,
         }
 
+    def drain_rep(self, broker: Broker, n: int, per_device: int, first_seq: int) -> dict[str, Any]:
+        """Stop the server, publish everything (its persistent session queues it), start it again:
+        the rate is rows / (last commit - first commit) from `received_at`, no load generator running."""
+        from sqlalchemy import func
+        from sqlmodel import select
+
+        from fleet_server.models import TelemetryRecord
+
+        expected_n = n * per_device
+        last_id = self._max_id()
+        self.proc.terminate()
+        self.proc.wait(30)
+        gens = start_loadgens(broker.port, n, per_device, first_seq)
+        go(gens)
+        pub = finish(gens)
+        self.proc = self._start()
+        # CPU per message from here on: the process's start-up is not the bridge's cost.
+        cpu0, count0 = cpu_s(self.proc.pid), self._count_after(last_id)
+        count, t_change = count0, time.time()
+        while True:
+            time.sleep(0.05)
+            now = time.time()
+            c = self._count_after(last_id)
+            if c != count:
+                count, t_change = c, now
+            if count >= expected_n or now - t_change > 10:
+                break
+        cpu1 = cpu_s(self.proc.pid)
+        time.sleep(0.5)
+        rows = self._rows_after(last_id)
+        col = TelemetryRecord.received_at
+        q = select(func.min(col), func.max(col)).where(TelemetryRecord.id > last_id)  # type: ignore[operator]
+        with self.engine.connect() as conn:
+            first, last = conn.execute(q).one()
+        expected = {
+            (f"{PREFIX}-{i:05d}", s) for i in range(n) for s in range(first_seq, first_seq + per_device)
+        }
+        got = set(rows)
+        unique = len(got & expected)
+        elapsed = (last - first).total_seconds() if first and last else 0.0
+        return {
+            **pub,
+            "expected": expected_n,
+            "unique": unique,
+            "missing": expected_n - unique,
+            "duplicates": len(rows) - len(got),
+            "unexpected": len(got - expected),
+            "seconds": elapsed,
+            "rate": unique / elapsed if elapsed > 0 else 0.0,
+            "consumer_cpu_s": cpu1 - cpu0,
+            "cpu_counted_msgs": count - count0,
+        }
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -319,6 +412,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         (work / "server").mkdir()
         a = Broker(work, "baseline", SIZED).start()
         b = Broker(work, "candidate", SIZED).start()
+        c = Broker(work, "baseline-drain", SIZED).start()
         cand: Candidate | None = None
         pg_name = ""
         seq = 1
@@ -333,25 +427,37 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
                     url = f"sqlite:///{work / 'server' / 'fleet.db'}"
                 extra = dict(kv.split("=", 1) for kv in ns.server_env)
                 cand = Candidate(work, b, url, max(sizes), extra)
+            modes = ns.modes.split(",")
             for n in sizes:
                 per_device = max(1, ns.messages // n)
-                base_runs: list[dict[str, Any]] = []
-                cand_runs: list[dict[str, Any]] = []
+                runs: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
+                    m: ([], []) for m in modes
+                }
                 for r in range(ns.reps):
-                    base_runs.append(bare_rep(a, n, per_device, seq))
-                    seq += per_device
-                    log(f"[{n} devices] rep {r + 1} bare: {_short(base_runs[-1])}")
-                    if cand is not None:
-                        cand_runs.append(cand.rep(b, n, per_device, seq))
+                    for mode in modes:
+                        base_runs, cand_runs = runs[mode]
+                        if mode == "live":
+                            base_runs.append(bare_rep(a, n, per_device, seq))
+                        else:
+                            base_runs.append(bare_drain_rep(c, n, per_device, seq))
                         seq += per_device
-                        log(f"[{n} devices] rep {r + 1} bridge: {_short(cand_runs[-1])}")
-                results["sizes"].append(_size_summary(n, per_device, base_runs, cand_runs))
+                        log(f"[{n} devices, {mode}] rep {r + 1} bare: {_short(base_runs[-1])}")
+                        if cand is not None:
+                            rep = cand.rep if mode == "live" else cand.drain_rep
+                            cand_runs.append(rep(b, n, per_device, seq))
+                            seq += per_device
+                            log(f"[{n} devices, {mode}] rep {r + 1} bridge: {_short(cand_runs[-1])}")
+                for mode in modes:
+                    results["sizes"].append(_size_summary(n, per_device, mode, *runs[mode]))
             results["loss_rows"] = loss_rows(work, a, ns.slow_us, seq)
+            if ns.fanout_devices:
+                results["fanout"] = fanout_rows(a, ns.fanout_devices, ns.reps)
         finally:
             if cand is not None:
                 cand.stop()
             a.stop()
             b.stop()
+            c.stop()
             if pg_name:
                 from tests.conftest import drop_pg_database
 
@@ -367,33 +473,51 @@ def _short(r: dict[str, Any]) -> str:
     )
 
 
+def _per_cpu(r: dict[str, Any]) -> float:
+    return float(r.get("cpu_counted_msgs", r["unique"])) / max(float(r["consumer_cpu_s"]), 1e-9)
+
+
 def _size_summary(
-    n: int, per_device: int, base: list[dict[str, Any]], cand: list[dict[str, Any]]
+    n: int, per_device: int, mode: str, base: list[dict[str, Any]], cand: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"devices": n, "per_device": per_device, "bare_runs": base, "bridge_runs": cand}
+    out: dict[str, Any] = {"devices": n, "per_device": per_device, "mode": mode}
+    out |= {"bare_runs": base, "bridge_runs": cand}
     out["bare_rate"] = summarize([r["rate"] for r in base])
-    out["bare_per_cpu_s"] = summarize([r["unique"] / max(r["consumer_cpu_s"], 1e-9) for r in base])
+    out["bare_per_cpu_s"] = summarize([_per_cpu(r) for r in base])
     out["bare_loss"] = sum(r["missing"] for r in base)
     out["bare_duplicates"] = sum(r["duplicates"] for r in base)
     if cand:
         out["bridge_rate"] = summarize([r["rate"] for r in cand])
-        out["bridge_per_cpu_s"] = summarize([r["unique"] / max(r["consumer_cpu_s"], 1e-9) for r in cand])
+        out["bridge_per_cpu_s"] = summarize([_per_cpu(r) for r in cand])
         out["bridge_loss"] = sum(r["missing"] for r in cand)
         out["bridge_duplicates"] = sum(r["duplicates"] for r in cand)
         out["ratio_rate"] = summarize([c["rate"] / b["rate"] for b, c in zip(base, cand, strict=True)])
-        out["ratio_per_cpu"] = summarize(
-            [
-                (c["unique"] / max(c["consumer_cpu_s"], 1e-9))
-                / (b["unique"] / max(b["consumer_cpu_s"], 1e-9))
-                for b, c in zip(base, cand, strict=True)
-            ]
-        )
+        out["ratio_per_cpu"] = summarize([_per_cpu(c) / _per_cpu(b) for b, c in zip(base, cand, strict=True)])
         first = cand[0]
-        out["server_rss_growth_per_device_bytes"] = (
-            first["server_rss_after"] - first["server_rss_before"]
-        ) / n
-        out["server_rss_mb"] = cand[-1]["server_rss_after"] / 2**20
+        if "server_rss_after" in first:
+            growth = first["server_rss_after"] - first["server_rss_before"]
+            out["server_rss_growth_per_device_bytes"] = growth / n
+            out["server_rss_mb"] = cand[-1]["server_rss_after"] / 2**20
     return out
+
+
+def fanout_rows(broker: Broker, n: int, reps: int) -> list[dict[str, Any]]:
+    """Broker fan-out: one publisher, one retained DesiredState per device, n devices subscribed."""
+    from bench.mqtt.fanout import publish_desired
+
+    ids = [f"{PREFIX}-{i:05d}" for i in range(n)]
+    rows = []
+    for r in range(reps):
+        gen = 1000 + r
+        args = [f"--port={broker.port}", f"--devices={n}", f"--generation={gen}", f"--prefix={PREFIX}"]
+        dev = subprocess.Popen(_py("fanout.py", *args), stdout=subprocess.PIPE)
+        if _readline(dev) != b"READY":
+            raise SystemExit("fan-out devices failed")
+        t0 = publish_desired(broker.port, ids, gen)
+        out = json.loads(dev.communicate(timeout=120)[0].strip().splitlines()[-1])
+        rows.append({"devices": n, "got": out["got"], "seconds": out["t_last"] - t0})
+        log(f"[fan-out] rep {r + 1}: {out['got']}/{n} devices got theirs in {rows[-1]['seconds']:.3f}s")
+    return rows
 
 
 def loss_rows(work: Path, sized: Broker, slow_us: float, seq: int) -> list[dict[str, Any]]:
@@ -419,8 +543,10 @@ def main() -> int:
     p.add_argument("--devices", default="1000,10000")
     p.add_argument("--messages", type=int, default=60000, help="messages per repetition")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--modes", default="live,drain", help="live (publishing while consuming), drain")
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--slow-us", type=float, default=200.0, help="per-message delay of the slow subscriber")
+    p.add_argument("--fanout-devices", type=int, default=1000, help="0 = skip the fan-out rows")
     p.add_argument("--no-bridge", action="store_true", help="baseline and loss rows only")
     p.add_argument(
         "--server-env", action="append", default=[], metavar="EDGELOOP_X=V", help="extra server setting"
@@ -430,7 +556,8 @@ def main() -> int:
     results = run(ns)
     for s in results["sizes"]:
         line = (
-            f"{s['devices']:>6} devices x {s['per_device']} msgs: bare {s['bare_rate']['median']:,.0f}/s "
+            f"{s['devices']:>6} devices x {s['per_device']} msgs, {s['mode']}: "
+            f"bare {s['bare_rate']['median']:,.0f}/s "
             f"[{s['bare_rate']['min']:,.0f}-{s['bare_rate']['max']:,.0f}] loss {s['bare_loss']} "
             f"dup {s['bare_duplicates']}"
         )
@@ -441,14 +568,22 @@ def main() -> int:
                 f" | ratio x{s['ratio_rate']['median']:.2f} "
                 f"[{s['ratio_rate']['min']:.2f}-{s['ratio_rate']['max']:.2f}]"
                 f" per-CPU x{s['ratio_per_cpu']['median']:.2f}"
-                f" | server RSS +{s['server_rss_growth_per_device_bytes']:,.0f} B/device"
             )
+            if "server_rss_growth_per_device_bytes" in s:
+                line += f" | server RSS +{s['server_rss_growth_per_device_bytes']:,.0f} B/device"
         print(line)
     for r in results["loss_rows"]:
         print(
             f"loss: {r['broker']}, slow subscriber {r['slow_us']:.0f} µs/msg: "
             f"{r['missing']} of {r['expected']} lost ({100 * r['missing'] / r['expected']:.1f}%), "
             f"dup {r['duplicates']}"
+        )
+    if results.get("fanout"):
+        secs = [r["seconds"] for r in results["fanout"]]
+        got = min(r["got"] for r in results["fanout"])
+        print(
+            f"fan-out: {results['fanout'][0]['devices']} retained desired states, all delivered to "
+            f"{got} devices in median {statistics.median(secs):.3f}s [{min(secs):.3f}-{max(secs):.3f}]"
         )
     if ns.json:
         ns.json.write_text(json.dumps(results, indent=2))
