@@ -96,7 +96,7 @@ def main() -> int:
     client.on_connect = lambda c, *_a: c.subscribe(FILTER, qos=contract.QOS)
     props = None
     if ns.session:  # the broker queues for it while it is away, like the server's session
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
     client.connect("127.0.0.1", ns.port, keepalive=60, clean_start=not ns.session, properties=props)
     client.loop_start()
