@@ -229,3 +229,48 @@ def test_new_session_supersedes_old(server: LiveServer, tmp_path: Path) -> None:
         second.send(report("dev-a", 1))
         assert second.next_of("report_ack").report_ack.sequence == 1
         second.close()
+
+
+def test_certificate_renewal_over_sync_then_promotion_and_kick(server: LiveServer, tmp_path: Path) -> None:
+    """Renew on the Sync stream; the renewed certificate works at once (pending), is promoted when
+    a report says it is in use, and then the old one is refused. A kick closes the session."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.identity import IdentityStore
+    from tests.helpers.inproc import DeviceCreds
+
+    old = enroll(server, "dev-r", server.bootstrap_token(), tmp_path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    with device_channel(server, old) as ch:
+        stream = RawStream(ch)
+        stream.send(pb.SyncRequest(renew=pb.RenewRequest(csr_pem=IdentityStore.make_csr(key, "dev-r"))))
+        renewed = stream.next_of("renewed").renewed
+        stream.close()
+    assert not renewed.error and renewed.not_after_ms > 0
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    new = DeviceCreds("dev-r", key_pem, renewed.certificate_chain_pem, old.ca_pem)
+    fingerprint = x509.load_pem_x509_certificate(new.chain_pem).fingerprint(hashes.SHA256()).hex()
+    for creds in (old, new):  # both work until the device reports the new one in use
+        with device_channel(server, creds) as ch:
+            stream = RawStream(ch)
+            stream.next_of("desired")
+            stream.close()
+    with device_channel(server, new) as ch:
+        stream = RawStream(ch)
+        msg = report("dev-r", 2)
+        msg.report.cert_fingerprint = fingerprint
+        stream.send(msg)
+        stream.next_of("report_ack")
+        server.client.app.state.registry.kick("dev-r", "PERMISSION_DENIED", "revoked")  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as err:
+            stream.next_of("report_ack")
+        assert _code(err) == grpc.StatusCode.PERMISSION_DENIED and "revoked" in (err.value.details() or "")  # type: ignore[attr-defined]
+    body = server.client.get("/api/v1/devices/dev-r", headers=server.auth("viewer")).json()
+    assert body["transport"] == "grpc"
+    with device_channel(server, old) as ch, pytest.raises(grpc.RpcError) as err:
+        RawStream(ch).next()
+    assert _code(err) == grpc.StatusCode.PERMISSION_DENIED
