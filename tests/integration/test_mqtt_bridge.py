@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import cast
 
 import paho.mqtt.client as paho
 import pytest
@@ -27,6 +28,7 @@ from fleet_server.db import make_engine
 from fleet_server.models import Device, TelemetryRecord
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import device_pb2 as pb
+from protos.edgeloop.v1 import federated_pb2 as fpb
 from tests.helpers.inproc import LiveServer, enroll, live, prepare, report, telemetry
 from tests.helpers.net import free_port
 
@@ -82,7 +84,7 @@ class Device_:
         self.inbox: dict[str, queue.Queue[bytes]] = {k: queue.Queue() for k in mqtt.DEVICE_SUBSCRIBES}
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(device_id))
         self.client.will_set(mqtt.topic(device_id, mqtt.STATUS), mqtt.OFFLINE, qos=1, retain=True)
-        self.client.on_message = lambda c, u, m: self.inbox[mqtt.parse(m.topic)[1]].put(m.payload)  # type: ignore[index]
+        self.client.on_message = lambda c, u, m: self.inbox[mqtt.parse(m.topic)[1]].put(bytes(m.payload))  # type: ignore[index]
         self.client.connect("127.0.0.1", port)
         self.client.subscribe([(mqtt.topic(device_id, k), 1) for k in mqtt.DEVICE_SUBSCRIBES])
         self.client.loop_start()
@@ -183,7 +185,7 @@ def test_messages_sent_while_the_server_is_down_are_delivered_once(
     """The bridge's persistent session holds QoS 1 uplink while no server runs; nothing is lost
     and a device's resend after the restart does not duplicate rows."""
     settings, tokens = _settings(tmp_path, database_url, broker, f"srv-{uuid.uuid4().hex[:8]}")
-    gen = live(settings, tokens)  # type: ignore[arg-type]
+    gen = cast(Generator[LiveServer], live(settings, tokens))  # type: ignore[arg-type]
     server = next(gen)
     dev = _new_device(server, broker, tmp_path)
     try:
@@ -192,7 +194,7 @@ def test_messages_sent_while_the_server_is_down_are_delivered_once(
         gen.close()  # server stopped: its session (and subscriptions) stay with the broker
         dev.send(telemetry(2, [2, 3]))
         dev.send(telemetry(3, [3, 4]))
-        gen = live(settings, tokens)  # type: ignore[arg-type]
+        gen = cast(Generator[LiveServer], live(settings, tokens))  # type: ignore[arg-type]
         server = next(gen)
         acks = [dev.down("telemetry_ack").telemetry_ack for _ in range(2)]
         assert sorted(a.batch_id for a in acks) == [2, 3]
@@ -279,5 +281,27 @@ def test_certificate_renewal_over_mqtt(
         renewed = dev.down("renewed").renewed
         assert (renewed.certificate_chain_pem, renewed.not_after_ms) == (b"chain", 42)
         assert calls == [(dev.device_id, b"CSR")]
+    finally:
+        dev.close()
+
+
+def test_federated_link_over_mqtt(server: LiveServer, broker: int, tmp_path: Path) -> None:
+    """fl/attach puts the device in the grid with its state, its tasks come out on fl/task, a
+    result gets its verdict on fl/ack (the grid's own, as on gRPC), and an empty attach detaches."""
+    dev = _new_device(server, broker, tmp_path)
+    grid = server.client.app.state.federated.grid  # type: ignore[attr-defined]
+    try:
+        dev.send(fpb.TaskStreamRequest(state={"idle": 1.0}).SerializeToString(), mqtt.FL_ATTACH)
+        _eventually(lambda: dev.device_id in grid.online_devices())
+        assert grid.state_of(dev.device_id) == {"idle": 1.0}
+        queue = grid._devices[dev.device_id].queue
+        grid._loop.call_soon_threadsafe(queue.put_nowait, fpb.TrainTask(task_id="t-1", round_id="r-1"))
+        task = fpb.TrainTask.FromString(dev.inbox[mqtt.FL_TASK].get(timeout=15))
+        assert (task.task_id, task.round_id) == ("t-1", "r-1")
+        dev.send(fpb.TaskResult(task_id="nope", round_id="r-1").SerializeToString(), mqtt.FL_RESULT)
+        ack = fpb.PushResultResponse.FromString(dev.inbox[mqtt.FL_ACK].get(timeout=15))
+        assert not ack.accepted and ack.reason
+        dev.send(b"", mqtt.FL_ATTACH)
+        _eventually(lambda: dev.device_id not in grid.online_devices())
     finally:
         dev.close()

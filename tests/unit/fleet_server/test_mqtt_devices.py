@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
@@ -34,7 +35,7 @@ from protos.edgeloop.v1 import federated_pb2 as fpb
 from tests.helpers.proto_strategies import wire_bytes
 
 GOOD, REVOKED, UNKNOWN = "dev-good", "dev-revoked", "dev-unknown"
-PAYLOAD_TYPES = {
+PAYLOAD_TYPES: dict[str, type[Message]] = {
     mqtt.DOWN: pb.SyncResponse,
     mqtt.DESIRED: pb.DesiredState,
     mqtt.FL_TASK: fpb.TrainTask,
