@@ -22,12 +22,13 @@ from starlette.middleware import Middleware
 
 from fleet_server import __version__
 from fleet_server.api.errors import COMMON, CONFLICT, NOT_FOUND, install_error_handlers
+from fleet_server.api.routes import certs as certs_routes
 from fleet_server.api.routes import devices, tokens
 from fleet_server.audit.chain import Actor
 from fleet_server.audit.middleware import AuditMiddleware
 from fleet_server.audit.routes import router as audit_router
 from fleet_server.audit.wiring import HeadSigner, build_audit
-from fleet_server.certs.renewal import cert_promotion_observer
+from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.console.routes import mount_console
 from fleet_server.db import make_engine
 from fleet_server.device_session import Renewer, certificate_renewer
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.audit = audit.log
         await asyncio.to_thread(audit.log.record, Actor.system("fleet-server"), "server.start")
         await asyncio.to_thread(app.state.ota.use_audit, audit.log)  # OtaService: built by mount_ota
+        # Renewal promotion, revocation (CRL, session kicks, broker takeover): certs/wiring.py.
+        certs = build_cert_lifecycle(engine=engine, ca=ca, settings=settings, audit=audit.log)
         writer = IngestWriter(
             engine,
             max_rows=settings.flush_max_rows,
@@ -81,18 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             # Reports, in the flush transaction (ingest.ReportObserver): a renewed certificate the
             # device reports in use becomes its current one (certs/renewal.py).
-            report_observers=[cert_promotion_observer],
+            report_observers=[certs.promotion_observer],
         )
-        registry = SessionRegistry()  # revocation: registry.kick(device_id, code, detail), any transport
-        registry.bind_loop(asyncio.get_running_loop())
-        renew = certificate_renewer(
-            engine, ca, days=settings.device_cert_days
-        )  # SyncRequest.renew on gRPC and MQTT
+        registry = _session_registry(certs)
+        renew = certificate_renewer(engine, ca, days=settings.device_cert_days)  # SyncRequest.renew
         servicer = DeviceServicer(
             engine=engine, ca=ca, settings=settings, writer=writer, registry=registry, renew=renew
         )
-        loop = asyncio.get_running_loop()
-        federated = build_federated(engine=engine, loop=loop, data_dir=settings.data_dir, audit=audit.log)
+        federated = build_federated(
+            engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log
+        )
         servers = build_grpc_servers(
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
         )
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rollouts=app.state.rollouts,
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
+        app.state.revoker = certs.revoker  # POST /devices/{id}/revoke (api/routes/certs.py)
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
         await servers.start()
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             refresh.cancel()
+            certs.stop()
             await asyncio.to_thread(app.state.rollouts.stop)
             federated.shutdown()
             app.state.models.stop()
@@ -188,6 +191,7 @@ def _healthz(request: Request) -> JSONResponse:
 def _include_routers(app: FastAPI, settings: Settings) -> None:
     api = APIRouter(prefix="/api/v1", responses=COMMON)
     api.include_router(devices.router)
+    api.include_router(certs_routes.router)  # POST /devices/{id}/revoke
     api.include_router(tokens.router)
     api.include_router(drift_router)
     api.include_router(federated_router, responses=NOT_FOUND | CONFLICT)
@@ -196,6 +200,16 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(rollouts_router)
     mount_ota(app, api, settings)
     app.include_router(api)
+
+
+def _session_registry(certs: CertLifecycle) -> SessionRegistry:
+    """Who is online over gRPC and MQTT; a revocation kicks the device off both. Starts the
+    certificate lifecycle (CRL refresh) on the serving loop; `certs.stop()` at shutdown."""
+    registry = SessionRegistry()
+    registry.bind_loop(asyncio.get_running_loop())
+    certs.add_kicker(registry)  # registry.kick fans out to the MQTT bridge (MqttDevices.kick)
+    certs.start()
+    return registry
 
 
 async def _start_mqtt(

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     mqtt_inflight: int = Field(default=1000, ge=1, le=65535)  # QoS 1 messages held until committed
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)  # broker keeps the session
     mqtt_status_ttl_s: float = Field(default=5.0, ge=0, le=3600)  # device status cache
+    # The broker's `crlfile` (from `edgeloop-server mqtt-config`), rewritten on revocation and
+    # renewal, and how to make the broker re-read it: "pidfile:/run/mosquitto.pid" (SIGHUP) or a
+    # command ("systemctl reload mosquitto"). certs/wiring.py.
+    mqtt_crl_file: Path | None = None
+    mqtt_broker_reload: str = ""
 
     @field_validator("mqtt_url")
     @classmethod

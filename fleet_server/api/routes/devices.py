@@ -37,6 +37,8 @@ def _public(device: Device, online: set[str]) -> DevicePublic:
         desired_generation=device.desired_generation,
         telemetry_dropped_total=device.telemetry_dropped_total,
         transport=device.transport,
+        cert_not_after=as_utc(device.cert_not_after),
+        revoked_at=as_utc(device.revoked_at),
         online=device.id in online,  # a gRPC Sync session or MQTT status "online"
     )
 
