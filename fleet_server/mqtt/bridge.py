@@ -7,8 +7,9 @@ load), except `status`: presence must be known by every replica and retained mes
 delivered to non-shared subscriptions, so each replica subscribes to it directly.
 
 QoS 1 deliveries are acked by hand (`manual_ack`): the paho thread only hands each message to
-the event loop through a bounded queue (it blocks when the queue is full, so the broker holds
-the rest: backpressure), and `client.ack(mid)` is sent when `MqttDevices.handle` says the
+the event loop through a queue bounded by `mqtt_inflight` slots (it blocks when they are all
+taken, so the broker holds the rest: backpressure), and `client.ack(mid)` is sent when
+`MqttDevices.handle` says the
 message is settled, i.e. after its rows are committed. A server killed before that gets the
 message again from its persistent session; the (device_id, seq) key makes that harmless.
 `mqtt_inflight` is announced as the MQTT 5 Receive Maximum: how many unacked messages the broker
@@ -26,6 +27,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +95,7 @@ class MqttBridge:
         self._consumer: asyncio.Task[None] | None = None
         self._connected: asyncio.Event | None = None
         self._stopping = False
+        self._slots = threading.BoundedSemaphore(settings.mqtt_inflight)
         self.handler: MqttDevices | None = None
         self.connects = 0
 
@@ -104,7 +107,7 @@ class MqttBridge:
         """Connect, subscribe and start consuming. Raises BridgeStartError if not connected in time."""
         self.handler = handler
         self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue(maxsize=self._settings.mqtt_inflight)
+        self._queue = asyncio.Queue()  # bounded by _slots
         self._connected = asyncio.Event()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-bridge")
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -187,18 +190,18 @@ class MqttBridge:
             )
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        """Hand the message to the loop; blocks while the queue is full (backpressure)."""
-        if self._loop is None or self._queue is None or self._stopping:
-            return  # not acked: the broker delivers it again
-        item = _Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
-        future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        """Hand the message to the loop without waiting for it (a per-message thread handoff
+        would cost a GIL switch each); blocks only while the queue is full (backpressure)."""
         while not self._stopping:
-            try:
-                future.result(timeout=1.0)
-                return
-            except TimeoutError:
-                continue
-        future.cancel()
+            if self._slots.acquire(timeout=1.0):
+                break
+        else:
+            return  # not acked: the broker delivers it again
+        if self._loop is None or self._queue is None:
+            self._slots.release()
+            return
+        item = _Message(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     # ------------------------------------------------------------ serving loop
 
@@ -206,6 +209,7 @@ class MqttBridge:
         assert self._queue is not None
         while True:
             item = await self._queue.get()
+            self._slots.release()
             if self.handler is None:
                 continue
             await self.handler.handle(item.topic, item.payload, functools.partial(self._ack, item))
