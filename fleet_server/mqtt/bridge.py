@@ -9,9 +9,9 @@ delivered to non-shared subscriptions, so each replica subscribes to it directly
 QoS 1 deliveries are acked by hand (`manual_ack`): the paho thread only hands each message to
 the event loop through a queue bounded by `mqtt_inflight` slots (it blocks when they are all
 taken, so the broker holds the rest: backpressure), and `client.ack(mid)` is sent when
-`MqttDevices.handle` says the
-message is settled, i.e. after its rows are committed. A server killed before that gets the
-message again from its persistent session; the (device_id, seq) key makes that harmless.
+`MqttDevices.handle` says the message is settled, i.e. after its rows are committed. A server
+killed before that gets the message again from its persistent session; the (device_id, seq) key
+makes that harmless.
 `mqtt_inflight` is announced as the MQTT 5 Receive Maximum: how many unacked messages the broker
 may have in flight to this server.
 
