@@ -62,6 +62,12 @@ class SyncConfig:
     # A session that stayed up this long resets the backoff.
     healthy_session_s: float = 30.0
     shutdown_flush_s: float = 5.0
+    # A telemetry batch with no ack this long after it was sent ends the session (the next one
+    # resends every unacked record; the server dedupes by seq). On gRPC that means a stuck server;
+    # on MQTT, QoS 1 is per hop, so a broker restart can lose a message between broker and server
+    # (Mosquitto 2.0 does not restore shared subscriptions from persistence until the server
+    # resubscribes): without this the window would wait for that ack forever.
+    ack_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,6 @@ def _validate_transport(server: ServerConfig) -> None:
     scheme, sep, rest = server.mqtt_endpoint.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts") or not rest:
         raise ConfigError(
-            "server.transport = \"mqtt\" needs server.mqtt_endpoint = \"mqtts://host:8883\" "
+            'server.transport = "mqtt" needs server.mqtt_endpoint = "mqtts://host:8883" '
             f"(or mqtt://host:1883 for a local test broker), got {server.mqtt_endpoint!r}"
         )

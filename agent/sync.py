@@ -304,6 +304,7 @@ class _Session:
         self.session = session
         self.succeeded = False  # a report was acked in this session
         self.in_flight: dict[int, list[int]] = {}
+        self.sent_at: dict[int, float] = {}  # batch id -> monotonic send time (ack timeout)
         self.cursor = 0  # highest seq sent in this session; unacked records are resent next session
         self.acked = asyncio.Event()
         self.report_acked = asyncio.Event()
@@ -340,6 +341,7 @@ class _Session:
                 self.loop._reconciler.apply(msg)
             elif isinstance(msg, TelemetryAcked):
                 self.in_flight.pop(msg.batch_id, None)
+                self.sent_at.pop(msg.batch_id, None)
                 self.loop.status.telemetry_acked += self.loop._outbox.ack(list(msg.seqs))
                 if msg.rejected:
                     self._rejected_telemetry(msg)
@@ -413,10 +415,25 @@ class _Session:
             if stop.is_set():
                 await self._drain()
                 return
+            self._check_ack_timeout(clock.monotonic())
             self.loop.telemetry_ready.clear()
             self.acked.clear()
-            wait_for = max(0.0, next_report - clock.monotonic())
+            wait_for = max(0.0, min(next_report - clock.monotonic(), self._ack_timeout_s() / 4))
             await _wait_any((self.loop.telemetry_ready, self.acked, stop), wait_for)
+
+    def _ack_timeout_s(self) -> float:
+        return max(0.1, self.loop._cfg.sync.ack_timeout_s)
+
+    def _check_ack_timeout(self, now: float) -> None:
+        """A batch unacked past `sync.ack_timeout_s` ends the session (see SyncConfig)."""
+        if not self.sent_at:
+            return
+        batch_id, sent = min(self.sent_at.items(), key=lambda kv: kv[1])
+        if now - sent > self._ack_timeout_s():
+            raise TransportError(
+                f"telemetry batch {batch_id} not acked within {self._ack_timeout_s():.3g}s; "
+                "reconnecting to resend unacked records"
+            )
 
     async def _send_telemetry(self) -> bool:
         if len(self.in_flight) >= self.loop._cfg.telemetry.max_in_flight_batches:
@@ -429,6 +446,7 @@ class _Session:
             return False
         batch_id = self.loop.next_batch_id()
         self.in_flight[batch_id] = [r.seq for r in records]
+        self.sent_at[batch_id] = self.loop._clock.monotonic()
         self.cursor = records[-1].seq
         await self.session.send_telemetry(batch_id, records)
         return True

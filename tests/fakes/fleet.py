@@ -32,6 +32,9 @@ class FakeFleet:
     refuse_kind: str = ""
     refuse_reports: str = ""
     refused: Counter[int] = field(default_factory=Counter)  # seq -> times sent and refused
+    # Telemetry messages lost in transit with the session still up (as MQTT QoS 1, which is per
+    # hop, can lose one across a broker restart): neither stored nor acked.
+    lose_telemetry: int = 0
 
     async def open(self) -> FakeSession:
         self.attempts += 1
@@ -72,6 +75,9 @@ class FakeSession:
 
     async def send_telemetry(self, batch_id: int, records: list[OutboxRecord]) -> None:
         self._count()
+        if self.fleet.lose_telemetry > 0:
+            self.fleet.lose_telemetry -= 1
+            return
         refused = [r for r in records if self.fleet.refuse_kind and r.kind == self.fleet.refuse_kind]
         stored = [r for r in records if r not in refused]
         for r in stored:

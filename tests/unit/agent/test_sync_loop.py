@@ -6,6 +6,8 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 from agent.config import AgentConfig, SyncConfig, TelemetryConfig
 from agent.outbox import TelemetryOutbox
 from agent.state import AgentSettings, DesiredState, Resources
@@ -69,6 +71,27 @@ def test_broken_sessions_resend_unacked_and_nothing_is_lost(tmp_path: Path) -> N
     assert fleet.sessions > 3  # it really broke and reconnected
     assert sorted(fleet.received) == list(range(1, 61))  # every record arrived
     assert outbox.stats().queued == 0  # and every one was acked exactly when stored
+
+
+def test_a_lost_batch_ends_the_session_after_the_ack_timeout_and_is_resent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = FakeFleet(
+        desired=DesiredState(generation=1, settings=AgentSettings(max_messages_per_s=1000)), lose_telemetry=2
+    )
+    loop, outbox = _loop(tmp_path, fleet, ack_timeout_s=0.2)
+    asyncio.run(_produce_and_stop(loop, outbox, 30, run_for=1.5))
+    assert fleet.sessions >= 2  # the unacked batches ended the first session
+    assert "not acked within 0.2s" in caplog.text
+    assert sorted(fleet.received) == list(range(1, 31))  # resent in the next one
+    assert outbox.stats().queued == 0
+
+    stuck = FakeFleet(
+        desired=DesiredState(generation=1, settings=AgentSettings(max_messages_per_s=1000)), lose_telemetry=2
+    )
+    loop2, outbox2 = _loop(tmp_path / "b", stuck)  # default timeout (30 s): still waiting
+    asyncio.run(_produce_and_stop(loop2, outbox2, 30, run_for=0.5))
+    assert stuck.sessions == 1 and outbox2.stats().queued > 0
 
 
 def test_backoff_on_refused_and_rejected(tmp_path: Path) -> None:
