@@ -104,7 +104,8 @@ def device_authenticator(engine: Engine) -> Authenticate:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id!r} is not enrolled")
         assert device is not None
         fingerprint = x509.load_pem_x509_certificate(pems[0]).fingerprint(hashes.SHA256()).hex()
-        if device.status != "active" or (device.cert_fingerprint and fingerprint != device.cert_fingerprint):
+        pinned = {f for f in (device.cert_fingerprint, device.pending_cert_fingerprint) if f}
+        if device.status != "active" or (device.cert_fingerprint and fingerprint not in pinned):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"certificate for {device_id!r} is revoked or superseded"
             )
