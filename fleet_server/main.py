@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.middleware import Middleware
 
 from fleet_server import __version__
+from fleet_server.api.body_limit import BodyLimitMiddleware
 from fleet_server.api.errors import COMMON, CONFLICT, NOT_FOUND, install_error_handlers
 from fleet_server.api.routes import certs as certs_routes
 from fleet_server.api.routes import devices, tokens
@@ -152,7 +153,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # AuditMiddleware records operator writes into app.state.audit (built in the lifespan above).
     app = FastAPI(
         title="edgeloop fleet server", version=__version__, lifespan=lifespan,
-        middleware=[Middleware(AuditMiddleware)],
+        middleware=[
+            Middleware(AuditMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_request_body_bytes),
+        ],
     )  # fmt: skip
     app.state.settings = settings
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(default=2.0, gt=0, le=3600)
     rollout_lease_s: float = Field(default=60.0, ge=1, le=3600)
 
+    # REST API: per-operator-token rate limit (token bucket; 429 + Retry-After past it) and body size limit.
+    operator_rate_per_s: float = Field(default=50.0, gt=0, le=100_000)
+    operator_burst: int = Field(default=500, ge=1, le=1_000_000)
+    max_request_body_bytes: int = Field(
+        default=1 << 20, ge=1024, le=1 << 30
+    )  # 413 past it; PUT /ota/blobs exempt
     # MQTT transport (fleet_server/mqtt/bridge.py). "" = off; "mqtt://host:port" (plain, tests and
     # a broker on localhost) or "mqtts://host:port" (TLS with the client certificate below).
     mqtt_url: str = ""

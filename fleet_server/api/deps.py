@@ -55,10 +55,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RegistryDep = Annotated[SessionRegistry, Depends(get_registry)]
 
 
-DEFAULT_OPERATOR_RATE_PER_S = 50.0
-DEFAULT_OPERATOR_BURST = 500
-
-
 class OperatorRateLimiter:
     """One token bucket per operator token id (thread-safe: sync routes run in a thread pool).
 
@@ -104,10 +100,7 @@ def get_rate_limiter(request: Request) -> OperatorRateLimiter:
             limiter = getattr(state, "operator_limiter", None)
             if limiter is None:
                 settings = get_settings_dep(request)
-                limiter = OperatorRateLimiter(
-                    float(getattr(settings, "operator_rate_per_s", DEFAULT_OPERATOR_RATE_PER_S)),
-                    float(getattr(settings, "operator_burst", DEFAULT_OPERATOR_BURST)),
-                )
+                limiter = OperatorRateLimiter(settings.operator_rate_per_s, float(settings.operator_burst))
                 state.operator_limiter = limiter
     return limiter
 

@@ -69,12 +69,10 @@ def broker_endpoint(settings: Settings) -> BrokerEndpoint | None:
 def build_cert_lifecycle(
     *, engine: Engine, ca: FleetCA, settings: Settings, audit: AuditRecorder | None
 ) -> CertLifecycle:
-    crl_file: Path | None = getattr(settings, "mqtt_crl_file", None)
+    crl_file = settings.mqtt_crl_file
     crl = None
     if crl_file is not None:
-        crl = CrlPublisher(
-            engine, ca, Path(crl_file), reload_hook(getattr(settings, "mqtt_broker_reload", ""))
-        )
+        crl = CrlPublisher(engine, ca, Path(crl_file), reload_hook(settings.mqtt_broker_reload))
     revoker = Revoker(engine=engine, audit=audit)
     if crl is not None:
         revoker.on_revoked.append(crl.on_revoked)
