@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -60,7 +59,12 @@ class _Message:
 
 
 def default_client_id() -> str:
-    return f"edgeloop-server-{socket.gethostname()}-{os.getpid()}"
+    """Stable across restarts, so a restarted server resumes its persistent session and the
+    messages the broker queued for it. Mosquitto 2.0 also hands shared-subscription messages to an
+    offline member of the group: a client id that changed on every start (e.g. with the pid) would
+    leave an orphaned session collecting part of the uplink until it expires. Two servers on one
+    host must set `mqtt_client_id` apart (the same id would take each other's connection over)."""
+    return f"edgeloop-server-{socket.gethostname()}"
 
 
 class MqttBridge:

@@ -9,7 +9,7 @@ Sync messages run through the same `device_session.DeviceSession` as gRPC Sync.
 Per message, in order: the topic must be a contract topic a device publishes (else dropped and
 counted); the device's size limit and token bucket (a flooding device gets
 `SessionClosed(RESOURCE_EXHAUSTED)` on its `down` and its messages are dropped, others unaffected);
-the device must exist and be active (status cached for `mqtt_status_ttl_s`; else
+the device must exist and be active (status cached: `mqtt_status_ttl_s` if active, 5 s if not; else
 `SessionClosed(PERMISSION_DENIED)`); a payload that does not parse is counted per device and dropped.
 Nothing a device sends raises out of `handle`.
 
@@ -53,6 +53,8 @@ Done = Callable[[], None]
 MAX_DEVICES = 100_000
 """Per-device state (token bucket, cached status) kept in memory; least recently used evicted."""
 MAX_COUNTED_DEVICES = 256
+NEGATIVE_TTL_S = 5.0
+"""How long an unknown or inactive device status is cached (an active one: `mqtt_status_ttl_s`)."""
 CLOSED_INTERVAL_S = 1.0
 """At most one SessionClosed per device per interval: a flood is not answered message by message."""
 
@@ -309,7 +311,8 @@ class MqttDevices:
         if now >= dev.status_until:
             device = await asyncio.to_thread(self._load, dev.session.device_id)
             dev.status = device.status if device is not None else None
-            dev.status_until = now + self._settings.mqtt_status_ttl_s
+            ttl = self._settings.mqtt_status_ttl_s
+            dev.status_until = now + (ttl if dev.status == "active" else min(ttl, NEGATIVE_TTL_S))
         return dev.status
 
     def _close(self, device_id: str, refusal: Refusal) -> None:
