@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all lint typecheck protos bench clean
+.PHONY: setup demo test test-slow test-all lint typecheck protos bench bench-mqtt clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/sync_heartbeats.py
+
+bench-mqtt: $(STAMP)
+	$(PY) bench/mqtt/run.py --devices 1000,10000 --messages 20000 --reps 5 --json bench/mqtt/results.json
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
