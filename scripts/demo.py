@@ -2,7 +2,9 @@
 
 Steps (each prints what it does; every process is real and is shut down cleanly at the end):
   1. fleet server: `edgeloop-server init` (CA, SQLite schema, admin token) and `run`
-  2. three devices: bootstrap tokens from the operator CLI, `edgeloop-agent enroll`, `run`
+  2. four devices: bootstrap tokens from the operator CLI, `edgeloop-agent enroll`, `run`; when
+     Mosquitto is installed, one of them talks MQTT through a broker `edgeloop-server mqtt-config`
+     set up (mutual TLS with the fleet CA, ACL, CRL), the others gRPC
   3. the fleet through the operator CLI: devices online, reporting, telemetry arriving
   4. desired state: label a device, watch its agent reconcile the new generation
   5. compile: the digits CNN for a Raspberry Pi (ONNX int8) and a Coral (LiteRT int8)
@@ -43,6 +45,10 @@ DEVICES = [
     ("pi-garden", "raspberry-pi-4"),
 ]
 LEARNERS = ["jetson-dock", "pi-garden"]  # the federated cohort (label learn=digits)
+MQTT_DEVICE = "pi-garden"  # on MQTT (Sync and its federated link) when Mosquitto is installed
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else ""
+)
 
 
 def free_port() -> int:
@@ -86,11 +92,15 @@ def main() -> int:
         EDGELOOP_REPORT_INTERVAL_S="2",
     )
     procs: list[subprocess.Popen[bytes]] = []
+    broker: subprocess.Popen[bytes] | None = None
     try:
         step("1. fleet server")
         init = json.loads(run([str(BIN / "edgeloop-server"), "init", "--json"], server_env).stdout)
         token = init["admin_token"]
         console.print(f"fleet CA at {init['ca']}; admin token minted (shown once)")
+        if MOSQUITTO:
+            broker, mqtt_env = _start_broker(server_env)
+            server_env.update(mqtt_env)
         log = open(WORK / "server.log", "wb")  # noqa: SIM115
         procs.append(
             subprocess.Popen([BIN / "edgeloop-server", "run"], env=server_env, stdout=log, stderr=log)
@@ -129,8 +139,16 @@ def main() -> int:
                 EDGELOOP_AGENT_FEDERATED_REQUIRE_CHARGING="false",
                 EDGELOOP_AGENT_FEDERATED_REQUIRE_UNMETERED="false",
             )
+            if broker is not None and device_id == MQTT_DEVICE:
+                env.update(
+                    EDGELOOP_AGENT_SERVER_TRANSPORT="mqtt",
+                    EDGELOOP_AGENT_SERVER_MQTT_ENDPOINT=server_env["EDGELOOP_MQTT_URL"],
+                )
             out = run([str(BIN / "edgeloop-agent"), "enroll", "--token", bt], env)
-            console.print(f"  {out.stdout.strip()} ({profile}); key generated on the device, mode 0600")
+            how = "MQTT (mutual TLS via Mosquitto)" if "EDGELOOP_AGENT_SERVER_TRANSPORT" in env else "gRPC"
+            console.print(
+                f"  {out.stdout.strip()} ({profile}, {how}); key generated on the device, mode 0600"
+            )
             agent_envs.append(env)
         for (device_id, _), env in zip(DEVICES, agent_envs, strict=True):
             alog = open(WORK / f"{device_id}.log", "wb")  # noqa: SIM115
@@ -150,6 +168,10 @@ def main() -> int:
         )
         time.sleep(1.5)
         sys.stdout.write(run([str(BIN / "edgeloop"), "devices", "list"], cli_env).stdout)
+        transports = {d["id"]: d["transport"] for d in api.get("/devices").json()}
+        console.print("  transports: " + ", ".join(f"{d} {t}" for d, t in sorted(transports.items())))
+        if broker is not None and transports.get(MQTT_DEVICE) != "mqtt":
+            raise SystemExit(f"demo: {MQTT_DEVICE} is not reporting over MQTT")
         rows = api.get(f"/devices/{DEVICES[0][0]}/telemetry", params={"limit": 1000}).json()
         console.print(
             f"{DEVICES[0][0]}: {len(rows)} telemetry records stored, seq {rows[0]['seq']}..{rows[-1]['seq']}"
@@ -364,12 +386,55 @@ def main() -> int:
             )
         procs[0].send_signal(signal.SIGTERM)
         console.print(f"  server: exit {procs[0].wait(30)}")
+        if broker is not None:
+            broker.send_signal(signal.SIGTERM)
+            console.print(f"  mosquitto: exit {broker.wait(30)}")
         console.print(Panel.fit(f"demo complete — logs and state in {WORK}", style="green"))
         return 0
     finally:
-        for proc in procs:
+        for proc in [*procs, *([broker] if broker is not None else [])]:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _start_broker(server_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A Mosquitto configured the operator's way (`edgeloop-server mqtt-config`) on a free port."""
+    import getpass
+
+    port = free_port()
+    files = json.loads(
+        run(
+            [str(BIN / "edgeloop-server"), "mqtt-config", "--out", str(WORK / "broker"), "--port", str(port),
+             "--bind", "127.0.0.1", "--host", "localhost", "--run-as", getpass.getuser(), "--json"],
+            server_env,
+        ).stdout
+    )  # fmt: skip
+    log = open(WORK / "mosquitto.log", "wb")  # noqa: SIM115
+    broker = subprocess.Popen([MOSQUITTO, "-c", files["config"]], stdout=log, stderr=log)
+    wait_for("Mosquitto to listen", lambda: _listening(port) or broker.poll() is not None)
+    if broker.poll() is not None:
+        raise SystemExit(f"demo: mosquitto exited {broker.returncode}; see {WORK / 'mosquitto.log'}")
+    pidfile = WORK / "broker" / "mosquitto.pid"
+    pidfile.write_text(f"{broker.pid}\n")
+    console.print(
+        f"Mosquitto on :{port}: mutual TLS with the fleet CA, ACL per device id, CRL ({files['config']})"
+    )
+    return broker, {
+        "EDGELOOP_MQTT_URL": f"mqtts://localhost:{port}",
+        "EDGELOOP_MQTT_CA_FILE": files["ca"],
+        "EDGELOOP_MQTT_CLIENT_CERT": files["server_cert"],
+        "EDGELOOP_MQTT_CLIENT_KEY": files["server_key"],
+        "EDGELOOP_MQTT_CRL_FILE": files["crl"],
+        "EDGELOOP_MQTT_BROKER_RELOAD": f"pidfile:{pidfile}",
+    }
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _ok(url: str) -> bool:
