@@ -73,11 +73,11 @@ class Settings(BaseSettings):
     mqtt_client_id: str = ""  # "" = "edgeloop-server-<hostname>": stable, see mqtt/bridge.py
     mqtt_inflight: int = Field(default=1000, ge=1, le=65535)  # QoS 1 messages held until committed
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)  # broker keeps the session
-    # Device status cache of the MQTT bridge: an active status is trusted this long (a revocation on
-    # this replica evicts it at once; on others the broker's CRL and the takeover kick cut the device
-    # off, and this bounds the rest to a minute); unknown or revoked is looked up again after 5 s at
-    # most, so a device enrolled a moment ago is served. A miss costs ~0.7 ms of server CPU.
-    mqtt_status_ttl_s: float = Field(default=60.0, ge=0, le=3600)
+    # Device status cache of the MQTT bridge: an active status is trusted this long; a revocation on
+    # any replica evicts it within 5 s (mqtt/devices.py watches `revoked_at`), and the broker's CRL
+    # plus the takeover kick cut the device off anyway. Unknown or revoked is re-read after 5 s, so a
+    # device enrolled a moment ago is served. A miss costs ~0.7 ms of server CPU (bench/mqtt).
+    mqtt_status_ttl_s: float = Field(default=3600.0, ge=0, le=86400)
     # The broker's `crlfile` (from `edgeloop-server mqtt-config`), rewritten on revocation and
     # renewal, and how to make the broker re-read it: "pidfile:/run/mosquitto.pid" (SIGHUP) or a
     # command ("systemctl reload mosquitto"). certs/wiring.py.

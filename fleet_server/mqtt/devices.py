@@ -9,7 +9,8 @@ Sync messages run through the same `device_session.DeviceSession` as gRPC Sync.
 Per message, in order: the topic must be a contract topic a device publishes (else dropped and
 counted); the device's size limit and token bucket (a flooding device gets
 `SessionClosed(RESOURCE_EXHAUSTED)` on its `down` and its messages are dropped, others unaffected);
-the device must exist and be active (status cached: `mqtt_status_ttl_s` if active, 5 s if not; else
+the device must exist and be active (an active status is cached for `mqtt_status_ttl_s`, evicted within
+5 s of a revocation on any replica by a watch on `revoked_at`; unknown or revoked for 5 s; else
 `SessionClosed(PERMISSION_DENIED)`); a payload that does not parse is counted per device and dropped.
 Nothing a device sends raises out of `handle`.
 
@@ -27,11 +28,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col, select
 
 from fleet_server.desired import desired_for
 from fleet_server.device_session import DeviceSession, Refusal, Renewer, refusal_log
@@ -55,6 +58,9 @@ MAX_DEVICES = 100_000
 MAX_COUNTED_DEVICES = 256
 NEGATIVE_TTL_S = 5.0
 """How long an unknown or inactive device status is cached (an active one: `mqtt_status_ttl_s`)."""
+REVOCATION_POLL_S = 5.0
+REVOCATION_LOOKBACK_S = 120.0
+"""Every poll evicts the devices revoked in this window (on any replica; generous for clock skew)."""
 CLOSED_INTERVAL_S = 1.0
 """At most one SessionClosed per device per interval: a flood is not answered message by message."""
 
@@ -253,6 +259,31 @@ class MqttDevices:
             self._publisher.publish(mqtt.topic(device_id, mqtt.FL_ACK), ack.SerializeToString())
         finally:
             done()
+
+    def start(self) -> None:
+        """Start the revocation watch (call on the serving loop, before the bridge delivers)."""
+        self._spawn(self._watch_revocations())
+
+    async def _watch_revocations(self) -> None:
+        """Evict the cached status of every device revoked lately, wherever it was revoked: an
+        active status is trusted for `mqtt_status_ttl_s`, so a revocation on another replica must
+        reach this cache by this watch (one small query per poll), within REVOCATION_POLL_S."""
+        while True:
+            await asyncio.sleep(REVOCATION_POLL_S)
+            try:
+                revoked = await asyncio.to_thread(self._revoked_lately)
+            except SQLAlchemyError as err:
+                logger.warning("mqtt: revocation watch cannot read devices: %s", err)
+                continue
+            for device_id in revoked:
+                dev = self._devices.get(device_id)
+                if dev is not None:
+                    dev.status_until = 0.0
+
+    def _revoked_lately(self) -> list[str]:
+        since = datetime.now(UTC) - timedelta(seconds=REVOCATION_LOOKBACK_S)
+        with Session(self._engine) as s:
+            return list(s.exec(select(Device.id).where(col(Device.revoked_at) >= since)).all())
 
     # ------------------------------------------------------------ desired, kick
 

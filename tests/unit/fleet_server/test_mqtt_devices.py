@@ -154,3 +154,58 @@ def test_malformed_sync_requests_are_counted_per_device(
     assert handler.stats.malformed_by_device == {GOOD: 3}
     closed = [pb.SyncResponse.FromString(p).closed for _, p, _ in recorder.sent]
     assert closed and all(c.code == "INVALID_ARGUMENT" for c in closed)
+
+
+def test_a_revocation_on_another_replica_reaches_the_status_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An active status is cached for an hour; a device revoked by another replica (only the
+    database changed: no kick here) is refused within one poll of the revocation watch."""
+    from datetime import UTC, datetime
+
+    import fleet_server.mqtt.devices as devices_mod
+
+    monkeypatch.setattr(devices_mod, "REVOCATION_POLL_S", 0.05)
+    cfg = Settings(data_dir=tmp_path, mqtt_status_ttl_s=3600)
+    engine = make_engine(cfg.resolved_database_url())
+    upgrade(engine)
+    with Session(engine) as s:
+        s.add(Device(id="dev-a", status="active"))
+        s.commit()
+    recorder = Recorder()
+    report = pb.SyncRequest(report=pb.DeviceReport(device_id="dev-a", sequence=1)).SerializeToString()
+    up = mqtt.topic("dev-a", mqtt.UP)
+
+    def closed() -> list[str]:
+        return [
+            pb.SyncResponse.FromString(p).closed.code
+            for t, p, _ in recorder.sent
+            if t.endswith("/down") and pb.SyncResponse.FromString(p).WhichOneof("msg") == "closed"
+        ]
+
+    async def run() -> tuple[list[str], list[str]]:
+        writer = IngestWriter(engine)
+        await writer.start()
+        handler = MqttDevices(
+            engine=engine, settings=cfg, writer=writer, registry=SessionRegistry(), publisher=recorder
+        )
+        handler.start()
+        await handler.handle(up, report, lambda: None)
+        before = closed()
+        with Session(engine) as s:  # another replica revokes it
+            device = s.get(Device, "dev-a")
+            assert device is not None
+            device.status, device.revoked_at = "revoked", datetime.now(UTC)
+            s.add(device)
+            s.commit()
+        await asyncio.sleep(0.3)
+        await handler.handle(up, report, lambda: None)
+        after = closed()
+        await handler.stop()
+        await writer.stop()
+        return before, after
+
+    before, after = asyncio.run(run())
+    engine.dispose()
+    assert before == []
+    assert after == ["PERMISSION_DENIED"]
