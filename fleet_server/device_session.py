@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine
@@ -40,8 +40,17 @@ logger = logging.getLogger(__name__)
 
 Reply = Callable[[pb.SyncResponse | None], None]
 Close = Callable[[str, str], None]
-Renewer = Callable[[str, bytes], pb.RenewResponse]
-"""(device_id, csr_pem) -> RenewResponse; synchronous (runs in a worker thread)."""
+
+
+class Renewer(Protocol):
+    """(device_id, csr_pem[, current_cert_pem]) -> RenewResponse; synchronous (a worker thread runs it).
+
+    `current_cert_pem` is the certificate the session authenticated with, where the transport
+    sees it (gRPC; on MQTT the broker terminates TLS): a CSR for that certificate's key is refused."""
+
+    def __call__(
+        self, device_id: str, csr_pem: bytes, current_cert_pem: bytes | None = None
+    ) -> pb.RenewResponse: ...
 
 
 class Refusal(NamedTuple):
@@ -54,8 +63,10 @@ class Refusal(NamedTuple):
 def certificate_renewer(engine: Engine, ca: FleetCA, *, days: int) -> Renewer:
     """`certs.renewal.renew_certificate` bound to this server's engine, CA and certificate lifetime."""
 
-    def renew(device_id: str, csr_pem: bytes) -> pb.RenewResponse:
-        return renewal.renew_certificate(engine, ca, device_id, csr_pem, days=days)
+    def renew(device_id: str, csr_pem: bytes, current_cert_pem: bytes | None = None) -> pb.RenewResponse:
+        return renewal.renew_certificate(
+            engine, ca, device_id, csr_pem, days=days, current_cert_pem=current_cert_pem
+        )
 
     return renew
 
@@ -78,6 +89,7 @@ class DeviceSession:
         close: Close,
         renew: Renewer | None = None,
         log: RateLimitedLog | None = None,
+        peer_cert_pem: bytes | None = None,
     ) -> None:
         self.device_id = device_id
         self.transport = transport
@@ -85,6 +97,7 @@ class DeviceSession:
         self._writer = writer
         self._close = close
         self._renew = renew
+        self._peer_cert_pem = peer_cert_pem
         self._log = log or refusal_log()
         self._bucket = TokenBucket(
             rate_per_s=float(settings.device_max_messages_per_s), burst=float(settings.device_burst)
@@ -155,7 +168,10 @@ class DeviceSession:
     async def _handle_renew(self, csr_pem: bytes, reply: Reply) -> None:
         assert self._renew is not None
         try:
-            response = await asyncio.to_thread(self._renew, self.device_id, csr_pem)
+            if self._peer_cert_pem is None:
+                response = await asyncio.to_thread(self._renew, self.device_id, csr_pem)
+            else:
+                response = await asyncio.to_thread(self._renew, self.device_id, csr_pem, self._peer_cert_pem)
         except Exception:
             logger.exception("certificate renewal failed device_id=%s", self.device_id)
             response = pb.RenewResponse(error="internal error; retry later")

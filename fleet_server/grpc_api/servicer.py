@@ -234,7 +234,7 @@ class DeviceServicer:
 
     # ------------------------------------------------------------ Sync
 
-    def device_session(self, session: _Session) -> DeviceSession:
+    def device_session(self, session: _Session, peer_cert_pem: bytes | None = None) -> DeviceSession:
         """The shared session logic (device_session.py) wired to this stream."""
         return DeviceSession(
             session.device_id,
@@ -244,13 +244,16 @@ class DeviceServicer:
             close=session.close,
             renew=self._renew,
             log=self._refusal_log,
+            peer_cert_pem=peer_cert_pem,
         )
 
     async def sync(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         device_id = await self._authenticate(context)
         session = _Session(device_id, context)
         self._registry.add(session)
-        reader = asyncio.create_task(self._read(session, self.device_session(session), requests))
+        peer_pems = list(context.auth_context().get("x509_pem_cert") or [])
+        logic = self.device_session(session, peer_pems[0] if peer_pems else None)
+        reader = asyncio.create_task(self._read(session, logic, requests))
         logger.info("sync session opened device_id=%s peer=%s", device_id, context.peer())
         try:
             await self.push_desired(device_id)

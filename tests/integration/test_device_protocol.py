@@ -242,9 +242,14 @@ def test_certificate_renewal_over_sync_then_promotion_and_kick(server: LiveServe
     from tests.helpers.inproc import DeviceCreds
 
     old = enroll(server, "dev-r", server.bootstrap_token(), tmp_path)
+    old_key = serialization.load_pem_private_key(old.key_pem, None)
+    assert isinstance(old_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     with device_channel(server, old) as ch:
         stream = RawStream(ch)
+        # gRPC sees the certificate in use: a renewal that keeps its key is refused.
+        stream.send(pb.SyncRequest(renew=pb.RenewRequest(csr_pem=IdentityStore.make_csr(old_key, "dev-r"))))
+        assert "key" in stream.next_of("renewed").renewed.error
         stream.send(pb.SyncRequest(renew=pb.RenewRequest(csr_pem=IdentityStore.make_csr(key, "dev-r"))))
         renewed = stream.next_of("renewed").renewed
         stream.close()
