@@ -233,7 +233,7 @@ async def _start_mqtt(
         engine=engine, settings=settings, writer=writer, registry=registry, publisher=bridge, grid=grid,
         renew=renew,
     )  # fmt: skip
-    handler.start()
+    await handler.start()
     await bridge.start(handler)
     return bridge
 

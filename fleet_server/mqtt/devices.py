@@ -137,6 +137,8 @@ class MqttDevices:
         self._links: dict[str, tuple[asyncio.Queue[fpb.TrainTask | None], asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._online: set[str] = set()
+        self._preloaded: set[str] = set()  # active at start(), not yet in _devices
+        self._preloaded_until = 0.0
         self.stats = MqttStats()
         registry.on_desired(self.push_desired)
         registry.on_kick(self.kick)
@@ -260,9 +262,23 @@ class MqttDevices:
         finally:
             done()
 
-    def start(self) -> None:
-        """Start the revocation watch (call on the serving loop, before the bridge delivers)."""
+    async def start(self) -> None:
+        """Load the ids of all active devices (one query: after a server restart the whole fleet
+        reconnects, and a status lookup per first message was most of the bridge's CPU in
+        bench/mqtt) and start the revocation watch. Call on the serving loop before the bridge
+        delivers."""
+        try:
+            active = await asyncio.to_thread(self._active_ids)
+        except SQLAlchemyError as err:
+            logger.warning("mqtt: cannot preload device statuses (looked up per device): %s", err)
+            active = []
+        self._preloaded = set(active)
+        self._preloaded_until = time.monotonic() + self._settings.mqtt_status_ttl_s
         self._spawn(self._watch_revocations())
+
+    def _active_ids(self) -> list[str]:
+        with Session(self._engine) as s:
+            return list(s.exec(select(Device.id).where(Device.status == "active")).all())
 
     async def _watch_revocations(self) -> None:
         """Evict the cached status of every device revoked lately, wherever it was revoked: an
@@ -276,6 +292,7 @@ class MqttDevices:
                 logger.warning("mqtt: revocation watch cannot read devices: %s", err)
                 continue
             for device_id in revoked:
+                self._preloaded.discard(device_id)
                 dev = self._devices.get(device_id)
                 if dev is not None:
                     dev.status_until = 0.0
@@ -304,6 +321,7 @@ class MqttDevices:
         self._set_online(device_id, False)
         self._detach(device_id)
         self._devices.pop(device_id, None)  # its status is looked up again on the next message
+        self._preloaded.discard(device_id)
         if _valid_id(device_id):
             closed = pb.SyncResponse(closed=pb.SessionClosed(code=code, detail=safe_text(detail, 300)))
             self._publisher.publish(mqtt.topic(device_id, mqtt.DOWN), closed.SerializeToString())
@@ -339,6 +357,10 @@ class MqttDevices:
 
     async def _status(self, dev: _Device) -> str | None:
         now = time.monotonic()
+        if now >= dev.status_until and dev.session.device_id in self._preloaded:
+            self._preloaded.discard(dev.session.device_id)
+            if now < self._preloaded_until:
+                dev.status, dev.status_until = "active", self._preloaded_until
         if now >= dev.status_until:
             device = await asyncio.to_thread(self._load, dev.session.device_id)
             dev.status = device.status if device is not None else None

@@ -159,8 +159,9 @@ def test_malformed_sync_requests_are_counted_per_device(
 def test_a_revocation_on_another_replica_reaches_the_status_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An active status is cached for an hour; a device revoked by another replica (only the
-    database changed: no kick here) is refused within one poll of the revocation watch."""
+    """Active devices are preloaded at start and an active status is cached for an hour; a device
+    revoked by another replica (only the database changed: no kick here) is refused within one poll
+    of the revocation watch."""
     from datetime import UTC, datetime
 
     import fleet_server.mqtt.devices as devices_mod
@@ -189,9 +190,13 @@ def test_a_revocation_on_another_replica_reaches_the_status_cache(
         handler = MqttDevices(
             engine=engine, settings=cfg, writer=writer, registry=SessionRegistry(), publisher=recorder
         )
-        handler.start()
+        await handler.start()  # dev-a is active: preloaded, no lookup on its first message
+        loads: list[str] = []
+        load = handler._load
+        handler._load = lambda device_id: loads.append(device_id) or load(device_id)  # type: ignore[method-assign]
         await handler.handle(up, report, lambda: None)
         before = closed()
+        assert loads == []
         with Session(engine) as s:  # another replica revokes it
             device = s.get(Device, "dev-a")
             assert device is not None
@@ -201,6 +206,7 @@ def test_a_revocation_on_another_replica_reaches_the_status_cache(
         await asyncio.sleep(0.3)
         await handler.handle(up, report, lambda: None)
         after = closed()
+        assert loads == ["dev-a"]  # evicted by the watch: looked up again, found revoked
         await handler.stop()
         await writer.stop()
         return before, after
