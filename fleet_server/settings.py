@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     mqtt_status_ttl_s: float = Field(default=3600.0, ge=0, le=86400)
     # The broker's `crlfile` (from `edgeloop-server mqtt-config`), rewritten on revocation and
     # renewal, and how to make the broker re-read it: "pidfile:/run/mosquitto.pid" (SIGHUP) or a
-    # command ("systemctl reload mosquitto"). certs/wiring.py.
+    # command ("systemctl reload mosquitto"). certs/wiring.py. Off by default: Debian's Mosquitto
+    # 2.0.11 segfaulted after such reloads with live TLS clients (tests/e2e/test_mqtt_fleet_e2e.py);
+    # without it, revocation on MQTT is the takeover kick and the bridge's refusal.
     mqtt_crl_file: Path | None = None
     mqtt_broker_reload: str = ""
 
