@@ -13,25 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from google.protobuf.message import DecodeError
-from sqlalchemy import Engine
-from sqlmodel import Session
 
 from fleet_server.federated.grid import FleetGrid
-from fleet_server.models import Device
+from fleet_server.grpc_api.auth import Authenticate
 from protos.edgeloop.v1 import federated_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "edgeloop.v1.FederatedService"
-
-Authenticate = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[str]]
 
 
 class FederatedServicer:
@@ -83,32 +77,3 @@ class FederatedServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed TaskResult: {err}")
         accepted, reason = await asyncio.to_thread(self.grid.accept_result, device_id, result)
         return pb.PushResultResponse(accepted=accepted, reason=reason)
-
-
-def device_authenticator(engine: Engine) -> Authenticate:
-    """The Sync servicer's rule: cert CN is the device id, device active, fingerprint current."""
-
-    def load(device_id: str) -> Device | None:
-        with Session(engine, expire_on_commit=False) as s:
-            return s.get(Device, device_id)
-
-    async def authenticate(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        auth = context.auth_context()
-        names = list(auth.get("x509_common_name") or [])
-        pems = list(auth.get("x509_pem_cert") or [])
-        if not names or not pems:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a fleet device certificate is required")
-        device_id = names[0].decode()
-        device = await asyncio.to_thread(load, device_id)
-        if device is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id!r} is not enrolled")
-        assert device is not None
-        fingerprint = x509.load_pem_x509_certificate(pems[0]).fingerprint(hashes.SHA256()).hex()
-        pinned = {f for f in (device.cert_fingerprint, device.pending_cert_fingerprint) if f}
-        if device.status != "active" or (device.cert_fingerprint and fingerprint not in pinned):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"certificate for {device_id!r} is revoked or superseded"
-            )
-        return device_id
-
-    return authenticate

@@ -15,8 +15,9 @@ from sqlalchemy import Engine
 from fleet_server.audit.port import AuditRecorder
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.runner import FederatedRunner
-from fleet_server.federated.servicer import FederatedServicer, device_authenticator
+from fleet_server.federated.servicer import FederatedServicer
 from fleet_server.federated.trigger import DriftRetrainTrigger
+from fleet_server.grpc_api.auth import device_authenticator
 
 
 @dataclass

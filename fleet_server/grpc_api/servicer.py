@@ -37,6 +37,7 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from fleet_server.grpc_api.auth import device_authenticator
 from fleet_server.grpc_api.codec import desired_to_proto
 from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import RateLimitedLog, peer_host
@@ -183,6 +184,7 @@ class DeviceServicer:
         renew: Renewer | None = None,
     ) -> None:
         self._engine = engine
+        self._authenticate = device_authenticator(engine)
         self._ca = ca
         self._settings = settings
         self._writer = writer
@@ -289,27 +291,6 @@ class DeviceServicer:
         with Session(self._engine, expire_on_commit=False) as s:
             return get_device(session=s, device_id=device_id)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
-        """The client certificate's CN names an active device, and the certificate is its current
-        one or the renewed one not yet promoted (usable at once after renewal)."""
-        auth = context.auth_context()
-        names = list(auth.get("x509_common_name") or [])
-        pems = list(auth.get("x509_pem_cert") or [])
-        if not names or not pems:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a fleet device certificate is required")
-        device_id = names[0].decode()
-        try:
-            device = await asyncio.to_thread(self._load_device, device_id)
-        except NotFoundError:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device_id!r} is not enrolled")
-        fingerprint = _pem_fingerprint(pems[0])
-        pinned = {f for f in (device.cert_fingerprint, device.pending_cert_fingerprint) if f}
-        if device.status != "active" or (device.cert_fingerprint and fingerprint not in pinned):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"certificate for {device_id!r} is revoked or superseded"
-            )
-        return device_id
-
     async def _read(self, session: _Session, logic: DeviceSession, requests: AsyncIterator[bytes]) -> None:
         try:
             async for raw in requests:
@@ -324,11 +305,3 @@ class DeviceServicer:
             session.close("INTERNAL", "internal error")
             return
         session.outbox.put_nowait(None)  # client half-closed: finish the call
-
-
-def _pem_fingerprint(pem: bytes) -> str:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    cert = x509.load_pem_x509_certificate(pem)
-    return str(cert.fingerprint(hashes.SHA256()).hex())
