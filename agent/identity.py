@@ -49,11 +49,15 @@ class IdentityStore:
                 raise StorageError(f"{self.key_path} is not an EC private key")
             return key
         key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
+        atomic_write(self.key_path, self.key_pem(key), mode=0o600)
+        return key
+
+    @staticmethod
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        """The unencrypted PKCS#8 PEM the key file holds (the file itself is 0600)."""
+        return key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        atomic_write(self.key_path, pem, mode=0o600)
-        return key
 
     @staticmethod
     def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:

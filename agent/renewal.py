@@ -99,12 +99,6 @@ def cert_fingerprint(chain_pem: bytes) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def install_renewed(
     store: IdentityStore, key: ec.EllipticCurvePrivateKey, renewed: CertificateRenewed
 ) -> None:
@@ -119,7 +113,7 @@ def install_renewed(
     try:
         atomic_write(d / (store.key_path.name + ".prev"), store.key_path.read_bytes(), mode=0o600)
         atomic_write(d / (store.cert_path.name + ".prev"), store.cert_path.read_bytes())
-        atomic_write(d / STAGED_KEY, _key_pem(key), mode=0o600)
+        atomic_write(d / STAGED_KEY, IdentityStore.key_pem(key), mode=0o600)
         atomic_write(d / STAGED_CERT, renewed.certificate_chain_pem)  # its presence = staging complete
         if renewed.ca_certificate_pem and renewed.ca_certificate_pem != store.ca_path.read_bytes():
             atomic_write(store.ca_path, renewed.ca_certificate_pem)

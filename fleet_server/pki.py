@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 DEVICE_URI_PREFIX = "urn:edgeloop:device:"
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` with `mode` via a temp file and rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -108,8 +109,8 @@ class FleetCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_atomic(pki_dir / "ca.key", _key_pem(key), 0o600)
-        _write_atomic(pki_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(pki_dir / "ca.key", _key_pem(key), 0o600)
+        write_atomic(pki_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
         logger.info("created fleet CA subject=%s dir=%s", name, pki_dir)
         return cls(pki_dir, key, cert)
 
@@ -149,8 +150,8 @@ class FleetCA:
             sans=alt,
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
         )
-        _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(key_path, _key_pem(key), 0o600)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return key_path.read_bytes(), cert_path.read_bytes() + self.cert_pem
 
     def sign_device_csr(self, csr_pem: bytes, device_id: str, *, days: int) -> IssuedCertificate:
@@ -267,11 +268,6 @@ class FleetCA:
 class RevokedSerial:
     serial: str  # hex, as in Device.cert_serial
     revoked_at: datetime
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` with `mode` via a temp file and rename (readers never see half a file)."""
-    _write_atomic(path, data, mode)
 
 
 def _issued(cert: x509.Certificate) -> IssuedCertificate:
