@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import TransportError
 from agent.identity import IdentityStore
-from agent.transport.mqtt_fleet import LinkDisconnected, LinkMessage, PahoLink, parse_endpoint, tls_context
+from agent.transport.mqtt_fleet import LinkDisconnected, LinkMessage, PahoLink, link_tls, parse_endpoint
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import federated_pb2 as pb
 
@@ -66,11 +66,7 @@ class MqttFederatedLink:
         return mqtt.topic(self._device_id, kind)
 
     async def _connect(self, request: pb.TaskStreamRequest) -> PahoLink:
-        tls = None
-        if self._endpoint.tls:
-            if self._store is None:
-                raise TransportError("an mqtts:// endpoint needs the device identity")
-            tls = tls_context(self._store, self._server_name)
+        tls = link_tls(self._endpoint, self._store, self._server_name)
         link = PahoLink(
             self._endpoint,
             client_id=mqtt.client_id(self._device_id, federated=True),

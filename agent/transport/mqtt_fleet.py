@@ -116,6 +116,18 @@ def tls_context(store: IdentityStore, server_name: str = "") -> ssl.SSLContext:
     return ctx
 
 
+def link_tls(
+    endpoint: MqttEndpoint, store: IdentityStore | None, server_name: str = ""
+) -> ssl.SSLContext | None:
+    """The TLS context for a connection to `endpoint`: None when plain, else mutual TLS with the
+    store's identity as it is on disk now. Raises: TransportError (no identity, unreadable files)."""
+    if not endpoint.tls:
+        return None
+    if store is None:
+        raise TransportError("an mqtts:// endpoint needs the device identity")
+    return tls_context(store, server_name)
+
+
 # ---------------------------------------------------------------- events from paho's thread
 
 
@@ -383,13 +395,14 @@ class MqttFleetConnector:
 
     def tls(self) -> tuple[ssl.SSLContext | None, str]:
         """The TLS context and the fingerprint of the certificate it presents ("" when plain)."""
-        if not self.endpoint.tls or self._store is None:
+        ctx = link_tls(self.endpoint, self._store, self._server_name)
+        if ctx is None or self._store is None:
             return None, ""
         try:
             chain = self._store.cert_path.read_bytes()
         except OSError as err:
             raise TransportError(f"cannot read the device certificate: {err}") from err
-        return tls_context(self._store, self._server_name), cert_fingerprint(chain)
+        return ctx, cert_fingerprint(chain)
 
     async def open(self) -> MqttSyncSession:
         ctx, fingerprint = self.tls()
