@@ -323,8 +323,7 @@ class MqttDevices:
         self._devices.pop(device_id, None)  # its status is looked up again on the next message
         self._preloaded.discard(device_id)
         if _valid_id(device_id):
-            closed = pb.SyncResponse(closed=pb.SessionClosed(code=code, detail=safe_text(detail, 300)))
-            self._publisher.publish(mqtt.topic(device_id, mqtt.DOWN), closed.SerializeToString())
+            self._publish_closed(device_id, Refusal(code, detail))
 
     async def stop(self) -> None:
         for device_id in list(self._links):
@@ -394,10 +393,13 @@ class MqttDevices:
             refusal.code,
             safe_text(refusal.detail, 200),
         )
+        self._publish_closed(dev.session.device_id, refusal)
+
+    def _publish_closed(self, device_id: str, refusal: Refusal) -> None:
         closed = pb.SyncResponse(
             closed=pb.SessionClosed(code=refusal.code, detail=safe_text(refusal.detail, 300))
         )
-        self._publisher.publish(mqtt.topic(dev.session.device_id, mqtt.DOWN), closed.SerializeToString())
+        self._publisher.publish(mqtt.topic(device_id, mqtt.DOWN), closed.SerializeToString())
 
     def _load(self, device_id: str) -> Device | None:
         with Session(self._engine, expire_on_commit=False) as s:
