@@ -21,10 +21,10 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError, StorageError
 from agent.identity import IdentityStore
 from agent.outbox import TelemetryOutbox
-from agent.ports import SystemClock
+from agent.ports import FleetConnector, SystemClock
 from agent.state import DesiredState
 from agent.statefile import StateFile
-from agent.sync import ModelExecutor, Reconciler, SyncConnector, SyncLoop
+from agent.sync import ModelExecutor, Reconciler, SyncLoop
 from agent.sysinfo import read_resources
 
 if TYPE_CHECKING:
@@ -355,7 +355,7 @@ def _build_federated(
 
 def _build_connector(
     config: AgentConfig, store: IdentityStore, identity: Identity, endpoint: str
-) -> SyncConnector:
+) -> FleetConnector:
     """The Sync transport chosen by `[server] transport`: gRPC (default) or MQTT.
 
     Both reload the identity at each connect, so a renewed certificate is used by the next session.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.outbox import OutboxRecord
 from agent.state import DeviceReport, Inbound
@@ -35,6 +35,13 @@ class FleetSession(Protocol):
     async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None: ...
     async def receive(self) -> Inbound | None: ...
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class RenewCapable(Protocol):
+    """A session that can carry `SyncRequest.renew` (both real adapters; test fakes may not)."""
+
+    async def send_renew(self, csr_pem: bytes) -> None: ...
 
 
 class FleetConnector(Protocol):

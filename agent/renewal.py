@@ -33,22 +33,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent.errors import StorageError
 from agent.fsutil import atomic_write, fsync_dir
 from agent.identity import IdentityStore
+from agent.state import CertificateRenewed
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FRACTION = 1 / 3
 STAGED_KEY = "device.key.next"
 STAGED_CERT = "device.pem.next"
-
-
-@dataclass(frozen=True)
-class CertificateRenewed:
-    """The server's answer to a renew request (inbound event). `error` non-empty: nothing issued."""
-
-    certificate_chain_pem: bytes
-    ca_certificate_pem: bytes
-    not_after_ms: int
-    error: str = ""
 
 
 @dataclass(frozen=True)

@@ -103,4 +103,14 @@ class CommandReceived:
     kind: str  # "flush_telemetry" | "reenroll" | "" (unknown to this agent version)
 
 
-Inbound = DesiredState | TelemetryAcked | ReportAcked | CommandReceived
+@dataclass(frozen=True)
+class CertificateRenewed:
+    """The server's answer to a renew request (inbound event). `error` non-empty: nothing issued."""
+
+    certificate_chain_pem: bytes
+    ca_certificate_pem: bytes
+    not_after_ms: int
+    error: str = ""
+
+
+Inbound = DesiredState | TelemetryAcked | ReportAcked | CommandReceived | CertificateRenewed

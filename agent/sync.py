@@ -24,15 +24,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.errors import RateLimitedError, TransportError
 from agent.fsutil import atomic_write
-from agent.outbox import OutboxRecord, TelemetryOutbox
-from agent.ports import Clock
+from agent.outbox import TelemetryOutbox
+from agent.ports import Clock, FleetConnector, FleetSession, RenewCapable
 from agent.reconcile import (
     ApplyLabels,
     ApplySettings,
@@ -41,13 +41,13 @@ from agent.reconcile import (
     RemoveModel,
     reconcile,
 )
-from agent.renewal import CertificateRenewed, Renewer
+from agent.renewal import Renewer
 from agent.state import (
+    CertificateRenewed,
     CommandReceived,
     DesiredState,
     DeviceReport,
     Health,
-    Inbound,
     ObservedState,
     ReportAcked,
     Resources,
@@ -58,29 +58,6 @@ from agent.statefile import StateFile
 from agent.transport.grpc_fleet import SessionRejectedError
 
 logger = logging.getLogger(__name__)
-
-
-class SyncSession(Protocol):
-    """`agent.ports.FleetSession` whose `receive` may also yield the answer to a renew request."""
-
-    async def send_report(self, report: DeviceReport) -> None: ...
-    async def send_telemetry(self, batch_id: int, records: list[OutboxRecord]) -> None: ...
-    async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None: ...
-    async def receive(self) -> Inbound | CertificateRenewed | None: ...
-    async def close(self) -> None: ...
-
-
-class SyncConnector(Protocol):
-    async def open(self) -> SyncSession:
-        """Raises: TransportError (or a subclass) when no session can be opened."""
-        ...
-
-
-@runtime_checkable
-class RenewCapable(Protocol):
-    """A session that can carry `SyncRequest.renew` (both real adapters; test fakes may not)."""
-
-    async def send_renew(self, csr_pem: bytes) -> None: ...
 
 
 class _RenewedReconnect(Exception):
@@ -170,7 +147,7 @@ class SyncLoop:
         config: AgentConfig,
         device_id: str,
         outbox: TelemetryOutbox,
-        connector: SyncConnector,
+        connector: FleetConnector,
         reconciler: Reconciler,
         clock: Clock,
         resources: Callable[[], Resources],
@@ -299,7 +276,7 @@ class SyncLoop:
 class _Session:
     """State of one open session: in-flight batches and the send pacing."""
 
-    def __init__(self, loop: SyncLoop, session: SyncSession) -> None:
+    def __init__(self, loop: SyncLoop, session: FleetSession) -> None:
         self.loop = loop
         self.session = session
         self.succeeded = False  # a report was acked in this session

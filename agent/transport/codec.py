@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.outbox import OutboxRecord
-from agent.renewal import CertificateRenewed
 from agent.state import (
     AgentSettings,
+    CertificateRenewed,
     CommandReceived,
     DesiredState,
     DeviceReport,
@@ -57,7 +57,7 @@ class ServerClosed:
     detail: str
 
 
-SessionEvent = Inbound | CertificateRenewed | ServerClosed
+SessionEvent = Inbound | ServerClosed
 
 
 def report_to_proto(report: DeviceReport, cert_fingerprint: str = "") -> pb.SyncRequest:

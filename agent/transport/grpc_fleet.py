@@ -21,7 +21,7 @@ import grpc
 from agent.errors import AgentError, EnrollmentError, RateLimitedError, TransportError
 from agent.identity import Identity
 from agent.outbox import OutboxRecord
-from agent.renewal import CertificateRenewed, cert_fingerprint
+from agent.renewal import cert_fingerprint
 from agent.state import DesiredState, DeviceReport, Inbound
 from agent.transport.codec import (
     ServerClosed,
@@ -131,7 +131,7 @@ class GrpcSyncSession:
     async def send_command_result(self, command_id: str, ok: bool, detail: str) -> None:
         await self._write(command_result_to_proto(command_id, ok, detail))
 
-    async def receive(self) -> Inbound | CertificateRenewed | None:
+    async def receive(self) -> Inbound | None:
         while True:
             try:
                 msg = await self._call.read()

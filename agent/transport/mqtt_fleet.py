@@ -47,7 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.errors import ConfigError, TransportError
 from agent.identity import IdentityStore
 from agent.outbox import OutboxRecord
-from agent.renewal import CertificateRenewed, cert_fingerprint
+from agent.renewal import cert_fingerprint
 from agent.state import DeviceReport, Inbound
 from agent.transport.codec import (
     ServerClosed,
@@ -339,7 +339,7 @@ class MqttSyncSession:
     async def send_renew(self, csr_pem: bytes) -> None:
         self._link.publish(self._up, renew_to_proto(csr_pem).SerializeToString())
 
-    async def receive(self) -> Inbound | CertificateRenewed | None:
+    async def receive(self) -> Inbound | None:
         while True:
             ev = await self._link.get()
             if isinstance(ev, LinkDisconnected):

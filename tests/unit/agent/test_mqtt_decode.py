@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ConfigError, RateLimitedError, TransportError
 from agent.reconcile import reconcile
-from agent.renewal import CertificateRenewed
-from agent.state import DesiredState, ObservedState, TelemetryAcked
+from agent.state import CertificateRenewed, DesiredState, ObservedState, TelemetryAcked
 from agent.transport.codec import MAX_REASON, ServerClosed, report_to_proto
 from agent.transport.grpc_fleet import SessionRejectedError, error_for_status
 from agent.transport.mqtt_fleet import MalformedPayloadError, decode_inbound, parse_endpoint

@@ -20,7 +20,6 @@ from agent.outbox import TelemetryOutbox
 from agent.renewal import (
     STAGED_CERT,
     STAGED_KEY,
-    CertificateRenewed,
     Renewer,
     Validity,
     cert_fingerprint,
@@ -28,7 +27,7 @@ from agent.renewal import (
     recover,
     renewal_due,
 )
-from agent.state import AgentSettings, DesiredState, Inbound, Resources
+from agent.state import AgentSettings, CertificateRenewed, DesiredState, Inbound, Resources
 from agent.statefile import StateFile
 from agent.sync import Reconciler, SyncLoop
 from tests.fakes.fleet import FakeClock, FakeFleet, FakeSession
@@ -245,7 +244,7 @@ def test_sessions_without_renewal_support_are_left_alone(tmp_path: Path) -> None
     fleet = FakeFleet()
     renewer = Renewer(store)
     session = asyncio.run(fleet.open())
-    from agent.sync import RenewCapable
+    from agent.ports import RenewCapable
 
     assert not isinstance(session, RenewCapable)
     assert renewer.due(int(datetime.now(UTC).timestamp() * 1000))
