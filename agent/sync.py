@@ -280,8 +280,7 @@ class _Session:
         self.loop = loop
         self.session = session
         self.succeeded = False  # a report was acked in this session
-        self.in_flight: dict[int, list[int]] = {}
-        self.sent_at: dict[int, float] = {}  # batch id -> monotonic send time (ack timeout)
+        self.in_flight: dict[int, float] = {}  # batch id -> monotonic send time (ack timeout)
         self.cursor = 0  # highest seq sent in this session; unacked records are resent next session
         self.acked = asyncio.Event()
         self.report_acked = asyncio.Event()
@@ -318,7 +317,6 @@ class _Session:
                 self.loop._reconciler.apply(msg)
             elif isinstance(msg, TelemetryAcked):
                 self.in_flight.pop(msg.batch_id, None)
-                self.sent_at.pop(msg.batch_id, None)
                 self.loop.status.telemetry_acked += self.loop._outbox.ack(list(msg.seqs))
                 if msg.rejected:
                     self._rejected_telemetry(msg)
@@ -403,9 +401,9 @@ class _Session:
 
     def _check_ack_timeout(self, now: float) -> None:
         """A batch unacked past `sync.ack_timeout_s` ends the session (see SyncConfig)."""
-        if not self.sent_at:
+        if not self.in_flight:
             return
-        batch_id, sent = min(self.sent_at.items(), key=lambda kv: kv[1])
+        batch_id, sent = next(iter(self.in_flight.items()))  # the oldest: sent in insertion order
         if now - sent > self._ack_timeout_s():
             raise TransportError(
                 f"telemetry batch {batch_id} not acked within {self._ack_timeout_s():.3g}s; "
@@ -422,8 +420,7 @@ class _Session:
         if not records:
             return False
         batch_id = self.loop.next_batch_id()
-        self.in_flight[batch_id] = [r.seq for r in records]
-        self.sent_at[batch_id] = self.loop._clock.monotonic()
+        self.in_flight[batch_id] = self.loop._clock.monotonic()
         self.cursor = records[-1].seq
         await self.session.send_telemetry(batch_id, records)
         return True
