@@ -15,33 +15,22 @@ import asyncio
 import logging
 import ssl
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleet_server.mqtt.endpoint import BrokerEndpoint
 from protos.edgeloop import mqtt
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    host: str
-    port: int
-    ca_file: Path | None  # None with no cert: plain MQTT (a test broker on localhost)
-    cert_file: Path | None  # the server's MQTT identity (brokerconf.py: server-client.pem)
-    key_file: Path | None
-    tls: bool = True
-    timeout_s: float = 5.0
-
-
 class TakeoverKick:
     """`await kick(device_id)`: take over both of the device's client ids, then disconnect."""
 
-    def __init__(self, endpoint: BrokerEndpoint) -> None:
+    def __init__(self, endpoint: BrokerEndpoint, timeout_s: float = 5.0) -> None:
         self.endpoint = endpoint
+        self.timeout_s = timeout_s
 
     async def __call__(self, device_id: str) -> None:
         ids = [mqtt.client_id(device_id), mqtt.client_id(device_id, federated=True)]
@@ -52,12 +41,7 @@ class TakeoverKick:
         done = threading.Event()
         result: list[str] = []
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        if ep.tls:
-            client.tls_set(
-                ca_certs=str(ep.ca_file) if ep.ca_file else None,
-                certfile=str(ep.cert_file) if ep.cert_file else None,
-                keyfile=str(ep.key_file) if ep.key_file else None,
-            )
+        ep.configure_tls(client)
 
         def on_connect(_c: paho.Client, _u: object, _f: object, rc: object, _p: object) -> None:
             result.append(str(rc))
@@ -67,8 +51,10 @@ class TakeoverKick:
         try:
             client.connect(ep.host, ep.port, keepalive=10)
             client.loop_start()
-            if not done.wait(ep.timeout_s):
-                raise TimeoutError(f"broker did not answer the takeover of {client_id!r} in {ep.timeout_s}s")
+            if not done.wait(self.timeout_s):
+                raise TimeoutError(
+                    f"broker did not answer the takeover of {client_id!r} in {self.timeout_s}s"
+                )
         except (OSError, ssl.SSLError) as err:
             raise ConnectionError(f"takeover of {client_id!r} failed: {err}") from err
         finally:

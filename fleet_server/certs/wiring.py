@@ -16,7 +16,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine
 
@@ -24,7 +23,8 @@ from fleet_server.audit.port import AuditRecorder
 from fleet_server.certs.crl import CrlPublisher, reload_hook
 from fleet_server.certs.renewal import CertReport, cert_promotion_observer, promotion_observer
 from fleet_server.certs.revocation import Kicker, Revoker, kick_with
-from fleet_server.certs.takeover import BrokerEndpoint, TakeoverKick
+from fleet_server.certs.takeover import TakeoverKick
+from fleet_server.mqtt.endpoint import BrokerEndpoint
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings
 
@@ -51,21 +51,6 @@ class CertLifecycle:
             task.cancel()
 
 
-def broker_endpoint(settings: Settings) -> BrokerEndpoint | None:
-    if not settings.mqtt_url:
-        return None
-    url = urlsplit(settings.mqtt_url)
-    tls = url.scheme == "mqtts"
-    return BrokerEndpoint(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or (8883 if tls else 1883),
-        ca_file=settings.mqtt_ca_file,
-        cert_file=settings.mqtt_client_cert,
-        key_file=settings.mqtt_client_key,
-        tls=tls,
-    )
-
-
 def build_cert_lifecycle(
     *, engine: Engine, ca: FleetCA, settings: Settings, audit: AuditRecorder | None
 ) -> CertLifecycle:
@@ -76,7 +61,7 @@ def build_cert_lifecycle(
     revoker = Revoker(engine=engine, audit=audit)
     if crl is not None:
         revoker.on_revoked.append(crl.on_revoked)
-    endpoint = broker_endpoint(settings)
+    endpoint = BrokerEndpoint.from_settings(settings)
     if endpoint is not None:
         revoker.on_revoked.append(TakeoverKick(endpoint))
     observer = promotion_observer(crl.publish_soon) if crl is not None else cert_promotion_observer

@@ -25,11 +25,9 @@ import contextlib
 import functools
 import logging
 import socket
-import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -38,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleet_server.mqtt.devices import MqttDevices
+from fleet_server.mqtt.endpoint import BrokerEndpoint
 from fleet_server.settings import Settings
 from protos.edgeloop import mqtt
 
@@ -71,10 +70,10 @@ class MqttBridge:
     """Start with `await start(handler_factory)` on the serving loop; `await stop()` at shutdown."""
 
     def __init__(self, settings: Settings) -> None:
-        url = urlsplit(settings.mqtt_url)
-        self._host = url.hostname or "127.0.0.1"
-        self._tls = url.scheme == "mqtts"
-        self._port = url.port or (8883 if self._tls else 1883)
+        endpoint = BrokerEndpoint.from_settings(settings)
+        if endpoint is None:
+            raise ValueError("the MQTT bridge needs settings.mqtt_url")
+        self._broker = endpoint
         self._settings = settings
         self.client_id = settings.mqtt_client_id or default_client_id()
         self._client = paho.Client(
@@ -83,13 +82,7 @@ class MqttBridge:
             protocol=paho.MQTTv5,
             manual_ack=True,
         )
-        if self._tls:
-            self._client.tls_set(
-                ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-                certfile=str(settings.mqtt_client_cert) if settings.mqtt_client_cert else None,
-                keyfile=str(settings.mqtt_client_key) if settings.mqtt_client_key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        endpoint.configure_tls(self._client)
         self._client.max_inflight_messages_set(settings.mqtt_inflight)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -105,7 +98,7 @@ class MqttBridge:
 
     @property
     def endpoint(self) -> str:
-        return f"{'mqtts' if self._tls else 'mqtt'}://{self._host}:{self._port}"
+        return self._broker.url
 
     async def start(self, handler: MqttDevices, *, timeout_s: float = 15.0) -> None:
         """Connect, subscribe and start consuming. Raises BridgeStartError if not connected in time."""
@@ -120,8 +113,8 @@ class MqttBridge:
         try:
             await asyncio.to_thread(
                 self._client.connect,
-                self._host,
-                self._port,
+                self._broker.host,
+                self._broker.port,
                 KEEPALIVE_S,
                 clean_start=False,
                 properties=props,
