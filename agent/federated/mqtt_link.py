@@ -13,7 +13,7 @@ times out raises `TransportError` (as gRPC's DEADLINE_EXCEEDED does) and poisons
 late ack can never be taken for the next result: the caller reconnects with a fresh link.
 
 Errors: the same as `mqtt_fleet` (TransportError, SessionRejectedError). Malformed tasks or acks
-are dropped and counted (`malformed`). paho stays inside `agent.transport.mqtt_fleet.PahoLink`.
+are dropped and counted (`malformed`). paho stays inside `agent.transport.paho_link.PahoLink`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import TransportError
 from agent.identity import IdentityStore
-from agent.transport.mqtt_fleet import LinkDisconnected, LinkMessage, PahoLink, link_tls, parse_endpoint
+from agent.transport.paho_link import LinkDisconnected, LinkMessage, PahoLink, link_tls, parse_endpoint
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import federated_pb2 as pb
 
