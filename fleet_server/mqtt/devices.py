@@ -15,9 +15,8 @@ the device must exist and be active (an active status is cached for `mqtt_status
 Nothing a device sends raises out of `handle`.
 
 Also: presence from the retained `status` topic (into SessionRegistry, so the API's `online`
-covers both transports), DesiredState published retained on `desired`, the federated link
-(`fl/attach` -> grid.attach, tasks to `fl/task`; `fl/result` -> grid.accept_result, `fl/ack`),
-and `kick` for revocation. Does not own the broker connection (bridge.py).
+covers both transports), DesiredState published retained on `desired`, the federated topics
+(handed to federated.py) and `kick` for revocation. Does not own the broker connection (bridge.py).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -44,10 +42,10 @@ from fleet_server.grpc_api.servicer import SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import text as safe_text
 from fleet_server.models import Device
+from fleet_server.mqtt.federated import MqttFederated
 from fleet_server.settings import Settings
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import device_pb2 as pb
-from protos.edgeloop.v1 import federated_pb2 as fpb
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +128,24 @@ class MqttDevices:
         self._writer = writer
         self._registry = registry
         self._publisher = publisher
-        self._grid = grid
         self._renew = renew
         self._log = refusal_log()
         self._devices: OrderedDict[str, _Device] = OrderedDict()
-        self._links: dict[str, tuple[asyncio.Queue[fpb.TrainTask | None], asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._online: set[str] = set()
         self._preloaded: set[str] = set()  # active at start(), not yet in _devices
         self._preloaded_until = 0.0
         self.stats = MqttStats()
+        self._federated = (
+            MqttFederated(
+                grid,
+                publish=self._publisher.publish,
+                count_malformed=self.stats.count_malformed,
+                spawn=self._spawn,
+            )
+            if grid is not None
+            else None
+        )
         registry.on_desired(self.push_desired)
         registry.on_kick(self.kick)
 
@@ -182,11 +188,13 @@ class MqttDevices:
         elif kind == mqtt.STATUS:
             self._presence(device_id, payload)
             done()
+        elif self._federated is None:  # fl/attach or fl/result on a server without federated learning
+            done()
         elif kind == mqtt.FL_ATTACH:
-            self._attach(device_id, payload)
+            self._federated.attach(device_id, payload)
             done()
         else:
-            self._result(device_id, payload, done)
+            self._federated.result(device_id, payload, done)
 
     def _up(self, dev: _Device, payload: bytes, done: Done) -> None:
         topic = mqtt.topic(dev.session.device_id, mqtt.DOWN)
@@ -211,56 +219,6 @@ class MqttDevices:
             self._set_online(device_id, False)
         else:
             self.stats.count_malformed(device_id)
-
-    # ------------------------------------------------------------ federated
-
-    def _attach(self, device_id: str, payload: bytes) -> None:
-        self._detach(device_id)
-        if not payload or self._grid is None:
-            return
-        try:
-            req = fpb.TaskStreamRequest.FromString(payload)
-        except DecodeError:
-            self.stats.count_malformed(device_id)
-            return
-        queue = self._grid.attach(device_id, dict(req.state))
-        task = asyncio.get_running_loop().create_task(self._forward_tasks(device_id, queue))
-        self._links[device_id] = (queue, task)
-
-    async def _forward_tasks(self, device_id: str, queue: asyncio.Queue[fpb.TrainTask | None]) -> None:
-        topic = mqtt.topic(device_id, mqtt.FL_TASK)
-        while (task := await queue.get()) is not None:
-            self._publisher.publish(topic, task.SerializeToString())
-
-    def _detach(self, device_id: str) -> None:
-        link = self._links.pop(device_id, None)
-        if link is not None and self._grid is not None:
-            queue, task = link
-            task.cancel()
-            self._grid.detach(device_id, queue)
-
-    def _result(self, device_id: str, payload: bytes, done: Done) -> None:
-        if self._grid is None:
-            done()
-            return
-        try:
-            result = fpb.TaskResult.FromString(payload)
-        except DecodeError:
-            self._grid.rejected["malformed"] += 1
-            self.stats.count_malformed(device_id)
-            done()
-            return
-        self._spawn(self._push_result(device_id, result, done))
-
-    async def _push_result(self, device_id: str, result: fpb.TaskResult, done: Done) -> None:
-        """The gRPC PushResult path (federated/servicer.py): the grid validates and takes it."""
-        assert self._grid is not None
-        try:
-            accepted, reason = await asyncio.to_thread(self._grid.accept_result, device_id, result)
-            ack = fpb.PushResultResponse(accepted=accepted, reason=reason)
-            self._publisher.publish(mqtt.topic(device_id, mqtt.FL_ACK), ack.SerializeToString())
-        finally:
-            done()
 
     async def start(self) -> None:
         """Load the ids of all active devices (one query: after a server restart the whole fleet
@@ -319,15 +277,16 @@ class MqttDevices:
     def kick(self, device_id: str, code: str, detail: str) -> None:
         """Close the device's MQTT session (revocation): SessionClosed on `down`, marked offline."""
         self._set_online(device_id, False)
-        self._detach(device_id)
+        if self._federated is not None:
+            self._federated.detach(device_id)
         self._devices.pop(device_id, None)  # its status is looked up again on the next message
         self._preloaded.discard(device_id)
         if _valid_id(device_id):
             self._publish_closed(device_id, Refusal(code, detail))
 
     async def stop(self) -> None:
-        for device_id in list(self._links):
-            self._detach(device_id)
+        if self._federated is not None:
+            self._federated.stop()
         for task in list(self._tasks):
             task.cancel()
 
