@@ -16,7 +16,9 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import Connection
 
 from fleet_server.audit.chain import (
     GENESIS_HASH,
@@ -47,6 +49,28 @@ class AuditRecorder(Protocol):
         ...
 
 
+@runtime_checkable
+class TransactionalAudit(AuditRecorder, Protocol):
+    """A recorder that can also append inside a caller's database transaction, so a state change
+    and its entry commit together (or neither does)."""
+
+    def record_in(
+        self,
+        conn: Connection,
+        actor: Actor,
+        action: str,
+        *,
+        target: Target = NO_TARGET,
+        details: Mapping[str, Any] | None = None,
+        source: Source = NO_SOURCE,
+    ) -> Entry:
+        """Append inside `conn`'s open transaction. Raises LookupError when the head row is missing
+        (call `ensure_head` outside the transaction, then retry)."""
+        ...
+
+    def ensure_head(self) -> None: ...
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -73,6 +97,22 @@ class MemoryAuditLog:
                          target=target, details=details, source=source, prev_hash=prev)  # fmt: skip
             self.entries.append(entry)
             return entry
+
+    def record_in(
+        self,
+        conn: Connection,
+        actor: Actor,
+        action: str,
+        *,
+        target: Target = NO_TARGET,
+        details: Mapping[str, Any] | None = None,
+        source: Source = NO_SOURCE,
+    ) -> Entry:
+        """Appends at once: memory has no transaction to join (a rolled-back caller keeps it)."""
+        return self.record(actor, action, target, details, source)
+
+    def ensure_head(self) -> None:
+        return None
 
     def actions(self) -> list[str]:
         return [e.action for e in self.entries]

@@ -96,7 +96,7 @@ class SqlAuditLog:
             raise LookupError("audit head row missing")
         return int(row.seq), str(row.hash)
 
-    def _ensure_head(self) -> None:
+    def ensure_head(self) -> None:
         try:
             with self._engine.begin() as conn:
                 if conn.execute(select(_HEAD.c.id).where(_HEAD.c.id == HEAD_ID)).first() is None:
@@ -116,19 +116,32 @@ class SqlAuditLog:
         for attempt in (1, 2):
             try:
                 with self._engine.begin() as conn:
-                    seq, head_hash = self._lock_head(conn)
-                    entry = seal(seq=seq + 1, ts=self._clock(), actor=actor, action=action, target=target,
-                                 details=details, source=source, prev_hash=head_hash)  # fmt: skip
-                    conn.execute(insert(_ENTRY).values(**_row(entry)))
-                    conn.execute(
-                        update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=entry.seq, hash=entry.hash)
-                    )
-                    return entry
+                    return self.record_in(conn, actor, action, target=target, details=details, source=source)
             except LookupError:
                 if attempt == 2:
                     raise
-                self._ensure_head()
+                self.ensure_head()
         raise AssertionError("unreachable")
+
+    def record_in(
+        self,
+        conn: Connection,
+        actor: Actor,
+        action: str,
+        *,
+        target: Target = NO_TARGET,
+        details: Mapping[str, Any] | None = None,
+        source: Source = NO_SOURCE,
+    ) -> Entry:
+        """Append one entry inside the caller's transaction: it commits or rolls back with the
+        caller's own writes (the rollout engine pops an audit effect in the same transaction, so
+        the entry is written exactly once). Raises LookupError when the head row is missing."""
+        seq, head_hash = self._lock_head(conn)
+        entry = seal(seq=seq + 1, ts=self._clock(), actor=actor, action=action, target=target,
+                     details=details, source=source, prev_hash=head_hash)  # fmt: skip
+        conn.execute(insert(_ENTRY).values(**_row(entry)))
+        conn.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=entry.seq, hash=entry.hash))
+        return entry
 
     # ------------------------------------------------------------ read
 

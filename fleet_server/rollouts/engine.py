@@ -22,9 +22,10 @@ then run one by one, each removed from the list in the transaction that does its
 holder killed between persist and effects leaves the effects listed and the next holder (after
 the lease expires) runs them before deciding anything. Assigning a batch commits the OTA
 deployment rows and the effect's progress in one transaction (per release); a rollback release is
-published with an idempotency key per (rollout, previous release). Audit entries are appended by
-their own transaction (at-least-once if a holder dies between the append and its removal; the
-entry names the transition, so a repeat is recognisable).
+published with an idempotency key per (rollout, previous release). An audit effect is appended
+and removed in one transaction when the recorder can join it (`TransactionalAudit`: the SQL log),
+so each transition's entry is written exactly once even if a holder dies mid-effect; a recorder
+that cannot (the in-memory fake) gets it at-least-once.
 
 **Not done here:** cancelling assignments a device has not started (abort and a breach pause stop
 further batches; devices already assigned install or report failure, guarded by their own
@@ -52,7 +53,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, select
 
 from fleet_server.audit.chain import Actor, Target
-from fleet_server.audit.port import AuditRecorder
+from fleet_server.audit.port import AuditRecorder, TransactionalAudit
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
@@ -990,6 +991,9 @@ class RolloutEngine:
                 effect = dict(row.pending_effects[0])
                 kind = effect["kind"]
                 s.commit()  # the lease is renewed; each effect takes its own transaction (SQLite: one writer)
+                if kind == "audit" and isinstance(self.audit, TransactionalAudit):
+                    self._audit_and_pop(claim, effect, self.audit)
+                    continue
                 if kind == "assign_batch":
                     self._assign(s, claim, row, effect)
                 elif kind == "start_rollback":
@@ -1020,13 +1024,46 @@ class RolloutEngine:
         flag_modified(row, "pending_effects")
         s.add(row)
 
-    def _audit(self, row: Rollout, effect: dict[str, Any]) -> None:
+    def _audit_entry(self, effect: dict[str, Any]) -> tuple[Actor, str, dict[str, Any]]:
         a = effect.get("actor") or {}
         actor = Actor(
             str(a.get("kind", "system")), str(a.get("id", "")), str(a.get("name", "")), str(a.get("role", ""))
         )
         details = {**dict(effect.get("details") or {}), "replica": self.holder}  # which replica advanced it
-        self.audit.record(actor, str(effect["action"]), Target("rollout", row.id), details)
+        return actor, str(effect["action"]), details
+
+    def _audit(self, row: Rollout, effect: dict[str, Any]) -> None:
+        """At-least-once (a recorder that cannot join the transaction): appended, then popped."""
+        actor, action, details = self._audit_entry(effect)
+        self.audit.record(actor, action, Target("rollout", row.id), details)
+
+    def _audit_and_pop(self, claim: Claim, effect: dict[str, Any], audit: TransactionalAudit) -> None:
+        """Exactly once: the entry is appended and the effect popped in one transaction, so a holder
+        killed in between leaves neither and the next holder writes the entry once."""
+        actor, action, details = self._audit_entry(effect)
+        for attempt in (1, 2):
+            with Session(self.db) as s:
+                self._guard(s, claim)
+                row = s.get(Rollout, claim.rollout_id)
+                assert row is not None
+                if not row.pending_effects or row.pending_effects[0] != effect:
+                    s.commit()  # not ours to pop any more (cannot happen under the guard; be safe)
+                    return
+                try:
+                    target = Target("rollout", row.id)
+                    audit.record_in(s.connection(), actor, action, target=target, details=details)
+                except LookupError:
+                    s.rollback()
+                    if attempt == 2:
+                        raise
+                    audit.ensure_head()
+                    continue
+                self._crash("audited")
+                row.pending_effects = list(row.pending_effects[1:])
+                flag_modified(row, "pending_effects")
+                s.add(row)
+                s.commit()
+                return
 
     def _assign(self, s: Session, claim: Claim, row: Rollout, effect: dict[str, Any]) -> None:
         """Deploy each release of the batch to exactly the batch's devices of its profiles (the

@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from fleet_server.audit.chain import Actor
 from fleet_server.audit.port import MemoryAuditLog
+from fleet_server.audit.store import SqlAuditLog
 from fleet_server.db import make_engine
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.migrate import upgrade
@@ -457,6 +458,35 @@ def test_a_crash_inside_the_deploy_commit_is_not_deployed_twice(world: World) ->
     assert len(world.ota.deployments) == 1  # the progress mark was committed with the deployment
     canary = world.batch_devices(rid, 0)
     assert {world.devs(rid)[d].status for d in canary} == {"assigned"}
+
+
+def test_a_holder_killed_inside_an_audit_effect_leaves_one_entry_not_two(world: World) -> None:
+    """The SQL log joins the effect's transaction: append and pop commit together or not at all."""
+    world.devices(20)
+    audit = SqlAuditLog(world.db)
+    dead = RolloutEngine(
+        engine=world.db, ota=world.ota, audit=audit, clock=world.clock, holder="dead", lease_s=30
+    )
+
+    class Killed(BaseException):
+        pass
+
+    def die(point: str) -> None:
+        if point == "audited":  # the entry is written in the open transaction, not committed
+            raise Killed
+
+    dead.crash_hook = die
+    with pytest.raises(Killed):
+        dead.create(spec(world), OPERATOR)
+    rid = _only_rollout(world)
+    assert [e["kind"] for e in world.row(rid).pending_effects] == ["audit"]  # assigned; audit left
+    assert [e.action for e in audit.iter_all()].count("rollout.start") == 0  # rolled back with the pop
+    world.clock.advance(31)
+    other = RolloutEngine(engine=world.db, ota=world.ota, audit=audit, clock=world.clock, holder="other")
+    assert other.tick() == 1
+    entries = [e for e in audit.iter_all() if e.action == "rollout.start"]
+    assert len(entries) == 1 and entries[0].details["replica"] == "other"
+    assert world.row(rid).pending_effects == [] and audit.verify().ok
 
 
 def test_a_stale_holder_cannot_write_after_losing_its_lease(world: World) -> None:
