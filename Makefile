@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Browser tests drive Debian's Chromium through Playwright (never `playwright install`: no downloads).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test test-slow test-all lint typecheck protos bench bench-mqtt clean
+.PHONY: browser setup demo test test-slow test-all lint typecheck protos bench bench-mqtt clean
 
 setup: $(STAMP)
 
@@ -17,13 +19,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[agent,server,compiler,dev]'
 	touch $(STAMP)
 
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -m slow || test $$? -eq 5
 
 lint: $(STAMP)
