@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server.audit.chain import ChainVerifier, Entry
+from fleet_server.cliapi import CliError, CliExit, error_from, tls_verify
 
 
 class Api(Protocol):
@@ -29,7 +30,8 @@ class Api(Protocol):
 
 def http_client(ns: argparse.Namespace) -> httpx.Client:
     """The HTTP client `export` streams with (tests hand in the in-process server's)."""
-    return httpx.Client(base_url=ns.server.rstrip("/"), timeout=httpx.Timeout(30.0))
+    verify = tls_verify(getattr(ns, "ca_file", None))
+    return httpx.Client(base_url=ns.server.rstrip("/"), timeout=httpx.Timeout(30.0), verify=verify)
 
 
 def _who(actor: dict[str, str]) -> str:
@@ -66,7 +68,7 @@ def _file_entries(path: Path) -> Iterator[Entry]:
             try:
                 yield Entry.from_dict(json.loads(line))
             except (ValueError, KeyError, TypeError) as err:
-                raise SystemExit(f"edgeloop: {path}:{lineno}: not an audit entry ({err})") from err
+                raise CliError(f"{path}:{lineno}: not an audit entry ({err})", CliExit.CHECK_FAILED) from err
 
 
 def audit_verify(api: Api, ns: argparse.Namespace, console: Console) -> Any:
@@ -78,21 +80,22 @@ def audit_verify(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         out = verifier.finish(None, [], None).to_dict()
     else:
         out = api.request("GET", "/audit/verify")
-    if ns.json:
+    if ns.json and out["ok"]:
         return out
-    if out["ok"]:
+    if ns.json:
+        print(json.dumps(out))
+    elif out["ok"]:
         console.print(
             f"[green]audit chain intact[/]: {out['entries']} entries, head seq {out['head_seq']}, "
             f"{out['signatures']} head signature(s) verified (last signed seq {out['last_signed_seq']})"
         )
         return None
-    console.print(f"[red bold]audit chain BROKEN at seq {out['broken_seq']}[/]: {out['reason']}")
-    raise SystemExit(1)
+    else:
+        console.print(f"[red bold]audit chain BROKEN at seq {out['broken_seq']}[/]: {out['reason']}")
+    raise CliError(f"audit chain broken at seq {out['broken_seq']}: {out['reason']}", CliExit.CHECK_FAILED)
 
 
 def _stream_export(ns: argparse.Namespace, out: IO[bytes]) -> int:
-    from fleet_server.operator_cli import ApiError
-
     auth = {"Authorization": f"Bearer {ns.token}"} if ns.token else {}
     count = 0
     try:
@@ -104,7 +107,7 @@ def _stream_export(ns: argparse.Namespace, out: IO[bytes]) -> int:
         ):
             if resp.status_code >= 400:
                 resp.read()
-                raise ApiError(resp.status_code, resp.json().get("detail", resp.text))
+                raise error_from(resp)
             for line in resp.iter_lines():
                 if line:
                     out.write(line.encode() + b"\n")
@@ -144,7 +147,7 @@ def register(sub: Any) -> None:
     p.add_argument("--after", type=int, default=0, help="show entries after this seq")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=audit_list)
-    p = audit.add_parser("verify", help="walk the chain and check the signed heads; exit 1 if broken")
+    p = audit.add_parser("verify", help="walk the chain and check the signed heads; exit 7 if broken")
     p.add_argument("--file", help="verify an exported JSON Lines file offline instead")
     p.set_defaults(func=audit_verify)
     p = audit.add_parser("export", help="write the log as JSON Lines (admin)")

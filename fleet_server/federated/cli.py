@@ -1,4 +1,5 @@
-"""`edgeloop fl start|status|history|cancel`: operator CLI handlers over the federated REST API.
+"""`edgeloop fl start|status|history|cancel` (alias `stop`): operator CLI handlers over the
+federated REST API.
 
 Same conventions as operator_cli.py (rich tables for people, the API's JSON unchanged with --json).
 """
@@ -11,13 +12,20 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.table import Table
 
+from fleet_server.cliapi import UsageError
+
 
 class Api(Protocol):
     def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
 
 
 def fl_start(api: Api, ns: argparse.Namespace, console: Console) -> Any:
-    labels = dict(item.split("=", 1) for item in ns.label)
+    labels: dict[str, str] = {}
+    for item in ns.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"edgeloop: --label expects key=value, got {item!r}")
+        labels[key] = value
     body = {
         "strategy": ns.strategy,
         "rounds": ns.rounds,
@@ -125,7 +133,9 @@ def register(sub: Any) -> None:
     p = fl.add_parser("status", help="rounds of one run (default: the latest)")
     p.add_argument("run_id", nargs="?", default="")
     p.set_defaults(func=fl_status)
-    p = fl.add_parser("cancel", help="stop a running run now (its round is abandoned) and free the slot")
+    p = fl.add_parser(
+        "cancel", aliases=["stop"], help="stop a running run now (its round is abandoned) and free the slot"
+    )
     p.add_argument("run_id")
     p.add_argument("--reason", default="", help="why (recorded on the run with your token's name)")
     p.set_defaults(func=fl_cancel)

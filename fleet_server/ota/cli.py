@@ -23,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
+from fleet_server.cliapi import CliError, CliExit, UsageError, error_from, tls_verify
 from fleet_server.ota.keys import write_private_key
 from fleet_server.ota.repository import rotate_root
 
@@ -39,7 +40,7 @@ def _kv(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"edgeloop: expected key=value, got {item!r}")
+            raise UsageError(f"edgeloop: expected key=value, got {item!r}")
         out[key] = value
     return out
 
@@ -70,7 +71,7 @@ def _upload(api: Api, path: Path, progress: Progress) -> str:
 
     stored = api.request("PUT", "/ota/blobs", content=blocks(), headers={"Content-Length": str(size)})
     if stored["sha256"] != expected or stored["length"] != size:
-        raise SystemExit(f"edgeloop: upload of {path} was altered in transit (server stored {stored})")
+        raise CliError(f"upload of {path} was altered in transit (server stored {stored})", CliExit.CONFLICT)
     return expected
 
 
@@ -195,9 +196,14 @@ def keys_generate(api: Api, ns: argparse.Namespace, console: Console) -> Any:
 
 
 def keys_rotate_root(api: Api, ns: argparse.Namespace, console: Console) -> Any:
-    current = (
-        httpx.get(ns.server.rstrip("/") + "/ota/metadata/root.json", timeout=15).raise_for_status().content
-    )
+    url = ns.server.rstrip("/") + "/ota/metadata/root.json"
+    try:
+        resp = httpx.get(url, timeout=15, verify=tls_verify(getattr(ns, "ca_file", None)))
+    except httpx.TransportError as err:
+        raise ConnectionError(f"cannot reach fleet server at {url}: {err}") from err
+    if resp.status_code >= 400:
+        raise error_from(resp)
+    current = resp.content
     new_signers = [_signer(p) for p in ns.new_key]
     data = rotate_root(
         current,

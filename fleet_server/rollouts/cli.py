@@ -9,7 +9,9 @@ until the rollout ends or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from rich.console import Console, Group
@@ -17,6 +19,8 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from fleet_server.cliapi import STREAMED, CliError, CliExit, UsageError
 
 TERMINAL = {"completed", "aborted", "rolled_back"}
 _STYLE = {
@@ -42,7 +46,7 @@ def _numbers(text: str | None, kind: type) -> list[Any]:
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError as err:
-        raise SystemExit(f"edgeloop: expected comma-separated numbers, got {text!r}") from err
+        raise UsageError(f"edgeloop: expected comma-separated numbers, got {text!r}") from err
 
 
 def _pairs(items: list[str] | None) -> dict[str, str]:
@@ -50,7 +54,7 @@ def _pairs(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"edgeloop: expected key=value, got {item!r}")
+            raise UsageError(f"edgeloop: expected key=value, got {item!r}")
         out[key] = value
     return out
 
@@ -60,7 +64,9 @@ def parse_window(text: str) -> dict[str, Any]:
     The server checks the values (a bad day, time or zone is its 422 with the field)."""
     parts = text.split()
     if len(parts) not in (2, 3) or "-" not in parts[1]:
-        raise SystemExit(f"bad window {text!r}: use 'DAYS HH:MM-HH:MM [TZ]', e.g. 'sat,sun 22:00-04:00 UTC'")
+        raise UsageError(
+            f"edgeloop: bad window {text!r}: use 'DAYS HH:MM-HH:MM [TZ]', e.g. 'sat,sun 22:00-04:00 UTC'"
+        )
     start, _, end = parts[1].partition("-")
     days: list[Any] = [int(d) if d.isdigit() else d.lower() for d in parts[0].split(",") if d]
     return {"days": days, "start": start, "end": end, "tz": parts[2] if len(parts) == 3 else "UTC"}
@@ -185,21 +191,49 @@ def render(out: dict[str, Any]) -> Group:
 
 
 def rollout_status(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    if ns.watch:
+        return rollout_watch(api, ns, console)
     out = api.request("GET", f"/rollouts/{ns.rollout_id}")
     if ns.json:
         return out
-    if not ns.watch:
-        console.print(render(out))
-        return None
-    with Live(render(out), console=console, refresh_per_second=4) as live:
-        try:
-            while out["state"] not in TERMINAL:
-                time.sleep(ns.interval)
-                out = api.request("GET", f"/rollouts/{ns.rollout_id}")
-                live.update(render(out))
-        except KeyboardInterrupt:
-            pass
+    console.print(render(out))
     return None
+
+
+def _fingerprint(out: dict[str, Any]) -> str:
+    """What a watcher counts as a change: everything but the row's bookkeeping timestamp."""
+    return json.dumps({k: v for k, v in out.items() if k != "updated_at"}, sort_keys=True, default=str)
+
+
+def _polls(api: Api, ns: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The rollout, fetched every `ns.interval` seconds, until (and including) a terminal state."""
+    while True:
+        out = api.request("GET", f"/rollouts/{ns.rollout_id}")
+        yield out
+        if out["state"] in TERMINAL:
+            return
+        time.sleep(ns.interval)
+
+
+def rollout_watch(api: Api, ns: argparse.Namespace, console: Console) -> Any:
+    """Follow a rollout until it ends: a live view for people; with --json one JSON object per
+    line each time it changes (state, batch, device counts, gate verdicts). With --exit-status,
+    ending in a state other than completed exits 7 (check failed)."""
+    last: dict[str, Any] = {}
+    if ns.json:
+        seen = ""
+        for out in _polls(api, ns):
+            if (fp := _fingerprint(out)) != seen:
+                print(json.dumps(out), flush=True)
+                seen, last = fp, out
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            for out in _polls(api, ns):
+                live.update(render(out))
+                last = out
+    if getattr(ns, "exit_status", False) and last.get("state") != "completed":
+        raise CliError(f"rollout {ns.rollout_id} ended {last.get('state')}", CliExit.CHECK_FAILED)
+    return STREAMED if ns.json else None
 
 
 def _act(action: str) -> Any:
@@ -257,9 +291,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=rollout_list)
     p = cmds.add_parser("status", help="one rollout: batches, devices, gate verdicts")
     p.add_argument("rollout_id")
-    p.add_argument("--watch", action="store_true", help="live view until the rollout ends")
+    p.add_argument("--watch", action="store_true", help="live view until the rollout ends (as `watch`)")
     p.add_argument("--interval", type=float, default=2.0)
     p.set_defaults(func=rollout_status)
+    p = cmds.add_parser(
+        "watch", help="follow a rollout until it ends (--json: one JSON object per line per change)"
+    )
+    p.add_argument("rollout_id")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    p.add_argument("--exit-status", action="store_true", help="exit 7 unless the rollout ends completed")
+    p.set_defaults(func=rollout_watch)
     for action in ("start", "pause", "resume", "abort", "rollback"):
         p = cmds.add_parser(action)
         p.add_argument("rollout_id")

@@ -80,7 +80,7 @@ def test_three_agents_enroll_sync_and_are_visible(server: ServerProc, tmp_path: 
     shown = _cli(server, "--json", "devices", "show", "dev-1")
     assert json.loads(shown.stdout)["desired_generation"] == 2
     missing = _cli(server, "devices", "show", "nope")
-    assert missing.returncode == 33 and "not found" in missing.stderr
+    assert missing.returncode == 4 and "not found" in missing.stderr
 
     for agent in agents:
         assert agent.stop() == 0  # graceful SIGTERM

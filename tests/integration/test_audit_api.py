@@ -196,13 +196,12 @@ def test_cli_list_verify_export(
     forged = json.loads(lines[2])
     forged["details"]["status"] = 200
     dest.write_text("\n".join([lines[0], lines[1], json.dumps(forged), lines[3]]) + "\n")
-    with pytest.raises(SystemExit) as exc:
-        operator_cli.main([*tok, "audit", "verify", "--file", str(dest)])
-    assert exc.value.code == 1
+    code = operator_cli.main([*tok, "audit", "verify", "--file", str(dest)])
+    assert code == operator_cli.CliExit.CHECK_FAILED
     assert "BROKEN at seq 3" in capsys.readouterr().out
 
     monkeypatch.setattr(operator_cli, "Api", _cli_api(server))
     assert (
         operator_cli.main(["--token", server.tokens["viewer"], "audit", "export"])
-        == operator_cli.EXIT_API_ERROR
+        == operator_cli.CliExit.AUTH
     )

@@ -184,4 +184,4 @@ def test_cli_drift_list_show_cohorts_json(
     assert "stuck:f3" in capsys.readouterr().out
     assert operator_cli.main([*token, "drift", "cohorts"]) == 0
     assert STUCK in capsys.readouterr().out
-    assert operator_cli.main([*token, "drift", "show", "999"]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*token, "drift", "show", "999"]) == operator_cli.CliExit.NOT_FOUND

@@ -69,7 +69,7 @@ def test_cli_publish_deploy_range_and_root_rotation(
             viewer = api.post("/operator-tokens", json={"name": "v", "role": "viewer"})
         token = viewer.json()["token"]
         assert cli(["--server", server.url, "--token", token, "release", "list"]) == 0
-        assert cli(["--server", server.url, "--token", token, "release", "deploy", "1", "dev-a"]) == 33  # 403
+        assert cli(["--server", server.url, "--token", token, "release", "deploy", "1", "dev-a"]) == 3  # 403
         desired = desired_for(Device(id="dev-a"), Settings(data_dir=server.data_dir))
         assert [(a.model_version, a.deployment_id) for a in desired.models] == [
             ("1.0", release["deployment"]["deployment_id"])

@@ -263,5 +263,5 @@ def test_operator_cli_registers_and_lists(
     assert operator_cli.main([*token, "models", "list", "--name", "cli-head"]) == 0
     out = capsys.readouterr().out
     assert "cli-head@1" in out and "registered" in out
-    assert operator_cli.main([*token, "models", "approve", "cli-head", "1"]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*token, "models", "approve", "cli-head", "1"]) == operator_cli.CliExit.CONFLICT
     assert "is registered, not awaiting approval" in capsys.readouterr().err

@@ -259,13 +259,13 @@ def test_operator_cli(
     assert "running" in out and "batch 1/2" in out
     assert operator_cli.main([*token, "rollout", "pause", rid, "--reason", "look"]) == 0
     assert "paused" in capsys.readouterr().out
-    assert operator_cli.main([*token, "rollout", "pause", rid]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*token, "rollout", "pause", rid]) == operator_cli.CliExit.CONFLICT
     assert "already paused" in capsys.readouterr().err
     assert operator_cli.main([*token, "rollout", "resume", rid]) == 0
     assert operator_cli.main([*token, "rollout", "rollback", rid]) == 0
     assert "rolling_back" in capsys.readouterr().out
     viewer = ["--token", server.tokens["viewer"]]
-    assert operator_cli.main([*viewer, "rollout", "abort", rid]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*viewer, "rollout", "abort", rid]) == operator_cli.CliExit.AUTH
 
 
 def test_model_rollout_policy_is_stored_and_used_by_registry_releases(server: LiveServer) -> None:

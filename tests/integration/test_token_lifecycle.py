@@ -387,10 +387,10 @@ def test_cli_operator_tokens(
     assert _devices(server, created["token"]).status_code == 401
 
     admin_id = _id(server.tokens["admin"])
-    assert operator_cli.main([*admin, "operator-tokens", "revoke", admin_id]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*admin, "operator-tokens", "revoke", admin_id]) == operator_cli.CliExit.CONFLICT
     assert "HTTP 409" in (err := capsys.readouterr().err) and "last active admin token" in err
     viewer = ["--token", server.tokens["viewer"]]
-    assert operator_cli.main([*viewer, "operator-tokens", "list"]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*viewer, "operator-tokens", "list"]) == operator_cli.CliExit.AUTH
     assert "HTTP 403" in capsys.readouterr().err
 
 
@@ -405,7 +405,7 @@ def test_cli_bootstrap_token_revoke(
     assert "can no longer enroll" in capsys.readouterr().out
     assert operator_cli.main([*op, "tokens", "list"]) == 0
     assert created["id"] in capsys.readouterr().out
-    assert operator_cli.main([*op, "tokens", "revoke", created["id"]]) == operator_cli.EXIT_API_ERROR
+    assert operator_cli.main([*op, "tokens", "revoke", created["id"]]) == operator_cli.CliExit.CONFLICT
     assert "already revoked" in capsys.readouterr().err
     with pytest.raises(grpc.RpcError):
         enroll(server, "dev-x", created["token"], tmp_path)
