@@ -161,6 +161,12 @@ def _mqtt_config(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeloop-server", description="edgeloop fleet server")
     parser.add_argument("--log-level", default=os.environ.get("EDGELOOP_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("EDGELOOP_LOG_FORMAT", "text"),
+        help="text, or json: one JSON object per line with ts, level, logger, msg and the request, "
+        "device, rollout and deployment ids in context (env EDGELOOP_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -206,12 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=ns.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from fleet_server.observability.logs import configure_logging
+
+    try:
+        configure_logging(level=ns.log_level, fmt=ns.log_format.strip().lower(), stream=sys.stderr)
+    except ValueError as err:
+        print(f"edgeloop-server: {err}", file=sys.stderr)
+        return ExitCode.CONFIG
     try:
         code: int = ns.func(ns)
     except FleetError as err:

@@ -31,6 +31,7 @@ from fleet_server.grpc_api.codec import RecordRejectedError, report_from_proto, 
 from fleet_server.ingest import IngestWriter, RowsRefusedError, StorageUnavailableError
 from fleet_server.logsafe import RateLimitedLog
 from fleet_server.logsafe import text as safe_text
+from fleet_server.observability.logs import log_context
 from fleet_server.pki import FleetCA
 from fleet_server.ratelimit import TokenBucket
 from fleet_server.settings import Settings
@@ -123,6 +124,10 @@ class DeviceSession:
     def handle(self, raw: bytes, reply: Reply) -> Refusal | None:
         """Take one serialized SyncRequest. Never raises for bad input: a Refusal says what the
         transport should answer (and `reply` is then not called)."""
+        with log_context(device_id=self.device_id):  # also the renewal task started here
+            return self._handle(raw, reply)
+
+    def _handle(self, raw: bytes, reply: Reply) -> Refusal | None:
         try:
             req = pb.SyncRequest.FromString(raw)
         except DecodeError as err:
@@ -232,6 +237,10 @@ class DeviceSession:
 
     def after_commit(self, err: BaseException | None, ack: pb.SyncResponse, reply: Reply) -> None:
         """The ingest's verdict on one message: ack it, ack it partly, or close the session."""
+        with log_context(device_id=self.device_id):  # runs in the writer's flush, not handle()
+            self._after_commit(err, ack, reply)
+
+    def _after_commit(self, err: BaseException | None, ack: pb.SyncResponse, reply: Reply) -> None:
         if err is None:
             reply(ack)
         elif isinstance(err, RowsRefusedError):

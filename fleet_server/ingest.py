@@ -37,6 +37,7 @@ from sqlmodel import SQLModel
 
 from fleet_server.logsafe import text as safe_text
 from fleet_server.models import Device, TelemetryRecord, utcnow
+from fleet_server.observability.logs import log_context
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,11 @@ Done = Callable[[BaseException | None], None]
 """Called on the serving loop after the flush holding the row: None on commit, else the error
 (`StorageUnavailableError` or `RowsRefusedError`). Called directly (no future, no extra loop
 iteration): this runs once per device message."""
+
+
+FlushHook = Callable[[float, int], None]
+"""Called on the serving loop after every flush (committed or not) with its duration in seconds
+and its row count: the /metrics flush histogram (observability/metrics.py). Must not block."""
 
 
 class StorageUnavailableError(Exception):
@@ -173,6 +179,7 @@ class IngestWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = IngestStats()
+        self.on_flush: FlushHook | None = None
         self._insert = self._build_insert()
 
     def _build_insert(self) -> Insert:
@@ -192,6 +199,11 @@ class IngestWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows submitted and not yet taken by a flush (/metrics)."""
+        return len(self._pending)
 
     def submit_report(self, row: ReportRow, done: Done) -> None:
         """Queue a report (latest per device wins within a flush); `done` runs after commit."""
@@ -227,7 +239,10 @@ class IngestWriter:
                 await asyncio.sleep(self._linger_s)
             batch, self._pending = self._pending, _Pending()
             if batch.callbacks:
+                started = time.perf_counter()
                 await self._flush(batch)
+                if self.on_flush is not None:
+                    self.on_flush(time.perf_counter() - started, len(batch))
             if self._closing and not self._pending.callbacks:
                 return
 
@@ -286,13 +301,14 @@ class IngestWriter:
                     stored(devices)
                     return {}
                 self.stats.device_failures += 1
-                logger.warning(
-                    "ingest rows refused device_id=%s records=%d report=%s: %s",
-                    safe_text(devices[0] if devices else ""),
-                    len(refused.seqs),
-                    bool(refused.report),
-                    refused,
-                )
+                with log_context(device_id=devices[0] if devices else None):
+                    logger.warning(
+                        "ingest rows refused device_id=%s records=%d report=%s: %s",
+                        safe_text(devices[0] if devices else ""),
+                        len(refused.seqs),
+                        bool(refused.report),
+                        refused,
+                    )
                 return dict.fromkeys(devices, refused)
             if top:
                 self.stats.isolated_flushes += 1
