@@ -1,6 +1,7 @@
 """Serve the console's fixed set of static files with strict security headers.
 
-Only the files named in `_ASSETS` are served (no directory listing, no path handling), each with a
+Only the files named in `_ASSETS` are served (the page, its four scripts, its stylesheet, and the
+vendored uPlot with its licence; no directory listing, no path handling), each with a
 Content-Security-Policy that forbids inline script and style, so data rendered into the page can
 never run. The page itself needs no auth; every data call it makes carries the operator's token.
 """
@@ -34,11 +35,18 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-cache",
 }
-# name -> media type; the page is `index.html`, the rest live under /console/static/.
+# path under static/ -> media type; the page is `index.html`, the rest live under /console/static/.
+# A fixed list: nothing else under static/ (or anywhere) is ever served.
 _ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "views.js": "text/javascript; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "vendor/uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "vendor/uPlot.min.css": "text/css; charset=utf-8",
+    "vendor/LICENSE": "text/plain; charset=utf-8",
 }
 
 router = APIRouter(tags=["console"], include_in_schema=False)
@@ -62,6 +70,11 @@ def console_asset(name: str) -> Response:
     if name == "index.html":
         raise HTTPException(404, "no such console asset")
     return _asset(name)
+
+
+@router.get("/console/static/vendor/{name}")
+def console_vendor_asset(name: str) -> Response:
+    return _asset(f"vendor/{name}")
 
 
 def mount_console(app: FastAPI) -> FastAPI:
