@@ -219,7 +219,7 @@ def register(sub: Any) -> None:
     p.add_argument("--online", choices=["true", "false"])
     p.add_argument("--model", help="deployed model, e.g. digits@3 (none: no model)")
     p.add_argument("--health", choices=HEALTH)
-    p.add_argument("--sort", choices=SORTS)
+    p.add_argument("--sort", choices=SORTS, help="a leading - sorts descending: write --sort=-id")
     p.add_argument("--limit", type=int, default=50, help=f"page size (at most {PAGE_MAX}; default 50)")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--all", action="store_true", help="every page (with --json: one list)")
