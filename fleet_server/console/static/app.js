@@ -2,7 +2,7 @@
  * edgeloop operator console, part 4 of 4: the session (sign in/out, role from /me), the hash router,
  * the message regions, and live updates from the server's event stream.
  *
- * Live updates: GET /api/v1/events read with fetch() and a ReadableStream (EventSource cannot send
+ * Live updates: the events stream, read with the Fetch API and a ReadableStream (the browser's SSE client cannot send
  * the Authorization header). An event re-renders the current view only when it concerns it
  * (debounced); a dropped stream reconnects with backoff (1 s doubling to 30 s); after 5 failures in
  * a row the page polls the current view every 30 s and keeps trying the stream every minute.

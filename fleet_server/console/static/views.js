@@ -439,16 +439,59 @@
         { title: "Notes", value: (r) => r.notes || r.description || "" },
         { title: "By", value: (r) => r.created_by || "–" },
         { title: "Created", value: (r) => when(r.created_at) },
-        ctx.can("operator") ? { title: "Actions", value: (r) => {
+        { title: "Actions", value: (r) => {
+          const show = button("Deployments", { class: "secondary", "aria-label": `Deployments of release ${r.seq}` });
+          show.addEventListener("click", () => { releasesState.selected = r.seq; ctx.rerender(); });
+          if (!ctx.can("operator")) return show;
           const b = button("Create rollout", { "aria-label": `Create rollout of release ${r.seq}` });
           b.addEventListener("click", () => form.replaceChildren(rolloutForm(r, ctx)));
-          return b;
-        } } : null,
-      ].filter(Boolean),
+          return [b, " ", show];
+        } },
+      ],
       releases,
       { caption: "Releases", empty: "No releases published yet." }
     );
-    return [el("h2", null, "Releases"), grid, form];
+    const lookup = input({ maxlength: 64, placeholder: "dep_…" });
+    const lookupForm = el("form", { class: "inline-form", "aria-label": "Find a deployment" },
+      field("Deployment id", lookup), el("button", { type: "submit" }, "Show status"));
+    lookupForm.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const id = lookup.value.trim();
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) {
+        ctx.fail(new ApiError(422, "a deployment id is letters, digits, _ and - (e.g. dep_3f2a…)"));
+        return;
+      }
+      releasesState.deployment = id;
+      ctx.rerender();
+    });
+    const detail = [];
+    if (releasesState.selected !== null) {
+      const rows = await api("release_deployments", { seq: releasesState.selected });
+      detail.push(el("h3", null, `Release ${releasesState.selected}: devices`), deploymentTable(rows, "This release is not deployed to any device yet."));
+    }
+    if (releasesState.deployment) {
+      const rows = await api("deployment", { deployment_id: releasesState.deployment });
+      detail.push(el("h3", null, `Deployment ${releasesState.deployment}`), deploymentTable(rows, "No device in this deployment."));
+    }
+    return [el("h2", null, "Releases"), grid, form, lookupForm, detail];
+  }
+
+  const releasesState = { selected: null, deployment: null };
+  const PROBLEM_STATES = new Set(["failed", "refused", "rolled_back"]);
+
+  function deploymentTable(rows, empty) {
+    return table(
+      [
+        { title: "Device", value: (r) => link(r.device_id, C.routeHash("device", r.device_id), { class: "mono" }) },
+        { title: "Deployment", value: (r) => r.deployment_id, cls: "mono" },
+        { title: "Release", value: (r) => String(r.release_seq), cls: "num" },
+        { title: "State", value: (r) => pill(r.state, `state-${r.state}${PROBLEM_STATES.has(r.state) ? " bad" : ""}`) },
+        { title: "Reason / detail", value: (r) => (PROBLEM_STATES.has(r.state) ? el("strong", null, r.detail || "(no reason given)") : r.detail || "") },
+        { title: "Updated", value: (r) => when(r.updated_at) },
+      ],
+      rows,
+      { caption: "Device deployment states", captionHidden: true, empty }
+    );
   }
 
   function rolloutForm(rel, ctx) {
