@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 MAX_PROFILES = 64
 OTHER = "(other)"
 NO_PROFILE = "none"
-PROFILE_CACHE_S = 300.0  # profiles change only at (re-)enrollment; forgotten now and then anyway
+UNKNOWN = "unknown"  # online, but not (or no longer) in the database
+PROFILE_CACHE_S = 900.0  # profiles change only at (re-)enrollment; forgotten now and then anyway
 _LOOKUP_CHUNK = 500
 
 _device = SQLModel.metadata.tables[Device.__tablename__]
@@ -115,29 +116,29 @@ class ProfileCache:
         self._clock = clock
         self._since = clock()
 
-    def lookup(self, engine: Engine, ids: Iterable[str]) -> dict[str, str]:
-        """Profiles of `ids` (ids unknown to the database are left out). Raises: SQLAlchemyError."""
+    def lookup(self, engine: Engine, ids: set[str]) -> Mapping[str, str]:
+        """A mapping holding the profile of every id of `ids` the database knows (and maybe
+        more ids: read it with `.get`). Raises: SQLAlchemyError."""
         if self._clock() - self._since > self._max_age_s:
             self._map, self._since = {}, self._clock()
-        wanted = set(ids)
-        missing = wanted - self._map.keys()
+        missing = ids - self._map.keys()
         if missing:
             with engine.connect() as conn:
                 if len(missing) > 4 * _LOOKUP_CHUNK:  # a cold cache on a big fleet: one full read
                     rows = conn.execute(select(_device.c.id, _device.c.profile)).all()
                 else:
-                    chunks = [
-                        sorted(missing)[i : i + _LOOKUP_CHUNK] for i in range(0, len(missing), _LOOKUP_CHUNK)
-                    ]
+                    ordered = sorted(missing)
                     rows = [
                         row
-                        for chunk in chunks
+                        for i in range(0, len(ordered), _LOOKUP_CHUNK)
                         for row in conn.execute(
-                            select(_device.c.id, _device.c.profile).where(_device.c.id.in_(chunk))
+                            select(_device.c.id, _device.c.profile).where(
+                                _device.c.id.in_(ordered[i : i + _LOOKUP_CHUNK])
+                            )
                         ).all()
                     ]
             self._map.update((str(i), _profile(p)) for i, p in rows)
-        return {i: self._map[i] for i in wanted if i in self._map}
+        return self._map
 
 
 class FleetCollector(Collector):
@@ -161,7 +162,6 @@ class FleetCollector(Collector):
         if src is None:
             return
         online = src.sessions.online()
-        grpc_ids = {d for d in online if src.sessions.get(d) is not None}
         with self._lock:
             snapshot = self._refresh(src.engine)
             try:
@@ -169,7 +169,9 @@ class FleetCollector(Collector):
             except SQLAlchemyError as err:
                 logger.warning("metrics: device profiles not read: %s", type(err).__name__)
                 profiles = {}
-        yield from _session_metrics(online, grpc_ids, profiles)
+            get, profile = src.sessions.get, profiles.get
+            keys = [("grpc" if get(d) is not None else "mqtt", profile(d, UNKNOWN)) for d in online]
+        yield from _session_metrics(Counter(keys))
         yield from _ingest_metrics(src.ingest)
         yield from _db_metrics(snapshot)
 
@@ -194,10 +196,7 @@ class FleetCollector(Collector):
         return fresh
 
 
-def _session_metrics(online: set[str], grpc_ids: set[str], profiles: dict[str, str]) -> Iterator[Metric]:
-    by_transport_profile: Counter[tuple[str, str]] = Counter(
-        ("grpc" if d in grpc_ids else "mqtt", profiles.get(d, "unknown")) for d in online
-    )
+def _session_metrics(by_transport_profile: Counter[tuple[str, str]]) -> Iterator[Metric]:
     per_profile: Counter[str] = Counter()
     for (_, profile), n in by_transport_profile.items():
         per_profile[profile] += n
@@ -216,7 +215,8 @@ def _session_metrics(online: set[str], grpc_ids: set[str], profiles: dict[str, s
     for (transport, profile), n in sorted(folded.items()):
         g.add_metric([transport, profile], n)
     yield g
-    yield GaugeMetricFamily("edgeloop_sync_streams", "Open gRPC Sync streams", value=len(grpc_ids))
+    streams = sum(n for (transport, _), n in by_transport_profile.items() if transport == "grpc")
+    yield GaugeMetricFamily("edgeloop_sync_streams", "Open gRPC Sync streams", value=streams)
 
 
 def _ingest_metrics(ingest: IngestView) -> Iterator[Metric]:
