@@ -18,7 +18,7 @@
   const POLL_MS = 30000;
   const STREAM_RETRY_WHILE_POLLING_MS = 60000;
   const MAX_STREAM_FAILURES = 5;
-  const DEBOUNCE_MS = 400;
+  const THROTTLE_MS = 1000;
 
   const app = { route: { view: "fleet", arg: null }, rendering: false, again: false, timer: null };
 
@@ -121,7 +121,8 @@
 
   // Keep keyboard focus on the "same" control across a re-render (e.g. pager buttons, sort headers).
   function focusKey(node) {
-    const label = node.getAttribute("aria-label") || node.textContent || "";
+    const named = node.labels && node.labels.length ? node.labels[0].textContent : "";
+    const label = node.getAttribute("aria-label") || named || node.textContent || "";
     return `${node.tagName}|${label.trim()}`;
   }
 
@@ -177,8 +178,20 @@
       $("fleet-count").textContent = `${data.online}/${data.total} online`;
     }
     if (!relevant(kind, data)) return;
-    clearTimeout(live.debounce);
-    live.debounce = setTimeout(() => render({ quiet: true }), DEBOUNCE_MS);
+    scheduleLiveRender();
+  }
+
+  // At most one live re-render per THROTTLE_MS, and never under the operator's fingers: while a form
+  // control of the view has focus (typing a filter, editing labels) or a dialog is open, wait.
+  function scheduleLiveRender() {
+    if (live.debounce) return;
+    live.debounce = setTimeout(() => {
+      live.debounce = null;
+      const active = document.activeElement;
+      const typing = active && $("view").contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
+      if (typing || document.querySelector("dialog[open]")) scheduleLiveRender();
+      else render({ quiet: true });
+    }, THROTTLE_MS);
   }
 
   async function connect() {

@@ -127,7 +127,10 @@
     const height = opts.height || Math.max(160, Math.min(320, 120 + n * 6));
     mount(wrap, {
       height,
-      scales: { x: { time: false, range: () => [-0.6, n - 0.4] } },
+      scales: {
+        x: { time: false, range: () => [-0.6, n - 0.4] },
+        y: { range: (_, lo, hi) => [Math.min(0, lo), hi > 0 ? hi * 1.1 : 1] }, // bars start at zero
+      },
       series,
       axes: [
         {

@@ -291,7 +291,7 @@
       out.select();
       return made;
     }, (made) => `Bootstrap token ${made.id} created; it expires ${C.fmtUtc(made.expires_at)}.`));
-    return el("details", { class: "panel-inline" }, el("summary", null, "Enrol devices"),
+    return el("details", { class: "panel-inline", open: true }, el("summary", null, "Enrol devices"),
       el("div", { class: "row" }, field("Token labels", labels, "k=v, k2=v2"), field("Token profile", profile),
         field("Valid for (hours)", ttl), el("div", { class: "actions" }, create)),
       outField);
@@ -786,7 +786,7 @@
       const made = await act(ctx, start, () => api("run_start", {}, {}, spec), (x) => `Run ${x.run_id} started.`);
       if (made) ctx.navigate(C.routeHash("run", made.run_id));
     });
-    return el("details", { class: "panel-inline" }, el("summary", null, "New federated run"), form);
+    return el("details", { class: "panel-inline", open: true }, el("summary", null, "New federated run"), form);
   }
 
   async function renderRun(id, ctx) {
