@@ -60,17 +60,29 @@ def shot(page: Any, request: pytest.FixtureRequest, name: str) -> Path:
 
 @dataclass
 class Console:
-    """What the page reported about itself: console errors and uncaught exceptions."""
+    """What the page reported about itself: script errors (console.error, uncaught exceptions)
+    and server errors (any 5xx response). A refused request (4xx, e.g. a device with no drift
+    sketch yet) is logged by Chromium as "Failed to load resource": kept apart, in `refused`."""
 
     errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
     def watch(self, page: Any) -> None:
         page.on("console", self._console)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on("response", self._response)
 
     def _console(self, message: Any) -> None:
-        if message.type == "error":
+        if message.type != "error":
+            return
+        if message.text.startswith("Failed to load resource"):
+            self.refused.append(f"{message.text} {message.location.get('url', '')}")
+        else:
             self.errors.append(f"console.error: {message.text} ({message.location})")
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 500:
+            self.errors.append(f"HTTP {response.status}: {response.request.method} {response.url}")
 
 
 @pytest.fixture
@@ -145,3 +157,12 @@ def choose(field: Any, value: str) -> None:
         field.select_option(value)
     else:
         field.fill(value)
+
+
+def apply_filters(page: Any) -> None:
+    """Filters apply on "Apply filters" where the page has that button, else on Enter."""
+    button = page.get_by_role("button", name="Apply filters")
+    if button.count():
+        button.click()
+    else:
+        page.keyboard.press("Enter")
