@@ -133,7 +133,7 @@
     const labels = s.label ? s.label.split(",").map((x) => x.trim()).filter(Boolean) : [];
     for (const l of labels) {
       if (!/^[a-zA-Z0-9][a-zA-Z0-9._/-]{0,62}=[^\u0000]*$/.test(l)) {
-        throw new ApiError(422, `label filter "${C.shortId(l, 40)}" must be key=value (several: a=b, c=d)`);
+        throw new ApiError(0, `label filter "${C.shortId(l, 40)}" must be key=value (several: a=b, c=d)`);
       }
     }
     const query = {
@@ -282,7 +282,7 @@
         if (!Number.isInteger(hours) || hours < 1 || hours > 720) throw new Error("valid for: 1 to 720 hours");
         spec = { labels: C.parseLabelEdits(labels.value, { allowRemove: false }), profile: profile.value.trim(), ttl_s: hours * 3600 };
       } catch (err) {
-        throw new ApiError(422, err.message);
+        throw new ApiError(0, err.message);
       }
       const made = await api("bootstrap_create", {}, {}, spec);
       out.value = made.token;
@@ -379,7 +379,7 @@
         changes = C.parseLabelEdits(box.value);
         if (!Object.keys(changes).length) throw new Error("type at least one k=v or key-");
       } catch (err) {
-        ctx.fail(new ApiError(422, err.message));
+        ctx.fail(new ApiError(0, err.message));
         box.setAttribute("aria-invalid", "true");
         box.focus();
         return;
@@ -458,7 +458,7 @@
       ev.preventDefault();
       const id = lookup.value.trim();
       if (!/^[A-Za-z0-9_-]{1,64}$/.test(id)) {
-        ctx.fail(new ApiError(422, "a deployment id is letters, digits, _ and - (e.g. dep_3f2a…)"));
+        ctx.fail(new ApiError(0, "a deployment id is letters, digits, _ and - (e.g. dep_3f2a…)"));
         return;
       }
       releasesState.deployment = id;
@@ -523,7 +523,7 @@
           start: true,
         };
       } catch (err) {
-        ctx.fail(new ApiError(422, err.message));
+        ctx.fail(new ApiError(0, err.message));
         return;
       }
       const made = await act(ctx, start, () => api("rollout_create", {}, {}, spec), (r) => `Rollout ${r.id} created: ${r.state}.`);
@@ -780,7 +780,7 @@
         };
         if (!Number.isInteger(spec.rounds) || !Number.isInteger(spec.min_nodes)) throw new Error("Rounds and minimum devices are whole numbers");
       } catch (err) {
-        ctx.fail(new ApiError(422, err.message));
+        ctx.fail(new ApiError(0, err.message));
         return;
       }
       const made = await act(ctx, start, () => api("run_start", {}, {}, spec), (x) => `Run ${x.run_id} started.`);
