@@ -80,6 +80,11 @@ class Device(DeviceBase, table=True):
     pending_cert_serial: str = Field(default="", max_length=64)
     pending_cert_fingerprint: str = Field(default="", max_length=64)
     revoked_at: datetime | None = _ts()
+    # Denormalised from `observed` by every stored report (fleetview/columns.py, migration 0014), so
+    # the fleet view filters, sorts and counts by them in SQL: the running model ("name@version",
+    # "" when none) and the health the device reported ("ok" | "degraded" | "failing" | "unknown").
+    model: str = Field(default="", max_length=200, index=True)
+    reported_health: str = Field(default="", max_length=16)
 
 
 class DevicePublic(DeviceBase):
