@@ -292,7 +292,7 @@
       return made;
     }, (made) => `Bootstrap token ${made.id} created; it expires ${C.fmtUtc(made.expires_at)}.`));
     return el("details", { class: "panel-inline", open: true }, el("summary", null, "Enrol devices"),
-      el("div", { class: "row" }, field("Token labels", labels, "k=v, k2=v2"), field("Token profile", profile),
+      el("div", { class: "row" }, field("Enrol with tags", labels, "device labels as k=v, k2=v2"), field("Enrol as device type", profile, "the only profile it may claim"),
         field("Valid for (hours)", ttl), el("div", { class: "actions" }, create)),
       outField);
   }
