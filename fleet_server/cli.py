@@ -79,6 +79,7 @@ def _run(ns: argparse.Namespace) -> int:
     import asyncio
     import contextlib
     import signal
+    import socket
     from collections.abc import Iterator
 
     import uvicorn
@@ -99,6 +100,12 @@ def _run(ns: argparse.Namespace) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: setattr(self, "should_exit", True))
             yield
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            hub = getattr(app.state, "fleet_events", None)
+            if hub is not None:
+                await hub.close()  # end SSE streams before uvicorn waits for open responses
+            await super().shutdown(sockets)
 
     config = uvicorn.Config(
         app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False

@@ -37,13 +37,16 @@ from fleet_server.drift.observer import drift_observer
 from fleet_server.drift.routes import router as drift_router
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.routes import router as federated_router
-from fleet_server.federated.wiring import build_federated
-from fleet_server.grpc_api.server import build_grpc_servers
+from fleet_server.federated.wiring import FederatedRuntime, build_federated
+from fleet_server.fleetview import build_fleet_events, fleetview_columns_observer
+from fleet_server.fleetview import router as fleetview_router
+from fleet_server.grpc_api.server import GrpcServers, build_grpc_servers
 from fleet_server.grpc_api.servicer import DeviceServicer, SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.migrate import upgrade
 from fleet_server.mqtt.bridge import MqttBridge
 from fleet_server.mqtt.devices import MqttDevices
+from fleet_server.observability.wiring import install as install_observability
 from fleet_server.ota.access import refresh_tokens
 from fleet_server.ota.routes import mount_ota
 from fleet_server.ota.status import ota_status_observer
@@ -85,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             # Reports, in the flush transaction (ingest.ReportObserver): a renewed certificate the
             # device reports in use becomes its current one (certs/renewal.py).
-            report_observers=[certs.promotion_observer],
+            report_observers=[certs.promotion_observer, fleetview_columns_observer],
         )
         registry = _session_registry(certs)
         renew = certificate_renewer(engine, ca, days=settings.device_cert_days)  # SyncRequest.renew
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rollouts=app.state.rollouts,
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
+        app.state.fleet_events = build_fleet_events(engine=engine, registry=registry)
         app.state.revoker = certs.revoker  # POST /devices/{id}/revoke (api/routes/certs.py)
         app.state.grpc_ports = {"enroll": servers.enroll_port, "device": servers.device_port}
         await writer.start()
@@ -139,14 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             refresh.cancel()
             certs.stop()
-            await asyncio.to_thread(app.state.rollouts.stop)
-            federated.shutdown()
-            app.state.models.stop()
-            if bridge is not None:
-                await bridge.stop()  # unacked messages stay with the broker's session
-            await servers.stop()
-            await writer.stop()
-            await asyncio.to_thread(_stop_audit, audit)
+            await _stop(app, federated=federated, bridge=bridge, servers=servers, audit=audit)
             engine.dispose()
             logger.info("fleet server stopped")
 
@@ -162,14 +159,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
 
-    app.get(
-        "/healthz",
-        tags=["health"],
-        name="healthz",
-        responses={503: {"description": "degraded: database unavailable"}},
-    )(_healthz)
     _include_routers(app, settings)
+    install_observability(app)  # /metrics, /readyz, X-Request-Id, REST latency histogram
     return mount_console(app)
+
+
+async def _stop(
+    app: FastAPI,
+    *,
+    federated: FederatedRuntime,
+    bridge: MqttBridge | None,
+    servers: GrpcServers,
+    audit: HeadSigner,
+) -> None:
+    """Stop what the lifespan started, newest first: event streams, engines, transports, writer."""
+    await app.state.fleet_events.close()
+    await asyncio.to_thread(app.state.rollouts.stop)
+    federated.shutdown()
+    app.state.models.stop()
+    if bridge is not None:
+        await bridge.stop()  # unacked messages stay with the broker's session
+    await servers.stop()
+    await app.state.writer.stop()
+    await asyncio.to_thread(_stop_audit, audit)
 
 
 def _healthz(request: Request) -> JSONResponse:
@@ -193,6 +205,12 @@ def _healthz(request: Request) -> JSONResponse:
 
 
 def _include_routers(app: FastAPI, settings: Settings) -> None:
+    app.get(
+        "/healthz",
+        tags=["health"],
+        name="healthz",
+        responses={503: {"description": "degraded: database unavailable"}},
+    )(_healthz)
     api = APIRouter(prefix="/api/v1", responses=COMMON)
     api.include_router(devices.router)
     api.include_router(certs_routes.router)  # POST /devices/{id}/revoke
@@ -202,6 +220,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(registry_router)
     api.include_router(audit_router)
     api.include_router(rollouts_router)
+    api.include_router(fleetview_router)  # /me, /fleet/*, /devices/{id}/series, /events
     mount_ota(app, api, settings)
     app.include_router(api)
 

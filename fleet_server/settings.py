@@ -7,6 +7,7 @@ each test builds its own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,10 @@ class Settings(BaseSettings):
     # Empty: SQLite (WAL) file in data_dir. Otherwise any SQLAlchemy URL (postgresql://...).
     database_url: str = ""
 
+    # Server log lines: "text", or "json" (one object per line: ts, level, logger, msg and the
+    # request/device/rollout/deployment ids in context). edgeloop-server reads EDGELOOP_LOG_FORMAT
+    # when it configures logging, before Settings is built (cli.py); this field documents and validates it.
+    log_format: Literal["text", "json"] = "text"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_host: str = "127.0.0.1"
