@@ -195,9 +195,13 @@
     const s = fleetState;
     const [summary, page] = await Promise.all([fleetSummary(), fleetPage(s)]);
     const refilter = (changes) => {
-      Object.assign(s, changes, { offset: 0 });
+      Object.assign(s, changes, { offset: 0, draft: {} });
       ctx.rerender();
     };
+    // What the operator typed but has not applied yet survives a re-render (a live update or a
+    // slower render that started before the typing), instead of being reset to the applied filter.
+    const draft = s.draft || (s.draft = {});
+    const val = (k) => (k in draft ? draft[k] : s[k]);
     const labelCounts = {};
     for (const l of summary.by_label || []) labelCounts[`${l.key}=${l.value}`] = l.count;
     const summaryBox = el("section", { class: "summary", "aria-label": "Fleet summary", id: "fleet-summary" },
@@ -213,11 +217,14 @@
         breakdown("Transport", summary.by_transport, null),
         breakdown("Label", labelCounts, (k) => refilter({ label: k }))));
 
-    const fSearch = input({ value: s.q, maxlength: 128, placeholder: "device id" });
-    const fProfile = input({ value: s.profile, maxlength: 64 });
-    const fLabel = input({ value: s.label, maxlength: 300, placeholder: "site=a, env=prod" });
+    const fSearch = input({ value: val("q"), maxlength: 128, placeholder: "device id" });
+    const fProfile = input({ value: val("profile"), maxlength: 64 });
+    const fLabel = input({ value: val("label"), maxlength: 300, placeholder: "site=a, env=prod" });
     const fOnline = select([["", "any"], ["true", "online"], ["false", "offline"]], s.online);
-    const fModel = input({ value: s.model, maxlength: 140, placeholder: "digits@3" });
+    const fModel = input({ value: val("model"), maxlength: 140, placeholder: "digits@3" });
+    for (const [k, node] of [["q", fSearch], ["profile", fProfile], ["label", fLabel], ["model", fModel]]) {
+      node.addEventListener("input", () => { draft[k] = node.value; });
+    }
     const fHealth = select([["", "any"], ["healthy", "healthy"], ["stale", "stale"], ["degraded", "degraded"], ["revoked", "revoked"]], s.health);
     const filters = el("form", { class: "filters", "aria-label": "Device filters" },
       field("Search", fSearch), field("Profile", fProfile), field("Label", fLabel), field("Online", fOnline),
