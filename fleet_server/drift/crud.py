@@ -51,6 +51,16 @@ def get_episode(*, session: Session, episode_row_id: int) -> DriftEpisodeRow:
     return row
 
 
+def _devices(session: Session, ids: set[str]) -> dict[str, Device]:
+    """Only the devices that reported drift (not the whole fleet: 10,000 rows per request)."""
+    out: dict[str, Device] = {}
+    wanted = sorted(ids)
+    for i in range(0, len(wanted), 1000):
+        chunk = wanted[i : i + 1000]
+        out.update((d.id, d) for d in session.exec(select(Device).where(col(Device.id).in_(chunk))).all())
+    return out
+
+
 def _cohort(device: Device | None, model_name: str, model_version: str, label: str | None) -> CohortKey:
     profile = device.profile if device else ""
     value = (device.labels.get(label, "") if device else "") if label else ""
@@ -61,15 +71,16 @@ def cohort_reports(
     *, session: Session, label: str | None = None, since_ms: int = 0, config: ClassifyConfig | None = None
 ) -> list[CohortReport]:
     """Classify every cohort (profile, model, version[, label value]) that reported drift telemetry."""
-    devices = {d.id: d for d in session.exec(select(Device)).all()}
     exposures: dict[CohortKey, dict[str, Exposure]] = defaultdict(dict)
     sketches = session.exec(select(DriftSketchRow).order_by(col(DriftSketchRow.seq))).all()
+    stmt = select(DriftEpisodeRow).where(DriftEpisodeRow.opened_ms >= since_ms)
+    all_episodes = session.exec(stmt.order_by(col(DriftEpisodeRow.id))).all()
+    devices = _devices(session, {s.device_id for s in sketches} | {e.device_id for e in all_episodes})
     for s in sketches:  # later sketches overwrite: samples_total is cumulative
         key = _cohort(devices.get(s.device_id), s.model_name, s.model_version, label)
         exposures[key][s.device_id] = Exposure(s.samples_total, s.budget_per_10k, len(s.bins))
     episodes: dict[CohortKey, list[DriftEpisodeRow]] = defaultdict(list)
-    stmt = select(DriftEpisodeRow).where(DriftEpisodeRow.opened_ms >= since_ms)
-    for ep in session.exec(stmt.order_by(col(DriftEpisodeRow.id))).all():
+    for ep in all_episodes:
         key = _cohort(devices.get(ep.device_id), ep.model_name, ep.model_version, label)
         episodes[key].append(ep)
         known = exposures[key].get(ep.device_id)
@@ -96,13 +107,14 @@ def device_sketch(*, session: Session, device_id: str) -> tuple[str, list[Featur
     for s in mine:
         if s.model_version == version:
             _sum_bins(device_bins, s.bins)
-    devices = {d.id: d for d in session.exec(select(Device)).all()}
-    profile = devices[device_id].profile if device_id in devices else ""
-    cohort_bins: dict[str, list[int]] = {}
     stmt = select(DriftSketchRow).where(
         DriftSketchRow.model_version == version, DriftSketchRow.device_id != device_id
     )
-    for s in session.exec(stmt).all():
+    others = session.exec(stmt).all()
+    devices = _devices(session, {device_id} | {s.device_id for s in others})
+    profile = devices[device_id].profile if device_id in devices else ""
+    cohort_bins: dict[str, list[int]] = {}
+    for s in others:
         other = devices.get(s.device_id)
         if (other.profile if other else "") == profile:
             _sum_bins(cohort_bins, s.bins)

@@ -71,7 +71,7 @@ def list_episodes(
         limit=limit,
         offset=offset,
     )
-    verdicts = _verdicts(session)
+    verdicts = _verdicts(session) if rows else {}
     return [_public(r, verdicts.get(int(r.id or 0), "")) for r in rows]
 
 

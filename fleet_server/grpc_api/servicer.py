@@ -42,6 +42,7 @@ from fleet_server.grpc_api.codec import desired_to_proto
 from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import RateLimitedLog, peer_host
 from fleet_server.logsafe import text as safe_text
+from fleet_server.observability.logs import bind, unbind
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings
 from protos.edgeloop.v1 import device_pb2 as pb
@@ -251,6 +252,7 @@ class DeviceServicer:
 
     async def sync(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         device_id = await self._authenticate(context)
+        ids = bind(device_id=device_id)  # this RPC's task, and the reader task made from it, log it
         session = _Session(device_id, context)
         self._registry.add(session)
         peer_pems = list(context.auth_context().get("x509_pem_cert") or [])
@@ -270,6 +272,7 @@ class DeviceServicer:
             logger.info(
                 "sync session closed device_id=%s reason=%s", device_id, session.closed_reason or "eof"
             )
+            unbind(ids)
         if session.closed_reason.startswith("abort:"):
             _, code, detail = session.closed_reason.split(":", 2)
             await context.abort(grpc.StatusCode[code], detail)

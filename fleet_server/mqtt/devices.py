@@ -43,6 +43,7 @@ from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import text as safe_text
 from fleet_server.models import Device
 from fleet_server.mqtt.federated import MqttFederated
+from fleet_server.observability.logs import log_context
 from fleet_server.settings import Settings
 from protos.edgeloop import mqtt
 from protos.edgeloop.v1 import device_pb2 as pb
@@ -155,8 +156,10 @@ class MqttDevices:
         """Handle one message; `done()` runs once when it is settled. Never raises."""
         once = _Once(done)
         self.stats.messages += 1
+        parsed = mqtt.parse(topic)
         try:
-            await self._handle(topic, payload, once)
+            with log_context(device_id=parsed[0] if parsed is not None else None):
+                await self._handle(topic, payload, once)
         except Exception:
             self.stats.errors += 1
             logger.exception("mqtt message failed topic=%s", safe_text(topic, 200))

@@ -56,6 +56,7 @@ from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, TransactionalAudit
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
+from fleet_server.observability.logs import log_context
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
 from fleet_server.rollouts import judge
 from fleet_server.rollouts.gates import GateResult, Verdict, install_gate
@@ -342,7 +343,8 @@ class RolloutEngine:
     def _hold(self, claim: Claim, work: Callable[[Claim], Any]) -> Any:
         """Run `work` under the claim; release it afterwards unless the process 'died' (_Killed)."""
         try:
-            out = work(claim)
+            with log_context(rollout_id=claim.rollout_id):
+                out = work(claim)
         except LeaseLost as err:
             logger.warning("%s", err)
             return None

@@ -7,23 +7,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event, insert
 
 from fleet_server.drift.models import DriftEpisodeRow
-from fleet_server.fleetview import build_fleet_events, fleetview_columns_observer, router
 from fleet_server.main import create_app
 from fleet_server.models import Device, TelemetryRecord, utcnow
 from fleet_server.ota.models import OtaDeviceStatus
-from fleet_server.settings import Settings
 from protos.edgeloop.v1 import device_pb2 as pb
 from tests.conftest import drop_pg_database, make_pg_database
 from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll, prepare
@@ -31,40 +27,10 @@ from tests.helpers.inproc import LiveServer, RawStream, device_channel, enroll, 
 # ------------------------------------------------------------------ wiring until main.py has it
 
 
-def wired_app(settings: Settings) -> FastAPI:
-    """create_app plus the fleet view wiring the integrator adds to main.py (each part only when
-    main.py does not do it already, so this keeps working after the integration)."""
-    app = create_app(settings)
-    if not any(getattr(r, "path", "") == "/api/v1/fleet/summary" for r in app.routes):
-        app.include_router(router, prefix="/api/v1")
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            hub = getattr(a.state, "fleet_events", None)
-            owned = hub is None
-            if owned:
-                hub = a.state.fleet_events = build_fleet_events(
-                    engine=a.state.engine, registry=a.state.registry
-                )
-            writer = a.state.writer
-            if fleetview_columns_observer not in writer._report_observers:
-                writer._report_observers += (fleetview_columns_observer,)
-            try:
-                yield state
-            finally:
-                if owned:
-                    await hub.close()
-
-    app.router.lifespan_context = lifespan
-    return app
-
-
 @pytest.fixture
 def fv(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
     settings, tokens = prepare(tmp_path / "srv", database_url)
-    with TestClient(wired_app(settings)) as client:
+    with TestClient(create_app(settings)) as client:
         yield LiveServer(settings, client, tokens)
 
 
@@ -330,7 +296,7 @@ def pg_fleet(tmp_path: Path, pg_available: bool) -> Iterator[LiveServer]:
     name, url = make_pg_database()
     try:
         settings, tokens = prepare(tmp_path / "srv", url)
-        with TestClient(wired_app(settings)) as client:
+        with TestClient(create_app(settings)) as client:
             yield LiveServer(settings, client, tokens)
     finally:
         drop_pg_database(name)

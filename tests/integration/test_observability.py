@@ -32,10 +32,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def _app(settings: Settings) -> object:
     app = create_app(settings)
-    if not hasattr(app.state, "observability"):  # until main.create_app calls install() itself
-        from fleet_server.observability.wiring import install
-
-        install(app)
+    assert hasattr(app.state, "observability"), "create_app installs /metrics and /readyz"
     return app
 
 
