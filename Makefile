@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Browser tests drive Debian's Chromium through Playwright (never `playwright install`: no downloads).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: browser setup demo test test-slow test-all lint typecheck protos bench bench-mqtt clean
+.PHONY: browser setup demo test test-slow test-all lint typecheck protos bench bench-console bench-mqtt clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/sync_heartbeats.py
+
+bench-console: $(STAMP) $(CHROMIUM)
+	$(PY) -m bench.console.run --reps 5
 
 bench-mqtt: $(STAMP)
 	$(PY) bench/mqtt/run.py --devices 1000,10000 --messages 20000 --reps 5 --json bench/mqtt/results.json
