@@ -13,7 +13,10 @@ Steps (each prints what it does; every process is real and is shut down cleanly 
   8. model registry: a small head model registered, compiled by the server, released on approval
   9. federated learning: labelled feedback on two devices, rounds on FleetGrid, the aggregated head
      becomes registry v2 (lineage), is compiled with v1's budgets and auto-released through OTA
-  10. shutdown: SIGTERM agents (they flush their outboxes) and the server
+  10. guard rails: a second agent refused, the OTA repository without a token, audit verify
+  11. operator console: fleet summary (CLI), /readyz, /metrics; in headless Chromium (when
+      installed) sign in, label a device from the page, screenshots in .demo/console-*.png
+  12. shutdown: SIGTERM agents (they flush their outboxes) and the server
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import demo_console  # scripts/, on sys.path as the script's own directory
 import httpx
 from rich.console import Console
 from rich.panel import Panel
@@ -375,7 +379,17 @@ def main() -> int:
         verify = run([str(BIN / "edgeloop"), "audit", "verify"], cli_env)
         sys.stdout.write(verify.stdout)
 
-        step("11. shutdown")
+        step("11. operator console, readiness and metrics")
+        demo_console.show(
+            url=url,
+            token=token,
+            device_id=DEVICES[0][0],
+            out=WORK,
+            cli=lambda *a: run([str(BIN / "edgeloop"), *a], cli_env),
+            console=console,
+        )
+
+        step("12. shutdown")
         for proc, (device_id, _), env in zip(procs[1:], DEVICES, agent_envs, strict=True):
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(30)
