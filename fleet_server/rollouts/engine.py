@@ -907,6 +907,8 @@ class RolloutEngine:
                     devices_control=r.devices[1],
                     detail=r.detail[:1024],
                     evaluated_at=now,
+                    value_canary=None if r.canary_value is None else _finite(r.canary_value),
+                    value_control=None if r.control_value is None else _finite(r.control_value),
                 )
             )
 

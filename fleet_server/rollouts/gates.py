@@ -65,6 +65,10 @@ class GateResult:
     samples: tuple[int, int]  # (canary, control) predictions / installs
     devices: tuple[int, int]
     detail: str
+    # What the console plots per look, canary against control: the arms' means (mSPRT), the
+    # shares of the bin whose share moved most (G-test), the failure rate (install gate, canary only).
+    canary_value: float | None = None
+    control_value: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -135,8 +139,9 @@ def install_gate(
     else:
         verdict = Verdict.PASS
     return GateResult(
-        name, verdict, rate, rate, None, max_failure_rate, rate, (settled, 0), (settled, 0), detail
-    )
+        name, verdict, rate, rate, None, max_failure_rate, rate, (settled, 0), (settled, 0), detail,
+        canary_value=rate,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ mixture SPRT
@@ -236,8 +241,9 @@ def _msprt(
     )
     z = (sign * effect - margin) / math.sqrt(var)
     return GateResult(
-        name, verdict, z, p, math.exp(min(log_e, 700.0)), alpha, effect, samples, devices, detail
-    )
+        name, verdict, z, p, math.exp(min(log_e, 700.0)), alpha, effect, samples, devices, detail,
+        canary_value=canary.mean, control_value=control.mean,
+    )  # fmt: skip
 
 
 def rate_msprt(
@@ -384,7 +390,9 @@ def histogram_gtest(
         )
         return GateResult(name, Verdict.NOT_ENOUGH_DATA, 0.0, 1.0, None, level, 0.0, samples, devices, detail)
     oa, ob = a_arr.sum(axis=0), b_arr.sum(axis=0)
-    tv = 0.5 * float(np.abs(oa / oa.sum() - ob / ob.sum()).sum())
+    share_a, share_b = oa / oa.sum(), ob / ob.sum()
+    tv = 0.5 * float(np.abs(share_a - share_b).sum())
+    moved = int(np.argmax(np.abs(share_a - share_b)))  # the bin plotted canary vs control
     g = float(_g_rows(oa[None, :], ob[None, :])[0])
     # Reference distribution: the same statistic over random splits of the same devices.
     both = np.vstack([a_arr, b_arr])
@@ -395,6 +403,10 @@ def histogram_gtest(
     verdict = Verdict.FAIL if p <= level and tv >= min_effect else Verdict.PASS
     detail = (
         f"G={g:.1f} permutation p={p:.3g} over {permutations} device splits "
-        f"(alpha at look {look}/{max_looks}: {level:.3g}); TV distance {tv:.3f} (min {min_effect:g})"
+        f"(alpha at look {look}/{max_looks}: {level:.3g}); TV distance {tv:.3f} (min {min_effect:g}); "
+        f"bin {moved} moved most: canary {share_a[moved]:.3f} vs control {share_b[moved]:.3f}"
     )
-    return GateResult(name, verdict, g, p, None, level, tv, samples, devices, detail)
+    return GateResult(
+        name, verdict, g, p, None, level, tv, samples, devices, detail,
+        canary_value=float(share_a[moved]), control_value=float(share_b[moved]),
+    )  # fmt: skip

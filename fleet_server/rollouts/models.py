@@ -158,6 +158,8 @@ class RolloutGateResult(SQLModel, table=True):
     devices_control: int = 0
     detail: str = Field(default="", max_length=1024)
     evaluated_at: datetime | None = _ts()
+    value_canary: float | None = None  # what the console plots canary vs control (gates.GateResult)
+    value_control: float | None = None
 
 
 def to_record(row: Rollout) -> RolloutRecord:

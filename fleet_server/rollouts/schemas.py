@@ -143,6 +143,8 @@ class GateResultPublic(BaseModel):
     devices_control: int
     detail: str
     evaluated_at: AwareDatetime | None
+    value_canary: float | None = None  # canary vs control, per look (see gates.GateResult)
+    value_control: float | None = None
 
 
 class BatchPublic(BaseModel):

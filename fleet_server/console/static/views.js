@@ -704,10 +704,20 @@
     ];
   }
 
-  /** One gate over its looks: canary and control samples, and the statistic against its threshold. */
+  /** One gate over its looks: canary against control (the values the server judged) when it
+   *  stores them, else the statistic against its threshold and the effect. */
   function gateChart(name, results) {
     const x = results.map((_, i) => i + 1);
     const last = results[results.length - 1];
+    if (results.some((g) => g.value_canary !== null && g.value_canary !== undefined)) {
+      return charts.lines(`Gate ${name}`, x, [
+        { name: "canary", values: results.map((g) => g.value_canary ?? null) },
+        { name: "control", values: results.map((g) => g.value_control ?? null), dash: [6, 4] },
+      ], { time: false, xLabel: "look", height: 170,
+        caption: `Gate ${name}: latest ${last.verdict}; statistic ${C.fmtNum(last.statistic, 3)} vs threshold ` +
+          `${C.fmtNum(last.threshold, 3)}; canary ${last.samples_canary} vs control ${last.samples_control} samples ` +
+          `(${last.devices_canary} vs ${last.devices_control} devices)` });
+    }
     return charts.lines(`Gate ${name}`, x, [
       { name: "statistic", values: results.map((g) => g.statistic) },
       { name: "threshold", values: results.map((g) => g.threshold), dash: [6, 4] },

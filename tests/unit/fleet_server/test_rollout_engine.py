@@ -293,6 +293,8 @@ def test_a_good_model_goes_through_every_batch_to_every_device(world: World) -> 
         assert s.exec(select(RolloutHold)).all() == []  # holds released at the end
         gates = s.exec(select(RolloutGateResult).where(RolloutGateResult.rollout_id == rid)).all()
     assert {g.gate for g in gates if g.batch == 0} >= {"install_failures", "confidence_mean", "class_mix"}
+    judged = [g for g in gates if g.gate == "confidence_mean" and g.verdict == "pass"]
+    assert judged and all(g.value_canary is not None and g.value_control is not None for g in judged)
     assert all(g.verdict in ("pass", "not_enough_data") for g in gates)
     actions = world.audit.actions()
     assert actions[0] == "rollout.create" and actions[-1] == "rollout.gates_passed"

@@ -70,6 +70,11 @@ def test_msprt_direction_margin_and_running_min() -> None:
     # The always-valid p never goes back up once evidence was seen.
     again = mean_msprt(_means(rng, 20, 0.85), control, alpha=0.01, prev_p=0.002)
     assert again.p_value == 0.002 and again.verdict is Verdict.FAIL
+    # What the console plots per look: each arm's mean, whose difference is the effect.
+    assert worse.canary_value is not None and worse.control_value is not None
+    assert worse.canary_value == pytest.approx(0.70, abs=0.02)
+    assert worse.control_value == pytest.approx(0.85, abs=0.02)
+    assert worse.canary_value - worse.control_value == pytest.approx(worse.effect)
     latency = mean_msprt(
         _means(rng, 20, 12.0, sd=2),
         _means(rng, 30, 10.0, sd=2),
@@ -117,6 +122,9 @@ def test_histogram_gtest_basics() -> None:
     r = histogram_gtest(shifted, same, look=1, max_looks=5)
     assert r.verdict is Verdict.FAIL and r.effect == pytest.approx(0.3)
     assert r.p_value == pytest.approx(1 / 2001)
+    # plotted canary vs control: the share of the bin that moved most (bin 0 or 2, each by 0.3)
+    assert r.canary_value is not None and r.control_value is not None and "moved most" in r.detail
+    assert sorted([r.canary_value, r.control_value]) == pytest.approx([0.2, 0.5])
     small_effect = [[48, 30, 22]] * 10
     assert histogram_gtest(small_effect, same, look=1, max_looks=5).verdict is Verdict.PASS
     assert histogram_gtest(shifted[:2], same, look=1, max_looks=5).verdict is Verdict.NOT_ENOUGH_DATA
