@@ -17,11 +17,12 @@ import pytest
 import uvicorn
 from sqlalchemy import insert
 
+from fleet_server.main import create_app
 from fleet_server.models import Device
 from tests.helpers.inproc import prepare
 from tests.helpers.net import free_port
 from tests.helpers.procs import wait_until
-from tests.integration.test_fleetview_api import _device, wired_app
+from tests.integration.test_fleetview_api import _device
 
 
 class _Server(uvicorn.Server):
@@ -35,7 +36,7 @@ class _Server(uvicorn.Server):
 class Live:
     def __init__(self, tmp: Path) -> None:
         settings, self.tokens = prepare(tmp / "srv", "")
-        self.app = wired_app(settings)
+        self.app = create_app(settings)
         self.port = free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
         self.server = _Server(config)
