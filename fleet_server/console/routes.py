@@ -1,6 +1,6 @@
 """Serve the console's fixed set of static files with strict security headers.
 
-Only the files named in `_ASSETS` are served (the page, its four scripts, its stylesheet, and the
+Only the files named in `_ASSETS` are served (the page, its seven scripts, its stylesheet, and the
 vendored uPlot with its licence; no directory listing, no path handling), each with a
 Content-Security-Policy that forbids inline script and style, so data rendered into the page can
 never run. The page itself needs no auth; every data call it makes carries the operator's token.
@@ -41,7 +41,10 @@ _ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
-    "views.js": "text/javascript; charset=utf-8",
+    "widgets.js": "text/javascript; charset=utf-8",
+    "views-fleet.js": "text/javascript; charset=utf-8",
+    "views-delivery.js": "text/javascript; charset=utf-8",
+    "views-learning.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     "vendor/uPlot.iife.min.js": "text/javascript; charset=utf-8",

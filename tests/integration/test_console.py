@@ -16,7 +16,15 @@ import pytest
 from fleet_server.console.routes import STATIC_DIR
 from tests.helpers.inproc import LiveServer
 
-SCRIPTS = ["console.js", "charts.js", "views.js", "app.js"]  # the console's own code, in load order
+SCRIPTS = [
+    "console.js",
+    "charts.js",
+    "widgets.js",
+    "views-fleet.js",
+    "views-delivery.js",
+    "views-learning.js",
+    "app.js",
+]  # the console's own code, in load order
 CORE = (STATIC_DIR / "console.js").read_text()  # the ENDPOINTS table and the pure helpers
 JS = "\n".join((STATIC_DIR / name).read_text() for name in SCRIPTS)
 HTML = (STATIC_DIR / "index.html").read_text()

@@ -1,5 +1,5 @@
 /*
- * edgeloop operator console, part 4 of 4: the session (sign in/out, role from /me), the hash router,
+ * edgeloop operator console, part 7 of 7: the session (sign in/out, role from /me), the hash router,
  * the message regions, and live updates from the server's event stream.
  *
  * Live updates: the events stream, read with the Fetch API and a ReadableStream (the browser's SSE client cannot send

@@ -1,5 +1,5 @@
 /*
- * edgeloop operator console, part 2 of 4: plots, drawn by the vendored uPlot (vendor/uPlot.iife.min.js).
+ * edgeloop operator console, part 2 of 7: plots, drawn by the vendored uPlot (vendor/uPlot.iife.min.js).
  *
  * Every chart is a <figure> whose plot area is role="img" with an aria-label (its name for screen
  * readers and for tests) and a visible caption. uPlot draws on a canvas and positions its overlay

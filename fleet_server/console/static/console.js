@@ -1,7 +1,7 @@
 /*
- * edgeloop operator console, part 1 of 4: the REST endpoint table, the pure helpers, the API client
+ * edgeloop operator console, part 1 of 7: the REST endpoint table, the pure helpers, the API client
  * and the text-only DOM builders. Loaded first (classic deferred scripts, in order: vendor/uPlot,
- * console.js, charts.js, views.js, app.js); the later files use `EdgeloopUI` defined here.
+ * console.js, charts.js, widgets.js, views-*.js, app.js); the later files use `EdgeloopUI` defined here.
  *
  * Rules for every file of the console:
  *  - every REST call goes through `api(name, ...)` (or `stream(name)` for the event stream) and the
