@@ -5,7 +5,8 @@ and with a body that matches the schema.
 The server is the real app (lifespan, migrations, gRPC ports, ingest writer) served by uvicorn on
 a loopback socket, on SQLite (the targeted PostgreSQL regressions live in test_rest_api.py).
 Generation is derandomized (fixed seed) and bounded per operation so the file fits CI. No
-operation is excluded.
+operation is excluded; the event stream (`GET /api/v1/events`, it never ends) is read, with a token,
+up to its first line.
 
 Deeper runs by hand: ``FLEET_FUZZ_EXAMPLES=200`` (examples per operation and role) and
 ``FLEET_FUZZ_DB=postgres`` (a fresh database on the test PostgreSQL instead of SQLite).
@@ -164,6 +165,13 @@ def test_api_fuzz(
     base_url, tokens = fuzz_server
     headers = {"Authorization": f"Bearer {tokens[role]}"} if role else {}
     CASES[role or "no-token"] += 1
+    if case.path == "/api/v1/events" and role:  # a stream that never ends: its head and first line
+        with httpx.stream("GET", f"{base_url}/api/v1/events", headers=headers, timeout=30) as stream:
+            assert stream.status_code == 200, stream.read()
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            assert next(stream.iter_lines()).startswith(("retry:", "event:", ":"))
+        ANSWERS[("GET /api/v1/events", 200)] += role == "admin"
+        return
     response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS, timeout=60)
     if role == "admin":
         ANSWERS[(f"{case.method.upper()} {case.path}", response.status_code)] += 1

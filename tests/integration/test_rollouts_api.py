@@ -115,10 +115,11 @@ def test_create_read_act_and_advance(server: LiveServer) -> None:
     rollouts = c.app.state.rollouts  # type: ignore[attr-defined]
     rollouts.poke()  # the server's engine loop advances it (at the latest on its next tick)
     detail = wait_until(
-        lambda: (
+        lambda: (  # both: on SQLite the detail's reads are not one snapshot (batch row, then counts)
             (d := c.get(f"/api/v1/rollouts/{rid}", headers=server.auth("viewer")).json())["plan"][0][
                 "settled_at"
             ]
+            and d["plan"][0]["devices"] == {"committed": 2}
             and d
         ),
         30,
