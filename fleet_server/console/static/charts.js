@@ -85,7 +85,8 @@
           width: 2,
           dash: s.dash,
           spanGaps: false,
-          points: { show: s.points ?? x.length < 40 },
+          // dots when data is sparse: an isolated value between gaps draws no line on its own
+          points: { show: s.points ?? s.values.filter((v) => typeof v === "number").length < 40 },
         })),
       ],
       axes: [
