@@ -6,6 +6,7 @@ Owns the shape of persisted fleet state. Does not own queries (crud/) or the mig
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,6 +102,27 @@ class DevicePublic(DeviceBase):
     cert_not_after: datetime | None = None
     revoked_at: datetime | None = None
     online: bool = False
+
+
+def device_public(device: Device, online: Collection[str]) -> DevicePublic:
+    """The API's view of a device row; `online`: ids with a gRPC Sync session or MQTT status "online"."""
+    return DevicePublic(
+        id=device.id,
+        profile=device.profile,
+        labels=device.labels,
+        status=device.status,
+        agent_version=device.agent_version,
+        enrolled_at=as_utc(device.enrolled_at),
+        first_seen_at=as_utc(device.first_seen_at),
+        last_seen_at=as_utc(device.last_seen_at),
+        observed=device.observed,
+        desired_generation=device.desired_generation,
+        telemetry_dropped_total=device.telemetry_dropped_total,
+        transport=device.transport,
+        cert_not_after=as_utc(device.cert_not_after),
+        revoked_at=as_utc(device.revoked_at),
+        online=device.id in online,
+    )
 
 
 class DeviceLabelsUpdate(SQLModel):

@@ -22,7 +22,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as select_entities
 
 from fleet_server.fleetview.health import Health, health_expr
-from fleet_server.models import Device, as_utc
+from fleet_server.models import Device, device_public
 
 MAX_LABELS = 50
 NO_MODEL = "none"  # filter/summary value for devices that report no model
@@ -197,22 +197,4 @@ def _labels(session: Session, dialect: str) -> list[dict[str, Any]]:
 
 def public_item(device: Device, health: str, online: Collection[str]) -> dict[str, Any]:
     """DevicePublic's fields plus `model` ("name@version" or None) and `health`."""
-    return {
-        "id": device.id,
-        "profile": device.profile,
-        "labels": device.labels,
-        "status": device.status,
-        "agent_version": device.agent_version,
-        "enrolled_at": as_utc(device.enrolled_at),
-        "first_seen_at": as_utc(device.first_seen_at),
-        "last_seen_at": as_utc(device.last_seen_at),
-        "observed": device.observed,
-        "desired_generation": device.desired_generation,
-        "telemetry_dropped_total": device.telemetry_dropped_total,
-        "transport": device.transport,
-        "cert_not_after": as_utc(device.cert_not_after),
-        "revoked_at": as_utc(device.revoked_at),
-        "online": device.id in online,
-        "model": device.model or None,
-        "health": health,
-    }
+    return {**device_public(device, online).model_dump(), "model": device.model or None, "health": health}

@@ -16,10 +16,9 @@ from pydantic import BaseModel, Field
 from fleet_server.api.deps import Operator, RegistryDep
 from fleet_server.api.errors import NOT_FOUND
 from fleet_server.api.params import DeviceIdPath, NoNul
-from fleet_server.api.routes.devices import _public
 from fleet_server.audit.port import operator_actor
 from fleet_server.certs.revocation import Revoker
-from fleet_server.models import DevicePublic, as_utc
+from fleet_server.models import DevicePublic, as_utc, device_public
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -34,7 +33,7 @@ async def revoke_device(
 ) -> DevicePublic:
     revoker: Revoker = request.app.state.revoker
     done = await revoker.revoke(device_id, actor=operator_actor(op), reason=body.reason)
-    public = _public(done.device, registry.online())
+    public = device_public(done.device, registry.online())
     public.revoked_at = as_utc(done.device.revoked_at)
     public.cert_not_after = as_utc(done.device.cert_not_after)
     return public

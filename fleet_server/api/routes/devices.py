@@ -12,7 +12,7 @@ from fleet_server.api.errors import NOT_FOUND
 from fleet_server.api.params import AfterSeq, DeviceIdPath, LabelChanges, LabelSelector, Offset, page_size
 from fleet_server.crud import devices as crud
 from fleet_server.errors import InvalidRequestError
-from fleet_server.models import Device, DevicePublic, TelemetryPublic, as_utc
+from fleet_server.models import DevicePublic, TelemetryPublic, as_utc, device_public
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -21,26 +21,6 @@ class DeviceLabelsUpdate(BaseModel):
     """Set (value is a string) or remove (value is null) labels."""
 
     labels: LabelChanges
-
-
-def _public(device: Device, online: set[str]) -> DevicePublic:
-    return DevicePublic(
-        id=device.id,
-        profile=device.profile,
-        labels=device.labels,
-        status=device.status,
-        agent_version=device.agent_version,
-        enrolled_at=as_utc(device.enrolled_at),
-        first_seen_at=as_utc(device.first_seen_at),
-        last_seen_at=as_utc(device.last_seen_at),
-        observed=device.observed,
-        desired_generation=device.desired_generation,
-        telemetry_dropped_total=device.telemetry_dropped_total,
-        transport=device.transport,
-        cert_not_after=as_utc(device.cert_not_after),
-        revoked_at=as_utc(device.revoked_at),
-        online=device.id in online,  # a gRPC Sync session or MQTT status "online"
-    )
 
 
 @router.get("", response_model=list[DevicePublic])
@@ -60,7 +40,7 @@ def list_devices(
         selector[key] = value
     online = registry.online()
     return [
-        _public(d, online)
+        device_public(d, online)
         for d in crud.list_devices(session=session, label=selector, limit=limit, offset=offset)
     ]
 
@@ -69,7 +49,7 @@ def list_devices(
 def get_device(
     device_id: DeviceIdPath, session: SessionDep, registry: RegistryDep, _: Viewer
 ) -> DevicePublic:
-    return _public(crud.get_device(session=session, device_id=device_id), registry.online())
+    return device_public(crud.get_device(session=session, device_id=device_id), registry.online())
 
 
 @router.patch("/{device_id}/labels", response_model=DevicePublic, responses=NOT_FOUND)
@@ -78,7 +58,7 @@ def label_device(
 ) -> DevicePublic:
     device = crud.update_labels(session=session, device_id=device_id, changes=body.labels)
     registry.notify_desired_changed(device_id)
-    return _public(device, registry.online())
+    return device_public(device, registry.online())
 
 
 @router.get("/{device_id}/telemetry", response_model=list[TelemetryPublic], responses=NOT_FOUND)
