@@ -1,0 +1,664 @@
+"""The report `make demo` leaves behind: `.demo/report.html` (self-contained) and `.demo/report.md`.
+
+`render(timeline, out_dir)` reads the demo's timeline (contract A in the issue-15 notes: stages, the
+accuracy across the loop, drift episodes and cohort verdicts, rollouts with their gates, OTA bytes,
+the federated run, the bad release) and writes:
+
+- `out_dir/report.html`: one file, no network resources and no JavaScript; the plots are PNGs made
+  with matplotlib (Agg) and embedded as base64 `<img>`;
+- `out_dir/report/*.png`: the same plots as files;
+- `out_dir/report.md`: the same numbers as Markdown, linking the PNGs, for a terminal or GitHub.
+
+Every string from the run is escaped. A missing optional key renders as "not recorded"; a section
+that cannot be drawn from what the run recorded says so in red instead of failing the demo (tests
+pass `strict=True` to make that an exception). `report_numbers(timeline)` returns the exact strings
+the report prints for its key numbers, so a test can check that the report matches the run.
+
+Re-render from a saved timeline:
+    .venv/bin/python scripts/demo_report.py .demo/timeline.json [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+NR = "not recorded"
+KNOWN_KEYS = {
+    "schema", "started_at", "wall_s", "quick", "console_url", "devices", "stages", "accuracy",
+    "drift", "rollouts", "ota", "federated", "bad_release",
+}  # fmt: skip
+COLORS = {"normal": "#1f77b4", "drifted": "#d62728", "canary": "#ff7f0e", "control": "#7f7f7f"}
+GOOD = {"pass", "completed", "ok", "stable", "succeeded", "done"}
+BAD = {"fail", "failed", "rolled_back", "aborted", "halted", "error", "device_anomaly"}
+
+# --- formatting: the exact strings the report prints (report_numbers uses the same functions) ---
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_pct(x: Any) -> str:
+    """An accuracy or a ratio in [0, 1] as a percentage with one decimal: 0.9134 -> "91.3%"."""
+    return f"{x * 100:.1f}%" if _is_num(x) else NR
+
+
+def fmt_bytes(x: Any) -> str:
+    """A byte count with thousands separators: 123456 -> "123,456 B"."""
+    return f"{int(x):,} B" if _is_num(x) else NR
+
+
+def fmt_s(x: Any) -> str:
+    """Seconds with one decimal: 40.23 -> "40.2 s"."""
+    return f"{x:.1f} s" if _is_num(x) else NR
+
+
+def fmt_num(x: Any) -> str:
+    """A gate value, loss, epsilon…: integers as is, floats with 4 significant digits."""
+    if x is None:
+        return NR
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else str(x)
+    if isinstance(x, list | tuple):
+        return ", ".join(fmt_num(v) for v in x) if x else "none"
+    if isinstance(x, dict):
+        return json.dumps(x, sort_keys=True, default=str)
+    return str(x)
+
+
+def _text(x: Any) -> str:
+    return NR if x is None or x == "" else str(x)
+
+
+def _list(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, list | tuple) else []
+
+
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
+def _dicts(x: Any) -> list[dict[str, Any]]:
+    return [_dict(i) for i in _list(x)]
+
+
+def _plain(s: Any, limit: int = 40) -> str:
+    """A run string made safe for a matplotlib label (no mathtext) and short."""
+    t = str(s)
+    t = t if len(t) <= limit else t[: limit - 1] + "…"
+    return t.replace("$", r"\$")
+
+
+def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
+    """The formatted strings the report prints for the run's key numbers, by a stable key.
+
+    Each value appears verbatim in report.md and as `html.escape(value)` in report.html. Keys:
+    `wall`, `stage/<key>/wall`, `stage/<key>/status`, `accuracy/<point>/<inputs>`,
+    `ota/delta_bytes`, `ota/full_bytes`, `ota/ratio` (delta as a share of full), `ota/saved`,
+    `ota/<device>/<release>/bytes`, `federated/epsilon`, `federated/delta`,
+    `federated/secure_aggregation`, `federated/triggered_by`, `federated/rounds`,
+    `gate/<rollout id>/<phase>/<metric>/{canary,control,threshold,verdict}`,
+    `rollout/<rollout id>/outcome`, `bad_release/{halted_at,all_back_on,release}`.
+    """
+    n: dict[str, str] = {"wall": fmt_s(timeline.get("wall_s"))}
+    for st in _dicts(timeline.get("stages")):
+        n[f"stage/{st.get('key')}/wall"] = fmt_s(st.get("wall_s"))
+        n[f"stage/{st.get('key')}/status"] = _status(st)
+    for a in _dicts(timeline.get("accuracy")):
+        n[f"accuracy/{a.get('point')}/{a.get('inputs')}"] = fmt_pct(a.get("accuracy"))
+    ota = _dict(timeline.get("ota"))
+    if ota:
+        d, f = ota.get("delta_bytes"), ota.get("full_bytes")
+        n["ota/delta_bytes"], n["ota/full_bytes"] = fmt_bytes(d), fmt_bytes(f)
+        n["ota/ratio"] = fmt_pct(d / f) if _is_num(d) and _is_num(f) and f else NR
+        n["ota/saved"] = fmt_bytes(f - d) if _is_num(d) and _is_num(f) else NR
+        for p in _dicts(ota.get("per_device")):
+            n[f"ota/{p.get('device_id')}/{p.get('release')}/bytes"] = fmt_bytes(p.get("bytes"))
+    fed = _dict(timeline.get("federated"))
+    if fed:
+        n["federated/epsilon"] = fmt_num(fed.get("epsilon"))
+        n["federated/delta"] = fmt_num(fed.get("delta"))
+        n["federated/secure_aggregation"] = _onoff(fed.get("secure_aggregation"))
+        n["federated/triggered_by"] = _text(fed.get("triggered_by"))
+        n["federated/rounds"] = str(len(_list(fed.get("rounds"))))
+    for r in _dicts(timeline.get("rollouts")):
+        n[f"rollout/{r.get('id')}/outcome"] = _text(r.get("outcome"))
+        for g in _dicts(r.get("gates")):
+            base = f"gate/{r.get('id')}/{g.get('phase')}/{g.get('metric')}"
+            n[f"{base}/canary"] = fmt_num(g.get("value_canary"))
+            n[f"{base}/control"] = fmt_num(g.get("value_control"))
+            n[f"{base}/threshold"] = fmt_num(g.get("threshold"))
+            n[f"{base}/verdict"] = _text(g.get("verdict"))
+    bad = _dict(timeline.get("bad_release"))
+    if bad:
+        for k in ("halted_at", "all_back_on", "release"):
+            n[f"bad_release/{k}"] = _text(bad.get(k))
+    return n
+
+
+def _status(stage: Mapping[str, Any]) -> str:
+    ok = stage.get("ok")
+    return "ok" if ok is True else "FAILED" if ok is False else NR
+
+
+def _onoff(x: Any) -> str:
+    return "on" if x is True else "off" if x is False else NR
+
+
+def _cls(word: Any) -> str:
+    w = str(word).lower()
+    return "good" if w in GOOD else "bad" if w in BAD else ""
+
+
+# --- the document: HTML and Markdown built side by side ---
+
+Cell = str | tuple[str, str]  # text, or (text, css class)
+
+
+class _Doc:
+    def __init__(self, img_dir: Path, strict: bool) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.img_dir = img_dir
+        self.strict = strict
+        self.pngs: list[Path] = []
+
+    def h(self, level: int, title: str, anchor: str = "") -> None:
+        a = f' id="{html.escape(anchor)}"' if anchor else ""
+        self.html.append(f"<h{level}{a}>{html.escape(title)}</h{level}>")
+        self.md.append(f"\n{'#' * level} {_md(title)}\n")
+
+    def p(self, text: str, cls: str = "") -> None:
+        c = f' class="{cls}"' if cls else ""
+        self.html.append(f"<p{c}>{html.escape(text)}</p>")
+        self.md.append(f"{'**' if cls == 'bad' else ''}{_md(text)}{'**' if cls == 'bad' else ''}\n")
+
+    def kv(self, pairs: Iterable[tuple[str, Cell]]) -> None:
+        rows = [[k, v] for k, v in pairs]
+        self.table(["", ""], rows, header=False)
+
+    def table(self, head: list[str], rows: list[list[Cell]], header: bool = True) -> None:
+        if not rows:
+            self.p(NR, "muted")
+            return
+        out = ["<table>"]
+        if header:
+            out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+        for row in rows:
+            cells = []
+            for c in row:
+                text, cls = (c, "") if isinstance(c, str) else c
+                attr = f' class="{cls}"' if cls else ""
+                cells.append(f"<td{attr}>{html.escape(text)}</td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</table>")
+        self.html.append("\n".join(out))
+        md_head = head if header else ["", ""]
+        self.md.append("| " + " | ".join(_md(h) for h in md_head) + " |")
+        self.md.append("|" + "---|" * len(md_head))
+        for row in rows:
+            texts = [c if isinstance(c, str) else c[0] for c in row]
+            self.md.append("| " + " | ".join(_md(t) for t in texts) + " |")
+        self.md.append("")
+
+    def figure(self, name: str, fig: Figure, alt: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        data = buf.getvalue()
+        path = self.img_dir / f"{name}.png"
+        path.write_bytes(data)
+        self.pngs.append(path)
+        b64 = base64.b64encode(data).decode("ascii")
+        self.html.append(
+            f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+        )
+        self.md.append(f"![{_md(alt)}]({self.img_dir.name}/{name}.png)\n")
+
+    def section(self, title: str, anchor: str, build: Callable[[], None]) -> None:
+        self.h(2, title, anchor)
+        try:
+            build()
+        except Exception as e:
+            if self.strict:
+                raise
+            self.p(f"could not render this section from the timeline: {type(e).__name__}: {e}", "bad")
+
+
+def _md(s: Any) -> str:
+    t = html.escape(str(s), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(t.split()) or " "
+
+
+def _facts(facts: Any) -> str:
+    d = _dict(facts)
+    return "; ".join(f"{k}={fmt_num(v)}" for k, v in d.items()) if d else ""
+
+
+# --- sections ---
+
+
+def _header(doc: _Doc, t: Mapping[str, Any]) -> None:
+    stages = _dicts(t.get("stages"))
+    failed = [s for s in stages if s.get("ok") is False]
+    verdict = (
+        (f"{len(failed)} of {len(stages)} stages FAILED", "bad") if failed
+        else (f"all {len(stages)} stages ok", "good") if stages else (NR, "")
+    )  # fmt: skip
+    url = t.get("console_url")
+    doc.kv([
+        ("started", _text(t.get("started_at"))),
+        ("wall time", fmt_s(t.get("wall_s"))),
+        ("mode", "quick" if t.get("quick") is True else "full" if t.get("quick") is False else NR),
+        ("outcome", verdict),
+        ("console", _text(url)),
+    ])  # fmt: skip
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        doc.html.append(f'<p><a href="{html.escape(url)}">open the console</a> (while the demo runs)</p>')
+    doc.h(3, "Devices")
+    rows: list[list[Cell]] = []
+    for d in _dicts(t.get("devices")):
+        rows.append([_text(d.get("id")), _text(d.get("profile")), _text(d.get("transport")),
+                     _text(d.get("cohort"))])  # fmt: skip
+    doc.table(["device", "profile", "transport", "cohort"], rows)
+
+
+def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
+    stages = _dicts(t.get("stages"))
+    rows: list[list[Cell]] = []
+    for i, s in enumerate(stages, 1):
+        status = _status(s)
+        facts = _facts(s.get("facts"))
+        detail = s.get("detail") or s.get("error")
+        if detail:
+            facts = f"{facts}; detail: {detail}" if facts else f"detail: {detail}"
+        rows.append([
+            str(i), f"{_text(s.get('title'))} [{_text(s.get('key'))}]", fmt_s(s.get("t_start_s")),
+            fmt_s(s.get("wall_s")), (status, "bad" if status == "FAILED" else "good" if status == "ok" else ""),
+            (facts or "", "bad" if s.get("ok") is False else ""),
+        ])  # fmt: skip
+    doc.table(["#", "stage", "start", "wall", "status", "facts"], rows)
+    plotted = [s for s in stages if _is_num(s.get("t_start_s")) and _is_num(s.get("wall_s"))]
+    if not plotted:
+        return
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(plotted) + 1.2))
+    for y, s in enumerate(plotted):
+        color = "#d62728" if s.get("ok") is False else "#2ca02c" if s.get("ok") is True else "#999999"
+        ax.barh(y, s["wall_s"], left=s["t_start_s"], color=color, height=0.6)
+    ax.set_yticks(range(len(plotted)), [_plain(s.get("key")) for s in plotted])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the demo started")
+    ax.set_title("stages (green ok, red failed)")
+    ax.grid(axis="x", alpha=0.3)
+    doc.figure("stages", fig, "demo stages on a time axis")
+
+
+def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
+    acc = [_dict(a) for a in _list(t.get("accuracy"))]
+    rows: list[list[Cell]] = [
+        [_text(a.get("point")), _text(a.get("model")), _text(a.get("inputs")), fmt_pct(a.get("accuracy")),
+         fmt_s(a.get("t_s"))]
+        for a in acc
+    ]  # fmt: skip
+    doc.table(["point", "model", "inputs", "accuracy", "at"], rows)
+    points: list[str] = []
+    for a in acc:
+        if str(a.get("point")) not in points:
+            points.append(str(a.get("point")))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for a in acc:
+        if _is_num(a.get("accuracy")):
+            series.setdefault(str(a.get("inputs")), []).append(
+                (points.index(str(a.get("point"))), a["accuracy"])
+            )
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for inputs, pts in series.items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", label=f"{_plain(inputs)} inputs", color=COLORS.get(inputs))
+        for x, y in pts:
+            ax.annotate(
+                fmt_pct(y), (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
+            )
+    ax.set_xticks(range(len(points)), [_plain(p, 28) for p in points], rotation=15, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("accuracy")
+    ax.set_title("accuracy across the loop (v1 -> drift -> v2)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    doc.figure("accuracy", fig, "accuracy per point, normal vs drifted inputs")
+
+
+def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
+    drift = _dict(t.get("drift"))
+    if not drift:
+        doc.p(NR, "muted")
+        return
+    episodes = [_dict(e) for e in _list(drift.get("episodes"))]
+    doc.h(3, "Episodes")
+    doc.table(
+        ["device", "at", "kind", "severity", "features"],
+        [[_text(e.get("device_id")), fmt_s(e.get("t_s")), _text(e.get("kind")), fmt_num(e.get("severity")),
+          fmt_num(_list(e.get("features")))] for e in episodes],
+    )  # fmt: skip
+    doc.h(3, "Cohort verdicts")
+    rows: list[list[Cell]] = []
+    for v in _dicts(drift.get("verdicts")):
+        anomalies = ", ".join(
+            f"{_dict(a).get('device_id')} ({_dict(a).get('signature')})" for a in _list(v.get("anomalies"))
+        )  # fmt: skip
+        verdict = _text(v.get("verdict"))
+        rows.append([_text(v.get("cohort")), (verdict, "warn" if verdict == "population_shift" else _cls(verdict)),
+                     fmt_num(_list(v.get("devices"))), anomalies or "none"])  # fmt: skip
+    doc.table(["cohort", "verdict", "devices", "single-device anomalies"], rows)
+    scores = [_dict(s) for s in _list(drift.get("scores"))]
+    if not scores:
+        doc.p(f"drift scores series: {NR}", "muted")
+    _drift_plot(doc, t, episodes, scores)
+
+
+def _drift_plot(
+    doc: _Doc, t: Mapping[str, Any], episodes: list[dict[str, Any]], scores: list[dict[str, Any]]
+) -> None:
+    cohort = {str(_dict(d).get("id")): _text(_dict(d).get("cohort")) for d in _list(t.get("devices"))}
+    devices = list(cohort)
+    for e in episodes:
+        if str(e.get("device_id")) not in devices:
+            devices.append(str(e.get("device_id")))
+    timed = [e for e in episodes if _is_num(e.get("t_s"))]
+    timed_scores = [s for s in scores if _is_num(s.get("t_s")) and _is_num(s.get("score"))]
+    if not timed and not timed_scores:
+        return
+    nrows = 2 if timed_scores else 1
+    fig, axes = plt.subplots(
+        nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False
+    )
+    ax = axes[0][0]
+    kinds = sorted({str(e.get("kind")) for e in timed})
+    cmap = plt.get_cmap("tab10")
+    for i, kind in enumerate(kinds):
+        pts = [e for e in timed if str(e.get("kind")) == kind]
+        ax.scatter(
+            [e["t_s"] for e in pts], [devices.index(str(e.get("device_id"))) for e in pts],
+            s=[40 + 160 * min(max(float(e.get("severity") or 0), 0), 1) for e in pts],
+            color=cmap(i % 10), label=_plain(kind), alpha=0.8,
+        )  # fmt: skip
+    ax.set_yticks(range(len(devices)), [_plain(f"{d} ({cohort.get(d, '?')})") for d in devices])
+    ax.set_ylim(-0.7, len(devices) - 0.3)
+    ax.invert_yaxis()
+    ax.set_title("drift episodes per device (size = severity)")
+    ax.grid(alpha=0.3)
+    if kinds:
+        ax.legend(loc="best", fontsize=8)
+    if timed_scores:
+        sx = axes[1][0]
+        for dev in dict.fromkeys(str(s.get("device_id")) for s in timed_scores):
+            pts = sorted((s["t_s"], s["score"]) for s in timed_scores if str(s.get("device_id")) == dev)
+            sx.plot(*zip(*pts, strict=True), marker=".", label=_plain(f"{dev} ({cohort.get(dev, '?')})"))
+        sx.set_ylabel("drift score")
+        sx.set_title("drift scores over time")
+        sx.grid(alpha=0.3)
+        sx.legend(fontsize=8)
+    axes[-1][0].set_xlabel("seconds since the demo started")
+    doc.figure(
+        "drift",
+        fig,
+        "drift evidence: episodes per device over time" + (" and scores" if timed_scores else ""),
+    )
+
+
+def _rollouts(doc: _Doc, t: Mapping[str, Any]) -> None:
+    rollouts = [_dict(r) for r in _list(t.get("rollouts"))]
+    if not rollouts:
+        doc.p(NR, "muted")
+        return
+    for i, r in enumerate(rollouts, 1):
+        outcome = _text(r.get("outcome"))
+        doc.h(3, f"{_text(r.get('release'))} (rollout {_text(r.get('id'))})")
+        doc.kv([("outcome", (outcome, _cls(outcome)))])
+        phases = [_dict(p) for p in _list(r.get("phases"))]
+        doc.table(
+            ["phase", "devices", "start", "end"],
+            [[_text(p.get("name")), fmt_num(_list(p.get("devices"))), fmt_s(p.get("t_start_s")),
+              fmt_s(p.get("t_end_s"))] for p in phases],
+        )  # fmt: skip
+        gates = [_dict(g) for g in _list(r.get("gates"))]
+        doc.table(
+            ["phase", "metric", "canary", "control", "threshold", "verdict"],
+            [[_text(g.get("phase")), _text(g.get("metric")), fmt_num(g.get("value_canary")),
+              fmt_num(g.get("value_control")), fmt_num(g.get("threshold")),
+              (_text(g.get("verdict")), _cls(g.get("verdict")))] for g in gates],
+        )  # fmt: skip
+        if phases or gates:
+            _rollout_plot(doc, f"rollout-{i}", r, phases, gates)
+
+
+def _rollout_plot(
+    doc: _Doc, name: str, r: Mapping[str, Any], phases: list[dict[str, Any]], gates: list[dict[str, Any]]
+) -> None:
+    plotted_gates = [g for g in gates if _is_num(g.get("value_canary")) or _is_num(g.get("value_control"))]
+    ncols = max(1, min(len(plotted_gates), 4))
+    grows = math.ceil(len(plotted_gates) / ncols) if plotted_gates else 0
+    fig = plt.figure(figsize=(9, 1.4 + 0.35 * max(len(phases), 1) + 2.6 * grows))
+    grid = fig.add_gridspec(1 + grows, ncols, height_ratios=[0.6 + 0.3 * max(len(phases), 1)] + [2.2] * grows)
+    ax = fig.add_subplot(grid[0, :])
+    failed_phases = {str(g.get("phase")) for g in gates if str(g.get("verdict")).lower() == "fail"}
+    for y, p in enumerate(phases):
+        start, end = p.get("t_start_s"), p.get("t_end_s")
+        if not _is_num(start):
+            continue
+        halted = str(p.get("name")) in failed_phases
+        width = (end - start) if _is_num(end) else 0.0
+        ax.barh(y, max(width, 0.3), left=start, height=0.6,
+                color="#d62728" if halted else COLORS["canary"] if p.get("name") == "canary" else "#2ca02c")  # fmt: skip
+        label = "halted" if halted else "" if _is_num(end) else "not ended"
+        if label:
+            ax.text(start + max(width, 0.3), y, f"  {label}", va="center", fontsize=8, color="#d62728")
+    ax.set_yticks(range(len(phases)), [_plain(p.get("name")) for p in phases])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the demo started")
+    outcome = _text(r.get("outcome"))
+    ax.set_title(
+        _plain(f"{r.get('release')}: {outcome}", 80), color="#d62728" if _cls(outcome) == "bad" else "black"
+    )
+    for k, g in enumerate(plotted_gates):
+        gx = fig.add_subplot(grid[1 + k // ncols, k % ncols])
+        vals = [g.get("value_canary"), g.get("value_control")]
+        verdict = _text(g.get("verdict"))
+        bars = gx.bar(["canary", "control"], [v if _is_num(v) else 0 for v in vals],
+                      color=[COLORS["canary"], COLORS["control"]])  # fmt: skip
+        for b, v in zip(bars, vals, strict=True):
+            gx.annotate(fmt_num(v), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                        xytext=(0, 2), textcoords="offset points", fontsize=8)  # fmt: skip
+        gx.set_title(_plain(f"{g.get('phase')} · {g.get('metric')}", 30), fontsize=8)
+        gx.set_xlabel(_plain(f"threshold {fmt_num(g.get('threshold'))}: {verdict}", 40), fontsize=8,
+                      color="#d62728" if _cls(verdict) == "bad" else "#2ca02c" if _cls(verdict) == "good" else "black")  # fmt: skip
+        gx.tick_params(labelsize=8)
+    fig.tight_layout()
+    doc.figure(name, fig, f"rollout of {r.get('release')}: phases and gates (canary vs control)")
+
+
+def _bytes(doc: _Doc, t: Mapping[str, Any]) -> None:
+    ota = _dict(t.get("ota"))
+    if not ota:
+        doc.p(NR, "muted")
+        return
+    n = report_numbers({"ota": ota})
+    doc.kv([
+        ("bytes sent (deltas)", n["ota/delta_bytes"]),
+        ("full files would have been", n["ota/full_bytes"]),
+        ("delta as a share of full", n["ota/ratio"]),
+        ("saved", n["ota/saved"]),
+    ])  # fmt: skip
+    per = [_dict(p) for p in _list(ota.get("per_device"))]
+    doc.table(
+        ["device", "release", "sent", "full file", "delta"],
+        [[_text(p.get("device_id")), _text(p.get("release")), fmt_bytes(p.get("bytes")),
+          fmt_bytes(p.get("full_bytes")), "yes" if p.get("delta") is True else "no" if p.get("delta") is False else NR]
+         for p in per],
+    )  # fmt: skip
+    plotted = [p for p in per if _is_num(p.get("bytes"))]
+    if not plotted:
+        return
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    xs = range(len(plotted))
+    ax.bar([x - 0.2 for x in xs], [p["bytes"] / 1024 for p in plotted], 0.4, label="sent", color="#2ca02c")
+    ax.bar([x + 0.2 for x in xs], [p["full_bytes"] / 1024 if _is_num(p.get("full_bytes")) else 0 for p in plotted],
+           0.4, label="full file", color=COLORS["control"])  # fmt: skip
+    ax.set_xticks(
+        list(xs), [_plain(f"{p.get('device_id')}\n{p.get('release')}", 60) for p in plotted], fontsize=8
+    )
+    ax.set_ylabel("KiB")
+    ax.set_title(_plain(f"bytes on the wire: {n['ota/delta_bytes']} sent vs {n['ota/full_bytes']} full", 90))
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    doc.figure("bytes", fig, "bytes per device: delta sent vs full file")
+
+
+def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
+    fed = _dict(t.get("federated"))
+    if not fed:
+        doc.p(NR, "muted")
+        return
+    n = report_numbers({"federated": fed})
+    sa = n["federated/secure_aggregation"]
+    doc.kv([
+        ("run", _text(fed.get("run_id"))),
+        ("triggered by", n["federated/triggered_by"]),
+        ("secure aggregation", (sa, "good" if sa == "on" else "bad" if sa == "off" else "")),
+        ("ε (epsilon)", n["federated/epsilon"]),
+        ("δ (delta)", n["federated/delta"]),
+        ("devices", fmt_num(_list(fed.get("devices")))),
+        ("excluded", fmt_num(_list(fed.get("excluded")))),
+        ("rounds", n["federated/rounds"]),
+    ])  # fmt: skip
+    rounds = [_dict(r) for r in _list(fed.get("rounds"))]
+    doc.table(
+        ["round", "participants", "loss", "accuracy"],
+        [[fmt_num(r.get("round")), fmt_num(r.get("participants")), fmt_num(r.get("loss")),
+          fmt_pct(r.get("accuracy"))] for r in rounds],
+    )  # fmt: skip
+    pts = [(r.get("round"), r.get("loss"), r.get("accuracy")) for r in rounds if _is_num(r.get("round"))]
+    if len(pts) < 2:
+        return
+    fig, ax = plt.subplots(figsize=(9, 3))
+    loss = [(x, lo) for x, lo, _ in pts if _is_num(lo)]
+    accs = [(x, a) for x, _, a in pts if _is_num(a)]
+    if loss:
+        ax.plot(*zip(*loss, strict=True), marker="o", color="#9467bd", label="loss")
+    ax.set_xlabel("round")
+    ax.set_ylabel("loss")
+    if accs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*accs, strict=True), marker="s", color="#2ca02c", label="accuracy")
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1.05)
+    ax.set_title("federated rounds")
+    ax.grid(alpha=0.3)
+    doc.figure("federated", fig, "federated rounds: loss and accuracy")
+
+
+def _bad_release(doc: _Doc, t: Mapping[str, Any]) -> None:
+    bad = _dict(t.get("bad_release"))
+    if not bad:
+        doc.p(NR, "muted")
+        return
+    halted = _text(bad.get("halted_at"))
+    doc.kv([
+        ("release", _text(bad.get("release"))),
+        ("halted at", (halted, "bad" if halted != NR else "")),
+        ("rolled back devices", fmt_num(_list(bad.get("rolled_back_devices")))),
+        ("every device back on", (_text(bad.get("all_back_on")), "good" if bad.get("all_back_on") else "")),
+    ])  # fmt: skip
+
+
+def _other(doc: _Doc, t: Mapping[str, Any]) -> None:
+    extra = {k: v for k, v in t.items() if k not in KNOWN_KEYS}
+    if not extra:
+        return
+    doc.h(2, "Other recorded data", "other")
+    text = json.dumps(extra, indent=2, sort_keys=True, default=str)
+    doc.html.append(f"<pre>{html.escape(text)}</pre>")
+    doc.md.append("```json\n" + text.replace("```", "'''") + "\n```\n")
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;
+vertical-align:top;font-size:.92em}th{background:#f3f3f3}.good{color:#1a7f37;font-weight:600}
+.bad{color:#fff;background:#c62828;font-weight:600}.warn{color:#b35c00;font-weight:600}.muted{color:#888}
+figure{margin:1em 0}img{max-width:100%}figcaption{color:#666;font-size:.85em}pre{background:#f6f6f6;padding:.6em;
+overflow:auto}nav a{margin-right:1em}
+"""
+SECTIONS: list[tuple[str, str, Callable[[_Doc, Mapping[str, Any]], None]]] = [
+    ("Run", "run", _header),
+    ("Timeline", "timeline", _timeline),
+    ("Accuracy across the loop", "accuracy", _accuracy),
+    ("Drift evidence", "drift", _drift),
+    ("Rollout gates", "rollouts", _rollouts),
+    ("Bad release", "bad-release", _bad_release),
+    ("Bytes saved by deltas", "bytes", _bytes),
+    ("Federated run", "federated", _federated),
+]
+
+
+def render(timeline: Mapping[str, Any], out_dir: Path, *, strict: bool = False) -> Path:
+    """Write out_dir/report.html, out_dir/report.md and out_dir/report/*.png; return the HTML's path."""
+    out_dir = Path(out_dir)
+    img_dir = out_dir / "report"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for old in img_dir.glob("*.png"):
+        old.unlink()
+    doc = _Doc(img_dir, strict)
+    doc.html.append(
+        "<nav>" + "".join(f'<a href="#{a}">{html.escape(s)}</a>' for s, a, _ in SECTIONS) + "</nav>"
+    )
+    for title, anchor, build in SECTIONS:
+        doc.section(title, anchor, lambda b=build: b(doc, timeline))  # type: ignore[misc]
+    _other(doc, timeline)
+    title = "edgeloop demo report"
+    page = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{CSS}</style></head><body><h1>{title}</h1>\n" + "\n".join(doc.html) + "\n</body></html>\n"
+    )
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    (out_dir / "report.md").write_text(f"# {title}\n" + "\n".join(doc.md) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Render the demo report from a saved timeline.json.")
+    ap.add_argument("timeline", type=Path, help="e.g. .demo/timeline.json")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: the timeline's folder)")
+    args = ap.parse_args(argv)
+    timeline = json.loads(args.timeline.read_text(encoding="utf-8"))
+    path = render(timeline, args.out or args.timeline.parent)
+    print(path)
+    print(path.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The demo's report (scripts/demo_report.py) from a synthetic timeline shaped like contract A.
+
+No processes: render() is pure file output. The numbers the report prints are checked through
+report_numbers(), the helper the demo's e2e test uses to compare the report with the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import importlib.util
+import io
+import re
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("demo_report", ROOT / "scripts" / "demo_report.py")
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("demo_report", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+dr = _load()
+HOSTILE = '<script>alert("x")</script>&$\\frac{1}{0}$|'
+
+
+def timeline() -> dict[str, Any]:
+    """A run as scripts/demo.py records it: v1 canary->all, drift + stuck sensor, FL, v2 by delta, bad v3."""
+    return {
+        "schema": 1,
+        "started_at": "2026-12-07T02:30:00Z",
+        "wall_s": 412.3,
+        "quick": False,
+        "console_url": "http://127.0.0.1:8765/console",
+        "devices": [
+            {"id": "pi-kitchen", "profile": "raspberry-pi-4", "transport": "grpc", "cohort": "drifted"},
+            {"id": "jetson-dock", "profile": "jetson-orin-nano", "transport": "grpc", "cohort": "drifted"},
+            {"id": "coral-gate", "profile": "coral-dev-board", "transport": "grpc", "cohort": "stuck"},
+            {"id": "pi-garden", "profile": "raspberry-pi-4", "transport": "mqtt", "cohort": "control"},
+        ],
+        "stages": [
+            {
+                "key": "fleet_up",
+                "title": "server + 4 agents enrolled",
+                "t_start_s": 0.0,
+                "wall_s": 11.8,
+                "ok": True,
+                "facts": {"devices": 4, "mqtt": "pi-garden"},
+            },
+            {
+                "key": "rollout_v1",
+                "title": "phased rollout of v1 (canary -> all)",
+                "t_start_s": 12.0,
+                "wall_s": 40.2,
+                "ok": True,
+                "facts": {"canary_devices": 1},
+            },
+            {
+                "key": "drift",
+                "title": "drift injected and detected",
+                "t_start_s": 52.2,
+                "wall_s": 61.0,
+                "ok": True,
+                "facts": {"episodes": 3},
+            },
+            {
+                "key": "federated",
+                "title": "federated run on the drifted cohort",
+                "t_start_s": 113.2,
+                "wall_s": 150.4,
+                "ok": True,
+                "facts": {"rounds": 3, "epsilon": 1.5},
+            },
+            {
+                "key": "rollout_v2",
+                "title": "v2 by delta",
+                "t_start_s": 263.6,
+                "wall_s": 70.1,
+                "ok": True,
+                "facts": {"delta_bytes": 40960},
+            },
+            {
+                "key": "bad_release",
+                "title": "bad v3 halted at canary",
+                "t_start_s": 333.7,
+                "wall_s": 78.6,
+                "ok": True,
+                "facts": {"halted_at": "canary"},
+            },
+        ],
+        "accuracy": [
+            {
+                "point": "v1, before drift",
+                "model": "digits-head@1",
+                "inputs": "normal",
+                "accuracy": 0.9134,
+                "t_s": 60.0,
+            },
+            {
+                "point": "v1, before drift",
+                "model": "digits-head@1",
+                "inputs": "drifted",
+                "accuracy": 0.874,
+                "t_s": 60.0,
+            },
+            {
+                "point": "v1, after drift",
+                "model": "digits-head@1",
+                "inputs": "drifted",
+                "accuracy": 0.412,
+                "t_s": 110.0,
+            },
+            {
+                "point": "v2, after retraining",
+                "model": "digits-head@2",
+                "inputs": "drifted",
+                "accuracy": 0.8326,
+                "t_s": 330.0,
+            },
+            {
+                "point": "v2, after retraining",
+                "model": "digits-head@2",
+                "inputs": "normal",
+                "accuracy": 0.9051,
+                "t_s": 330.0,
+            },
+        ],
+        "drift": {
+            "episodes": [
+                {
+                    "device_id": "pi-kitchen",
+                    "t_s": 80.0,
+                    "kind": "covariate",
+                    "severity": 0.8,
+                    "features": ["mean"],
+                },
+                {
+                    "device_id": "jetson-dock",
+                    "t_s": 84.5,
+                    "kind": "covariate",
+                    "severity": 0.7,
+                    "features": ["mean"],
+                },
+                {
+                    "device_id": "coral-gate",
+                    "t_s": 90.0,
+                    "kind": "stuck",
+                    "severity": 1.0,
+                    "features": ["std"],
+                },
+            ],
+            "verdicts": [
+                {
+                    "cohort": "learn=digits",
+                    "verdict": "population_shift",
+                    "devices": ["pi-kitchen", "jetson-dock"],
+                    "anomalies": [{"device_id": "coral-gate", "signature": "stuck"}],
+                },
+            ],
+            "scores": [
+                {"device_id": "pi-kitchen", "t_s": 70.0, "score": 0.05},
+                {"device_id": "pi-kitchen", "t_s": 81.0, "score": 0.42},
+                {"device_id": "coral-gate", "t_s": 70.0, "score": 0.02},
+                {"device_id": "coral-gate", "t_s": 90.0, "score": 0.97},
+            ],
+        },
+        "rollouts": [
+            {
+                "id": "r-1",
+                "release": "digits-head@1",
+                "outcome": "completed",
+                "phases": [
+                    {"name": "canary", "devices": ["pi-kitchen"], "t_start_s": 13.0, "t_end_s": 30.0},
+                    {
+                        "name": "all",
+                        "devices": ["jetson-dock", "coral-gate", "pi-garden"],
+                        "t_start_s": 30.0,
+                        "t_end_s": 51.0,
+                    },
+                ],
+                "gates": [
+                    {
+                        "phase": "canary",
+                        "metric": "install_failure_rate",
+                        "value_canary": 0.0,
+                        "value_control": 0.0,
+                        "threshold": 0.05,
+                        "verdict": "pass",
+                    }
+                ],
+            },
+            {
+                "id": "r-3",
+                "release": "digits-head@3",
+                "outcome": "rolled_back",
+                "phases": [
+                    {"name": "canary", "devices": ["pi-kitchen"], "t_start_s": 335.0, "t_end_s": 395.0}
+                ],
+                "gates": [
+                    {
+                        "phase": "canary",
+                        "metric": "prediction_confidence",
+                        "value_canary": 0.4123,
+                        "value_control": 0.9071,
+                        "threshold": 0.05,
+                        "verdict": "fail",
+                    },
+                    {
+                        "phase": "canary",
+                        "metric": "install_failure_rate",
+                        "value_canary": 0.0,
+                        "value_control": 0.0,
+                        "threshold": 0.05,
+                        "verdict": "pass",
+                    },
+                ],
+            },
+        ],
+        "ota": {
+            "delta_bytes": 123456,
+            "full_bytes": 1843200,
+            "per_device": [
+                {
+                    "device_id": "pi-kitchen",
+                    "release": "digits-head@2",
+                    "bytes": 30864,
+                    "full_bytes": 460800,
+                    "delta": True,
+                },
+                {
+                    "device_id": "jetson-dock",
+                    "release": "digits-head@2",
+                    "bytes": 30864,
+                    "full_bytes": 460800,
+                    "delta": True,
+                },
+                {
+                    "device_id": "coral-gate",
+                    "release": "digits-head@2",
+                    "bytes": 460800,
+                    "full_bytes": 460800,
+                    "delta": False,
+                },
+            ],
+        },
+        "federated": {
+            "run_id": "fl-7",
+            "triggered_by": "drift",
+            "secure_aggregation": True,
+            "epsilon": 1.5,
+            "delta": 1e-5,
+            "devices": ["pi-kitchen", "jetson-dock"],
+            "excluded": ["coral-gate"],
+            "rounds": [
+                {"round": 1, "participants": 2, "loss": 0.7, "accuracy": 0.8},
+                {"round": 2, "participants": 2, "loss": 0.52, "accuracy": 0.83},
+                {"round": 3, "participants": 2, "loss": 0.41, "accuracy": 0.86},
+            ],
+        },
+        "bad_release": {
+            "release": "digits-head@3",
+            "halted_at": "canary",
+            "rolled_back_devices": ["pi-kitchen"],
+            "all_back_on": "digits-head@2",
+        },
+    }
+
+
+class _Checker(HTMLParser):
+    VOID: ClassVar[set[str]] = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> with open {self.stack[-3:]}")
+        else:
+            self.stack.pop()
+
+
+def _parse(page: str) -> _Checker:
+    c = _Checker()
+    c.feed(page)
+    c.close()
+    return c
+
+
+def _render(tmp_path: Path, tl: dict[str, Any]) -> tuple[str, str]:
+    path = dr.render(tl, tmp_path, strict=True)
+    assert path == tmp_path / "report.html"
+    return path.read_text(encoding="utf-8"), (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_report_is_balanced_html_with_no_network_resources_or_scripts(tmp_path: Path) -> None:
+    page, _ = _render(tmp_path, timeline())
+    parsed = _parse(page)
+    assert parsed.errors == []
+    assert parsed.stack == []
+    assert page.startswith("<!doctype html>")
+    assert not [t for t, _ in parsed.tags if t in {"script", "link", "iframe"}]
+    srcs = [a.get("src") or "" for t, a in parsed.tags if t == "img"]
+    assert srcs
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_every_plot_is_embedded_and_written_as_a_decodable_png(tmp_path: Path) -> None:
+    page, md = _render(tmp_path, timeline())
+    srcs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    files = sorted((tmp_path / "report").glob("*.png"))
+    # stages, accuracy, drift, one per rollout (2), bytes, federated
+    assert len(srcs) == len(files) == 7
+    assert {f.name for f in files} == {
+        "stages.png",
+        "accuracy.png",
+        "drift.png",
+        "rollout-1.png",
+        "rollout-2.png",
+        "bytes.png",
+        "federated.png",
+    }
+    embedded = sorted(base64.b64decode(s) for s in srcs)
+    assert embedded == sorted(f.read_bytes() for f in files)
+    for data in embedded:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+            assert im.format == "PNG"
+            assert im.size[0] > 300
+    for f in files:
+        assert f"](report/{f.name})" in md
+
+
+def test_key_numbers_are_printed_as_documented(tmp_path: Path) -> None:
+    page, md = _render(tmp_path, timeline())
+    n = dr.report_numbers(timeline())
+    expected = {
+        "wall": "412.3 s",
+        "stage/rollout_v1/wall": "40.2 s",
+        "stage/bad_release/status": "ok",
+        "accuracy/v1, before drift/drifted": "87.4%",
+        "accuracy/v1, after drift/drifted": "41.2%",
+        "accuracy/v2, after retraining/drifted": "83.3%",
+        "accuracy/v1, before drift/normal": "91.3%",
+        "ota/delta_bytes": "123,456 B",
+        "ota/full_bytes": "1,843,200 B",
+        "ota/ratio": "6.7%",
+        "ota/saved": "1,719,744 B",
+        "ota/pi-kitchen/digits-head@2/bytes": "30,864 B",
+        "federated/epsilon": "1.5",
+        "federated/delta": "1e-05",
+        "federated/secure_aggregation": "on",
+        "federated/triggered_by": "drift",
+        "federated/rounds": "3",
+        "gate/r-3/canary/prediction_confidence/canary": "0.4123",
+        "gate/r-3/canary/prediction_confidence/control": "0.9071",
+        "gate/r-3/canary/prediction_confidence/threshold": "0.05",
+        "gate/r-3/canary/prediction_confidence/verdict": "fail",
+        "rollout/r-3/outcome": "rolled_back",
+        "bad_release/halted_at": "canary",
+        "bad_release/all_back_on": "digits-head@2",
+    }
+    assert {k: n.get(k) for k in expected} == expected
+    for key, value in n.items():
+        assert html.escape(value) in page, key
+        assert value in md, key
+
+
+def test_the_bad_release_halt_and_rollback_are_marked(tmp_path: Path) -> None:
+    page, _ = _render(tmp_path, timeline())
+    assert '<td class="bad">rolled_back</td>' in page
+    assert '<td class="bad">fail</td>' in page
+    assert '<td class="bad">canary</td>' in page  # halted at
+    assert '<td class="good">digits-head@2</td>' in page  # every device back on the good model
+    assert '<td class="good">completed</td>' in page
+
+
+def test_hostile_strings_from_the_run_are_escaped_everywhere(tmp_path: Path) -> None:
+    tl = timeline()
+    tl["devices"][0]["id"] = HOSTILE
+    tl["drift"]["episodes"][0]["device_id"] = HOSTILE
+    tl["drift"]["scores"][0]["device_id"] = HOSTILE
+    tl["ota"]["per_device"][0]["device_id"] = HOSTILE
+    tl["rollouts"][1]["gates"][0]["metric"] = HOSTILE
+    tl["stages"][0]["facts"]["note"] = HOSTILE
+    tl["console_url"] = 'javascript:alert(1)//"><script>'
+    tl["accuracy"][0]["point"] = HOSTILE
+    page, md = _render(tmp_path, tl)
+    assert "<script" not in page
+    assert (
+        "javascript:" not in re.sub(r"<[^>]*>", "", page.replace("javascript:alert", ""))
+        or 'href="javascript' not in page
+    )
+    assert 'href="javascript' not in page
+    assert html.escape(HOSTILE) in page
+    assert _parse(page).errors == []
+    assert "<script>" not in md
+
+
+def test_missing_optional_sections_say_not_recorded(tmp_path: Path) -> None:
+    tl = {k: v for k, v in timeline().items() if k in {"schema", "started_at", "wall_s", "devices", "stages"}}
+    tl["stages"][0].pop("facts")
+    tl["stages"][1]["wall_s"] = None
+    page, md = _render(tmp_path, tl)
+    for anchor in ("accuracy", "drift", "rollouts", "bad-release", "bytes", "federated"):
+        section = page.split(f'id="{anchor}"', 1)[1].split("<h2", 1)[0]
+        assert "not recorded" in section, anchor
+    assert "not recorded" in md
+    assert [f.name for f in (tmp_path / "report").glob("*.png")] == ["stages.png"]
+
+
+def test_optional_keys_inside_sections_may_be_missing(tmp_path: Path) -> None:
+    tl = timeline()
+    del tl["drift"]["scores"]
+    del tl["federated"]["epsilon"]
+    del tl["rollouts"][0]["phases"][1]["t_end_s"]
+    tl["rollouts"][1]["gates"][0]["value_control"] = None
+    tl["ota"]["per_device"][1].pop("full_bytes")
+    page, _ = _render(tmp_path, tl)
+    assert "drift scores series: not recorded" in page
+    assert dr.report_numbers(tl)["federated/epsilon"] == "not recorded"
+    assert len(list((tmp_path / "report").glob("*.png"))) == 7
+
+
+def test_a_failed_stage_is_shown_in_red_with_its_detail(tmp_path: Path) -> None:
+    tl = timeline()
+    tl["stages"][3].update(ok=False, detail="no federated run opened within 120 s")
+    tl["stages"] = tl["stages"][:4]
+    page, md = _render(tmp_path, tl)
+    assert '<td class="bad">FAILED</td>' in page
+    assert "detail: no federated run opened within 120 s" in page
+    assert "1 of 4 stages FAILED" in page
+    assert "FAILED" in md
+
+
+def test_unknown_keys_and_facts_render_generically(tmp_path: Path) -> None:
+    tl = timeline()
+    tl["mqtt_broker"] = {"port": 18830, "note": HOSTILE}
+    tl["stages"][0]["facts"]["nested"] = {"a": [1, 2]}
+    page, _ = _render(tmp_path, tl)
+    assert 'id="other"' in page
+    assert "18830" in page
+    assert "{&quot;a&quot;: [1, 2]}" in page
+
+
+def test_a_malformed_section_does_not_fail_the_demo_unless_strict(tmp_path: Path) -> None:
+    tl = copy.deepcopy(timeline())
+    tl["rollouts"][0]["phases"][0]["t_start_s"] = 50.0  # ends before it starts: still drawable
+    tl["accuracy"] = [{"point": "x", "inputs": "normal", "accuracy": "high"}]  # not a number
+    tl["ota"] = {"delta_bytes": "lots", "per_device": "?"}
+    path = dr.render(tl, tmp_path)
+    assert path.exists()
+    page = path.read_text(encoding="utf-8")
+    assert "not recorded" in page
+
+
+def test_cli_rerenders_from_a_saved_timeline(tmp_path: Path) -> None:
+    saved = tmp_path / "timeline.json"
+    saved.write_text(__import__("json").dumps(timeline()), encoding="utf-8")
+    out = tmp_path / "out"
+    assert dr.main([str(saved), "--out", str(out)]) == 0
+    assert (out / "report.html").exists()
+    assert (out / "report.md").exists()
+    assert len(list((out / "report").glob("*.png"))) == 7
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "n/a"])
+def test_non_numbers_format_as_not_recorded(value: Any) -> None:
+    assert dr.fmt_pct(value) == "not recorded"
+    assert dr.fmt_bytes(value) == "not recorded"
