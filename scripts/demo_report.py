@@ -246,7 +246,7 @@ class _Doc:
 
 
 def _md(s: Any) -> str:
-    t = html.escape(str(s), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+    t = str(s).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
     return " ".join(t.split()) or " "
 
 
@@ -275,12 +275,33 @@ def _header(doc: _Doc, t: Mapping[str, Any]) -> None:
     ])  # fmt: skip
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         doc.html.append(f'<p><a href="{html.escape(url)}">open the console</a> (while the demo runs)</p>')
+    doc.h(3, "At a glance")
+    doc.kv(_glance(t))
     doc.h(3, "Devices")
     rows: list[list[Cell]] = []
     for d in _dicts(t.get("devices")):
         rows.append([_text(d.get("id")), _text(d.get("profile")), _text(d.get("transport")),
                      _text(d.get("cohort"))])  # fmt: skip
     doc.table(["device", "profile", "transport", "cohort"], rows)
+
+
+def _glance(t: Mapping[str, Any]) -> list[tuple[str, Cell]]:
+    """The issue's headline numbers, one line each (the sections below hold the detail)."""
+    n = report_numbers(t)
+    drifted = [a for a in _dicts(t.get("accuracy")) if a.get("inputs") == "drifted"]
+    acc = " → ".join(f"{fmt_pct(a.get('accuracy'))} ({_text(a.get('point'))})" for a in drifted)
+    fed = _dict(t.get("federated"))
+    bad = _dict(t.get("bad_release"))
+    return [
+        ("accuracy on drifted inputs", acc or NR),
+        ("bytes on the wire", f"{n['ota/delta_bytes']} with deltas vs {n['ota/full_bytes']} as full files "
+         f"({n['ota/ratio']} of full)" if "ota/delta_bytes" in n else NR),
+        ("federated run", f"triggered by {n['federated/triggered_by']}, secure aggregation "
+         f"{n['federated/secure_aggregation']}, ε {n['federated/epsilon']}, {n['federated/rounds']} rounds"
+         if fed else NR),
+        ("bad release", (f"{_text(bad.get('release'))} halted at {_text(bad.get('halted_at'))}, every device "
+                         f"back on {_text(bad.get('all_back_on'))}", "warn") if bad else NR),
+    ]  # fmt: skip
 
 
 def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
@@ -337,9 +358,10 @@ def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
     for inputs, pts in series.items():
         xs, ys = zip(*pts, strict=True)
         ax.plot(xs, ys, marker="o", label=f"{_plain(inputs)} inputs", color=COLORS.get(inputs))
+        dy = -14 if inputs == "drifted" else 7
         for x, y in pts:
             ax.annotate(
-                fmt_pct(y), (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
+                fmt_pct(y), (x, y), textcoords="offset points", xytext=(0, dy), ha="center", fontsize=8
             )
     ax.set_xticks(range(len(points)), [_plain(p, 28) for p in points], rotation=15, ha="right")
     ax.set_ylim(0, 1.08)
@@ -392,7 +414,7 @@ def _drift_plot(
         return
     nrows = 2 if timed_scores else 1
     fig, axes = plt.subplots(
-        nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False
+        nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False, sharex=True
     )
     ax = axes[0][0]
     kinds = sorted({str(e.get("kind")) for e in timed})
@@ -421,11 +443,27 @@ def _drift_plot(
         sx.grid(alpha=0.3)
         sx.legend(fontsize=8)
     axes[-1][0].set_xlabel("seconds since the demo started")
+    verdicts = _verdict_lines(_dict(t.get("drift")))
+    if verdicts:
+        ax.text(0.01, 0.03, "\n".join(_plain(v, 90) for v in verdicts), transform=ax.transAxes, fontsize=8,
+                va="bottom", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})  # fmt: skip
+    fig.tight_layout()
     doc.figure(
         "drift",
         fig,
         "drift evidence: episodes per device over time" + (" and scores" if timed_scores else ""),
     )
+
+
+def _verdict_lines(drift: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for v in _dicts(drift.get("verdicts")):
+        line = f"cohort {_text(v.get('cohort'))}: {_text(v.get('verdict'))}"
+        anomalies = [
+            f"{_text(a.get('device_id'))} ({_text(a.get('signature'))})" for a in _dicts(v.get("anomalies"))
+        ]
+        lines.append(line + (f"; single-device anomaly: {', '.join(anomalies)}" if anomalies else ""))
+    return lines
 
 
 def _rollouts(doc: _Doc, t: Mapping[str, Any]) -> None:
@@ -495,6 +533,8 @@ def _rollout_plot(
         gx.set_xlabel(_plain(f"threshold {fmt_num(g.get('threshold'))}: {verdict}", 40), fontsize=8,
                       color="#d62728" if _cls(verdict) == "bad" else "#2ca02c" if _cls(verdict) == "good" else "black")  # fmt: skip
         gx.tick_params(labelsize=8)
+        top = max([abs(v) for v in vals if _is_num(v)] + [0.0])
+        gx.set_ylim(0, top * 1.25 if top > 0 else 1.0)
     fig.tight_layout()
     doc.figure(name, fig, f"rollout of {r.get('release')}: phases and gates (canary vs control)")
 
@@ -523,15 +563,25 @@ def _bytes(doc: _Doc, t: Mapping[str, Any]) -> None:
         return
     fig, ax = plt.subplots(figsize=(9, 3.5))
     xs = range(len(plotted))
-    ax.bar([x - 0.2 for x in xs], [p["bytes"] / 1024 for p in plotted], 0.4, label="sent", color="#2ca02c")
+    sent_colors = ["#2ca02c" if p.get("delta") is not False else COLORS["canary"] for p in plotted]
+    sent = ax.bar([x - 0.2 for x in xs], [p["bytes"] / 1024 for p in plotted], 0.4, color=sent_colors,
+                  label="sent (green: delta, orange: full file)")  # fmt: skip
     ax.bar([x + 0.2 for x in xs], [p["full_bytes"] / 1024 if _is_num(p.get("full_bytes")) else 0 for p in plotted],
            0.4, label="full file", color=COLORS["control"])  # fmt: skip
+    for b, p in zip(sent, plotted, strict=True):
+        ax.annotate(fmt_bytes(p["bytes"]), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                    xytext=(0, 2), textcoords="offset points", fontsize=7)  # fmt: skip
     ax.set_xticks(
         list(xs), [_plain(f"{p.get('device_id')}\n{p.get('release')}", 60) for p in plotted], fontsize=8
     )
     ax.set_ylabel("KiB")
     ax.set_title(_plain(f"bytes on the wire: {n['ota/delta_bytes']} sent vs {n['ota/full_bytes']} full", 90))
-    ax.legend()
+    top = max(
+        [p["bytes"] for p in plotted]
+        + [p.get("full_bytes") or 0 for p in plotted if _is_num(p.get("full_bytes"))]
+    )
+    ax.set_ylim(0, top / 1024 * 1.3)
+    ax.legend(loc="upper center", ncols=2, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     doc.figure("bytes", fig, "bytes per device: delta sent vs full file")
 
