@@ -44,7 +44,7 @@ KNOWN_KEYS = {
 }  # fmt: skip
 COLORS = {"normal": "#1f77b4", "drifted": "#d62728", "canary": "#ff7f0e", "control": "#7f7f7f"}
 GOOD = {"pass", "completed", "ok", "stable", "succeeded", "done"}
-BAD = {"fail", "failed", "rolled_back", "aborted", "halted", "error", "device_anomaly"}
+BAD = {"fail", "failed", "rolled_back", "aborted", "halted", "error"}
 
 # --- formatting: the exact strings the report prints (report_numbers uses the same functions) ---
 
@@ -391,7 +391,7 @@ def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
             f"{_dict(a).get('device_id')} ({_dict(a).get('signature')})" for a in _list(v.get("anomalies"))
         )  # fmt: skip
         verdict = _text(v.get("verdict"))
-        rows.append([_text(v.get("cohort")), (verdict, "warn" if verdict == "population_shift" else _cls(verdict)),
+        rows.append([_text(v.get("cohort")), (verdict, "warn" if verdict in {"population_shift", "device_anomaly"} else _cls(verdict)),
                      fmt_num(_list(v.get("devices"))), anomalies or "none"])  # fmt: skip
     doc.table(["cohort", "verdict", "devices", "single-device anomalies"], rows)
     scores = [_dict(s) for s in _list(drift.get("scores"))]
