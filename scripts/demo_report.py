@@ -28,6 +28,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 NR = "not recorded"
+EPS_OFF = "none spent (differential privacy off)"  # the run recorded epsilon: null
 KNOWN_KEYS = {
     "schema", "started_at", "wall_s", "quick", "console_url", "devices", "stages", "accuracy",
     "drift", "rollouts", "ota", "federated", "bad_release",
@@ -126,7 +128,7 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
     for a in _dicts(timeline.get("accuracy")):
         n[f"accuracy/{a.get('point')}/{a.get('inputs')}"] = fmt_pct(a.get("accuracy"))
     ota = _dict(timeline.get("ota"))
-    if ota:
+    if _ota_recorded(ota):
         d, f = ota.get("delta_bytes"), ota.get("full_bytes")
         n["ota/delta_bytes"], n["ota/full_bytes"] = fmt_bytes(d), fmt_bytes(f)
         n["ota/ratio"] = fmt_pct(d / f) if _is_num(d) and _is_num(f) and f else NR
@@ -135,7 +137,8 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
             n[f"ota/{p.get('device_id')}/{p.get('release')}/bytes"] = fmt_bytes(p.get("bytes"))
     fed = _dict(timeline.get("federated"))
     if fed:
-        n["federated/epsilon"] = fmt_num(fed.get("epsilon"))
+        eps = fed.get("epsilon")
+        n["federated/epsilon"] = EPS_OFF if "epsilon" in fed and eps is None else fmt_num(eps)
         n["federated/delta"] = fmt_num(fed.get("delta"))
         n["federated/secure_aggregation"] = _onoff(fed.get("secure_aggregation"))
         n["federated/triggered_by"] = _text(fed.get("triggered_by"))
@@ -153,6 +156,11 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
         for k in ("halted_at", "all_back_on", "release"):
             n[f"bad_release/{k}"] = _text(bad.get(k))
     return n
+
+
+def _ota_recorded(ota: Mapping[str, Any]) -> bool:
+    """The demo starts with zeros and an empty list: nothing was transferred yet."""
+    return bool(_list(ota.get("per_device"))) or bool(ota.get("full_bytes")) or bool(ota.get("delta_bytes"))
 
 
 def _status(stage: Mapping[str, Any]) -> str:
@@ -278,11 +286,8 @@ def _header(doc: _Doc, t: Mapping[str, Any]) -> None:
     doc.h(3, "At a glance")
     doc.kv(_glance(t))
     doc.h(3, "Devices")
-    rows: list[list[Cell]] = []
-    for d in _dicts(t.get("devices")):
-        rows.append([_text(d.get("id")), _text(d.get("profile")), _text(d.get("transport")),
-                     _text(d.get("cohort"))])  # fmt: skip
-    doc.table(["device", "profile", "transport", "cohort"], rows)
+    _records(doc, _dicts(t.get("devices")), [("id", "device", _text), ("profile", "profile", _text),
+                                             ("transport", "transport", _text), ("cohort", "cohort", _text)])  # fmt: skip
 
 
 def _glance(t: Mapping[str, Any]) -> list[tuple[str, Cell]]:
@@ -335,13 +340,9 @@ def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
 
 
 def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
-    acc = [_dict(a) for a in _list(t.get("accuracy"))]
-    rows: list[list[Cell]] = [
-        [_text(a.get("point")), _text(a.get("model")), _text(a.get("inputs")), fmt_pct(a.get("accuracy")),
-         fmt_s(a.get("t_s"))]
-        for a in acc
-    ]  # fmt: skip
-    doc.table(["point", "model", "inputs", "accuracy", "at"], rows)
+    acc = _dicts(t.get("accuracy"))
+    _records(doc, acc, [("point", "point", _text), ("model", "model", _text), ("inputs", "inputs", _text),
+                        ("accuracy", "accuracy", fmt_pct), ("t_s", "at", fmt_s)])  # fmt: skip
     points: list[str] = []
     for a in acc:
         if str(a.get("point")) not in points:
@@ -377,13 +378,10 @@ def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
     if not drift:
         doc.p(NR, "muted")
         return
-    episodes = [_dict(e) for e in _list(drift.get("episodes"))]
+    episodes = _dicts(drift.get("episodes"))
     doc.h(3, "Episodes")
-    doc.table(
-        ["device", "at", "kind", "severity", "features"],
-        [[_text(e.get("device_id")), fmt_s(e.get("t_s")), _text(e.get("kind")), fmt_num(e.get("severity")),
-          fmt_num(_list(e.get("features")))] for e in episodes],
-    )  # fmt: skip
+    _records(doc, episodes, [("device_id", "device", _text), ("t_s", "at", fmt_s), ("kind", "kind", _text),
+                             ("severity", "severity", fmt_num), ("features", "features", fmt_num)])  # fmt: skip
     doc.h(3, "Cohort verdicts")
     rows: list[list[Cell]] = []
     for v in _dicts(drift.get("verdicts")):
@@ -391,13 +389,18 @@ def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
             f"{_dict(a).get('device_id')} ({_dict(a).get('signature')})" for a in _list(v.get("anomalies"))
         )  # fmt: skip
         verdict = _text(v.get("verdict"))
-        rows.append([_text(v.get("cohort")), (verdict, "warn" if verdict in {"population_shift", "device_anomaly"} else _cls(verdict)),
-                     fmt_num(_list(v.get("devices"))), anomalies or "none"])  # fmt: skip
-    doc.table(["cohort", "verdict", "devices", "single-device anomalies"], rows)
+        warn = verdict in {"population_shift", "device_anomaly"}
+        rows.append([_text(v.get("cohort")), (verdict, "warn" if warn else _cls(verdict)),
+                     fmt_num(_list(v.get("devices"))), anomalies or "none",
+                     "; ".join(f"{k}: {fmt_num(x)}" for k, x in _extra(v, VERDICT_KEYS))])  # fmt: skip
+    doc.table(["cohort", "verdict", "devices", "single-device anomalies", "other"], rows)
     scores = [_dict(s) for s in _list(drift.get("scores"))]
     if not scores:
         doc.p(f"drift scores series: {NR}", "muted")
     _drift_plot(doc, t, episodes, scores)
+
+
+VERDICT_KEYS = {"cohort", "verdict", "devices", "anomalies"}
 
 
 def _drift_plot(
@@ -467,33 +470,97 @@ def _verdict_lines(drift: Mapping[str, Any]) -> list[str]:
 
 
 def _rollouts(doc: _Doc, t: Mapping[str, Any]) -> None:
-    rollouts = [_dict(r) for r in _list(t.get("rollouts"))]
+    rollouts = _dicts(t.get("rollouts"))
     if not rollouts:
         doc.p(NR, "muted")
         return
+    t0 = _parse_time(t.get("started_at"))
     for i, r in enumerate(rollouts, 1):
         outcome = _text(r.get("outcome"))
         doc.h(3, f"{_text(r.get('release'))} (rollout {_text(r.get('id'))})")
-        doc.kv([("outcome", (outcome, _cls(outcome)))])
-        phases = [_dict(p) for p in _list(r.get("phases"))]
+        known = {"id", "release", "outcome", "phases", "gates", "devices"}
+        doc.kv([("outcome", (outcome, _cls(outcome))), *_extra(r, known)])
+        phases = _dicts(r.get("phases"))
+        times = [_phase_times(p, t0) for p in phases]
         doc.table(
             ["phase", "devices", "start", "end"],
-            [[_text(p.get("name")), fmt_num(_list(p.get("devices"))), fmt_s(p.get("t_start_s")),
-              fmt_s(p.get("t_end_s"))] for p in phases],
+            [[_text(p.get("name")), fmt_num(_list(p.get("devices"))), fmt_s(a), fmt_s(b)]
+             for p, (a, b) in zip(phases, times, strict=True)],
         )  # fmt: skip
-        gates = [_dict(g) for g in _list(r.get("gates"))]
+        gates = _dicts(r.get("gates"))
+        extra_cols = [c for c in GATE_EXTRA if any(c in g for g in gates)]
         doc.table(
-            ["phase", "metric", "canary", "control", "threshold", "verdict"],
+            ["phase", "metric", "canary", "control", "threshold", *[c.replace("_", " ") for c in extra_cols],
+             "verdict"],
             [[_text(g.get("phase")), _text(g.get("metric")), fmt_num(g.get("value_canary")),
-              fmt_num(g.get("value_control")), fmt_num(g.get("threshold")),
+              fmt_num(g.get("value_control")), fmt_num(g.get("threshold")), *[fmt_num(g.get(c)) for c in extra_cols],
               (_text(g.get("verdict")), _cls(g.get("verdict")))] for g in gates],
         )  # fmt: skip
+        statuses = _dict(r.get("devices"))
+        if statuses:
+            doc.table(["device", "status in this rollout"],
+                      [[str(d), (_text(st), _cls(st))] for d, st in statuses.items()])  # fmt: skip
         if phases or gates:
-            _rollout_plot(doc, f"rollout-{i}", r, phases, gates)
+            _rollout_plot(doc, f"rollout-{i}", r=r, phases=phases, times=times, gates=gates)
+
+
+GATE_EXTRA = ("p_value", "looks", "samples_canary", "samples_control")
+
+
+def _parse_time(x: Any) -> datetime | None:
+    if not isinstance(x, str) or not x:
+        return None
+    try:
+        ts = datetime.fromisoformat(x.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _phase_times(p: Mapping[str, Any], t0: datetime | None) -> tuple[float | None, float | None]:
+    """A phase's start and end in seconds since the demo started: t_start_s/t_end_s, else the
+    server's assigned_at/settled_at timestamps against the timeline's started_at."""
+    out: list[float | None] = []
+    for rel, stamp in (("t_start_s", "assigned_at"), ("t_end_s", "settled_at")):
+        v = p.get(rel)
+        ts = _parse_time(p.get(stamp))
+        if _is_num(v):
+            out.append(float(v))
+        elif ts is not None and t0 is not None:
+            out.append(round((ts - t0).total_seconds(), 2))
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+Column = tuple[str, str, Callable[[Any], str]]  # key, header, formatter
+
+
+def _records(doc: _Doc, records: list[dict[str, Any]], cols: list[Column]) -> None:
+    """A table of records: the contract's columns first, then any key the run added, as is."""
+    keys = {k for k, _, _ in cols}
+    extra = list(dict.fromkeys(k for r in records for k in r if k not in keys))
+    head = [h for _, h, _ in cols] + [str(k).replace("_", " ") for k in extra]
+    rows: list[list[Cell]] = [
+        [f(r.get(k)) for k, _, f in cols] + [fmt_num(r.get(k)) if k in r else "" for k in extra]
+        for r in records
+    ]
+    doc.table(head, rows)
+
+
+def _extra(d: Mapping[str, Any], known: set[str]) -> list[tuple[str, Cell]]:
+    """Fields the run recorded beyond the contract, shown as they are."""
+    return [(str(k).replace("_", " "), fmt_num(v)) for k, v in d.items() if k not in known]
 
 
 def _rollout_plot(
-    doc: _Doc, name: str, r: Mapping[str, Any], phases: list[dict[str, Any]], gates: list[dict[str, Any]]
+    doc: _Doc,
+    name: str,
+    *,
+    r: Mapping[str, Any],
+    phases: list[dict[str, Any]],
+    times: list[tuple[float | None, float | None]],
+    gates: list[dict[str, Any]],
 ) -> None:
     plotted_gates = [g for g in gates if _is_num(g.get("value_canary")) or _is_num(g.get("value_control"))]
     ncols = max(1, min(len(plotted_gates), 4))
@@ -502,15 +569,16 @@ def _rollout_plot(
     grid = fig.add_gridspec(1 + grows, ncols, height_ratios=[0.6 + 0.3 * max(len(phases), 1)] + [2.2] * grows)
     ax = fig.add_subplot(grid[0, :])
     failed_phases = {str(g.get("phase")) for g in gates if str(g.get("verdict")).lower() == "fail"}
-    for y, p in enumerate(phases):
-        start, end = p.get("t_start_s"), p.get("t_end_s")
-        if not _is_num(start):
+    known = [a for a, _ in times if a is not None]
+    for y, (p, (start, end)) in enumerate(zip(phases, times, strict=True)):
+        if start is None:
+            ax.text(min(known, default=0.0), y, "  never started", va="center", fontsize=8, color="#555555")
             continue
         halted = str(p.get("name")) in failed_phases
-        width = (end - start) if _is_num(end) else 0.0
+        width = (end - start) if end is not None else 0.0
         ax.barh(y, max(width, 0.3), left=start, height=0.6,
                 color="#d62728" if halted else COLORS["canary"] if p.get("name") == "canary" else "#2ca02c")  # fmt: skip
-        label = "halted" if halted else "" if _is_num(end) else "not ended"
+        label = "halted" if halted else "" if end is not None else "not ended"
         if label:
             ax.text(start + max(width, 0.3), y, f"  {label}", va="center", fontsize=8, color="#d62728")
     ax.set_yticks(range(len(phases)), [_plain(p.get("name")) for p in phases])
@@ -541,23 +609,23 @@ def _rollout_plot(
 
 def _bytes(doc: _Doc, t: Mapping[str, Any]) -> None:
     ota = _dict(t.get("ota"))
-    if not ota:
+    if not _ota_recorded(ota):
         doc.p(NR, "muted")
         return
     n = report_numbers({"ota": ota})
+    use = ota.get("use_delta")
+    mode = "deltas" if use is True else "full files (--full-files)" if use is False else NR
     doc.kv([
-        ("bytes sent (deltas)", n["ota/delta_bytes"]),
-        ("full files would have been", n["ota/full_bytes"]),
-        ("delta as a share of full", n["ota/ratio"]),
+        ("fetched by the devices", n["ota/delta_bytes"]),
+        ("the same updates as full files", n["ota/full_bytes"]),
+        ("fetched as a share of full", n["ota/ratio"]),
         ("saved", n["ota/saved"]),
+        ("transfer mode", mode),
+        *_extra(ota, {"delta_bytes", "full_bytes", "per_device", "use_delta"}),
     ])  # fmt: skip
-    per = [_dict(p) for p in _list(ota.get("per_device"))]
-    doc.table(
-        ["device", "release", "sent", "full file", "delta"],
-        [[_text(p.get("device_id")), _text(p.get("release")), fmt_bytes(p.get("bytes")),
-          fmt_bytes(p.get("full_bytes")), "yes" if p.get("delta") is True else "no" if p.get("delta") is False else NR]
-         for p in per],
-    )  # fmt: skip
+    per = _dicts(ota.get("per_device"))
+    _records(doc, per, [("device_id", "device", _text), ("release", "release", _text), ("bytes", "fetched", fmt_bytes),
+                        ("full_bytes", "full file", fmt_bytes), ("delta", "delta", fmt_num)])  # fmt: skip
     plotted = [p for p in per if _is_num(p.get("bytes"))]
     if not plotted:
         return
@@ -593,6 +661,16 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
         return
     n = report_numbers({"federated": fed})
     sa = n["federated/secure_aggregation"]
+    known = {
+        "run_id",
+        "triggered_by",
+        "secure_aggregation",
+        "epsilon",
+        "delta",
+        "devices",
+        "excluded",
+        "rounds",
+    }
     doc.kv([
         ("run", _text(fed.get("run_id"))),
         ("triggered by", n["federated/triggered_by"]),
@@ -602,13 +680,11 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("devices", fmt_num(_list(fed.get("devices")))),
         ("excluded", fmt_num(_list(fed.get("excluded")))),
         ("rounds", n["federated/rounds"]),
+        *_extra(fed, known),
     ])  # fmt: skip
-    rounds = [_dict(r) for r in _list(fed.get("rounds"))]
-    doc.table(
-        ["round", "participants", "loss", "accuracy"],
-        [[fmt_num(r.get("round")), fmt_num(r.get("participants")), fmt_num(r.get("loss")),
-          fmt_pct(r.get("accuracy"))] for r in rounds],
-    )  # fmt: skip
+    rounds = _dicts(fed.get("rounds"))
+    _records(doc, rounds, [("round", "round", fmt_num), ("participants", "participants", fmt_num),
+                           ("loss", "loss", fmt_num), ("accuracy", "accuracy", fmt_pct)])  # fmt: skip
     pts = [(r.get("round"), r.get("loss"), r.get("accuracy")) for r in rounds if _is_num(r.get("round"))]
     if len(pts) < 2:
         return
@@ -640,6 +716,7 @@ def _bad_release(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("halted at", (halted, "bad" if halted != NR else "")),
         ("rolled back devices", fmt_num(_list(bad.get("rolled_back_devices")))),
         ("every device back on", (_text(bad.get("all_back_on")), "good" if bad.get("all_back_on") else "")),
+        *_extra(bad, {"release", "halted_at", "rolled_back_devices", "all_back_on"}),
     ])  # fmt: skip
 
 

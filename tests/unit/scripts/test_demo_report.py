@@ -489,3 +489,83 @@ def test_cli_rerenders_from_a_saved_timeline(tmp_path: Path) -> None:
 def test_non_numbers_format_as_not_recorded(value: Any) -> None:
     assert dr.fmt_pct(value) == "not recorded"
     assert dr.fmt_bytes(value) == "not recorded"
+
+
+def timeline_as_demo_records() -> dict[str, Any]:
+    """The shapes scripts/demo_loop.py records beyond contract A: phases with the server's
+    assigned_at/settled_at (naive UTC), a batch never started, gate p-values and samples, per-device
+    rollout statuses, ε null (differential privacy off), rounds without accuracy, extra keys."""
+    tl = timeline()
+    tl["started_at"] = "2026-12-07T02:30:00Z"
+    bad = tl["rollouts"][1]
+    bad["reason"] = "gate confidence_mean failed at look 4"
+    bad["phases"] = [
+        {"name": "canary", "devices": ["pi-kitchen"], "assigned_at": "2026-12-07T02:35:35.250000",
+         "settled_at": "2026-12-07T02:36:35"},
+        {"name": "batch 1", "devices": ["jetson-dock"], "assigned_at": None, "settled_at": None},
+    ]  # fmt: skip
+    for g in bad["gates"]:
+        g.update(p_value=0.0012, looks=4, samples_canary=640, samples_control=1280)
+    bad["devices"] = {"pi-kitchen": "rolled_back", "jetson-dock": "pending"}
+    tl["federated"].update(epsilon=None, delta=None, dp="off (see report)", reason="drift on learn=digits")
+    tl["federated"]["rounds"] = [
+        {"round": r, "participants": 2, "sampled": 2, "loss": 0.7 - 0.1 * r, "survivors": 2}
+        for r in (1, 2, 3)
+    ]
+    tl["devices"][0]["site"] = "north"
+    tl["accuracy"][0].update(devices=3, samples=360)
+    tl["ota"]["use_delta"] = True
+    tl["bad_release"].update(reason="halted", exposed_devices=1, fleet_devices=5)
+    return tl
+
+
+def test_the_demos_own_shapes_render_with_their_extra_fields(tmp_path: Path) -> None:
+    tl = timeline_as_demo_records()
+    page, md = _render(tmp_path, tl)
+    n = dr.report_numbers(tl)
+    assert n["federated/epsilon"] == "none spent (differential privacy off)"
+    assert n["federated/delta"] == "not recorded"
+    rollout = page.split("digits-head@3 (rollout r-3)", 1)[1]
+    # canary 335.2 s -> 395.0 s after the start, from the server's timestamps
+    assert "<td>335.2 s</td><td>395.0 s</td>" in rollout
+    assert "<td>batch 1</td><td>jetson-dock</td><td>not recorded</td><td>not recorded</td>" in rollout
+    assert "<th>p value</th>" in rollout
+    assert "<td>0.0012</td><td>4</td><td>640</td><td>1280</td>" in rollout
+    assert '<td>pi-kitchen</td><td class="bad">rolled_back</td>' in rollout
+    assert "gate confidence_mean failed at look 4" in rollout
+    for text in (
+        "<th>site</th>",
+        "<td>north</td>",
+        "<th>samples</th>",
+        "<th>survivors</th>",
+        "off (see report)",
+        "exposed devices",
+        "transfer mode",
+    ):
+        assert text in page, text
+    assert len(list((tmp_path / "report").glob("*.png"))) == 7
+    assert "| survivors |" in md
+
+
+def test_a_stage_that_raised_shows_its_error_in_red(tmp_path: Path) -> None:
+    tl = timeline()
+    tl["stages"][2].update(ok=False, facts={"error": "demo: pi-south was called spike, not a stuck sensor"})
+    page, _ = _render(tmp_path, tl)
+    assert '<td class="bad">error=demo: pi-south was called spike, not a stuck sensor</td>' in page
+
+
+def test_the_demos_initial_empty_sections_are_not_recorded(tmp_path: Path) -> None:
+    tl = {k: v for k, v in timeline().items() if k in {"schema", "started_at", "wall_s", "devices", "stages"}}
+    tl.update(
+        accuracy=[],
+        drift={"episodes": [], "verdicts": [], "scores": []},
+        rollouts=[],
+        ota={"delta_bytes": 0, "full_bytes": 0, "per_device": []},
+        federated={},
+        bad_release={},
+    )
+    page, _ = _render(tmp_path, tl)
+    assert "ota/delta_bytes" not in dr.report_numbers(tl)
+    bytes_section = page.split('id="bytes"', 1)[1].split("<h2", 1)[0]
+    assert "not recorded" in bytes_section
+    assert "0 B" not in bytes_section
