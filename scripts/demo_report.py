@@ -582,6 +582,7 @@ def _rollout_plot(
         if label:
             ax.text(start + max(width, 0.3), y, f"  {label}", va="center", fontsize=8, color="#d62728")
     ax.set_yticks(range(len(phases)), [_plain(p.get("name")) for p in phases])
+    ax.set_ylim(-0.6, max(len(phases), 1) - 0.4)
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the demo started")
     outcome = _text(r.get("outcome"))
@@ -694,13 +695,15 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
     if loss:
         ax.plot(*zip(*loss, strict=True), marker="o", color="#9467bd", label="loss")
     ax.set_xlabel("round")
+    ax.set_xticks(sorted({int(x) for x, _, _ in pts}))
     ax.set_ylabel("loss")
     if accs:
         ax2 = ax.twinx()
         ax2.plot(*zip(*accs, strict=True), marker="s", color="#2ca02c", label="accuracy")
         ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1.05)
-    ax.set_title("federated rounds")
+    ax.set_title(_plain(f"federated rounds (secure aggregation {n['federated/secure_aggregation']}, "
+                        f"ε {n['federated/epsilon']})", 100))  # fmt: skip
     ax.grid(alpha=0.3)
     doc.figure("federated", fig, "federated rounds: loss and accuracy")
 
@@ -752,6 +755,10 @@ SECTIONS: list[tuple[str, str, Callable[[_Doc, Mapping[str, Any]], None]]] = [
 
 def render(timeline: Mapping[str, Any], out_dir: Path, *, strict: bool = False) -> Path:
     """Write out_dir/report.html, out_dir/report.md and out_dir/report/*.png; return the HTML's path."""
+    if not isinstance(timeline, Mapping):
+        if strict:
+            raise TypeError(f"the timeline is a {type(timeline).__name__}, not an object")
+        timeline = {"unreadable_timeline": repr(timeline)[:2000]}
     out_dir = Path(out_dir)
     img_dir = out_dir / "report"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -764,6 +771,7 @@ def render(timeline: Mapping[str, Any], out_dir: Path, *, strict: bool = False) 
     for title, anchor, build in SECTIONS:
         doc.section(title, anchor, lambda b=build: b(doc, timeline))  # type: ignore[misc]
     _other(doc, timeline)
+    plt.close("all")  # figures of a section that failed half-way
     title = "edgeloop demo report"
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

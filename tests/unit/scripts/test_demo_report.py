@@ -579,3 +579,12 @@ def test_the_demos_initial_empty_sections_are_not_recorded(tmp_path: Path) -> No
     bytes_section = page.split('id="bytes"', 1)[1].split("<h2", 1)[0]
     assert "not recorded" in bytes_section
     assert "0 B" not in bytes_section
+
+
+def test_a_timeline_that_is_not_an_object_still_leaves_a_report(tmp_path: Path) -> None:
+    path = dr.render(["not", "a", "timeline"], tmp_path)  # type: ignore[arg-type]
+    page = path.read_text(encoding="utf-8")
+    assert "unreadable_timeline" in page
+    assert "not recorded" in page
+    with pytest.raises(TypeError):
+        dr.render([], tmp_path, strict=True)  # type: ignore[arg-type]
