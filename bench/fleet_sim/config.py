@@ -71,6 +71,7 @@ class SimConfig:
     mqtt_keepalive_s: float = 60.0
     ramp_per_s: float = 200.0  # new devices connecting per second, fleet-wide
     connect_timeout_s: float = 10.0
+    ack_timeout_s: float = 30.0  # a record not acked this long after its send is sent again
     heartbeat_s: float = 60.0  # a DeviceReport every heartbeat (random phase per device)
     telemetry_per_min: float = 0.0  # telemetry records per device per minute
     churn_per_min: float = 0.0  # devices per minute (fleet-wide) that leave cleanly and come back
@@ -101,7 +102,14 @@ class SimConfig:
             raise ValueError("devices must be >= 0")
         if self.transport != "grpc" and not self.mqtt_url:
             raise ValueError(f"transport {self.transport} needs mqtt_url (mqtt[s]://host:port)")
-        for name in ("ramp_per_s", "connect_timeout_s", "heartbeat_s", "backoff_initial_s", "backoff_max_s"):
+        for name in (
+            "ramp_per_s",
+            "connect_timeout_s",
+            "ack_timeout_s",
+            "heartbeat_s",
+            "backoff_initial_s",
+            "backoff_max_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("telemetry_per_min", "churn_per_min", "drop_rate", "delay_ms", "duration_s"):
@@ -154,6 +162,7 @@ class SimConfig:
         p.add_argument("--mqtt-keepalive-s", type=float, default=60.0)
         p.add_argument("--ramp-per-s", type=float, default=200.0)
         p.add_argument("--connect-timeout-s", type=float, default=10.0)
+        p.add_argument("--ack-timeout-s", type=float, default=30.0)
         p.add_argument("--heartbeat-s", type=float, default=60.0)
         p.add_argument("--telemetry-per-min", type=float, default=0.0)
         p.add_argument("--churn-per-min", type=float, default=0.0)

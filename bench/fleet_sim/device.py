@@ -293,11 +293,12 @@ class SimDevice:
         backlog = sorted(self.pending)
         if backlog:
             await self._send_records(link, backlog)
-        hb = self.cfg.heartbeat_s
+        hb, ack_timeout = self.cfg.heartbeat_s, self.cfg.ack_timeout_s
+        next_hb = self.hb_phase + hb * (math.floor((time.monotonic() - self.hb_phase) / hb) + 1)
         while True:
             now = time.monotonic()
-            next_hb = self.hb_phase + hb * (math.floor((now - self.hb_phase) / hb) + 1)
-            wait = next_hb - now
+            oldest = min((sent for _, sent in self.pending.values() if sent), default=math.inf)
+            wait = min(next_hb, oldest + ack_timeout) - now
             if self.drop_rate_s or self.churn_rate_s:
                 fault_in = self.rng.expovariate(self.drop_rate_s + self.churn_rate_s)
                 if fault_in < wait:
@@ -306,8 +307,16 @@ class SimDevice:
                     self.stats.inc("churns" if churn else "drops")
                     self.kick("churn" if churn else "drop")
                     return
-            await asyncio.sleep(wait)
-            await self._send_report(link)
+            await asyncio.sleep(max(0.0, wait))
+            now = time.monotonic()
+            # no ack within ack_timeout_s (on MQTT the broker stays up while the server is away,
+            # and QoS 1 is per hop): send again in this session; the server acks a stored seq again
+            stale = sorted(s for s, (_, sent) in self.pending.items() if sent and now - sent >= ack_timeout)
+            if stale:
+                await self._send_records(link, stale)
+            if now >= next_hb - 0.01:  # the loop may wake a clock tick early
+                next_hb += hb * (math.floor((now - next_hb) / hb) + 1)
+                await self._send_report(link)
 
     async def _produce(self) -> None:
         """Telemetry at `telemetry_per_min` and model_metrics windows while serving a model."""
