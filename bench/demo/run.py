@@ -8,7 +8,10 @@ still counts what it did). Per arm: each stage's wall time (median, min-max over
 the stage was recorded, with its failures counted), the whole demo's wall time, and the OTA bytes
 on the wire: the bytes the devices fetched (`ota.per_device[].bytes` summed, else
 `ota.delta_bytes`) against what full files would have been (`ota.full_bytes`). Between arms: the
-sent bytes with deltas as a share of the sent bytes with full files.
+sent bytes with deltas as a share of the sent bytes with full files. The whole demo's bytes on the
+wire are approximated by the loopback interface's byte counter (/proc/net/dev `lo`) across the run:
+every process of the demo talks over 127.0.0.1, but so does everything else in this network
+namespace, so that number only means something on an otherwise idle machine.
 
     .venv/bin/python bench/demo/run.py [--reps 3] [--json out.json] [--work DIR] [--timeout-s 1800]
 
@@ -40,10 +43,23 @@ def demo_cmd(arm: str, work: Path, extra: list[str]) -> list[str]:
     return cmd + (["--full-files"] if arm == "full" else []) + extra
 
 
+def loopback_bytes() -> int | None:
+    """Bytes received on `lo` so far (on loopback every byte sent is received once)."""
+    try:
+        for line in Path("/proc/net/dev").read_text().splitlines():
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_once(arm: str, work: Path, extra: list[str], timeout_s: float) -> dict[str, Any]:
     """One demo run; never raises for a failed demo (the timeline says how far it got)."""
     work.mkdir(parents=True, exist_ok=True)
     log = work.parent / f"{work.name}.log"
+    lo0 = loopback_bytes()
     t0 = time.monotonic()
     with log.open("w") as out:
         try:
@@ -54,12 +70,14 @@ def run_once(arm: str, work: Path, extra: list[str], timeout_s: float) -> dict[s
         except subprocess.TimeoutExpired:
             rc = "timeout"
     outside_s = time.monotonic() - t0
+    lo1 = loopback_bytes()
     path = work / "timeline.json"
     try:
         timeline = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         timeline = {"error": f"no timeline: {e}"}
     return {"arm": arm, "rc": rc, "outside_wall_s": outside_s, "work": str(work), "log": str(log),
+            "loopback_bytes": lo1 - lo0 if lo0 is not None and lo1 is not None else None,
             "timeline": timeline}  # fmt: skip
 
 
@@ -101,6 +119,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         sent = [b["sent"] for r in mine if (b := ota_bytes(r["timeline"]))["sent"] is not None]
         full = [b["full"] for r in mine if (b := ota_bytes(r["timeline"]))["full"] is not None]
         walls = [w for r in mine if (w := _num(r["timeline"].get("wall_s"))) is not None]
+        lo = [float(r["loopback_bytes"]) for r in mine if r.get("loopback_bytes") is not None]
         arms[arm] = {
             "runs": len(mine),
             "ok_runs": sum(1 for r in mine if r["rc"] == 0),
@@ -111,6 +130,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "ota_sent_bytes": _stats(sent),
             "ota_full_bytes": _stats(full),
+            "loopback_bytes": _stats(lo),
         }
     d, f = arms["delta"]["ota_sent_bytes"], arms["full"]["ota_sent_bytes"]
     ratio = d["median"] / f["median"] if d and f and f["median"] else None
@@ -153,6 +173,8 @@ def markdown(summary: dict[str, Any], cmd: str, env: dict[str, Any]) -> str:
         f"{_fmt(a['full']['ota_sent_bytes'], 'B')} |",
         f"| full-file size of the same updates | {_fmt(a['delta']['ota_full_bytes'], 'B')} | "
         f"{_fmt(a['full']['ota_full_bytes'], 'B')} |",
+        f"| whole demo on loopback (machine-wide counter) | {_fmt(a['delta']['loopback_bytes'], 'B')} | "
+        f"{_fmt(a['full']['loopback_bytes'], 'B')} |",
         "",
     ]
     r = summary["delta_vs_full_sent_ratio"]
@@ -192,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_once(arm, work, args.extra, args.timeout_s)
             b = ota_bytes(r["timeline"])
             print(
-                f"  rc={r['rc']} wall={r['outside_wall_s']:.1f} s ota sent={b['sent']} full={b['full']}",
+                f"  rc={r['rc']} wall={r['outside_wall_s']:.1f} s ota sent={b['sent']} full={b['full']} "
+                f"loopback={r['loopback_bytes']}",
                 flush=True,
             )
             runs.append(r)
