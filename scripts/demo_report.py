@@ -719,8 +719,23 @@ def _bad_release(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("halted at", (halted, "bad" if halted != NR else "")),
         ("rolled back devices", fmt_num(_list(bad.get("rolled_back_devices")))),
         ("every device back on", (_text(bad.get("all_back_on")), "good" if bad.get("all_back_on") else "")),
+        ("stopped by", _failing_gates(t, bad.get("release"))),
         *_extra(bad, {"release", "halted_at", "rolled_back_devices", "all_back_on"}),
     ])  # fmt: skip
+
+
+def _failing_gates(t: Mapping[str, Any], release: Any) -> str:
+    """The gates that failed in the bad release's rollout, canary vs control, from the rollouts."""
+    found = []
+    for r in _dicts(t.get("rollouts")):
+        if release is None or r.get("release") != release:
+            continue
+        for g in _dicts(r.get("gates")):
+            if str(g.get("verdict")).lower() == "fail":
+                found.append(f"{_text(g.get('metric'))} at {_text(g.get('phase'))}: canary "
+                             f"{fmt_num(g.get('value_canary'))} vs control {fmt_num(g.get('value_control'))} "
+                             f"(threshold {fmt_num(g.get('threshold'))})")  # fmt: skip
+    return "; ".join(found) or NR
 
 
 def _other(doc: _Doc, t: Mapping[str, Any]) -> None:

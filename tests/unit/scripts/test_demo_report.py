@@ -402,6 +402,10 @@ def test_the_bad_release_halt_and_rollback_are_marked(full: tuple[Path, str, str
     assert '<td class="bad">canary</td>' in page  # halted at
     assert '<td class="good">digits-head@2</td>' in page  # every device back on the good model
     assert '<td class="good">completed</td>' in page
+    assert (
+        "<td>stopped by</td><td>prediction_confidence at canary: canary 0.4123 vs control 0.9071 "
+        "(threshold 0.05)</td>" in page
+    )
 
 
 def test_hostile_strings_from_the_run_are_escaped_everywhere(tmp_path: Path) -> None:
