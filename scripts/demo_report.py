@@ -403,39 +403,65 @@ def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
 VERDICT_KEYS = {"cohort", "verdict", "devices", "anomalies"}
 
 
+CLASS_COLORS = {"population_shift": "#ff7f0e", "device_anomaly": "#d62728", "within_budget": "#7f7f7f"}
+KIND_MARKERS = {"output": "o", "single_feature": "s", "multi_feature": "D", "stuck": "X", "covariate": "o"}
+
+
 def _drift_plot(
     doc: _Doc, t: Mapping[str, Any], episodes: list[dict[str, Any]], scores: list[dict[str, Any]]
 ) -> None:
+    """Episodes per device: over time when they were opened at different times, else by severity
+    (the demo stamps every episode with the moment drift was injected). Colour = the server's
+    classification of the episode, marker = its kind; the cohort verdicts are printed underneath."""
     cohort = {str(_dict(d).get("id")): _text(_dict(d).get("cohort")) for d in _list(t.get("devices"))}
     devices = list(cohort)
     for e in episodes:
         if str(e.get("device_id")) not in devices:
             devices.append(str(e.get("device_id")))
-    timed = [e for e in episodes if _is_num(e.get("t_s"))]
+    times = [float(e["t_s"]) for e in episodes if _is_num(e.get("t_s"))]
+    over_time = bool(times) and max(times) - min(times) >= 2.0
+    xkey = "t_s" if over_time else "severity"
+    plotted = [e for e in episodes if _is_num(e.get(xkey))]
     timed_scores = [s for s in scores if _is_num(s.get("t_s")) and _is_num(s.get("score"))]
-    if not timed and not timed_scores:
+    if not plotted and not timed_scores:
         return
     nrows = 2 if timed_scores else 1
     fig, axes = plt.subplots(
-        nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False, sharex=True
+        nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False, sharex=over_time
     )
     ax = axes[0][0]
-    kinds = sorted({str(e.get("kind")) for e in timed})
-    cmap = plt.get_cmap("tab10")
-    for i, kind in enumerate(kinds):
-        pts = [e for e in timed if str(e.get("kind")) == kind]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in plotted:
+        groups.setdefault((str(e.get("classification") or e.get("kind")), str(e.get("kind"))), []).append(e)
+    kinds = sorted({k for _, k in groups})
+    sev = [float(e["severity"]) for e in plotted if _is_num(e.get("severity")) and e["severity"] > 0]
+    top = max(sev, default=1.0)
+    for (cls, kind), pts in sorted(groups.items()):
+        off = (kinds.index(kind) - (len(kinds) - 1) / 2) * 0.12  # kinds side by side on a device's row
+        sizes = [
+            40 + 120 * (float(e["severity"]) / top if _is_num(e.get("severity")) and top else 0.5)
+            for e in pts
+        ]
         ax.scatter(
-            [e["t_s"] for e in pts], [devices.index(str(e.get("device_id"))) for e in pts],
-            s=[40 + 160 * min(max(float(e.get("severity") or 0), 0), 1) for e in pts],
-            color=cmap(i % 10), label=_plain(kind), alpha=0.8,
+            [e[xkey] for e in pts], [devices.index(str(e.get("device_id"))) + off for e in pts],
+            s=sizes if over_time else 60, color=CLASS_COLORS.get(cls, "#1f77b4"),
+            marker=KIND_MARKERS.get(kind, "^"), label=_plain(f"{kind}: {cls}", 50), alpha=0.85,
         )  # fmt: skip
     ax.set_yticks(range(len(devices)), [_plain(f"{d} ({cohort.get(d, '?')})") for d in devices])
     ax.set_ylim(-0.7, len(devices) - 0.3)
     ax.invert_yaxis()
-    ax.set_title("drift episodes per device (size = severity)")
     ax.grid(alpha=0.3)
-    if kinds:
-        ax.legend(loc="best", fontsize=8)
+    if over_time:
+        ax.set_title("drift episodes per device over time (size = severity)")
+    else:
+        when = f" (all opened at {fmt_s(times[0])})" if times else ""
+        ax.set_title(f"drift episodes per device by severity{when}")
+        ax.set_xlabel("severity")
+        if sev and max(sev) / min(sev) > 20:
+            ax.set_xscale("log")
+    if groups:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, title="kind: classification",
+                  title_fontsize=7)  # fmt: skip
     if timed_scores:
         sx = axes[1][0]
         for dev in dict.fromkeys(str(s.get("device_id")) for s in timed_scores):
@@ -443,18 +469,20 @@ def _drift_plot(
             sx.plot(*zip(*pts, strict=True), marker=".", label=_plain(f"{dev} ({cohort.get(dev, '?')})"))
         sx.set_ylabel("drift score")
         sx.set_title("drift scores over time")
+        sx.set_xlabel("seconds since the demo started")
         sx.grid(alpha=0.3)
-        sx.legend(fontsize=8)
-    axes[-1][0].set_xlabel("seconds since the demo started")
+        sx.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+    if over_time:
+        ax.set_xlabel("" if timed_scores else "seconds since the demo started")
     verdicts = _verdict_lines(_dict(t.get("drift")))
-    if verdicts:
-        ax.text(0.01, 0.03, "\n".join(_plain(v, 90) for v in verdicts), transform=ax.transAxes, fontsize=8,
-                va="bottom", bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})  # fmt: skip
     fig.tight_layout()
+    if verdicts:
+        fig.text(0.01, 0.0, "\n".join(_plain(v, 120) for v in verdicts), fontsize=8, va="top",
+                 bbox={"boxstyle": "round", "facecolor": "#fff8e6", "edgecolor": "#b35c00"})  # fmt: skip
     doc.figure(
         "drift",
         fig,
-        "drift evidence: episodes per device over time" + (" and scores" if timed_scores else ""),
+        "drift evidence: episodes per device" + (" and scores over time" if timed_scores else ""),
     )
 
 
