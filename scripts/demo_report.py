@@ -45,8 +45,8 @@ KNOWN_KEYS = {
     "drift", "rollouts", "ota", "federated", "bad_release",
 }  # fmt: skip
 COLORS = {"normal": "#1f77b4", "drifted": "#d62728", "canary": "#ff7f0e", "control": "#7f7f7f"}
-GOOD = {"pass", "completed", "ok", "stable", "succeeded", "done"}
-BAD = {"fail", "failed", "rolled_back", "aborted", "halted", "error"}
+GOOD = {"pass", "completed", "ok", "stable", "succeeded", "done", "committed", "released"}
+BAD = {"fail", "failed", "rolled_back", "aborted", "halted", "error", "rejected"}
 
 # --- formatting: the exact strings the report prints (report_numbers uses the same functions) ---
 
@@ -343,16 +343,13 @@ def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
     acc = _dicts(t.get("accuracy"))
     _records(doc, acc, [("point", "point", _text), ("model", "model", _text), ("inputs", "inputs", _text),
                         ("accuracy", "accuracy", fmt_pct), ("t_s", "at", fmt_s)])  # fmt: skip
-    points: list[str] = []
-    for a in acc:
-        if str(a.get("point")) not in points:
-            points.append(str(a.get("point")))
+    slots = _accuracy_slots(acc)
+    points = [min(names, key=len) for names, _ in slots]
     series: dict[str, list[tuple[int, float]]] = {}
-    for a in acc:
-        if _is_num(a.get("accuracy")):
-            series.setdefault(str(a.get("inputs")), []).append(
-                (points.index(str(a.get("point"))), a["accuracy"])
-            )
+    for x, (_, members) in enumerate(slots):
+        for a in members:
+            if _is_num(a.get("accuracy")):
+                series.setdefault(str(a.get("inputs")), []).append((x, a["accuracy"]))
     if not series:
         return
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -371,6 +368,25 @@ def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     doc.figure("accuracy", fig, "accuracy per point, normal vs drifted inputs")
+
+
+def _accuracy_slots(acc: list[dict[str, Any]]) -> list[tuple[list[str], list[dict[str, Any]]]]:
+    """Points of the loop on the x axis: the same point name, or measurements of the other inputs
+    taken within a few seconds of each other, share one slot (the run lists them in time order)."""
+    slots: list[tuple[list[str], list[dict[str, Any]]]] = []
+    for a in acc:
+        name, t_s = str(a.get("point")), a.get("t_s")
+        if slots:
+            names, members = slots[-1]
+            same_name = name in names and all(m.get("inputs") != a.get("inputs") for m in members)
+            close = (_is_num(t_s) and all(_is_num(m.get("t_s")) and abs(m["t_s"] - t_s) < 5.0 for m in members)
+                     and all(m.get("inputs") != a.get("inputs") for m in members))  # fmt: skip
+            if same_name or close:
+                names.append(name)
+                members.append(a)
+                continue
+        slots.append(([name], [a]))
+    return slots
 
 
 def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
@@ -578,7 +594,7 @@ def _records(doc: _Doc, records: list[dict[str, Any]], cols: list[Column]) -> No
 
 def _extra(d: Mapping[str, Any], known: set[str]) -> list[tuple[str, Cell]]:
     """Fields the run recorded beyond the contract, shown as they are."""
-    return [(str(k).replace("_", " "), fmt_num(v)) for k, v in d.items() if k not in known]
+    return [(str(k).replace("_", " "), fmt_num(v)) for k, v in d.items() if k not in known and v != ""]
 
 
 def _rollout_plot(

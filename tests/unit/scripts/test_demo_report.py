@@ -592,3 +592,20 @@ def test_a_timeline_that_is_not_an_object_still_leaves_a_report(tmp_path: Path) 
     assert "not recorded" in page
     with pytest.raises(TypeError):
         dr.render([], tmp_path, strict=True)  # type: ignore[arg-type]
+
+
+def test_accuracy_points_of_one_moment_share_a_slot_on_the_curve() -> None:
+    acc = [
+        {"point": "v1, before drift", "inputs": "normal", "accuracy": 0.95, "t_s": 156.79},
+        {"point": "v1, before drift (turned digits)", "inputs": "drifted", "accuracy": 0.15, "t_s": 156.81},
+        {
+            "point": "v1, after drift",
+            "inputs": "drifted",
+            "accuracy": 0.15,
+            "t_s": 160.56,
+        },  # close, same inputs
+        {"point": "v2, after retraining", "inputs": "drifted", "accuracy": 0.8},  # no time: by name only
+        {"point": "v2, after retraining", "inputs": "normal", "accuracy": 0.9},
+    ]
+    slots = dr._accuracy_slots(acc)
+    assert [[m["accuracy"] for m in members] for _, members in slots] == [[0.95, 0.15], [0.15], [0.8, 0.9]]
