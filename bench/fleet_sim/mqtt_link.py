@@ -21,7 +21,8 @@ asyncio streams, speaking only what a device needs:
 
 TLS: mutual TLS with the fleet CA and the device's key and certificate (`SimIdentity` PEM bytes).
 `ssl.SSLContext.load_cert_chain` only reads files, so the key and certificate are written to a
-private temporary directory for that one call and removed at once. Plain `mqtt://` for a local
+private temporary directory (one per process, removed at exit) for that one call and
+removed at once. Plain `mqtt://` for a local
 broker. No QoS 2, no MQTT 5, no resend of unacked publishes after a reconnect (the simulator sends
 again with the same seq on a new link; the server's seq acks make that harmless).
 
@@ -32,8 +33,11 @@ The packet codec (remaining length, packet builders, `parse_packet`) is pure and
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import itertools
 import os
+import shutil
 import ssl
 import struct
 import tempfile
@@ -220,14 +224,32 @@ def client_ssl_context(identity: SimIdentity) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_verify_locations(cadata=identity.ca_pem.decode())
-    with tempfile.TemporaryDirectory(prefix="edgeloop-sim-tls-") as tmp:  # 0700, removed on exit
-        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+    base = _tls_dir() / f"{os.getpid()}-{next(_serial)}"
+    cert, key = base.with_suffix(".pem"), base.with_suffix(".key")
+    try:
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(identity.key_pem)
         cert.write_bytes(identity.cert_pem)
         ctx.load_cert_chain(cert, key)
+    finally:
+        key.unlink(missing_ok=True)
+        cert.unlink(missing_ok=True)
     return ctx
+
+
+_serial = itertools.count()
+_dir: Path | None = None
+
+
+def _tls_dir() -> Path:
+    """One private (0700) directory per process for the moment a key is loaded, removed at exit
+    (a directory per context cost as much as the key load itself)."""
+    global _dir
+    if _dir is None or not _dir.is_dir():
+        _dir = Path(tempfile.mkdtemp(prefix="edgeloop-sim-tls-"))
+        atexit.register(shutil.rmtree, _dir, ignore_errors=True)
+    return _dir
 
 
 # ------------------------------------------------------------------ the link
