@@ -87,6 +87,13 @@ def fmt_num(x: Any) -> str:
     return str(x)
 
 
+def _names(items: list[Any], limit: int = 12) -> str:
+    """Device ids and the like: all of them up to `limit`, then the first ones and the count."""
+    if len(items) <= limit:
+        return fmt_num(items)
+    return f"{fmt_num(items[: limit - 2])}, … ({len(items)} in all)"
+
+
 def _text(x: Any) -> str:
     return NR if x is None or x == "" else str(x)
 
@@ -407,7 +414,7 @@ def _drift(doc: _Doc, t: Mapping[str, Any]) -> None:
         verdict = _text(v.get("verdict"))
         warn = verdict in {"population_shift", "device_anomaly"}
         rows.append([_text(v.get("cohort")), (verdict, "warn" if warn else _cls(verdict)),
-                     fmt_num(_list(v.get("devices"))), anomalies or "none",
+                     _names(_list(v.get("devices"))), anomalies or "none",
                      "; ".join(f"{k}: {fmt_num(x)}" for k, x in _extra(v, VERDICT_KEYS))])  # fmt: skip
     doc.table(["cohort", "verdict", "devices", "single-device anomalies", "other"], rows)
     scores = [_dict(s) for s in _list(drift.get("scores"))]
@@ -528,7 +535,7 @@ def _rollouts(doc: _Doc, t: Mapping[str, Any]) -> None:
         times = [_phase_times(p, t0) for p in phases]
         doc.table(
             ["phase", "devices", "start", "end"],
-            [[_text(p.get("name")), fmt_num(_list(p.get("devices"))), fmt_s(a), fmt_s(b)]
+            [[_text(p.get("name")), _names(_list(p.get("devices"))), fmt_s(a), fmt_s(b)]
              for p, (a, b) in zip(phases, times, strict=True)],
         )  # fmt: skip
         gates = _dicts(r.get("gates"))
@@ -542,8 +549,11 @@ def _rollouts(doc: _Doc, t: Mapping[str, Any]) -> None:
         )  # fmt: skip
         statuses = _dict(r.get("devices"))
         if statuses:
-            doc.table(["device", "status in this rollout"],
-                      [[str(d), (_text(st), _cls(st))] for d, st in statuses.items()])  # fmt: skip
+            by_status: dict[str, list[str]] = {}
+            for d, st in statuses.items():
+                by_status.setdefault(_text(st), []).append(str(d))
+            doc.table(["status in this rollout", "devices"],
+                      [[(st, _cls(st)), f"{len(ds)}: {_names(ds)}"] for st, ds in by_status.items()])  # fmt: skip
         if phases or gates:
             _rollout_plot(doc, f"rollout-{i}", r=r, phases=phases, times=times, gates=gates)
 
@@ -722,8 +732,8 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("secure aggregation", (sa, "good" if sa == "on" else "bad" if sa == "off" else "")),
         ("ε (epsilon)", n["federated/epsilon"]),
         ("δ (delta)", n["federated/delta"]),
-        ("devices", fmt_num(_list(fed.get("devices")))),
-        ("excluded", fmt_num(_list(fed.get("excluded")))),
+        ("devices", _names(_list(fed.get("devices")))),
+        ("excluded", _names(_list(fed.get("excluded")))),
         ("rounds", n["federated/rounds"]),
         *_extra(fed, known),
     ])  # fmt: skip
@@ -761,7 +771,7 @@ def _bad_release(doc: _Doc, t: Mapping[str, Any]) -> None:
     doc.kv([
         ("release", _text(bad.get("release"))),
         ("halted at", (halted, "bad" if halted != NR else "")),
-        ("rolled back devices", fmt_num(_list(bad.get("rolled_back_devices")))),
+        ("rolled back devices", _names(_list(bad.get("rolled_back_devices")))),
         ("every device back on", (_text(bad.get("all_back_on")), "good" if bad.get("all_back_on") else "")),
         ("stopped by", _failing_gates(t, bad.get("release"))),
         *_extra(bad, {"release", "halted_at", "rolled_back_devices", "all_back_on"}),

@@ -545,7 +545,8 @@ def test_the_demos_own_shapes_render_with_their_extra_fields(tmp_path: Path) -> 
     assert "<td>batch 1</td><td>jetson-dock</td><td>not recorded</td><td>not recorded</td>" in rollout
     assert "<th>p value</th>" in rollout
     assert "<td>0.0012</td><td>4</td><td>640</td><td>1280</td>" in rollout
-    assert '<td>pi-kitchen</td><td class="bad">rolled_back</td>' in rollout
+    assert '<td class="bad">rolled_back</td><td>1: pi-kitchen</td>' in rollout
+    assert "<td>pending</td><td>1: jetson-dock</td>" in rollout
     assert "gate confidence_mean failed at look 4" in rollout
     for text in (
         "<th>site</th>",
@@ -609,3 +610,14 @@ def test_accuracy_points_of_one_moment_share_a_slot_on_the_curve() -> None:
     ]
     slots = dr._accuracy_slots(acc)
     assert [[m["accuracy"] for m in members] for _, members in slots] == [[0.95, 0.15], [0.15], [0.8, 0.9]]
+
+
+def test_a_big_fleet_is_counted_not_listed(tmp_path: Path) -> None:
+    tl = timeline_as_demo_records()
+    many = [f"sim-{i:04d}" for i in range(500)]
+    tl["rollouts"][0]["phases"][1]["devices"] = many
+    tl["rollouts"][0]["devices"] = dict.fromkeys(many, "committed")
+    page, _ = _render(tmp_path, tl)
+    assert "sim-0009, … (500 in all)" in page
+    assert '<td class="good">committed</td><td>500: sim-0000' in page
+    assert "sim-0499" not in page
