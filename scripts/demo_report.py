@@ -30,13 +30,18 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+try:  # the dev extra brings matplotlib; without it the report keeps its tables and numbers
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.figure import Figure
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NR = "not recorded"
 EPS_OFF = "none spent (differential privacy off)"  # the run recorded epsilon: null
@@ -288,6 +293,8 @@ def _header(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("outcome", verdict),
         ("console", _text(url)),
     ])  # fmt: skip
+    if plt is None:
+        doc.p("plots: not drawn (matplotlib is not installed; it comes with the dev extra)", "warn")
     if isinstance(url, str) and url.startswith(("http://", "https://")):
         doc.html.append(f'<p><a href="{html.escape(url)}">open the console</a> (while the demo runs)</p>')
     doc.h(3, "At a glance")
@@ -334,6 +341,8 @@ def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
     plotted = [s for s in stages if _is_num(s.get("t_start_s")) and _is_num(s.get("wall_s"))]
     if not plotted:
         return
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(plotted) + 1.2))
     for y, s in enumerate(plotted):
         color = "#d62728" if s.get("ok") is False else "#2ca02c" if s.get("ok") is True else "#999999"
@@ -358,6 +367,8 @@ def _accuracy(doc: _Doc, t: Mapping[str, Any]) -> None:
             if _is_num(a.get("accuracy")):
                 series.setdefault(str(a.get("inputs")), []).append((x, a["accuracy"]))
     if not series:
+        return
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(9, 4))
     for inputs, pts in series.items():
@@ -449,6 +460,8 @@ def _drift_plot(
     if not plotted and not timed_scores:
         return
     nrows = 2 if timed_scores else 1
+    if plt is None:
+        return
     fig, axes = plt.subplots(
         nrows, 1, figsize=(9, 2.2 + 0.3 * len(devices) + 2.5 * (nrows - 1)), squeeze=False, sharex=over_time
     )
@@ -619,6 +632,8 @@ def _rollout_plot(
     plotted_gates = [g for g in gates if _is_num(g.get("value_canary")) or _is_num(g.get("value_control"))]
     ncols = max(1, min(len(plotted_gates), 4))
     grows = math.ceil(len(plotted_gates) / ncols) if plotted_gates else 0
+    if plt is None:
+        return
     fig = plt.figure(figsize=(9, 1.4 + 0.35 * max(len(phases), 1) + 2.6 * grows))
     grid = fig.add_gridspec(1 + grows, ncols, height_ratios=[0.6 + 0.3 * max(len(phases), 1)] + [2.2] * grows)
     ax = fig.add_subplot(grid[0, :])
@@ -684,6 +699,8 @@ def _bytes(doc: _Doc, t: Mapping[str, Any]) -> None:
     plotted = [p for p in per if _is_num(p.get("bytes"))]
     if not plotted:
         return
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(9, 3.5))
     xs = range(len(plotted))
     sent_colors = ["#2ca02c" if p.get("delta") is not False else COLORS["canary"] for p in plotted]
@@ -742,6 +759,8 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
                            ("loss", "loss", fmt_num), ("accuracy", "accuracy", fmt_pct)])  # fmt: skip
     pts = [(r.get("round"), r.get("loss"), r.get("accuracy")) for r in rounds if _is_num(r.get("round"))]
     if len(pts) < 2:
+        return
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(9, 3))
     loss = [(x, lo) for x, lo, _ in pts if _is_num(lo)]
@@ -840,7 +859,8 @@ def render(timeline: Mapping[str, Any], out_dir: Path, *, strict: bool = False) 
     for title, anchor, build in SECTIONS:
         doc.section(title, anchor, lambda b=build: b(doc, timeline))  # type: ignore[misc]
     _other(doc, timeline)
-    plt.close("all")  # figures of a section that failed half-way
+    if plt is not None:
+        plt.close("all")  # figures of a section that failed half-way
     title = "edgeloop demo report"
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -621,3 +621,16 @@ def test_a_big_fleet_is_counted_not_listed(tmp_path: Path) -> None:
     assert "sim-0009, … (500 in all)" in page
     assert '<td class="good">committed</td><td>500: sim-0000' in page
     assert "sim-0499" not in page
+
+
+def test_without_matplotlib_the_report_keeps_its_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dr, "plt", None)
+    page, md = _render(tmp_path, timeline())
+    assert "<img" not in page
+    assert list((tmp_path / "report").glob("*.png")) == []
+    assert "plots: not drawn (matplotlib is not installed" in page
+    for value in dr.report_numbers(timeline()).values():
+        assert html.escape(value) in page
+        assert value in md
