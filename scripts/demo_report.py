@@ -282,7 +282,8 @@ def _header(doc: _Doc, t: Mapping[str, Any]) -> None:
     stages = _dicts(t.get("stages"))
     failed = [s for s in stages if s.get("ok") is False]
     verdict = (
-        (f"{len(failed)} of {len(stages)} stages FAILED", "bad") if failed
+        (f"{len(failed)} of {len(stages)} stages FAILED: {', '.join(_text(f.get('key')) for f in failed)}", "bad")
+        if failed
         else (f"all {len(stages)} stages ok", "good") if stages else (NR, "")
     )  # fmt: skip
     url = t.get("console_url")

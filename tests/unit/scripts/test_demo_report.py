@@ -464,7 +464,7 @@ def test_a_failed_stage_is_shown_in_red_with_its_detail(tmp_path: Path) -> None:
     page, md = _render(tmp_path, tl)
     assert '<td class="bad">FAILED</td>' in page
     assert "detail: no federated run opened within 120 s" in page
-    assert "1 of 4 stages FAILED" in page
+    assert "1 of 4 stages FAILED: federated" in page
     assert "FAILED" in md
 
 
