@@ -122,6 +122,10 @@ class SimConfig:
         self.workers = max(1, min(self.workers, max(1, self.devices)))
         if isinstance(self.update, str):
             self.update = parse_mix(self.update)
+        else:  # weights as given in Python: validated and normalised like the flag's
+            self.update = parse_mix(",".join(f"{k}={v}" for k, v in self.update.items()))
+        if isinstance(self.update_by_version, str):
+            self.update_by_version = parse_versions(self.update_by_version)
 
     # ---- derived
 

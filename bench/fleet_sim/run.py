@@ -52,6 +52,7 @@ class FleetSim:
         self._all_connected_s: float | None = None
         self._peak = 0
         self._stop_sampler = threading.Event()
+        self._stopping = False
         self._threads: list[threading.Thread] = []
         self._rss: dict[int, float] = {}
 
@@ -112,6 +113,8 @@ class FleetSim:
 
     def stop(self, drain_s: float = 10.0) -> SimStats:
         """Stop producing, wait up to `drain_s` for every record to be acked, close cleanly."""
+        with self._lock:
+            self._stopping = True  # the sessions closing now are no outage
         for c in self._conns:
             try:
                 c.send(("stop", drain_s))
@@ -177,7 +180,8 @@ class FleetSim:
             with self._lock:
                 t = round(time.time() - self._t0, 1)
                 snap = self._sum()
-                self._tracker.sample(t, snap["connected"])
+                if not self._stopping:
+                    self._tracker.sample(t, snap["connected"])
                 self._peak = max(self._peak, snap["connected"])
                 if (
                     self._all_connected_s is None

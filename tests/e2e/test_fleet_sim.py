@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.fleet_sim.config import SimConfig
@@ -62,13 +63,29 @@ def server_and_broker(tmp_path: Path) -> Iterator[tuple[ServerProc, Broker | Non
             EDGELOOP_MQTT_CLIENT_KEY=str(files.server_key),
             EDGELOOP_MQTT_CLIENT_ID="edgeloop-server-fleet-sim",  # a restart resumes its session
         )
-    server.start()
+    _start(server)
     try:
         yield server, broker
     finally:
         server.stop()
         if broker is not None:
             broker.stop()
+
+
+def _start(server: ServerProc) -> None:
+    """`ServerProc.start`, with more than its 30 s for /healthz on a loaded machine."""
+    try:
+        server.start()
+    except AssertionError:
+        assert server.proc is not None and server.proc.poll() is None, "server exited"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(server.url + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 120, what="server /healthz (slow start)")
 
 
 def _stored_seqs(server: ServerProc, device_id: str, after: int) -> list[int]:
@@ -123,7 +140,7 @@ def test_sim_holds_fleet_through_server_sigkill_and_every_record_arrives_once(
         # every gRPC device notices (its stream ends); MQTT devices keep their broker session
         wait_until(lambda: sim.stats().connected <= devices - GRPC_DEVICES, 60, what="gRPC devices cut off")
         time.sleep(3)  # records keep being produced while the server is away
-        server.start()  # same data dir, same ports
+        _start(server)  # same data dir, same ports
 
         assert sim.wait_connected(180), f"not every device back: {sim.stats().connected}/{devices}"
         after_restart = sim.stats().counters["records_acked"]

@@ -103,6 +103,8 @@ def test_config_from_args_and_validation() -> None:
     with pytest.raises(ValueError):
         parse_versions("3=wonderful")
     assert parse_times("") == ()
+    weights = SimConfig(server="x", token="t", update={"good": 2, "failing": 1, "silently_bad": 1}).update
+    assert weights == {"good": 0.5, "failing": 0.25, "silently_bad": 0.25}
 
 
 def test_mixed_transport_share_is_spread_evenly() -> None:
