@@ -12,7 +12,8 @@ the federated run, the bad release) and writes:
 Every string from the run is escaped. A missing optional key renders as "not recorded"; a section
 that cannot be drawn from what the run recorded says so in red instead of failing the demo (tests
 pass `strict=True` to make that an exception). `report_numbers(timeline)` returns the exact strings
-the report prints for its key numbers, so a test can check that the report matches the run.
+the report prints for its key numbers, and `verify(timeline, out_dir)` lists what in a written
+report does not match the run (the demo's e2e test asserts it is empty).
 
 Re-render from a saved timeline:
     .venv/bin/python scripts/demo_report.py .demo/timeline.json [--out DIR]
@@ -168,6 +169,28 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
         for k in ("halted_at", "all_back_on", "release"):
             n[f"bad_release/{k}"] = _text(bad.get(k))
     return n
+
+
+def verify(timeline: Mapping[str, Any], out_dir: Path) -> list[str]:
+    """What is wrong with the report in out_dir for this timeline (empty when it matches the run).
+
+    For the demo's e2e test: report.html and report.md exist, every key number of the run
+    (report_numbers) is printed in both, and each embedded plot is also written as a PNG file.
+    """
+    out_dir = Path(out_dir)
+    page_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    if not page_path.is_file() or not md_path.is_file():
+        return [f"no report in {out_dir}"]
+    page, md = page_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
+    problems = [f"{key}: {value!r} not in report.html" for key, value in report_numbers(timeline).items()
+                if html.escape(value) not in page]  # fmt: skip
+    problems += [f"{key}: {value!r} not in report.md" for key, value in report_numbers(timeline).items()
+                 if _md(value) not in md]  # fmt: skip
+    embedded = page.count('src="data:image/png;base64,')
+    files = len(list((out_dir / "report").glob("*.png")))
+    if embedded != files:
+        problems.append(f"{embedded} plots embedded, {files} PNG files in {out_dir / 'report'}")
+    return problems
 
 
 def _ota_recorded(ota: Mapping[str, Any]) -> bool:

@@ -634,3 +634,18 @@ def test_without_matplotlib_the_report_keeps_its_tables(
     for value in dr.report_numbers(timeline()).values():
         assert html.escape(value) in page
         assert value in md
+
+
+def test_verify_finds_a_report_that_does_not_match_its_run(tmp_path: Path) -> None:
+    tl = timeline()
+    assert dr.verify(tl, tmp_path) == [f"no report in {tmp_path}"]
+    dr.render(tl, tmp_path, strict=True)
+    assert dr.verify(tl, tmp_path) == []
+    other = timeline()
+    other["ota"]["delta_bytes"] = 99_999
+    other["federated"]["epsilon"] = 3.25
+    problems = dr.verify(other, tmp_path)
+    assert "ota/delta_bytes: '99,999 B' not in report.html" in problems
+    assert "federated/epsilon: '3.25' not in report.md" in problems
+    (tmp_path / "report" / "drift.png").unlink()
+    assert "7 plots embedded, 6 PNG files in" in dr.verify(tl, tmp_path)[0]
