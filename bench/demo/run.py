@@ -14,6 +14,7 @@ every process of the demo talks over 127.0.0.1, but so does everything else in t
 namespace, so that number only means something on an otherwise idle machine.
 
     .venv/bin/python bench/demo/run.py [--reps 3] [--json out.json] [--work DIR] [--timeout-s 1800]
+    .venv/bin/python bench/demo/run.py --summarize out.json     # the table again, from a saved run
 
 Each run takes minutes; --reps 1 is a smoke run. Extra demo flags go after `--`
 (e.g. `-- --devices 6`).
@@ -193,43 +194,46 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _save(path: Path | None, env: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    if path is not None:  # after every run, so an interrupted bench keeps what it measured
+        data = {"env": env, "runs": runs, "summary": summarize(runs)}
+        path.write_text(json.dumps(data, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     ap.add_argument("--reps", type=int, default=3, help="runs per arm (default 3)")
-    ap.add_argument("--json", type=Path, default=None, help="write runs + summary here")
+    ap.add_argument("--json", type=Path, default=None, help="write runs + summary here (after every run)")
     ap.add_argument(
         "--work", type=Path, default=None, help="folder for the runs (default: a temp folder, kept)"
     )
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="per demo run")
+    ap.add_argument(
+        "--summarize", type=Path, default=None, help="print the table of an earlier --json; run nothing"
+    )
     ap.add_argument("extra", nargs="*", help="after --: extra flags for scripts/demo.py")
     args = ap.parse_args(argv)
+    cmd = f"python bench/demo/run.py --reps {args.reps}" + (
+        " -- " + " ".join(args.extra) if args.extra else ""
+    )
+    if args.summarize:
+        data = json.loads(args.summarize.read_text())
+        print(markdown(summarize(data["runs"]), data["env"].get("cmd", cmd), data["env"]))
+        return 0
     base = args.work or Path(tempfile.mkdtemp(prefix="edgeloop-demo-bench-"))
-    env = environment()
+    env = {**environment(), "cmd": cmd}
     runs: list[dict[str, Any]] = []
     for rep in range(args.reps):
-        order = ARMS if rep % 2 == 0 else ARMS[::-1]
-        for arm in order:
+        for arm in ARMS if rep % 2 == 0 else ARMS[::-1]:
             work = base / f"{rep:02d}-{arm}"
             print(f"rep {rep + 1}/{args.reps} {arm}: {' '.join(demo_cmd(arm, work, args.extra))}", flush=True)
             r = run_once(arm, work, args.extra, args.timeout_s)
             b = ota_bytes(r["timeline"])
-            print(
-                f"  rc={r['rc']} wall={r['outside_wall_s']:.1f} s ota sent={b['sent']} full={b['full']} "
-                f"loopback={r['loopback_bytes']}",
-                flush=True,
-            )
+            print(f"  rc={r['rc']} wall={r['outside_wall_s']:.1f} s ota sent={b['sent']} full={b['full']} "
+                  f"loopback={r['loopback_bytes']}", flush=True)  # fmt: skip
             runs.append(r)
-    summary = summarize(runs)
-    cmd = (
-        "python bench/demo/run.py --reps "
-        + str(args.reps)
-        + (" -- " + " ".join(args.extra) if args.extra else "")
-    )
-    print(markdown(summary, cmd, env))
-    if args.json:
-        args.json.write_text(
-            json.dumps({"env": env, "runs": runs, "summary": summary}, indent=2, default=str)
-        )
+            _save(args.json, env, runs)
+    print(markdown(summarize(runs), cmd, env))
     return 0 if all(r["rc"] == 0 for r in runs) else 1
 
 

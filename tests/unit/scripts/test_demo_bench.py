@@ -72,6 +72,10 @@ def test_runs_are_interleaved_and_summarized_per_arm(
     assert "Deltas send 10.0% of the full-file bytes" in printed
     assert all(isinstance(r["loopback_bytes"], int) and r["loopback_bytes"] >= 0 for r in data["runs"])
     assert "| whole demo on loopback (machine-wide counter) |" in printed
+    assert bench.main(["--summarize", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "| rollout_v2 | 20.0 s (20.0-20.0, n=2) | 25.0 s (25.0-25.0, n=2) |" in again
+    assert "`python bench/demo/run.py --reps 2`" in again
 
 
 def test_a_failed_run_still_counts_what_its_timeline_recorded(fake_demo: Path, tmp_path: Path) -> None:
