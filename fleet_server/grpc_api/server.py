@@ -42,6 +42,9 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_connection_age_grace_ms", 10_000),
+        # A TLS handshake not done in 20 s is dropped (default 120 s): in a reconnect storm the
+        # devices give up and retry long before that, and every stale handshake holds an fd.
+        ("grpc.server_handshake_timeout_ms", 20_000),
     ]
 
 

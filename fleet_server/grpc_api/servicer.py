@@ -23,9 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine
-from sqlmodel import Session
 
-from fleet_server.crud.devices import get_device
 from fleet_server.desired import desired_for
 from fleet_server.device_session import DeviceSession, Renewer, certificate_renewer, refusal_log
 from fleet_server.enrollment import enroll_device
@@ -37,11 +35,12 @@ from fleet_server.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from fleet_server.grpc_api.auth import device_authenticator
+from fleet_server.grpc_api.auth import DeviceLookup, device_verifier
 from fleet_server.grpc_api.codec import desired_to_proto
 from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import RateLimitedLog, peer_host
 from fleet_server.logsafe import text as safe_text
+from fleet_server.models import Device
 from fleet_server.observability.logs import bind, unbind
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings
@@ -185,7 +184,8 @@ class DeviceServicer:
         renew: Renewer | None = None,
     ) -> None:
         self._engine = engine
-        self._authenticate = device_authenticator(engine)
+        self._devices = DeviceLookup(engine)  # batched reads: auth and desired-state pushes
+        self._verify = device_verifier(engine, self._devices)
         self._ca = ca
         self._settings = settings
         self._writer = writer
@@ -251,7 +251,8 @@ class DeviceServicer:
         )
 
     async def sync(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        device_id = await self._authenticate(context)
+        device = await self._verify(context)
+        device_id = device.id
         ids = bind(device_id=device_id)  # this RPC's task, and the reader task made from it, log it
         session = _Session(device_id, context)
         self._registry.add(session)
@@ -260,7 +261,7 @@ class DeviceServicer:
         reader = asyncio.create_task(self._read(session, logic, requests))
         logger.info("sync session opened device_id=%s peer=%s", device_id, context.peer())
         try:
-            await self.push_desired(device_id)
+            self._push(session, device)  # the row auth just read: no second lookup per stream
             while True:
                 msg = await session.outbox.get()
                 if msg is None:
@@ -280,19 +281,17 @@ class DeviceServicer:
             await context.abort(grpc.StatusCode.ABORTED, session.closed_reason)
 
     async def push_desired(self, device_id: str) -> None:
-        session = self._registry.get(device_id)
-        if session is None:
+        if self._registry.get(device_id) is None:
             return
-        try:
-            device = await asyncio.to_thread(self._load_device, device_id)
-        except FleetError:
+        device = await self._devices.get(device_id)
+        session = self._registry.get(device_id)  # it may have closed (or been replaced) meanwhile
+        if device is None or session is None:
             return
+        self._push(session, device)
+
+    def _push(self, session: _Session, device: Device) -> None:
         desired = desired_to_proto(desired_for(device, self._settings))
         session.outbox.put_nowait(pb.SyncResponse(desired=desired))
-
-    def _load_device(self, device_id: str) -> Any:
-        with Session(self._engine, expire_on_commit=False) as s:
-            return get_device(session=s, device_id=device_id)
 
     async def _read(self, session: _Session, logic: DeviceSession, requests: AsyncIterator[bytes]) -> None:
         try:
