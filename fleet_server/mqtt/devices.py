@@ -22,6 +22,7 @@ covers both transports), DesiredState published retained on `desired`, the feder
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -60,6 +61,8 @@ NEGATIVE_TTL_S = 5.0
 REVOCATION_POLL_S = 5.0
 REVOCATION_LOOKBACK_S = 120.0
 """Every poll evicts the devices revoked in this window (on any replica; generous for clock skew)."""
+DESIRED_BATCH = 500
+"""Desired-state pushes loaded per database query."""
 CLOSED_INTERVAL_S = 1.0
 """At most one SessionClosed per device per interval: a flood is not answered message by message."""
 
@@ -136,6 +139,8 @@ class MqttDevices:
         self._online: set[str] = set()
         self._preloaded: set[str] = set()  # active at start(), not yet in _devices
         self._preloaded_until = 0.0
+        self._desired_waiting: dict[str, asyncio.Future[None]] = {}  # insertion-ordered queue
+        self._desired_task: asyncio.Task[None] | None = None
         self.stats = MqttStats()
         self._federated = (
             MqttFederated(
@@ -217,7 +222,7 @@ class MqttDevices:
     def _presence(self, device_id: str, payload: bytes) -> None:
         if payload == mqtt.ONLINE:
             self._set_online(device_id, True)
-            self._spawn(self.push_desired(device_id))
+            self._queue_desired(device_id)  # not awaited: the message is settled now
         elif payload == mqtt.OFFLINE or not payload:  # empty: a retained status being cleared
             self._set_online(device_id, False)
         else:
@@ -266,16 +271,51 @@ class MqttDevices:
     # ------------------------------------------------------------ desired, kick
 
     async def push_desired(self, device_id: str) -> None:
-        """Publish the device's DesiredState retained, if it is online here or last came by MQTT."""
-        if not _valid_id(device_id):
-            return
-        device = await asyncio.to_thread(self._load, device_id)
-        if device is None or device.status != "active":
-            return
-        if device_id not in self._online and device.transport != "mqtt":
-            return
-        desired = desired_to_proto(desired_for(device, self._settings))
-        self._publisher.publish(mqtt.topic(device_id, mqtt.DESIRED), desired.SerializeToString(), retain=True)
+        """Publish the device's DesiredState retained, if it is online here or last came by MQTT.
+        Returns once published (or found not to apply). Pushes are batched (`_push_batches`)."""
+        if _valid_id(device_id):
+            await self._queue_desired(device_id)
+
+    def _queue_desired(self, device_id: str) -> asyncio.Future[None]:
+        """Queue a push; the future is done when the batch holding it is published. An id queued
+        again while its batch is loading goes into the next batch (the change may be newer)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._desired_waiting.get(device_id)
+        if waiter is None:
+            waiter = self._desired_waiting[device_id] = loop.create_future()
+        if self._desired_task is None or self._desired_task.done():
+            self._desired_task = loop.create_task(self._push_batches())
+            self._tasks.add(self._desired_task)
+            self._desired_task.add_done_callback(self._tasks.discard)
+        return waiter
+
+    async def _push_batches(self) -> None:
+        """Up to DESIRED_BATCH devices per database query (a restarted server hears every
+        device's retained `online` at once: one query per device was a 10,000-query burst,
+        bench/fleet_sim/mqtt_scale.py); the protobufs are built in the same worker thread."""
+        while self._desired_waiting:
+            ids = list(itertools.islice(self._desired_waiting, DESIRED_BATCH))
+            waiters = [self._desired_waiting.pop(i) for i in ids]
+            online = {i for i in ids if i in self._online}
+            try:
+                messages = await asyncio.to_thread(self._desired_messages, ids, online)
+                for device_id, payload in messages:
+                    self._publisher.publish(mqtt.topic(device_id, mqtt.DESIRED), payload, retain=True)
+            except SQLAlchemyError as err:
+                logger.warning("mqtt: cannot load desired states devices=%d: %s", len(ids), err)
+            finally:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def _desired_messages(self, ids: list[str], online: set[str]) -> list[tuple[str, bytes]]:
+        with Session(self._engine) as s:
+            devices = s.exec(select(Device).where(col(Device.id).in_(ids))).all()
+            return [
+                (d.id, desired_to_proto(desired_for(d, self._settings)).SerializeToString())
+                for d in devices
+                if d.status == "active" and (d.id in online or d.transport == "mqtt")
+            ]
 
     def kick(self, device_id: str, code: str, detail: str) -> None:
         """Close the device's MQTT session (revocation): SessionClosed on `down`, marked offline."""
@@ -290,6 +330,9 @@ class MqttDevices:
     async def stop(self) -> None:
         if self._federated is not None:
             self._federated.stop()
+        for waiter in self._desired_waiting.values():
+            if not waiter.done():
+                waiter.set_result(None)  # nobody waits on a push the stopping server will not make
         for task in list(self._tasks):
             task.cancel()
 

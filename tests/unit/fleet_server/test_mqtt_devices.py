@@ -215,3 +215,46 @@ def test_a_revocation_on_another_replica_reaches_the_status_cache(
     engine.dispose()
     assert before == []
     assert after == ["PERMISSION_DENIED"]
+
+
+def test_a_fleet_coming_online_at_once_gets_its_desired_states_in_a_few_queries(tmp_path: Path) -> None:
+    """A restarted server hears every device's retained `online` at once: each active device gets
+    its DesiredState published retained exactly once, loaded in batches (not one query per device);
+    a revoked or unknown device gets none."""
+    from sqlalchemy import event
+
+    cfg = Settings(data_dir=tmp_path, mqtt_status_ttl_s=60)
+    engine = make_engine(cfg.resolved_database_url())
+    upgrade(engine)
+    ids = [f"dev-{i:04d}" for i in range(1200)]
+    with Session(engine) as s:
+        s.add_all(Device(id=i, status="active", desired_generation=7) for i in ids)
+        s.add(Device(id=REVOKED, status="revoked"))
+        s.commit()
+    selects: list[str] = []
+    event.listen(
+        engine, "before_cursor_execute", lambda *a: selects.append(a[2]) if "desired" in a[2] else None
+    )
+    recorder = Recorder()
+
+    async def run() -> None:
+        writer = IngestWriter(engine)
+        await writer.start()
+        handler = MqttDevices(
+            engine=engine, settings=cfg, writer=writer, registry=SessionRegistry(), publisher=recorder
+        )
+        await handler.start()
+        for device_id in [*ids, REVOKED, UNKNOWN]:
+            await handler.handle(mqtt.topic(device_id, mqtt.STATUS), mqtt.ONLINE, lambda: None)
+        await handler.push_desired(ids[0])  # returns once its batch (and the ones before) is out
+        await writer.stop()
+        await handler.stop()
+
+    asyncio.run(run())
+    engine.dispose()
+    desired = [(t, p) for t, p, retain in recorder.sent if t.endswith("/" + mqtt.DESIRED) and retain]
+    by_device = {mqtt.parse(t)[0]: pb.DesiredState.FromString(p) for t, p in desired}  # type: ignore[index]
+    assert set(by_device) == set(ids)
+    assert all(d.generation == 7 for d in by_device.values())
+    assert len(desired) == len(ids) + 1  # ids[0] pushed twice: once for `online`, once asked again
+    assert len(selects) <= 6, len(selects)  # 1,200 devices, 500 per query (+ the one asked again)
