@@ -57,3 +57,48 @@ def prepare_head(work: Path, devices: list[str]) -> dict[str, Path]:
     paths["head_inputs"] = work / "head-inputs.npy"
     np.save(paths["head_inputs"], x_te[:16])
     return paths
+
+
+def prepare_loop(work: Path, learners: list[str], *, per_device: int = 150) -> dict[str, Path]:
+    """The closed loop's model and data: the digits head (v1 trained centrally on 200 upright
+    digits), its calibration inputs, an evaluation set of upright digits (the compiler also builds
+    the drift reference from it), a golden set, two labelled shards per learner (upright digits its
+    app confirmed before the site's cameras were turned, turned digits after: the device keeps
+    both), the stream's inputs and the held-out test digits (never trained on)."""
+    from demo_stream import rotate
+
+    from agent.federated import trainer
+    from fleet_server.federated.handoff import write_head_onnx
+    from tests.fixtures.heads import flat_digits
+
+    work.mkdir(parents=True, exist_ok=True)
+    x_tr, y_tr, x_te, y_te = flat_digits()
+    zero = [np.zeros((64, 10), np.float32), np.zeros(10, np.float32)]
+    weights, _ = trainer.train(zero, x_tr[:200], y_tr[:200], trainer.TrainParams(lr=0.5, epochs=30))
+    paths = {k: work / f"{k}.npz" for k in ("calib", "eval", "golden", "heldout", "stream")}
+    paths["model"] = write_head_onnx(work / "head-v1.onnx", weights[0], weights[1], {"trained_on": 200})
+    np.savez(paths["calib"], x=x_tr[:256])
+    np.savez(paths["eval"], x=x_te, y=y_te)
+    np.savez(paths["golden"], **{"input:features": x_te[:64]}, labels=y_te[:64])
+    np.savez(paths["heldout"], x=x_te[96:], x_rotated=rotate(x_te[96:]), y=y_te[96:])
+    np.savez(paths["stream"], x=x_tr[200:])
+    pool, labels = x_tr[200:], y_tr[200:]
+    for i, device in enumerate(learners):
+        rows = np.arange(i, len(pool), len(learners))
+        turned, upright = rows[:per_device], rows[per_device : 2 * per_device]
+        paths[f"upright:{device}"] = work / f"feedback-upright-{device}.npz"
+        np.savez(paths[f"upright:{device}"], x=pool[upright], y=labels[upright])
+        paths[f"turned:{device}"] = work / f"feedback-turned-{device}.npz"
+        np.savez(paths[f"turned:{device}"], x=rotate(pool[turned]), y=labels[turned])
+    return paths
+
+
+def silently_bad(fp32_model: Path, out: Path, temperature: float = 8.0) -> Path:
+    """A release that loads, passes signature, golden-set and agreement checks, and is still bad:
+    the head exported with its logits divided by `temperature` (same argmax everywhere, so the same
+    accuracy; confidence flattened, so an application thresholding on it stops acting)."""
+    from fleet_server.federated.handoff import write_head_onnx
+    from fleet_server.registry.head import read_head
+
+    head = read_head(fp32_model.read_bytes())
+    return write_head_onnx(out, head["w"] / temperature, head["b"] / temperature, {"bad_export": temperature})
