@@ -54,11 +54,18 @@ class DeviceStats:
     """One worker's counters and latency histograms (deltas since the last snapshot)."""
 
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    session_ends: dict[str, int] = field(default_factory=dict)
     report_hist: LatencyHist = field(default_factory=LatencyHist)
     telemetry_hist: LatencyHist = field(default_factory=LatencyHist)
 
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
+
+    def ended(self, cause: str, detail: str = "") -> None:
+        n = self.session_ends.get(cause, 0)
+        self.session_ends[cause] = n + 1
+        if not n and detail:
+            logger.warning("first session ended by %s: %s", cause, detail[:300])
 
     def take_hists(self) -> tuple[LatencyHist, LatencyHist]:
         r, t = self.report_hist, self.telemetry_hist
@@ -187,7 +194,7 @@ class SimDevice:
             return self.cfg.backoff_max_s * self.rng.uniform(0.5, 1.0)
         except LinkError as err:
             self.stats.inc("connect_failures")
-            logger.debug("%s: connect failed: %s", self.id, err)
+            logger.info("%s: connect failed: %s", self.id, err)
             return self.backoff.next_delay()
         loop = asyncio.get_running_loop()
         self._kick = loop.create_future()
@@ -206,10 +213,14 @@ class SimDevice:
             done, _ = await asyncio.wait({reader, ticker, self._kick}, return_when=asyncio.FIRST_COMPLETED)
             if self._kick.done():
                 reason = self._kick.result()
+                self.stats.ended(reason)
             else:
                 task = next(iter(done))
                 err = task.exception() if not task.cancelled() else None
                 reason = f"{type(err).__name__}: {err}" if err else "ended"
+                # the gRPC status name (or the error type) is the cause: "UNAVAILABLE", "LinkError"
+                cause = str(err).split(":", 1)[0] if isinstance(err, LinkError) else type(err).__name__
+                self.stats.ended(cause if err else "ended", f"{self.id}: {reason}")
                 if isinstance(err, LinkRejected):
                     self.stats.inc("rejected_sessions")
         finally:
@@ -219,7 +230,7 @@ class SimDevice:
                 t.cancel()
             await asyncio.gather(reader, ticker, return_exceptions=True)
             await link.close()
-        logger.debug("%s: session ended: %s", self.id, reason)
+        logger.info("%s: session ended: %s", self.id, reason)
         if reason == "churn":
             return (self.rng.expovariate(1 / self.cfg.churn_offline_s),)
         if reason == "stop":

@@ -46,6 +46,9 @@ class FleetSim:
         self._telemetry = LatencyHist()
         self._sec_report = LatencyHist()
         self._sec_telemetry = LatencyHist()
+        self._held_report = LatencyHist()
+        self._held_telemetry = LatencyHist()
+        self._ends: dict[int, dict[str, int]] = {}
         self._timeline: list[dict[str, Any]] = []
         self._tracker = RecoveryTracker(cfg.devices)
         self._t0 = 0.0
@@ -64,14 +67,13 @@ class FleetSim:
         grpc_target = cfg.grpc_target or sync_endpoint
         if cfg.transport != "mqtt" and not grpc_target:
             raise SystemExit("no gRPC device endpoint: pass grpc_target (host:port)")
-        self._t0 = time.time()
-        seq_base = int(self._t0 * 1000) * 1000  # per run: never collides with an earlier run's seqs
+        seq_base = int(time.time() * 1000) * 1000  # per run: never collides with an earlier run's seqs
         shares: list[list[tuple[int, Any, str]]] = [[] for _ in range(cfg.workers)]
         for i, ident in enumerate(idents):
             shares[i % cfg.workers].append((i, ident, cfg.transport_of(i)))
         for w, devs in enumerate(shares):
             parent, child = socket.socketpair()
-            spec = WorkerSpec(w, cfg, devs, grpc_target, self._t0, seq_base)
+            spec = WorkerSpec(w, cfg, devs, grpc_target, seq_base)
             env = dict(
                 os.environ,
                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -87,6 +89,15 @@ class FleetSim:
             conn.send(spec)
             self._procs.append(proc)
             self._conns.append(conn)
+        for conn, proc in zip(self._conns, self._procs, strict=True):  # workers import, build devices
+            while not conn.poll(1.0):
+                if proc.poll() is not None:
+                    self.stop(drain_s=0)
+                    raise RuntimeError(f"fleet-sim worker pid {proc.pid} exited with {proc.returncode}")
+            conn.recv()
+        self._t0 = time.time()  # the ramp starts now in every worker
+        for conn in self._conns:
+            conn.send(("go", self._t0))
         for target, name in ((self._read_loop, "fleet-sim-reader"), (self._sample_loop, "fleet-sim-sampler")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -166,10 +177,16 @@ class FleetSim:
                     w = snap["worker"]
                     self._latest[w] = snap
                     self._rss[w] = snap["rss_mb"]
-                    for hist in (self._report, self._sec_report):
+                    held = self._all_connected_s is not None and not self._tracker.in_outage
+                    for hist in (self._report, self._sec_report, *([self._held_report] if held else [])):
                         hist.merge(snap["report_hist"])
-                    for hist in (self._telemetry, self._sec_telemetry):
+                    for hist in (
+                        self._telemetry,
+                        self._sec_telemetry,
+                        *([self._held_telemetry] if held else []),
+                    ):
                         hist.merge(snap["telemetry_hist"])
+                    self._ends[w] = snap["session_ends"]
                     if snap["final"]:
                         self._finals[w] = snap
             if self._stop_sampler.is_set() and len(self._finals) == len(self._conns):
@@ -214,6 +231,9 @@ class FleetSim:
         with self._lock:
             snap = self._sum()
             per_device: dict[str, dict[str, Any]] = {}
+            ends: dict[str, int] = {}
+            for e in self._ends.values():
+                add_counts(ends, e)
             if final:
                 for f in self._finals.values():
                     per_device.update(f["per_device"])
@@ -227,6 +247,9 @@ class FleetSim:
                 counters=snap["counters"],
                 report_ack_ms=self._report.summary(),
                 telemetry_ack_ms=self._telemetry.summary(),
+                held_report_ack_ms=self._held_report.summary(),
+                held_telemetry_ack_ms=self._held_telemetry.summary(),
+                session_ends=ends,
                 recoveries=[vars(r).copy() for r in self._tracker.recoveries],
                 timeline=list(self._timeline),
                 per_device=per_device,

@@ -114,6 +114,10 @@ class RecoveryTracker:
         self._open: Recovery | None = None
         self._was_full = False
 
+    @property
+    def in_outage(self) -> bool:
+        return self._open is not None
+
     def storm(self, t_s: float) -> None:
         if self._open is None:
             self._open = Recovery("storm", t_s, self.devices)
@@ -122,7 +126,9 @@ class RecoveryTracker:
     def sample(self, t_s: float, connected: int) -> None:
         if self._open is not None:
             self._open.dropped_to = min(self._open.dropped_to, connected)
-            if connected >= self.devices and t_s > self._open.at_s:
+            # closed once every device is back after the drop was seen (a storm's first sample may
+            # still count the sessions it is about to close)
+            if connected >= self.devices and self._open.dropped_to < self.devices:
                 self._open.all_back_s = round(t_s - self._open.at_s, 2)
                 self._open = None
                 self._was_full = True
@@ -146,6 +152,11 @@ class SimStats:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     report_ack_ms: dict[str, Any] = field(default_factory=dict)
     telemetry_ack_ms: dict[str, Any] = field(default_factory=dict)
+    # the same, counting only acks while the whole fleet was held (after every device first
+    # connected, outside outages and storms): the steady-state latency the scale bench reports
+    held_report_ack_ms: dict[str, Any] = field(default_factory=dict)
+    held_telemetry_ack_ms: dict[str, Any] = field(default_factory=dict)
+    session_ends: dict[str, int] = field(default_factory=dict)  # why sessions ended, by cause
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     per_device: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -33,7 +33,6 @@ class WorkerSpec:
     cfg: SimConfig
     devices: list[tuple[int, SimIdentity, str]]  # (fleet index, identity, transport)
     grpc_target: str
-    t0_wall: float  # run start (time.time()) shared by every worker
     seq_base: int
 
 
@@ -67,14 +66,18 @@ class Worker:
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         cfg, spec = self.cfg, self.spec
-        # the parent's start time, on this process's monotonic clock
-        t0 = time.monotonic() - (time.time() - spec.t0_wall)
         for _, ident, transport in spec.devices:
             factory: Any = self._link_factory(ident, transport)
             self.devices.append(
                 SimDevice(ident, transport, factory, cfg, self.stats, seq_base=spec.seq_base,
                           fleet_size=cfg.devices, seed=hash((cfg.seed, ident.device_id)) & 0xFFFFFFFF)
             )  # fmt: skip
+        # ready; the parent answers ("go", t0) once every worker is: the ramp starts at t0 for all
+        self.conn.send({"ready": spec.index})
+        msg = self.conn.recv()
+        if msg[0] != "go":
+            return
+        t0 = time.monotonic() - (time.time() - float(msg[1]))  # the shared start on this clock
         tasks = [
             asyncio.ensure_future(dev.run(t0 + index / cfg.ramp_per_s))
             for dev, (index, _, _) in zip(self.devices, spec.devices, strict=True)
@@ -155,6 +158,7 @@ class Worker:
             "ever_connected": first_connected,
             "pending": pending,
             "counters": dict(self.stats.counters),
+            "session_ends": dict(self.stats.session_ends),
             "report_hist": rep.to_wire(),
             "telemetry_hist": tel.to_wire(),
             "rss_mb": _rss_mb(),

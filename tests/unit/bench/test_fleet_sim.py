@@ -62,6 +62,7 @@ def test_recovery_tracker_times_an_outage_from_the_drop_to_everyone_back() -> No
     t.sample(12, 100)
     assert [(r.cause, r.at_s, r.dropped_to, r.all_back_s) for r in t.recoveries] == [("outage", 4, 0, 8)]
     t.storm(20)
+    t.sample(20.5, 100)  # the storm's sessions are not closed yet
     t.sample(21, 50)
     t.sample(26, 100)
     assert (t.recoveries[-1].cause, t.recoveries[-1].all_back_s) == ("storm", 6)
