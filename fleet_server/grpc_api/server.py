@@ -6,6 +6,8 @@ the TLS handshake, so a client without one never reaches a handler.
 
 from __future__ import annotations
 
+import logging
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,8 @@ import grpc
 from fleet_server.grpc_api.servicer import SERVICE, DeviceServicer
 from fleet_server.pki import FleetCA
 from fleet_server.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +52,23 @@ def _options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; returns the soft limit now.
+
+    Every device on the Sync port holds a TCP connection, so the common soft limit of 1,024
+    caps a fleet at about a thousand gRPC devices (accept() then fails with EMFILE); a reconnect
+    storm briefly holds more (stale connections not yet noticed closed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, err)
+    return soft
+
+
 def build_grpc_servers(
     *,
     settings: Settings,
@@ -56,6 +77,8 @@ def build_grpc_servers(
     device_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
 ) -> GrpcServers:
     """`device_handlers`: extra services on the mutual-TLS device port (e.g. FederatedService)."""
+    fds = raise_fd_limit()
+    logger.info("open-file limit %d (one per connected gRPC device)", fds)
     key_pem, chain_pem = ca.ensure_server_certificate(settings.public_hostnames)
 
     enroll = grpc.aio.server(options=_options(settings))
