@@ -21,11 +21,13 @@ Does not decide what a message means (devices.py) or write broker configuration 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,38 @@ class _Message:
     qos: int
 
 
+class _PublishWindow:
+    """At most `size` publishes handed to paho and not yet acked; the rest wait here in order.
+    `submit` from any thread; `done` (paho's on_publish) sends the next waiting one."""
+
+    def __init__(self, size: int, send: Callable[[str, bytes, bool], None]) -> None:
+        self._size = size
+        self._send = send
+        self._lock = threading.Lock()
+        self._open = 0
+        self._waiting: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+
+    def submit(self, topic: str, payload: bytes, retain: bool) -> None:
+        with self._lock:
+            if self._open >= self._size:
+                self._waiting.append((topic, payload, retain))
+                return
+            self._open += 1
+        self._send(topic, payload, retain)
+
+    def done(self) -> None:
+        with self._lock:
+            if not self._waiting:
+                self._open = max(0, self._open - 1)
+                return
+            item = self._waiting.popleft()  # its slot passes to the next one
+        self._send(*item)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+
 def default_client_id() -> str:
     """Stable across restarts, so a restarted server resumes its persistent session and the
     messages the broker queued for it. Mosquitto 2.0 also hands shared-subscription messages to an
@@ -83,7 +117,11 @@ class MqttBridge:
             manual_ack=True,
         )
         endpoint.configure_tls(self._client)
-        self._client.max_inflight_messages_set(settings.mqtt_inflight)
+        # paho's own window rescans every queued message on each PUBACK (O(queue) per ack: a
+        # burst of 10,000 publishes cost ~10^8 steps); the bridge keeps the window instead.
+        self._client.max_inflight_messages_set(0)
+        self._window = _PublishWindow(settings.mqtt_inflight, self._send)
+        self._client.on_publish = self._on_publish
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -141,10 +179,15 @@ class MqttBridge:
             await self.handler.stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Queue a QoS 1 publish (paho sends it, and resends it after a reconnect)."""
+        """Queue a QoS 1 publish: at most `mqtt_inflight` unacked in paho (it sends them, and
+        resends them after a reconnect), the rest wait in the bridge's window. Thread-safe."""
+        self._window.submit(topic, payload, retain)
+
+    def _send(self, topic: str, payload: bytes, retain: bool) -> None:
         info = self._client.publish(topic, payload, qos=mqtt.QOS, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             logger.warning("mqtt publish failed topic=%s rc=%s", topic, info.rc)
+            self._window.done()  # paho did not keep it: no PUBACK will free its slot
 
     def kick(self, device_id: str, code: str, detail: str) -> None:
         if self.handler is not None:
@@ -172,6 +215,16 @@ class MqttBridge:
         client.subscribe([(f, mqtt.QOS) for f in filters])
         if self._loop is not None and self._connected is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._window.done()
 
     def _on_disconnect(
         self,
