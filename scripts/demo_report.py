@@ -129,7 +129,8 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
     Each value appears verbatim in report.md and as `html.escape(value)` in report.html. Keys:
     `wall`, `stage/<key>/wall`, `stage/<key>/status`, `accuracy/<point>/<inputs>`,
     `ota/delta_bytes`, `ota/full_bytes`, `ota/ratio` (delta as a share of full), `ota/saved`,
-    `ota/<device>/<release>/bytes`, `federated/epsilon`, `federated/delta`,
+    `ota/<device>/<release>/bytes`, `ota/demo_total_bytes` (every release, every device; when
+    recorded), `federated/epsilon`, `federated/delta`,
     `federated/secure_aggregation`, `federated/triggered_by`, `federated/rounds`,
     `gate/<rollout id>/<phase>/<metric>/{canary,control,threshold,verdict}`,
     `rollout/<rollout id>/outcome`, `bad_release/{halted_at,all_back_on,release}`.
@@ -148,6 +149,8 @@ def report_numbers(timeline: Mapping[str, Any]) -> dict[str, str]:
         n["ota/saved"] = fmt_bytes(f - d) if _is_num(d) and _is_num(f) else NR
         for p in _dicts(ota.get("per_device")):
             n[f"ota/{p.get('device_id')}/{p.get('release')}/bytes"] = fmt_bytes(p.get("bytes"))
+        if "demo_total_bytes" in ota:
+            n["ota/demo_total_bytes"] = fmt_bytes(ota.get("demo_total_bytes"))
     fed = _dict(timeline.get("federated"))
     if fed:
         eps = fed.get("epsilon")
@@ -641,7 +644,8 @@ def _records(doc: _Doc, records: list[dict[str, Any]], cols: list[Column]) -> No
 
 def _extra(d: Mapping[str, Any], known: set[str]) -> list[tuple[str, Cell]]:
     """Fields the run recorded beyond the contract, shown as they are."""
-    return [(str(k).replace("_", " "), fmt_num(v)) for k, v in d.items() if k not in known and v != ""]
+    return [(str(k).replace("_", " "), fmt_bytes(v) if str(k).endswith("_bytes") and _is_num(v) else fmt_num(v))
+            for k, v in d.items() if k not in known and v != ""]  # fmt: skip
 
 
 def _rollout_plot(
@@ -715,7 +719,8 @@ def _bytes(doc: _Doc, t: Mapping[str, Any]) -> None:
         ("fetched as a share of full", n["ota/ratio"]),
         ("saved", n["ota/saved"]),
         ("transfer mode", mode),
-        *_extra(ota, {"delta_bytes", "full_bytes", "per_device", "use_delta"}),
+        ("every release of the run, all devices", n.get("ota/demo_total_bytes", NR)),
+        *_extra(ota, {"delta_bytes", "full_bytes", "per_device", "use_delta", "demo_total_bytes"}),
     ])  # fmt: skip
     per = _dicts(ota.get("per_device"))
     _records(doc, per, [("device_id", "device", _text), ("release", "release", _text), ("bytes", "fetched", fmt_bytes),

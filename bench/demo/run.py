@@ -4,12 +4,14 @@ Runs the real `scripts/demo.py --quick --work DIR` (every server and agent proce
 `make demo`) alternately with and without `--full-files`, `--reps` times each, interleaved (the
 order flips every repetition, so machine noise that drifts over the session lands on both arms),
 and reads each run's `DIR/timeline.json` (contract A; written after every stage, so a failed run
-still counts what it did). Per arm: each stage's wall time (median, min-max over the runs where
-the stage was recorded, with its failures counted), the whole demo's wall time, and the OTA bytes
-on the wire: the bytes the devices fetched (`ota.per_device[].bytes` summed, else
-`ota.delta_bytes`) against what full files would have been (`ota.full_bytes`). Between arms: the
-sent bytes with deltas as a share of the sent bytes with full files. The whole demo's bytes on the
-wire are approximated by the loopback interface's byte counter (/proc/net/dev `lo`) across the run:
+still counts what it did). Per arm: each stage's wall time
+(median, min-max over the runs where the stage was recorded, with its failures counted), the whole
+demo's wall time, and the OTA bytes on the wire: what the devices fetched for v2
+(`ota.per_device[].bytes` summed, else `ota.delta_bytes`) against what full files would have been
+(`ota.full_bytes`), and what every agent fetched for every release of the run
+(`ota.demo_total_bytes`, from the agents' own OTA reports). Between arms: v2's fetched bytes with
+deltas as a share of those with full files. All traffic of the demo (Sync, telemetry, federated
+rounds, OTA) is approximated by the loopback byte counter (/proc/net/dev `lo`) across each run:
 every process of the demo talks over 127.0.0.1, but so does everything else in this network
 namespace, so that number only means something on an otherwise idle machine.
 
@@ -87,7 +89,8 @@ def _num(x: Any) -> float | None:
 
 
 def ota_bytes(timeline: dict[str, Any]) -> dict[str, float | None]:
-    """Bytes the devices fetched in one run and the full-file size of the same updates."""
+    """Bytes the devices fetched for the delta-able release (v2) in one run, the full-file size of
+    the same updates, and what every agent fetched for every release of the run (demo_total)."""
     ota = timeline.get("ota") if isinstance(timeline.get("ota"), dict) else {}
     per = [p for p in ota.get("per_device") or [] if isinstance(p, dict)]
     sent_per = [_num(p.get("bytes")) for p in per]
@@ -96,7 +99,11 @@ def ota_bytes(timeline: dict[str, Any]) -> dict[str, float | None]:
         if per and None not in sent_per
         else _num(ota.get("delta_bytes"))
     )
-    return {"sent": sent, "full": _num(ota.get("full_bytes"))}
+    return {
+        "sent": sent,
+        "full": _num(ota.get("full_bytes")),
+        "demo_total": _num(ota.get("demo_total_bytes")),
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float | int] | None:
@@ -121,6 +128,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         full = [b["full"] for r in mine if (b := ota_bytes(r["timeline"]))["full"] is not None]
         walls = [w for r in mine if (w := _num(r["timeline"].get("wall_s"))) is not None]
         lo = [float(r["loopback_bytes"]) for r in mine if r.get("loopback_bytes") is not None]
+        total = [b["demo_total"] for r in mine if (b := ota_bytes(r["timeline"]))["demo_total"] is not None]
         arms[arm] = {
             "runs": len(mine),
             "ok_runs": sum(1 for r in mine if r["rc"] == 0),
@@ -132,6 +140,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ota_sent_bytes": _stats(sent),
             "ota_full_bytes": _stats(full),
             "loopback_bytes": _stats(lo),
+            "ota_demo_total_bytes": _stats(total),
         }
     d, f = arms["delta"]["ota_sent_bytes"], arms["full"]["ota_sent_bytes"]
     ratio = d["median"] / f["median"] if d and f and f["median"] else None
@@ -174,6 +183,8 @@ def markdown(summary: dict[str, Any], cmd: str, env: dict[str, Any]) -> str:
         f"{_fmt(a['full']['ota_sent_bytes'], 'B')} |",
         f"| full-file size of the same updates | {_fmt(a['delta']['ota_full_bytes'], 'B')} | "
         f"{_fmt(a['full']['ota_full_bytes'], 'B')} |",
+        f"| OTA, every release of the demo, all devices | {_fmt(a['delta']['ota_demo_total_bytes'], 'B')} | "
+        f"{_fmt(a['full']['ota_demo_total_bytes'], 'B')} |",
         f"| whole demo on loopback (machine-wide counter) | {_fmt(a['delta']['loopback_bytes'], 'B')} | "
         f"{_fmt(a['full']['loopback_bytes'], 'B')} |",
         "",

@@ -33,7 +33,8 @@ FAKE_DEMO = textwrap.dedent(
     ]
     per = [{"device_id": d, "bytes": sent // 2, "full_bytes": 200_000, "delta": not full} for d in "ab"]
     tl = {"schema": 1, "wall_s": 31.0 + 6 * full, "stages": stages,
-          "ota": {"delta_bytes": sent, "full_bytes": 400_000, "per_device": per}}
+          "ota": {"delta_bytes": sent, "full_bytes": 400_000, "per_device": per,
+                  "demo_total_bytes": sent + 50_000}}
     work.mkdir(parents=True, exist_ok=True)
     (work / "timeline.json").write_text(json.dumps(tl))
     sys.exit(1 if fail else 0)
@@ -70,6 +71,9 @@ def test_runs_are_interleaved_and_summarized_per_arm(
     printed = capsys.readouterr().out
     assert "| rollout_v2 | 20.0 s (20.0-20.0, n=2) | 25.0 s (25.0-25.0, n=2) |" in printed
     assert "Deltas send 10.0% of the full-file bytes" in printed
+    assert (
+        "| OTA, every release of the demo, all devices | 90,000 B (90,000-90,000, n=2) | 450,000 B" in printed
+    )
     assert all(isinstance(r["loopback_bytes"], int) and r["loopback_bytes"] >= 0 for r in data["runs"])
     assert "| whole demo on loopback (machine-wide counter) |" in printed
     assert bench.main(["--summarize", str(out)]) == 0
@@ -103,5 +107,9 @@ def test_a_run_without_a_timeline_is_reported_not_recorded(tmp_path: Path) -> No
 
 
 def test_bytes_fall_back_to_the_totals_without_per_device_rows() -> None:
-    assert bench.ota_bytes({"ota": {"delta_bytes": 5, "full_bytes": 9}}) == {"sent": 5.0, "full": 9.0}
-    assert bench.ota_bytes({}) == {"sent": None, "full": None}
+    assert bench.ota_bytes({"ota": {"delta_bytes": 5, "full_bytes": 9}}) == {
+        "sent": 5.0,
+        "full": 9.0,
+        "demo_total": None,
+    }
+    assert bench.ota_bytes({}) == {"sent": None, "full": None, "demo_total": None}

@@ -528,7 +528,7 @@ def timeline_as_demo_records() -> dict[str, Any]:
     ]
     tl["devices"][0]["site"] = "north"
     tl["accuracy"][0].update(devices=3, samples=360)
-    tl["ota"]["use_delta"] = True
+    tl["ota"].update(use_delta=True, demo_total_bytes=211_234)
     tl["bad_release"].update(reason="halted", exposed_devices=1, fleet_devices=5)
     return tl
 
@@ -539,6 +539,8 @@ def test_the_demos_own_shapes_render_with_their_extra_fields(tmp_path: Path) -> 
     n = dr.report_numbers(tl)
     assert n["federated/epsilon"] == "none spent (differential privacy off)"
     assert n["federated/delta"] == "not recorded"
+    assert n["ota/demo_total_bytes"] == "211,234 B"
+    assert "<td>every release of the run, all devices</td><td>211,234 B</td>" in page
     rollout = page.split("digits-head@3 (rollout r-3)", 1)[1]
     # canary 335.2 s -> 395.0 s after the start, from the server's timestamps
     assert "<td>335.2 s</td><td>395.0 s</td>" in rollout
