@@ -32,7 +32,9 @@ server_name, mqtt_keepalive_s, ramp_per_s, connect_timeout_s, ack_timeout_s, hea
 telemetry_per_min, churn_per_min, churn_offline_s, drop_rate (per device per minute), delay_ms,
 storm_at_s, update (mix), update_by_version, metrics_window_s, install_s, backoff_initial_s,
 backoff_max_s, duration_s, workers (0 = one per 2,500 devices), identities, id_prefix,
-enroll_concurrency, seed, json_out, progress, log_level. Device ids are `{id_prefix}-{i:05d}`.
+enroll_concurrency, seed, json_out, progress, log_level, max_connecting (TLS handshakes in
+progress per worker, default 100: thousands at once on a shared CPU starve each other past any
+connect timeout). Device ids are `{id_prefix}-{i:05d}`.
 `grpc_target` defaults to the `sync_endpoint` announced at enrollment, `enroll_target` to the
 server's host on port 7443; `ca` may be omitted when the identities folder holds one server's.
 
@@ -46,7 +48,11 @@ server's host on port 7443; `ca` may be omitted when the identities folder holds
   (acks for a seq already acked: it was resent after its first ack was lost), records_rejected,
   connects, reconnects, connect_failures, rejected_sessions, drops, churns, storms,
   installs_committed, installs_failed, windows_sent
-- `report_ack_ms`, `telemetry_ack_ms`: {"p50", "p95", "p99", "max", "count"} (send -> ack)
+- `report_ack_ms`, `telemetry_ack_ms`: {"p50", "p95", "p99", "max", "count"} (send -> ack), all acks
+- `held_report_ack_ms`, `held_telemetry_ack_ms`: the same, only acks received while every device
+  had been connected for 10 s or more (steady state: no ramp, storm or restart backlog)
+- `session_ends`: {cause: count}: "storm", "drop", "churn", "stop", or the gRPC status name /
+  link error ("UNAVAILABLE", ...) when the server side ended it
 - `recoveries`: one per outage: {"cause": "storm"|"outage", "at_s", "dropped_to", "all_back_s"};
   an outage (a server restart) is noticed when connected falls >10 % below the fleet after all
   were connected; `all_back_s` is the time until every device is connected again

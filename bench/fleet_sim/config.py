@@ -71,6 +71,10 @@ class SimConfig:
     mqtt_keepalive_s: float = 60.0
     ramp_per_s: float = 200.0  # new devices connecting per second, fleet-wide
     connect_timeout_s: float = 10.0
+    # handshakes in progress per worker process: a simulator's 2,500 devices share one CPU, and
+    # thousands of simultaneous TLS handshakes starve each other past any connect timeout
+    # (every one times out, retries, and nobody gets through); real devices each have their own
+    max_connecting: int = 100
     ack_timeout_s: float = 30.0  # a record not acked this long after its send is sent again
     heartbeat_s: float = 60.0  # a DeviceReport every heartbeat (random phase per device)
     telemetry_per_min: float = 0.0  # telemetry records per device per minute
@@ -115,6 +119,8 @@ class SimConfig:
         for name in ("telemetry_per_min", "churn_per_min", "drop_rate", "delay_ms", "duration_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.max_connecting < 1:
+            raise ValueError("max_connecting must be >= 1")
         if not 0 <= self.mqtt_share <= 1:
             raise ValueError("mqtt_share must be in [0, 1]")
         if not self.workers:
@@ -167,6 +173,7 @@ class SimConfig:
         p.add_argument("--ramp-per-s", type=float, default=200.0)
         p.add_argument("--connect-timeout-s", type=float, default=10.0)
         p.add_argument("--ack-timeout-s", type=float, default=30.0)
+        p.add_argument("--max-connecting", type=int, default=100, help="handshakes at once per worker")
         p.add_argument("--heartbeat-s", type=float, default=60.0)
         p.add_argument("--telemetry-per-min", type=float, default=0.0)
         p.add_argument("--churn-per-min", type=float, default=0.0)

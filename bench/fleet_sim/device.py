@@ -91,6 +91,7 @@ class SimDevice:
         seq_base: int,
         fleet_size: int,
         seed: int,
+        connecting: asyncio.Semaphore | None = None,
     ) -> None:
         self.id = ident.device_id
         self.transport = transport
@@ -130,6 +131,7 @@ class SimDevice:
         self._kick: asyncio.Future[str] | None = None
         self._stop = asyncio.Event()
         self._got_ack = False
+        self._connecting = connecting or asyncio.Semaphore(1)
 
     # ---------------------------------------------------------------- control (same loop)
 
@@ -187,7 +189,8 @@ class SimDevice:
         self.state = CONNECTING
         link = self._new_link()
         try:
-            await link.open(self.cfg.connect_timeout_s)
+            async with self._connecting:  # the connect timeout counts from here
+                await link.open(self.cfg.connect_timeout_s)
         except LinkRejected as err:
             self.stats.inc("rejected_sessions")
             logger.warning("%s: session refused: %s", self.id, err)

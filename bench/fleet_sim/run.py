@@ -30,6 +30,9 @@ from bench.fleet_sim.stats import COUNTERS, LatencyHist, RecoveryTracker, SimSta
 from bench.fleet_sim.worker import WorkerSpec
 
 logger = logging.getLogger("fleet_sim")
+# acks count as steady state (SimStats.held_*) once the whole fleet has been connected this long:
+# the reports and backlogs sent while devices came back are acked in the first seconds after
+HELD_GRACE_S = 10.0
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: workers run `python -m bench.fleet_sim.worker`
 
 
@@ -56,6 +59,7 @@ class FleetSim:
         self._peak = 0
         self._stop_sampler = threading.Event()
         self._stopping = False
+        self._held_since: float | None = None
         self._threads: list[threading.Thread] = []
         self._rss: dict[int, float] = {}
 
@@ -177,7 +181,7 @@ class FleetSim:
                     w = snap["worker"]
                     self._latest[w] = snap
                     self._rss[w] = snap["rss_mb"]
-                    held = self._all_connected_s is not None and not self._tracker.in_outage
+                    held = self._held_since is not None and time.time() - self._held_since >= HELD_GRACE_S
                     for hist in (self._report, self._sec_report, *([self._held_report] if held else [])):
                         hist.merge(snap["report_hist"])
                     for hist in (
@@ -199,6 +203,11 @@ class FleetSim:
                 snap = self._sum()
                 if not self._stopping:
                     self._tracker.sample(t, snap["connected"])
+                whole = snap["connected"] >= self.cfg.devices and not self._tracker.in_outage
+                if not whole:
+                    self._held_since = None
+                elif self._held_since is None:
+                    self._held_since = time.time()
                 self._peak = max(self._peak, snap["connected"])
                 if (
                     self._all_connected_s is None

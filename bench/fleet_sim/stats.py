@@ -152,8 +152,8 @@ class SimStats:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     report_ack_ms: dict[str, Any] = field(default_factory=dict)
     telemetry_ack_ms: dict[str, Any] = field(default_factory=dict)
-    # the same, counting only acks while the whole fleet was held (after every device first
-    # connected, outside outages and storms): the steady-state latency the scale bench reports
+    # the same, counting only acks while the whole fleet was held (every device connected for
+    # 10 s or more, outside outages and storms): the steady-state latency the scale bench reports
     held_report_ack_ms: dict[str, Any] = field(default_factory=dict)
     held_telemetry_ack_ms: dict[str, Any] = field(default_factory=dict)
     session_ends: dict[str, int] = field(default_factory=dict)  # why sessions ended, by cause

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -66,11 +67,13 @@ class Worker:
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
         cfg, spec = self.cfg, self.spec
+        connecting = asyncio.Semaphore(cfg.max_connecting)
         for _, ident, transport in spec.devices:
             factory: Any = self._link_factory(ident, transport)
             self.devices.append(
                 SimDevice(ident, transport, factory, cfg, self.stats, seq_base=spec.seq_base,
-                          fleet_size=cfg.devices, seed=hash((cfg.seed, ident.device_id)) & 0xFFFFFFFF)
+                          fleet_size=cfg.devices, seed=zlib.crc32(f"{cfg.seed}:{ident.device_id}".encode()),
+                          connecting=connecting)
             )  # fmt: skip
         # ready; the parent answers ("go", t0) once every worker is: the ramp starts at t0 for all
         self.conn.send({"ready": spec.index})
