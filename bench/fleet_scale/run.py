@@ -284,7 +284,15 @@ def run_one(n: int, rep: int, args: argparse.Namespace) -> dict[str, Any]:
             server.launch()
             healthy: list[float] = []
             threading.Thread(target=lambda: healthy.append(server.wait_healthy(t_kill)), daemon=True).start()
-            took = wait_for(lambda: drivers.total("back") >= n, args.storm_timeout_s, "storm")
+
+            def progress() -> bool:
+                back = drivers.total("back")
+                if int(time.monotonic() - t_kill) % 10 == 0:
+                    log(f"[{n} #{rep}]   +{time.monotonic() - t_kill:.0f} s: back {back}, "
+                        f"connected {drivers.total('connected')}, failures {drivers.why()}")  # fmt: skip
+                return back >= n
+
+            took = wait_for(progress, args.storm_timeout_s, "storm")
             try:
                 result["storm_server_cpu_s"] = round(cpu_s(server.pid), 1)  # the new process: all of it
             except OSError:
