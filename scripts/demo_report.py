@@ -340,14 +340,21 @@ def _glance(t: Mapping[str, Any]) -> list[tuple[str, Cell]]:
     bad = _dict(t.get("bad_release"))
     return [
         ("accuracy on drifted inputs", acc or NR),
-        ("bytes on the wire", f"{n['ota/delta_bytes']} with deltas vs {n['ota/full_bytes']} as full files "
-         f"({n['ota/ratio']} of full)" if "ota/delta_bytes" in n else NR),
+        ("bytes on the wire", f"{n['ota/delta_bytes']} fetched{_delta_share(t)} vs {n['ota/full_bytes']} as "
+         f"full files ({n['ota/ratio']} of full)" if "ota/delta_bytes" in n else NR),
         ("federated run", f"triggered by {n['federated/triggered_by']}, secure aggregation "
          f"{n['federated/secure_aggregation']}, ε {n['federated/epsilon']}, {n['federated/rounds']} rounds"
          if fed else NR),
         ("bad release", (f"{_text(bad.get('release'))} halted at {_text(bad.get('halted_at'))}, every device "
                          f"back on {_text(bad.get('all_back_on'))}", "warn") if bad else NR),
     ]  # fmt: skip
+
+
+def _delta_share(t: Mapping[str, Any]) -> str:
+    """How many updates went by delta, from the per-device records (a full download is never a delta)."""
+    per = _dicts(_dict(t.get("ota")).get("per_device"))
+    known = [p for p in per if isinstance(p.get("delta"), bool)]
+    return f" ({sum(p['delta'] for p in known)} of {len(known)} updates by delta)" if known else ""
 
 
 def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
@@ -787,7 +794,7 @@ def _federated(doc: _Doc, t: Mapping[str, Any]) -> None:
     _records(doc, rounds, [("round", "round", fmt_num), ("participants", "participants", fmt_num),
                            ("loss", "loss", fmt_num), ("accuracy", "accuracy", fmt_pct)])  # fmt: skip
     pts = [(r.get("round"), r.get("loss"), r.get("accuracy")) for r in rounds if _is_num(r.get("round"))]
-    if len(pts) < 2:
+    if len(pts) < 2 or not any(_is_num(lo) or _is_num(a) for _, lo, a in pts):
         return
     if plt is None:
         return

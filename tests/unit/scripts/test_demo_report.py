@@ -651,3 +651,14 @@ def test_verify_finds_a_report_that_does_not_match_its_run(tmp_path: Path) -> No
     assert "federated/epsilon: '3.25' not in report.md" in problems
     (tmp_path / "report" / "drift.png").unlink()
     assert "7 plots embedded, 6 PNG files in" in dr.verify(tl, tmp_path)[0]
+
+
+def test_the_glance_says_how_many_updates_went_by_delta_and_skips_an_empty_rounds_plot(
+    tmp_path: Path,
+) -> None:
+    tl = timeline()
+    for r in tl["federated"]["rounds"]:
+        r.update(loss=None, accuracy=None)
+    page, _ = _render(tmp_path, tl)
+    assert "123,456 B fetched (2 of 3 updates by delta) vs 1,843,200 B as full files (6.7% of full)" in page
+    assert not (tmp_path / "report" / "federated.png").exists()
