@@ -75,6 +75,18 @@ def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
+def runq_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc schedstat):
+    how much of a latency is the machine's other work, not this process."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def raise_nofile() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -112,7 +124,7 @@ class SimDevice:
         self.link: MqttLink | None = None
 
     async def run(self) -> None:
-        backoff = 1.0
+        backoff = self.ns.backoff_initial_s
         while True:
             link = MqttLink(
                 self.ident,
@@ -127,21 +139,21 @@ class SimDevice:
                 await link.open(self.ns.connect_timeout_s)
             except LinkRejected:
                 self.stats.rejected += 1
-                backoff = 30.0
+                backoff = self.ns.backoff_max_s
             except LinkError:
                 self.stats.connect_failures += 1
             else:
                 self.link = link
                 self.stats.connects += 1
                 self.stats.connected += 1
-                backoff = 1.0
+                backoff = self.ns.backoff_initial_s
                 try:
                     await self._session(link)
                 finally:
                     self.stats.connected -= 1
                     self.link = None
             await asyncio.sleep(self.rng.uniform(0, backoff))  # full jitter
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, self.ns.backoff_max_s)
 
     async def _session(self, link: MqttLink) -> None:
         sender = asyncio.create_task(self._send_loop(link))
@@ -257,6 +269,8 @@ class Workers:
                 f"--heartbeat-s={ns.heartbeat_s}",
                 f"--keepalive-s={ns.keepalive_s}",
                 f"--connect-timeout-s={ns.connect_timeout_s}",
+                f"--backoff-initial-s={ns.backoff_initial_s}",
+                f"--backoff-max-s={ns.backoff_max_s}",
                 f"--seed={k}",
             ]
             self.procs.append(subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
@@ -515,9 +529,12 @@ def hold(
     log(f"{n}: server sees them online after +{online} s")
     time.sleep(ns.settle_s)  # let one heartbeat period pass, so every device is in its rhythm
     pid, bpid = server.proc.pid, broker.proc.pid
+    wpids = [p.pid for p in workers.procs]
     cpu0, bcpu0, t1 = cpu_s(pid), cpu_s(bpid), time.time()
+    rq0, wrq0, load0 = runq_wait_s(pid), sum(runq_wait_s(w) for w in wpids), os.getloadavg()[0]
     time.sleep(ns.hold_s)
     cpu1, bcpu1, t2 = cpu_s(pid), cpu_s(bpid), time.time()
+    rq1, wrq1, load1 = runq_wait_s(pid), sum(runq_wait_s(w) for w in wpids), os.getloadavg()[0]
     lats = workers.lat_since(t1)
     health = server.health()
     stage = {
@@ -528,9 +545,13 @@ def hold(
         "ramp_s": round(t1 - t0 - ns.settle_s, 1),
         "server_rss_mb": round(rss_bytes(pid) / 2**20, 1),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t2 - t1), 1),
+        "server_runq_wait_per_s": round((rq1 - rq0) / (t2 - t1), 2),
+        "workers_runq_wait_per_s": round((wrq1 - wrq0) / (t2 - t1), 2),
+        "load_avg": round((load0 + load1) / 2, 1),
         "broker_rss_mb": round(rss_bytes(bpid) / 2**20, 1),
         "broker_cpu_pct": round(100 * (bcpu1 - bcpu0) / (t2 - t1), 1),
         "acks": len(lats),
+        "server_cpu_ms_per_ack": round(1000 * (cpu1 - cpu0) / len(lats), 2) if lats else None,
         "ack_ms_p50": pct(lats, 0.5),
         "ack_ms_p99": pct(lats, 0.99),
         "ack_ms_max": pct(lats, 1.0),
@@ -576,16 +597,24 @@ def broker_restart(
     """SIGTERM the broker (it saves its sessions), start it again; all devices reconnect (jitter)."""
     log("broker restart")
     t0 = time.time()
+    assert broker.proc is not None
+    bcpu_before = cpu_s(broker.proc.pid)
     broker.stop()
     dropped = wait(lambda: workers.total("connected") <= 0.01 * n, 60, every=0.2)
     broker.start()
     t_up = time.time()
+    assert broker.proc is not None
     back = wait(lambda: workers.total("connected") >= n, ns.recover_timeout_s, every=0.5)
+    storm_cpu = cpu_s(broker.proc.pid)
+    reconnected = workers.total("connected")
     online = wait(lambda: server.health().get("devices_online", 0) >= n, ns.recover_timeout_s, every=1)
     backlog = wait(lambda: workers.total("stale") == 0, ns.recover_timeout_s, every=0.5)
     time.sleep(30)
     lats = workers.lat_since(time.time() - 30)
     out = {
+        "broker_cpu_s_before_stop": round(bcpu_before, 1),
+        "broker_cpu_s_in_storm": round(storm_cpu, 1),
+        "reconnected_at_end_of_wait": reconnected,
         "broker_down_s": round(t_up - t0, 1),
         "devices_dropped_s": dropped,
         "all_reconnected_after_broker_up_s": back,
@@ -608,7 +637,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ramp-per-s", type=float, default=200.0)
     p.add_argument("--heartbeat-s", type=float, default=60.0)
     p.add_argument("--keepalive-s", type=float, default=60.0)
-    p.add_argument("--connect-timeout-s", type=float, default=20.0)
+    p.add_argument("--connect-timeout-s", type=float, default=30.0)
+    p.add_argument("--backoff-initial-s", type=float, default=1.0, help="full jitter: first ceiling")
+    p.add_argument("--backoff-max-s", type=float, default=60.0)
     p.add_argument("--connect-deadline-s", type=float, default=600.0)
     p.add_argument("--settle-s", type=float, default=60.0)
     p.add_argument("--hold-s", type=float, default=120.0)
