@@ -380,7 +380,8 @@ def _timeline(doc: _Doc, t: Mapping[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(plotted) + 1.2))
     for y, s in enumerate(plotted):
         color = "#d62728" if s.get("ok") is False else "#2ca02c" if s.get("ok") is True else "#999999"
-        ax.barh(y, s["wall_s"], left=s["t_start_s"], color=color, height=0.6)
+        ax.barh(y, max(s["wall_s"], 0.5), left=s["t_start_s"], color=color, height=0.6)
+        ax.text(s["t_start_s"] + max(s["wall_s"], 0.5), y, f" {fmt_s(s['wall_s'])}", va="center", fontsize=7)
     ax.set_yticks(range(len(plotted)), [_plain(s.get("key")) for s in plotted])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the demo started")
