@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     tl = Timeline(work / "timeline.json", quick=args.quick)
     fleet = Fleet(work, plan_devices(args.devices), full_files=args.full_files)
     stream = None
+    compile_job: tuple[subprocess.Popen[str], dict[str, Path]] | None = None
     try:
         with tl.stage("fleet", f"fleet server and {args.devices} devices enroll") as f:
             step("1. fleet server and devices")
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             drifted = [d.id for d in fleet.devices if d.cohort == "drifted"]
             loop = Loop(fleet, tl, prepare_loop(work / "head", drifted), args.quick)
             submit_v1(loop)  # compiled by the server while devices enroll and the CNN compiles
+            compile_job = start_compile(fleet, work)
             fleet.enroll_and_start()
             show_fleet(fleet, f)
             tl.doc["devices"] = [
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             f["applied_generation"] = status["applied_generation"]
         step("3. compile the digits CNN for the Coral; signed release")
-        compile_coral(fleet, tl, work)
+        assert compile_job is not None
+        compile_coral(fleet, tl, work, compile_job)
         step("4. the loop: rollout -> drift -> federated -> delta -> bad release stopped")
         try:
             run_loop(loop)
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in lines:
                 console.print(line)
             f["processes"] = len(lines)
+            tl.doc["ota"]["demo_total_bytes"] = f["ota_bytes_all_releases"] = ota_total(fleet)
         tl.summary(console)
         report = render(tl, work)
         console.print(Panel.fit(f"demo complete — report {report}\nlogs and state in {work}", style="green"))
@@ -138,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if stream is not None:
             stream.stop()
+        if compile_job is not None and compile_job[0].poll() is None:
+            compile_job[0].kill()
         fleet.kill()
         tl.save()
 
@@ -149,6 +155,18 @@ def render(tl: Timeline, work: Path) -> Path | str:
         return Path(demo_report.render(tl.doc, work))
     except Exception as err:  # the report must never hide the demo's own outcome
         return f"(no report: {type(err).__name__}: {err})"
+
+
+def ota_total(fleet: Fleet) -> int:
+    """Bytes every agent fetched for every release of the run (their OTA reports, in their logs)."""
+    import re
+
+    pattern = re.compile(r"fetched_bytes=(\d+)")
+    return sum(
+        int(m.group(1))
+        for d in fleet.devices
+        for m in pattern.finditer((fleet.work / f"{d.id}.log").read_text(errors="replace"))
+    )
 
 
 def show_fleet(fleet: Fleet, facts: dict[str, Any]) -> None:
@@ -169,19 +187,31 @@ def show_fleet(fleet: Fleet, facts: dict[str, Any]) -> None:
     facts.update(devices=len(transports), mqtt=sum(t == "mqtt" for t in transports.values()))
 
 
-def compile_coral(fleet: Fleet, tl: Timeline, work: Path) -> None:
+def start_compile(fleet: Fleet, work: Path) -> tuple[subprocess.Popen[str], dict[str, Path]]:
+    """The data scientist's CNN, trained (~3 s) and handed to `edgeloop-compile` in the background."""
     from demo_model import prepare
 
+    model = prepare(work / "model")
+    cmd = [BIN / "edgeloop-compile", "build", "--model", "tests.fixtures.digits:make_digits_cnn",
+           "--weights", model["weights"], "--profile", CORAL, "--calib", model["calib"], "--eval", model["eval"],
+           "--out", work / "compiled", "--json"]  # fmt: skip
+    console.print(f"[dim]$ {' '.join(str(c) for c in cmd)} &[/]")
+    proc = subprocess.Popen([str(c) for c in cmd], env=dict(fleet.base_env, PYTHONPATH=str(ROOT)), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return proc, model
+
+
+def compile_coral(
+    fleet: Fleet, tl: Timeline, work: Path, job: tuple[subprocess.Popen[str], dict[str, Path]]
+) -> None:
+    proc, model = job
     coral = [d.id for d in fleet.devices if d.profile == CORAL]
     with tl.stage("compile", "compile: the digits CNN for the Coral (LiteRT int8), signed release") as f:
-        model = prepare(work / "model")
         compiled = work / "compiled"
-        build = run(
-            [BIN / "edgeloop-compile", "build", "--model", "tests.fixtures.digits:make_digits_cnn",
-             "--weights", model["weights"], "--profile", CORAL, "--calib", model["calib"], "--eval", model["eval"],
-             "--out", compiled, "--json"],
-            dict(fleet.base_env, PYTHONPATH=str(ROOT)),
-        )  # fmt: skip
+        stdout, stderr = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            raise SystemExit(f"demo: edgeloop-compile exited {proc.returncode}: {stderr.strip()[-800:]}")
+        build = subprocess.CompletedProcess(proc.args, 0, stdout, stderr)
         report = json.loads((compiled / "report.json").read_text())
         art = json.loads(build.stdout)["chosen"][CORAL]
         chosen = report["profiles"][CORAL]["chosen"]

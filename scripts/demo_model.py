@@ -59,27 +59,71 @@ def prepare_head(work: Path, devices: list[str]) -> dict[str, Path]:
     return paths
 
 
+HIDDEN = 192  # width of the frozen feature layer
+
+
+def write_backbone_head(
+    path: Path, backbone: tuple[np.ndarray, np.ndarray], head: tuple[np.ndarray, np.ndarray]
+) -> Path:
+    """pixels (n, 64) -> Relu(pixels @ R + c) = `features` (frozen) -> MatMul + Add -> Softmax =
+    `probabilities`. The agent stores the `features` output of labelled feedback, federated rounds
+    train the head on them, and the registry splices the new head into this graph: only the head
+    tensor changes between versions, which is what a delta update can skip."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    (r, c), (w, b) = backbone, head
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["pixels", "R"], ["xr"]),
+            helper.make_node("Add", ["xr", "c"], ["pre"]),
+            helper.make_node("Relu", ["pre"], ["features"]),
+            helper.make_node("MatMul", ["features", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "digits_head",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 64])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", w.shape[1]]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", w.shape[0]]),
+        ],
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((r, "R"), (c, "c"), (w, "W"), (b, "b"))],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgeloop-demo"
+    )
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def prepare_loop(work: Path, learners: list[str], *, per_device: int = 150) -> dict[str, Path]:
-    """The closed loop's model and data: the digits head (v1 trained centrally on 200 upright
-    digits), its calibration inputs, an evaluation set of upright digits (the compiler also builds
-    the drift reference from it), a golden set, two labelled shards per learner (upright digits its
-    app confirmed before the site's cameras were turned, turned digits after: the device keeps
-    both), the stream's inputs and the held-out test digits (never trained on)."""
+    """The closed loop's model and data: a frozen random-feature layer with a softmax head on top
+    (v1's head trained centrally on 200 upright digits), calibration inputs, an evaluation set of
+    upright digits (the compiler also builds the drift reference from it), a golden set, two
+    labelled shards per learner (upright digits its app confirmed before the site's cameras were
+    turned, turned digits after: the device keeps both), the stream's inputs and the held-out test
+    digits (never trained on)."""
     from demo_stream import rotate
 
     from agent.federated import trainer
-    from fleet_server.federated.handoff import write_head_onnx
     from tests.fixtures.heads import flat_digits
 
     work.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te = flat_digits()
-    zero = [np.zeros((64, 10), np.float32), np.zeros(10, np.float32)]
-    weights, _ = trainer.train(zero, x_tr[:200], y_tr[:200], trainer.TrainParams(lr=0.5, epochs=30))
+    rng = np.random.default_rng(7)
+    r = (rng.normal(0.0, 1.0, (64, HIDDEN)) / np.sqrt(6.4)).astype(np.float32)
+    c = rng.normal(0.0, 0.5, HIDDEN).astype(np.float32)
+    features = np.maximum(x_tr[:200] @ r + c, 0)
+    zero = [np.zeros((HIDDEN, 10), np.float32), np.zeros(10, np.float32)]
+    head, _ = trainer.train(zero, features, y_tr[:200], trainer.TrainParams(lr=0.1, epochs=30))
     paths = {k: work / f"{k}.npz" for k in ("calib", "eval", "golden", "heldout", "stream")}
-    paths["model"] = write_head_onnx(work / "head-v1.onnx", weights[0], weights[1], {"trained_on": 200})
+    paths["model"] = write_backbone_head(work / "digits-head-v1.onnx", (r, c), (head[0], head[1]))
     np.savez(paths["calib"], x=x_tr[:256])
     np.savez(paths["eval"], x=x_te, y=y_te)
-    np.savez(paths["golden"], **{"input:features": x_te[:64]}, labels=y_te[:64])
+    np.savez(paths["golden"], **{"input:pixels": x_te[:64]}, labels=y_te[:64])
     np.savez(paths["heldout"], x=x_te[96:], x_rotated=rotate(x_te[96:]), y=y_te[96:])
     np.savez(paths["stream"], x=x_tr[200:])
     pool, labels = x_tr[200:], y_tr[200:]
@@ -97,8 +141,10 @@ def silently_bad(fp32_model: Path, out: Path, temperature: float = 8.0) -> Path:
     """A release that loads, passes signature, golden-set and agreement checks, and is still bad:
     the head exported with its logits divided by `temperature` (same argmax everywhere, so the same
     accuracy; confidence flattened, so an application thresholding on it stops acting)."""
-    from fleet_server.federated.handoff import write_head_onnx
-    from fleet_server.registry.head import read_head
+    from fleet_server.registry.head import read_head, splice_head
 
-    head = read_head(fp32_model.read_bytes())
-    return write_head_onnx(out, head["w"] / temperature, head["b"] / temperature, {"bad_export": temperature})
+    data = fp32_model.read_bytes()
+    head = read_head(data)
+    bad = {"w": head["w"] / temperature, "b": head["b"] / temperature}
+    out.write_bytes(splice_head(data, bad, {"bad_export": temperature}))
+    return out

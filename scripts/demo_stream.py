@@ -94,7 +94,7 @@ def accuracy(sock: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
     with EdgeloopClient(sock, timeout_s=30) as client:
         for i in range(0, len(x), 200):
             got = client.predict_full(x[i : i + 200])
-            out = next(iter(got.outputs.values()))
+            out = got.outputs.get("probabilities", next(iter(got.outputs.values())))
             correct += int((np.asarray(out).reshape(len(out), -1).argmax(1) == y[i : i + 200]).sum())
             version = f"{got.model_name}@{got.model_version}"
     return correct / len(x), version

@@ -24,6 +24,7 @@ class Timeline:
     def __init__(self, path: Path, *, quick: bool) -> None:
         self.path = path
         self.t0 = time.monotonic()
+        self.epoch0 = time.time()  # to place server timestamps (unix ms) on the timeline
         self.doc: dict[str, Any] = {
             "schema": 1,
             "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -42,6 +43,10 @@ class Timeline:
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 2)
+
+    def at(self, unix_ms: float) -> float:
+        """A server timestamp (unix ms) as seconds since the demo started."""
+        return round(unix_ms / 1000 - self.epoch0, 2)
 
     @contextmanager
     def stage(self, key: str, title: str) -> Iterator[dict[str, Any]]:
