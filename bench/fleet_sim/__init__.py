@@ -59,7 +59,8 @@ server's host on port 7443; `ca` may be omitted when the identities folder holds
 - `timeline`: one sample per second: {"t_s", "connected", "reconnecting", "pending",
   "records_sent", "records_acked", "reports_acked", "report_p99_ms", "telemetry_p99_ms"}
 - `per_device` (final stats only): {device_id: {"transport", "seq_first", "seq_last", "acked",
-  "pending", "state"}}; the device produced exactly the seqs seq_first..seq_last. Seqs start at
+  "pending", "state", "update_kind", "outcomes": {deployment_id: "committed"|"failed"}}};
+  the device produced exactly the seqs seq_first..seq_last. Seqs start at
   (run start in ms) * 1000 + 1, so runs against the same server data never collide on (device, seq).
 
 Modules by domain: link.py (Link contract), grpc_link.py / mqtt_link.py (transports),

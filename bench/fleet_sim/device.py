@@ -123,6 +123,7 @@ class SimDevice:
         self.generation = 0
         self.transition = 0
         self._installs: set[asyncio.Task[None]] = set()
+        self.outcomes: dict[str, str] = {}  # deployment id -> committed | failed
         # faults
         self.churn_rate_s = cfg.churn_per_min / max(1, fleet_size) / 60.0
         self.drop_rate_s = cfg.drop_rate / 60.0
@@ -150,7 +151,8 @@ class SimDevice:
 
     def summary(self) -> dict[str, Any]:
         return {"transport": self.transport, "seq_first": self.seq_first, "seq_last": self.seq_last,
-                "acked": self.acked, "pending": len(self.pending), "state": self.state}  # fmt: skip
+                "acked": self.acked, "pending": len(self.pending), "state": self.state,
+                "update_kind": self.kind_default, "outcomes": dict(self.outcomes)}  # fmt: skip
 
     # ---------------------------------------------------------------- lifetime
 
@@ -160,7 +162,12 @@ class SimDevice:
             if await self._sleep(start_at - time.monotonic()):
                 return
             while not self._stop.is_set():
-                delay = await self._one_session()
+                try:
+                    delay = await self._one_session()
+                except Exception:  # a simulator bug must not silently remove a device from the fleet
+                    logger.exception("%s: session failed unexpectedly", self.id)
+                    self.stats.ended("simulator error")
+                    delay = self.backoff.next_delay()
                 if self._stop.is_set():
                     break
                 if isinstance(delay, tuple):  # churn: away for a while, then back without backoff
@@ -430,12 +437,14 @@ class SimDevice:
                 detail = "load failed: INVALID_PROTOBUF (simulated)"
                 await self._ota(a, src, E.STAGE_FAILED, S.FAILED, detail)
                 self.stats.inc("installs_failed")
+                self.outcomes[a.deployment_id] = "failed"
                 return
             if dst == S.WATCHING:
                 self.previous, self.serving = self.serving, target
             self.transition += 1
             await self._ota(a, src, event, dst, "")
         self.stats.inc("installs_committed")
+        self.outcomes[a.deployment_id] = "committed"
         link = self._link
         if link is not None:
             try:

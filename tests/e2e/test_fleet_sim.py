@@ -171,3 +171,78 @@ def test_sim_holds_fleet_through_server_sigkill_and_every_record_arrives_once(
                                 "missing": sorted(set(produced) - set(stored))[:5]}  # fmt: skip
     assert not wrong, wrong
     assert c["records_acked"] == c["records_sent"]
+
+
+def test_sim_faults_and_update_behaviours(tmp_path: Path) -> None:
+    """Drops, churn, added delay and a reconnect storm while a release installs: failing devices
+    fail at staging, good and silently bad ones commit (only rollout gates can tell those apart)
+    and then send model_metrics windows, the storm's recovery is timed, and every record still
+    arrives exactly once."""
+    server = ServerProc(data_dir=tmp_path / "server")
+    server.data_dir.mkdir()
+    server.init()
+    _start(server)
+    devices = 40
+    cfg = SimConfig(
+        server=server.url, token=server.admin_token, ca=server.ca_file, devices=devices,
+        enroll_target=server.enroll_target, grpc_target=f"127.0.0.1:{server.device_port}",
+        ramp_per_s=40, heartbeat_s=2, telemetry_per_min=30, metrics_window_s=2, install_s=1,
+        churn_per_min=20, churn_offline_s=2, drop_rate=2, delay_ms=20, storm_at_s=(20,),
+        update={"good": 2, "failing": 1, "silently_bad": 1}, backoff_initial_s=0.5, backoff_max_s=3,
+        ack_timeout_s=5, identities=tmp_path / "identities",
+    )  # fmt: skip
+    sim = FleetSim(cfg)
+    try:
+        try:
+            sim.start()
+            assert sim.wait_connected(120)
+            with server.api() as api:
+                blob = api.put("/ota/blobs", content=b"simulated model bytes" * 8)
+                blob.raise_for_status()
+                sha = blob.json()["sha256"]
+                rel = api.post("/releases", json={"model_name": "digits", "model_version": "2",
+                                                  "artifact_sha256": sha, "golden_sha256": sha})  # fmt: skip
+                rel.raise_for_status()
+                ids = [f"sim-{i:05d}" for i in range(devices)]
+                dep = api.post(
+                    f"/releases/{rel.json()['seq']}/deployments", json={"device_ids": ids}, timeout=60
+                )
+                dep.raise_for_status()
+                dep_id = dep.json()["deployment_id"]
+
+                def settled() -> dict[str, str] | None:
+                    rows = api.get(f"/deployments/{dep_id}", timeout=30).json()
+                    states = {r["device_id"]: r["state"] for r in rows}
+                    done = len(states) == devices and all(
+                        s in ("committed", "failed") for s in states.values()
+                    )
+                    return states if done else None
+
+                states = wait_until(settled, 180, what="every device's install settled")
+            wait_until(lambda: any(r["all_back_s"] is not None for r in sim.stats().recoveries), 120,
+                       what="the storm's recovery")  # fmt: skip
+        finally:
+            final = sim.stop(drain_s=60)
+
+        c = final.counters
+        assert c["drops"] > 0 and c["churns"] > 0 and c["storms"] == 1
+        assert [r["cause"] for r in final.recoveries if r["all_back_s"] is not None][:1] == ["storm"]
+        kinds = {d: info["update_kind"] for d, info in final.per_device.items()}
+        assert set(kinds.values()) == {"good", "failing", "silently_bad"}
+        for device_id, kind in kinds.items():
+            want = "failed" if kind == "failing" else "committed"
+            assert states[device_id] == want, (device_id, kind, states[device_id])
+            assert final.per_device[device_id]["outcomes"] == {dep_id: want}
+        assert c["installs_failed"] == sum(k == "failing" for k in kinds.values())
+        assert c["windows_sent"] > 0
+        stored_kinds: set[str] = set()
+        with server.api() as api:
+            for device_id, d in final.per_device.items():
+                assert d["pending"] == 0, (device_id, d)
+                rows = api.get(f"/devices/{device_id}/telemetry",
+                               params={"after_seq": d["seq_first"] - 1, "limit": 10000}).json()  # fmt: skip
+                assert [r["seq"] for r in rows] == list(range(d["seq_first"], d["seq_last"] + 1)), device_id
+                stored_kinds |= {r["kind"] for r in rows}
+        assert stored_kinds == {"sim", "ota", "model_metrics"}
+    finally:
+        server.stop()
