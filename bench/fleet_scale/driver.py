@@ -96,27 +96,33 @@ class Device:
         self.report.sequence = self.seq
         return pb.SyncRequest(report=self.report)
 
-    async def run(self, stats: Stats, lat: list[float], stopping: asyncio.Event) -> None:
+    async def run(
+        self, stats: Stats, lat: list[float], stopping: asyncio.Event, connecting: asyncio.Semaphore
+    ) -> None:
         a = self.args
         while not stopping.is_set():
-            channel = grpc.aio.secure_channel(a.target, self.creds, options=OPTIONS)
-            call = device_pb2_grpc.DeviceServiceStub(channel).Sync()  # type: ignore[no-untyped-call]
-            acks: asyncio.Queue[float] = asyncio.Queue()
-            reader = asyncio.create_task(self._read(call, acks))
-            try:
-                # Session open: connect + TLS + auth + the first report acked, within the timeout.
-                # (Waiting for call.wait_for_connection() before writing, as the agent does, made
-                # every storm attempt at 5,000 devices time out on this loaded 2-core box.)
-                await asyncio.wait_for(self._first_ack(call, acks, reader), a.connect_timeout_s)
-            except (TimeoutError, grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError) as err:
-                if isinstance(err, grpc.aio.AioRpcError):
-                    stats.failed(err.code().name)
-                elif isinstance(err, ConnectionError):
-                    stats.failed(str(err))
-                else:
-                    stats.failed(type(err).__name__)
-                reader.cancel()
-                await channel.close(None)
+            async with connecting:  # the connect timeout counts from here (see main)
+                channel = grpc.aio.secure_channel(a.target, self.creds, options=OPTIONS)
+                call = device_pb2_grpc.DeviceServiceStub(channel).Sync()  # type: ignore[no-untyped-call]
+                acks: asyncio.Queue[float] = asyncio.Queue()
+                reader = asyncio.create_task(self._read(call, acks))
+                try:
+                    # Session open: connect + TLS + auth + the first report acked, in the timeout.
+                    # (Waiting for call.wait_for_connection() before writing, as the agent does,
+                    # made every storm attempt at 5,000 devices time out on the loaded box.)
+                    await asyncio.wait_for(self._first_ack(call, acks, reader), a.connect_timeout_s)
+                    failure = ""
+                except grpc.aio.AioRpcError as err:
+                    failure = err.code().name
+                except ConnectionError as err:
+                    failure = str(err)
+                except (TimeoutError, asyncio.InvalidStateError) as err:
+                    failure = type(err).__name__
+                if failure:
+                    stats.failed(failure)
+                    reader.cancel()
+                    await channel.close(None)
+            if failure:
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             self.up, self.session_start = True, time.time()
@@ -203,12 +209,17 @@ async def main(a: argparse.Namespace) -> None:
     lat: list[float] = []
     stopping = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    # Session opens in progress in this process at once. Real devices each have their own CPU;
+    # here thousands share two cores, and 2,500 client TLS handshakes started together starve
+    # one another past any connect timeout (a storm then never completes: a load-generator
+    # artifact, the same cap as bench/fleet_sim's max_connecting).
+    connecting = asyncio.Semaphore(a.max_connecting)
 
     async def ramp() -> None:
         interval = 1.0 / a.ramp_per_s
         start = time.monotonic()
         for n, dev in enumerate(devices):
-            tasks.append(asyncio.create_task(dev.run(stats, lat, stopping)))
+            tasks.append(asyncio.create_task(dev.run(stats, lat, stopping, connecting)))
             delay = start + (n + 1) * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -255,6 +266,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout-s", type=float, default=20.0)
     p.add_argument("--ack-timeout-s", type=float, default=30.0)
     p.add_argument("--heartbeat-s", type=float, default=60.0)
+    p.add_argument("--max-connecting", type=int, default=100, help="session opens at once per process")
     p.add_argument("--backoff-initial-s", type=float, default=0.5)  # the agent's defaults
     p.add_argument("--backoff-max-s", type=float, default=60.0)
     p.add_argument("--status-s", type=float, default=1.0)

@@ -142,6 +142,7 @@ class Drivers:
                 "--ramp-per-s", str(args.ramp_per_s / procs),
                 "--connect-timeout-s", str(args.connect_timeout_s),
                 "--heartbeat-s", str(args.heartbeat_s), "--mark-file", str(mark),
+                "--max-connecting", str(args.max_connecting),
             ]  # fmt: skip
             first += count
             p = subprocess.Popen(
@@ -226,7 +227,10 @@ def run_one(n: int, rep: int, args: argparse.Namespace) -> dict[str, Any]:
     database_url = f"sqlite:///{data / 'fleet.db'}"
     register_devices(database_url, pki, n)
     server = Server(data, pki, database_url)
-    result: dict[str, Any] = {"devices": n, "rep": rep, "procs": args.procs, "ramp_per_s": args.ramp_per_s}
+    result: dict[str, Any] = {
+        "devices": n, "rep": rep, "procs": args.procs, "ramp_per_s": args.ramp_per_s,
+        "max_connecting": args.max_connecting, "connect_timeout_s": args.connect_timeout_s,
+    }  # fmt: skip
     result["server_start_s"] = round(server.start(), 2)
     time.sleep(2)
     rss0 = rss_bytes(server.pid)
@@ -318,6 +322,52 @@ def run_one(n: int, rep: int, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_bare(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The same ramp and window against bench/sync/bare_server.py (mutual TLS, parse, ack; no
+    auth lookup, no session logic, no persistence): what gRPC + TLS alone cost per device."""
+    pki = pki_for(args.work, args.max_devices)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "sync" / "bare_server.py"), str(pki), str(port)],
+        stdout=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"READY"
+    time.sleep(1)
+    rss0, c0 = rss_bytes(proc.pid), cpu_s(proc.pid)
+    mark = args.work / "bare-mark"
+    mark.unlink(missing_ok=True)
+    drivers = Drivers(pki, f"localhost:{port}", n, args.procs, args, mark)
+    out: dict[str, Any] = {"devices": n, "server": "bare grpc.aio (bench/sync/bare_server.py)"}
+    try:
+        limit = n / args.ramp_per_s + args.ramp_slack_s
+        took = wait_for(lambda: drivers.total("connected") >= n, limit, "ramp")
+        out["ramp_s"] = round(took, 1) if took is not None else None
+        out["server_cpu_ms_per_connect_ramp"] = round(
+            (cpu_s(proc.pid) - c0) * 1000 / max(drivers.total("connects"), 1), 2
+        )
+        time.sleep(args.settle_s)
+        c1, t1, w1 = cpu_s(proc.pid), time.monotonic(), time.time()
+        time.sleep(args.window_s)
+        c2, t2, w2 = cpu_s(proc.pid), time.monotonic(), time.time()
+        time.sleep(1.5)
+        lat = drivers.latencies(w1, w2)
+        out.update(
+            connected=drivers.total("connected"),
+            ack_ms_p50=pct(lat, 0.5),
+            ack_ms_p99=pct(lat, 0.99),
+            server_cpu_core_share=round((c2 - c1) / (t2 - t1), 3),
+            rss_per_device_kb=round((rss_bytes(proc.pid) - rss0) / n / 1024, 1),
+            load_avg=os.getloadavg()[0],
+        )
+        log(f"[bare {n}] {json.dumps(out)}")
+    finally:
+        drivers.stop()
+        proc.kill()
+        proc.wait()
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for n in sorted({r["devices"] for r in rows}):
@@ -343,12 +393,14 @@ def main() -> int:
     p.add_argument("--ramp-slack-s", type=float, default=120.0)
     p.add_argument("--connect-timeout-s", type=float, default=20.0)
     p.add_argument("--heartbeat-s", type=float, default=60.0)
+    p.add_argument("--max-connecting", type=int, default=100, help="session opens at once per driver")
     p.add_argument("--settle-s", type=float, default=10.0)
     p.add_argument("--window-s", type=float, default=60.0)
     p.add_argument("--storm-timeout-s", type=float, default=180.0)
     p.add_argument("--no-storm", dest="storm", action="store_false")
     p.add_argument("--work", type=Path, default=Path("/tmp/edgeloop-fleet-scale"))
     p.add_argument("--json", type=Path)
+    p.add_argument("--bare", type=int, default=0, help="also ramp this many devices against a bare server")
     args = p.parse_args()
     sizes = [int(x) for x in args.devices.split(",")]
     reps = [int(x) for x in args.reps.split(",")]
@@ -358,11 +410,14 @@ def main() -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
     rows: list[dict[str, Any]] = []
+    bare = run_bare(args.bare, args) if args.bare else None
     for n, k in zip(sizes, reps, strict=True):
         for rep in range(1, k + 1):
             rows.append(run_one(n, rep, args))
             if args.json:
-                args.json.write_text(json.dumps({"runs": rows, "summary": summarize(rows)}, indent=2))
+                args.json.write_text(
+                    json.dumps({"runs": rows, "summary": summarize(rows), "bare": bare}, indent=2)
+                )
     print(json.dumps(summarize(rows), indent=2))
     return 0
 
