@@ -190,6 +190,7 @@ class SimDevice:
             except LinkError:
                 self.sent.pop(self.seq, None)
                 self.stats.send_errors += 1
+                link.abort()  # no PUBACK in time: drop the connection and reconnect, as an agent does
                 return
             await asyncio.sleep(hb)
 
@@ -557,6 +558,7 @@ def hold(
         "ack_ms_max": pct(lats, 1.0),
         "outstanding": workers.total("outstanding"),
         "connect_failures": workers.total("connect_failures"),
+        "send_errors": workers.total("send_errors"),
         "mqtt_stats": {k: v for k, v in health.get("mqtt", {}).items() if k != "malformed_by_device"},
     }
     log(f"{n}: {json.dumps(stage)}")
@@ -584,6 +586,7 @@ def server_restart(ns: argparse.Namespace, server: Server, workers: Workers, n: 
         "all_online_after_healthy_s": online,
         "connected": workers.total("connected"),
         "late_reports": workers.total("stale"),
+        "send_errors_total": workers.total("send_errors"),
         "ack_ms_p99_after": pct(lats, 0.99),
         "server_rss_mb": round(rss_bytes(server.proc.pid) / 2**20, 1) if server.proc else None,
     }
