@@ -437,6 +437,9 @@ def release_v2(loop: Loop) -> None:
         ota = transfer_bytes(loop, v2)
         f.update(eval_v1=loop.v1["accuracy"], eval_v2=v2["accuracy"], canary=entry["phases"][0]["devices"],
                  delta_bytes=ota["delta_bytes"], full_bytes=ota["full_bytes"])  # fmt: skip
+        by_delta = [p["device_id"] for p in ota["per_device"] if p["delta"]]
+        if not loop.fleet.full_files and len(by_delta) != len(ota["per_device"]):
+            raise SystemExit(f"demo: v2 went out by delta to {by_delta} only: {ota['per_device']}")
         if not loop.fleet.full_files and not ota["delta_bytes"] < ota["full_bytes"]:
             raise SystemExit(
                 f"demo: delta bytes {ota['delta_bytes']} not below the full files {ota['full_bytes']}"

@@ -75,7 +75,10 @@ def write_backbone_head(
     (r, c), (w, b) = backbone, head
     graph = helper.make_graph(
         [
-            helper.make_node("MatMul", ["pixels", "R"], ["xr"]),
+            # Einsum, not MatMul: the compiler's int8 recipes quantize MatMul weights (each recipe
+            # its own way), so the frozen layer stays the same fp32 bytes in every version and a
+            # delta update ships only the head
+            helper.make_node("Einsum", ["pixels", "R"], ["xr"], equation="bi,ih->bh"),
             helper.make_node("Add", ["xr", "c"], ["pre"]),
             helper.make_node("Relu", ["pre"], ["features"]),
             helper.make_node("MatMul", ["features", "W"], ["xw"]),

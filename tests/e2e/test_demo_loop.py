@@ -23,7 +23,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--quick", "--work", str(work)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        stdout, stderr = proc.communicate(timeout=900)
+        stdout, stderr = proc.communicate(timeout=1500)
     except subprocess.TimeoutExpired:
         proc.terminate()  # the demo's SIGTERM handler stops its server, agents and broker
         stdout, stderr = proc.communicate(timeout=120)
@@ -36,7 +36,7 @@ def _timeline(work: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1000)
+@pytest.mark.timeout(1700)
 def test_every_stage_of_the_quick_demo(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     out, work = demo
     t = _timeline(work)
@@ -101,7 +101,7 @@ def test_every_stage_of_the_quick_demo(demo: tuple[subprocess.CompletedProcess[s
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1000)
+@pytest.mark.timeout(1700)
 def test_the_report_carries_the_runs_numbers(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     out, work = demo
     report = work / "report.html"
