@@ -178,7 +178,7 @@ def show_fleet(fleet: Fleet, facts: dict[str, Any]) -> None:
                 and all(d["online"] and d["last_seen_at"] for d in devs)
                 and all(api.get(f"/devices/{d['id']}/telemetry").json() for d in devs)
             ),
-            60,
+            240,
         )
         sys.stdout.write(run([BIN / "edgeloop", "devices", "list"], fleet.cli_env, quiet=True).stdout)
         transports = {d["id"]: d["transport"] for d in api.get("/devices").json()}

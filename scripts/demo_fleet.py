@@ -89,7 +89,7 @@ def cli_json(env: dict[str, str], *args: str) -> Any:
     return json.loads(out.stdout)
 
 
-def wait_for(what: str, predicate: Any, timeout: float = 30.0, interval: float = 0.3) -> Any:
+def wait_for(what: str, predicate: Any, timeout: float = 120.0, interval: float = 0.3) -> Any:
     with console.status(f"waiting for {what}…"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
