@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     tl = Timeline(work / "timeline.json", quick=args.quick)
     fleet = Fleet(work, plan_devices(args.devices), full_files=args.full_files)
     stream = None
+    saved = False  # timeline.json written with its final wall time (the report prints it)
     compile_job: tuple[subprocess.Popen[str], dict[str, Path]] | None = None
     try:
         with tl.stage("fleet", f"fleet server and {args.devices} devices enroll") as f:
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             f["processes"] = len(lines)
             tl.doc["ota"]["demo_total_bytes"] = f["ota_bytes_all_releases"] = ota_total(fleet)
         tl.summary(console)
+        tl.save()  # the final wall time, before the report prints it (it must match timeline.json)
+        saved = True
         report = render(tl, work)
         console.print(Panel.fit(f"demo complete — report {report}\nlogs and state in {work}", style="green"))
         if args.json:
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if compile_job is not None and compile_job[0].poll() is None:
             compile_job[0].kill()
         fleet.kill()
-        tl.save()
+        if not saved:
+            tl.save()
 
 
 def render(tl: Timeline, work: Path) -> Path | str:

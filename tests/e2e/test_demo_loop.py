@@ -116,3 +116,5 @@ def test_the_report_carries_the_runs_numbers(demo: tuple[subprocess.CompletedPro
     for key in ("ota/delta_bytes", "ota/full_bytes", "federated/secure_aggregation", "bad_release/halted_at",
                 "accuracy/v1, after drift/drifted", "accuracy/v2, after retraining/drifted"):  # fmt: skip
         assert html.escape(numbers[key]) in text, (key, numbers[key])
+    # and every number the report prints is the run's (wall time included: it is saved before rendering)
+    assert demo_report.verify(_timeline(work), work) == []
