@@ -14,10 +14,7 @@ gap, no duplicate.
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +25,8 @@ import pytest
 
 from bench.fleet_sim.config import SimConfig
 from bench.fleet_sim.run import FleetSim
-from fleet_server.mqtt.brokerconf import BrokerFiles
-from tests.helpers.broker import Broker
-from tests.helpers.net import free_port
-from tests.helpers.procs import BIN, ServerProc, wait_until
+from tests.helpers.broker import Broker, operator_broker
+from tests.helpers.procs import ServerProc, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -46,23 +41,8 @@ def server_and_broker(tmp_path: Path) -> Iterator[tuple[ServerProc, Broker | Non
     server.init()
     broker: Broker | None = None
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
-        port = free_port()
-        out = subprocess.run(
-            [BIN / "edgeloop-server", "mqtt-config", "--out", str(tmp_path / "broker"), "--port", str(port),
-             "--bind", "127.0.0.1", "--host", "localhost", "--run-as", pwd.getpwuid(os.geteuid()).pw_name,
-             "--json"],
-            env=server.env(), capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        files = BrokerFiles(**{k: Path(v) for k, v in json.loads(out.stdout).items()})
-        broker = Broker(files, port)
-        broker.start()
-        server.env_extra.update(
-            EDGELOOP_MQTT_URL=f"mqtts://localhost:{port}",
-            EDGELOOP_MQTT_CA_FILE=str(files.ca),
-            EDGELOOP_MQTT_CLIENT_CERT=str(files.server_cert),
-            EDGELOOP_MQTT_CLIENT_KEY=str(files.server_key),
-            EDGELOOP_MQTT_CLIENT_ID="edgeloop-server-fleet-sim",  # a restart resumes its session
-        )
+        broker = operator_broker(server.env(), tmp_path / "broker")
+        server.env_extra.update(broker.server_env("edgeloop-server-fleet-sim"))
     _start(server)
     try:
         yield server, broker

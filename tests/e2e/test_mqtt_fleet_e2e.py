@@ -21,8 +21,6 @@ on MQTT (garbage, wrong types, a flooding device, oversized messages) in test_mq
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -36,9 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet_server.mqtt.brokerconf import BrokerFiles
-from tests.helpers.broker import Broker
-from tests.helpers.net import free_port
+from tests.helpers.broker import Broker, operator_broker
 from tests.helpers.procs import BIN, AgentProc, ServerProc, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -117,31 +113,18 @@ def fleet(tmp_path: Path, database_url: str) -> Iterator[MqttFleet]:
     server = ServerProc(data_dir=tmp_path / "server", database_url=database_url)
     server.data_dir.mkdir()
     server.init()
-    port = free_port()
     # The operator's path: the server's CLI writes the broker config, ACL, CRL and identities.
-    out = subprocess.run(
-        [BIN / "edgeloop-server", "mqtt-config", "--out", str(tmp_path / "broker"), "--port", str(port),
-         "--bind", "127.0.0.1", "--host", "localhost", "--run-as", pwd.getpwuid(os.geteuid()).pw_name,
-         "--json"],
-        env=server.env(), capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    files = BrokerFiles(**{k: Path(v) for k, v in json.loads(out.stdout).items()})
-    broker = Broker(files, port)
-    broker.start()
+    broker = operator_broker(server.env(), tmp_path / "broker")
     fleet = MqttFleet(server, broker, tmp_path / "mosquitto.pid")
     fleet._write_pid()
     server.env_extra.update(
-        EDGELOOP_MQTT_URL=fleet.endpoint,
-        EDGELOOP_MQTT_CA_FILE=str(files.ca),
-        EDGELOOP_MQTT_CLIENT_CERT=str(files.server_cert),
-        EDGELOOP_MQTT_CLIENT_KEY=str(files.server_key),
         # One stable identity: a restarted server resumes its persistent session and its queue.
-        EDGELOOP_MQTT_CLIENT_ID="edgeloop-server-e2e",
+        **broker.server_env("edgeloop-server-e2e"),
         # The CRL is written on revocation, for the broker's next start; no SIGHUP reload here:
         # Debian's Mosquitto 2.0.11 segfaulted in 2 of 3 runs of this test with the reload on
         # (live TLS clients, revoked ones retrying), never without. The broker security tests show
         # the reloaded CRL refusing a revoked certificate's handshake.
-        EDGELOOP_MQTT_CRL_FILE=str(files.crl),
+        EDGELOOP_MQTT_CRL_FILE=str(broker.files.crl),
     )
     server.start()
     supervisor = threading.Thread(target=fleet.supervise, daemon=True)

@@ -169,6 +169,17 @@ class Broker:
         self.clients.append(c)
         return c, rec
 
+    def server_env(self, client_id: str) -> dict[str, str]:
+        """The fleet server's MQTT settings for this broker (one stable client id: a restarted
+        server resumes its persistent session and its queue)."""
+        return {
+            "EDGELOOP_MQTT_URL": f"mqtts://localhost:{self.port}",
+            "EDGELOOP_MQTT_CA_FILE": str(self.files.ca),
+            "EDGELOOP_MQTT_CLIENT_CERT": str(self.files.server_cert),
+            "EDGELOOP_MQTT_CLIENT_KEY": str(self.files.server_key),
+            "EDGELOOP_MQTT_CLIENT_ID": client_id,
+        }
+
     def stop(self) -> None:
         for c in self.clients:
             c.disconnect()
@@ -200,3 +211,23 @@ def running_broker(
         yield broker
     finally:
         broker.stop()
+
+
+def operator_broker(server_env: dict[str, str], out: Path) -> Broker:
+    """A Mosquitto configured the operator's way, started on a free loopback port: the server's own
+    `edgeloop-server mqtt-config` writes its config, ACL, CRL and the server's MQTT identity into
+    `out` (from the fleet CA in `server_env`'s data dir). The caller stops it."""
+    import json
+
+    from tests.helpers.procs import BIN
+
+    port = free_port()
+    done = subprocess.run(
+        [BIN / "edgeloop-server", "mqtt-config", "--out", str(out), "--port", str(port),
+         "--bind", "127.0.0.1", "--host", "localhost", "--run-as", pwd.getpwuid(os.geteuid()).pw_name,
+         "--json"],
+        env=server_env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    broker = Broker(BrokerFiles(**{k: Path(v) for k, v in json.loads(done.stdout).items()}), port)
+    broker.start()
+    return broker
