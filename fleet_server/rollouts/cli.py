@@ -33,7 +33,7 @@ _STYLE = {
     "aborted": "red",
     "draft": "dim",
 }
-_VERDICT = {"pass": "green", "fail": "bold red", "not_enough_data": "yellow"}
+_VERDICT = {"pass": "green", "fail": "bold red", "not_enough_data": "yellow", "inconclusive": "yellow"}
 
 
 class Api(Protocol):

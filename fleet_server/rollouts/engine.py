@@ -747,6 +747,14 @@ class RolloutEngine:
             return E.GATES_FAILED, Ctx(detail=failed)
         if verdict is Verdict.PASS:
             return E.GATES_PASSED, Ctx(detail=", ".join(f"{r.gate} {r.verdict.value}" for r in results))
+        if verdict is Verdict.INCONCLUSIVE and batch.looks >= cfg.max_looks:
+            # Every look had its data and none showed harm: promote after the full bake (as a
+            # Flagger analysis does after its iterations), never on the first look that fails to
+            # reject "harmless".
+            return E.GATES_PASSED, Ctx(
+                detail=f"no gate failed in {batch.looks} looks (max_looks); "
+                + ", ".join(f"{r.gate} {r.verdict.value}" for r in results)
+            )
         if (now - settled).total_seconds() >= cfg.max_wait_s:
             why = f"not enough metric data after {cfg.max_wait_s:g} s"
             if cfg.on_no_data == "breach":

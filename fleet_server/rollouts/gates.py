@@ -3,7 +3,10 @@
 Owns the tests and their verdicts; does not own where sketches come from (agent reports, the
 engine) or what happens on a verdict (machine.py). Every test returns a `GateResult`: statistic,
 p-value (and e-value where there is one), samples and devices per arm, verdict
-``pass | fail | not_enough_data`` and a one-line detail for people.
+``pass | fail | inconclusive | not_enough_data`` and a one-line detail for people. ``pass`` is
+evidence the canary is no worse (non-inferiority within the margin for the mSPRT gates, a small
+observed effect for the G-tests); ``inconclusive`` is enough data but neither harm nor safety shown
+yet, so the engine keeps looking (it promotes after `max_looks` such looks, never on the first).
 
 Devices are the unit of replication. Canary and control are *different devices*, whose inputs
 differ (sites, cameras, time of day), so predictions of one device are not independent draws: a
@@ -44,6 +47,9 @@ class Verdict(StrEnum):
     PASS = "pass"  # noqa: S105 (a verdict, not a password)
     FAIL = "fail"
     NOT_ENOUGH_DATA = "not_enough_data"
+    # Enough data, no harm shown, and no evidence of safety either (a mean gate whose
+    # non-inferiority is not yet shown): keep looking; the engine promotes only after max_looks.
+    INCONCLUSIVE = "inconclusive"
 
 
 class Worse(StrEnum):
@@ -234,10 +240,16 @@ def _msprt(
     var = canary.var + control.var
     log_e = msprt_log_e(sign * effect - margin, var, tau)
     p = min(prev_p, math.exp(-log_e) if log_e > -700 else 1.0, 1.0)
-    verdict = Verdict.FAIL if p <= alpha else Verdict.PASS
+    # Not rejecting "harmless" is not evidence of safety: a canary far worse than a noisy control
+    # (0.17 vs 0.69 mean confidence, p=0.22 at the first look, found by the demo) must not pass on
+    # it. PASS needs non-inferiority, the mirrored always-valid test of H0': harm >= margin.
+    log_ok = msprt_log_e(margin - sign * effect, var, tau)
+    p_ok = min(math.exp(-log_ok) if log_ok > -700 else 1.0, 1.0)
+    verdict = Verdict.FAIL if p <= alpha else Verdict.PASS if p_ok <= alpha else Verdict.INCONCLUSIVE
     detail = (
         f"canary {canary.mean:.4g} vs control {control.mean:.4g} (diff {effect:+.4g}, margin {margin:g}, "
-        f"se {math.sqrt(var):.3g}); always-valid p={p:.3g} alpha={alpha:g}"
+        f"se {math.sqrt(var):.3g}); always-valid p={p:.3g} (harm), {p_ok:.3g} (non-inferiority) "
+        f"alpha={alpha:g}"
     )
     z = (sign * effect - margin) / math.sqrt(var)
     return GateResult(
@@ -400,7 +412,9 @@ def histogram_gtest(
     perm_a = split @ both
     perm_g = _g_rows(perm_a, both.sum(axis=0) - perm_a)
     p = (1 + int((perm_g >= g * (1 - 1e-9)).sum())) / (permutations + 1)
-    verdict = Verdict.FAIL if p <= level and tv >= min_effect else Verdict.PASS
+    # A large observed shift that is not (yet) significant is no evidence of safety: keep looking.
+    big = tv >= min_effect
+    verdict = Verdict.FAIL if p <= level and big else Verdict.INCONCLUSIVE if big else Verdict.PASS
     detail = (
         f"G={g:.1f} permutation p={p:.3g} over {permutations} device splits "
         f"(alpha at look {look}/{max_looks}: {level:.3g}); TV distance {tv:.3f} (min {min_effect:g}); "

@@ -217,10 +217,13 @@ def evaluate(  # noqa: PLR0915
 
 
 def combined(results: Sequence[GateResult]) -> Verdict:
-    """FAIL if any gate failed, PASS if every gate passed, else NOT_ENOUGH_DATA."""
+    """FAIL if any gate failed, PASS if every gate passed, NOT_ENOUGH_DATA if any gate lacks data,
+    else INCONCLUSIVE (every gate had its data; some showed neither harm nor safety)."""
     verdicts = {r.verdict for r in results}
     if Verdict.FAIL in verdicts:
         return Verdict.FAIL
     if verdicts <= {Verdict.PASS}:
         return Verdict.PASS
-    return Verdict.NOT_ENOUGH_DATA
+    if Verdict.NOT_ENOUGH_DATA in verdicts:
+        return Verdict.NOT_ENOUGH_DATA
+    return Verdict.INCONCLUSIVE

@@ -35,7 +35,9 @@ class GateConfig(BaseModel):
     past `silent_timeout_s`) against `max_failure_rate`; then, once `min_devices` of the batch have
     reported for `min_window_s`, canary vs control on each gate in `metrics` with the family-wise
     `alpha` split evenly across them (Bonferroni), looked at most every `look_interval_s`, at most
-    `max_looks` times (alpha spending of the histogram tests)."""
+    `max_looks` times (alpha spending of the histogram tests). A batch passes at the first look where
+    every gate shows non-inferiority (no worse than control within its margin), else after
+    `max_looks` looks in which no gate showed harm."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -93,6 +93,21 @@ def test_msprt_direction_margin_and_running_min() -> None:
         mean_msprt(control, control, alpha=1.5)
 
 
+def test_a_far_worse_canary_beside_a_noisy_control_is_never_passed_on_one_look() -> None:
+    # The demo's case: mean confidence 0.17 on the canary vs ~0.69 on a control whose devices see
+    # different inputs (large between-device spread); harm is not significant yet (p > alpha), and
+    # that alone must not promote the release.
+    rng = np.random.default_rng(1)
+    canary = _means(rng, 2, 0.17, sd=0.05)
+    control = [*_means(rng, 2, 0.95, sd=0.05), *_means(rng, 2, 0.45, sd=0.05)]
+    r = mean_msprt(canary, control, margin=0.02, alpha=0.05 / 6, min_devices=1)
+    assert r.p_value > r.threshold  # harm not significant at this look: the case that used to pass
+    assert r.verdict is Verdict.INCONCLUSIVE
+    a, b = _means(rng, 20, 0.85, per=5000), _means(rng, 30, 0.85, per=5000)
+    good = mean_msprt(a, b, margin=0.02, alpha=0.01)
+    assert good.verdict is Verdict.PASS and "non-inferiority" in good.detail
+
+
 def test_rate_msprt_uses_devices_not_predictions() -> None:
     control = [RateSketch(4, 200) for _ in range(30)]
     canary_bad = [RateSketch(30, 200) for _ in range(20)]
@@ -100,7 +115,8 @@ def test_rate_msprt_uses_devices_not_predictions() -> None:
     # Same pooled rate as control but concentrated on a few devices: over-dispersed, not a breach.
     lumpy = [RateSketch(40, 200) if i < 2 else RateSketch(0, 200) for i in range(20)]
     result = rate_msprt(lumpy, control, alpha=0.01)
-    assert result.verdict is Verdict.PASS
+    # ...nor evidence of safety: with this spread the question stays open (the engine keeps looking)
+    assert result.verdict is Verdict.INCONCLUSIVE
     none = rate_msprt([RateSketch(0, 0)] * 20, control)
     assert none.verdict is Verdict.NOT_ENOUGH_DATA
 
