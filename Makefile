@@ -33,10 +33,10 @@ demo-quick: $(STAMP)
 	$(PY) scripts/demo.py --quick $(DEMO_ARGS)
 
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-slow: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q -m slow || test $$? -eq 5
+	$(PY) -m pytest -q -m slow --durations=15 || test $$? -eq 5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
