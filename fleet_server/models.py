@@ -231,4 +231,5 @@ class RevokedCertificate(SQLModel, table=True):
 
 
 # Tables of capability packages that no route imports yet: registered here for Alembic and tests.
+import fleet_server.coordination.models  # noqa: E402
 import fleet_server.rollouts.models  # noqa: E402, F401

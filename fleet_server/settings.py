@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(default=2.0, gt=0, le=3600)
     rollout_lease_s: float = Field(default=60.0, ge=1, le=3600)
 
+    # Replicas (fleet_server/coordination): any number of servers on one PostgreSQL. A replica's id
+    # names it in leases and presence ("" = "<hostname>-<pid>-<random>"). A singleton job (TUF
+    # signer, compile worker, federated runner, drift trigger, audit head signer, CRL refresh) is
+    # held by one replica under a lease of `lease_ttl_s` renewed every third of it; a replica whose
+    # heartbeat is older than `replica_ttl_s` is dead and its gRPC sessions count as offline.
+    replica_id: str = Field(default="", max_length=128)
+    lease_ttl_s: float = Field(default=6.0, ge=1, le=3600)
+    replica_ttl_s: float = Field(default=6.0, ge=1, le=3600)
+
+    # Artifact store (fleet_server/artifacts): TUF metadata, targets and blobs. "" = the filesystem
+    # under <data_dir>/ota; "file:///abs/path" = a shared filesystem; "s3://bucket/prefix" = an
+    # S3-compatible store (credentials from the usual AWS_* environment), at `s3_endpoint_url` when
+    # it is not AWS. `ota_download_base_url`: devices download targets from there (a CDN or the
+    # bucket's public URL) instead of from this server; the TUF client trusts metadata, not the host.
+    artifact_store: str = ""
+    s3_endpoint_url: str = ""
+    ota_download_base_url: str = ""
+
     # REST API: per-operator-token rate limit (token bucket; 429 + Retry-After past it) and body size limit.
     operator_rate_per_s: float = Field(default=50.0, gt=0, le=100_000)
     operator_burst: int = Field(default=500, ge=1, le=1_000_000)
