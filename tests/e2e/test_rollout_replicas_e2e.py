@@ -8,8 +8,6 @@ off from the dead replica, reconnect through the balancer and commit.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,58 +17,12 @@ import pytest
 from tests.conftest import drop_pg_database, make_pg_database
 from tests.helpers.net import free_port
 from tests.helpers.procs import AgentProc, ServerProc, wait_until
+from tests.helpers.replicas import Balancer
 from tests.integration.test_ota_support import models
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(600)]
 
 AGENTS = 6
-
-
-class Balancer:
-    """A TCP load balancer: each listening port forwards every new connection to the first live
-    backend of its list, round-robin (TLS passes through untouched, as with a cloud L4 balancer)."""
-
-    def __init__(self, routes: dict[int, list[int]]) -> None:
-        self.routes = routes
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._next = dict.fromkeys(routes, 0)
-
-    def __enter__(self) -> Balancer:
-        self._thread.start()
-        for port in self.routes:
-            asyncio.run_coroutine_threadsafe(
-                asyncio.start_server(lambda r, w, p=port: self._serve(p, r, w), "127.0.0.1", port), self._loop
-            ).result(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
-    async def _serve(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        backends = self.routes[port]
-        start = self._next[port] = (self._next[port] + 1) % len(backends)
-        for i in range(len(backends)):
-            try:
-                up_r, up_w = await asyncio.open_connection("127.0.0.1", backends[(start + i) % len(backends)])
-                break
-            except OSError:
-                continue
-        else:
-            writer.close()
-            return
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
 
 
 @pytest.fixture
