@@ -15,8 +15,12 @@ the device must exist and be active (an active status is cached for `mqtt_status
 Nothing a device sends raises out of `handle`.
 
 Also: presence from the retained `status` topic (into SessionRegistry, so the API's `online`
-covers both transports), DesiredState published retained on `desired`, the federated topics
-(handed to federated.py) and `kick` for revocation. Does not own the broker connection (bridge.py).
+covers both transports; with replicas it is written to the database, coordination/presence.py),
+DesiredState published retained on `desired`, the federated topics (handed to federated.py) and
+`kick` for revocation. With several replicas a shared subscription gives each replica only part of
+the status messages, so desired pushes and kicks run on the replica where the change was made
+(registered `fleet=True`), for every device whose fleet-wide presence or last transport is MQTT.
+Does not own the broker connection (bridge.py).
 """
 
 from __future__ import annotations
@@ -152,8 +156,9 @@ class MqttDevices:
             if grid is not None
             else None
         )
-        registry.on_desired(self.push_desired)
-        registry.on_kick(self.kick)
+        # The broker reaches the device whichever replica it talks to: push and kick on the origin only.
+        registry.on_desired(self.push_desired, fleet=True)
+        registry.on_kick(self.kick, fleet=True)
 
     # ------------------------------------------------------------ messages
 
@@ -271,7 +276,8 @@ class MqttDevices:
     # ------------------------------------------------------------ desired, kick
 
     async def push_desired(self, device_id: str) -> None:
-        """Publish the device's DesiredState retained, if it is online here or last came by MQTT.
+        """Publish the device's DesiredState retained, if it is online by MQTT (here or, by presence,
+        anywhere in the fleet) or last came by MQTT.
         Returns once published (or found not to apply). Pushes are batched (`_push_batches`)."""
         if _valid_id(device_id):
             await self._queue_desired(device_id)
@@ -296,7 +302,7 @@ class MqttDevices:
         while self._desired_waiting:
             ids = list(itertools.islice(self._desired_waiting, DESIRED_BATCH))
             waiters = [self._desired_waiting.pop(i) for i in ids]
-            online = {i for i in ids if i in self._online}
+            online = {i for i in ids if i in self._online or self._registry.transport(i) == "mqtt"}
             try:
                 messages = await asyncio.to_thread(self._desired_messages, ids, online)
                 for device_id, payload in messages:
