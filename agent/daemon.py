@@ -4,6 +4,8 @@
 system telemetry, inference stats and live model metric windows (one `model_metrics` record per
 serving model every `[metrics] window_s`) into the outbox and shuts down gracefully on
 SIGTERM/SIGINT (stop producing, flush within the configured time, close the stream, exit 0).
+Under systemd (`Type=notify`) it reports READY=1 once serving, WATCHDOG=1 from its event loop and
+STOPPING=1 at shutdown (agent/systemd.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agent.state import DesiredState
 from agent.statefile import StateFile
 from agent.sync import ModelExecutor, Reconciler, SyncLoop
 from agent.sysinfo import read_resources
+from agent.systemd import SystemdNotifier, supervised
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -379,6 +382,21 @@ def _build_connector(
     )
 
 
+def _stop_on_signals(stop: asyncio.Event) -> SystemdNotifier:
+    """SIGTERM/SIGINT set `stop` and tell systemd the stop has begun (STOPPING=1); returns the
+    notifier (a no-op unless the agent runs as a Type=notify unit)."""
+    systemd = SystemdNotifier.from_env()
+
+    def request_stop() -> None:
+        systemd.stopping()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    return systemd
+
+
 async def run_daemon(config: AgentConfig) -> None:
     from agent.renewal import Renewer, recover
 
@@ -416,9 +434,7 @@ async def run_daemon(config: AgentConfig) -> None:
     )
     wake.append(sync)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    systemd = _stop_on_signals(stop)
     logger.info(
         "agent started device_id=%s version=%s transport=%s endpoint=%s profile=%s",
         identity.device_id,
@@ -456,13 +472,15 @@ async def run_daemon(config: AgentConfig) -> None:
         tasks.append(asyncio.create_task(ota.run(stop)))
     if federated is not None:
         tasks.append(asyncio.create_task(federated.run(stop)))
-    try:
-        await sync.run(stop)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if inference is not None:
-            await inference.stop()
-        sync.write_status()
-        outbox.close()
-        logger.info("agent stopped device_id=%s", identity.device_id)
+    # READY=1 now; WATCHDOG=1 from this event loop (a hung loop stops pinging and systemd restarts us).
+    async with supervised(systemd, status=f"serving device_id={identity.device_id}"):
+        try:
+            await sync.run(stop)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if inference is not None:
+                await inference.stop()
+            sync.write_status()
+            outbox.close()
+            logger.info("agent stopped device_id=%s", identity.device_id)
