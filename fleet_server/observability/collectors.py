@@ -1,10 +1,11 @@
 """Scrape-time gauges of the fleet: devices, sessions, ingest, rollouts, federated learning.
 
 `FleetCollector` is a prometheus_client custom collector. In-memory readings (who is online on
-which transport, open Sync streams, ingest queue and counters) are taken at every scrape; the
-database readings (a handful of GROUP BY counts, one connection) are cached for `cache_s`, and
-device profiles for online devices come from a cache that looks up only ids it has not seen, so
-a scrape costs a few milliseconds whatever the fleet size. Label values are bounded: at most
+which transport fleet-wide, from the registry's presence snapshot; the Sync streams and devices
+this replica serves; ingest queue and counters) are taken at every scrape; the database readings
+(a handful of GROUP BY counts, one connection) are cached for `cache_s`, and device profiles for
+online devices come from a cache that looks up only ids it has not seen, so a scrape costs a few
+milliseconds whatever the fleet size. Label values are bounded: at most
 MAX_PROFILES profiles are named, the rest are counted under "(other)".
 
 Does not own the metrics observed as things happen (metrics.py) or any HTTP route.
@@ -53,9 +54,13 @@ _round = SQLModel.metadata.tables[FlRound.__tablename__]
 class SessionView(Protocol):
     """grpc_api.servicer.SessionRegistry as seen by the collector."""
 
-    def online(self) -> set[str]: ...
+    def online(self) -> set[str]: ...  # fleet-wide (every replica)
 
-    def get(self, device_id: str, /) -> object | None: ...  # a gRPC Sync session, else None
+    def local(self) -> set[str]: ...  # served by this replica
+
+    def get(self, device_id: str, /) -> object | None: ...  # a gRPC Sync session here, else None
+
+    def transport(self, device_id: str, /) -> str | None: ...  # "grpc" | "mqtt", fleet-wide
 
 
 class IngestView(Protocol):
@@ -161,7 +166,7 @@ class FleetCollector(Collector):
         src = self._sources()
         if src is None:
             return
-        online = src.sessions.online()
+        online, local = src.sessions.online(), src.sessions.local()
         with self._lock:
             snapshot = self._refresh(src.engine)
             try:
@@ -169,9 +174,10 @@ class FleetCollector(Collector):
             except SQLAlchemyError as err:
                 logger.warning("metrics: device profiles not read: %s", type(err).__name__)
                 profiles = {}
-            get, profile = src.sessions.get, profiles.get
-            keys = [("grpc" if get(d) is not None else "mqtt", profile(d, UNKNOWN)) for d in online]
-        yield from _session_metrics(Counter(keys))
+            transport, profile = src.sessions.transport, profiles.get
+            keys = [(_transport(transport(d)), profile(d, UNKNOWN)) for d in online]
+        streams = sum(1 for d in local if src.sessions.get(d) is not None)
+        yield from _session_metrics(Counter(keys), streams=streams, local=len(local))
         yield from _ingest_metrics(src.ingest)
         yield from _db_metrics(snapshot)
 
@@ -196,14 +202,21 @@ class FleetCollector(Collector):
         return fresh
 
 
-def _session_metrics(by_transport_profile: Counter[tuple[str, str]]) -> Iterator[Metric]:
+def _transport(value: str | None) -> str:
+    return "grpc" if value == "grpc" else "mqtt"
+
+
+def _session_metrics(
+    by_transport_profile: Counter[tuple[str, str]], *, streams: int, local: int
+) -> Iterator[Metric]:
     per_profile: Counter[str] = Counter()
     for (_, profile), n in by_transport_profile.items():
         per_profile[profile] += n
     named = set(_bounded(dict(per_profile))) - {OTHER}
     g = GaugeMetricFamily(
         "edgeloop_devices_online",
-        "Devices with a live session, by transport (grpc, mqtt) and profile",
+        "Devices with a live session on any replica, by transport (grpc, mqtt) and profile"
+        " (fleet-wide: every replica reports the same; aggregate with max, not sum)",
         labels=["transport", "profile"],
     )
     folded: Counter[tuple[str, str]] = Counter()
@@ -215,8 +228,12 @@ def _session_metrics(by_transport_profile: Counter[tuple[str, str]]) -> Iterator
     for (transport, profile), n in sorted(folded.items()):
         g.add_metric([transport, profile], n)
     yield g
-    streams = sum(n for (transport, _), n in by_transport_profile.items() if transport == "grpc")
-    yield GaugeMetricFamily("edgeloop_sync_streams", "Open gRPC Sync streams", value=streams)
+    yield GaugeMetricFamily("edgeloop_sync_streams", "Open gRPC Sync streams on this replica", value=streams)
+    yield GaugeMetricFamily(
+        "edgeloop_devices_served",
+        "Devices this replica serves: its gRPC streams and the MQTT devices whose status it received",
+        value=local,
+    )
 
 
 def _ingest_metrics(ingest: IngestView) -> Iterator[Metric]:

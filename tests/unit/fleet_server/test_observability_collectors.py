@@ -26,8 +26,14 @@ class Sessions:
     def online(self) -> set[str]:
         return self.grpc | self.mqtt
 
+    def local(self) -> set[str]:
+        return self.online()
+
     def get(self, device_id: str, /) -> object | None:
         return object() if device_id in self.grpc else None
+
+    def transport(self, device_id: str, /) -> str | None:
+        return "grpc" if device_id in self.grpc else "mqtt" if device_id in self.mqtt else None
 
 
 @dataclass
