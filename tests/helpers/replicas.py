@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,18 +180,24 @@ class Replicas:
         }
 
     def start(self) -> Replicas:
+        """Seed (unless `admin_token` is given and the seed data dir holds a CA: a cluster started
+        again on the same data dir and database, e.g. by the bench), start every replica, then
+        the balancer."""
         seed = self.servers[0]
-        seed.data_dir.mkdir(parents=True, exist_ok=True)
-        self.admin_token = self.front.admin_token = seed.init()
-        for s in self.servers:
+        seeded = bool(self.admin_token) and (seed.data_dir / "pki" / "ca.pem").exists()
+        if not seeded:
+            seed.data_dir.mkdir(parents=True, exist_ok=True)
+            self.admin_token = seed.init()
+        for s in (*self.servers, self.front):
             s.admin_token = self.admin_token
         self._launch(0)
-        self._wait_healthy(0)  # creates the TUF keys, OTA access key, audit head key once
+        if not seeded or self.separate:
+            self._wait_healthy(0)  # creates the TUF keys, OTA access key, audit head key once
         for i in range(1, self.n):
             if self.separate:
                 copy_keys(seed.data_dir, self.servers[i].data_dir)
             self._launch(i)
-        for i in range(1, self.n):
+        for i in range(self.n):
             self._wait_healthy(i)
         self._balancer = (BalancerProc(self.routes, self.root / "balancer.log") if self.balancer_process
                           else Balancer(self.routes))  # fmt: skip
@@ -289,7 +295,7 @@ class Replicas:
         return {r[0]: Lease(*r) for r in rows}
 
     def live_replicas(self) -> dict[str, datetime]:
-        return dict(self.query("SELECT id, heartbeat_at FROM server_replica"))  # type: ignore[arg-type]
+        return {str(r[0]): r[1] for r in self.query("SELECT id, heartbeat_at FROM server_replica")}
 
     def holder_of(self, device_id: str) -> int | None:
         """Index of the replica holding `device_id`'s gRPC session: its `device_presence` row, else
@@ -321,6 +327,12 @@ class Lease:
     token: int
     acquired_at: datetime
     expires_at: datetime
+
+    @property
+    def acquired_s(self) -> float:
+        """`acquired_at` as a Unix time (a naive timestamp is UTC, as the server writes it)."""
+        at = self.acquired_at
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def copy_keys(src: Path, dst: Path) -> None:
