@@ -2,9 +2,15 @@
 replicas on one PostgreSQL, behind a TCP balancer, with the same simulated fleet; and the
 takeover time of each lease-held singleton after its holder is SIGKILLed.
 
-    .venv/bin/python -m bench.replicas.run [--replicas 1,2,3] [--reps 2] [--devices 300] \
-        [--heartbeat-s 1] [--telemetry-per-min 60] [--window-s 30] [--takeover-reps 5] \
+    .venv/bin/python -m bench.replicas.run [--replicas 1,2,3] [--reps 2] [--devices-per-replica 200] \
+        [--devices N] [--heartbeat-s 2] [--telemetry-per-min 30] [--window-s 30] [--takeover-reps 5] \
         [--json bench/replicas/results.json]
+
+Load: `--devices-per-replica` (default) keeps each replica's load the same at every replica
+count (the fleet grows with the replicas, as an operator scales them), so a lower efficiency at
+N replicas is a cost of having N (coordination); `--devices N` splits one fleet over the
+replicas instead, so each replica's group commits get smaller as N grows (fewer messages per
+flush: the per-message cost rises without any coordination; `msgs_per_flush` shows it).
 
 One PostgreSQL database and one seeded data dir (CA, keys) for the whole bench, so the fleet is
 enrolled once. Per run (replica counts interleaved, order reversed on odd reps): start N
@@ -118,11 +124,12 @@ class Sampler:
         ours = {*self.cluster.pids(), self.cluster.balancer_pid}
         return [p for p in children(os.getpid()) if p not in ours]
 
-    def ingest(self) -> list[int]:
+    def ingest(self) -> list[tuple[int, int]]:
+        """(rows persisted, flushes) per replica, from its /healthz ingest counters."""
         out = []
         for s in self.cluster.servers:
             stats = httpx.get(s.url + "/healthz", timeout=10).json()["ingest"]
-            out.append(int(stats["reports"]) + int(stats["telemetry_rows"]))
+            out.append((int(stats["reports"]) + int(stats["telemetry_rows"]), int(stats["flushes"])))
         return out
 
     def take(self, sim: Any | None = None) -> dict[str, Any]:
@@ -169,6 +176,7 @@ def one_run(
 
     env = {"EDGELOOP_LOG_LEVEL": "WARNING"}
     cluster = Replicas(work / "cluster", db_url, n=n, env=env, balancer_process=True, admin_token=token)
+    devices = args.devices or args.devices_per_replica * n
     load0 = os.getloadavg()
     log(f"rep {rep}: {n} replica(s): starting")
     cluster.start()
@@ -182,7 +190,7 @@ def one_run(
         idle = [(b - a) / (i1["t"] - i0["t"]) for a, b in zip(i0["replicas"], i1["replicas"], strict=True)]
         front = cluster.front
         cfg = SimConfig(
-            server=front.url, token=token, ca=front.ca_file, devices=args.devices,
+            server=front.url, token=token, ca=front.ca_file, devices=devices,
             enroll_target=front.enroll_target, grpc_target=f"127.0.0.1:{front.device_port}",
             ramp_per_s=args.ramp_per_s, heartbeat_s=args.heartbeat_s,
             telemetry_per_min=args.telemetry_per_min,
@@ -192,7 +200,7 @@ def one_run(
         sim = FleetSim(cfg)
         sim.start()
         if not sim.wait_connected(240):
-            raise SystemExit(f"only {sim.stats().connected}/{args.devices} devices connected")
+            raise SystemExit(f"only {sim.stats().connected}/{devices} devices connected")
         time.sleep(args.settle_s)
         s0 = sampler.take(sim)
         time.sleep(args.window_s / 2)
@@ -201,13 +209,14 @@ def one_run(
         s1 = sampler.take(sim)
         dt = s1["t"] - s0["t"]
         cpu = [b - a for a, b in zip(s0["replicas"], s1["replicas"], strict=True)]
-        ingest = [b - a for a, b in zip(s0["ingest"], s1["ingest"], strict=True)]
+        ingest = [b[0] - a[0] for a, b in zip(s0["ingest"], s1["ingest"], strict=True)]
+        flushes = [b[1] - a[1] for a, b in zip(s0["ingest"], s1["ingest"], strict=True)]
         persisted = s1["acked"] - s0["acked"]
         server_cpu = sum(cpu)
         net = server_cpu - sum(idle) * dt
         pg_db, pg_all = delta(s0["pg_db"], s1["pg_db"]), delta(s0["pg_all"], s1["pg_all"])
         result = {
-            "replicas": n, "rep": rep, "devices": args.devices, "window_s": round(dt, 2),
+            "replicas": n, "rep": rep, "devices": devices, "window_s": round(dt, 2),
             "load_avg_start": load0, "load_avg_end": os.getloadavg(),
             "persisted": persisted, "persisted_per_s": round(persisted / dt, 1),
             "reports_acked": s1["reports_acked"] - s0["reports_acked"],
@@ -216,10 +225,12 @@ def one_run(
             "persisted_per_server_cpu_s": round(persisted / server_cpu, 1) if server_cpu else None,
             "persisted_per_server_cpu_s_net_idle": round(persisted / net, 1) if net > 0 else None,
             "idle_cpu_cores_per_replica": round(statistics.mean(idle), 4),
+            "msgs_per_flush": round(sum(ingest) / sum(flushes), 2) if sum(flushes) else None,
             "per_replica": [
                 {"cpu_cores": round(c / dt, 3), "persisted": g,
-                 "persisted_per_cpu_s": round(g / c, 1) if c else None, "idle_cpu_cores": round(i, 4)}
-                for c, g, i in zip(cpu, ingest, idle, strict=True)
+                 "persisted_per_cpu_s": round(g / c, 1) if c else None, "idle_cpu_cores": round(i, 4),
+                 "msgs_per_flush": round(g / f, 2) if f else None}
+                for c, g, i, f in zip(cpu, ingest, idle, flushes, strict=True)
             ],
             "held": holding,
             "pg_db_backends_cpu_s": round(pg_db, 2), "pg_host_cpu_s": round(pg_all, 2),
@@ -293,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replicas", default="1,2,3")
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--devices", type=int, default=300)
-    p.add_argument("--heartbeat-s", type=float, default=1.0)
-    p.add_argument("--telemetry-per-min", type=float, default=60.0)
+    p.add_argument("--devices-per-replica", type=int, default=200)
+    p.add_argument("--devices", type=int, default=0, help="one fleet of this size split over the replicas")
+    p.add_argument("--heartbeat-s", type=float, default=2.0)
+    p.add_argument("--telemetry-per-min", type=float, default=30.0)
     p.add_argument("--ramp-per-s", type=float, default=100.0)
     p.add_argument("--idle-s", type=float, default=5.0)
     p.add_argument("--settle-s", type=float, default=5.0)

@@ -53,6 +53,7 @@ def summarize(runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             ),
             "pg_cpu_ms_per_persisted": _stats([r["pg_cpu_ms_per_persisted"] for r in rs]),
             "idle_cpu_cores_per_replica": _stats([r["idle_cpu_cores_per_replica"] for r in rs]),
+            "msgs_per_flush": _stats([r["msgs_per_flush"] for r in rs if r.get("msgs_per_flush")]),
         }
     base = out.get("1")
     for count, row in out.items():
