@@ -96,8 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=engine, ca=ca, settings=settings, writer=writer, registry=registry, renew=renew
         )
         federated = build_federated(
-            engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log
-        )
+            engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log,
+            replica_id=getattr(app.state, "replica_id", "") or settings.replica_id,
+            models=lambda: app.state.models, lease_ttl_s=settings.lease_ttl_s,
+            replica_ttl_s=settings.replica_ttl_s,
+        )  # fmt: skip
         servers = build_grpc_servers(
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
         )
@@ -125,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, engine=engine, writer=writer, registry=registry, grid=federated.grid, renew=renew
         )
         app.state.rollouts.start()
+        federated.start()  # runner and drift-trigger leases, task relay (federated/wiring.py)
         logger.info(
             "fleet server started http=%s:%s enroll_port=%s device_port=%s transports=%s mqtt=%s db=%s",
             settings.http_host,

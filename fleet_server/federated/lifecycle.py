@@ -1,7 +1,8 @@
 """Lifecycle of a federated run: its states, the allowed transitions, and the reasons it ends.
 
 A run is `running` from the moment it is recorded until it reaches exactly one terminal state:
-`completed`, `failed` (with the reason: the exception, too few participants, a server restart)
+`completed`, `failed` (with the reason: the exception, too few participants, a server restart,
+the runner replica lost mid-run)
 or `cancelled` (with who and why). Transitions are data (`TRANSITIONS`), checked by a pure
 `is_valid_transition`; the runner applies them with a conditional update, so of two writers (a
 cancel and the run's own thread) exactly one wins. Pure: no database, clock or logging here.
@@ -52,6 +53,12 @@ def cancel_reason(by: str, reason: str) -> str:
     """Detail of a cancelled run: who cancelled it and why (the reason may be empty)."""
     why = clean(reason)
     return clean(f"cancelled by {by or 'unknown'}" + (f": {why}" if why else ""))
+
+
+def replica_lost_reason(replica: str, server_round: int) -> str:
+    """Detail of a run whose runner replica died (or lost its lease) and another replica took over."""
+    where = f"during round {server_round}" if server_round else "before its first round"
+    return clean(f"runner replica {replica} lost {where}")
 
 
 def no_participants_reason(results: list[int], min_results: int) -> str:

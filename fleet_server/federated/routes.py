@@ -7,14 +7,18 @@ Otherwise it starts from the previous completed run's final model when `from_las
 from a zero softmax head of the requested size (`features` x `classes`).
 
 Every field is bounded in the schema (limits.py), so a bad body is a 422 before anything runs;
-the one-run slot is taken (409 when busy) before the initial model is built, so a refused start
-allocates nothing.
+a run in progress anywhere in the fleet is a 409 before the initial model is built, so a refused
+start allocates nothing. Any replica records the run; the `federated-runner` lease holder
+executes it (scheduler.py). The auto-retrain policy is stored in the database (autoretrain.py):
+any replica's PUT/GET/DELETE sees the same policy, and the `drift-trigger` holder runs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -29,6 +33,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from fleet_server.api.deps import Operator, SessionDep, Viewer
@@ -36,14 +41,16 @@ from fleet_server.api.params import INT32_MAX, Labels, NoNul
 from fleet_server.audit.port import operator_actor
 from fleet_server.errors import InvalidRequestError, NotFoundError
 from fleet_server.federated import limits as lim
-from fleet_server.federated.cohort import CohortFilter, CohortSpec
+from fleet_server.federated.cohort import CohortSpec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.runner import RunSpec
 from fleet_server.federated.secagg import SecAggParams
 from fleet_server.federated.strategy import LINEAR, ROBUST, StrategySpec
 from fleet_server.federated.trigger import DriftRetrainTrigger
-from fleet_server.federated.wiring import FederatedRuntime
 from fleet_server.registry.service import ModelRegistry
+
+if TYPE_CHECKING:
+    from fleet_server.federated.wiring import FederatedRuntime
 
 router = APIRouter(prefix="/federated", tags=["federated"])
 
@@ -154,7 +161,8 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
 
 @router.post("/runs", status_code=202)
 def start_run(req: RunRequest, request: Request, session: SessionDep, operator: Operator) -> dict[str, str]:
-    """Validate (422), take the one-run slot (409), then build the initial model and start."""
+    """Validate (422), refuse while a run is in progress (409), then build the initial model and
+    record the run for the runner replica."""
     fl: FederatedRuntime = request.app.state.federated
     if 0 < req.max_nodes < req.min_nodes:
         raise InvalidRequestError(f"max_nodes {req.max_nodes} is below min_nodes {req.min_nodes}")
@@ -162,12 +170,14 @@ def start_run(req: RunRequest, request: Request, session: SessionDep, operator: 
     cohort = CohortSpec(
         req.labels, req.profile, tuple(req.require_conditions), True, req.drifted_only, req.max_nodes
     )
-    eligible = CohortFilter(engine=request.app.state.engine, spec=cohort, conditions=fl.grid.state_of)
-    with fl.runner.reserve() as slot:
-        initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
-        run_id = slot.start(
-            _spec(req, parent_version), initial, eligible=eligible, actor=operator_actor(operator)
-        )
+    fl.scheduler.check_idle()
+    initial, parent_version = _initial(req, session, fl.runner.out_dir, request.app.state.models)
+    run_id = fl.scheduler.submit(
+        _spec(req, parent_version),
+        initial,
+        eligible={"cohort": asdict(cohort)},
+        actor=operator_actor(operator),
+    )
     return {"run_id": run_id}
 
 
@@ -178,7 +188,7 @@ def cancel_run(
     """Stop a running run at once (its round is abandoned) and free the slot; 409 if it already ended."""
     fl: FederatedRuntime = request.app.state.federated
     reason = body.reason if body is not None else ""
-    run = fl.runner.cancel(run_id, by=operator.name, reason=reason, actor=operator_actor(operator))
+    run = fl.scheduler.cancel(run_id, by=operator.name, reason=reason, actor=operator_actor(operator))
     return run.model_dump(mode="json")
 
 
@@ -195,42 +205,53 @@ Interval = Annotated[
 
 @router.put("/auto-retrain")
 def enable_auto_retrain(
-    req: RunRequest, request: Request, _: Operator, interval_s: Interval = 30.0
+    req: RunRequest, request: Request, operator: Operator, interval_s: Interval = 30.0
 ) -> dict[str, Any]:
     """Let the drift policy open runs (with these settings) for drifted cohorts automatically."""
     fl: FederatedRuntime = request.app.state.federated
-    engine = request.app.state.engine
-    out_dir = fl.runner.out_dir
-    models: ModelRegistry = request.app.state.models
-    if req.model:
-        with Session(engine) as s:
-            models.head(s, req.model, req.model_version)  # fail now (404/422), not in the trigger thread
-
-    def initial() -> ArrayRecord:
-        with Session(engine) as s:  # a registry model: its newest version at the time of the drift
-            return _initial(
-                req.model_copy(update={"from_last": True, "model_version": None}), s, out_dir, models
-            )[0]
-
-    trigger = DriftRetrainTrigger(
-        engine=engine, grid=fl.grid, runner=fl.runner, spec=_spec(req), initial=initial, interval_s=interval_s
-    )
-    fl.set_trigger(trigger)
-    return fl.trigger_status()
+    return fl.autoretrain.enable(req.model_dump(mode="json"), interval_s, by=operator.name)
 
 
 @router.get("/auto-retrain")
 def auto_retrain_status(request: Request, _: Viewer) -> dict[str, Any]:
-    """Whether auto-retrain is on and what its trigger has done (checks, errors, last run)."""
+    """Whether auto-retrain is on, which replica runs it and what it has done (checks, errors, last run)."""
     fl: FederatedRuntime = request.app.state.federated
     return fl.trigger_status()
 
 
 @router.delete("/auto-retrain")
-def disable_auto_retrain(request: Request, _: Operator) -> dict[str, bool]:
+def disable_auto_retrain(request: Request, operator: Operator) -> dict[str, bool]:
     fl: FederatedRuntime = request.app.state.federated
-    fl.set_trigger(None)
+    fl.autoretrain.disable(by=operator.name)
     return {"enabled": False}
+
+
+def trigger_factory(
+    fl: FederatedRuntime, engine: Engine, models: Callable[[], ModelRegistry] | None
+) -> Callable[[dict[str, Any], float], DriftRetrainTrigger]:
+    """Builds the drift trigger of a stored policy (a RunRequest body and an interval) for the
+    `drift-trigger` holder; refuses what PUT would (a bad body, an unknown registry model)."""
+
+    def make(body: dict[str, Any], interval_s: float) -> DriftRetrainTrigger:
+        req = RunRequest.model_validate(body)
+        registry = models() if models is not None else None
+        if req.model:
+            if registry is None:
+                raise InvalidRequestError("the model registry is not ready")
+            with Session(engine) as s:
+                registry.head(s, req.model, req.model_version)  # fail now (404/422), not in the trigger
+
+        def initial() -> ArrayRecord:
+            with Session(engine) as s:  # a registry model: its newest version at the time of the drift
+                latest = req.model_copy(update={"from_last": True, "model_version": None})
+                return _initial(latest, s, fl.runner.out_dir, registry)[0]  # type: ignore[arg-type]
+
+        return DriftRetrainTrigger(
+            engine=engine, grid=fl.grid, runner=fl.scheduler, spec=_spec(req), initial=initial,
+            interval_s=interval_s,
+        )  # fmt: skip
+
+    return make
 
 
 @router.get("/runs")

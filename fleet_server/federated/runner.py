@@ -12,6 +12,12 @@ no round with enough participants, too few devices within the round timeout, a s
 abandoned at once, late device replies are refused, the slot is free for the next run). The slot
 is reserved before the initial model is built (`reserve()`), so a refused start allocates nothing.
 
+With replicas (scheduler.py) a run is recorded by whichever replica took the REST call and
+executed by the `federated-runner` lease holder (`adopt`). Every write of an adopted run (round
+in progress, round record, end) is fenced: `fence(session)` runs `LeaseStore.guard` inside the
+same transaction, so a holder that lost the lease writes nothing (`LeaseLost`), and `abandon()`
+stops its thread without recording an end: the next holder ends the run.
+
 Every state change is recorded in the audit log after it committed: `federated_run.started` (by
 the operator, or `system:drift-trigger` for a run the drift policy opened), `.round_aggregated`,
 and exactly one of `.completed`, `.failed`, `.cancelled` with the reason (only the writer whose
@@ -38,6 +44,7 @@ from sqlmodel import Session, col, select
 
 from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
+from fleet_server.coordination.leases import LeaseLost
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import lifecycle
 from fleet_server.federated.grid import FleetGrid
@@ -54,7 +61,9 @@ from fleet_server.models import utcnow
 logger = logging.getLogger(__name__)
 
 EvaluateFn = Callable[[int, ArrayRecord], dict[str, float]]
+Fence = Callable[[Session], None]  # raises (LeaseLost) inside the transaction when the runner lost its lease
 Eligible = Callable[[set[str]], set[str]]
+ABANDON_JOIN_S = 2.0  # how long abandon() waits for the run's thread (it writes nothing more anyway)
 CANCEL_JOIN_S = 10.0  # how long cancel() waits for the run's thread to leave before freeing the slot
 SYSTEM = Actor.system("federated")
 DRIFT_TRIGGER = Actor.system("drift-trigger")
@@ -106,6 +115,8 @@ class _Active:
     cancel_detail: str = ""
     cancel_by: str = ""
     stop_actor: Actor = SYSTEM
+    fence: Fence | None = None  # set for a run adopted under a lease (scheduler.py)
+    abandoned: bool = False  # the lease was lost: the thread stops and records nothing
 
 
 class Reservation:
@@ -147,6 +158,7 @@ class FederatedRunner:
         self._active: _Active | None = None
         self._thread: threading.Thread | None = None
         self.result: ArrayRecord | None = None
+        self.replica_id = ""  # recorded as the runner of runs started here (wiring sets it)
 
     def busy(self) -> bool:
         with self._lock:
@@ -166,7 +178,7 @@ class FederatedRunner:
             raise InvalidRequestError("secure aggregation needs a linear strategy (robust rules see updates)")
 
     @contextmanager
-    def reserve(self) -> Iterator[Reservation]:
+    def reserve(self, run_id: str = "") -> Iterator[Reservation]:
         """Hold the one-run slot (or raise ConflictError at once, before anything is allocated)."""
         with self._lock:
             if self._active is not None:
@@ -175,7 +187,7 @@ class FederatedRunner:
                     f"federated run {holder} is in progress; wait for it or cancel it "
                     f"(edgeloop fl cancel {holder})"
                 )
-            active = self._active = _Active(run_id=uuid.uuid4().hex)
+            active = self._active = _Active(run_id=run_id or uuid.uuid4().hex)
         try:
             yield Reservation(self, active)
         finally:
@@ -201,6 +213,41 @@ class FederatedRunner:
             arrays = initial() if callable(initial) else initial
             return slot.start(spec, arrays, evaluate_fn, eligible=eligible, actor=actor)
 
+    def adopt(
+        self,
+        run_id: str,
+        spec: RunSpec,
+        initial: ArrayRecord,
+        *,
+        eligible: Eligible | None,
+        fence: Fence,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> None:
+        """Execute a run another replica (or this one) recorded; every write goes through `fence`.
+
+        Raises: ConflictError when this runner already executes a run.
+        """
+        with self.reserve(run_id) as slot:
+            slot._active.fence = fence
+            self._grid.eligible = eligible  # None: every device (a local start keeps the last filter)
+            self._launch(slot._active, spec, initial, evaluate_fn, eligible, record=False)
+
+    def abandon(self, reason: str) -> str | None:
+        """The runner lease was lost: stop the run in progress without writing anything (the new
+        holder ends it). Returns the abandoned run's id."""
+        with self._lock:
+            active = self._active
+            if active is None or active.thread is None:
+                return None
+            active.abandoned = True
+            active.stop.set()
+        self._grid.wake()
+        logger.warning("federated run abandoned run_id=%s reason=%s", active.run_id, reason)
+        if active.thread is not threading.current_thread():
+            active.thread.join(ABANDON_JOIN_S)
+        self._release(active)
+        return active.run_id
+
     def _launch(
         self,
         active: _Active,
@@ -210,28 +257,13 @@ class FederatedRunner:
         eligible: Eligible | None,
         *,
         actor: Actor | None = None,
+        record: bool = True,
     ) -> str:
         self.validate(spec)
         run_id, active.spec = active.run_id, spec
-        self._save(
-            FlRun(
-                id=run_id,
-                strategy=spec.strategy.name,
-                secure_aggregation=spec.secure_aggregation,
-                num_rounds=spec.num_rounds,
-                config=_jsonable(spec),
-                cohort=dict(spec.cohort),
-                parent_digest=digest(initial),
-                delta=spec.dp_delta,
-                created_at=utcnow(),
-            )
-        )
-        if actor is None:
-            actor = DRIFT_TRIGGER if "drift" in spec.cohort else SYSTEM
-        details = {"strategy": spec.strategy.name, "rounds": spec.num_rounds, "cohort": dict(spec.cohort),
-                   "model": spec.model, "parent_version": spec.parent_version,
-                   "secure_aggregation": spec.secure_aggregation}  # fmt: skip
-        record_change(self._audit, actor, "federated_run.started", _target(run_id), details)
+        if record:
+            self._save(record_of(run_id, spec, initial, runner=self.replica_id))
+            record_started(self._audit, run_id, spec, actor)
         if eligible is not None:
             self._grid.eligible = eligible
         thread = threading.Thread(
@@ -324,11 +356,13 @@ class FederatedRunner:
     def _guarded(
         self, active: _Active, spec: RunSpec, initial: ArrayRecord, evaluate_fn: EvaluateFn | None
     ) -> None:
-        run_id = active.run_id
+        run_id, fence = active.run_id, active.fence
         try:
             try:
                 final, results = self._run(active, spec, initial, evaluate_fn)
             except RunCancelledError:
+                if active.abandoned:
+                    return
                 logger.info("federated run stopped after cancel run_id=%s", run_id)
                 self._end(
                     run_id,
@@ -337,21 +371,26 @@ class FederatedRunner:
                     spec=spec,
                     actor=active.stop_actor,
                     cancelled_by=active.cancel_by,
+                    fence=fence,
                 )
                 return
+            except LeaseLost:
+                raise
             except Exception as err:
                 logger.exception("federated run failed run_id=%s", run_id)
-                self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), spec=spec)
+                self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), spec=spec, fence=fence)
                 return
             if not any(n >= spec.min_results for n in results):
                 reason = lifecycle.no_participants_reason(results, spec.min_results)
                 logger.warning("federated run failed run_id=%s %s", run_id, reason)
-                self._end(run_id, RunStatus.FAILED, reason, spec=spec)
+                self._end(run_id, RunStatus.FAILED, reason, spec=spec, fence=fence)
                 return
-            self._complete(run_id, final, spec)
+            self._complete(run_id, final, spec, fence=fence)
+        except LeaseLost as err:  # another replica runs federated now: it ends this run, not us
+            logger.warning("federated run left to the new runner run_id=%s: %s", run_id, err)
         except Exception as err:  # recording the end itself failed: last attempt, never leave it running
             logger.exception("federated run could not be recorded run_id=%s", run_id)
-            self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), quiet=True)
+            self._end(run_id, RunStatus.FAILED, lifecycle.failure_reason(err), quiet=True, fence=fence)
         finally:
             self._release(active)
 
@@ -397,6 +436,8 @@ class FederatedRunner:
     ) -> tuple[ArrayRecord, int]:
         run_id, stop = active.run_id, active.stop
         started, t0 = utcnow(), time.monotonic()
+        if active.fence is not None:  # the round a takeover names in its reason
+            self._set_round(run_id, rnd, active.fence)
         before = self._grid.counters()
         self._await_nodes(spec, stop)
         messages = list(strategy.configure_train(rnd, arrays, config, self._grid))  # type: ignore[attr-defined]
@@ -452,7 +493,8 @@ class FederatedRunner:
                 duration_s=time.monotonic() - t0,
                 started_at=started,
                 finished_at=utcnow(),
-            )
+            ),
+            fence=active.fence,
         )
         what = "round_aggregated" if len(valid) >= spec.min_results else "round_skipped"
         counts = {"round": rnd, "sampled": len(messages), "results": len(valid), "epsilon": eps,
@@ -514,7 +556,9 @@ class FederatedRunner:
         request.metadata.__dict__["_message_id"] = request.metadata.message_id or uuid.uuid4().hex
         return [Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=request)]
 
-    def _complete(self, run_id: str, final: ArrayRecord, spec: RunSpec) -> None:
+    def _complete(
+        self, run_id: str, final: ArrayRecord, spec: RunSpec, *, fence: Fence | None = None
+    ) -> None:
         """Write the artifacts, record `completed`, hand the model off (unless it ended meanwhile).
 
         The artifacts come first: a run whose final model cannot be written (disk full) fails with
@@ -532,7 +576,7 @@ class FederatedRunner:
             arrays = {k: a.numpy() for k, a in final.items()}
             lineage = _lineage(run, rounds)
         write_artifacts(self.out_dir / run_id, arrays, lineage)
-        if not self._end(run_id, RunStatus.COMPLETED, "", spec=spec, final_digest=final_digest):
+        if not self._end(run_id, RunStatus.COMPLETED, "", spec=spec, final_digest=final_digest, fence=fence):
             return
         self.result = final
         if lineage["final_digest"] == lineage["parent_digest"]:
@@ -555,10 +599,14 @@ class FederatedRunner:
         spec: RunSpec | None = None,
         quiet: bool = False,
         actor: Actor = SYSTEM,
+        fence: Fence | None = None,
         **extra: Any,
     ) -> bool:
         """Move a running run to `status` (a conditional update: False if it had already ended);
-        the winner records the end in the audit log."""
+        the winner records the end in the audit log. With `fence`, only while the lease is held.
+
+        Raises: LeaseLost (from `fence`) when the runner lost its lease: nothing was written.
+        """
         assert lifecycle.is_valid_transition(RunStatus.RUNNING, status)
         values: dict[str, Any] = {"status": status, "detail": lifecycle.clean(detail)}
         values["finished_at"] = utcnow()
@@ -567,9 +615,14 @@ class FederatedRunner:
             values["epsilon"] = epsilon_after(rounds, spec.dp_noise_multiplier, spec.dp_delta)
         values |= extra
         try:
-            with self._engine.begin() as conn:
+            with Session(self._engine) as s:
+                if fence is not None:
+                    fence(s)
                 stmt = update(FlRun).where(col(FlRun.id) == run_id, col(FlRun.status) == RunStatus.RUNNING)
-                won = bool(conn.execute(stmt.values(**values)).rowcount)
+                won = bool(s.execute(stmt.values(**values)).rowcount)  # type: ignore[attr-defined]
+                s.commit()
+        except LeaseLost:
+            raise
         except Exception:
             if quiet:
                 logger.exception("could not record the end of run_id=%s status=%s", run_id, status)
@@ -598,10 +651,52 @@ class FederatedRunner:
                 s.add(run)
                 s.commit()
 
-    def _save(self, row: FlRun | FlRound) -> None:
+    def _save(self, row: FlRun | FlRound, *, fence: Fence | None = None) -> None:
         with Session(self._engine) as s:
+            if fence is not None:
+                fence(s)
             s.add(row)
             s.commit()
+
+    def _set_round(self, run_id: str, rnd: int, fence: Fence) -> None:
+        with Session(self._engine) as s:
+            fence(s)
+            s.execute(update(FlRun).where(col(FlRun.id) == run_id).values(current_round=rnd))
+            s.commit()
+
+
+def record_of(run_id: str, spec: RunSpec, initial: ArrayRecord, **extra: Any) -> FlRun:
+    """The `fl_run` row of a run being started (status running)."""
+    return FlRun(
+        id=run_id,
+        strategy=spec.strategy.name,
+        secure_aggregation=spec.secure_aggregation,
+        num_rounds=spec.num_rounds,
+        config=_jsonable(spec),
+        cohort=dict(spec.cohort),
+        parent_digest=digest(initial),
+        delta=spec.dp_delta,
+        created_at=utcnow(),
+        **extra,
+    )
+
+
+def record_started(audit: AuditRecorder, run_id: str, spec: RunSpec, actor: Actor | None) -> None:
+    """Audit `federated_run.started` (by `actor`; default the drift trigger for a drift cohort)."""
+    if actor is None:
+        actor = DRIFT_TRIGGER if "drift" in spec.cohort else SYSTEM
+    details = {"strategy": spec.strategy.name, "rounds": spec.num_rounds, "cohort": dict(spec.cohort),
+               "model": spec.model, "parent_version": spec.parent_version,
+               "secure_aggregation": spec.secure_aggregation}  # fmt: skip
+    record_change(audit, actor, "federated_run.started", _target(run_id), details)
+
+
+def spec_from_config(config: dict[str, Any]) -> RunSpec:
+    """The RunSpec a run was recorded with (`fl_run.config`, `asdict` of the spec)."""
+    c = dict(config)
+    strategy = StrategySpec(**c.pop("strategy", {}))
+    secagg = SecAggParams(**c.pop("secagg", {}))
+    return RunSpec(strategy=strategy, secagg=secagg, **c)
 
 
 def _target(run_id: str) -> Target:

@@ -1,10 +1,12 @@
 """`edgeloop.v1.FederatedService` handlers on the mutual-TLS device port.
 
-`Tasks` attaches the authenticated device to the current `FleetGrid` and streams its tasks;
-`PushResult` hands a result to the grid, which validates it. Requests arrive as raw bytes so a
-malformed message gets INVALID_ARGUMENT (the stock deserializer would answer INTERNAL). The
-device id is the client certificate's CN, checked against the registry exactly as the Sync
-servicer does (`DeviceServicer.authenticate`).
+`Tasks` attaches the authenticated device to this replica's `FleetGrid` and streams its tasks
+(its own, or relayed from the runner replica); `PushResult` hands a result to the grid, which
+validates it when this replica sent the task, else relays it to the runner replica and answers
+`accepted` with reason "relayed" (the runner judges it; a refusal is counted there). Requests
+arrive as raw bytes so a malformed message gets INVALID_ARGUMENT (the stock deserializer would
+answer INTERNAL). The device id is the client certificate's CN, checked against the registry
+exactly as the Sync servicer does (`DeviceServicer.authenticate`).
 
 Owns the gRPC surface only; the grid owns round state.
 """
@@ -75,5 +77,5 @@ class FederatedServicer:
         except DecodeError as err:
             self.grid.rejected["malformed"] += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed TaskResult: {err}")
-        accepted, reason = await asyncio.to_thread(self.grid.accept_result, device_id, result)
+        accepted, reason = await asyncio.to_thread(self.grid.forward_result, device_id, result)
         return pb.PushResultResponse(accepted=accepted, reason=reason)

@@ -17,8 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from flwr.app import ArrayRecord
 from sqlalchemy import Engine
@@ -28,9 +28,31 @@ from fleet_server.drift.policy import OPEN_RETRAINING_ROUND, CohortAction, Drift
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.lifecycle import failure_reason
 from fleet_server.federated.limits import check_interval
-from fleet_server.federated.runner import FederatedRunner, RunSpec
+from fleet_server.federated.runner import Eligible, RunSpec
 
 logger = logging.getLogger(__name__)
+
+
+class Launcher(Protocol):
+    """Starts runs: the local `FederatedRunner`, or the fleet-wide `RunScheduler` (replicas)."""
+
+    def validate(self, spec: RunSpec) -> None: ...
+
+    def busy(self) -> bool: ...
+
+    def start(
+        self, spec: RunSpec, initial: Callable[[], ArrayRecord], *, eligible: Eligible | None = None
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class Members:
+    """The eligibility filter of a drift run: exactly these devices (persisted as their ids)."""
+
+    devices: frozenset[str]
+
+    def __call__(self, online: set[str]) -> set[str]:
+        return online & self.devices
 
 
 class DriftRetrainTrigger:
@@ -41,7 +63,7 @@ class DriftRetrainTrigger:
         *,
         engine: Engine,
         grid: FleetGrid,
-        runner: FederatedRunner,
+        runner: Launcher,
         spec: RunSpec,
         initial: Callable[[], ArrayRecord],
         policy: DriftPolicy = drift_policy,
@@ -130,7 +152,7 @@ class DriftRetrainTrigger:
             self._spec,
             cohort={"drift": str(action.cohort), "devices": sorted(members), "reason": action.reason},
         )
-        run_id = self._runner.start(spec, self._initial, eligible=lambda devices: devices & members)
+        run_id = self._runner.start(spec, self._initial, eligible=Members(members))
         self._done.add(members)
         logger.info("drift-triggered run run_id=%s cohort=%s devices=%d", run_id, action.cohort, len(members))
         return run_id

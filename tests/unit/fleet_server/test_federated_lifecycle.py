@@ -263,9 +263,14 @@ def test_runs_left_running_by_a_killed_server_fail_at_startup(tmp_path: Path) ->
         s.commit()
     lp = asyncio.new_event_loop()
     audit = MemoryAuditLog()
+    runtime = build_federated(engine=engine, loop=lp, data_dir=tmp_path, audit=audit, poll_s=0.1)
+    runtime.start()  # the single replica takes the runner lease and fails what its predecessor left
     try:
-        build_federated(engine=engine, loop=lp, data_dir=tmp_path, audit=audit)
+        deadline = time.monotonic() + 20
+        while _run(engine, "a" * 32).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
+        runtime.shutdown()
         lp.close()
     stale, done = _run(engine, "a" * 32), _run(engine, "b" * 32)
     assert (stale.status, stale.detail) == ("failed", lifecycle.SERVER_RESTARTED) and stale.finished_at
