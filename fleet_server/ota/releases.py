@@ -3,7 +3,9 @@
 Owns the release sequence (a database row per release, separate from the model version: going
 back to an old model is a new release pointing at the old bytes), content-addressed blob uploads,
 writing release targets (artifact + chunk manifest + golden set + drift reference, the last one
-checked for shape first) and signing per-device assignments into the director roles. Every
+checked for shape first) and signing per-device assignments into the director roles. Blobs,
+targets and metadata live in the `ArtifactStore` (``blobs/<sha256>``, ``repo/...``); uploads and
+the files a publish builds are spooled locally first. Every
 publish, deploy and key generation is recorded in the audit log after it committed
 (`audit.port.record_change`; the actor is the operator the route names, else the system). Does not
 speak HTTP (`routes.py`) or sign root.
@@ -11,6 +13,7 @@ speak HTTP (`routes.py`) or sign root.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,6 +22,7 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,18 +30,20 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
-from tuf.api.metadata import Metadata, TargetFile  # type: ignore[attr-defined]
+from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
 
+from fleet_server.artifacts.fs import FilesystemStore
+from fleet_server.artifacts.port import ArtifactNotFoundError, ArtifactStore
 from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.chunking import build_manifest
 from fleet_server.ota.drift_reference import check_drift_reference
-from fleet_server.ota.keys import KeyRing
+from fleet_server.ota.keys import KeyConfigError, KeyRing
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
 from fleet_server.ota.patches import add_patches
-from fleet_server.ota.repository import Expiry, OtaRepository, canonical_json, device_role
+from fleet_server.ota.repository import Expiry, OtaRepository, ThreadLock, canonical_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +62,48 @@ class Assignment:
 
 
 class OtaService:
-    """The repository plus blob store under ``<data_dir>/ota``; keys are created on first start."""
+    """The repository and blobs in `store` (default: the folder `directory`); keys and the upload
+    spool under `directory`. Keys are created on first start, unless the store already holds a
+    repository (another replica made it): then this server must have been given the same keys."""
 
     def __init__(
-        self, directory: Path, *, expiry: Expiry | None = None, audit: AuditRecorder | None = None
+        self,
+        directory: Path,
+        *,
+        expiry: Expiry | None = None,
+        audit: AuditRecorder | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
         self.dir = directory
+        self.store: ArtifactStore = store if store is not None else FilesystemStore(directory)
         self.audit: AuditRecorder = audit if audit is not None else MemoryAuditLog()
         keys_path = directory / "keys" / "keys.json"
         self._new_keys = not keys_path.exists()  # recorded once an audit log is attached
+        probe = OtaRepository(self.store, KeyRing(keys_path), lock=ThreadLock())
+        if self._new_keys and probe.is_initialized():
+            raise KeyConfigError(
+                f"{self.store.describe()} already holds an OTA repository but {keys_path} is missing: "
+                "give this replica the keys of the one that created it (keys.json and its *.pem, "
+                "a Secret in Kubernetes) instead of generating new ones"
+            )
         keys = KeyRing.create(directory / "keys") if self._new_keys else KeyRing.load(keys_path)
-        self.repo = OtaRepository(directory / "repo", keys, expiry=expiry)
-        if not (self.repo.metadata_dir / "root.json").exists():
-            self.repo.initialize()
-        self.blobs = directory / "blobs"
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.repo = OtaRepository(self.store, keys, expiry=expiry)
+        if not self.repo.is_initialized():
+            try:
+                self.repo.initialize()
+            except ConflictError:
+                logger.info("OTA repository initialized by another replica; using it")
+        _check_keys(self.repo)
+        self.spool = directory / "spool"
+        self.spool.mkdir(parents=True, exist_ok=True)
         self._key_locks = [threading.Lock() for _ in range(_KEY_STRIPES)]
+        self.signs_timestamps_now: Callable[[], bool] = lambda: True  # signer.py: the lease holder only
+        _SERVICES[directory.resolve()] = self
+
+    @property
+    def signs_timestamps(self) -> bool:
+        """Whether this replica refreshes stale timestamps (the `tuf-signer` holder, or standalone)."""
+        return self.signs_timestamps_now()
 
     def use_audit(self, audit: AuditRecorder) -> None:
         """Record into `audit` from now on (the composition root builds the log after this service);
@@ -86,26 +118,60 @@ class OtaService:
     # ------------------------------------------------------------ blobs
 
     def new_upload(self) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=".upload-")
+        """A local spool file to receive an upload (then `adopt_blob`)."""
+        fd, tmp = tempfile.mkstemp(dir=self.spool, prefix=".upload-")
         os.close(fd)
         return Path(tmp)
 
     def adopt_blob(self, upload: Path) -> tuple[str, int]:
-        """Move a finished upload to its content address; returns (sha256, length)."""
+        """Store a finished upload at its content address; returns (sha256, length)."""
         digest = hashlib.sha256()
         with upload.open("rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
         sha = digest.hexdigest()
         size = upload.stat().st_size
-        os.replace(upload, self.blobs / sha)
+        key = _blob_key(sha)
+        if isinstance(self.store, FilesystemStore):  # same folder tree: a rename, no copy
+            dest = self.store.path(key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(upload, dest)
+        else:
+            self.store.put_file_if_absent(key, upload)
         return sha, size
 
+    def blob_size(self, sha256: str) -> int:
+        """Length of an uploaded blob. Raises: NotFoundError (never uploaded, or not a sha256)."""
+        try:
+            return self.store.stat(_blob_key(sha256)).size
+        except (ArtifactNotFoundError, ValueError):
+            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
+
+    def blob_bytes(self, sha256: str) -> bytes:
+        """A whole blob in memory (models and data sets the registry parses). Raises: NotFoundError."""
+        try:
+            return self.store.get(_blob_key(sha256))
+        except (ArtifactNotFoundError, ValueError):
+            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
+
+    def fetch_blob(self, sha256: str, dest: Path) -> Path:
+        """Copy a blob to the local file `dest` (a hard link on the filesystem store); returns `dest`.
+
+        Raises:
+            NotFoundError: never uploaded.
+        """
+        try:
+            self.store.fetch_to(_blob_key(sha256), dest)
+        except (ArtifactNotFoundError, ValueError):
+            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
+        return dest
+
     def blob(self, sha256: str) -> Path:
-        path = self.blobs / sha256
-        if len(sha256) != 64 or not set(sha256) <= _SHA_CHARS or not path.exists():
-            raise NotFoundError(f"blob {sha256[:16]} not uploaded")
-        return path
+        """The local file of a blob (filesystem store only: tests and tools). Raises: NotFoundError."""
+        self.blob_size(sha256)
+        if not isinstance(self.store, FilesystemStore):
+            raise RuntimeError(f"blobs are in {self.store.describe()}: use fetch_blob or blob_bytes")
+        return self.store.path(_blob_key(sha256))
 
     # ------------------------------------------------------------ releases
 
@@ -178,17 +244,34 @@ class OtaService:
             InvalidRequestError: a golden threshold without a golden set, or a drift reference
                 that is not one (too big, not JSON, wrong shape).
         """
-        artifact = self.blob(spec.artifact_sha256)
+        length = self.blob_size(spec.artifact_sha256)
         if spec.golden_threshold > 0 and not spec.golden_sha256:
             raise InvalidRequestError("golden_threshold needs golden_sha256")
-        if spec.drift_reference_sha256:
-            check_drift_reference(self.blob(spec.drift_reference_sha256))
+        with tempfile.TemporaryDirectory(dir=self.spool) as work:
+            if spec.drift_reference_sha256:
+                drift = self.fetch_blob(spec.drift_reference_sha256, Path(work) / "drift_reference.json")
+                check_drift_reference(drift)
+            return self._publish(
+                session, spec, created_by, idempotency, actor, length=length, work=Path(work)
+            )
+
+    def _publish(
+        self,
+        session: Session,
+        spec: ReleaseCreate,
+        created_by: str,
+        idempotency: tuple[str, str] | None,
+        actor: Actor | None,
+        *,
+        length: int,
+        work: Path,
+    ) -> OtaRelease:
         row = OtaRelease(
             model_name=spec.model_name,
             model_version=spec.model_version,
             target_path="",
             sha256=spec.artifact_sha256,
-            length=artifact.stat().st_size,
+            length=length,
             drift_reference_sha256=spec.drift_reference_sha256,
             created_by=created_by,
             created_at=utcnow(),
@@ -204,7 +287,7 @@ class OtaService:
             .where(OtaRelease.model_name == spec.model_name, col(OtaRelease.seq) < row.seq)
             .order_by(col(OtaRelease.seq).desc())
         ).first()
-        infos, custom = self._release_targets(base, artifact, spec, row.seq, previous)
+        infos, custom = self._release_targets(base, work, spec, row.seq, previous)
         self.repo.set_targets(infos)
         row.target_path, row.custom = infos[-1].path, custom
         session.add(row)
@@ -224,49 +307,53 @@ class OtaService:
         return row
 
     def _release_targets(
-        self, base: str, artifact: Path, spec: ReleaseCreate, seq: int, previous: OtaRelease | None
+        self, base: str, work: Path, spec: ReleaseCreate, seq: int, previous: OtaRelease | None
     ) -> tuple[list[TargetFile], dict[str, Any]]:
-        manifest = build_manifest(_suffixed(artifact, spec.filename))
-        if previous is not None and (self.blobs / previous.sha256).exists():
-            old = _suffixed(self.blob(previous.sha256), spec.filename)
-            new = _suffixed(artifact, spec.filename)
-            add_patches(manifest, new, build_manifest(old), old, self.repo.targets_dir / "patches")
+        """Build and store the release's target files from blobs copied into the spool dir `work`
+        (the chunker picks ONNX parsing from the release file name's suffix)."""
+        suffix = Path(spec.filename).suffix
+        artifact = self.fetch_blob(spec.artifact_sha256, work / f"artifact{suffix}")
+        manifest = build_manifest(artifact)
+        if previous is not None and self.store.exists(_blob_key(previous.sha256)):
+            old = self.fetch_blob(previous.sha256, work / f"previous{suffix}")
+            written = add_patches(manifest, artifact, build_manifest(old), old, work / "patches")
+            if written:
+                for patch in sorted((work / "patches").iterdir()):
+                    self.store.put_file_if_absent(f"{self.repo.prefix}/targets/patches/{patch.name}", patch)
         infos: list[TargetFile] = []
-        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
-            mpath = Path(tmp) / "chunks.json"
-            mpath.write_bytes(canonical_json(manifest))
-            infos.append(self.repo.add_target_file(f"{base}/chunks.json", mpath))
-            golden: dict[str, Any] = {}
-            if spec.golden_sha256:
-                infos.append(self.repo.add_target_file(f"{base}/golden.npz", self.blob(spec.golden_sha256)))
-                golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
-            drift_reference = ""
-            if spec.drift_reference_sha256:
-                drift_reference = f"{base}/drift_reference.json"
-                infos.append(
-                    self.repo.add_target_file(drift_reference, self.blob(spec.drift_reference_sha256))
-                )
-            compressed = ""
-            xz = Path(tmp) / "artifact.xz"
-            if _compress(artifact, xz) < 0.99 * artifact.stat().st_size:
-                compressed = f"{base}/{spec.filename}.xz"
-                infos.append(self.repo.add_target_file(compressed, xz))
-            custom = {
-                "edgeloop": {
-                    "release_seq": seq,
-                    "model_name": spec.model_name,
-                    "model_version": spec.model_version,
-                    "profiles": spec.profiles,
-                    "runtime": spec.runtime,
-                    "compiler_report_sha256": spec.compiler_report_sha256,
-                    "manifest": f"{base}/chunks.json",
-                    "compressed": compressed,
-                    "golden": golden,
-                    "drift_reference": drift_reference,
-                    "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
-                }
+        mpath = work / "chunks.json"
+        mpath.write_bytes(canonical_json(manifest))
+        infos.append(self.repo.add_target_file(f"{base}/chunks.json", mpath))
+        golden: dict[str, Any] = {}
+        if spec.golden_sha256:
+            local = self.fetch_blob(spec.golden_sha256, work / "golden.npz")
+            infos.append(self.repo.add_target_file(f"{base}/golden.npz", local))
+            golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
+        drift_reference = ""
+        if spec.drift_reference_sha256:
+            drift_reference = f"{base}/drift_reference.json"
+            infos.append(self.repo.add_target_file(drift_reference, work / "drift_reference.json"))
+        compressed = ""
+        xz = work / "artifact.xz"
+        if _compress(artifact, xz) < 0.99 * artifact.stat().st_size:
+            compressed = f"{base}/{spec.filename}.xz"
+            infos.append(self.repo.add_target_file(compressed, xz))
+        custom = {
+            "edgeloop": {
+                "release_seq": seq,
+                "model_name": spec.model_name,
+                "model_version": spec.model_version,
+                "profiles": spec.profiles,
+                "runtime": spec.runtime,
+                "compiler_report_sha256": spec.compiler_report_sha256,
+                "manifest": f"{base}/chunks.json",
+                "compressed": compressed,
+                "golden": golden,
+                "drift_reference": drift_reference,
+                "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
             }
-            infos.append(self.repo.add_target_file(f"{base}/{spec.filename}", artifact, custom))
+        }
+        infos.append(self.repo.add_target_file(f"{base}/{spec.filename}", artifact, custom))
         return infos, custom
 
     # ------------------------------------------------------------ deployments
@@ -296,7 +383,7 @@ class OtaService:
             raise NotFoundError(f"unknown devices: {', '.join(missing[:5])}")
         deployment_id = f"dep_{secrets.token_hex(6)}"
         signed: list[tuple[str, TargetFile]] = []
-        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+        with tempfile.TemporaryDirectory(dir=self.spool) as tmp:
             for device in devices:
                 assert device is not None
                 custom = {
@@ -346,13 +433,7 @@ class OtaService:
 
     def refresh_if_stale(self, now: datetime) -> None:
         """Re-sign timestamp (and snapshot) when less than half their lifetime is left."""
-        repo = self.repo
-        with repo.lock:
-            if repo.snapshot().expires - now < repo.expiry.snapshot / 2:
-                repo.do_snapshot(force=True)
-                repo.do_timestamp(force=True)
-            elif repo.timestamp().expires - now < repo.expiry.timestamp / 2:
-                repo.do_timestamp(force=True)
+        self.repo.refresh_if_stale(now)
 
 
 def _compress(source: Path, dest: Path) -> int:
@@ -363,22 +444,48 @@ def _compress(source: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
-def _suffixed(artifact: Path, filename: str) -> Path:
-    """Blobs have no suffix; the chunker picks ONNX parsing from the release file name."""
-    link = artifact.with_name(f"{artifact.name}{Path(filename).suffix}")
-    if not link.exists():
-        os.link(artifact, link)
-    return link
+def _blob_key(sha256: str) -> str:
+    if len(sha256) != 64 or not set(sha256) <= _SHA_CHARS:
+        raise ValueError(f"not a sha256: {sha256[:80]!r}")
+    return f"blobs/{sha256}"
 
 
-def assignment_for(ota_dir: Path, device_id: str) -> Assignment | None:
-    """The device's current assignment as signed in its director role (None if never assigned)."""
-    path = ota_dir / "repo" / "metadata" / f"{device_role(device_id)}.json"
+def _check_keys(repo: OtaRepository) -> None:
+    """This server's online keys must be the ones the stored root trusts (shared, not forked)."""
+    root = repo.root()
+    for role in ("targets", "snapshot", "timestamp"):
+        ours = {k.keyid for k in repo.keys.roles[role].keys}
+        if not ours & set(root.roles[role].keyids):
+            raise KeyConfigError(
+                f"the {role} keys of this server are not in the root of {repo.store.describe()}: "
+                "another replica created that repository; give this one its keys"
+            )
+
+
+_SERVICES: dict[Path, OtaService] = {}  # OTA directory -> the service this process runs on it
+
+
+@functools.lru_cache(maxsize=16)
+def _reader(ota_dir: Path) -> OtaRepository:
+    return OtaRepository(FilesystemStore(ota_dir), KeyRing(ota_dir / "keys" / "keys.json"), lock=ThreadLock())
+
+
+def assignment_for(ota: Path | OtaService, device_id: str) -> Assignment | None:
+    """The device's current assignment as signed in its director role (None if never assigned).
+
+    `ota` is the service, or the OTA directory of a service this process runs (its store is used,
+    S3 included), else a repository folder read directly.
+    """
+    if isinstance(ota, Path):
+        service = _SERVICES.get(ota.resolve())
+        repo = service.repo if service is not None else _reader(ota.resolve())
+    else:
+        repo = ota.repo
     try:
-        md = Metadata.from_bytes(path.read_bytes())
-    except (OSError, ValueError):
+        targets = repo.device_targets(device_id)
+    except (ArtifactNotFoundError, ValueError):
         return None
-    for info in getattr(md.signed, "targets", {}).values():
+    for info in targets.values():
         ours = info.custom.get("edgeloop", {}) if isinstance(info.custom, dict) else {}
         if ours.get("device_id") == device_id:
             return Assignment(

@@ -1,6 +1,7 @@
 """The TUF repository of model releases and per-device assignments (python-tuf `Repository`).
 
-Owns the signed metadata on disk and the targets it points at::
+Owns the signed metadata and the targets it points at, kept in an `ArtifactStore` (a folder or an
+S3 bucket, under ``repo/``)::
 
     root ── targets (releases: models/<name>/r<seq>/...) ── director (devices/*/*)
                                                               └── device-<id> (devices/<id>/*)
@@ -10,6 +11,18 @@ Consistent snapshots: metadata is written as ``<version>.<role>.json`` (timestam
 targets as ``<sha256>.<name>``, so a CDN or object store can serve the folder as static files while
 it is updated. The director and device roles are signed by the online director key and can only
 sign paths under ``devices/``: a compromised director can re-assign releases, never ship bytes.
+
+Writes from several replicas (one store, one database) are linearized by a compare-and-swap on the
+timestamp version: a write runs as a transaction that reads the committed state (``timestamp.json``,
+rolled forward to the highest ``<n>.timestamp.json``), signs new versions of the roles it changes
+and stores each with put-if-absent (a version taken by a writer that died before committing is
+skipped: the next version is signed instead), and commits by creating ``<t+1>.timestamp.json``
+with put-if-absent. Exactly one writer can create it; a writer that loses (another replica
+committed first, or this one lost its lock and is stale) restarts from the new state, so no
+update is lost and no version file is ever overwritten. The unversioned ``timestamp.json`` and
+``root.json`` are copies for clients, written after the commit. A cross-replica lock (`lock`:
+`WriterLock` on a shared folder, a PostgreSQL advisory lock for replicas on a database, see
+`fleet_server.ota.signer`) makes conflicts rare; correctness does not depend on it.
 Does not know the database or HTTP (`releases.py`, `routes.py`).
 """
 
@@ -21,7 +34,9 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,12 +57,17 @@ from tuf.api.metadata import (  # type: ignore[attr-defined]
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository  # type: ignore[attr-defined]
 
+from fleet_server.artifacts.fs import FilesystemStore
+from fleet_server.artifacts.port import ArtifactNotFoundError, ArtifactStore
+from fleet_server.errors import ConflictError
 from fleet_server.ota.keys import KeyRing
 
 logger = logging.getLogger(__name__)
 
 DIRECTOR = "director"
 _SERIALIZER = JSONSerializer(compact=True)
+_ATTEMPTS = 8  # transactions restarted after losing the timestamp race, then ConflictError
+_CACHE_ITEMS = 256  # parsed immutable (versioned) metadata files kept per process
 
 
 @dataclass(frozen=True)
@@ -75,60 +95,218 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class StaleStateError(ConflictError):
+    """Another writer committed first (or this one's read is stale): restart from the new state."""
+
+
+class RepoLock(AbstractContextManager[None]):
+    """Re-entrant per thread; one holder across the replicas it is shared with."""
+
+
+@dataclass
+class _Tx:
+    """One write transaction: committed state read at begin, staged new versions of roles."""
+
+    owner: int  # thread ident
+    timestamp: bytes | None
+    root: bytes | None
+    staged: dict[str, bytes]
+
+
 class OtaRepository(Repository):
-    """File-backed repository; one writer at a time across threads and processes (`WriterLock`)."""
+    """The repository in `store` under `prefix`; see the module docstring for how writes commit.
+
+    `store` may be a folder path (the repository folder itself, e.g. ``<data_dir>/ota/repo``).
+    """
 
     def __init__(
         self,
-        root_dir: Path,
+        store: ArtifactStore | Path,
         keys: KeyRing,
         *,
         expiry: Expiry | None = None,
         now: Callable[[], datetime] = _utcnow,
+        prefix: str = "repo",
+        lock: AbstractContextManager[None] | None = None,
     ) -> None:
-        self.root_dir = root_dir
-        self.metadata_dir = root_dir / "metadata"
-        self.targets_dir = root_dir / "targets"
+        if isinstance(store, Path):
+            prefix = store.name
+            store = FilesystemStore(store.parent)
+        self.store = store
+        self.prefix = prefix
+        self._meta = f"{prefix}/metadata/"
+        self._targets = f"{prefix}/targets/"
         self.keys = keys
         self.expiry = expiry or Expiry()
         self._now = now
-        self.lock = WriterLock(root_dir.parent / f".{root_dir.name}.writer.lock")
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        if lock is None:
+            lock = (
+                WriterLock(store.root / f".{prefix}.writer.lock")
+                if isinstance(store, FilesystemStore)
+                else ThreadLock()
+            )
+        self.lock: AbstractContextManager[None] = lock
+        self._tx: _Tx | None = None
+        self._cache: OrderedDict[str, Metadata[Any]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        if isinstance(store, FilesystemStore):
+            (store.root / prefix / "metadata").mkdir(parents=True, exist_ok=True)
+            (store.root / prefix / "targets").mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ folder view (filesystem store)
+
+    def _fs_root(self) -> Path:
+        if not isinstance(self.store, FilesystemStore):
+            raise RuntimeError(f"the OTA repository is in {self.store.describe()}, not a folder")
+        return self.store.root / self.prefix
+
+    @property
+    def root_dir(self) -> Path:
+        return self._fs_root()
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self._fs_root() / "metadata"
+
+    @property
+    def targets_dir(self) -> Path:
+        return self._fs_root() / "targets"
+
+    # ------------------------------------------------------------ keys in the store
+
+    def metadata_key(self, name: str) -> str:
+        return self._meta + name
+
+    def target_key(self, info: TargetFile) -> str:
+        directory, _, name = info.path.rpartition("/")
+        return f"{self._targets}{directory + '/' if directory else ''}{info.hashes['sha256']}.{name}"
+
+    def target_file_path(self, info: TargetFile) -> Path:
+        """The local file of a target (filesystem store only)."""
+        return self._fs_root().parent / self.target_key(info)
+
+    # ------------------------------------------------------------ committed state
+
+    def _in_tx(self) -> _Tx | None:
+        tx = self._tx
+        return tx if tx is not None and tx.owner == threading.get_ident() else None
+
+    def _read_timestamp(self, *, roll_forward: bool) -> bytes | None:
+        try:
+            data = self.store.get(self.metadata_key("timestamp.json"))
+        except ArtifactNotFoundError:
+            data = None
+        if not roll_forward:
+            return data
+        version = Metadata.from_bytes(data).signed.version if data is not None else 0
+        while True:  # a writer that died between its commit and the copy left a newer one
+            try:
+                newer = self.store.get(self.metadata_key(f"{version + 1}.timestamp.json"))
+            except ArtifactNotFoundError:
+                return data
+            data, version = newer, version + 1
+
+    def _read_root(self, *, roll_forward: bool) -> bytes | None:
+        try:
+            data = self.store.get(self.metadata_key("root.json"))
+        except ArtifactNotFoundError:
+            data = None
+        if not roll_forward:
+            return data
+        version = Metadata.from_bytes(data).signed.version if data is not None else 0
+        while True:
+            try:
+                newer = self.store.get(self.metadata_key(f"{version + 1}.root.json"))
+            except ArtifactNotFoundError:
+                return data
+            data, version = newer, version + 1
+
+    def _versioned(self, name: str) -> Metadata[Any]:
+        """A parsed immutable ``<v>.<role>.json`` (cached; callers must not modify it)."""
+        key = self.metadata_key(name)
+        with self._cache_lock:
+            md = self._cache.get(key)
+            if md is not None:
+                self._cache.move_to_end(key)
+                return md
+        md = Metadata.from_bytes(self.store.get(key))
+        with self._cache_lock:
+            self._cache[key] = md
+            while len(self._cache) > _CACHE_ITEMS:
+                self._cache.popitem(last=False)
+        return md
+
+    def _load(self, role: str) -> Metadata[Any] | None:
+        """The current metadata of `role` (staged in this thread's transaction, else committed);
+        None if the role was never signed. Shared cached objects: do not modify."""
+        tx = self._in_tx()
+        if tx is not None and role in tx.staged:
+            return Metadata.from_bytes(tx.staged[role])
+        if role == Root.type:
+            data = tx.root if tx is not None else self._read_root(roll_forward=False)
+            return Metadata.from_bytes(data) if data is not None else None
+        timestamp = tx.timestamp if tx is not None else self._read_timestamp(roll_forward=False)
+        if timestamp is None:
+            return None
+        ts: Metadata[Any] = Metadata.from_bytes(timestamp)
+        if role == Timestamp.type:
+            return ts
+        snapshot = self._load(Snapshot.type) if tx is not None and Snapshot.type in tx.staged else None
+        if snapshot is None:
+            snapshot = self._versioned(f"{ts.signed.snapshot_meta.version}.snapshot.json")
+        if role == Snapshot.type:
+            return snapshot
+        meta = snapshot.signed.meta.get(f"{role}.json")
+        return self._versioned(f"{meta.version}.{role}.json") if meta is not None else None
 
     # ------------------------------------------------------------ Repository interface
 
     def open(self, role: str) -> Metadata[Any]:
-        path = self.metadata_dir / f"{role}.json"
-        if not path.exists():
-            signed: Any = {"root": Root, "snapshot": Snapshot, "timestamp": Timestamp}.get(role, Targets)()
-            if isinstance(signed, Snapshot):
-                signed.meta = {}  # filled by do_snapshot from targets_infos (with hashes)
-            md: Metadata[Any] = Metadata(signed)
-            md.signed.version = 0
-            return md
-        return Metadata.from_bytes(path.read_bytes())
+        current = self._load(role)
+        if current is not None:
+            return Metadata.from_bytes(current.to_bytes(_SERIALIZER))  # a private copy to edit
+        signed: Any = {"root": Root, "snapshot": Snapshot, "timestamp": Timestamp}.get(role, Targets)()
+        if isinstance(signed, Snapshot):
+            signed.meta = {}  # filled by do_snapshot from targets_infos (with hashes)
+        md: Metadata[Any] = Metadata(signed)
+        md.signed.version = 0
+        return md
 
     def close(self, role: str, md: Metadata[Any]) -> None:
+        tx = self._in_tx()
+        if tx is None:
+            raise RuntimeError("repository edits run inside a write transaction (OtaRepository.write)")
         md.signed.version += 1
         md.signed.expires = (self._now() + self.expiry.for_role(role)).replace(microsecond=0)
+        data = self._sign(role, md)
+        if role == Root.type:
+            if not self.store.put_if_absent(self.metadata_key(f"{md.signed.version}.root.json"), data):
+                raise ConflictError(f"root version {md.signed.version} already exists")
+            tx.root = data
+        elif role != Timestamp.type:
+            # A version already there was signed by a writer that never committed it (it died, or
+            # lost the race): skip it. Whoever commits first wins; the loser restarts.
+            while not self.store.put_if_absent(self.metadata_key(f"{md.signed.version}.{role}.json"), data):
+                md.signed.version += 1
+                data = self._sign(role, md)
+        tx.staged[role] = data
+
+    def _sign(self, role: str, md: Metadata[Any]) -> bytes:
         md.signatures.clear()
         signer_role = DIRECTOR if role.startswith("device-") else role
         for signer in self.keys.signers(signer_role):
             md.sign(signer, append=True)
-        self._write(role, md)
-
-    def _write(self, role: str, md: Metadata[Any]) -> None:
-        data = md.to_bytes(_SERIALIZER)
-        if role != Timestamp.type:
-            _atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
-        _atomic_write(self.metadata_dir / f"{role}.json", data)
+        return bytes(md.to_bytes(_SERIALIZER))
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
-        infos: dict[str, MetaFile] = {}
-        for role in self.targets_roles():
-            data = (self.metadata_dir / f"{role}.json").read_bytes()
+        tx = self._in_tx()
+        assert tx is not None
+        snapshot = self._load(Snapshot.type)
+        infos: dict[str, MetaFile] = dict(snapshot.signed.meta) if snapshot is not None else {}
+        for role, data in tx.staged.items():
+            if role in (Root.type, Snapshot.type, Timestamp.type):
+                continue
             version = Metadata.from_bytes(data).signed.version
             infos[f"{role}.json"] = MetaFile(
                 version=version, length=len(data), hashes={"sha256": hashlib.sha256(data).hexdigest()}
@@ -139,24 +317,78 @@ class OtaRepository(Repository):
     def snapshot_info(self) -> MetaFile:
         return MetaFile(version=self.snapshot().version)
 
+    # ------------------------------------------------------------ transactions
+
+    def write(self, op: Callable[[], Any]) -> Any:
+        """Run `op` (edits) as one transaction committed by a new timestamp; returns its result.
+        Nested calls join the running transaction.
+
+        Raises:
+            ConflictError: lost the timestamp race `_ATTEMPTS` times in a row.
+        """
+        if self._in_tx() is not None:
+            return op()
+        with self.lock:
+            for attempt in range(1, _ATTEMPTS + 1):
+                self._tx = _Tx(
+                    owner=threading.get_ident(),
+                    timestamp=self._read_timestamp(roll_forward=True),
+                    root=self._read_root(roll_forward=True),
+                    staged={},
+                )
+                try:
+                    result = op()
+                    self._commit(self._tx)
+                    return result
+                except StaleStateError as err:
+                    logger.info("OTA repository changed under this writer (attempt %d): %s", attempt, err)
+                finally:
+                    self._tx = None
+        raise ConflictError(f"OTA repository write lost {_ATTEMPTS} races in a row; retry")
+
+    def _commit(self, tx: _Tx) -> None:
+        if not tx.staged:
+            return
+        if Timestamp.type not in tx.staged:
+            self.do_snapshot()
+            self.do_timestamp()
+        data = tx.staged[Timestamp.type]
+        version = Metadata.from_bytes(data).signed.version
+        if not self.store.put_if_absent(self.metadata_key(f"{version}.timestamp.json"), data):
+            raise StaleStateError(f"timestamp version {version} was committed by another writer")
+        self.store.put(self.metadata_key("timestamp.json"), data)
+        if Root.type in tx.staged:
+            self.store.put(self.metadata_key("root.json"), tx.staged[Root.type])
+
     # ------------------------------------------------------------ roles
 
     def targets_roles(self) -> list[str]:
-        roles = [Targets.type]
-        if (self.metadata_dir / f"{DIRECTOR}.json").exists():
-            roles.append(DIRECTOR)
-            roles.extend(sorted(self.director_roles()))
-        return roles
+        snapshot = self._load(Snapshot.type)
+        return [name.removesuffix(".json") for name in (snapshot.signed.meta if snapshot else {})]
 
     def director_roles(self) -> list[str]:
-        director = self.targets(DIRECTOR)
-        if director.delegations is None or director.delegations.roles is None:
+        director = self._load(DIRECTOR)
+        if director is None:
             return []
-        return list(director.delegations.roles)
+        delegations = director.signed.delegations
+        if delegations is None or delegations.roles is None:
+            return []
+        return list(delegations.roles)
+
+    def is_initialized(self) -> bool:
+        return self.store.exists(self.metadata_key("root.json")) or self.store.exists(
+            self.metadata_key("1.root.json")
+        )
 
     def initialize(self) -> None:
-        """Create root v1, empty targets delegating ``devices/*/*`` to the director, snapshot, timestamp."""
-        with self.lock:
+        """Create root v1, empty targets delegating ``devices/*/*`` to the director, snapshot, timestamp.
+
+        Raises:
+            ConflictError: another replica initialized the store first (with its own keys unless
+                they are shared): copy its keys, then restart.
+        """
+
+        def init() -> None:
             with self.edit_root() as root:
                 for role, rk in self.keys.roles.items():
                     if role == DIRECTOR:
@@ -178,49 +410,45 @@ class OtaRepository(Repository):
             with self.edit_targets(DIRECTOR) as director:
                 director.delegations = Delegations(keys={k.keyid: k for k in director_keys}, roles={})
             self.publish_metadata()
-        logger.info("OTA repository initialized dir=%s", self.root_dir)
+
+        self.write(init)
+        logger.info("OTA repository initialized store=%s", self.store.describe())
 
     def publish_metadata(self, *, force_timestamp: bool = False) -> None:
         """New snapshot (if any targets role changed) and a new timestamp."""
-        with self.lock:
+
+        def publish() -> None:
             self.do_snapshot()
             self.do_timestamp(force=force_timestamp)
+
+        self.write(publish)
 
     # ------------------------------------------------------------ targets
 
     def add_target_file(self, path: str, source: Path, custom: dict[str, Any] | None = None) -> TargetFile:
-        """Store `source` as the consistent-snapshot target file of `path`; returns its TargetFile."""
+        """Store `source` as the consistent-snapshot target file of `path`; returns its TargetFile.
+        Content-addressed: replicas storing the same bytes at once write the same object."""
         info = TargetFile.from_file(path, str(source), ["sha256"])
         if custom:
             info.unrecognized_fields["custom"] = custom
-        dest = self.target_file_path(info)
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            # Unique per writer: two replicas may store the same blob at once (outside the lock).
-            tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            with source.open("rb") as src, tmp.open("wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
+        self.store.put_file_if_absent(self.target_key(info), source)
         return info
-
-    def target_file_path(self, info: TargetFile) -> Path:
-        directory, _, name = info.path.rpartition("/")
-        return self.targets_dir / directory / f"{info.hashes['sha256']}.{name}"
 
     def set_targets(self, infos: list[TargetFile]) -> None:
         """Add target entries to the top-level targets role (one new version), then snapshot."""
-        with self.lock:
+
+        def add() -> None:
             with self.edit_targets() as targets:
                 for info in infos:
                     targets.targets[info.path] = info
             self.publish_metadata()
 
+        self.write(add)
+
     def assign(self, assignments: list[tuple[str, TargetFile]]) -> None:
         """Sign each ``(device_id, devices/<id>/... target)`` into its device role, then one snapshot."""
-        with self.lock:
+
+        def sign() -> None:
             existing = set(self.director_roles())
             missing = [d for d, _ in assignments if device_role(d) not in existing]
             if missing:
@@ -241,8 +469,39 @@ class OtaRepository(Repository):
                     signed.targets = {info.path: info}
             self.publish_metadata()
 
+        self.write(sign)
+
     def release_targets(self) -> dict[str, TargetFile]:
-        return dict(self.targets().targets)
+        targets = self._load(Targets.type)
+        return dict(targets.signed.targets) if targets is not None else {}
+
+    def device_targets(self, device_id: str) -> dict[str, TargetFile]:
+        """What the device's role signs now (empty if never assigned)."""
+        md = self._load(device_role(device_id))
+        return dict(md.signed.targets) if md is not None else {}
+
+    def refresh_if_stale(self, now: datetime) -> None:
+        """Re-sign timestamp (and snapshot) when less than half their lifetime is left."""
+
+        def refresh() -> None:
+            if self.snapshot().expires - now < self.expiry.snapshot / 2:
+                self.do_snapshot(force=True)
+                self.do_timestamp(force=True)
+            elif self.timestamp().expires - now < self.expiry.timestamp / 2:
+                self.do_timestamp(force=True)
+
+        if self._stale(now):
+            self.write(refresh)
+
+    def _stale(self, now: datetime) -> bool:
+        timestamp = self._load(Timestamp.type)
+        snapshot = self._load(Snapshot.type)
+        if timestamp is None or snapshot is None:
+            return False
+        return bool(
+            snapshot.signed.expires - now < self.expiry.snapshot / 2
+            or timestamp.signed.expires - now < self.expiry.timestamp / 2
+        )
 
     # ------------------------------------------------------------ root rotation
 
@@ -254,19 +513,49 @@ class OtaRepository(Repository):
             ValueError: the version is not exactly current + 1.
         """
         new = Metadata[Root].from_bytes(data)
-        with self.lock:
+        stored = False  # by an attempt of this call that then lost the timestamp race
+
+        def install() -> None:
+            nonlocal stored
+            tx = self._in_tx()
+            assert tx is not None
             old = self.root()
-            if new.signed.version != old.version + 1:
+            if stored and old.version == new.signed.version and tx.root == data:
+                pass
+            elif new.signed.version != old.version + 1:
                 raise ValueError(f"root version must be {old.version + 1}, got {new.signed.version}")
-            old.verify_delegate(Root.type, new.signed_bytes, new.signatures)
-            new.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
-            self._write(Root.type, new)
-            self.publish_metadata(force_timestamp=True)
+            else:
+                old.verify_delegate(Root.type, new.signed_bytes, new.signatures)
+                new.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
+                if not self.store.put_if_absent(self.metadata_key(f"{new.signed.version}.root.json"), data):
+                    raise ConflictError(f"root version {new.signed.version} already exists")
+                tx.root, stored = data, True
+            tx.staged[Root.type] = data
+            self.do_snapshot()
+            self.do_timestamp(force=True)
+
+        self.write(install)
         logger.info("installed root version=%d", new.signed.version)
         return new.signed.version
 
     def root_bytes(self) -> bytes:
-        return (self.metadata_dir / "root.json").read_bytes()
+        data = self._read_root(roll_forward=False)
+        if data is None:
+            raise ArtifactNotFoundError("the OTA repository has no root yet")
+        return data
+
+
+class ThreadLock(AbstractContextManager[None]):
+    """One writer at a time in this process (a store shared only by this process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
 
 
 def rotate_root(
@@ -300,7 +589,7 @@ def rotate_root(
     return new_md.to_bytes(_SERIALIZER)
 
 
-class WriterLock:
+class WriterLock(AbstractContextManager[None]):
     """One writer of the repository at a time, across threads *and* processes.
 
     Several server replicas on one host (or on a shared volume with working `flock`) sign into the
@@ -346,12 +635,3 @@ class WriterLock:
 
 def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

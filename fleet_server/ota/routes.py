@@ -1,9 +1,11 @@
 """HTTP surface of OTA: static TUF repository under ``/ota`` and the release REST API.
 
-``/ota/metadata/*`` and ``/ota/targets/*`` are plain static files with HTTP Range (a CDN or object
-store could serve the same folder); only ``timestamp.json`` goes through a route that re-signs the
-timestamp when it is stale (online key). The REST routes are thin: validation and roles here,
-work in `OtaService`. Only this module raises HTTPException.
+``/ota/metadata/*`` and ``/ota/targets/*`` are plain static files with HTTP Range, streamed from the
+artifact store (`serve.py`; a CDN or the bucket itself could serve the same objects); only
+``timestamp.json`` goes through a route that re-signs the timestamp when it is stale (online key),
+on the replica that holds the signer duty (`signer.py`; a server without coordination always
+does). The REST routes are thin: validation and roles here, work in `OtaService`.
+Only this module raises HTTPException.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from sqlmodel import Session, col, select
 from tuf.api.exceptions import RepositoryError
 
 from fleet_server.api.deps import Admin, Operator, RegistryDep, SessionDep, Viewer
 from fleet_server.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE
 from fleet_server.api.params import IdPath, ReleaseSeq
+from fleet_server.artifacts.factory import store_from_settings
 from fleet_server.audit.chain import Target
 from fleet_server.audit.port import operator_actor, record_change
 from fleet_server.crud.tokens import authenticate_operator
@@ -38,6 +39,7 @@ from fleet_server.ota.models import (
     ReleasePublic,
 )
 from fleet_server.ota.releases import OtaService
+from fleet_server.ota.serve import RepositoryFiles
 from fleet_server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -206,19 +208,20 @@ async def install_root(request: Request, ota: OtaDep, admin: Admin) -> dict[str,
 
 
 def mount_ota(app: FastAPI, api: APIRouter, settings: Settings) -> OtaService:
-    """Create the OTA service under ``<data_dir>/ota``, add its REST routes to `api` and the
-    static repository to `app` (call before `app.include_router(api)`)."""
-    ota = OtaService(settings.data_dir / "ota")
+    """Create the OTA service (keys under ``<data_dir>/ota``, artifacts in the configured store),
+    add its REST routes to `api` and the static repository to `app` (call before
+    `app.include_router(api)`)."""
+    ota = OtaService(settings.data_dir / "ota", store=store_from_settings(settings))
     app.state.ota = ota
     api.include_router(router)
 
     @app.get("/ota/metadata/timestamp.json", include_in_schema=False)
     def timestamp(request: Request) -> Response:
         service: OtaService = request.app.state.ota
-        service.refresh_if_stale(utcnow())
-        return FileResponse(
-            service.repo.metadata_dir / "timestamp.json", headers={"Cache-Control": "no-store"}
-        )
+        if service.signs_timestamps:
+            service.refresh_if_stale(utcnow())
+        data = service.store.get(service.repo.metadata_key("timestamp.json"))
+        return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     access = None if settings.ota_public else access_for(settings.data_dir / "ota", settings.ota_token_ttl_s)
 
@@ -233,7 +236,7 @@ def mount_ota(app: FastAPI, api: APIRouter, settings: Settings) -> OtaService:
 
         return await asyncio.to_thread(check)
 
-    static = StaticFiles(directory=ota.repo.root_dir)
+    static = RepositoryFiles(ota.store, ota.repo.prefix)
     guarded = GuardedRepository(static, access=access, is_operator=is_operator, now_s=time.time)
     app.mount("/ota", guarded, name="ota")
     return ota

@@ -6,7 +6,11 @@ spliced into its parent's graph), compile (one job at a time in a worker thread,
 (a descendant whose compiled accuracy falls below its parent's by more than the budget is
 rejected), and release (one signed release per device profile, deployed to the version's cohort:
 automatically for federated versions when the model's `auto_release` policy is on, otherwise when
-an operator approves). Blobs live in the OTA blob store; it does not sign anything itself.
+an operator approves). Blobs live in the OTA artifact store (the compiler subprocess gets local
+copies); it does not sign anything itself. With replicas, only the holder of the
+`registry-compile` lease compiles (`leases`): it queues, when it acquires the lease, every version
+left registered or compiling (by a holder that died), then every version registered on any
+replica (polled from the database); a holder that lost the lease writes no result (fenced).
 Every status change and approval is recorded in the audit log after it committed (the operator
 for register/approve, `system:registry` for the compile worker and the auto-release policy).
 """
@@ -27,6 +31,7 @@ from sqlmodel import Session, col, select
 
 from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
+from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore, Singleton
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
 from fleet_server.ota.models import ReleaseCreate
@@ -50,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 _STOP = -1
 SYSTEM = Actor.system("registry")
+LEASE = "registry-compile"
 
 
 class ModelRegistry:
@@ -65,6 +71,10 @@ class ModelRegistry:
         notify: Callable[[str], None] | None = None,
         audit: AuditRecorder | None = None,
         rollouts: RolloutStarter | None = None,
+        leases: LeaseStore | None = None,
+        holder: str = "",
+        lease_ttl_s: float = 6.0,
+        poll_s: float = 2.0,
     ) -> None:
         self._engine = engine
         self._rollouts = rollouts  # None: a release is deployed to all its devices at once
@@ -75,39 +85,112 @@ class ModelRegistry:
         self._compiler = compiler
         self._jobs: queue.Queue[int] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._leases = leases  # None: this process is the only compile worker
+        self._poll_s = poll_s
+        self._queued: set[int] = set()  # queued or running on this replica
+        self._queued_lock = threading.Lock()
+        self._singleton = (
+            Singleton(
+                leases, LEASE, holder, ttl_s=lease_ttl_s, on_acquired=self._acquired, on_lost=self._lost
+            )
+            if leases is not None
+            else None
+        )
+        self._grant: LeaseGrant | None = None
 
     # ------------------------------------------------------------ worker
 
     def start(self) -> None:
-        """Start the worker and requeue versions a previous process left registered or compiling."""
+        """Start the worker: at once without leases, else when this replica holds the lease."""
+        if self._singleton is not None:
+            self._singleton.start()
+            return
+        self._start_worker()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._singleton is not None:
+            self._singleton.stop()  # on_lost stops the worker, then the lease is released
+        self._stop_worker(timeout)
+
+    def idle(self) -> bool:
+        return self._jobs.unfinished_tasks == 0
+
+    @property
+    def compiles_here(self) -> bool:
+        """Whether this replica runs the compile worker now."""
+        return self._thread is not None
+
+    def _acquired(self, grant: LeaseGrant) -> None:
+        self._grant = grant
+        self._start_worker()
+
+    def _lost(self) -> None:
+        self._grant = None
+        self._stop_worker(0.0)  # a compile in flight finishes, but its results are fenced
+
+    def _start_worker(self) -> None:
+        """Requeue versions a previous holder or process left registered or compiling; run the worker."""
+        if self._thread is not None:
+            return
+        self._enqueue_pending()
+        self._thread = threading.Thread(target=self._work_loop, name="registry-compile", daemon=True)
+        self._thread.start()
+
+    def _stop_worker(self, timeout: float) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(_STOP)
+            if timeout:
+                thread.join(timeout)
+
+    def _enqueue_pending(self) -> None:
         with Session(self._engine) as s:
             pending = s.exec(
                 select(ModelVersion).where(col(ModelVersion.status).in_([REGISTERED, COMPILING]))
             )
             for version in pending:
                 if version.compile_spec.get("profiles"):
-                    self._jobs.put(_id(version))
-        self._thread = threading.Thread(target=self._work_loop, name="registry-compile", daemon=True)
-        self._thread.start()
+                    self._enqueue(_id(version))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is not None:
-            self._jobs.put(_STOP)
-            self._thread.join(timeout)
-            self._thread = None
-
-    def idle(self) -> bool:
-        return self._jobs.unfinished_tasks == 0
+    def _enqueue(self, version_id: int) -> None:
+        with self._queued_lock:
+            if version_id in self._queued:
+                return
+            self._queued.add(version_id)
+        self._jobs.put(version_id)
 
     def _work_loop(self) -> None:
-        while (version_id := self._jobs.get()) != _STOP:
+        while True:
+            try:
+                version_id = self._jobs.get(timeout=self._poll_s if self._leases is not None else None)
+            except queue.Empty:  # versions registered on other replicas
+                try:
+                    self._enqueue_pending()
+                except Exception:
+                    logger.exception("registry: polling for registered versions failed")
+                continue
+            if version_id == _STOP:
+                self._jobs.task_done()
+                return
             try:
                 self.process(version_id)
+            except LeaseLost as err:
+                logger.warning("registry compile fenced version_id=%d: %s", version_id, err)
             except Exception:  # one bad version must not stop the worker
                 logger.exception("registry job failed version_id=%d", version_id)
             finally:
+                with self._queued_lock:
+                    self._queued.discard(version_id)
                 self._jobs.task_done()
-        self._jobs.task_done()
+
+    def _fence(self, session: Session) -> None:
+        """With leases: raise LeaseLost unless this replica still holds `registry-compile`."""
+        if self._leases is None:
+            return
+        grant = self._grant
+        if grant is None:
+            raise LeaseLost(f"{LEASE} is not held by this replica")
+        self._leases.guard(session, grant)
 
     # ------------------------------------------------------------ register
 
@@ -120,7 +203,7 @@ class ModelRegistry:
             NotFoundError: a blob or the parent version does not exist.
             InvalidRequestError: not an ONNX model, or no data sets to compile with.
         """
-        model_bytes = self._ota.blob(spec.artifact_sha256).read_bytes()
+        model_bytes = self._ota.blob_bytes(spec.artifact_sha256)
         read_head(model_bytes)  # a registry model must be a classifier with a trainable head
         parent = self._parent(session, spec.name, spec.parent_version)
         compile_spec = {"profiles": spec.profiles, **spec.budgets} if spec.profiles else {}
@@ -131,7 +214,7 @@ class ModelRegistry:
             datasets = {**parent.datasets, **datasets}
         for key in ("calib_sha256", "eval_sha256", "golden_sha256"):
             if datasets.get(key):
-                self._ota.blob(str(datasets[key]))
+                self._ota.blob_size(str(datasets[key]))
         if compile_spec and not (datasets.get("calib_sha256") and datasets.get("eval_sha256")):
             raise InvalidRequestError("compiling needs calibration and evaluation sets (calib, eval)")
         return self._new_version(
@@ -155,7 +238,7 @@ class ModelRegistry:
             parent = self._parent(s, name, parent_version)
             assert parent is not None
             full = {**lineage, "parent_version": parent.version, "parent_sha256": parent.artifact_sha256}
-            spliced = splice_head(self._ota.blob(parent.artifact_sha256).read_bytes(), arrays, full)
+            spliced = splice_head(self._ota.blob_bytes(parent.artifact_sha256), arrays, full)
             sha = self._store_bytes(spliced)
             return self._new_version(
                 s,
@@ -198,8 +281,8 @@ class ModelRegistry:
         )
         self._record(actor, version, "registered", source=version.source, parent=version.parent_version,
                      artifact_sha256=version.artifact_sha256)  # fmt: skip
-        if version.compile_spec.get("profiles"):
-            self._jobs.put(_id(version))
+        if version.compile_spec.get("profiles") and (self._leases is None or self.compiles_here):
+            self._enqueue(_id(version))  # else the lease holder polls it from the database
         return version
 
     def _parent(self, session: Session, name: str, version: int | None) -> ModelVersion | None:
@@ -237,7 +320,7 @@ class ModelRegistry:
         """The version a federated run starts from (default: newest), and its head arrays."""
         row = self.get(session, name, version) if version is not None else self.latest(session, name)
         assert row is not None
-        return row, read_head(self._ota.blob(row.artifact_sha256).read_bytes())
+        return row, read_head(self._ota.blob_bytes(row.artifact_sha256))
 
     def set_policy(self, session: Session, name: str, *, auto_release: bool) -> RegisteredModel:
         model = session.get(RegisteredModel, name)
@@ -257,6 +340,7 @@ class ModelRegistry:
             version = s.get(ModelVersion, version_id)
             if version is None or version.status not in (REGISTERED, COMPILING):
                 return
+            self._fence(s)
             self._set(s, version, COMPILING, "")
             job = self._job(version)
         try:
@@ -265,12 +349,14 @@ class ModelRegistry:
             with Session(self._engine) as s:
                 version = s.get(ModelVersion, version_id)
                 assert version is not None
+                self._fence(s)
                 self._set(s, version, FAILED, str(err))
             logger.warning("compile failed version_id=%d: %s", version_id, err)
             return
         with Session(self._engine) as s:
             version = s.get(ModelVersion, version_id)
             assert version is not None
+            self._fence(s)
             version.artifacts = self._adopt_artifacts(job.out, report)
             version.accuracy = _float(report.get("reference", {}).get("accuracy"))
             verdict = self._judge(s, version)
@@ -346,10 +432,10 @@ class ModelRegistry:
         shutil.rmtree(out, ignore_errors=True)
         inputs.mkdir(parents=True)
         model = inputs / "model.onnx"
-        shutil.copyfile(self._ota.blob(version.artifact_sha256), model)
+        self._ota.fetch_blob(version.artifact_sha256, model)
         calib, evaluation = inputs / "calib.npz", inputs / "eval.npz"
-        shutil.copyfile(self._ota.blob(version.datasets["calib_sha256"]), calib)
-        shutil.copyfile(self._ota.blob(version.datasets["eval_sha256"]), evaluation)
+        self._ota.fetch_blob(version.datasets["calib_sha256"], calib)
+        self._ota.fetch_blob(version.datasets["eval_sha256"], evaluation)
         spec = version.compile_spec
         budgets = {k: float(v) for k, v in spec.items() if k != "profiles"}
         return CompileJob(model, tuple(spec["profiles"]), calib, evaluation, out / "build", budgets)

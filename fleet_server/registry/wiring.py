@@ -8,6 +8,7 @@ import numpy as np
 from sqlalchemy import Engine
 
 from fleet_server.audit.port import AuditRecorder
+from fleet_server.coordination.leases import LeaseStore
 from fleet_server.federated.runner import FederatedRunner, RunSpec
 from fleet_server.ota.releases import OtaService
 from fleet_server.registry.compile import Compiler, SubprocessCompiler
@@ -25,8 +26,10 @@ def build_registry(
     compiler: Compiler | None = None,
     notify: Callable[[str], None] | None = None,
     rollouts: RolloutStarter | None = None,
+    replica_id: str = "",
 ) -> ModelRegistry:
-    """The started registry, with federated runs that name a model handing their head to it."""
+    """The started registry, with federated runs that name a model handing their head to it.
+    With a `replica_id`, the compile worker runs only on the `registry-compile` lease holder."""
     compiler = compiler or SubprocessCompiler(
         tuple(settings.compiler_command) or SubprocessCompiler.command, settings.compile_timeout_s
     )
@@ -38,6 +41,9 @@ def build_registry(
         notify=notify,
         audit=audit,
         rollouts=rollouts,
+        leases=LeaseStore(engine) if replica_id else None,
+        holder=replica_id,
+        lease_ttl_s=float(getattr(settings, "lease_ttl_s", 6.0)),
     )
 
     def hand_off(spec: RunSpec, arrays: dict[str, np.ndarray], lineage: dict[str, object]) -> None:

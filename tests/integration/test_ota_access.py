@@ -69,8 +69,9 @@ def test_targets_and_device_metadata_need_a_token_real_agent_installs_with_its_o
         versioned = {p.name.split(".", 1)[1]: p.name for p in sorted(meta.glob("[0-9]*.json"))}
         device_role = f"metadata/{versioned['device-dev-a.json']}"
         assignment = next((server.data_dir / "ota/repo/targets/devices/dev-a").iterdir()).name
-        closed = [model, device_role, f"metadata/{versioned['snapshot.json']}", "metadata/director.json",
-                  "metadata/targets.json", f"targets/devices/dev-a/{assignment}"]  # fmt: skip
+        closed = [model, device_role, f"metadata/{versioned['snapshot.json']}",
+                  f"metadata/{versioned['director.json']}", f"metadata/{versioned['targets.json']}",
+                  f"targets/devices/dev-a/{assignment}"]  # fmt: skip
         for path in closed:
             anon = httpx.get(f"{base}/{path}")
             assert anon.status_code == 401, (path, anon.status_code)

@@ -56,7 +56,7 @@ def _meta(fleet: FleetSide, name: str) -> Path:
 
 
 def _latest(fleet: FleetSide, role: str) -> Path:
-    version = Metadata.from_bytes(_meta(fleet, f"{role}.json").read_bytes()).signed.version
+    version = fleet.ota.repo.open(role).signed.version
     return _meta(fleet, f"{version}.{role}.json")
 
 
@@ -172,7 +172,7 @@ def test_expired_timestamp_freeze_keeps_serving_and_installs_nothing(
     def freeze(_: Device_) -> None:
         repo = fleet.ota.repo
         repo._now = lambda: datetime.now(UTC) - timedelta(days=2)
-        repo.do_timestamp(force=True)
+        repo.write(lambda: repo.do_timestamp(force=True))
 
     _run(tmp_path, fleet, freeze, expect_refused_metadata=True)
 
