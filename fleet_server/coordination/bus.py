@@ -49,7 +49,10 @@ class Bus(Protocol):
         ...
 
     def subscribe(self, channel: str, handler: Handler) -> None:
-        """Call `handler(payload)` on the bus thread for each message; register before start()."""
+        """Call `handler(payload)` on the bus thread for each message published after this returns.
+
+        Best before start(); allowed after (PgBus returns once the channel is listened to).
+        """
         ...
 
     def on_reconnect(self, handler: Callable[[], None]) -> None:
@@ -73,18 +76,38 @@ class _Handlers:
     """Subscriptions and reconnect handlers, each call shielded so one bad handler cannot kill the bus."""
 
     def __init__(self) -> None:
-        self.by_channel: dict[str, list[Handler]] = defaultdict(list)
-        self.reconnect: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._by_channel: dict[str, list[Handler]] = defaultdict(list)
+        self._reconnect: list[Callable[[], None]] = []
+
+    def add(self, channel: str, handler: Handler) -> bool:
+        """Register; True when `channel` is new."""
+        with self._lock:
+            new = channel not in self._by_channel
+            self._by_channel[channel].append(handler)
+            return new
+
+    def add_reconnect(self, handler: Callable[[], None]) -> None:
+        with self._lock:
+            self._reconnect.append(handler)
+
+    def channels(self) -> list[str]:
+        with self._lock:
+            return list(self._by_channel)
 
     def deliver(self, channel: str, payload: str) -> None:
-        for handler in self.by_channel.get(channel, ()):
+        with self._lock:
+            handlers = list(self._by_channel.get(channel, ()))
+        for handler in handlers:
             try:
                 handler(payload)
             except Exception:
                 logger.exception("bus handler failed channel=%s", channel)
 
     def resync(self) -> None:
-        for handler in self.reconnect:
+        with self._lock:
+            handlers = list(self._reconnect)
+        for handler in handlers:
             try:
                 handler()
             except Exception:
@@ -104,10 +127,11 @@ class LocalBus:
         self._queue.put((channel, payload))
 
     def subscribe(self, channel: str, handler: Handler) -> None:
-        self._handlers.by_channel[channel].append(handler)
+        check_payload(channel, "")
+        self._handlers.add(channel, handler)
 
     def on_reconnect(self, handler: Callable[[], None]) -> None:
-        self._handlers.reconnect.append(handler)  # an in-process bus never disconnects
+        self._handlers.add_reconnect(handler)  # an in-process bus never disconnects
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bus-local", daemon=True)
@@ -132,7 +156,7 @@ class PgBus:
         engine: Engine,
         *,
         conninfo: str | None = None,
-        poll_s: float = 0.5,
+        poll_s: float = 0.25,
         max_backoff_s: float = 5.0,
     ) -> None:
         self._engine = engine
@@ -143,6 +167,8 @@ class PgBus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._pending: queue.SimpleQueue[tuple[str, threading.Event]] = queue.SimpleQueue()
+        self._subscribe_timeout_s = 5.0
         self.connected = threading.Event()
         self.reconnects = 0
 
@@ -154,11 +180,18 @@ class PgBus:
             )
 
     def subscribe(self, channel: str, handler: Handler) -> None:
+        """Register `handler`. After start(), returns once the channel is listened to (or after
+        `subscribe_timeout_s` if the bus is disconnected: the next connect listens to it)."""
         check_payload(channel, "")
-        self._handlers.by_channel[channel].append(handler)
+        if not self._handlers.add(channel, handler) or self._thread is None:
+            return
+        done = threading.Event()
+        self._pending.put((channel, done))
+        if not done.wait(self._subscribe_timeout_s):
+            logger.warning("bus subscribe to %s not confirmed (disconnected?)", channel)
 
     def on_reconnect(self, handler: Callable[[], None]) -> None:
-        self._handlers.reconnect.append(handler)
+        self._handlers.add_reconnect(handler)
 
     def start(self) -> None:
         """Connect and LISTEN (a failure here is retried on the thread), then dispatch on the thread."""
@@ -185,7 +218,7 @@ class PgBus:
                     backoff = 0.1
                     if not first:
                         self.reconnects += 1
-                        logger.info("bus reconnected channels=%d", len(self._handlers.by_channel))
+                        logger.info("bus reconnected channels=%d", len(self._handlers.channels()))
                         self._handlers.resync()
                     first = False
                     self._dispatch(conn)
@@ -199,13 +232,25 @@ class PgBus:
         self.connected.clear()
 
     def _listen(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        for channel in self._handlers.by_channel:
+        for channel in self._handlers.channels():
             conn.execute(f'LISTEN "{channel}"')  # channel names are checked identifiers
         self._conn = conn
         self.connected.set()
+        self._listen_pending(conn)
+
+    def _listen_pending(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """Subscriptions made after start(), on this thread (the connection is not shared)."""
+        while True:
+            try:
+                channel, done = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            conn.execute(f'LISTEN "{channel}"')  # LISTEN twice is a no-op (a reconnect may have)
+            done.set()
 
     def _dispatch(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         while not self._stop.is_set():
+            self._listen_pending(conn)
             for note in conn.notifies(timeout=self._poll_s):
                 self._handlers.deliver(note.channel, note.payload)
                 if self._stop.is_set():

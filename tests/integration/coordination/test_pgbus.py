@@ -71,3 +71,18 @@ def test_payload_over_the_limit_is_refused_before_postgres_sees_it(pg_engine: En
     bus.publish("edgeloop_ota", "x" * MAX_PAYLOAD_BYTES)  # at the limit: PostgreSQL takes it
     with pytest.raises(PayloadTooLarge):
         bus.publish("edgeloop_ota", "x" * (MAX_PAYLOAD_BYTES + 1))
+
+
+def test_a_subscription_made_after_start_receives_what_is_published_after_it_returns(
+    pg_engine: Engine,
+) -> None:
+    bus = PgBus(pg_engine)
+    got: queue.SimpleQueue[str] = queue.SimpleQueue()
+    bus.start()
+    try:
+        assert bus.connected.wait(10)
+        bus.subscribe("edgeloop_late", got.put)
+        bus.publish("edgeloop_late", "hello")
+        assert got.get(timeout=5) == "hello"
+    finally:
+        bus.stop()

@@ -67,3 +67,15 @@ def test_build_bus_is_local_on_sqlite() -> None:
     from fleet_server.db import make_engine
 
     assert isinstance(build_bus(make_engine("sqlite://")), LocalBus)
+
+
+def test_a_subscription_made_after_start_is_served() -> None:
+    bus = LocalBus()
+    got = threading.Event()
+    bus.start()
+    try:
+        bus.subscribe("edgeloop_late", lambda _: got.set())
+        bus.publish("edgeloop_late", "x")
+        assert got.wait(5)
+    finally:
+        bus.stop()
