@@ -164,6 +164,11 @@ class FederatedRunner:
         with self._lock:
             return self._active is not None
 
+    def slot_holder(self) -> str | None:
+        """Id of the run holding the slot, also while it is being recorded and launched."""
+        with self._lock:
+            return self._active.run_id if self._active is not None else None
+
     def current(self) -> str | None:
         """Id of the run holding the slot (None when idle or while a start is being prepared)."""
         with self._lock:

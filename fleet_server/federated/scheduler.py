@@ -223,7 +223,7 @@ class RunScheduler:
         if grant is None:
             return
         for run in self._running():
-            if run.id == self._runner.current():
+            if run.id == self._runner.slot_holder():
                 continue  # executing here (adopted, or started locally with `runner.start`)
             if run.runner and (run.runner, run.lease_token) != (self.replica_id, grant.token):
                 self._take_over(run, grant)
