@@ -39,7 +39,8 @@ USER ${UID}:${UID}
 WORKDIR /var/lib/edgeloop
 # Identity, slots and the telemetry queue must survive the container: mount a volume here.
 VOLUME ["/var/lib/edgeloop"]
-# Healthy = the daemon's event loop answers on its local inference socket.
+# Healthy = the daemon's event loop answers on its local inference socket (with
+# EDGELOOP_AGENT_INFERENCE_ENABLED=false there is none: override with --no-healthcheck).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["edgeloop-agent", "models", "--json"]
 ENTRYPOINT ["edgeloop-agent"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load
+from agent.identity import IdentityStore
 from agent.profile import available_profiles, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,10 +111,15 @@ def test_agent_unit_is_a_sandboxed_notify_service_with_a_watchdog() -> None:
     for name, value in expected.items():
         assert unit[name] == [value], name
     assert unit["WatchdogSec"] and unit["StartLimitBurst"] and unit["StartLimitIntervalSec"]
-    # The data dir in every class template is the one the unit lets the agent write.
+    # The data dir in every class template is the one the unit lets the agent write, and both units
+    # test enrollment by the file the agent's IdentityStore writes.
     for device_class in CLASSES:
         cfg = load(IMAGES / device_class / "agent.toml", env={})
         assert cfg.device.data_dir == unit["ReadWritePaths"][0]
+        identity = str(IdentityStore(cfg.data_path).meta_path)
+        assert unit["ConditionPathExists"] == [identity]
+        firstboot = directives(SYSTEMD / "edgeloop-firstboot.service")
+        assert firstboot["ConditionPathExists"] == [f"!{identity}"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
