@@ -33,7 +33,9 @@ import hashlib
 import json
 import logging
 import os
+import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -66,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 DIRECTOR = "director"
 _SERIALIZER = JSONSerializer(compact=True)
-_ATTEMPTS = 8  # transactions restarted after losing the timestamp race, then ConflictError
+_ATTEMPTS = 20  # transactions restarted after losing the timestamp race, then ConflictError
 _CACHE_ITEMS = 256  # parsed immutable (versioned) metadata files kept per process
 
 
@@ -342,6 +344,7 @@ class OtaRepository(Repository):
                     return result
                 except StaleStateError as err:
                     logger.info("OTA repository changed under this writer (attempt %d): %s", attempt, err)
+                    time.sleep(random.uniform(0, 0.02 * attempt))
                 finally:
                     self._tx = None
         raise ConflictError(f"OTA repository write lost {_ATTEMPTS} races in a row; retry")
