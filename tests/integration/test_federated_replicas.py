@@ -10,6 +10,8 @@ relay at least once.
   replica takes the lease within ttl + poll and fails the run once with "runner replica <id> lost
   during round 1"; the stalled holder later finishes its round but every write is refused
   (fencing), so no round is recorded and the end is audited once.
+- A device streaming on B that leaves mid-round is answered as a dropout on A (the runner re-reads
+  the stream directory every second), so the round ends without waiting for its timeout.
 """
 
 from __future__ import annotations
@@ -252,3 +254,30 @@ def test_the_runner_replica_stalls_mid_round_the_other_fails_the_run_once_and_fe
     assert [e.action for e in ends].count("federated_run.failed") == 1
     assert not any(e.action == "federated_run.round_aggregated" for e in ends)
     print(f"takeover after stall: {took:.1f}s (lease ttl {TTL_S}s, poll 0.2s)")
+
+
+def test_a_device_leaving_another_replica_mid_round_is_a_dropout_not_a_straggler(
+    engine: Engine, cluster: tuple[Replica, Replica], tmp_path: Path
+) -> None:
+    a, b = cluster
+    for i in range(2):
+        add_device(f"a{i}", tmp_path, stream=a, push=a, seed=i)
+    gone = threading.Event()
+
+    async def silent() -> None:  # streams on B, takes its task, never answers, then disconnects
+        queue = b.fl.grid.attach("mute", {})
+        await queue.get()
+        gone.set()
+        b.fl.grid.detach("mute", queue)
+
+    asyncio.run_coroutine_threadsafe(silent(), b.loop)
+    wait_until(lambda: len(a.fl.grid.online_devices()) == 3, 10, "3 devices fleet-wide")
+    spec = RunSpec(StrategySpec("fedavg", min_nodes=3), num_rounds=1, round_timeout_s=120, min_results=2)
+    run_id = a.fl.scheduler.submit(spec, model(), eligible={}, actor=None)
+    wait_until(gone.is_set, 20, "the muted device to receive its relayed task and leave")
+    took = wait_until(lambda: run_row(engine, run_id).status != "running", 30, "the round to end")
+    run = run_row(engine, run_id)
+    [row] = rounds(engine, run_id)
+    assert run.status == "completed" and (row.sampled, row.results) == (3, 2)
+    assert row.dropped == {"disconnected": 1}  # seen by the runner on A within ~1 s, not at 120 s
+    assert took < 30
