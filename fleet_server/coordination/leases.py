@@ -191,6 +191,8 @@ class Singleton:
         on_acquired: Callable[[LeaseGrant], None],
         on_lost: Callable[[], None],
     ) -> None:
+        if not holder:
+            raise ValueError(f"lease {name!r}: a Singleton needs a holder (the replica id)")
         self._store, self.name, self.holder = store, name, holder
         self._ttl_s, self._poll_s = ttl_s, poll_s
         self._on_acquired, self._on_lost = on_acquired, on_lost
