@@ -53,6 +53,7 @@ class AutoRetrain:
         self._lock = threading.RLock()
         self._grant: LeaseGrant | None = None
         self._version = -1  # the stored version the local trigger was built from
+        self._reported: dict[str, Any] = {}
         self.trigger: DriftRetrainTrigger | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -171,13 +172,17 @@ class AutoRetrain:
             grant, trigger, version = self._grant, self.trigger, self._version
         if grant is None or trigger is None:
             return
+        status = trigger.status()
+        if status == self._reported:
+            return  # written only when it changed (at most once per check)
         with Session(self._engine) as s:
             self._leases.guard(s, grant)
             row = s.get(FlAutoRetrain, ROW)
             if row is not None and row.version == version:
-                row.status = trigger.status()
+                row.status = status
                 s.add(row)
                 s.commit()
+                self._reported = status
 
     def _set(self, trigger: DriftRetrainTrigger | None, version: int) -> None:
         if self.trigger is not None:

@@ -15,7 +15,7 @@ Behind an L4 balancer a device's `Tasks` stream, its `PushResult` calls and the 
 
 Payloads (serialized `TrainTask` / `TaskResult`) are bounded by `MAX_RELAY_BYTES`; a bigger task is
 answered at once as if the device were offline. Rows are consumed (deleted) by the target; rows of
-a dead target are deleted after `STALE_S`.
+a dead target are deleted after `STALE_S` (checked every tenth of it).
 
 Owns the two tables and the wake-ups. Does not decide what a task or result means (grid.py).
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +89,7 @@ class ReplicaLink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._purged_at = 0.0
         self.relayed = {"task": 0, "result": 0, "offline": 0}
         bus.subscribe(CHANNEL, self._on_bus)
         bus.on_reconnect(self._wake.set)
@@ -222,6 +224,9 @@ class ReplicaLink:
             logger.exception("fl relay row dropped kind=%s device_id=%s task_id=%s", kind, device_id, task_id)
 
     def _purge_stale(self) -> None:
+        if time.monotonic() - self._purged_at < STALE_S / 10:
+            return
+        self._purged_at = time.monotonic()
         cutoff = utcnow() - timedelta(seconds=STALE_S)
         with self._engine.begin() as conn:
             conn.execute(delete(FlRelay).where(col(FlRelay.created_at) < cutoff))
