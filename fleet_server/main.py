@@ -32,6 +32,7 @@ from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.console.routes import mount_console
 from fleet_server.coordination.replica import replica_id_for
+from fleet_server.coordination.wiring import Coordination, build_coordination
 from fleet_server.db import make_engine
 from fleet_server.device_session import Renewer, certificate_renewer
 from fleet_server.drift.observer import drift_observer
@@ -71,8 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, engine)
+        coordination = await _start_coordination(app, engine, settings)  # first up, last down
         ca = FleetCA.load(settings.pki_dir)
-        audit = await asyncio.to_thread(build_audit, engine=engine, data_dir=settings.data_dir)
+        audit = await asyncio.to_thread(  # timed head signing on the audit-head-signer lease holder
+            build_audit, engine=engine, data_dir=settings.data_dir, leases=coordination.leases,
+            holder=coordination.replica_id, lease_ttl_s=settings.lease_ttl_s,
+        )  # fmt: skip
         app.state.audit = audit.log
         await asyncio.to_thread(audit.log.record, Actor.system("fleet-server"), "server.start")
         await asyncio.to_thread(app.state.ota.use_audit, audit.log)  # OtaService: built by mount_ota
@@ -81,7 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder=getattr(app.state, "replica_id", "") or replica_id_for(settings),
         )  # fmt: skip
         # Renewal promotion, revocation (CRL, session kicks, broker takeover): certs/wiring.py.
-        certs = build_cert_lifecycle(engine=engine, ca=ca, settings=settings, audit=audit.log)
+        certs = build_cert_lifecycle(  # the daily CRL refresh on the crl-refresh lease holder only
+            engine=engine, ca=ca, settings=settings, audit=audit.log, leases=coordination.leases,
+            holder=coordination.replica_id,
+        )  # fmt: skip
         writer = IngestWriter(
             engine,
             max_rows=settings.flush_max_rows,
@@ -156,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             certs.stop()
             await asyncio.to_thread(ota_signer.stop)
             await _stop(app, federated=federated, bridge=bridge, servers=servers, audit=audit)
+            await asyncio.to_thread(coordination.stop)  # last: bus, then this replica's rows
             engine.dispose()
             logger.info("fleet server stopped")
 
@@ -267,6 +276,14 @@ async def _start_mqtt(
     await handler.start()
     await bridge.start(handler)
     return bridge
+
+
+async def _start_coordination(app: FastAPI, engine: Engine, settings: Settings) -> Coordination:
+    """This replica's id, lease store, bus and heartbeat (`app.state.coordination`), started."""
+    coordination = build_coordination(engine, settings)
+    app.state.coordination, app.state.replica_id = coordination, coordination.replica_id
+    await asyncio.to_thread(coordination.start)
+    return coordination
 
 
 def _stop_audit(audit: HeadSigner) -> None:
