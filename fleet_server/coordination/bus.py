@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import psycopg
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from fleet_server.errors import InvalidRequestError
 
@@ -257,6 +257,19 @@ class PgBus:
                     break
             if conn.closed or conn.broken:
                 raise psycopg.OperationalError("bus listening connection closed")
+
+
+def notify_in(conn: Connection, channel: str, payload: str) -> None:
+    """PostgreSQL: NOTIFY inside the caller's transaction, delivered only if and when it commits
+    (a desired-state change and its notification are atomic). Does nothing on other databases:
+    there, call `bus.publish` after the commit.
+
+    Raises:
+        PayloadTooLarge: the UTF-8 payload is over MAX_PAYLOAD_BYTES.
+    """
+    check_payload(channel, payload)
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
 
 def libpq_url(engine: Engine) -> str:

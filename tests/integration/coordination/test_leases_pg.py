@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore
+from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore, Singleton
 from fleet_server.models import utcnow
 
 pytestmark = pytest.mark.postgres
@@ -144,3 +144,20 @@ def _wait_for_lock_wait(engine: Engine) -> None:
             conn.rollback()  # pg_stat_activity is a snapshot per transaction
             time.sleep(0.02)
     raise AssertionError("the second claimer never waited on the lease row")
+
+
+def test_a_singleton_whose_row_is_stolen_calls_on_lost(pg_engine: Engine) -> None:
+    lost, acquired = threading.Event(), threading.Event()
+    single = Singleton(LeaseStore(pg_engine), "job", "a", ttl_s=1.5, poll_s=0.1,
+                       on_acquired=lambda _: acquired.set(), on_lost=lost.set)  # fmt: skip
+    single.start()
+    try:
+        assert acquired.wait(10)
+        with pg_engine.begin() as conn:
+            conn.execute(
+                text("UPDATE coordination_lease SET holder = 'thief', token = token + 1 WHERE name = 'job'")
+            )
+        assert lost.wait(10)
+        assert single.grant is None
+    finally:
+        single.stop()

@@ -13,7 +13,14 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from fleet_server.coordination.bus import MAX_PAYLOAD_BYTES, PayloadTooLarge, PgBus, build_bus, libpq_url
+from fleet_server.coordination.bus import (
+    MAX_PAYLOAD_BYTES,
+    PayloadTooLarge,
+    PgBus,
+    build_bus,
+    libpq_url,
+    notify_in,
+)
 from tests.integration.coordination.test_leases_pg import ROOT
 
 pytestmark = pytest.mark.postgres
@@ -84,5 +91,24 @@ def test_a_subscription_made_after_start_receives_what_is_published_after_it_ret
         bus.subscribe("edgeloop_late", got.put)
         bus.publish("edgeloop_late", "hello")
         assert got.get(timeout=5) == "hello"
+    finally:
+        bus.stop()
+
+
+def test_notify_in_a_transaction_is_delivered_only_when_it_commits(pg_engine: Engine) -> None:
+    bus = PgBus(pg_engine)
+    got: queue.SimpleQueue[str] = queue.SimpleQueue()
+    bus.subscribe("edgeloop_desired", got.put)
+    bus.start()
+    try:
+        assert bus.connected.wait(10)
+        with pg_engine.connect() as conn:
+            notify_in(conn, "edgeloop_desired", "rolled-back")
+            conn.rollback()
+        with pg_engine.begin() as conn:
+            notify_in(conn, "edgeloop_desired", "committed")
+        assert got.get(timeout=5) == "committed"
+        bus.publish("edgeloop_desired", "marker")
+        assert got.get(timeout=5) == "marker"  # nothing from the rolled-back transaction in between
     finally:
         bus.stop()
