@@ -400,6 +400,9 @@ def _stop_on_signals(stop: asyncio.Event) -> SystemdNotifier:
 async def run_daemon(config: AgentConfig) -> None:
     from agent.renewal import Renewer, recover
 
+    # First: a SIGTERM while the adapters are built must still end in a clean stop (exit 0).
+    stop = asyncio.Event()
+    systemd = _stop_on_signals(stop)
     store = IdentityStore(config.data_path)
     recover(store)  # finish a certificate swap a crash interrupted, before the identity is read
     identity = store.load()
@@ -433,8 +436,6 @@ async def run_daemon(config: AgentConfig) -> None:
         renewer=Renewer(store, fraction=config.server.renew_before_fraction),
     )
     wake.append(sync)
-    stop = asyncio.Event()
-    systemd = _stop_on_signals(stop)
     logger.info(
         "agent started device_id=%s version=%s transport=%s endpoint=%s profile=%s",
         identity.device_id,

@@ -75,6 +75,9 @@ class SystemdNotifier:
         return True
 
     def ready(self, status: str = "") -> bool:
+        """`READY=1` (not after `stopping()`: a stop requested during start-up wins)."""
+        if self._stopping:
+            return False
         return self.notify("READY=1", *((f"STATUS={status}",) if status else ()))
 
     def status(self, text: str) -> bool:

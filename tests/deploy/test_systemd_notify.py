@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.systemd import SystemdNotifier
-from tests.helpers.procs import AgentProc, ServerProc
+from tests.helpers.procs import AgentProc, ServerProc, wait_until
 
 
 class NotifySocket:
@@ -134,6 +134,42 @@ def test_agent_daemon_notifies_ready_watchdog_and_stopping(
         log = agent.data_dir.parent / "sd-dev.log"
         tail = log.read_text()[-4000:] if log.exists() else "(no log)"
         raise AssertionError(f"{err}\nagent log:\n{tail}") from err
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+        server.stop()
+
+
+@pytest.mark.slow  # a second server + agent start-up (the fast tier has one above)
+def test_a_stop_during_start_up_exits_cleanly_without_ready_after_stopping(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    """`systemctl stop` while the unit is activating: SIGTERM right after the agent took its data-dir
+    lock (before, the default SIGTERM action killed it: exit -15, a failed unit)."""
+    server = ServerProc(data_dir=tmp_path / "server")
+    server.data_dir.mkdir()
+    server.init()
+    server.start()
+    agent = AgentProc(
+        device_id="sd-early",
+        data_dir=tmp_path / "agents" / "sd-early",
+        server=server,
+        env_extra={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"},
+    )
+    agent.data_dir.mkdir(parents=True)
+    try:
+        assert agent.enroll(server.bootstrap_token()).returncode == 0
+        agent.start()
+        assert agent.proc is not None
+        lock = agent.data_dir / "agent.lock"
+        pid = str(agent.proc.pid)
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == pid, 60, 0.01, "lock taken")
+        time.sleep(0.3)  # asyncio.run has entered run_daemon; its adapters are still being built
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(60) == 0
+        notify_socket.wait_for("STOPPING", "1", 5)
+        kinds = [next(iter(m)) for m in notify_socket.messages if "READY" in m or "STOPPING" in m]
+        assert kinds[-1] == "STOPPING" and kinds.count("STOPPING") == 1  # never READY after STOPPING
     finally:
         if agent.proc is not None and agent.proc.poll() is None:
             agent.proc.kill()
