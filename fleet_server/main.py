@@ -31,6 +31,7 @@ from fleet_server.audit.routes import router as audit_router
 from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.console.routes import mount_console
+from fleet_server.coordination.fleet_sessions import build_fleet_sessions
 from fleet_server.coordination.replica import replica_id_for
 from fleet_server.coordination.wiring import Coordination, build_coordination
 from fleet_server.db import make_engine
@@ -104,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # device reports in use becomes its current one (certs/renewal.py).
             report_observers=[certs.promotion_observer, fleetview_columns_observer],
         )
-        registry = _session_registry(certs)
+        registry = _session_registry(certs, app=app, engine=engine, settings=settings)  # presence, fan-out
         renew = certificate_renewer(engine, ca, days=settings.device_cert_days)  # SyncRequest.renew
         servicer = DeviceServicer(
             engine=engine, ca=ca, settings=settings, writer=writer, registry=registry, renew=renew
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.url.render_as_string(hide_password=True),
         )
         refresh = asyncio.create_task(  # OTA tokens in DesiredState, re-sent at half their lifetime
-            refresh_tokens(online=registry.online, push=registry.push_desired, ttl_s=settings.ota_token_ttl_s)
+            refresh_tokens(online=registry.local, push=registry.push_desired, ttl_s=settings.ota_token_ttl_s)
         )
         try:
             yield
@@ -201,6 +202,8 @@ async def _stop(
     if bridge is not None:
         await bridge.stop()  # unacked messages stay with the broker's session
     await servers.stop()
+    if app.state.fleet_sessions is not None:  # before the heartbeat's stop deletes our presence rows
+        await asyncio.to_thread(app.state.fleet_sessions.stop)
     await app.state.writer.stop()
     await asyncio.to_thread(_stop_audit, audit)
 
@@ -217,7 +220,8 @@ def _healthz(request: Request) -> JSONResponse:
         {
             "status": "ok",
             "version": __version__,
-            "devices_online": len(request.app.state.registry.online()),
+            "devices_online": len(request.app.state.registry.online()),  # fleet-wide
+            "devices_served": len(request.app.state.registry.local()),  # by this replica
             "grpc_ports": request.app.state.grpc_ports,
             "ingest": vars(writer.stats),
             **({"mqtt": vars(mqtt.handler.stats)} if mqtt is not None and mqtt.handler else {}),
@@ -246,10 +250,21 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(api)
 
 
-def _session_registry(certs: CertLifecycle) -> SessionRegistry:
-    """Who is online over gRPC and MQTT; a revocation kicks the device off both. Starts the
-    certificate lifecycle (CRL refresh) on the serving loop; `certs.stop()` at shutdown."""
-    registry = SessionRegistry()
+def _session_registry(
+    certs: CertLifecycle, *, app: FastAPI, engine: Engine, settings: Settings
+) -> SessionRegistry:
+    """Who is online over gRPC and MQTT, on every replica (presence in PostgreSQL); desired-state
+    changes and kicks fanned out to the other replicas (coordination/fleet_sessions.py; nothing of
+    it on SQLite); a revocation kicks the device off both transports. Starts the certificate
+    lifecycle (CRL refresh) on the serving loop; `certs.stop()` at shutdown."""
+    replica_id = getattr(app.state, "replica_id", "") or replica_id_for(settings)
+    app.state.fleet_sessions = fleet = build_fleet_sessions(engine, settings, replica_id)
+    if fleet is None:
+        registry = SessionRegistry()
+    else:
+        registry = SessionRegistry(presence=fleet.presence, fanout=fleet.fanout)
+        fleet.attach(registry)
+        fleet.start()
     registry.bind_loop(asyncio.get_running_loop())
     certs.add_kicker(registry)  # registry.kick fans out to the MQTT bridge (MqttDevices.kick)
     certs.start()
