@@ -1,4 +1,4 @@
-"""The docs cannot rot silently: links resolve, command lines parse, settings exist.
+"""The docs cannot rot silently: links resolve, command lines parse, paths and settings exist.
 
 For every Markdown file under docs/:
 - every relative link points at a file or folder of the repository, and a `#fragment` into a
@@ -7,7 +7,8 @@ For every Markdown file under docs/:
   `edgeloop-agent`, `edgeloop-compile`, `python -m compiler`) parses with that CLI's real argparse
   parser (nothing runs: `parse_args` only);
 - every `EDGELOOP_*` variable the docs name is a server Settings field or is read somewhere in
-  the code, deploy files or scripts.
+  the code, deploy files or scripts;
+- every repository path in a code span (`tests/e2e/x.py`, `tests/x.py::test_name`) exists.
 
 The checkers are plain functions so the tests can also prove they fail on bad input.
 """
@@ -299,6 +300,43 @@ def unknown_variables(markdown: str) -> list[str]:
     return out
 
 
+# ------------------------------------------------------------------ repository paths in code spans
+
+_TOP = (
+    "agent/",
+    "fleet_server/",
+    "compiler/",
+    "protos/",
+    "tests/",
+    "deploy/",
+    "firmware_images/",
+    "bench/",
+    "scripts/",
+)
+_SPAN = re.compile(r"`([^`\s]+)`")
+
+
+def missing_paths(markdown: str, root: Path = ROOT) -> list[str]:
+    """Code spans naming a repository path (`tests/x.py`, `tests/x.py::test_y`) that does not exist.
+
+    Spans with a placeholder (`<class>`, `{a,b}`, `*`, `…`) are patterns, not paths, and are skipped.
+    """
+    out = []
+    for line in _outside_fences(markdown):
+        for span in _SPAN.findall(line):
+            if not span.startswith(_TOP) or any(c in span for c in "<>{}*…$"):
+                continue
+            path, _, test = span.partition("::")
+            target = root / path
+            defined = not test or (
+                target.is_file()
+                and re.search(rf"^(async )?def {re.escape(test)}\b", target.read_text(), re.M)
+            )
+            if not target.exists() or not defined:
+                out.append(span)
+    return out
+
+
 # ------------------------------------------------------------------ tests
 
 
@@ -320,6 +358,11 @@ def test_relative_links_resolve(path: Path) -> None:
 def test_command_lines_parse_with_the_real_cli(path: Path) -> None:
     bad = [f"{c.line!r}: {err}" for c in commands(path.read_text()) if (err := parse_error(c)) is not None]
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(DOCS)))
+def test_repository_paths_named_in_code_exist(path: Path) -> None:
+    assert missing_paths(path.read_text()) == []
 
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(DOCS)))
@@ -362,3 +405,8 @@ def test_the_checkers_catch_rot(tmp_path: Path) -> None:
     verdicts = [parse_error(c) is None for c in found]
     assert verdicts == [False, False, True, False, True]
     assert unknown_variables(bad_md) == ["EDGELOOP_NO_SUCH_SETTING"]
+    spans = (
+        "`tests/unit/test_docs.py` `tests/unit/test_docs.py::test_the_checkers_catch_rot` `tests/nope.py`\n"
+    )
+    spans += "`tests/unit/test_docs.py::test_nope` `firmware_images/<class>/` `deploy/{a,b}/` `/etc/x`\n"
+    assert missing_paths(spans) == ["tests/nope.py", "tests/unit/test_docs.py::test_nope"]
