@@ -6,8 +6,8 @@ winner's row and gets nothing) and on SQLite (writers serialise). Every claim by
 `token`, the fencing token: a holder that stalled past its expiry and was taken over still carries
 the old token, and `guard` refuses it inside the transaction that would have written.
 
-Expiry is judged with the caller's clock (`clock`, UTC): replicas need synchronised clocks (NTP),
-with skew well below the TTL.
+Expiry is judged with the database's clock on PostgreSQL (`clock_timestamp()`), so replicas need
+not agree on the time; on SQLite (one host) with this host's. Tests inject `clock`.
 
 `Singleton` runs one job under a lease on a thread (claim, renew, take over, release).
 
@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, case, literal, or_, select, update
+from sqlalchemy import Connection, Engine, case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -54,7 +54,8 @@ class LeaseLost(ConflictError):
 class LeaseStore:
     """Claims, renews, releases and checks leases in `coordination_lease`."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None) -> None:
+        """`clock` None: the database's clock on PostgreSQL, this host's UTC clock on SQLite."""
         self._engine = engine
         self._clock = clock
 
@@ -66,12 +67,11 @@ class LeaseStore:
         """
         if not holder:
             raise ValueError("a lease holder must be named")
-        now = self._clock()
-        expires = now + timedelta(seconds=ttl_s)
-        ours_live = (_T.c.holder == holder) & (_T.c.expires_at > now)
         with self._engine.begin() as conn:
-            _ensure_row(conn, name)
-            result = conn.execute(
+            now = db_now(conn, self._clock)
+            expires = now + timedelta(seconds=ttl_s)
+            ours_live = (_T.c.holder == holder) & (_T.c.expires_at > now)
+            claim = (
                 update(_T)
                 .where(
                     _T.c.name == name,
@@ -85,10 +85,13 @@ class LeaseStore:
                     holder=holder,
                     expires_at=expires,
                 )
+                .returning(_T.c.token)
             )
-            if result.rowcount != 1:
+            token = conn.execute(claim).scalar_one_or_none()
+            if token is None and _ensure_row(conn, name):  # first claim of this name ever
+                token = conn.execute(claim).scalar_one_or_none()
+            if token is None:
                 return None
-            token = conn.execute(select(_T.c.token).where(_T.c.name == name)).scalar_one()
         logger.debug("lease claimed name=%s holder=%s token=%d ttl_s=%.1f", name, holder, token, ttl_s)
         return LeaseGrant(name, holder, int(token), expires)
 
@@ -98,8 +101,8 @@ class LeaseStore:
         A lease that expired but that nobody claimed since still carries our token, so it renews:
         nobody else could have written under it.
         """
-        expires = self._clock() + timedelta(seconds=ttl_s)
         with self._engine.begin() as conn:
+            expires = db_now(conn, self._clock) + timedelta(seconds=ttl_s)
             result = conn.execute(
                 update(_T)
                 .where(_T.c.name == grant.name, _T.c.holder == grant.holder, _T.c.token == grant.token)
@@ -126,10 +129,11 @@ class LeaseStore:
             row = conn.execute(
                 select(_T.c.holder, _T.c.token, _T.c.expires_at).where(_T.c.name == name)
             ).first()
+            now = db_now(conn, self._clock)
         if row is None or not row.holder or row.expires_at is None:
             return None
         expires = as_utc(row.expires_at)
-        if expires is None or expires <= self._clock():
+        if expires is None or expires <= now:
             return None
         return LeaseGrant(name, row.holder, int(row.token), expires)
 
@@ -143,14 +147,13 @@ class LeaseStore:
         Raises:
             LeaseLost: the holder or token changed, or the lease expired.
         """
-        now = self._clock()
+        conn = session.connection() if isinstance(session, Session) else session
         live = (
             _T.c.name == grant.name,
             _T.c.holder == grant.holder,
             _T.c.token == grant.token,
-            _T.c.expires_at > now,
+            _T.c.expires_at > db_now(conn, self._clock),
         )
-        conn = session.connection() if isinstance(session, Session) else session
         if conn.dialect.name == "postgresql":
             held = (
                 conn.execute(select(_T.c.token).where(*live).with_for_update(read=True)).first() is not None
@@ -161,11 +164,22 @@ class LeaseStore:
             raise LeaseLost(f"lease {grant.name!r} token {grant.token} no longer held by {grant.holder!r}")
 
 
-def _ensure_row(conn: Connection, name: str) -> None:
+def db_now(conn: Connection, clock: Callable[[], datetime] | None = None) -> datetime:
+    """`clock()` if given; else the database's clock on PostgreSQL (`clock_timestamp()`: real
+    time, not the transaction's start), this host's UTC clock on SQLite."""
+    if clock is not None:
+        return clock()
+    if conn.dialect.name == "postgresql":
+        value: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
+        return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return utcnow()
+
+
+def _ensure_row(conn: Connection, name: str) -> bool:
+    """Create the free row of lease `name`; True when this call created it."""
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(
-        insert(_T).values(name=name, holder="", token=0).on_conflict_do_nothing(index_elements=["name"])
-    )
+    stmt = insert(_T).values(name=name, holder="", token=0).on_conflict_do_nothing(index_elements=["name"])
+    return conn.execute(stmt.returning(_T.c.name)).first() is not None
 
 
 class Singleton:

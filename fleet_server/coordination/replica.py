@@ -25,8 +25,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from fleet_server import __version__
+from fleet_server.coordination.leases import db_now
 from fleet_server.coordination.models import DevicePresence, ServerReplica
-from fleet_server.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,10 @@ class ReplicaHeartbeat:
         interval_s: float = 2.0,
         ttl_s: float = 6.0,
         reap_after_s: float | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock` None: the database's clock on PostgreSQL (replicas need not agree on the time),
+        this host's on SQLite."""
         self._engine, self.replica_id = engine, replica_id
         self._interval_s, self._ttl_s = interval_s, ttl_s
         self._reap_after_s = reap_after_s if reap_after_s is not None else max(60.0, 10 * ttl_s)
@@ -88,8 +90,8 @@ class ReplicaHeartbeat:
         logger.info("replica stopped id=%s", self.replica_id)
 
     def beat(self) -> None:
-        now = self._clock()
         with self._engine.begin() as conn:
+            now = db_now(conn, self._clock)
             _upsert(conn, self.replica_id, now)
             if self.beats % 10 == 0:
                 self._reap(conn, now)
@@ -97,8 +99,8 @@ class ReplicaHeartbeat:
 
     def live_replicas(self) -> set[str]:
         """Ids of replicas whose heartbeat is younger than the replica TTL (this one included)."""
-        cutoff = self._clock() - timedelta(seconds=self._ttl_s)
         with self._engine.connect() as conn:
+            cutoff = db_now(conn, self._clock) - timedelta(seconds=self._ttl_s)
             return set(conn.execute(select(_R.c.id).where(_R.c.heartbeat_at > cutoff)).scalars())
 
     def _run(self) -> None:
