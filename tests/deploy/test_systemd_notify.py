@@ -64,6 +64,7 @@ def test_notifier_sends_ready_status_watchdog_and_stopping_once(notify_socket: N
     assert notifier.watchdog()
     assert notifier.stopping()
     assert not notifier.stopping()  # the signal handler and the shutdown path both call it
+    assert not notifier.ready()  # a stop requested during start-up wins
     ready = notify_socket.wait_for("READY", "1", 2)
     assert ready["STATUS"] == "serving"
     notify_socket.wait_for("WATCHDOG", "1", 2)
