@@ -5,6 +5,7 @@ stored root instead of forking it, and the repository is served with HTTP Range 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import uuid
@@ -167,3 +168,56 @@ def test_repository_served_from_the_bucket_with_ranges(tmp_path: Path, s3: MotoS
         assert client.get("/ota/targets/models/m/r1/nope.bin").status_code == 404
         assert client.get("/ota/keys/keys.json").status_code == 404  # only metadata/ and targets/
         assert client.post(url).status_code == 405
+
+
+def test_a_tuf_client_reads_straight_from_the_bucket_and_trusts_metadata_not_the_host(
+    tmp_path: Path, s3: MotoS3
+) -> None:
+    """The bucket (or a CDN in front of it) can serve devices directly: the layout is the
+    repository's, the TUF client verifies everything against the root it was provisioned with,
+    Range reads work there too, and bytes changed in the bucket after signing are refused."""
+    import urllib3
+    from tuf.ngclient import Updater
+
+    from agent.errors import IntegrityError
+    from agent.ota.fetcher import Downloader, HttpFetcher
+
+    (ota,) = _replicas(tmp_path, s3, 1)
+    payload = bytes(range(256)) * 400
+    source = tmp_path / "model.onnx"
+    source.write_bytes(payload)
+    info = ota.repo.add_target_file("models/m/r1/model.onnx", source)
+    ota.repo.set_targets([info])
+    prefix = ota.store.prefix  # type: ignore[attr-defined]
+    public_read = {  # as a bucket behind a CDN, or a public one: anyone may GET the repository
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{s3.bucket}/{prefix}repo/*"}
+        ],
+    }  # fmt: skip
+    s3.client().put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps(public_read))
+    base = f"{s3.endpoint_url}/{s3.bucket}/{prefix}repo"
+    (tmp_path / "device").mkdir()
+    (tmp_path / "device" / "root.json").write_bytes(ota.store.get(ota.repo.metadata_key("1.root.json")))
+    pool = urllib3.PoolManager()
+    updater = Updater(
+        metadata_dir=str(tmp_path / "device"),
+        metadata_base_url=f"{base}/metadata/",
+        target_base_url=f"{base}/targets/",
+        fetcher=HttpFetcher(pool),
+        bootstrap=None,  # the provisioned root.json in metadata_dir
+    )
+    updater.refresh()
+    found = updater.get_targetinfo("models/m/r1/model.onnx")
+    assert found is not None and found.length == len(payload)
+    url = f"{base}/targets/{ota.repo.target_key(found).split('/targets/', 1)[1]}"
+    downloader = Downloader(pool)
+    assert downloader.fetch_range(url, 1000, 500) == payload[1000:1500]  # a 206 from the bucket
+    got = downloader.download(url, tmp_path / "got.onnx", length=found.length, sha256=found.hashes["sha256"])
+    assert got.read_bytes() == payload
+    tampered = bytearray(payload)
+    tampered[len(payload) // 2] ^= 0xFF
+    ota.store.put(ota.repo.target_key(found), bytes(tampered))  # someone with bucket write access
+    with pytest.raises(IntegrityError, match="sha256"):
+        downloader.download(url, tmp_path / "bad.onnx", length=found.length, sha256=found.hashes["sha256"])
