@@ -13,9 +13,11 @@
      10 s of the kill (the new holder's `acquired_at`, the database's clock);
    - the release published before the kill, deployed now through B, installs on every agent.
 
-The replicas share one data directory until the artifact store (fleet_server/artifacts) serves
-the repository; with `SEPARATE_DATA_DIRS` each has its own data dir with copied keys and all share
-a file:// artifact store, as pods with the same Secrets and a shared bucket would.
+Each replica has its own data dir with copies of the keys (fleet CA and server certificate, TUF
+keys, OTA access key, audit head key), as pods mounting the same Secrets would, and both share the
+artifact store: a file:// folder, or an S3 bucket on a real S3-compatible server (moto, server
+mode) — the release B installs was published by A into it. (`SEPARATE_DATA_DIRS = False`: one
+shared data dir, as before the artifact store existed.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +36,14 @@ from bench.fleet_sim.run import FleetSim
 from tests.conftest import drop_pg_database, make_pg_database
 from tests.helpers.procs import AgentProc, wait_until
 from tests.helpers.replicas import Replicas
+from tests.helpers.s3 import moto_s3
 from tests.integration.test_ota_support import models
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
 
 AGENTS = 4
 SIM_DEVICES = 200
-SEPARATE_DATA_DIRS = False  # True once OTA reads and writes through the artifact store (H2)
+SEPARATE_DATA_DIRS = True  # False: one shared data dir (before the artifact store)
 TAKEOVER_GOAL_S = 10.0  # lease ttl 6 s + poll 1 s, with room for a loaded box
 
 
@@ -52,14 +56,24 @@ def pg_url() -> Iterator[str]:
         drop_pg_database(name)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, pg_url: str) -> Iterator[Replicas]:
-    store = f"file://{tmp_path / 'artifacts'}" if SEPARATE_DATA_DIRS else ""
-    replicas = Replicas(tmp_path / "replicas", pg_url, n=2, separate=SEPARATE_DATA_DIRS, artifact_store=store)
-    try:
-        yield replicas.start()
-    finally:
-        replicas.stop()
+@pytest.fixture(params=["file", "s3"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iterator[Replicas]:
+    """Two replicas sharing an artifact store: a file:// folder, or a real S3 endpoint (moto)."""
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        if not SEPARATE_DATA_DIRS:
+            store = ""
+        elif request.param == "s3":
+            s3 = stack.enter_context(moto_s3())  # AWS_* credentials in os.environ reach the replicas
+            store, env["EDGELOOP_S3_ENDPOINT_URL"] = s3.url("fleet"), s3.endpoint_url
+        else:
+            store = f"file://{tmp_path / 'artifacts'}"
+        replicas = Replicas(tmp_path / "replicas", pg_url, n=2, separate=SEPARATE_DATA_DIRS,
+                            artifact_store=store, env=env)  # fmt: skip
+        try:
+            yield replicas.start()
+        finally:
+            replicas.stop()
 
 
 def _agents(cluster: Replicas, tmp_path: Path) -> list[AgentProc]:
