@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request
@@ -156,7 +156,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.url.render_as_string(hide_password=True),
         )
         refresh = asyncio.create_task(  # OTA tokens in DesiredState, re-sent at half their lifetime
-            refresh_tokens(online=registry.local, push=registry.push_desired, ttl_s=settings.ota_token_ttl_s)
+            refresh_tokens(
+                online=_token_refresh_targets(app), push=registry.push_desired, ttl_s=settings.ota_token_ttl_s
+            )
         )
         try:
             yield
@@ -250,6 +252,13 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(api)
 
 
+def _token_refresh_targets(app: FastAPI) -> Callable[[], set[str]]:
+    """This replica's devices (one process: all of them); with replicas, its gRPC streams plus,
+    on the `mqtt-token-refresh` lease holder, every MQTT device (coordination/fleet_sessions.py)."""
+    fleet = app.state.fleet_sessions
+    return app.state.registry.local if fleet is None else fleet.token_refresh_targets  # type: ignore[no-any-return]
+
+
 def _session_registry(
     certs: CertLifecycle, *, app: FastAPI, engine: Engine, settings: Settings
 ) -> SessionRegistry:
@@ -258,7 +267,8 @@ def _session_registry(
     it on SQLite); a revocation kicks the device off both transports. Starts the certificate
     lifecycle (CRL refresh) on the serving loop; `certs.stop()` at shutdown."""
     replica_id = getattr(app.state, "replica_id", "") or replica_id_for(settings)
-    app.state.fleet_sessions = fleet = build_fleet_sessions(engine, settings, replica_id)
+    leases = app.state.coordination.leases if hasattr(app.state, "coordination") else None
+    app.state.fleet_sessions = fleet = build_fleet_sessions(engine, settings, replica_id, leases=leases)
     if fleet is None:
         registry = SessionRegistry()
     else:

@@ -1,5 +1,8 @@
 """Builds the fleet-wide half of the session registry for main.py: the presence writer
-(presence.py) and the desired-state/kick fan-out (fanout.py) on a bus of its own.
+(presence.py), the desired-state/kick fan-out (fanout.py) on a bus of its own, and who refreshes
+which device's OTA token: each replica its own gRPC streams; every MQTT device online anywhere by
+the holder of the `mqtt-token-refresh` lease (a shared subscription gives each replica only part
+of the status messages, and a replica that dies would take its part along).
 
 The fan-out listens on its own bus connection (`build_bus`): the replica's shared bus
 (`app.state.coordination.bus`) starts first thing in the lifespan, and a PgBus LISTENs only on
@@ -21,7 +24,10 @@ from sqlalchemy import Engine
 
 from fleet_server.coordination.bus import Bus, build_bus
 from fleet_server.coordination.fanout import BusFanout
-from fleet_server.coordination.presence import Presence
+from fleet_server.coordination.leases import LeaseGrant, LeaseStore, Singleton
+from fleet_server.coordination.presence import MQTT, Presence
+
+MQTT_REFRESH_LEASE = "mqtt-token-refresh"
 
 
 class Receiver(Protocol):
@@ -33,38 +39,68 @@ class Receiver(Protocol):
 
     def resync(self) -> None: ...
 
+    def streams(self) -> set[str]: ...
+
 
 @dataclass
 class FleetSessions:
     presence: Presence
     fanout: BusFanout
     bus: Bus
+    mqtt_refresh: Singleton | None = None
+    _receiver: Receiver | None = None
 
     def attach(self, receiver: Receiver) -> None:
         """Subscribe `receiver` to the other replicas' notifications; before `start()`."""
+        self._receiver = receiver
         self.fanout.attach(desired=receiver.remote_desired, kick=receiver.remote_kick, resync=receiver.resync)
+
+    def token_refresh_targets(self) -> set[str]:
+        """The devices whose OTA token this replica re-sends (ota/access.py `refresh_tokens`)."""
+        ids = self._receiver.streams() if self._receiver is not None else set()
+        if self.mqtt_refresh is not None and self.mqtt_refresh.grant is not None:
+            ids |= self.presence.online_by(MQTT)
+        return ids
 
     def start(self) -> None:
         """First presence read (so `online()` is fleet-wide from the start), then the threads."""
         self.presence.start()
         self.fanout.start()
         self.bus.start()
+        if self.mqtt_refresh is not None:
+            self.mqtt_refresh.start()
 
     def stop(self) -> None:
         """Send what is queued, stop listening, write pending presence. Call before the heartbeat
         stops (its stop deletes this replica's rows)."""
+        if self.mqtt_refresh is not None:
+            self.mqtt_refresh.stop()
         self.fanout.stop()
         self.bus.stop()
         self.presence.stop()
 
 
-def build_fleet_sessions(engine: Engine, settings: Any, replica_id: str) -> FleetSessions | None:
-    """None on SQLite; on PostgreSQL, presence with `settings.replica_ttl_s` and a fan-out on its own bus."""
+def _nothing(_grant: LeaseGrant | None = None) -> None:
+    """The lease only says who refreshes; the refresh loop reads `grant` at each round."""
+
+
+def build_fleet_sessions(
+    engine: Engine, settings: Any, replica_id: str, *, leases: LeaseStore | None = None
+) -> FleetSessions | None:
+    """None on SQLite; on PostgreSQL, presence with `settings.replica_ttl_s`, a fan-out on its own
+    bus and (with `leases`) the `mqtt-token-refresh` lease, claimed for `settings.lease_ttl_s`."""
     if engine.dialect.name != "postgresql":
         return None
     bus = build_bus(engine)
+    refresh = None
+    if leases is not None:
+        ttl_s = float(getattr(settings, "lease_ttl_s", 6.0))
+        refresh = Singleton(
+            leases, MQTT_REFRESH_LEASE, replica_id, ttl_s=ttl_s, on_acquired=_nothing, on_lost=_nothing
+        )
     return FleetSessions(
         presence=Presence(engine, replica_id, replica_ttl_s=float(getattr(settings, "replica_ttl_s", 6.0))),
         fanout=BusFanout(bus, replica_id),
         bus=bus,
+        mqtt_refresh=refresh,
     )

@@ -135,6 +135,10 @@ class Presence:
                 self._online = frozenset(ids)
             return self._online
 
+    def online_by(self, transport: str) -> set[str]:
+        """The devices online anywhere over `transport` ("grpc" | "mqtt")."""
+        return {d for d in self.online() if self.transport(d) == transport}
+
     def transport(self, device_id: str) -> str | None:
         """How the device is connected, fleet-wide ("grpc" | "mqtt"), or None when offline."""
         with self._lock:

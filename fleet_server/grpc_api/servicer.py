@@ -155,6 +155,10 @@ class SessionRegistry:
         """Devices this replica serves: its gRPC sessions and the MQTT devices whose status it heard."""
         return set(self._sessions) | self._present
 
+    def streams(self) -> set[str]:
+        """Devices with a gRPC Sync stream on this replica."""
+        return set(self._sessions)
+
     def transport(self, device_id: str) -> str | None:
         """How the device is connected ("grpc", "mqtt", None = offline), fleet-wide with presence."""
         if device_id in self._sessions:
