@@ -22,8 +22,9 @@ TTL_S, POLL_S = 6.0, 1.0
 SLACK_S = 2.0  # a claim's own latency on a loaded 2-core box
 
 
-def takeover_after_sigkill(engine: Engine, rep: int) -> tuple[float, LeaseGrant, int]:
-    """Seconds from SIGKILL of the holder to `on_acquired` here; the grant; the child's token."""
+def takeover_after_sigkill(engine: Engine, rep: int, delay_s: float = 0.0) -> tuple[float, LeaseGrant, int]:
+    """Seconds from SIGKILL of the holder to `on_acquired` here; the grant; the child's token.
+    `delay_s` shifts the kill against the holder's renew cycle (every ttl/3)."""
     url = engine.url.render_as_string(hide_password=False)
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.coordination._child",
@@ -40,7 +41,7 @@ def takeover_after_sigkill(engine: Engine, rep: int) -> tuple[float, LeaseGrant,
         line = child.stdout.readline().split()
         assert line[0] == "held", line
         single.start()
-        assert not got.wait(POLL_S * 2.5), "claimed a lease another live replica holds"
+        assert not got.wait(POLL_S * 2.5 + delay_s), "claimed a lease another live replica holds"
         child.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         child.wait(10)
@@ -64,8 +65,8 @@ def test_a_killed_holders_job_moves_to_another_replica_within_ttl_plus_poll(pg_e
 @pytest.mark.slow
 def test_takeover_time_over_five_kills(pg_engine: Engine) -> None:
     times, tokens = [], []
-    for rep in range(5):
-        seconds, grant, child_token = takeover_after_sigkill(pg_engine, rep)
+    for rep in range(5):  # kills spread over the holder's renew cycle
+        seconds, grant, child_token = takeover_after_sigkill(pg_engine, rep, delay_s=rep * TTL_S / 3 / 5)
         assert grant.token == child_token + 1
         times.append(seconds)
         tokens.append(grant.token)
