@@ -153,8 +153,16 @@ class Presence:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Read the snapshot once (so the first answers are not empty), then run the thread."""
+        """Delete rows left under our id by an earlier process (a replica restarted with a fixed
+        `replica_id` holds no session yet), read the snapshot once (so the first answers are not
+        empty), then run the thread."""
         try:
+            with self._engine.begin() as conn:
+                gone = conn.execute(delete(_P).where(_P.c.replica_id == self.replica_id)).rowcount
+            if gone:
+                logger.info(
+                    "presence: deleted %d sessions left by an earlier run of %s", gone, self.replica_id
+                )
             self.refresh()
         except SQLAlchemyError as err:
             self.stats.errors += 1

@@ -211,3 +211,19 @@ def test_heartbeat_cutoff_uses_replica_ttl(engine: Engine, clock: FakeClock) -> 
     clock.advance(2)
     a.refresh()
     assert a.online() == set()
+
+
+def test_a_restarted_replica_with_the_same_id_forgets_its_old_sessions(
+    engine: Engine, clock: FakeClock
+) -> None:
+    before = Presence(engine, "pod-0", clock=clock)
+    before.connected("gone", GRPC)
+    before.connected("by-mqtt", MQTT)
+    before.flush()  # then the process is killed: its rows stay
+    after = Presence(engine, "pod-0", clock=clock, flush_s=60)
+    after.start()
+    try:
+        assert rows(engine) == {"by-mqtt": (MQTT, None)}
+        assert after.online() == {"by-mqtt"}
+    finally:
+        after.stop()
