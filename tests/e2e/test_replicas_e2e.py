@@ -3,7 +3,8 @@
 
 1. A label change made through replica A reaches a real agent whose Sync stream is on replica B
    (which replica holds it: `device_presence`, or each replica's own view before presence moved
-   to the database); the time it took is printed (goal: 1 s).
+   to the database); the time from the PATCH on A to the agent's saved state is printed (goal:
+   1 s; asserted: 10 s).
 2. A release is published through A. Then A is SIGKILLed with telemetry in flight:
    - every agent and simulated device reconnects through the balancer, to B;
    - the simulator's exactly-once accounting matches the database: each device's stored seqs are
@@ -110,6 +111,15 @@ def _stored_seqs(cluster: Replicas) -> dict[str, list[int]]:
     return out
 
 
+def _labels(agent: AgentProc) -> dict[str, str]:
+    """The labels the agent has applied: its state file, saved the moment it reconciles (its
+    status file is only rewritten with each report)."""
+    try:
+        return dict(json.loads((agent.data_dir / "state.json").read_text())["labels"])
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def _on(cluster: Replicas, replica: int, agent: AgentProc) -> bool:
     return cluster.holder_of(agent.device_id) == replica
 
@@ -141,12 +151,12 @@ def test_two_replicas_label_push_across_and_a_replica_sigkill(cluster: Replicas,
         on_b = next(x for x in agents if _on(cluster, b, x))
 
         # 1. label change through A reaches the agent on B
-        before = on_b.status()["applied_generation"]
+        assert _labels(on_b).get("tier") is None
         t0 = time.monotonic()
         cluster.api("PATCH", f"/devices/{on_b.device_id}/labels", via=a, json={"labels": {"tier": "canary"}})
         what = f"{on_b.device_id} on replica {b} applying a label change made on replica {a}"
-        wait_until(lambda: on_b.status()["applied_generation"] > before, 10, interval=0.05, what=what)
-        label_push_s = time.monotonic() - t0
+        wait_until(lambda: _labels(on_b).get("tier") == "canary", 10, interval=0.02, what=what)
+        label_push_s = time.monotonic() - t0  # REST call on A + bus + push on B + agent reconcile
 
         # 2. a release published through A before the kill
         with cluster.servers[a].api(cluster.admin_token) as api:
