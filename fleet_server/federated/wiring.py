@@ -7,9 +7,10 @@ holder, which also fails the runs a dead holder left `running`; the persisted au
 same thing with one replica: it takes both leases within a poll, and at startup fails the run its
 killed predecessor left running (takeover), as `recover()` used to.
 
-`start()` after the caller's event loop runs; `shutdown()` ends a run in progress as failed
-("server stopped mid-run"), releases the leases (another replica takes over at once) and forgets
-this replica's task streams.
+`start()` after the caller's event loop runs; `shutdown()` ends the run this replica executes as
+failed ("server stopped mid-run"), releases the leases (another replica takes over at once) and
+forgets this replica's task streams. A run recorded but not yet claimed stays waiting for the
+next holder (another replica, or this server once restarted).
 """
 
 from __future__ import annotations

@@ -249,6 +249,7 @@ def test_a_server_restart_ends_the_run_it_interrupted(tmp_path: Path, database_u
     server = next(gen)
     stopped = start(server, min_nodes=50, round_timeout_s=DAY)
     old_runner = runtime(server).runner
+    wait_until(lambda: old_runner.current() == stopped, 20, what="the runner to claim the run")
     with pytest.raises(StopIteration):
         next(gen)  # graceful stop: the run in progress ends failed
     with Session(engine) as s:  # as if a SIGKILLed server had left one running
