@@ -31,7 +31,7 @@ from fleet_server.audit.routes import router as audit_router
 from fleet_server.audit.wiring import HeadSigner, build_audit
 from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.console.routes import mount_console
-from fleet_server.coordination.fleet_sessions import build_fleet_sessions
+from fleet_server.coordination.fleet_sessions import FleetSessions, build_fleet_sessions
 from fleet_server.coordination.replica import replica_id_for
 from fleet_server.coordination.wiring import Coordination, build_coordination
 from fleet_server.db import make_engine
@@ -227,8 +227,16 @@ def _healthz(request: Request) -> JSONResponse:
             "grpc_ports": request.app.state.grpc_ports,
             "ingest": vars(writer.stats),
             **({"mqtt": vars(mqtt.handler.stats)} if mqtt is not None and mqtt.handler else {}),
+            **_fleet_sessions_health(request.app.state.fleet_sessions),
         }
     )
+
+
+def _fleet_sessions_health(fleet: FleetSessions | None) -> dict[str, object]:
+    """Presence writes and bus fan-out counters, with replicas (coordination/fleet_sessions.py)."""
+    if fleet is None:
+        return {}
+    return {"presence": vars(fleet.presence.stats), "fanout": vars(fleet.fanout.stats)}
 
 
 def _include_routers(app: FastAPI, settings: Settings) -> None:

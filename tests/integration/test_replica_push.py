@@ -1,7 +1,8 @@
 """Two real `edgeloop-server` processes on one real PostgreSQL (shared data dir, as
 tests/helpers/replicas.py starts them) and one real agent whose Sync stream is on replica B:
 
-- replica A reports the device online (presence from the database, not A's memory);
+- replica A reports the device online (presence from the database, not A's memory); /healthz
+  says B serves it and both count it online;
 - a label change made through A's REST API is applied by the agent on B (desired state fanned out
   over LISTEN/NOTIFY); the time from the PATCH to the agent's log line saying it applied it is
   printed (goal: 1 s);
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import drop_pg_database, make_pg_database
@@ -64,6 +66,11 @@ def test_label_change_through_a_reaches_the_agent_on_b_and_b_dying_takes_it_offl
     try:
         wait_until(lambda: cluster.holder_of(agent.device_id) == 1, 60, what="the agent's stream on B")
         wait_until(lambda: online_on(cluster, 0, agent.device_id), 10, what="A reporting the device online")
+
+        health = [httpx.get(s.url + "/healthz", timeout=10).json() for s in cluster.servers]
+        assert [h["devices_served"] for h in health] == [0, 1]  # the stream is on B
+        assert [h["devices_online"] for h in health] == [1, 1]  # fleet-wide on both
+        assert health[1]["presence"]["upserts"] >= 1 and health[1]["presence"]["errors"] == 0
 
         before = agent.status()["applied_generation"]
         patched_at = datetime.now()  # the agent logs local time
