@@ -227,7 +227,7 @@ class RunScheduler:
                 continue  # executing here (adopted, or started locally with `runner.start`)
             if run.runner and (run.runner, run.lease_token) != (self.replica_id, grant.token):
                 self._take_over(run, grant)
-            elif not run.runner and self._runner.current() is None:
+            elif not run.runner and self._runner.slot_holder() is None:
                 self._claim(run, grant)
 
     def _take_over(self, run: FlRun, grant: LeaseGrant) -> None:
@@ -256,7 +256,10 @@ class RunScheduler:
             initial = arrays_from_bytes(inputs.arrays)
             eligible = self._eligible_for(dict(inputs.eligible))
             self._runner.adopt(run.id, spec, initial, eligible=eligible, fence=self._fence(grant))
-        except (ConflictError, LeaseLost):
+        except ConflictError:  # the local slot was taken meanwhile (`runner.start`): claim it later
+            self._unclaim(run.id, grant)
+            return
+        except LeaseLost:
             raise
         except Exception as err:
             reason = f"could not start on the runner replica: {lifecycle.failure_reason(err)}"
@@ -265,6 +268,13 @@ class RunScheduler:
         logger.info(
             "federated run claimed run_id=%s replica=%s token=%d", run.id, self.replica_id, grant.token
         )
+
+    def _unclaim(self, run_id: str, grant: LeaseGrant) -> None:
+        with Session(self._engine) as s:
+            self._leases.guard(s, grant)
+            stmt = update(FlRun).where(col(FlRun.id) == run_id, col(FlRun.status) == RunStatus.RUNNING)
+            s.execute(stmt.values(runner="", lease_token=0))
+            s.commit()
 
     def _fence(self, grant: LeaseGrant) -> Callable[[Session], None]:
         return lambda session: self._leases.guard(session, grant)
