@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from fleet_server.coordination.bus import Bus
+from fleet_server.coordination.leases import db_now
 from fleet_server.coordination.models import ServerReplica
 from fleet_server.federated.models import FlAttachment, FlRelay
 from fleet_server.models import utcnow
@@ -114,12 +115,12 @@ class ReplicaLink:
 
     def streams(self) -> dict[str, Attachment]:
         """Streams held by other live replicas, by device id."""
-        since = utcnow() - timedelta(seconds=self._ttl)
-        live = select(ServerReplica.id).where(col(ServerReplica.heartbeat_at) > since)
-        query = select(FlAttachment).where(
-            col(FlAttachment.replica_id) != self.replica_id, col(FlAttachment.replica_id).in_(live)
-        )
-        with Session(self._engine) as s:
+        with Session(self._engine) as s:  # liveness by the database's clock, as the heartbeats are
+            since = db_now(s.connection()) - timedelta(seconds=self._ttl)
+            live = select(ServerReplica.id).where(col(ServerReplica.heartbeat_at) > since)
+            query = select(FlAttachment).where(
+                col(FlAttachment.replica_id) != self.replica_id, col(FlAttachment.replica_id).in_(live)
+            )
             rows = s.exec(query).all()
         return {r.device_id: Attachment(r.device_id, r.replica_id, r.epoch, dict(r.state)) for r in rows}
 
