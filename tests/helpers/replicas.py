@@ -10,8 +10,9 @@ replica end-to-end tests and the replica bench (issue 16).
   (`separate=True`, needs an `artifact_store` every replica reaches) each has its own data
   directory with copies of the keys, as Kubernetes pods mounting the same Secrets would.
   `front` is a `ServerProc`-shaped view of the balancer for `AgentProc` and the fleet simulator.
-  Each replica process gets a fresh `EDGELOOP_REPLICA_ID` (`r<i>-<start>`), so a restarted
-  replica is a new holder, never mistaken for the one that died.
+  Each replica process gets a fresh `EDGELOOP_REPLICA_ID` (`r<i>-<start>-<random>`), so a
+  restarted replica is a new holder, never mistaken for the one that died (nor for a replica of
+  an earlier cluster on the same database).
 - Reads of the coordination tables (`leases`, `presence`, `live_replicas`) straight from
   PostgreSQL: which replica holds a lease or a device's session.
 
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -148,6 +150,7 @@ class Replicas:
     env: dict[str, str] = field(default_factory=dict)  # extra EDGELOOP_* for every replica
     balancer_process: bool = False  # BalancerProc instead of a thread of the caller
     start_timeout_s: float = 180.0  # /healthz of a replica on a loaded 2-core box
+    broker: Any = None  # the MQTT broker (tests.helpers.broker.Broker) the replicas share, if any
     servers: list[ServerProc] = field(default_factory=list)
     front: ServerProc = field(init=False)
     replica_ids: list[str] = field(default_factory=list)
@@ -179,19 +182,28 @@ class Replicas:
             f.device_port: [x.device_port for x in s],
         }
 
-    def start(self) -> Replicas:
-        """Seed (unless `admin_token` is given and the seed data dir holds a CA: a cluster started
-        again on the same data dir and database, e.g. by the bench), start every replica, then
-        the balancer."""
-        seed = self.servers[0]
-        seeded = bool(self.admin_token) and (seed.data_dir / "pki" / "ca.pem").exists()
-        if not seeded:
-            seed.data_dir.mkdir(parents=True, exist_ok=True)
-            self.admin_token = seed.init()
+    @property
+    def seeded(self) -> bool:
+        return bool(self.admin_token) and (self.servers[0].data_dir / "pki" / "ca.pem").exists()
+
+    def seed(self) -> str:
+        """`edgeloop-server init` into the first replica's data dir (fleet CA, server certificate,
+        schema, admin token), unless done: what a broker config needs before the replicas start."""
+        if not self.seeded:
+            self.servers[0].data_dir.mkdir(parents=True, exist_ok=True)
+            self.admin_token = self.servers[0].init()
         for s in (*self.servers, self.front):
             s.admin_token = self.admin_token
+        return self.admin_token
+
+    def start(self) -> Replicas:
+        """Seed (unless done: `seed()`, or `admin_token` given and the data dir holds a CA, as when
+        the bench starts a cluster again on the same data dir and database), start every replica,
+        then the balancer."""
+        self.seed()
+        seed = self.servers[0]
         self._launch(0)
-        if not seeded or self.separate:
+        if self.separate or not (seed.data_dir / "ota" / "keys" / "keys.json").exists():
             self._wait_healthy(0)  # creates the TUF keys, OTA access key, audit head key once
         for i in range(1, self.n):
             if self.separate:
@@ -225,7 +237,9 @@ class Replicas:
     def _launch(self, i: int) -> None:
         s = self.servers[i]
         self._starts += 1
-        self.replica_ids[i] = s.env_extra["EDGELOOP_REPLICA_ID"] = f"r{i}-{self._starts}"
+        rid = f"r{i}-{self._starts}-{secrets.token_hex(2)}"  # never an id an earlier process had
+        self.replica_ids[i] = s.env_extra["EDGELOOP_REPLICA_ID"] = rid
+        s.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(s.data_dir / f"replica-{i}.log", "ab")  # the child holds it
         s.proc = subprocess.Popen([BIN / "edgeloop-server", "run"], env=s.env(), stdout=log, stderr=log)
 
