@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log,
             replica_id=getattr(app.state, "replica_id", "") or settings.replica_id,
             models=lambda: app.state.models, lease_ttl_s=settings.lease_ttl_s,
-            replica_ttl_s=settings.replica_ttl_s,
+            replica_ttl_s=settings.replica_ttl_s, bus=coordination.bus, leases=coordination.leases,
         )  # fmt: skip
         servers = build_grpc_servers(
             settings=settings, ca=ca, servicer=servicer, device_handlers=[federated.servicer.handlers()]
@@ -276,7 +276,9 @@ def _session_registry(
     lifecycle (CRL refresh) on the serving loop; `certs.stop()` at shutdown."""
     replica_id = getattr(app.state, "replica_id", "") or replica_id_for(settings)
     leases = app.state.coordination.leases if hasattr(app.state, "coordination") else None
-    app.state.fleet_sessions = fleet = build_fleet_sessions(engine, settings, replica_id, leases=leases)
+    bus = app.state.coordination.bus if hasattr(app.state, "coordination") else None  # one LISTEN connection
+    fleet = build_fleet_sessions(engine, settings, replica_id, leases=leases, bus=bus)
+    app.state.fleet_sessions = fleet
     if fleet is None:
         registry = SessionRegistry()
     else:

@@ -48,6 +48,7 @@ class FleetSessions:
     fanout: BusFanout
     bus: Bus
     mqtt_refresh: Singleton | None = None
+    own_bus: bool = True  # False: the replica's shared bus (coordination/wiring.py) starts and stops it
     _receiver: Receiver | None = None
 
     def attach(self, receiver: Receiver) -> None:
@@ -66,7 +67,8 @@ class FleetSessions:
         """First presence read (so `online()` is fleet-wide from the start), then the threads."""
         self.presence.start()
         self.fanout.start()
-        self.bus.start()
+        if self.own_bus:
+            self.bus.start()
         if self.mqtt_refresh is not None:
             self.mqtt_refresh.start()
 
@@ -76,7 +78,8 @@ class FleetSessions:
         if self.mqtt_refresh is not None:
             self.mqtt_refresh.stop()
         self.fanout.stop()
-        self.bus.stop()
+        if self.own_bus:
+            self.bus.stop()
         self.presence.stop()
 
 
@@ -85,13 +88,19 @@ def _nothing(_grant: LeaseGrant | None = None) -> None:
 
 
 def build_fleet_sessions(
-    engine: Engine, settings: Any, replica_id: str, *, leases: LeaseStore | None = None
+    engine: Engine,
+    settings: Any,
+    replica_id: str,
+    *,
+    leases: LeaseStore | None = None,
+    bus: Bus | None = None,
 ) -> FleetSessions | None:
-    """None on SQLite; on PostgreSQL, presence with `settings.replica_ttl_s`, a fan-out on its own
-    bus and (with `leases`) the `mqtt-token-refresh` lease, claimed for `settings.lease_ttl_s`."""
+    """None on SQLite; on PostgreSQL, presence with `settings.replica_ttl_s`, a fan-out on `bus`
+    (the replica's shared one; None: a bus of its own) and (with `leases`) the
+    `mqtt-token-refresh` lease, claimed for `settings.lease_ttl_s`."""
     if engine.dialect.name != "postgresql":
         return None
-    bus = build_bus(engine)
+    own_bus, bus = bus is None, bus or build_bus(engine)
     refresh = None
     if leases is not None:
         ttl_s = float(getattr(settings, "lease_ttl_s", 6.0))
@@ -103,4 +112,5 @@ def build_fleet_sessions(
         fanout=BusFanout(bus, replica_id),
         bus=bus,
         mqtt_refresh=refresh,
+        own_bus=own_bus,
     )
