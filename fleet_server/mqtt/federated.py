@@ -42,7 +42,7 @@ class MqttFederated:
         except DecodeError:
             self._count_malformed(device_id)
             return
-        queue = self._grid.attach(device_id, dict(req.state))
+        queue = self._grid.attach(device_id, dict(req.state), transport="mqtt")
         task = asyncio.get_running_loop().create_task(self._forward_tasks(device_id, queue))
         self._links[device_id] = (queue, task)
 
@@ -70,9 +70,11 @@ class MqttFederated:
         self._spawn(self._push_result(device_id, result, done))
 
     async def _push_result(self, device_id: str, result: fpb.TaskResult, done: Callable[[], None]) -> None:
-        """The gRPC PushResult path (federated/servicer.py): the grid validates and takes it."""
+        """The gRPC PushResult path (federated/servicer.py): the grid validates and takes it, or,
+        with replicas, relays it to the runner replica (a shared subscription hands the result to
+        any replica, not necessarily the one that published the task)."""
         try:
-            accepted, reason = await asyncio.to_thread(self._grid.accept_result, device_id, result)
+            accepted, reason = await asyncio.to_thread(self._grid.forward_result, device_id, result)
             ack = fpb.PushResultResponse(accepted=accepted, reason=reason)
             self._publish(mqtt.topic(device_id, mqtt.FL_ACK), ack.SerializeToString())
         finally:
