@@ -74,11 +74,10 @@ class Settings(BaseSettings):
     # Artifact store (fleet_server/artifacts): TUF metadata, targets and blobs. "" = the filesystem
     # under <data_dir>/ota; "file:///abs/path" = a shared filesystem; "s3://bucket/prefix" = an
     # S3-compatible store (credentials from the usual AWS_* environment), at `s3_endpoint_url` when
-    # it is not AWS. `ota_download_base_url`: devices download targets from there (a CDN or the
-    # bucket's public URL) instead of from this server; the TUF client trusts metadata, not the host.
+    # it is not AWS. Devices may also fetch /ota straight from the bucket or a CDN in front of it
+    # (the agent's EDGELOOP_AGENT_OTA_BASE_URL): the TUF client trusts metadata, not the host.
     artifact_store: str = ""
     s3_endpoint_url: str = ""
-    ota_download_base_url: str = ""
 
     # REST API: per-operator-token rate limit (token bucket; 429 + Retry-After past it) and body size limit.
     operator_rate_per_s: float = Field(default=50.0, gt=0, le=100_000)
