@@ -2,9 +2,11 @@
 
 Owns the checks and their verdict: the database answers, its schema is at the newest migration,
 the key material the server signs and serves with is on disk (fleet CA and server certificate,
-the OTA repository's online signing keys, the audit head key), and both gRPC servers have
-started and accept connections. Each check is a small blocking function returning a `Check`;
-`run_checks` runs them in a worker thread under one deadline. Does not repair anything.
+the OTA repository's online signing keys, the audit head key), the artifact store answers and
+holds the repository (filesystem or S3: a replica cut off from the bucket cannot serve updates),
+and both gRPC servers have started and accept connections. Each check is a small blocking
+function returning a `Check`; `run_checks` runs them in a worker thread under one deadline. Does
+not repair anything.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from fleet_server.errors import NotFoundError
 from fleet_server.logsafe import text as safe_text
 from fleet_server.migrate import current_revision, head_revision
 
@@ -96,6 +100,22 @@ def keys(data_dir: Path, pki_dir: Path, ota_uris: Mapping[str, Mapping[str, str]
     if missing:
         return Check(False, "missing: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
     return Check(True, "fleet CA, server certificate, OTA signing keys, audit key")
+
+
+class StoreProbe(Protocol):
+    def describe(self) -> str: ...
+    def stat(self, key: str) -> object: ...
+
+
+def artifacts(store: StoreProbe, timestamp_key: str) -> Check:
+    """The store answers and holds the signed repository's `timestamp.json`."""
+    try:
+        store.stat(timestamp_key)
+    except NotFoundError:
+        return Check(False, f"{store.describe()}: no {timestamp_key} (repository not initialized)")
+    except Exception as err:  # unreachable, refused, timed out: not ready, with the reason
+        return Check(False, f"{store.describe()}: {_reason(err)}")
+    return Check(True, store.describe())
 
 
 def grpc_servers(serving: Serving, host: str, ports: Mapping[str, int]) -> Check:

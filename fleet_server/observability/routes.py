@@ -49,7 +49,7 @@ def _checks(request: Request) -> Mapping[str, ready.CheckFn]:
     engine = getattr(state, "engine", None)
     if engine is None:  # the lifespan has not built the server yet
         starting = ready.Check(False, "server starting")
-        return dict.fromkeys(("database", "migrations", "keys", "grpc"), lambda: starting)
+        return dict.fromkeys(("database", "migrations", "keys", "artifacts", "grpc"), lambda: starting)
     ota = getattr(state, "ota", None)
     ota_uris = {role: rk.uris for role, rk in ota.repo.keys.roles.items()} if ota is not None else {}
     serving: ready.Serving = state.observability.serving
@@ -58,5 +58,10 @@ def _checks(request: Request) -> Mapping[str, ready.CheckFn]:
         "database": lambda: ready.database(engine),
         "migrations": lambda: ready.migrations(engine),
         "keys": lambda: ready.keys(settings.data_dir, settings.pki_dir, ota_uris),
+        "artifacts": lambda: (
+            ready.artifacts(ota.store, ota.repo.metadata_key("timestamp.json"))
+            if ota is not None
+            else ready.Check(False, "OTA service not built")
+        ),
         "grpc": lambda: ready.grpc_servers(serving, settings.grpc_host, ports),
     }

@@ -136,7 +136,7 @@ def test_readyz_is_ready_then_names_migrations_behind(server: LiveServer) -> Non
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert body["ready"] is True
-    assert set(body["checks"]) == {"database", "migrations", "keys", "grpc"}
+    assert set(body["checks"]) == {"database", "migrations", "keys", "artifacts", "grpc"}
     assert all(c["ok"] for c in body["checks"].values())
 
     engine = make_engine(server.settings.resolved_database_url())
@@ -167,6 +167,21 @@ def test_readyz_names_missing_keys(server: LiveServer) -> None:
         assert "head_key.pem" in resp.json()["checks"]["keys"]["detail"]
     finally:
         audit_key.write_bytes(saved)
+    assert server.client.get("/readyz").status_code == 200
+
+
+def test_readyz_names_an_artifact_store_without_the_repository(server: LiveServer) -> None:
+    ota = server.client.app.state.ota  # type: ignore[attr-defined]
+    key = ota.repo.metadata_key("timestamp.json")
+    saved = ota.store.get(key)
+    ota.store.delete(key)
+    try:
+        resp = server.client.get("/readyz")
+        assert resp.status_code == 503
+        assert resp.json()["failing"] == ["artifacts"]
+        assert "timestamp.json" in resp.json()["checks"]["artifacts"]["detail"]
+    finally:
+        ota.store.put(key, saved)
     assert server.client.get("/readyz").status_code == 200
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from pathlib import Path
 
-from fleet_server.observability.ready import Check, Serving, grpc_servers, run_checks
+import pytest
+
+from fleet_server.observability.ready import Check, Serving, artifacts, grpc_servers, run_checks
 
 
 def test_grpc_check_follows_lifespan_and_ports() -> None:
@@ -43,3 +46,32 @@ def test_a_hanging_or_breaking_check_fails_alone() -> None:
     assert results["fine"].ok
     assert not results["broken"].ok and "KeyError" in results["broken"].detail
     assert results["hang"] == Check(False, "no answer within 0.5 s")
+
+
+def test_artifacts_check_names_an_unreachable_s3_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A replica cut off from its bucket is not ready, and says which store and why."""
+    from fleet_server.artifacts.fs import FilesystemStore
+    from fleet_server.artifacts.s3 import S3Store
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    store = S3Store.connect("fleet", "ota", endpoint_url=f"http://127.0.0.1:{dead_port}")
+    check = artifacts(store, "metadata/timestamp.json")
+    assert not check.ok
+    assert check.detail.startswith("s3://fleet/ota/: ")
+
+    local = FilesystemStore(tmp_path)
+    assert artifacts(local, "metadata/timestamp.json") == Check(
+        False, f"{local.describe()}: no metadata/timestamp.json (repository not initialized)"
+    )
+    local.put("metadata/timestamp.json", b"{}")
+    assert artifacts(local, "metadata/timestamp.json") == Check(True, local.describe())
