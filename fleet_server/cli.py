@@ -9,8 +9,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleet_server.errors import ExitCode, FleetError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from fleet_server.settings import Settings
 
 logger = logging.getLogger("fleet_server")
 
@@ -49,6 +55,7 @@ def _init(ns: argparse.Namespace) -> int:
     ca.ensure_server_certificate(settings.public_hostnames)
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)
+    _create_signing_keys(settings, engine)
     with session_scope(engine) as session:
         _, token = create_operator_token(session=session, name="admin", role=Role.ADMIN)
     if ns.token_file:
@@ -62,6 +69,24 @@ def _init(ns: argparse.Namespace) -> int:
     else:
         print(f"fleet CA:     {out['ca']}\nadmin token:  {token}\n(shown once; store it safely)")
     return ExitCode.OK
+
+
+def _create_signing_keys(settings: Settings, engine: Engine) -> None:
+    """Every key a replica needs, made now rather than at the first start, so an operator can turn
+    the data dir into Secrets before running any replica: the OTA keys and the signed repository
+    (in the configured artifact store), the audit head key and the OTA access secret. A store that
+    already holds a repository made with other keys is refused (KeyConfigError), never forked."""
+    from fleet_server.artifacts.factory import store_from_settings
+    from fleet_server.audit.keys import AuditKey
+    from fleet_server.audit.store import SqlAuditLog
+    from fleet_server.audit.wiring import key_path
+    from fleet_server.ota.access import access_for
+    from fleet_server.ota.releases import OtaService
+
+    log = SqlAuditLog(engine, AuditKey.load_or_create(key_path(settings.data_dir)))
+    ota = OtaService(settings.data_dir / "ota", store=store_from_settings(settings))
+    ota.use_audit(log)  # records the OTA keys it generated
+    access_for(settings.data_dir / "ota", settings.ota_token_ttl_s)
 
 
 def _migrate(ns: argparse.Namespace) -> int:
