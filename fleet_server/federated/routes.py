@@ -3,7 +3,8 @@ show one run's rounds, show the auto-retrain state (viewer).
 
 A run that names a registry `model` starts from that model's head (its newest version, or
 `model_version`) and hands its final head back to the registry, which compiles and releases it.
-Otherwise it starts from the previous completed run's final model when `from_last` is set, or
+Otherwise it starts from the previous completed run's final model when `from_last` is set (a
+409 when that run's files are on another replica's disk, never a silent zero start), or
 from a zero softmax head of the requested size (`features` x `classes`).
 
 Every field is bounded in the schema (limits.py), so a bad body is a 422 before anything runs;
@@ -39,7 +40,7 @@ from sqlmodel import Session, col, select
 from fleet_server.api.deps import Operator, SessionDep, Viewer
 from fleet_server.api.params import INT32_MAX, Labels, NoNul
 from fleet_server.audit.port import operator_actor
-from fleet_server.errors import InvalidRequestError, NotFoundError
+from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import limits as lim
 from fleet_server.federated.cohort import CohortSpec
 from fleet_server.federated.models import FlRound, FlRun
@@ -134,8 +135,15 @@ def _initial(
         last = session.exec(
             select(FlRun).where(FlRun.status == "completed").order_by(col(FlRun.finished_at).desc())
         ).first()
-        if last is not None and (out_dir / last.id / "final.npz").exists():
-            data = np.load(out_dir / last.id / "final.npz")
+        if last is not None:
+            final = out_dir / last.id / "final.npz"
+            if not final.exists():  # with replicas, run files are on the runner replica's disk
+                raise ConflictError(
+                    f"from_last: the final model of run {last.id} is not on this replica "
+                    f"(it ran on {last.runner or 'another replica'}); start the run there, or name a "
+                    "registry model (`model`), which every replica reads from the database"
+                )
+            data = np.load(final)
             return ArrayRecord({k: Array(data[k]) for k in data.files}), 0
     w = np.zeros((req.features, req.classes), np.float32)
     return ArrayRecord({"w": Array(w), "b": Array(np.zeros(req.classes, np.float32))}), 0
