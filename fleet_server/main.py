@@ -33,6 +33,7 @@ from fleet_server.certs.wiring import CertLifecycle, build_cert_lifecycle
 from fleet_server.console.routes import mount_console
 from fleet_server.coordination.fleet_sessions import FleetSessions, build_fleet_sessions
 from fleet_server.coordination.replica import replica_id_for
+from fleet_server.coordination.routes import router as replicas_router
 from fleet_server.coordination.wiring import Coordination, build_coordination
 from fleet_server.db import make_engine
 from fleet_server.device_session import Renewer, certificate_renewer
@@ -256,6 +257,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> None:
     api.include_router(audit_router)
     api.include_router(rollouts_router)
     api.include_router(fleetview_router)  # /me, /fleet/*, /devices/{id}/series, /events
+    api.include_router(replicas_router)  # /replicas: replicas alive, singleton lease holders
     mount_ota(app, api, settings)
     app.include_router(api)
 

@@ -4,7 +4,8 @@ one line on stderr and an exit code (cliapi.CliExit) instead of a traceback.
 
 Commands live by domain: devices, fleet and whoami in crud/cli.py, bootstrap and operator tokens
 in crud/tokens_cli.py, then drift, release/keys (ota), fl, models, audit and rollout in their
-packages' cli.py, and `config show` in cliconfig.py (which also resolves server, token and CA).
+packages' cli.py, `replicas` in coordination/cli.py, and `config show` in cliconfig.py (which also
+resolves server, token and CA).
 Human output is a rich table; `--json` (before or after the command) prints the API's JSON.
 """
 
@@ -32,6 +33,7 @@ from fleet_server.cliapi import (
     CliExit,
     UsageError,
 )
+from fleet_server.coordination.cli import register as register_replicas
 from fleet_server.crud.cli import register as register_devices
 from fleet_server.crud.tokens_cli import register as register_tokens
 from fleet_server.drift.cli import register as register_drift
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(sub)
     register_audit(sub)
     register_rollouts(sub)
+    register_replicas(sub)
     cliconfig.register(sub)
     p = sub.add_parser("completion", help="print the shell completion script")
     p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
