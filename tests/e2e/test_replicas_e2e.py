@@ -51,6 +51,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
 AGENTS = 4
 SIM_DEVICES = 200
 MQTT_DEVICES = 50  # of SIM_DEVICES, with the "file-mqtt" cluster
+MQTT_SESSION_EXPIRY_S = 5  # each replica's broker session outlives its client this long
 SEPARATE_DATA_DIRS = True  # False: one shared data dir (before the artifact store)
 TAKEOVER_GOAL_S = 10.0  # lease ttl 6 s + poll 1 s, with room for a loaded box
 
@@ -88,6 +89,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iter
             stack.callback(broker.stop)
             for i, server in enumerate(replicas.servers):
                 server.env_extra.update(broker.server_env(f"edgeloop-server-{i}"))  # one session each
+                # Mosquitto keeps routing a share of the shared subscription to a persistent session
+                # whose client is gone, until the session expires (default 7 days): records sent to
+                # the dead replica's share wait for a replica with its client id to come back. A
+                # short expiry lets the broker drop the dead member; devices resend what was lost.
+                server.env_extra["EDGELOOP_MQTT_SESSION_EXPIRY_S"] = str(MQTT_SESSION_EXPIRY_S)
             replicas.broker = broker
         try:
             yield replicas.start()
