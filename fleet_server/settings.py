@@ -94,7 +94,14 @@ class Settings(BaseSettings):
     mqtt_share_group: str = "edgeloop"  # shared subscription group: replicas split the uplink
     mqtt_client_id: str = ""  # "" = "edgeloop-server-<hostname>": stable, see mqtt/bridge.py
     mqtt_inflight: int = Field(default=1000, ge=1, le=65535)  # QoS 1 messages held until committed
-    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)  # broker keeps the session
+    # How long the broker keeps this server's session (and queues its share of the uplink) after the
+    # client goes. Short on purpose: Mosquitto keeps routing a share of a shared subscription to a
+    # member whose client is gone until its session expires, so a replica that never comes back
+    # (a Deployment pod has a new name, so a new client id, at every start) would hold records for
+    # the whole expiry (tests/e2e/test_replicas_e2e.py saw records stuck with 7 days). A restart
+    # within it gets its queued messages redelivered; past it, devices resend what was not acked
+    # (agent sync.ack_timeout_s), and the (device_id, seq) key absorbs duplicates.
+    mqtt_session_expiry_s: int = Field(default=30, ge=0, le=7 * 24 * 3600)
     # Device status cache of the MQTT bridge: an active status is trusted this long; a revocation on
     # any replica evicts it within 5 s (mqtt/devices.py watches `revoked_at`), and the broker's CRL
     # plus the takeover kick cut the device off anyway. Unknown or revoked is re-read after 5 s, so a

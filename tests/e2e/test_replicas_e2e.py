@@ -51,7 +51,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
 AGENTS = 4
 SIM_DEVICES = 200
 MQTT_DEVICES = 50  # of SIM_DEVICES, with the "file-mqtt" cluster
-MQTT_SESSION_EXPIRY_S = 5  # each replica's broker session outlives its client this long
+MQTT_SESSION_EXPIRY_S = 5  # each replica's broker session outlives its client this long (default 30 s)
 SEPARATE_DATA_DIRS = True  # False: one shared data dir (before the artifact store)
 TAKEOVER_GOAL_S = 10.0  # lease ttl 6 s + poll 1 s, with room for a loaded box
 
@@ -90,9 +90,9 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iter
             for i, server in enumerate(replicas.servers):
                 server.env_extra.update(broker.server_env(f"edgeloop-server-{i}"))  # one session each
                 # Mosquitto keeps routing a share of the shared subscription to a persistent session
-                # whose client is gone, until the session expires (default 7 days): records sent to
-                # the dead replica's share wait for a replica with its client id to come back. A
-                # short expiry lets the broker drop the dead member; devices resend what was lost.
+                # whose client is gone, until the session expires (default 30 s; with the old default
+                # of 7 days records waited for a replica with the dead one's client id). 5 s keeps
+                # the test's drain short; devices resend what the dead member's share held.
                 server.env_extra["EDGELOOP_MQTT_SESSION_EXPIRY_S"] = str(MQTT_SESSION_EXPIRY_S)
             replicas.broker = broker
         try:
