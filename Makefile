@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: browser setup demo demo-quick test test-slow test-all lint typecheck protos bench bench-console bench-mqtt \
-        bench-demo bench-fleet bench-fleet-mqtt sim clean
+        bench-demo bench-fleet bench-fleet-mqtt bench-replicas sim clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ bench-fleet: $(STAMP)
 # The same over MQTT through a Mosquitto that edgeloop-server mqtt-config set up
 bench-fleet-mqtt: $(STAMP)
 	$(PY) -m bench.fleet_sim.mqtt_scale --devices 1000,5000,10000 --json bench/fleet_sim/mqtt_results.json
+
+# 1/2/3 server replicas on one PostgreSQL behind a TCP balancer, singleton takeovers after SIGKILL (~10 min)
+bench-replicas: $(STAMP)
+	$(PY) -m bench.replicas.run --reps 3 --json bench/replicas/results.json
 
 # The fleet simulator against a running server: make sim SIM_ARGS="--server URL --token T --ca CA ..."
 sim: $(STAMP)
