@@ -37,6 +37,7 @@ class BuildRequest:
     weights: Path | None = None
     quality: pipeline.QualityBudget = field(default_factory=pipeline.QualityBudget)
     latency_tolerance: float = 0.25
+    prefer_recipes: dict[str, str] = field(default_factory=dict)  # profile -> recipe of an earlier version
     all_runtimes: bool = False
     calib_samples: int = 256
     latency_calls: int = 200
@@ -149,6 +150,7 @@ def _search(
         reference,
         quality=request.quality,
         latency_tolerance=request.latency_tolerance,
+        prefer=request.prefer_recipes.get(prof.name, ""),
         on_event=on_event,
     )
 

@@ -71,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--latency-tolerance", type=float, default=0.25, help="'as fast' band; 0 = strictly fastest"
     )
+    b.add_argument(
+        "--prefer-recipe",
+        action="append",
+        default=[],
+        metavar="PROFILE=RECIPE",
+        help="keep this recipe for the profile when it passes and is within the 'as fast' band "
+        "(e.g. the one the previous version shipped with: stable numerics, smaller deltas; repeatable)",
+    )
     b.add_argument("--all-runtimes", action="store_true", help="also try the profile's fallback runtime")
     b.add_argument("--task", choices=["classification", "embedding"])
     b.add_argument("--calib-samples", type=int, default=256)
@@ -153,6 +161,19 @@ def _progress(args: argparse.Namespace) -> Iterator[Callable[[str], None]]:
         yield on_event
 
 
+def _prefer(items: list[str]) -> dict[str, str]:
+    """`PROFILE=RECIPE` pairs. Raises: InputError for an item without `=`."""
+    from compiler.errors import InputError
+
+    out: dict[str, str] = {}
+    for item in items:
+        profile, sep, recipe = item.partition("=")
+        if not sep or not profile or not recipe:
+            raise InputError(f"--prefer-recipe wants PROFILE=RECIPE, got {item!r}")
+        out[profile] = recipe
+    return out
+
+
 def _build(args: argparse.Namespace) -> Any:
     from compiler.build import BuildRequest, build
     from compiler.pipeline import QualityBudget
@@ -169,6 +190,7 @@ def _build(args: argparse.Namespace) -> Any:
         all_runtimes=args.all_runtimes,
         quality=QualityBudget(args.max_accuracy_drop, args.min_cosine, args.min_agreement),
         latency_tolerance=args.latency_tolerance,
+        prefer_recipes=_prefer(args.prefer_recipe),
         calib_samples=args.calib_samples,
     )
     with _progress(args) as on_event:

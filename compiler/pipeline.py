@@ -166,13 +166,23 @@ def judge(
     return tuple(out)
 
 
-def choose(candidates: Sequence[Candidate], latency_tolerance: float = 0.25) -> Candidate | None:
-    """The smallest candidate among those within `latency_tolerance` of the fastest passing one."""
+def choose(
+    candidates: Sequence[Candidate], latency_tolerance: float = 0.25, prefer: str = ""
+) -> Candidate | None:
+    """The smallest candidate among those within `latency_tolerance` of the fastest passing one.
+
+    `prefer` (the recipe an earlier version of the model shipped with) wins when it passes and is
+    within the band: equally fast by this measure, and a new version then keeps its parent's
+    numerics and layout, so a delta reuses the unchanged tensors and the live behaviour a rollout
+    compares against does not change with which recipe a noisy timing happened to favour."""
     ok = [c for c in candidates if c.ok and c.measurement is not None]
     if not ok:
         return None
     fastest = min(_speed(c.measurement) for c in ok if c.measurement)
     near = [c for c in ok if c.measurement and _speed(c.measurement) <= fastest * (1 + latency_tolerance)]
+    sticky = [c for c in near if prefer and c.recipe.name == prefer]
+    if sticky:
+        return sticky[0]
     return min(
         near,
         key=lambda c: (c.measurement.size_bytes, _speed(c.measurement)) if c.measurement else (0, 0.0),
@@ -196,6 +206,7 @@ def search(
     *,
     quality: QualityBudget,
     latency_tolerance: float = 0.25,
+    prefer: str = "",
     on_event: Callable[[str], None] = lambda _msg: None,
 ) -> Outcome:
     """Build, measure and judge every recipe, then choose.
@@ -210,7 +221,7 @@ def search(
     near_misses = [c for c in int8 if _quality_only_failure(c) and c.recipe.runtime == "onnxruntime"]
     if near_misses and not any(c.ok for c in int8):
         outcome.candidates += _mixed(run, max(near_misses, key=_quality_score))
-    outcome.chosen = choose(outcome.candidates, latency_tolerance)
+    outcome.chosen = choose(outcome.candidates, latency_tolerance, prefer)
     on_event(f"{profile.name}: chose {outcome.chosen.recipe.name if outcome.chosen else 'nothing'}")
     return outcome
 

@@ -1,6 +1,8 @@
 """The demo's operator-console step: what an operator sees and scrapes once the loop has run.
 
-Prints the fleet summary through the CLI, `/readyz`'s checks and a few `/metrics` series, then (when
+Prints the fleet summary through the CLI, the replicas and who holds each singleton lease
+(`edgeloop replicas`: one replica here, on SQLite; the same view lists every replica on
+PostgreSQL), `/readyz`'s checks and a few `/metrics` series, then (when
 Debian's chromium is installed: `make browser`) signs in to the console in headless Chromium, acts
 from the page (labels a device) and saves screenshots of the fleet, a device and the rollouts pages
 in `.demo/`. Owns nothing the rest of the demo needs.
@@ -8,6 +10,7 @@ in `.demo/`. Owns nothing the rest of the demo needs.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from rich.console import Console
 
 CHROMIUM = Path("/usr/bin/chromium")
 WANTED = ("edgeloop_devices_online", "edgeloop_rollouts", "edgeloop_telemetry_records_total")
+SINGLETONS = ("tuf-signer", "registry-compile", "federated-runner", "drift-trigger", "audit-head-signer")
 
 
 def show(
@@ -32,6 +36,17 @@ def show(
 ) -> None:
     summary = cli("fleet", "summary")
     console.print(summary.stdout.rstrip())
+    view = json.loads(cli("--json", "replicas").stdout)
+    held = {lease["name"]: lease["holder"] for lease in view["leases"] if lease["held"]}
+    missing = [name for name in SINGLETONS if held.get(name) != view["this_replica"]]
+    if missing:
+        raise SystemExit(f"demo: singleton leases not held by the server: {missing} ({view})")
+    alive = [r["id"] for r in view["replicas"] if r["alive"]]
+    console.print(
+        f"  replicas: {len(alive)} alive ({view['this_replica']}), holding every singleton lease: "
+        + ", ".join(SINGLETONS)
+        + " (with PostgreSQL, more replicas behind a TCP balancer take them over: docs/operator-guide.md)"
+    )
     ready = httpx.get(f"{url}/readyz", timeout=10)
     checks = ready.json().get("checks", {})
     console.print(

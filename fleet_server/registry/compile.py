@@ -28,6 +28,7 @@ class CompileJob:
     evaluation: Path
     out: Path
     budgets: dict[str, float] = field(default_factory=dict)  # max_accuracy_drop, min_agreement, ...
+    prefer_recipes: dict[str, str] = field(default_factory=dict)  # profile -> the parent's recipe
 
 
 class Compiler(Protocol):
@@ -59,6 +60,8 @@ class SubprocessCompiler:
         for key, value in sorted(job.budgets.items()):
             if key in _BUDGET_FLAGS:
                 argv += [_BUDGET_FLAGS[key], str(value)]
+        for profile, recipe in sorted(job.prefer_recipes.items()):
+            argv += ["--prefer-recipe", f"{profile}={recipe}"]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except FileNotFoundError as err:

@@ -342,7 +342,7 @@ class ModelRegistry:
                 return
             self._fence(s)
             self._set(s, version, COMPILING, "")
-            job = self._job(version)
+            job = self._job(version, prefer=self._parent_recipes(s, version))
         try:
             report = self._compiler.build(job)
         except CompileFailed as err:
@@ -426,7 +426,22 @@ class ModelRegistry:
             if (not profile or d.profile == profile) and all(d.labels.get(k) == v for k, v in labels.items())
         )
 
-    def _job(self, version: ModelVersion) -> CompileJob:
+    def _parent_recipes(self, session: Session, version: ModelVersion) -> dict[str, str]:
+        """The recipe each profile's artifact of the parent was built with: the compiler keeps it
+        when it still passes and is as fast (stable numerics on live inputs, smaller deltas)."""
+        if version.parent_version is None:
+            return {}
+        parent = session.exec(
+            select(ModelVersion).where(
+                ModelVersion.name == version.name, ModelVersion.version == version.parent_version
+            )
+        ).first()
+        if parent is None:
+            return {}
+        arts = parent.artifacts.items()
+        return {p: str(a["recipe"]) for p, a in arts if isinstance(a, dict) and a.get("recipe")}
+
+    def _job(self, version: ModelVersion, prefer: dict[str, str] | None = None) -> CompileJob:
         out = self._work / version.name / f"v{version.version}"
         inputs = out / "inputs"
         shutil.rmtree(out, ignore_errors=True)
@@ -438,7 +453,9 @@ class ModelRegistry:
         self._ota.fetch_blob(version.datasets["eval_sha256"], evaluation)
         spec = version.compile_spec
         budgets = {k: float(v) for k, v in spec.items() if k != "profiles"}
-        return CompileJob(model, tuple(spec["profiles"]), calib, evaluation, out / "build", budgets)
+        return CompileJob(
+            model, tuple(spec["profiles"]), calib, evaluation, out / "build", budgets, dict(prefer or {})
+        )
 
     def _adopt_artifacts(self, build: Path, report: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

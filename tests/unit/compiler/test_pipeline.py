@@ -103,6 +103,18 @@ def test_choose_prefers_smaller_within_the_latency_band_and_fastest_outside_it()
     assert choose([_cand("x", m(1, 1), ("size too big",))]) is None
 
 
+def test_choose_keeps_the_preferred_recipe_when_it_passes_within_the_band() -> None:
+    static, dynamic = _cand("int8-static", m(300, 1.00)), _cand("int8-dynamic", m(300, 1.20))
+    assert choose([static, dynamic]) is static  # same size: the faster
+    name = dynamic.recipe.name  # the recipe the parent shipped with
+    assert choose([static, dynamic], prefer=name) is dynamic  # as fast, by the band
+    slow = _cand("int8-dynamic", m(300, 1.40))  # outside the 25 % band: speed wins
+    assert choose([static, slow], prefer=name) is static
+    failing = _cand("int8-dynamic", m(300, 1.0), ("accuracy drop",))
+    assert choose([static, failing], prefer=name) is static
+    assert choose([static, dynamic], prefer="no-such-recipe") is static
+
+
 def test_search_falls_back_to_mixed_precision_until_quality_holds() -> None:
     pi = load_profile("raspberry-pi-4")
     table = {

@@ -23,6 +23,7 @@ from fleet_server.migrate import upgrade
 from fleet_server.models import Device
 from fleet_server.ota.releases import OtaService
 from fleet_server.registry.compile import CompileFailed, CompileJob
+from fleet_server.registry.models import ModelVersion
 from fleet_server.registry.schemas import VersionCreate
 from fleet_server.registry.service import ModelRegistry
 
@@ -187,3 +188,26 @@ def test_an_audit_failure_never_undoes_or_blocks_the_change(
         version = registry.register(s, spec, created_by="t")
     assert version.status == "registered"  # committed although its audit entry was not written
     assert "AUDIT ENTRY NOT WRITTEN" in caplog.text and "model_version.registered" in caplog.text
+
+
+def test_a_descendant_is_compiled_preferring_its_parents_recipe(tmp_path: Path) -> None:
+    """Each profile's recipe of the parent is handed to the compiler (`--prefer-recipe`), so a new
+    version keeps its parent's numerics unless that recipe no longer passes or is slower."""
+    engine, ota, spec = _setup(tmp_path)
+    compiler = FakeCompiler()
+    registry = ModelRegistry(engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=compiler)
+    registry.start()
+    with Session(engine) as s:
+        registry.register(s, spec, created_by="t")
+    _wait(registry)
+    with Session(engine) as s:
+        parent = registry.get(s, "m", 1)
+        child = ModelVersion(name="m", version=2, parent_version=1, source="federated",
+                             artifact_sha256=parent.artifact_sha256, compile_spec=parent.compile_spec,
+                             datasets=parent.datasets)  # fmt: skip
+        s.add(child)
+        s.commit()
+        registry._enqueue(child.id)  # type: ignore[arg-type]  # what register() does after commit
+    _wait(registry)
+    registry.stop()
+    assert [j.prefer_recipes for j in compiler.jobs] == [{}, {"generic-x86": "onnx-fp32"}]
