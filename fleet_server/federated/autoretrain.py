@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from fleet_server.coordination.bus import Bus
-from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore
+from fleet_server.coordination.leases import LeaseGrant, LeaseStore
+from fleet_server.coordination.wakeloop import WakeLoop
 from fleet_server.federated.models import FlAutoRetrain
 from fleet_server.federated.relay import CHANNEL
 from fleet_server.federated.trigger import DriftRetrainTrigger
@@ -49,17 +50,15 @@ class AutoRetrain:
         poll_s: float = 2.0,
     ) -> None:
         self._engine, self._leases, self._bus = engine, leases, bus
-        self.replica_id, self.make_trigger, self._poll_s = replica_id, make_trigger, poll_s
+        self.replica_id, self.make_trigger = replica_id, make_trigger
         self._lock = threading.RLock()
         self._grant: LeaseGrant | None = None
         self._version = -1  # the stored version the local trigger was built from
         self._reported: dict[str, Any] = {}
         self.trigger: DriftRetrainTrigger | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = WakeLoop("fl-auto-retrain", self._step, poll_s=poll_s)
         bus.subscribe(CHANNEL, self._on_bus)
-        bus.on_reconnect(self._wake.set)
+        bus.on_reconnect(self._worker.wake)
 
     # ------------------------------------------------------------------ any replica
 
@@ -110,7 +109,7 @@ class AutoRetrain:
         logger.info("drift-trigger lease acquired replica=%s token=%d", self.replica_id, grant.token)
         with self._lock:
             self._grant, self._version = grant, -1
-        self._wake.set()
+        self._worker.wake()
 
     def on_lost(self) -> None:
         with self._lock:
@@ -118,35 +117,20 @@ class AutoRetrain:
             self._set(None, -1)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="fl-auto-retrain", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._worker.stop()
         with self._lock:
             self._set(None, -1)
 
     def _on_bus(self, payload: str) -> None:
         if payload == "auto-retrain":
-            self._wake.set()
+            self._worker.wake()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.reload()
-                self._report()
-            except LeaseLost as err:
-                logger.warning("auto-retrain status not written: %s", err)
-            except Exception:
-                logger.exception("auto-retrain reload failed; retrying in %.1fs", self._poll_s)
+    def _step(self) -> None:
+        self.reload()
+        self._report()  # fenced: LeaseLost when another replica holds the trigger now
 
     def reload(self) -> None:
         """On the holder: (re)build the trigger when the stored policy changed."""

@@ -23,7 +23,6 @@ Owns the two tables and the wake-ups. Does not decide what a task or result mean
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sqlmodel import Session, col, select
 from fleet_server.coordination.bus import Bus
 from fleet_server.coordination.leases import db_now
 from fleet_server.coordination.models import ServerReplica
+from fleet_server.coordination.wakeloop import WakeLoop
 from fleet_server.federated.models import FlAttachment, FlRelay
 from fleet_server.models import utcnow
 from protos.edgeloop.v1 import federated_pb2 as pb
@@ -85,15 +85,13 @@ class ReplicaLink:
         """`runner()` names the replica holding the runner lease (None when nobody holds it)."""
         self.replica_id = replica_id
         self._engine, self._bus, self._runner = engine, bus, runner
-        self._ttl, self._poll_s = replica_ttl_s, poll_s
+        self._ttl = replica_ttl_s
         self._sink: RelaySink | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = WakeLoop("fl-relay", self._drain_all, poll_s=poll_s)
         self._purged_at = 0.0
         self.relayed = {"task": 0, "result": 0, "offline": 0}
         bus.subscribe(CHANNEL, self._on_bus)
-        bus.on_reconnect(self._wake.set)
+        bus.on_reconnect(self._worker.wake)
 
     # ------------------------------------------------------------------ directory
 
@@ -166,29 +164,18 @@ class ReplicaLink:
 
     def start(self, sink: RelaySink) -> None:
         self._sink = sink
-        self._thread = threading.Thread(target=self._loop, name="fl-relay", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._worker.stop()
 
     def _on_bus(self, payload: str) -> None:
         if payload == f"relay:{self.replica_id}":
-            self._wake.set()
+            self._worker.wake()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            try:
-                while self.drain() == BATCH:
-                    pass
-            except Exception:
-                logger.exception("fl relay drain failed; retrying in %.1fs", self._poll_s)
+    def _drain_all(self) -> None:
+        while self.drain() == BATCH:
+            pass
 
     def drain(self) -> int:
         """Take the rows addressed to this replica and hand them to the grid; returns how many."""

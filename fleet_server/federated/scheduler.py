@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,7 @@ from fleet_server.audit.chain import Actor
 from fleet_server.audit.port import AuditRecorder
 from fleet_server.coordination.bus import Bus
 from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore
+from fleet_server.coordination.wakeloop import WakeLoop
 from fleet_server.errors import ConflictError, NotFoundError
 from fleet_server.federated import lifecycle
 from fleet_server.federated.lifecycle import RunStatus
@@ -88,14 +88,11 @@ class RunScheduler:
     ) -> None:
         self._engine, self._runner, self._leases, self._bus = engine, runner, leases, bus
         self.replica_id, self._audit, self._eligible_for = replica_id, audit, eligible_for
-        self._poll_s = poll_s
         self._grant: LeaseGrant | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = WakeLoop("fl-scheduler", self.tick, poll_s=poll_s)
         self.taken_over: list[str] = []  # runs this replica failed after a takeover
         bus.subscribe(CHANNEL, self._on_bus)
-        bus.on_reconnect(self._wake.set)
+        bus.on_reconnect(self._worker.wake)
 
     # ------------------------------------------------------------------ any replica
 
@@ -179,7 +176,7 @@ class RunScheduler:
     def on_acquired(self, grant: LeaseGrant) -> None:
         logger.info("federated runner lease acquired replica=%s token=%d", self.replica_id, grant.token)
         self._grant = grant
-        self._wake.set()
+        self._worker.wake()
 
     def on_lost(self) -> None:
         self._grant = None
@@ -187,32 +184,14 @@ class RunScheduler:
 
     def serve(self) -> None:
         """Start the holder's loop (it acts only while the lease is held)."""
-        self._thread = threading.Thread(target=self._loop, name="fl-scheduler", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._worker.stop()
 
     def _on_bus(self, payload: str) -> None:
         if payload == "run" or payload.startswith("cancel:"):
-            self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.tick()
-            except LeaseLost as err:
-                logger.warning("federated scheduler fenced out: %s", err)
-            except Exception:
-                logger.exception("federated scheduler step failed; retrying in %.1fs", self._poll_s)
+            self._worker.wake()
 
     def tick(self) -> None:
         """One step of the holder: stop a run ended elsewhere, fail orphans, start the waiting run."""

@@ -592,34 +592,26 @@ def rotate_root(
     return new_md.to_bytes(_SERIALIZER)
 
 
-class WriterLock(AbstractContextManager[None]):
-    """One writer of the repository at a time, across threads *and* processes.
+class OuterLock(AbstractContextManager[None]):
+    """Re-entrant per thread around a cross-process lock taken on the outermost enter and released
+    on the outermost exit (a deploy publishes under the lock it already holds). Subclasses say how
+    the outer lock is taken (`_acquire_outer`) and dropped (`_release_outer`)."""
 
-    Several server replicas on one host (or on a shared volume with working `flock`) sign into the
-    same folder: every change re-reads the metadata from disk under this lock, so a version
-    number is never issued twice. Re-entrant per thread (a deploy publishes under the lock it
-    holds); the exclusive `flock` on `path` is taken on the outermost acquire and released with
-    it, and the kernel drops it if the process dies. The lock file lives beside the repository,
-    never inside the served folder.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self) -> None:
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._fd: int | None = None
+
+    def _acquire_outer(self) -> None:
+        raise NotImplementedError
+
+    def _release_outer(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> None:
         self._thread_lock.acquire()
         try:
             if self._depth == 0:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._fd = fd
+                self._acquire_outer()
             self._depth += 1
         except BaseException:
             self._thread_lock.release()
@@ -628,12 +620,41 @@ class WriterLock(AbstractContextManager[None]):
     def __exit__(self, *_: object) -> None:
         try:
             self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
-                fd, self._fd = self._fd, None
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+            if self._depth == 0:
+                self._release_outer()
         finally:
             self._thread_lock.release()
+
+
+class WriterLock(OuterLock):
+    """One writer of the repository at a time, across threads *and* processes.
+
+    Several server replicas on one host (or on a shared volume with working `flock`) sign into the
+    same folder: every change re-reads the metadata from disk under this lock, so a version
+    number is never issued twice. The exclusive `flock` on `path` is taken on the outermost acquire
+    and released with it, and the kernel drops it if the process dies. The lock file lives beside
+    the repository, never inside the served folder.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._fd: int | None = None
+
+    def _acquire_outer(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _release_outer(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def canonical_json(value: Any) -> bytes:

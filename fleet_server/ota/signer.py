@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +31,7 @@ from sqlalchemy import Connection, Engine, text
 from fleet_server.coordination.leases import LeaseGrant, LeaseStore, Singleton
 from fleet_server.models import utcnow
 from fleet_server.ota.releases import OtaService
+from fleet_server.ota.repository import OuterLock
 
 logger = logging.getLogger(__name__)
 
@@ -39,46 +39,34 @@ LEASE = "tuf-signer"
 LOCK_KEY = 0x6564676C6F6F7075  # pg advisory lock id of the OTA repository writer ("edgloopu")
 
 
-class PgAdvisoryLock(AbstractContextManager[None]):
+class PgAdvisoryLock(OuterLock):
     """Re-entrant per thread; across processes ``pg_advisory_xact_lock(LOCK_KEY)`` held in an open
     transaction on a dedicated connection until the outermost exit (rolled back: releases it)."""
 
     def __init__(self, engine: Engine, *, key: int = LOCK_KEY, timeout_s: float = 60.0) -> None:
+        super().__init__()
         self._engine = engine
         self._key = key
         self._timeout_ms = int(timeout_s * 1000)
-        self._thread_lock = threading.RLock()
-        self._depth = 0
         self._conn: Connection | None = None
 
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
+    def _acquire_outer(self) -> None:
+        conn = self._engine.connect()
         try:
-            if self._depth == 0:
-                conn = self._engine.connect()
-                try:
-                    conn.execute(text(f"SET LOCAL lock_timeout = {self._timeout_ms}"))
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
-                except BaseException:
-                    conn.close()
-                    raise
-                self._conn = conn
-            self._depth += 1
+            conn.execute(text(f"SET LOCAL lock_timeout = {self._timeout_ms}"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
         except BaseException:
-            self._thread_lock.release()
+            conn.close()
             raise
+        self._conn = conn
 
-    def __exit__(self, *_: object) -> None:
-        try:
-            self._depth -= 1
-            if self._depth == 0 and self._conn is not None:
-                conn, self._conn = self._conn, None
-                try:
-                    conn.rollback()
-                finally:
-                    conn.close()
-        finally:
-            self._thread_lock.release()
+    def _release_outer(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.rollback()
+            finally:
+                conn.close()
 
 
 class TimestampDuty:
