@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(app.state.ota.use_audit, audit.log)  # OtaService: built by mount_ota
         ota_signer = await asyncio.to_thread(  # tuf-signer lease duty, PostgreSQL writer lock: ota/signer.py
             coordinate, app.state.ota, engine, ttl_s=settings.lease_ttl_s,
-            holder=getattr(app.state, "replica_id", "") or replica_id_for(settings),
+            holder=coordination.replica_id,
         )  # fmt: skip
         # Renewal promotion, revocation (CRL, session kicks, broker takeover): certs/wiring.py.
         certs = build_cert_lifecycle(  # the daily CRL refresh on the crl-refresh lease holder only
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         federated = build_federated(
             engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log,
-            replica_id=getattr(app.state, "replica_id", "") or settings.replica_id,
+            replica_id=coordination.replica_id,
             models=lambda: app.state.models, lease_ttl_s=settings.lease_ttl_s,
             replica_ttl_s=settings.replica_ttl_s, bus=coordination.bus, leases=coordination.leases,
         )  # fmt: skip
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             notify=registry.notify_desired_changed,
             audit=audit.log,
             rollouts=app.state.rollouts,
-            replica_id=getattr(app.state, "replica_id", "") or settings.replica_id,  # registry-compile lease
+            replica_id=coordination.replica_id,  # registry-compile lease
         )
         app.state.engine, app.state.registry, app.state.writer = engine, registry, writer
         app.state.fleet_events = build_fleet_events(engine=engine, registry=registry)
