@@ -148,22 +148,39 @@ class OtaService:
             raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
 
     def blob_bytes(self, sha256: str) -> bytes:
-        """A whole blob in memory (models and data sets the registry parses). Raises: NotFoundError."""
+        """A whole blob in memory (models and data sets the registry parses), checked against its
+        name. Raises: NotFoundError; ConflictError when the stored bytes do not hash to `sha256`."""
         try:
-            return self.store.get(_blob_key(sha256))
+            data = self.store.get(_blob_key(sha256))
         except (ArtifactNotFoundError, ValueError):
             raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
+        _check_blob(sha256, hashlib.sha256(data).hexdigest(), self.store.describe())
+        return data
 
     def fetch_blob(self, sha256: str, dest: Path) -> Path:
         """Copy a blob to the local file `dest` (a hard link on the filesystem store); returns `dest`.
 
+        The copy is hashed before anyone uses it: a blob is named by its sha256, so bytes changed in
+        the store after the upload (a writer to the bucket, a corrupt disk) are never signed into a
+        release or compiled.
+
         Raises:
             NotFoundError: never uploaded.
+            ConflictError: the stored bytes do not hash to `sha256` (the copy is removed).
         """
         try:
             self.store.fetch_to(_blob_key(sha256), dest)
         except (ArtifactNotFoundError, ValueError):
             raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
+        digest = hashlib.sha256()
+        with dest.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        try:
+            _check_blob(sha256, digest.hexdigest(), self.store.describe())
+        except ConflictError:
+            dest.unlink(missing_ok=True)
+            raise
         return dest
 
     def blob(self, sha256: str) -> Path:
@@ -434,6 +451,15 @@ class OtaService:
     def refresh_if_stale(self, now: datetime) -> None:
         """Re-sign timestamp (and snapshot) when less than half their lifetime is left."""
         self.repo.refresh_if_stale(now)
+
+
+def _check_blob(name: str, actual: str, where: str) -> None:
+    if actual != name:
+        logger.error("blob integrity: %s in %s hashes to %s", name, where, actual)
+        raise ConflictError(
+            f"blob {name[:16]} in {where} does not match its sha256 (changed after upload, or corrupt): "
+            "upload it again"
+        )
 
 
 def _compress(source: Path, dest: Path) -> int:
