@@ -31,8 +31,11 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Assertions wait as long as actions do (the default is 5 s): on the 2-core CI box a filtered
+    # 10,000-device page once took longer than 5 s to re-render while other suites ran.
+    expect.set_options(timeout=15_000)
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         try:
