@@ -448,9 +448,13 @@ class OtaService:
         stmt = select(OtaDeviceStatus).where(OtaDeviceStatus.deployment_id == deployment_id)
         return list(session.exec(stmt.order_by(col(OtaDeviceStatus.device_id))))
 
-    def refresh_if_stale(self, now: datetime) -> None:
-        """Re-sign timestamp (and snapshot) when less than half their lifetime is left."""
+    def refresh_if_stale(self, now: datetime, *, roles: bool = True) -> None:
+        """Re-sign timestamp and snapshot, then with `roles` (the signer's duty; not on a device's
+        request path) at most every few minutes the targets, director and device roles, each when
+        less than half its lifetime is left."""
         self.repo.refresh_if_stale(now)
+        if roles:
+            self.repo.refresh_expiring_roles(now)
 
 
 def _check_blob(name: str, actual: str, where: str) -> None:

@@ -70,6 +70,8 @@ DIRECTOR = "director"
 _SERIALIZER = JSONSerializer(compact=True)
 _ATTEMPTS = 20  # transactions restarted after losing the timestamp race, then ConflictError
 _CACHE_ITEMS = 256  # parsed immutable (versioned) metadata files kept per process
+_ROLE_SWEEP = timedelta(minutes=10)  # how often the signer looks for targets roles to re-sign
+_ROOT_WARNING = timedelta(days=30)  # warn this long before the (offline) root expires
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ class OtaRepository(Repository):
         self._tx: _Tx | None = None
         self._cache: OrderedDict[str, Metadata[Any]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._next_role_sweep: datetime | None = None
+        self._role_expiry: dict[str, tuple[int, datetime]] = {}  # role -> (version, expires)
         if isinstance(store, FilesystemStore):
             (store.root / prefix / "metadata").mkdir(parents=True, exist_ok=True)
             (store.root / prefix / "targets").mkdir(parents=True, exist_ok=True)
@@ -496,6 +500,69 @@ class OtaRepository(Repository):
         if self._stale(now):
             self.write(refresh)
 
+    def refresh_expiring_roles(self, now: datetime, *, batch: int = 500) -> list[str]:
+        """Re-sign the online targets roles (targets, director, every ``device-<id>``) that have less
+        than half their lifetime left, `batch` roles per transaction; returns the roles re-signed.
+
+        Without this a fleet that publishes nothing new for a month finds its devices refusing all
+        metadata (director and device roles expire after 30 days, targets after 90). At most one
+        sweep per `_ROLE_SWEEP` per process: the expiry of each (role, version) is remembered, so a
+        sweep reads only roles whose version changed since the last one. Root is offline: it is only
+        reported (a warning from 30 days before it expires), never re-signed here.
+        """
+        if self._next_role_sweep is not None and now < self._next_role_sweep:
+            return []
+        self._next_role_sweep = now + _ROLE_SWEEP
+        root = self._load(Root.type)
+        if root is not None and root.signed.expires - now < _ROOT_WARNING:
+            logger.warning(
+                "OTA root metadata v%d expires %s: sign a new root offline (edgeloop keys rotate-root)",
+                root.signed.version,
+                root.signed.expires.isoformat(),
+            )
+        expiring = self._expiring_roles(now)
+        done: list[str] = []
+        for start in range(0, len(expiring), batch):
+            chunk = expiring[start : start + batch]
+
+            def resign(chunk: list[str] = chunk) -> list[str]:
+                resigned = []
+                for role in chunk:
+                    md = self._load(role)  # another writer may have re-signed it since the sweep read it
+                    if md is None or md.signed.expires - now >= self.expiry.for_role(role) / 2:
+                        continue
+                    with self.edit_targets(role):
+                        pass  # same content, next version, new expiry and signatures (see close)
+                    resigned.append(role)
+                if resigned:
+                    self.publish_metadata()
+                return resigned
+
+            done.extend(self.write(resign))
+        if done:
+            logger.info("OTA re-signed %d targets roles before they expired: %s", len(done), _few(done))
+        return done
+
+    def _expiring_roles(self, now: datetime) -> list[str]:
+        snapshot = self._load(Snapshot.type)
+        if snapshot is None:
+            return []
+        out: list[str] = []
+        seen: dict[str, tuple[int, datetime]] = {}
+        for name, meta in snapshot.signed.meta.items():
+            role = name.removesuffix(".json")
+            known = self._role_expiry.get(role)
+            if known is not None and known[0] == meta.version:
+                expires = known[1]
+            else:
+                expires = self._versioned(f"{meta.version}.{role}.json").signed.expires
+            seen[role] = (meta.version, expires)
+            if expires - now < self.expiry.for_role(role) / 2:
+                out.append(role)
+        self._role_expiry = seen
+        # the top-level roles first: every device's chain goes through them
+        return sorted(out, key=lambda r: (r.startswith("device-"), r != Targets.type, r))
+
     def _stale(self, now: datetime) -> bool:
         timestamp = self._load(Timestamp.type)
         snapshot = self._load(Snapshot.type)
@@ -659,3 +726,7 @@ class WriterLock(OuterLock):
 
 def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _few(roles: list[str], n: int = 5) -> str:
+    return ", ".join(roles[:n]) + (f" and {len(roles) - n} more" if len(roles) > n else "")

@@ -219,7 +219,7 @@ def mount_ota(app: FastAPI, api: APIRouter, settings: Settings) -> OtaService:
     def timestamp(request: Request) -> Response:
         service: OtaService = request.app.state.ota
         if service.signs_timestamps:
-            service.refresh_if_stale(utcnow())
+            service.refresh_if_stale(utcnow(), roles=False)  # the role sweep runs in the signer duty
         data = service.store.get(service.repo.metadata_key("timestamp.json"))
         return Response(data, media_type="application/json", headers={"Cache-Control": "no-store"})
 

@@ -97,3 +97,46 @@ def test_replica_processes_signing_into_one_repository_lose_no_update(tmp_path: 
     )
     assert versions == list(range(1, current + 1))
     assert current == 1 + 2 * n  # the initial version plus one per set_targets
+
+
+def test_targets_director_and_device_roles_are_resigned_before_they_expire(tmp_path: Path) -> None:
+    """A fleet that publishes nothing for weeks keeps valid metadata: without the sweep the director
+    and every device role expire 30 days after they were last signed and devices refuse all updates."""
+    from fleet_server.ota.releases import OtaService
+
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    service = OtaService.__new__(OtaService)
+    repo = service.repo = _repo(tmp_path, t0)
+    doc = tmp_path / "a.json"
+    doc.write_text("{}")
+    repo.assign([(d, repo.add_target_file(f"devices/{d}/assignment", doc)) for d in ("d1", "d2", "d3")])
+    before = {role: repo._load(role).signed for role in ("targets", "director", "device-d1")}
+
+    service.refresh_if_stale(t0 + timedelta(days=10))  # 20 of 30 days left: nothing to do
+    assert {r: repo._load(r).signed.version for r in before} == {r: m.version for r, m in before.items()}
+
+    for day in range(1, 200):  # the signer duty ticking for 200 days, nothing published
+        now = t0 + timedelta(days=day, minutes=11 * day)  # past the 10-minute sweep throttle each time
+        repo._now = lambda now=now: now
+        service.refresh_if_stale(now)
+        for role in ("targets", "director", "device-d1", "device-d2", "device-d3"):
+            left = repo._load(role).signed.expires - now
+            assert left >= repo.expiry.for_role(role) / 2 - timedelta(days=1), (day, role, left)
+        assert repo.timestamp().expires > now and repo.snapshot().expires > now
+    after = repo._load("device-d2")
+    assert after.signed.version > before["device-d1"].version  # re-signed, same assignment
+    assert set(after.signed.targets) == {"devices/d2/assignment"}
+    repo._load("director").verify_delegate("device-d2", after)
+
+
+def test_the_role_sweep_is_throttled_and_skips_roles_another_writer_refreshed(tmp_path: Path) -> None:
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    repo = _repo(tmp_path, t0)
+    later = t0 + timedelta(days=20)
+    repo._now = lambda: later
+    assert set(repo.refresh_expiring_roles(later)) == {"director"}  # targets: 90 days, 70 left
+    v = repo._load("director").signed.version
+    assert repo.refresh_expiring_roles(later + timedelta(minutes=1)) == []  # throttled
+    other = OtaRepository(tmp_path / "repo", repo.keys, now=lambda: later)  # a second replica
+    assert other.refresh_expiring_roles(later + timedelta(minutes=1)) == []  # fresh now: nothing
+    assert repo._load("director").signed.version == v
