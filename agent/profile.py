@@ -1,7 +1,16 @@
 """Device profiles (`firmware_images/<name>.toml`): what a device class can run and its budgets.
 
-Owns parsing and validation into frozen dataclasses (stdlib `tomllib` only). Does not choose a
-backend: `agent.inference` and the compiler read `RuntimeSpec` and decide.
+Owns parsing and validation into frozen dataclasses (stdlib `tomllib` only), including the
+custom-op libraries a device class declares for its runtimes::
+
+    [runtime.custom_ops]
+    onnxruntime = ["libmyops.so"]            # SessionOptions.register_custom_ops_library(path)
+    litert = [{ library = "libtflops.so", registerers = ["RegisterMyOps"] }]
+
+Relative library paths are resolved against the profile's folder (``firmware_images/<name>/``), so a
+device class ships its libraries beside its profile. Whether a library exists is checked by the
+backend when it loads a model (the compiler reads the same profiles on a host without them). Does
+not choose a backend: `agent.inference` and the compiler read `RuntimeSpec` and decide.
 """
 
 from __future__ import annotations
@@ -20,12 +29,26 @@ QUANTIZATIONS = frozenset({"fp32", "fp16", "int8-static", "int8-dynamic", "int8-
 
 
 @dataclass(frozen=True)
+class LiteRTCustomOps:
+    """One LiteRT custom-op library and the registerer functions it exports.
+
+    Each registerer is a C symbol ``void Name(tflite::MutableOpResolver*)``; the library is loaded
+    (RTLD_GLOBAL) before the interpreter is built, which looks the names up.
+    """
+
+    library: str
+    registerers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RuntimeSpec:
     preferred: str
     fallback: str
     execution_providers: tuple[str, ...]
     delegate: str
     threads: int
+    onnx_custom_op_libraries: tuple[str, ...] = ()  # absolute paths after loading
+    litert_custom_ops: tuple[LiteRTCustomOps, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,19 +93,22 @@ def load_profile(name: str, directory: Path | None = None) -> DeviceProfile:
         raise ConfigError(f"unknown device profile {name!r}; known profiles: {known}")
     try:
         raw = tomllib.loads(path.read_text())
-        return _parse(raw)
+        return _parse(raw, base / name)
     except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"invalid device profile {path}: {err}") from err
 
 
-def _parse(raw: dict[str, Any]) -> DeviceProfile:
+def _parse(raw: dict[str, Any], folder: Path | None = None) -> DeviceProfile:
     rt = raw["runtime"]
+    onnx_libs, litert_ops = _custom_ops(rt.get("custom_ops", {}), folder or profiles_dir())
     runtime = RuntimeSpec(
         preferred=str(rt["preferred"]),
         fallback=str(rt.get("fallback", rt["preferred"])),
         execution_providers=tuple(str(p) for p in rt.get("execution_providers", [])),
         delegate=str(rt.get("delegate", "none")),
         threads=int(rt.get("threads", 1)),
+        onnx_custom_op_libraries=onnx_libs,
+        litert_custom_ops=litert_ops,
     )
     for value, allowed, what in (
         (runtime.preferred, RUNTIMES, "runtime.preferred"),
@@ -111,3 +137,39 @@ def _parse(raw: dict[str, Any]) -> DeviceProfile:
         budget=budget,
         slots_root=str(raw.get("slots", {}).get("root", "/var/lib/edgeloop/models")),
     )
+
+
+def _custom_ops(raw: Any, folder: Path) -> tuple[tuple[str, ...], tuple[LiteRTCustomOps, ...]]:
+    """Parse ``[runtime.custom_ops]``; paths resolved against the profile's folder.
+
+    Raises:
+        ValueError: an unknown key or a value of the wrong type (the message names the key).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("runtime.custom_ops must be a table")
+    unknown = set(raw) - {"onnxruntime", "litert"}
+    if unknown:
+        raise ValueError(f"runtime.custom_ops has unknown keys {sorted(unknown)}; use onnxruntime, litert")
+    onnx = raw.get("onnxruntime", [])
+    if not isinstance(onnx, list) or not all(isinstance(p, str) and p for p in onnx):
+        raise ValueError("runtime.custom_ops.onnxruntime must be a list of library paths")
+    litert = raw.get("litert", [])
+    if not isinstance(litert, list):
+        raise ValueError("runtime.custom_ops.litert must be a list of {library, registerers} tables")
+    entries = []
+    for entry in litert:
+        library = entry.get("library") if isinstance(entry, dict) else None
+        registerers = entry.get("registerers") if isinstance(entry, dict) else None
+        if (
+            not isinstance(library, str)
+            or not library
+            or not isinstance(registerers, list)
+            or not registerers
+            or not all(isinstance(r, str) and r.isidentifier() for r in registerers)
+        ):
+            raise ValueError(
+                'each runtime.custom_ops.litert entry needs library = "path" and '
+                'registerers = ["CSymbolName", ...]'
+            )
+        entries.append(LiteRTCustomOps(str(folder / library), tuple(registerers)))
+    return tuple(str(folder / p) for p in onnx), tuple(entries)

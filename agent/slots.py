@@ -194,7 +194,7 @@ class Slots:
         """
         if self.read(CANDIDATE) is None:
             raise SlotError("no candidate to promote")
-        return self._run("promote")
+        return _current(self._run("promote"), "promote")
 
     def rollback(self) -> SlotInfo:
         """previous -> current, current -> broken.
@@ -204,7 +204,7 @@ class Slots:
         """
         if self.read(PREVIOUS) is None:
             raise SlotError("no previous model to roll back to")
-        return self._run("rollback")
+        return _current(self._run("rollback"), "rollback")
 
     def refuse_candidate(self, reason: str) -> None:
         """Move a candidate that failed to load or verify to ``broken/`` with the reason."""
@@ -212,15 +212,15 @@ class Slots:
         if info is None:
             return
         self._fs.write_atomic(f"{CANDIDATE}/{META}", _meta_bytes(info, reason=reason))
-        self._run("refuse")
+        self._run("refuse", need_current=False)  # a refused first install leaves nothing current
 
-    def _run(self, op: str) -> SlotInfo:
+    def _run(self, op: str, *, need_current: bool = True) -> SlotInfo | None:
         before = self._pointer()
         self._write_pointer({**before, "pending": op})
         self._finish(op)
         current = self.read(CURRENT)
         logger.info("slot operation done op=%s generation=%s", op, self.generation)
-        if current is None:
+        if current is None and need_current:
             raise SlotError(f"{op} left no current model")
         return current
 
@@ -246,6 +246,12 @@ class Slots:
 
     def _write_pointer(self, value: dict[str, object]) -> None:
         self._fs.write_atomic(POINTER, json.dumps(value, sort_keys=True).encode())
+
+
+def _current(info: SlotInfo | None, op: str) -> SlotInfo:
+    if info is None:
+        raise SlotError(f"{op} left no current model")
+    return info
 
 
 def _sha256(path: Path) -> str:

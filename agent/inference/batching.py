@@ -4,8 +4,11 @@ Owns an asyncio queue, the batch-forming loop (take what is queued up to `max_ba
 wait up to `max_wait_s` for more) and splitting the outputs back per request. At most `max_inflight`
 batches run at once, so requests arriving while a batch runs form the next, larger one (opportunistic
 batching even with `max_wait_s=0`). Requests are grouped by model handle and by non-batch shape, so a
-hot swap or variable sequence lengths never mix in one batch. Does not validate inputs, retry, or
-restart backends (the engine does).
+hot swap or variable sequence lengths never mix in one batch. Only models whose inputs are all batched
+are concatenated: a request for a model with a non-batched input (a recurrent state, a 0-d scalar)
+always runs alone, so one caller's state never reaches another's call (the engine does not even
+queue those; this is the second guard). Does not validate inputs, retry, or restart backends (the
+engine does).
 """
 
 from __future__ import annotations
@@ -111,14 +114,21 @@ class MicroBatcher:
         finally:
             self._slots.release()
 
+    async def _run_alone(self, item: _Item) -> None:
+        try:
+            _resolve(item.future, await self._run(item.handle, item.inputs))
+        except Exception as err:  # handed to the waiting request, which decides (retry/report)
+            if not item.future.done():
+                item.future.set_exception(err)
+
     async def _run_group(self, group: list[_Item]) -> None:
         self.batches += 1
         self.batched_requests += len(group)
+        if len(group) == 1 or not group[0].handle.runtime.signature.dynamic_batch:
+            for item in group:
+                await self._run_alone(item)
+            return
         try:
-            if len(group) == 1:
-                outputs = await self._run(group[0].handle, group[0].inputs)
-                _resolve(group[0].future, outputs)
-                return
             names = list(group[0].inputs)
             joined = {n: np.concatenate([it.inputs[n] for it in group]) for n in names}
             outputs = await self._run(group[0].handle, joined)

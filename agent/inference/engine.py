@@ -4,7 +4,10 @@ Owns `ServingOptions` (limits, batching, cache and capture switches) and `Infere
 the one coroutine every transport calls. A request leases the current model handle for its whole
 life (see `handle`), so swaps never fail requests. When the runtime fails mid-call the backend is
 reloaded from the same artifact, the restart is counted in the stats, and the request is retried
-once; the process stays up. Does not speak gRPC (`agent.serving`) or manage slots (`service`).
+once; the process stays up. Models with a non-batched input (a recurrent state, a 0-d scalar: see
+`signature`) are never micro-batched: each call runs alone with the caller's own state, because a
+state belongs to one caller and joining two callers' batches would mix them. Does not speak gRPC
+(`agent.serving`) or manage slots (`service`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from agent.inference.cache import PredictionCache, input_key
 from agent.inference.capture import SampleCapture
 from agent.inference.handle import ModelHandle, ModelHolder, ModelMeta
 from agent.inference.runtime import RuntimeLoader
-from agent.inference.signature import validate_inputs
+from agent.inference.signature import Signature, validate_inputs
 from agent.inference.stats import ServingStats
 
 logger = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ class InferenceEngine:
             except InferenceError as err:
                 self.stats.record_error(handle.meta.key, _error_kind(err))
                 raise
-        batch = len(next(iter(prediction.outputs.values()), ()))
+            batch = batch_size(handle.runtime.signature, arrays)
         self.stats.record_success(prediction.meta.key, time.perf_counter() - started, batch)
         if self.capture is not None:
             self.capture.offer(prediction.meta.key, arrays, prediction.outputs)
@@ -158,7 +161,7 @@ class InferenceEngine:
     def _timed_run(handle: ModelHandle, arrays: Arrays) -> Arrays:
         started = time.perf_counter()
         outputs = handle.runtime.run(arrays)
-        handle.record_cost(time.perf_counter() - started, len(next(iter(arrays.values()), ())))
+        handle.record_cost(time.perf_counter() - started, batch_size(handle.runtime.signature, arrays))
         return outputs
 
     async def _restart(self, crashed: ModelHandle, err: BackendCrashedError) -> None:
@@ -174,6 +177,15 @@ class InferenceEngine:
             self._holder.swap(ModelHandle(runtime, crashed.meta), expected=crashed)
             self.stats.record_restart(crashed.meta.key)
             logger.warning("backend restarted model=%s", crashed.meta.key)
+
+
+def batch_size(signature: Signature, arrays: Mapping[str, np.ndarray]) -> int:
+    """Samples in a validated request: the first axis of its batched inputs (1 when none is)."""
+    for spec in signature.inputs:
+        array = arrays.get(spec.name)
+        if spec.is_batched and array is not None and array.ndim:
+            return int(array.shape[0])
+    return 1
 
 
 def _error_kind(err: InferenceError) -> str:

@@ -1,7 +1,10 @@
 """onnxruntime adapter for `InferenceRuntime` (the only module that imports onnxruntime).
 
 Owns session creation with the profile's execution providers (absent providers are skipped with a
-warning; CPU is always last), thread settings, the signature read from the session, and translation of
+warning; CPU is always last), the profile's custom-op libraries (`register_custom_ops_library`; a
+missing file or a library onnxruntime refuses is a `BackendUnavailableError` naming it), thread
+settings, the signature read from the session (which inputs are batched: the model's
+``edgeloop.batched_inputs`` metadata, else the symbolic first dimensions), and translation of
 onnxruntime exceptions into `ModelLoadError` / `BackendCrashedError`. Does not validate requests.
 """
 
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import BackendCrashedError, BackendUnavailableError, ModelLoadError
-from agent.inference.signature import Shape, Signature, TensorSpec
+from agent.inference.signature import BATCHED_INPUTS_KEY, Shape, Signature, TensorSpec, declare_batched
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +63,21 @@ def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[st
 class OnnxRuntime:
     """An onnxruntime `InferenceSession` behind the `InferenceRuntime` port."""
 
-    def __init__(self, artifact: Path, *, providers: Sequence[str] = (CPU_EP,), threads: int = 1) -> None:
+    def __init__(
+        self,
+        artifact: Path,
+        *,
+        providers: Sequence[str] = (CPU_EP,),
+        threads: int = 1,
+        custom_op_libraries: Sequence[str] = (),
+    ) -> None:
         """Create the session.
 
         Raises:
-            BackendUnavailableError: onnxruntime is not installed.
-            ModelLoadError: the file is missing, corrupt or not loadable.
+            BackendUnavailableError: onnxruntime is not installed, or a custom-op library is missing
+                or refused by onnxruntime.
+            ModelLoadError: the file is missing, corrupt or not loadable, or its
+                ``edgeloop.batched_inputs`` metadata names unknown or 0-d inputs.
         """
         ort = _import_ort()
         options = ort.SessionOptions()
@@ -74,15 +86,27 @@ class OnnxRuntime:
         options.log_severity_level = 3
         # No spin-waiting between calls: the agent shares a small CPU with the applications it serves.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for library in custom_op_libraries:
+            _register_library(options, library)
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(artifact), sess_options=options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own pybind exception types
             raise ModelLoadError(f"onnxruntime cannot load {artifact}: {err}") from err
         self._backend = f"onnxruntime[{','.join(self._session.get_providers())}]"
+        nodes = self._session.get_inputs()
+        override = self._session.get_modelmeta().custom_metadata_map.get(BATCHED_INPUTS_KEY)
+        try:
+            inputs = declare_batched(
+                [_spec(i) for i in nodes],
+                first_dims={i.name: _symbol(i.shape) for i in nodes},
+                override=override,
+                source=f"{artifact.name} metadata",
+            )
+        except ValueError as err:
+            raise ModelLoadError(str(err)) from err
         self._signature = Signature(
-            inputs=tuple(_spec(i) for i in self._session.get_inputs()),
-            outputs=tuple(_spec(o) for o in self._session.get_outputs()),
+            inputs=inputs, outputs=tuple(_spec(o) for o in self._session.get_outputs())
         )
         self._output_names = [o.name for o in self._signature.outputs]
 
@@ -103,6 +127,25 @@ class OnnxRuntime:
 
     def close(self) -> None:
         self._session = None
+
+
+def _register_library(options: Any, library: str) -> None:
+    if not Path(library).is_file():
+        raise BackendUnavailableError(
+            f"custom-op library {library} declared by the device profile (runtime.custom_ops.onnxruntime) "
+            "does not exist on this device"
+        )
+    try:
+        options.register_custom_ops_library(library)
+    except Exception as err:  # onnxruntime raises its own pybind exception types
+        raise BackendUnavailableError(f"onnxruntime refused custom-op library {library}: {err}") from err
+    logger.info("registered custom-op library library=%s", library)
+
+
+def _symbol(shape: Sequence[Any]) -> str | None:
+    """The symbolic name of the first dimension ("batch", "N"), None when fixed, unnamed or 0-d."""
+    first = shape[0] if len(shape) else None
+    return first if isinstance(first, str) and first else None
 
 
 def _spec(node: Any) -> TensorSpec:

@@ -2,8 +2,9 @@
 
 Owns the suffix -> factory table (`.onnx` -> onnxruntime with the profile's execution providers,
 `.tflite` -> LiteRT with XNNPACK, `*_edgetpu.tflite` -> the Edge TPU delegate when the profile says
-Coral) and the Edge TPU -> CPU artifact fallback. Backend modules are imported lazily here, so a device
-without LiteRT still serves ONNX models. Does not validate requests or keep models alive.
+Coral; each with the profile's custom-op libraries) and the Edge TPU -> CPU artifact fallback.
+Backend modules are imported lazily here, so a device without LiteRT still serves ONNX models.
+Does not validate requests or keep models alive.
 """
 
 from __future__ import annotations
@@ -27,23 +28,29 @@ def _load_onnx(artifact: Path, profile: DeviceProfile) -> InferenceRuntime:
     from agent.inference.onnx_backend import CPU_EP, OnnxRuntime
 
     providers = profile.runtime.execution_providers or (CPU_EP,)
-    return OnnxRuntime(artifact, providers=providers, threads=profile.runtime.threads)
+    return OnnxRuntime(
+        artifact,
+        providers=providers,
+        threads=profile.runtime.threads,
+        custom_op_libraries=profile.runtime.onnx_custom_op_libraries,
+    )
 
 
 def _load_tflite(artifact: Path, profile: DeviceProfile) -> InferenceRuntime:
     from agent.inference.tflite_backend import TfliteRuntime
 
     wants_tpu = profile.runtime.delegate == "edgetpu" and artifact.name.endswith(EDGETPU_SUFFIX)
+    custom = profile.runtime.litert_custom_ops
     if not wants_tpu:
-        return TfliteRuntime(artifact, threads=profile.runtime.threads)
+        return TfliteRuntime(artifact, threads=profile.runtime.threads, custom_ops=custom)
     try:
-        return TfliteRuntime(artifact, threads=profile.runtime.threads, edgetpu=True)
+        return TfliteRuntime(artifact, threads=profile.runtime.threads, edgetpu=True, custom_ops=custom)
     except BackendUnavailableError:
         cpu_artifact = cpu_fallback_for(artifact)
         if not cpu_artifact.is_file():
             raise
         logger.warning("Edge TPU unavailable, serving the CPU fallback artifact %s", cpu_artifact.name)
-        return TfliteRuntime(cpu_artifact, threads=profile.runtime.threads)
+        return TfliteRuntime(cpu_artifact, threads=profile.runtime.threads, custom_ops=custom)
 
 
 _FACTORIES: dict[str, Callable[[Path, DeviceProfile], InferenceRuntime]] = {

@@ -1,23 +1,36 @@
 """Input/output signatures of a loaded model and the validation of a request against them.
 
-Owns the `TensorSpec`/`Signature` value types and `validate_inputs`, which turns a mismatch into an
-`InvalidInputError` whose message names the whole expected signature. Does not load models or convert
+Owns the `TensorSpec`/`Signature` value types, which inputs are *batched* (`infer_batched`,
+`parse_batched_override`, `Signature.with_batched`) and `validate_inputs`, which turns a mismatch into
+an `InvalidInputError` whose message names the whole expected signature.
+
+Batched inputs: an input is batched when its first axis is the sample axis that requests may grow
+and micro-batching may concatenate. Read from the model where it can be: a 0-d input, or an input whose
+first axis is fixed, is not batched; among inputs whose first axis is dynamic, those that share the
+batch dimension (by symbolic name when the runtime reports one) are. A model can say it explicitly
+with the metadata key ``edgeloop.batched_inputs`` (comma-separated input names; empty: none), which
+wins over the inference. Non-batched inputs (a recurrent state, a 0-d sample rate) are passed whole
+with every call: only batched inputs must agree on the batch size. Does not load models or convert
 tensors to or from the wire format (that is `agent.serving.codec`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from agent.errors import InvalidInputError
 
-# Shapes use None for a dynamic dimension (dimension 0 is the batch when it is dynamic).
+# Shapes use None for a dynamic dimension (dimension 0 is the batch for batched inputs).
 Shape = tuple[int | None, ...]
+
+BATCHED_INPUTS_KEY = "edgeloop.batched_inputs"  # model metadata (ONNX metadata_props, TFLite metadata)
+_BATCH_NAME = re.compile(r"batch|^n$|^b$|^N$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,14 @@ class TensorSpec:
     name: str
     dtype: str
     shape: Shape
+    batched: bool | None = None  # None: not declared, decided from the shape (first dim dynamic)
+
+    @property
+    def is_batched(self) -> bool:
+        """Whether the first axis is the sample axis (declared, else: rank >= 1 and dim 0 dynamic)."""
+        if self.batched is not None:
+            return self.batched and len(self.shape) > 0
+        return bool(self.shape) and self.shape[0] is None
 
     @functools.cached_property
     def np_dtype(self) -> np.dtype[Any]:
@@ -34,7 +55,8 @@ class TensorSpec:
 
     def describe(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
+        unbatched = " (not batched)" if self.batched is False and self.shape else ""
+        return f"{self.name}: {self.dtype}[{dims}]{unbatched}"
 
 
 @dataclass(frozen=True)
@@ -51,17 +73,102 @@ class Signature:
 
     @property
     def dynamic_batch(self) -> bool:
-        """True when every input's first dimension is dynamic (requests can be concatenated)."""
-        return all(s.shape and s.shape[0] is None for s in self.inputs)
+        """True when every input is batched with a dynamic first axis (requests can be concatenated).
+
+        A model with any non-batched input (a recurrent state, a 0-d scalar) is never micro-batched:
+        its non-batched inputs belong to one caller and cannot be joined with another's.
+        """
+        return bool(self.inputs) and all(s.is_batched and s.shape[0] is None for s in self.inputs)
+
+    @property
+    def batched_inputs(self) -> tuple[str, ...]:
+        """Names of the batched inputs, in signature order."""
+        return tuple(s.name for s in self.inputs if s.is_batched)
+
+    @property
+    def stateful(self) -> bool:
+        """True when some input is not batched (passed whole with each call)."""
+        return any(not s.is_batched for s in self.inputs)
 
     def input_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.inputs)
+
+    def with_batched(self, names: Iterable[str]) -> Signature:
+        """This signature with exactly `names` declared batched (all other inputs not batched).
+
+        Raises:
+            ValueError: a name is not an input, or names a 0-d input.
+        """
+        wanted = set(names)
+        unknown = wanted - set(self.input_names())
+        if unknown:
+            raise ValueError(f"batched inputs {sorted(unknown)} are not inputs of {self.describe()}")
+        scalars = [s.name for s in self.inputs if s.name in wanted and not s.shape]
+        if scalars:
+            raise ValueError(f"0-d inputs {scalars} cannot be batched")
+        inputs = tuple(replace(s, batched=s.name in wanted) for s in self.inputs)
+        return Signature(inputs=inputs, outputs=self.outputs)
+
+
+def infer_batched(
+    specs: Sequence[TensorSpec], first_dims: Mapping[str, str | None] | None = None
+) -> set[str]:
+    """Which inputs are batched, read from their shapes (and symbolic first-dimension names).
+
+    Candidates have rank >= 1 and a dynamic first axis. When the runtime names the symbolic first
+    dimensions (`first_dims`: input -> name, None when unnamed) and candidates disagree, the batch is
+    the name that says so (``batch*``, ``N``, ``B``), else the most common one; unnamed dynamic first
+    axes join it. A 0-d input and an input whose first axis is fixed are never batched.
+    """
+    candidates = [s.name for s in specs if s.shape and s.shape[0] is None]
+    names = {n: (first_dims or {}).get(n) for n in candidates}
+    symbols = [v for v in names.values() if v]
+    if len(set(symbols)) <= 1:
+        return set(candidates)
+    by_name = [v for v in dict.fromkeys(symbols) if _BATCH_NAME.search(v)]
+    batch = by_name[0] if by_name else max(dict.fromkeys(symbols), key=symbols.count)
+    return {n for n, v in names.items() if v is None or v == batch}
+
+
+def parse_batched_override(value: str) -> set[str]:
+    """``"a, b"`` -> {"a", "b"}; ``""`` -> set() (the model declares no batched input)."""
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def declare_batched(
+    specs: Sequence[TensorSpec],
+    *,
+    first_dims: Mapping[str, str | None] | None = None,
+    override: str | None = None,
+    source: str = "model metadata",
+) -> tuple[TensorSpec, ...]:
+    """`specs` with `batched` set: from `override` (``edgeloop.batched_inputs``) or `infer_batched`.
+
+    Raises:
+        ValueError: the override names an unknown or 0-d input (`source` says where it came from).
+    """
+    if override is None:
+        batched = infer_batched(specs, first_dims)
+    else:
+        batched = parse_batched_override(override)
+        known = {s.name for s in specs}
+        if batched - known:
+            raise ValueError(
+                f"{source} {BATCHED_INPUTS_KEY}={override!r} names {sorted(batched - known)}, "
+                f"which are not inputs (inputs: {sorted(known)})"
+            )
+        scalars = sorted(s.name for s in specs if s.name in batched and not s.shape)
+        if scalars:
+            raise ValueError(
+                f"{source} {BATCHED_INPUTS_KEY}={override!r}: 0-d inputs {scalars} cannot be batched"
+            )
+    return tuple(replace(s, batched=s.name in batched) for s in specs)
 
 
 def validate_inputs(
     signature: Signature, inputs: Mapping[str, np.ndarray], *, max_batch: int | None = None
 ) -> int:
-    """Check names, dtypes, ranks, fixed dimensions and a common batch size.
+    """Check names, dtypes, ranks, fixed dimensions and a common batch size of the batched inputs.
 
     Args:
         signature: the model's signature.
@@ -69,7 +176,7 @@ def validate_inputs(
         max_batch: refuse batches larger than this (None: no limit).
 
     Returns:
-        The batch size (first dimension) shared by all inputs.
+        The batch size (first dimension) shared by the batched inputs; 1 when no input is batched.
 
     Raises:
         InvalidInputError: any mismatch; the message names the expected signature.
@@ -77,7 +184,7 @@ def validate_inputs(
     expected = set(signature.input_names())
     if set(inputs) != expected:
         _fail(signature, f"inputs {sorted(inputs)} given, expected {sorted(expected)}")
-    batches: set[int] = set()
+    batches: dict[int, list[str]] = {}
     for spec in signature.inputs:
         array = inputs[spec.name]
         if array.dtype != spec.np_dtype:
@@ -92,11 +199,12 @@ def validate_inputs(
                 _fail(
                     signature, f"input {spec.name!r} has shape {list(array.shape)}, dim {axis} must be {want}"
                 )
-        if array.ndim:
-            batches.add(int(array.shape[0]))
+        if spec.is_batched and array.ndim:
+            batches.setdefault(int(array.shape[0]), []).append(spec.name)
     if len(batches) > 1:
-        _fail(signature, f"inputs disagree on the batch size: {sorted(batches)}")
-    batch = batches.pop() if batches else 1
+        said = ", ".join(f"{names} have {size}" for size, names in sorted(batches.items()))
+        _fail(signature, f"batched inputs disagree on the batch size: {said}")
+    batch = next(iter(batches)) if batches else 1
     if batch < 1:
         _fail(signature, "batch size must be at least 1")
     if max_batch is not None and batch > max_batch:

@@ -1,12 +1,12 @@
 """Port between the update client and the serving stack, and its adapter over `InferenceService`.
 
 `ServingPort` is everything the commit protocol needs from serving: what is serving now, load a
-candidate (stage + load + warm-up, via the inference service), add a file beside it (the release's
-drift reference), run current or candidate on given inputs for the gates, promote, roll back, live
-inputs for the shadow run, error counters for the watch window, and which model files the device
-holds (delta sources). The adapter loads its own runtime of a slot's artifact for gate evaluation
-(released after the gates) so the serving path is never touched before the switch. Does not
-decide anything (`client.py`).
+candidate (stage + load + warm-up on the release's sample or zeros, via the inference service), add
+a file beside it (the release's drift reference), run current or candidate on given inputs for the
+gates, promote, roll back, live inputs for the shadow run, error counters for the watch window, and
+which model files the device holds (delta sources). The adapter loads its own runtime of a slot's
+artifact for gate evaluation (released after the gates) so the serving path is never touched before
+the switch. Does not decide anything (`client.py`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ class ServingModel:
 class ServingPort(Protocol):
     def serving(self) -> ServingModel | None: ...
 
-    async def load_candidate(self, artifact: Path, *, name: str, version: str) -> None:
-        """Stage, load and warm up `artifact` as the candidate.
+    async def load_candidate(
+        self, artifact: Path, *, name: str, version: str, warmup: Batch | None = None
+    ) -> None:
+        """Stage, load and warm up `artifact` as the candidate (on `warmup`, else on zeros).
 
         Raises:
             ModelLoadError: it does not load or warm up (serving untouched).
@@ -110,8 +112,10 @@ class InferenceServing:
         meta = self._service.serving()
         return ServingModel(meta.name, meta.version, meta.sha256) if meta else None
 
-    async def load_candidate(self, artifact: Path, *, name: str, version: str) -> None:
-        await self._service.load_candidate(artifact, name=name, version=version)
+    async def load_candidate(
+        self, artifact: Path, *, name: str, version: str, warmup: Batch | None = None
+    ) -> None:
+        await self._service.load_candidate(artifact, name=name, version=version, warmup=warmup)
 
     def add_candidate_file(self, filename: str, data: bytes) -> None:
         self._slots.add_file(CANDIDATE, filename, data)

@@ -55,6 +55,7 @@ class Plan:
     profiles: list[str] = field(default_factory=list)  # empty: any device profile
     compressed: TargetRef | None = None  # the artifact as xz, when the release ships it
     drift_reference: TargetRef | None = None  # drift_reference.json staged beside the model
+    warmup: TargetRef | None = None  # warm-up sample (.npz) the candidate is warmed up with
     # The rollout's apply windows (signed in the assignment); empty: switch at once.
     apply_windows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -65,7 +66,7 @@ class Plan:
     def from_dict(cls, raw: dict[str, Any]) -> Plan:
         refs = {
             k: TargetRef(**raw[k]) if raw.get(k) else None
-            for k in ("artifact", "manifest", "golden", "compressed", "drift_reference")
+            for k in ("artifact", "manifest", "golden", "compressed", "drift_reference", "warmup")
         }
         artifact = refs.pop("artifact")
         assert artifact is not None
@@ -144,6 +145,7 @@ class Trust:
             profiles=[str(p) for p in spec.get("profiles") or []],
             compressed=self._optional(updater, spec.get("compressed")),
             drift_reference=self._optional(updater, spec.get("drift_reference")),
+            warmup=self._optional(updater, spec.get("warmup")),
             apply_windows=_apply_windows(ours.get("apply_windows")),
         )
 

@@ -3,14 +3,15 @@
 `Work.run(record)` performs the state's work through the ports and returns the outcome event: the
 state's own events, RETRY with the error for a transient failure (network, disk I/O; the machine
 bounds the attempts), the state's give-up event at once for a terminal HTTP status (4xx), or None
-when the agent is stopping. Each
-piece is idempotent so a crash can re-run it: downloads resume from ``.partial``, staging replaces
-the candidate, the switch checks whether it already happened, revert checks what is serving.
-A release's drift reference is fetched and checked against its signed hash while verifying (a
-mismatch fails the install like a tampered artifact) and written beside the candidate when staging,
-so it moves with the model on switch and rollback. Owns the OTA working directory: ``downloads/``
-(cleared when a deployment ends) and ``manifests/<sha256>.json`` (kept for models the device
-holds: the delta sources).
+when the agent is stopping. Each piece is idempotent so a crash can re-run it: downloads resume from
+``.partial``, staging replaces the candidate, the switch checks whether it already happened, revert
+checks what is serving. A release's drift reference is fetched and checked against its signed hash
+while verifying (a mismatch fails the install like a tampered artifact) and written beside the
+candidate when staging, so it moves with the model on switch and rollback. A release's warm-up
+sample (``warmup.npz``) is fetched and checked the same way and the candidate is warmed up on it
+(zeros when the release ships none); a sample that is not a readable ``.npz`` fails the install at
+verify. Owns the OTA working directory: ``downloads/`` (cleared when a deployment ends) and
+``manifests/<sha256>.json`` (kept for models the device holds: the delta sources).
 """
 
 from __future__ import annotations
@@ -25,8 +26,18 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from agent.drift.feeder import REFERENCE_FILE
-from agent.errors import AgentError, InferenceError, IntegrityError, SlotError, TransportError
+from agent.errors import (
+    AgentError,
+    InferenceError,
+    IntegrityError,
+    InvalidInputError,
+    SlotError,
+    TransportError,
+)
+from agent.inference.warmup import MAX_WARMUP_BYTES, parse_sample
 from agent.ota import gates
 from agent.ota.evaluate import GoldenSet, golden_check, load_golden, shadow_check
 from agent.ota.fetcher import Downloader, HttpStatusError, sha256_file
@@ -56,6 +67,7 @@ class WorkLimits:
     use_delta: bool = True
     max_golden_bytes: int = 64 << 20
     max_drift_reference_bytes: int = 8 << 20  # the fleet server's publish limit too
+    max_warmup_bytes: int = MAX_WARMUP_BYTES
     profile: str = ""  # this device's profile; a release listing profiles must name it
     window_poll_s: float = 60.0  # awaiting an apply window: look at the wall clock at least this often
 
@@ -178,6 +190,11 @@ class Work:
                 self._drift_reference(plan.drift_reference)
             except IntegrityError as err:
                 return Outcome(E.VERIFY_FAILED, f"drift reference refused: {err}")
+        if plan.warmup is not None:
+            try:
+                self._warmup(plan.warmup)
+            except (IntegrityError, InvalidInputError) as err:
+                return Outcome(E.VERIFY_FAILED, f"warm-up sample refused: {err}")
         return Outcome(E.VERIFIED, f"sha256={plan.artifact.sha256[:16]}")
 
     def _drift_reference(self, ref: TargetRef) -> bytes:
@@ -196,6 +213,23 @@ class Work:
             raise IntegrityError("does not match the signed length and sha256")
         return data
 
+    def _warmup(self, ref: TargetRef) -> dict[str, np.ndarray]:
+        """The release's warm-up sample, fetched and checked against the signed target.
+
+        Raises:
+            IntegrityError: larger than the limit, or not the signed bytes.
+            InvalidInputError: not a readable ``.npz`` of arrays.
+            TransportError, HttpStatusError: the repository failed.
+        """
+        if ref.length > self._limits.max_warmup_bytes:
+            raise IntegrityError(
+                f"{ref.length} bytes is more than the limit of {self._limits.max_warmup_bytes}"
+            )
+        data = self.transfer.small(ref)
+        if len(data) != ref.length or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise IntegrityError("does not match the signed length and sha256")
+        return parse_sample(data)
+
     # ------------------------------------------------------------ stage and gates
 
     async def stage(self, plan: Plan) -> Outcome:
@@ -205,15 +239,23 @@ class Work:
                 reference = await asyncio.to_thread(self._drift_reference, plan.drift_reference)
             except IntegrityError as err:
                 return Outcome(E.STAGE_FAILED, f"drift reference refused: {err}")
+        warmup = None
+        if plan.warmup is not None:  # verified already
+            try:
+                warmup = await asyncio.to_thread(self._warmup, plan.warmup)
+            except (IntegrityError, InvalidInputError) as err:
+                return Outcome(E.STAGE_FAILED, f"warm-up sample refused: {err}")
+        extra = {"warmup": warmup} if warmup is not None else {}
         try:
             await self.serving.load_candidate(
-                self.artifact_path(plan), name=plan.model_name, version=plan.model_version
+                self.artifact_path(plan), name=plan.model_name, version=plan.model_version, **extra
             )
             if reference is not None:
                 await asyncio.to_thread(self.serving.add_candidate_file, REFERENCE_FILE, reference)
         except (InferenceError, SlotError) as err:
             return Outcome(E.STAGE_FAILED, f"{type(err).__name__}: {err}")
-        detail = "candidate loaded and warmed up" + (f", {REFERENCE_FILE} staged" if reference else "")
+        detail = "candidate loaded and warmed up " + ("on the release's sample" if warmup else "on zeros")
+        detail += f", {REFERENCE_FILE} staged" if reference else ""
         return Outcome(E.STAGED, detail)
 
     def _golden_set(self, plan: Plan) -> GoldenSet | None:

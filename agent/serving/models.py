@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +21,8 @@ import numpy as np
 
 from agent.errors import InferenceError, IntegrityError, ModelLoadError, SlotError
 from agent.inference.handle import ModelHandle, ModelHolder, ModelMeta
-from agent.inference.runtime import InferenceRuntime, RuntimeLoader
+from agent.inference.runtime import RuntimeLoader
+from agent.inference.warmup import WARMUP_FILE, sample_bytes, warm_up
 from agent.slots import CANDIDATE, CURRENT, PREVIOUS, SlotInfo, Slots
 
 logger = logging.getLogger(__name__)
@@ -72,22 +73,34 @@ class ModelManager:
                 return handle.meta
             return None
 
-    async def load_candidate(self, artifact: Path, *, name: str, version: str) -> ModelMeta:
+    async def load_candidate(
+        self, artifact: Path, *, name: str, version: str, warmup: Mapping[str, np.ndarray] | None = None
+    ) -> ModelMeta:
         """Stage `artifact` as the candidate, load it and run a warm-up inference.
+
+        `warmup` is the release's warm-up sample (kept beside the model as ``warmup.npz``); without
+        one the warm-up runs on zeros (see `agent.inference.warmup`).
 
         Raises:
             ModelLoadError: it does not load or warm up; it is moved to ``broken/``, serving is untouched.
+                The message carries the real reason, also on a first install (nothing serving).
             SlotError: the disk failed.
         """
         async with self._lock:
             self._drop_candidate()
             await self._blocking(lambda: self._slots.stage_candidate(artifact, name=name, version=version))
             try:
+                if warmup is not None:
+                    data = sample_bytes(warmup)
+                    await self._blocking(lambda: self._slots.add_file(CANDIDATE, WARMUP_FILE, data))
                 handle = await self._load_slot(CANDIDATE)
-                await self._blocking(lambda: warm_up(handle.runtime))
+                await self._blocking(lambda: warm_up(handle.runtime, warmup))
             except (InferenceError, SlotError) as err:
                 reason = f"{type(err).__name__}: {err}"
-                await self._blocking(lambda: self._slots.refuse_candidate(reason))
+                try:
+                    await self._blocking(lambda: self._slots.refuse_candidate(reason))
+                except SlotError as move_err:  # never let the bookkeeping hide why it was refused
+                    logger.error("could not move the refused candidate to broken/: %s", move_err)
                 logger.error("candidate refused name=%s version=%s reason=%s", name, version, reason)
                 raise ModelLoadError(f"candidate {name}@{version} refused: {err}") from err
             self._candidate = handle
@@ -146,20 +159,3 @@ class ModelManager:
 
     async def _blocking(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-
-def warm_up(runtime: InferenceRuntime) -> None:
-    """Run one zero-filled sample (dynamic dims = 1) to prove the model executes.
-
-    Raises:
-        BackendCrashedError: the runtime failed.
-        ModelLoadError: the outputs are not finite.
-    """
-    inputs = {
-        s.name: np.zeros(tuple(1 if d is None else d for d in s.shape), dtype=s.dtype)
-        for s in runtime.signature.inputs
-    }
-    outputs = runtime.run(inputs)
-    for name, array in outputs.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ModelLoadError(f"warm-up output {name!r} is not finite")

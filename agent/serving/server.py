@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from agent.errors import ConfigError
 from agent.inference.capture import Sample, SampleCapture
@@ -209,9 +211,11 @@ class InferenceService:
         handle = self._holder.current
         return handle.meta if handle is not None else None
 
-    async def load_candidate(self, artifact: Path, *, name: str, version: str) -> ModelMeta:
+    async def load_candidate(
+        self, artifact: Path, *, name: str, version: str, warmup: Mapping[str, np.ndarray] | None = None
+    ) -> ModelMeta:
         """Stage, load and warm up a candidate; see `ModelManager.load_candidate` (ModelLoadError)."""
-        return await self._manager().load_candidate(artifact, name=name, version=version)
+        return await self._manager().load_candidate(artifact, name=name, version=version, warmup=warmup)
 
     async def promote(self) -> ModelMeta:
         """Swap the loaded candidate in without failing requests; see `ModelManager.promote`."""
@@ -221,9 +225,11 @@ class InferenceService:
         """Serve the previous model again; see `ModelManager.rollback`."""
         return await self._manager().rollback()
 
-    async def install(self, artifact: Path, *, name: str, version: str) -> ModelMeta:
+    async def install(
+        self, artifact: Path, *, name: str, version: str, warmup: Mapping[str, np.ndarray] | None = None
+    ) -> ModelMeta:
         """`load_candidate` then `promote` (no shadow/gates: the OTA issue inserts those in between)."""
-        await self.load_candidate(artifact, name=name, version=version)
+        await self.load_candidate(artifact, name=name, version=version, warmup=warmup)
         return await self.promote()
 
     def _manager(self) -> ModelManager:

@@ -118,6 +118,8 @@ def release_publish(api: Api, ns: argparse.Namespace, console: Console) -> Any:
             body["golden_threshold"] = ns.golden_threshold
         if ns.drift_reference:
             body["drift_reference_sha256"] = _upload(api, Path(ns.drift_reference), progress)
+        if ns.warmup:
+            body["warmup_sha256"] = _upload(api, Path(ns.warmup), progress)
     if ns.report:
         body["compiler_report_sha256"] = hashlib.sha256(Path(ns.report).read_bytes()).hexdigest()
     release = _post_release(api, body, ns.idempotency_key or publish_key(body), artifact.stat().st_size)
@@ -232,6 +234,9 @@ def register(sub: Any) -> None:
     p.add_argument("--filename", help="target file name (default model.<suffix>)")
     p.add_argument("--golden", help="labelled golden set (.npz with input:<name> arrays and labels)")
     p.add_argument("--golden-threshold", type=float, default=0.0)
+    p.add_argument(
+        "--warmup", help="warm-up sample the device loads the model with (.npz, one array per input name)"
+    )
     p.add_argument(
         "--drift-reference", help="drift_reference.json the compiler wrote beside the artifact (signed too)"
     )

@@ -71,6 +71,7 @@ class ReleaseCreate(SQLModel):
     golden_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     gates: dict[str, float] = Field(default_factory=dict)
     drift_reference_sha256: str = ""  # drift_reference.json for the on-device monitor (a blob)
+    warmup_sha256: str = ""  # warm-up sample (.npz, one array per input) the device loads the model with
 
 
 class ReleasePublic(SQLModel):

@@ -346,6 +346,12 @@ class OtaService:
             local = self.fetch_blob(spec.golden_sha256, work / "golden.npz")
             infos.append(self.repo.add_target_file(f"{base}/golden.npz", local))
             golden = {"path": f"{base}/golden.npz", "threshold": repr(spec.golden_threshold)}
+        warmup = ""
+        if spec.warmup_sha256:  # the device warms the model up on it instead of zeros
+            warmup = f"{base}/warmup.npz"
+            infos.append(
+                self.repo.add_target_file(warmup, self.fetch_blob(spec.warmup_sha256, work / "warmup.npz"))
+            )
         drift_reference = ""
         if spec.drift_reference_sha256:
             drift_reference = f"{base}/drift_reference.json"
@@ -367,6 +373,7 @@ class OtaService:
                 "compressed": compressed,
                 "golden": golden,
                 "drift_reference": drift_reference,
+                "warmup": warmup,
                 "gates": {k: repr(float(v)) for k, v in spec.gates.items()},  # canonical JSON: no floats
             }
         }

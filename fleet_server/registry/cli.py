@@ -36,6 +36,7 @@ def models_register(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "eval_sha256": _upload(api, ns.eval),
         "golden_sha256": _upload(api, ns.golden),
         "golden_threshold": ns.golden_threshold,
+        "warmup_sha256": _upload(api, ns.warmup),
     }
     out = api.request("POST", "/models", json=body)
     if ns.json:
@@ -124,6 +125,9 @@ def register(sub: Any) -> None:
     p.add_argument("--eval", help="labelled evaluation set (.npz with x, y)")
     p.add_argument("--golden", help="golden set for the on-device gate (.npz with input:<name>, labels)")
     p.add_argument("--golden-threshold", type=float, default=0.0)
+    p.add_argument(
+        "--warmup", help="warm-up sample devices load the model with (.npz, one array per input name)"
+    )
     p.add_argument("--max-accuracy-drop", type=float, help="compiler budget, inherited by descendants")
     p.set_defaults(func=models_register)
     p = models.add_parser("list")

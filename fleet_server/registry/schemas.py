@@ -27,6 +27,7 @@ class VersionCreate(BaseModel):
     eval_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     golden_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     golden_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")  # warm-up sample (.npz)
     lineage: dict[str, Any] = Field(default_factory=dict)
 
     def datasets(self) -> dict[str, Any]:
@@ -34,6 +35,7 @@ class VersionCreate(BaseModel):
             "calib_sha256": self.calib_sha256,
             "eval_sha256": self.eval_sha256,
             "golden_sha256": self.golden_sha256,
+            "warmup_sha256": self.warmup_sha256,
         }
         if self.golden_sha256:
             out["golden_threshold"] = self.golden_threshold

@@ -212,7 +212,7 @@ class ModelRegistry:
         datasets = {k: v for k, v in spec.datasets().items() if v}
         if parent is not None:
             datasets = {**parent.datasets, **datasets}
-        for key in ("calib_sha256", "eval_sha256", "golden_sha256"):
+        for key in ("calib_sha256", "eval_sha256", "golden_sha256", "warmup_sha256"):
             if datasets.get(key):
                 self._ota.blob_size(str(datasets[key]))
         if compile_spec and not (datasets.get("calib_sha256") and datasets.get("eval_sha256")):
@@ -527,6 +527,7 @@ class ModelRegistry:
                 golden_threshold=float(version.datasets.get("golden_threshold", 0.0)),
                 gates=_shadow_gates(session, self, version, profile),
                 drift_reference_sha256=art.get("drift_reference_sha256", ""),
+                warmup_sha256=str(version.datasets.get("warmup_sha256", "")),
             )
             release = self._ota.publish(session=session, spec=spec, created_by=created_by, actor=actor)
             assert release.seq is not None
