@@ -1,7 +1,8 @@
 """Streaming window bank: block sums in a ring, multi-window two-sample z per block (sans-IO).
 
 Owns the only per-stream state that grows with time-scale: the last `max(windows)` block sums of
-every channel (a few kB), never raw rows. `push()` takes the sums of newly completed blocks and
+every channel, never raw rows, kept as float32 (a block sum of 25 z-scale values needs no more; the
+window sums are formed in float64), so 64 features cost 16.5 kB. `push()` takes the sums of newly completed blocks and
 returns, per block, every (channel, window) whose |z| crossed its calibrated threshold. Shares the
 statistic with calibration (stats.window_z), so what was calibrated is what runs.
 """
@@ -35,7 +36,7 @@ class WindowBank:
         self.channels = channels
         self.bank = bank
         width = len(channels.names)
-        self._ring = np.zeros((bank.warmup_blocks, width))
+        self._ring = np.zeros((bank.warmup_blocks, width), dtype=np.float32)
         self._blocks = 0
         kinds = channels.kind_index()
         self._limit: dict[int, FloatArray] = {}
@@ -84,6 +85,6 @@ class WindowBank:
                         w * self.bank.block,
                     )
                 )
-        self._ring = ext[-hist:].copy()
+        self._ring = ext[-hist:].astype(np.float32)
         self._blocks += nb
         return out

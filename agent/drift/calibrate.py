@@ -109,5 +109,43 @@ def stuck_runs(max_atom: FloatArray, plan: CalibrationPlan, groups: int) -> tupl
     return tuple(runs)
 
 
+def constant_thresholds(channels: ChannelModel, plan: CalibrationPlan, groups: int) -> dict[str, float]:
+    """Exact thresholds of the "constant" group: binomial tails of other values at the assumed rate.
+
+    Each window is tested every block, so a group's share of the budget is split over
+    10,000 / block tests per 10k samples and over the constant features (union bound).
+    """
+    idx = channels.kind_index().get("constant")
+    if idx is None or idx.size == 0:
+        return {}
+    p0, sd = float(channels.mean[idx[0]]), float(channels.std[idx[0]])
+    per_test = plan.budget_per_10k * plan.safety * plan.bank.block / 10_000 / groups / idx.size
+    out = {}
+    for w in plan.bank.windows:
+        rows = w * plan.bank.block
+        k = _binomial_quantile(rows, p0, per_test)
+        se = sd * math.sqrt(1.0 / rows + 1.0 / channels.n_ref)
+        out[f"constant@{w}"] = ((k - 0.5) / rows - p0) / se
+    return out
+
+
+def _binomial_quantile(n: int, p: float, tail: float) -> int:
+    """Smallest k with P(Binomial(n, p) >= k) <= tail."""
+    log_pmf = [
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log1p(-p)
+        for k in range(n + 1)
+    ]
+    survival = 0.0
+    for k in range(n, -1, -1):
+        survival += math.exp(log_pmf[k])
+        if survival > tail:
+            return k + 1
+    return 0
+
+
 def group_count(kinds: tuple[str, ...], bank: BankConfig) -> int:
     return len(dict.fromkeys(kinds)) * len(bank.windows)

@@ -1,11 +1,22 @@
 """On-device drift monitor: validated inputs/outputs/labels in, drift episodes out (sans-IO).
 
-Owns input validation and bad-input accounting (wrong shape, missing features, NaN/inf: counted
-per feature, the row is left out of every statistic, never an alarm, never an exception), the
-per-stream micro-batch buffers (at most one block of channel values), the window banks, the
-stuck-sensor run lengths and the episode trackers. Feed rows one at a time or in micro-batches;
-statistics are evaluated at block boundaries (`profile.calibration.bank.block` rows).
-Does not persist or send anything (reporter.py does) and reads no clock.
+Owns input validation and bad-input handling, the per-stream micro-batch buffers (at most one
+block of rows), the window banks, the stuck-sensor run lengths and the episode trackers. Feed rows
+one at a time or in micro-batches; statistics are evaluated at block boundaries
+(`profile.calibration.bank.block` rows).
+
+Bad input never reaches a statistic and is never silent:
+
+* rows the monitor can never use (wrong width, not numbers, a missing named feature, no timestamp
+  for a seasonal reference) raise `DriftInputError` *and* open a data-quality episode (evidence
+  kind "bad_input"), carried on the error as `.events` so the caller can report it;
+* NaN/inf values are counted per feature and their rows dropped (`nonfinite="drop"`, the default:
+  sensors drop out now and then); a feature non-finite for a whole block of rows in a row opens a
+  data-quality episode. With `nonfinite="raise"` any NaN/inf is treated like a misfed row.
+
+A data-quality episode closes after a quiet period of good blocks, like a drift episode.
+Does not persist or send anything (reporter.py does) and reads no clock: a seasonal reference
+needs the caller's timestamps.
 """
 
 from __future__ import annotations
@@ -20,12 +31,29 @@ import numpy.typing as npt
 from agent.drift.bank import Crossing, WindowBank
 from agent.drift.episodes import Episode, EpisodeTracker
 from agent.drift.reference import ReferenceProfile
-from agent.drift.sketch import FloatArray
+from agent.drift.sketch import BinTable, FloatArray
 from agent.drift.stats import ChannelModel
 
 logger = logging.getLogger(__name__)
 
 InputRows = FloatArray | Mapping[str, float] | list[float] | list[list[float]]
+Timestamps = FloatArray | list[float] | float | None
+NONFINITE_POLICIES = ("drop", "raise")
+
+
+class DriftInputError(ValueError):
+    """Input the monitor can never use: a mis-wired feeder. The rows were not monitored.
+
+    Attributes:
+        reason: what is wrong, in words a caller can act on.
+        events: episode events produced by this call (the data-quality episode opening, and any
+            drift events of good rows in the same call); report them like `observe`'s result.
+    """
+
+    def __init__(self, reason: str, events: list[Episode]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.events = events
 
 
 @dataclass
@@ -91,10 +119,28 @@ class _Stream:
 class DriftMonitor:
     """Drift monitor for one model, built from its reference profile."""
 
-    def __init__(self, profile: ReferenceProfile) -> None:
+    def __init__(self, profile: ReferenceProfile, *, nonfinite: str = "drop") -> None:
+        """Args:
+            profile: the model's calibrated reference.
+            nonfinite: "drop" (count NaN/inf rows and leave them out; a feature non-finite for a
+                whole block in a row opens a data-quality episode) or "raise" (any NaN/inf raises
+                DriftInputError like a misfed row).
+
+        Raises:
+            ValueError: an unknown `nonfinite` policy.
+        """
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.profile = profile
+        self._nonfinite = nonfinite
         cal = profile.calibration
         self.bad = BadInput()
+        self._quality = EpisodeTracker(
+            stream="inputs", budget_per_10k=cal.budget_per_10k, quiet_blocks=cal.bank.warmup_blocks
+        )
+        self._bad_reason = ""
+        self._quality_events: list[Episode] = []
+        self._nan_run = np.zeros(len(profile.input_names), dtype=np.int64)
         self._next_id = 1
         self._inputs = _Stream("inputs", profile.inputs.channels, profile, cal.input_thresholds)
         self._outputs = (
@@ -111,17 +157,35 @@ class DriftMonitor:
         self._runs = np.array(cal.stuck_runs, dtype=np.int64)
         self._last = np.full(d, np.nan)
         self._run = np.zeros(d, dtype=np.int64)
-        self.bins = np.zeros((d, 10), dtype=np.int64)
+        self.bins = np.zeros((d, 10), dtype=np.int32)
+        self._deciles = BinTable.pack(profile.deciles)
 
     # ------------------------------------------------------------ public API
 
-    def observe(self, inputs: InputRows, outputs: FloatArray | None = None) -> list[Episode]:
+    def observe(
+        self, inputs: InputRows, outputs: FloatArray | None = None, *, timestamps: Timestamps = None
+    ) -> list[Episode]:
         """Feed one row or a micro-batch of inputs (and optionally the model's class probabilities).
 
-        Returns episode events (opened/closed) produced by this call, usually none.
+        Args:
+            inputs: rows (n, d) or one row, or a mapping feature name -> value.
+            outputs: optional class probabilities (n, K) of the same rows.
+            timestamps: seconds at which the rows were taken, one per row or one for all; required
+                when the reference is seasonal, ignored otherwise.
+
+        Returns:
+            Episode events (opened/updated/closed) produced by this call, usually none.
+
+        Raises:
+            DriftInputError: the inputs can never be monitored (wrong width or type, a missing
+                feature, a missing timestamp, NaN/inf under `nonfinite="raise"`); `.events` holds
+                the data-quality episode it opened and must be reported.
         """
         events: list[Episode] = []
+        self._bad_reason, self._quality_events = "", []
         x = self._valid_rows(inputs)
+        if x is not None and x.shape[0]:
+            x = self._deseason(x, timestamps)
         if x is not None and x.shape[0]:
             events += self._feed_inputs(x)
         if outputs is not None and self._outputs is not None:
@@ -132,7 +196,15 @@ class DriftMonitor:
                 events += self._run_stream(
                     self._outputs, self._outputs.push(self.profile.outputs.values(full))
                 )
+        events = self._quality_events + events
+        if self._bad_reason:
+            raise DriftInputError(self._bad_reason, events)
         return events
+
+    @property
+    def budget_per_10k(self) -> float:
+        """False-alarm budget of this monitor's thresholds (expected false episodes per 10k samples)."""
+        return self.profile.calibration.budget_per_10k
 
     def observe_labels(self, errors: FloatArray | list[int] | int) -> list[Episode]:
         """Feed late labels as a 0/1 error indicator per prediction (1 = the model was wrong)."""
@@ -154,18 +226,20 @@ class DriftMonitor:
 
     def open_episodes(self) -> list[Episode]:
         streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
-        return [e for s in streams if (e := s.tracker.current) is not None]
+        trackers = [s.tracker for s in streams] + [self._quality]
+        return [e for t in trackers if (e := t.current) is not None]
 
     @property
     def episodes_opened(self) -> int:
         streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
-        return sum(s.tracker.opened_total for s in streams)
+        return sum(s.tracker.opened_total for s in streams) + self._quality.opened_total
 
     @property
     def state_bytes(self) -> int:
         """Bytes of mutable per-stream state (ring buffers, pending rows, counters, bins)."""
         streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
         fixed = self._last.nbytes + self._run.nbytes + self._runs.nbytes + self.bins.nbytes
+        fixed += self._nan_run.nbytes
         return fixed + sum(s.nbytes for s in streams)
 
     def take_bins(self) -> FloatArray:
@@ -175,6 +249,23 @@ class DriftMonitor:
 
     # ------------------------------------------------------------ internals
 
+    def _misfed(self, channel: str, feature: str, rows: int, reason: str) -> None:
+        """Record input that can never be monitored: a data-quality crossing now, an error later."""
+        self._bad_reason = self._bad_reason or reason
+        # No ":" in a structural channel name: the evidence names no feature (episodes.evidence_of).
+        crossing = Crossing(f"bad_input/{channel}", "bad_input", float(rows), 1.0, max(1, rows))
+        if feature:
+            crossing = Crossing(f"bad_input:{feature}", "bad_input", float(rows), 1.0, max(1, rows))
+        self._quality_step([crossing])
+        logger.warning("drift monitor: misfed input: %s", reason)
+
+    def _quality_step(self, crossings: list[Crossing]) -> None:
+        event = self._quality.step(crossings, self.samples, self._next_id)
+        if event is not None:
+            if event.episode_id == self._next_id:
+                self._next_id += 1
+            self._quality_events.append(event)
+
     def _valid_rows(self, inputs: InputRows) -> FloatArray | None:
         names = self.profile.input_names
         if isinstance(inputs, Mapping):
@@ -183,34 +274,85 @@ class DriftMonitor:
             x = np.asarray(inputs, dtype=np.float64)
         except (TypeError, ValueError):
             self.bad.bad_shape += 1
+            self._misfed("type", "", 1, f"inputs are not numbers ({type(inputs).__name__})")
             return None
         if x.ndim == 1:
             x = x.reshape(1, -1)
         if x.ndim != 2 or x.shape[1] != len(names):
-            self.bad.bad_shape += max(1, x.shape[0] if x.ndim == 2 else 1)
+            rows = max(1, x.shape[0] if x.ndim == 2 else 1)
+            self.bad.bad_shape += rows
+            got = f"rows of {x.shape[1]} values" if x.ndim == 2 else f"an array of shape {x.shape}"
+            self._misfed("width", "", rows, f"inputs are {got}; the reference has {len(names)} features")
             return None
         finite = np.isfinite(x)
         if not finite.all():
-            for j in np.flatnonzero(~finite.all(axis=0)):
-                self.bad.nonfinite[names[j]] = self.bad.nonfinite.get(names[j], 0) + int(
-                    (~finite[:, j]).sum()
-                )
+            self._count_nonfinite(finite)
             x = x[finite.all(axis=1)]
+        elif self._nan_run.any():
+            self._nan_run[:] = 0
         return x
+
+    def _count_nonfinite(self, finite: npt.NDArray[np.bool_]) -> None:
+        names = self.profile.input_names
+        bad_cols = np.flatnonzero(~finite.all(axis=0))
+        for j in bad_cols:
+            self.bad.nonfinite[names[j]] = self.bad.nonfinite.get(names[j], 0) + int((~finite[:, j]).sum())
+        if self._nonfinite == "raise":
+            first = names[bad_cols[0]]
+            self._misfed(
+                "nonfinite", first, int((~finite).any(axis=1).sum()), f"NaN/inf in feature {first!r}"
+            )
+            return
+        # Length of the trailing run of non-finite values per feature, across calls.
+        tail_ok = np.where(finite.any(axis=0), finite.shape[0] - 1 - np.argmax(finite[::-1], axis=0), -1)
+        run = np.where(tail_ok >= 0, finite.shape[0] - 1 - tail_ok, self._nan_run + finite.shape[0])
+        block = self._inputs.block
+        dead = np.flatnonzero((run >= block) & ((~finite).sum(axis=0) > 0))
+        self._nan_run = run.astype(np.int64)
+        if dead.size:
+            self._quality_step(
+                [
+                    Crossing(f"nonfinite:{names[j]}", "bad_input", float(run[j]), float(block), int(run[j]))
+                    for j in dead
+                ]
+            )
+
+    def _deseason(self, x: FloatArray, timestamps: Timestamps) -> FloatArray | None:
+        seasonal = self.profile.seasonal
+        if seasonal is None:
+            return x
+        if timestamps is None:
+            self._misfed("timestamp", "", x.shape[0], "this reference is seasonal: pass timestamps=")
+            return None
+        try:
+            t = np.broadcast_to(np.asarray(timestamps, dtype=np.float64).ravel(), (x.shape[0],))
+        except (TypeError, ValueError):
+            self._misfed(
+                "timestamp", "", x.shape[0], f"need one timestamp per row ({x.shape[0]}) or one for all"
+            )
+            return None
+        if not np.isfinite(t).all():
+            self._misfed("timestamp", "", x.shape[0], "timestamps must be finite seconds")
+            return None
+        return seasonal.apply(x, t)
 
     def _mapping_row(self, row: Mapping[str, float]) -> FloatArray | None:
         values = []
+        missing = []
         for name in self.profile.input_names:
             if name not in row:
                 self.bad.missing[name] = self.bad.missing.get(name, 0) + 1
+                missing.append(name)
                 continue
             values.append(row[name])
-        if len(values) != len(self.profile.input_names):
+        if missing:
+            self._misfed("missing", missing[0], 1, f"input row has no feature {missing[0]!r}")
             return None
         try:
             return self._valid_rows(np.asarray(values, dtype=np.float64).reshape(1, -1))
         except (TypeError, ValueError):
             self.bad.bad_shape += 1
+            self._misfed("type", "", 1, "input row values are not numbers")
             return None
 
     def _valid_outputs(self, outputs: FloatArray) -> FloatArray | None:
@@ -247,7 +389,14 @@ class DriftMonitor:
                 crossings[i].append(
                     Crossing(f"stuck:{names[j]}", "stuck", run, float(self._runs[j]), int(run))
                 )
-        return self._run_stream(stream, crossings)
+        events = self._run_stream(stream, crossings)
+        if self._quality.current is not None:  # good blocks count toward closing a quality episode
+            base = stream.position - len(crossings) * b
+            for i in range(len(crossings)):
+                event = self._quality.step([], base + (i + 1) * b, self._next_id)
+                if event is not None:
+                    events.append(event)
+        return events
 
     def _run_lengths(self, mx: FloatArray) -> npt.NDArray[np.int64]:
         """Per row and feature: length of the run of equal values ending at that row."""
@@ -261,7 +410,7 @@ class DriftMonitor:
 
     def _count_bins(self, mx: FloatArray) -> None:
         d = mx.shape[1]
-        idx = (mx[:, :, None] >= self.profile.deciles[None, :, :]).sum(axis=2) + 10 * np.arange(d)
+        idx = self._deciles.index(mx) + 10 * np.arange(d)
         self.bins += np.bincount(idx.ravel(), minlength=10 * d).reshape(d, 10)
 
     def _run_stream(self, stream: _Stream, crossings: list[list[Crossing]]) -> list[Episode]:

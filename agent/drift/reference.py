@@ -7,11 +7,17 @@ format version) that ships inside a model bundle. The profile holds:
 * per monitored feature: 64-knot quantile sketch -> normal scores, score moments, raw moments and
   deciles (for the mergeable fleet sketches), the largest atom (for stuck detection);
 * the correlation precision of the normal scores (joint/Mahalanobis channel);
-* for wide inputs (more than `max_features` columns, e.g. embeddings) the documented
-  low-dimensional view: the top `pca_dims` principal components of the reference plus the PCA
-  reconstruction residual norm as one more feature; the monitor never looks at raw pixels;
+* every input feature gets its own channels up to `max_features` (64) columns, named after the
+  feature (`x[17]` when the model has no names), so evidence says which input moved; features
+  constant in the reference get a channel that sees any other value;
+* only wider inputs (images, embeddings) are watched through a low-dimensional view: the top
+  `pca_dims` principal axes, each named after the inputs that load on it most, plus the
+  reconstruction residual norm;
+* optionally a seasonal baseline (seasonal.py): the monitor then watches residuals from the
+  reference's per-phase mean, for inputs with a known cycle such as time of day;
 * output class frequencies and confidence sketch; the reference error rate when labels exist;
-* thresholds calibrated to `budget_per_10k` (calibrate.py).
+* thresholds calibrated to `budget_per_10k` (calibrate.py): the expected number of false drift
+  episodes per 10,000 monitored samples, the one knob users set (`DEFAULT_BUDGET_PER_10K`).
 
 Numpy only. Does not read files or model bundles.
 """
@@ -19,13 +25,21 @@ Numpy only. Does not read files or model bundles.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from agent.drift.calibrate import BankConfig, CalibrationPlan, calibrate_bank, group_count, stuck_runs
+from agent.drift.calibrate import (
+    BankConfig,
+    CalibrationPlan,
+    calibrate_bank,
+    constant_thresholds,
+    group_count,
+    stuck_runs,
+)
 from agent.drift.reference_codec import profile_from_dict, profile_to_dict
+from agent.drift.seasonal import SeasonalBaseline, Seasonality, fit_seasonal
 from agent.drift.sketch import FloatArray
 from agent.drift.stats import (
     ChannelModel,
@@ -34,7 +48,11 @@ from agent.drift.stats import (
     error_channels,
     fit_input_model,
     fit_output_model,
+    refit_moments,
 )
+
+DEFAULT_BUDGET_PER_10K = CalibrationPlan().budget_per_10k
+"""Default false-alarm budget: expected false drift episodes per 10,000 monitored samples."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +94,19 @@ class ReferenceProfile:
     class_freq: FloatArray | None = None
     errors: ChannelModel | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    seasonal: SeasonalBaseline | None = None
 
-    def monitored(self, x: FloatArray) -> FloatArray:
-        """Raw input rows (n, d_in) -> monitored feature rows (n, d)."""
+    @property
+    def budget_per_10k(self) -> float:
+        """The false-alarm budget the thresholds were calibrated to (false episodes per 10k samples)."""
+        return self.calibration.budget_per_10k
+
+    def monitored(self, x: FloatArray, t: FloatArray | None = None) -> FloatArray:
+        """Raw input rows (n, d_in) (and their times in seconds when seasonal) -> monitored rows (n, d)."""
+        if self.seasonal is not None:
+            if t is None:
+                raise ValueError("this reference is seasonal: pass the rows' timestamps")
+            x = self.seasonal.apply(x, t)
         return x if self.projection is None else self.projection.apply(x)
 
     def to_bytes(self) -> bytes:
@@ -104,8 +132,11 @@ def build_reference(
     outputs: FloatArray | None = None,
     errors: FloatArray | None = None,
     plan: CalibrationPlan | None = None,
+    budget_per_10k: float | None = None,
+    seasonality: Seasonality | None = None,
+    timestamps: FloatArray | None = None,
     seed: int = 0,
-    max_features: int = 16,
+    max_features: int = 64,
     pca_dims: int = 8,
     meta: dict[str, str] | None = None,
 ) -> ReferenceProfile:
@@ -113,12 +144,18 @@ def build_reference(
 
     Args:
         inputs: (n, d_in) calibration inputs; rows with NaN/inf are dropped. n >= 50 (>= 100 when wide).
-        feature_names: one name per input column (default f0, f1, ...).
+        feature_names: one name per input column (default x[0], x[1], ...).
         outputs: optional (n_out, K) class probabilities of the model on calibration data.
         errors: optional 0/1 per labelled calibration sample (1 = wrong prediction).
-        plan: budget and simulation effort (default: 0.5 false episodes per 10k samples).
+        plan: budget and simulation effort (default: `DEFAULT_BUDGET_PER_10K` false episodes per 10k).
+        budget_per_10k: the false-alarm budget (overrides the plan's): expected false drift episodes
+            per 10,000 monitored samples. At one sample a second, 0.5 is about one a week.
+        seasonality: model a known period (e.g. `Seasonality(86_400, 24)`: hourly bins of a day);
+            needs `timestamps`, and the monitor then needs a timestamp per row too.
+        timestamps: (n,) seconds at which each input row was taken (seasonal references only).
         seed: seed of the bootstrap, so a bundle build is reproducible.
-        max_features: wider inputs are monitored through a PCA view of `pca_dims` axes + residual.
+        max_features: inputs up to this width get per-feature channels; wider ones are monitored
+            through a PCA view of `pca_dims` axes + residual.
         pca_dims: number of principal axes kept for wide inputs.
         meta: free-form strings stored with the profile (model name, version, ...).
 
@@ -126,22 +163,38 @@ def build_reference(
         The calibrated profile.
 
     Raises:
-        ValueError: too few finite rows, or arrays of the wrong shape.
+        ValueError: too few finite rows, arrays of the wrong shape, a budget that is not a positive
+            number, or a seasonal reference that does not cover its period.
     """
     plan = plan or CalibrationPlan()
-    x = _finite_rows(np.asarray(inputs, dtype=np.float64))
-    names = feature_names or tuple(f"f{i}" for i in range(x.shape[1]))
+    if budget_per_10k is not None:
+        plan = replace(plan, budget_per_10k=float(budget_per_10k))
+    if not (plan.budget_per_10k > 0 and np.isfinite(plan.budget_per_10k)):
+        raise ValueError(f"budget_per_10k must be a positive number, got {plan.budget_per_10k}")
+    raw = np.asarray(inputs, dtype=np.float64)
+    keep = _finite_mask(raw)
+    x = raw[keep]
+    names = feature_names or tuple(f"x[{i}]" for i in range(x.shape[1]))
     if len(names) != x.shape[1]:
         raise ValueError(f"{len(names)} feature names for {x.shape[1]} columns")
+    seasonal = None
+    if seasonality is not None:
+        if timestamps is None:
+            raise ValueError("a seasonal reference needs the timestamps of its rows")
+        t = np.asarray(timestamps, dtype=np.float64).ravel()
+        if t.shape[0] != raw.shape[0]:
+            raise ValueError(f"{t.shape[0]} timestamps for {raw.shape[0]} rows")
+        seasonal = fit_seasonal(x, t[keep], seasonality)
+        x = seasonal.apply(x, t[keep])
     rng = np.random.default_rng(seed)
-    projection, mx = None, x
+    projection, mx, mnames = None, x, tuple(names)
     if x.shape[1] > max_features:
         # Axes from one half, sketches from the other: in-sample PCA overstates the variance of the
         # kept axes and understates the residual, which new data would read as drift.
         half = rng.permutation(x.shape[0])
         projection = _projection(x[half[: x.shape[0] // 2]], pca_dims)
         mx = projection.apply(x[half[x.shape[0] // 2 :]])
-    mnames = names if projection is None else (*(f"pc{i}" for i in range(pca_dims)), "pca_residual")
+        mnames = (*_axis_names(projection, names), "residual(all inputs)")
     inputs_model = fit_input_model(mx, mnames)
     out_model = fit_output_model(_probs(outputs)) if outputs is not None else None
     err = np.asarray(errors, dtype=np.float64).ravel() if errors is not None else None
@@ -162,7 +215,26 @@ def build_reference(
         class_freq=out_model.channels.mean[:-1].copy() if out_model else None,
         errors=error_channels(err) if err is not None and err.size else None,
         meta=dict(meta or {}),
+        seasonal=seasonal,
     )
+
+
+def _axis_names(projection: Projection, names: tuple[str, ...]) -> list[str]:
+    """Name each principal axis after the (up to 3) inputs with the largest loadings on it."""
+    out = []
+    for i in range(projection.axes.shape[1]):
+        top = np.argsort(-np.abs(projection.axes[:, i]))[:3]
+        out.append(f"axis{i}({','.join(names[j] for j in top)})")
+    return out
+
+
+def _finite_mask(x: FloatArray) -> np.ndarray:
+    if x.ndim != 2:
+        raise ValueError(f"inputs must be 2-D (rows, features), got shape {x.shape}")
+    keep = np.isfinite(x).all(axis=1)
+    if int(keep.sum()) < 50:
+        raise ValueError(f"need at least 50 finite reference rows, got {int(keep.sum())}")
+    return keep
 
 
 def _finite_rows(x: FloatArray) -> FloatArray:
@@ -201,11 +273,18 @@ def _calibrate(
     if outputs is not None:
         groups += 2 * len(plan.bank.windows)
 
+    # Channel values of the reference rows, computed once: a replicate draws its "reference" and
+    # its stream from them, so the refitted channel moments carry the reference's estimation error
+    # without re-running the score maps (what keeps calibration at d=64 within seconds).
+    values = model.values(mx)
+    n = values.shape[0]
+
     def sim_inputs(r: np.random.Generator, rows: int) -> tuple[FloatArray, ChannelModel]:
-        fitted = fit_input_model(mx[r.integers(0, mx.shape[0], mx.shape[0])], names)
-        return fitted.values(mx[r.integers(0, mx.shape[0], rows)]), fitted.channels
+        refit = refit_moments(model.channels, values[r.integers(0, n, n)])
+        return values[r.integers(0, n, rows)], refit
 
     input_h = calibrate_bank(sim_inputs, plan, rng, groups)
+    input_h.update(constant_thresholds(model.channels, plan, groups))
     output_h: dict[str, float] = {}
     if outputs is not None:
         p = _probs(outputs)

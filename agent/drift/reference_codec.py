@@ -1,6 +1,9 @@
 """Numpy-safe JSON form of a ReferenceProfile (plain dicts of lists; a format version up front).
 
 Owns only the mapping between the dataclasses and plain data. Does not validate statistics.
+Format 2 (written now) adds `inputs.constant` (per feature: its constant reference value or null)
+and a nullable top-level `seasonal` baseline. Format 1 documents (written before) still load:
+they have no constant-feature channels and no seasonal baseline, and behave as they did.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.drift.calibrate import BankConfig
+from agent.drift.seasonal import SeasonalBaseline
 from agent.drift.sketch import FloatArray, ScoreMap
 from agent.drift.stats import ChannelModel, InputModel, OutputModel
 
 if TYPE_CHECKING:
     from agent.drift.reference import ReferenceProfile
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def _arr(value: Any) -> FloatArray:
@@ -47,6 +52,23 @@ def _map_from(raw: list[list[float]]) -> ScoreMap:
     return ScoreMap(_arr(raw[0]), _arr(raw[1]))
 
 
+def _constant_from(raw: list[float | None] | None, d: int) -> FloatArray:
+    if raw is None:
+        return np.full(d, np.nan)
+    if len(raw) != d:
+        raise ValueError(f"malformed drift reference profile: {len(raw)} constant flags for {d} features")
+    return np.array([np.nan if v is None else float(v) for v in raw])
+
+
+def _seasonal_from(raw: dict[str, Any] | None) -> SeasonalBaseline | None:
+    if raw is None:
+        return None
+    mean, std = np.atleast_2d(_arr(raw["mean"])), np.atleast_2d(_arr(raw["std"]))
+    if mean.shape != std.shape or not float(raw["period"]) > 0 or not (std > 0).all():
+        raise ValueError("malformed drift reference profile: bad seasonal baseline")
+    return SeasonalBaseline(float(raw["period"]), mean, std)
+
+
 def profile_to_dict(p: ReferenceProfile) -> dict[str, Any]:
     cal = p.calibration
     return {
@@ -61,6 +83,7 @@ def profile_to_dict(p: ReferenceProfile) -> dict[str, Any]:
             "precision": p.inputs.precision.tolist(),
             "max_atom": p.inputs.max_atom.tolist(),
             "channels": _channels_to(p.inputs.channels),
+            "constant": [None if np.isnan(v) else float(v) for v in p.inputs.constant.tolist()],
         },
         "deciles": p.deciles.tolist(),
         "raw_mean": p.raw_mean.tolist(),
@@ -87,6 +110,13 @@ def profile_to_dict(p: ReferenceProfile) -> dict[str, Any]:
         "class_freq": None if p.class_freq is None else p.class_freq.tolist(),
         "errors": None if p.errors is None else _channels_to(p.errors),
         "meta": p.meta,
+        "seasonal": None
+        if p.seasonal is None
+        else {
+            "period": p.seasonal.period,
+            "mean": p.seasonal.mean.tolist(),
+            "std": p.seasonal.std.tolist(),
+        },
     }
 
 
@@ -94,8 +124,13 @@ def profile_from_dict(raw: dict[str, Any]) -> ReferenceProfile:
     """Raises ValueError for an unknown format version or a malformed document."""
     from agent.drift.reference import Calibration, Projection, ReferenceProfile
 
-    if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError("unsupported drift reference format version")
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"unsupported drift reference format version {version!r} "
+            f"(this agent reads {', '.join(map(str, READABLE_VERSIONS))}): rebuild the reference "
+            "with this release's compiler or update the agent"
+        )
     try:
         inp, cal = raw["inputs"], raw["calibration"]
         inputs = InputModel(
@@ -105,6 +140,7 @@ def profile_from_dict(raw: dict[str, Any]) -> ReferenceProfile:
             np.atleast_2d(_arr(inp["precision"])),
             _arr(inp["max_atom"]),
             _channels_from(inp["channels"]),
+            _constant_from(inp.get("constant") if version >= 2 else None, len(inp["maps"])),
         )
         calibration = Calibration(
             float(cal["budget_per_10k"]),
@@ -135,6 +171,7 @@ def profile_from_dict(raw: dict[str, Any]) -> ReferenceProfile:
             class_freq=None if raw["class_freq"] is None else _arr(raw["class_freq"]),
             errors=None if raw["errors"] is None else _channels_from(raw["errors"]),
             meta={str(k): str(v) for k, v in raw.get("meta", {}).items()},
+            seasonal=_seasonal_from(raw.get("seasonal") if version >= 2 else None),
         )
     except (KeyError, TypeError, IndexError) as err:
         raise ValueError(f"malformed drift reference profile: {err}") from err

@@ -82,3 +82,73 @@ def max_atom_probability(values: FloatArray) -> float:
     """Largest share of a single repeated value, smoothed (count + 1) / (n + 1); 1/(n+1) if all differ."""
     _, counts = np.unique(np.asarray(values, dtype=np.float64), return_counts=True)
     return float((counts.max() + 1) / (values.size + 1))
+
+
+_SPACING = 4.0  # feature j owns [4j - 1, 4j + 2] of the packed line
+
+
+def _packed_line(cols: list[FloatArray]) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-column affine maps (lo, span) that send each column into its own slot of one line."""
+    lo = np.array([c[0] if c.size else 0.0 for c in cols])
+    hi = np.array([c[-1] if c.size else 0.0 for c in cols])
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return lo, span, _SPACING * np.arange(len(cols), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Score maps of d features packed onto one line for a single `np.interp` per batch.
+
+    Feature j's knots are mapped affinely into [4j, 4j + 1] with flat sentinel knots at 4j - 1 and
+    4j + 2, and its values are clipped to [4j - 0.5, 4j + 1.5], so one interpolation over the packed
+    knots equals `ScoreMap.transform` per feature (the map is continuous, so rounding in the affine
+    step cannot move a score by more than float precision).
+    """
+
+    lo: FloatArray
+    span: FloatArray
+    offset: FloatArray
+    knots: FloatArray  # packed, with sentinels
+    scores: FloatArray
+
+    @classmethod
+    def pack(cls, maps: tuple[ScoreMap, ...]) -> ScoreTable:
+        lo, span, offset = _packed_line([m.knots for m in maps])
+        knots, scores = [], []
+        for j, m in enumerate(maps):
+            u = (m.knots - lo[j]) / span[j] + offset[j]
+            knots += [[offset[j] - 1.0], u, [offset[j] + 2.0]]
+            scores += [m.scores[:1], m.scores, m.scores[-1:]]
+        if not maps:
+            return cls(lo, span, offset, np.zeros(1), np.zeros(1))
+        return cls(lo, span, offset, np.concatenate(knots), np.concatenate(scores))
+
+    def transform(self, x: FloatArray) -> FloatArray:
+        """Normal scores (n, d) of rows `x` (n, d): piecewise linear between knots, flat beyond."""
+        u = np.clip((x - self.lo) / self.span, -0.5, 1.5) + self.offset
+        return np.interp(u, self.knots, self.scores)
+
+
+@dataclass(frozen=True)
+class BinTable:
+    """Per-feature bin edges (e.g. reference deciles) packed for one `np.searchsorted` per batch."""
+
+    lo: FloatArray
+    span: FloatArray
+    offset: FloatArray
+    edges: FloatArray
+    start: npt.NDArray[np.int64]
+
+    @classmethod
+    def pack(cls, edges: FloatArray) -> BinTable:
+        cols = [np.asarray(row, dtype=np.float64) for row in edges]
+        lo, span, offset = _packed_line(cols)
+        packed = [(c - lo[j]) / span[j] + offset[j] for j, c in enumerate(cols)]
+        start = np.cumsum([0] + [c.size for c in cols[:-1]]).astype(np.int64)
+        flat = np.concatenate(packed) if packed else np.zeros(0)
+        return cls(lo, span, offset, flat, start)
+
+    def index(self, x: FloatArray) -> npt.NDArray[np.int64]:
+        """Per value: how many of its feature's edges are <= it (0..edges per feature)."""
+        u = np.clip((x - self.lo) / self.span, -0.5, 1.5) + self.offset
+        return np.searchsorted(self.edges, u, side="right").astype(np.int64) - self.start

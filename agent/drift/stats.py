@@ -3,8 +3,8 @@
 Owns the fitted models that turn rows into *channel values* (one column per channel) and the
 block-sum window bank that compares the recent mean of every channel with its reference mean:
 
-* inputs: per-feature location (normal score s), per-feature scale ((s^2 - 1)/sqrt 2) and one
-  joint channel (cube root of the Mahalanobis distance of s over d, Wilson-Hilferty), which sees
+* inputs: per-feature location (normal score s), per-feature scale ((s^2 - 1)/sqrt 2), for
+  features constant in the reference the indicator of any other value, and one joint channel (cube root of the Mahalanobis distance of s over d, Wilson-Hilferty), which sees
   correlation changes with unchanged marginals;
 * outputs: predicted-class indicators and the normal score of the top-class confidence;
 * labels: the 0/1 error indicator (concept drift once late labels arrive).
@@ -16,13 +16,15 @@ never raw rows. Does not pick thresholds (calibrate.py) or decide episodes (epis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
-from agent.drift.sketch import FloatArray, ScoreMap, fit_score_map, max_atom_probability
+from agent.drift.sketch import FloatArray, ScoreMap, ScoreTable, fit_score_map, max_atom_probability
 
-INPUT_KINDS = ("location", "scale", "joint")
+INPUT_KINDS = ("location", "scale", "constant", "joint")
 OUTPUT_KINDS = ("class", "confidence")
 ERROR_KINDS = ("error",)
 _SQRT2 = float(np.sqrt(2.0))
@@ -45,38 +47,92 @@ class ChannelModel:
 
 @dataclass(frozen=True)
 class InputModel:
-    """Normal-score maps, standardisation and precision of the monitored features."""
+    """Normal-score maps, standardisation and precision of the monitored features.
+
+    `constant` holds, per feature, the single value it took in the reference (NaN: the feature
+    varies). A constant feature has no location/scale channel (its score is always 0) but a
+    "constant" channel: the 0/1 indicator of a value other than the reference constant, so any
+    later change is seen. Profiles of format 1 have no constant features (all NaN).
+    """
 
     maps: tuple[ScoreMap, ...]
     score_mean: FloatArray
     score_std: FloatArray
-    precision: FloatArray
+    precision: FloatArray  # over the varying features
     max_atom: FloatArray
     channels: ChannelModel
+    constant: FloatArray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        d = len(self.maps)
+        const = self.constant if self.constant.size == d else np.full(d, np.nan)
+        object.__setattr__(self, "constant", const)
+        var = np.flatnonzero(np.isnan(const))
+        object.__setattr__(self, "_table", ScoreTable.pack(tuple(self.maps[j] for j in var)))
+        object.__setattr__(self, "_var", var)
+        object.__setattr__(self, "_const", np.flatnonzero(~np.isnan(const)))
+
+    @property
+    def varying(self) -> npt.NDArray[np.intp]:
+        return cast("npt.NDArray[np.intp]", self.__dict__["_var"])
+
+    @property
+    def constant_index(self) -> npt.NDArray[np.intp]:
+        return cast("npt.NDArray[np.intp]", self.__dict__["_const"])
+
+    def scores(self, x: FloatArray) -> FloatArray:
+        """Standardised normal scores (n, d_varying) of finite rows `x` (n, d)."""
+        var = self.varying
+        table: ScoreTable = self.__dict__["_table"]
+        if var.size == 0:
+            return np.zeros((x.shape[0], 0))
+        z = table.transform(x[:, var]) if var.size < len(self.maps) else table.transform(x)
+        return np.asarray((z - self.score_mean[var]) / self.score_std[var])
 
     def values(self, x: FloatArray) -> FloatArray:
-        """Channel values (n, 2d+1) of finite rows `x` (n, d)."""
-        z = np.empty_like(x)
-        for j, m in enumerate(self.maps):
-            z[:, j] = m.transform(x[:, j])
-        s = (z - self.score_mean) / self.score_std
+        """Channel values (n, channels) of finite rows `x` (n, d): location, scale, constant, joint."""
+        s = self.scores(x)
         maha = ((s @ self.precision) * s).sum(axis=1)
-        joint = np.cbrt(np.maximum(maha, 0.0) / s.shape[1])
-        return np.concatenate([s, (s * s - 1.0) / _SQRT2, joint[:, None]], axis=1)
+        joint = np.cbrt(np.maximum(maha, 0.0) / max(1, s.shape[1]))
+        const = self.constant_index
+        off = (x[:, const] != self.constant[const]).astype(np.float64)
+        return np.concatenate([s, (s * s - 1.0) / _SQRT2, off, joint[:, None]], axis=1)
 
 
-def fit_input_model(x: FloatArray, names: tuple[str, ...], *, n_knots: int = 64) -> InputModel:
-    """Fit the input channels on reference rows `x` (n, d), all finite."""
+def constant_values(x: FloatArray) -> FloatArray:
+    """Per column: its value when every reference row has the same one, else NaN."""
+    same = (x == x[:1]).all(axis=0)
+    return np.where(same, x[0], np.nan)
+
+
+def fit_input_model(
+    x: FloatArray,
+    names: tuple[str, ...],
+    *,
+    n_knots: int = 64,
+    constant: FloatArray | None = None,
+    atoms: bool = True,
+) -> InputModel:
+    """Fit the input channels on reference rows `x` (n, d), all finite.
+
+    Args:
+        constant: which features count as constant (default: the ones constant in `x`); the
+            calibration refits on resamples with the mask of the full reference.
+        atoms: compute the largest atom per feature (stuck detection); calibration skips it.
+    """
     d = x.shape[1]
+    const = constant_values(x) if constant is None else constant
     maps = tuple(fit_score_map(x[:, j], n_knots=n_knots) for j in range(d))
-    z = np.column_stack([m.transform(x[:, j]) for j, m in enumerate(maps)])
+    z = np.column_stack([m.transform(x[:, j]) for j, m in enumerate(maps)]) if d else x
     mean, std = z.mean(axis=0), z.std(axis=0)
-    std = np.where(std > 1e-9, std, 1.0)  # a constant feature keeps score 0 and a dead channel
-    s = (z - mean) / std
-    corr = np.atleast_2d(np.cov(s, rowvar=False))
-    precision = np.asarray(np.linalg.pinv(corr + 1e-3 * np.eye(d), hermitian=True), dtype=np.float64)
-    atoms = np.array([max_atom_probability(x[:, j]) for j in range(d)])
-    model = InputModel(maps, mean, std, precision, atoms, _placeholder(d))
+    std = np.where(std > 1e-9, std, 1.0)
+    var = np.flatnonzero(np.isnan(const))
+    s = (z[:, var] - mean[var]) / std[var]
+    dv = var.size
+    corr = np.atleast_2d(np.cov(s, rowvar=False)) if dv else np.zeros((0, 0))
+    precision = np.asarray(np.linalg.pinv(corr + 1e-3 * np.eye(dv), hermitian=True), dtype=np.float64)
+    max_atom = np.array([max_atom_probability(x[:, j]) for j in range(d)]) if atoms else np.zeros(d)
+    model = InputModel(maps, mean, std, precision, max_atom, _placeholder(0), const)
     return _with_channels(model, model.values(x), names)
 
 
@@ -85,13 +141,48 @@ def _placeholder(d: int) -> ChannelModel:
     return ChannelModel((), (), zeros, zeros, 1)
 
 
+def constant_rate(n_ref: int) -> float:
+    """Assumed rate of other values for a feature constant over n_ref rows (rule of three)."""
+    return min(0.5, 3.0 / max(1, n_ref))
+
+
 def _with_channels(model: InputModel, values: FloatArray, names: tuple[str, ...]) -> InputModel:
-    ch_names = (*(f"location:{n}" for n in names), *(f"scale:{n}" for n in names), "joint")
-    kinds = ("location",) * len(names) + ("scale",) * len(names) + ("joint",)
-    channels = channel_model(values, ch_names, kinds)
-    return InputModel(
-        model.maps, model.score_mean, model.score_std, model.precision, model.max_atom, channels
+    var = [names[j] for j in model.varying]
+    const = [names[j] for j in model.constant_index]
+    ch_names = (
+        *(f"location:{n}" for n in var),
+        *(f"scale:{n}" for n in var),
+        *(f"constant:{n}" for n in const),
+        "joint",
     )
+    kinds = ("location",) * len(var) + ("scale",) * len(var) + ("constant",) * len(const) + ("joint",)
+    channels = channel_model(values, ch_names, kinds)
+    if const:
+        # A constant reference says nothing about how often another value is normal: assume the
+        # rule-of-three upper rate, so rare values stay quiet and a real change is still seen at once.
+        idx = np.arange(2 * len(var), 2 * len(var) + len(const))
+        p0 = constant_rate(channels.n_ref)
+        mean, std = channels.mean.copy(), channels.std.copy()
+        mean[idx], std[idx] = p0, np.sqrt(p0 * (1 - p0))
+        channels = ChannelModel(channels.names, channels.kinds, mean, std, channels.n_ref)
+    return InputModel(
+        model.maps,
+        model.score_mean,
+        model.score_std,
+        model.precision,
+        model.max_atom,
+        channels,
+        model.constant,
+    )
+
+
+def refit_moments(channels: ChannelModel, values: FloatArray) -> ChannelModel:
+    """The same channels with mean and sd re-estimated from `values` (constant channels kept)."""
+    fresh = channel_model(values, channels.names, channels.kinds)
+    idx = channels.kind_index().get("constant")
+    if idx is not None and idx.size:
+        fresh.mean[idx], fresh.std[idx] = channels.mean[idx], channels.std[idx]
+    return fresh
 
 
 def channel_model(values: FloatArray, names: tuple[str, ...], kinds: tuple[str, ...]) -> ChannelModel:

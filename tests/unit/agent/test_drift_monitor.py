@@ -1,6 +1,6 @@
 """Drift monitor on synthetic streams with known change points, no-change controls and real data.
 
-Synthetic: d=5 Gaussians, corr(f0, f1) = 0.8, reference of 1,000 rows, change at sample 2,000.
+Synthetic: d=5 Gaussians, corr(x[0], x[1]) = 0.8, reference of 1,000 rows, change at sample 2,000.
 Real: river's bundled NASA Shuttle sensor data (9 integer features, offline).
 """
 
@@ -58,11 +58,11 @@ def _stream(seed: int, change: str) -> tuple[ReferenceProfile, np.ndarray]:
 @pytest.mark.parametrize(
     ("change", "max_delay", "channel"),
     [
-        ("mean_large", 200, "location:f0"),
-        ("gradual", 2000, "location:f0"),
-        ("variance", 400, "scale:f0"),
+        ("mean_large", 200, "location:x[0]"),
+        ("gradual", 2000, "location:x[0]"),
+        ("variance", 400, "scale:x[0]"),
         ("correlation", 600, "joint"),
-        ("stuck", 100, "stuck:f3"),
+        ("stuck", 100, "stuck:x[3]"),
     ],
 )
 def test_change_is_detected_once_with_attribution(change: str, max_delay: int, channel: str) -> None:
@@ -131,13 +131,16 @@ def test_profile_round_trips_through_bytes_with_identical_behaviour() -> None:
         ReferenceProfile.from_bytes(b"\xff\x00garbage")
 
 
-def test_wide_inputs_are_monitored_through_a_pca_view() -> None:
+def test_inputs_wider_than_64_are_monitored_through_a_pca_view_named_after_its_inputs() -> None:
     rng = np.random.default_rng(5)
-    basis = rng.normal(size=(4, 64))
-    ref = rng.normal(size=(1000, 4)) @ basis + 0.1 * rng.normal(size=(1000, 64))
+    basis = rng.normal(size=(4, 96))
+    ref = rng.normal(size=(1000, 4)) @ basis + 0.1 * rng.normal(size=(1000, 96))
     profile = build_reference(ref, seed=5)
     assert profile.projection is not None and len(profile.feature_names) == 9
-    x = rng.normal(size=(3000, 4)) @ basis + 0.1 * rng.normal(size=(3000, 64))
+    assert profile.feature_names[0].startswith("axis0(x[") and not any(
+        n.startswith("pc") for n in profile.feature_names
+    )
+    x = rng.normal(size=(3000, 4)) @ basis + 0.1 * rng.normal(size=(3000, 96))
     x[1500:] += 0.5 * basis[0]  # the embedding moves along one latent direction
     hit = _first_open_after(_run(DriftMonitor(profile), x), 1500)
     assert hit is not None and hit.detected_sample - 1500 <= 1000
