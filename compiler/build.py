@@ -41,6 +41,8 @@ class BuildRequest:
     all_runtimes: bool = False
     calib_samples: int = 256
     latency_calls: int = 200
+    micro_batch: int | None = None  # the device micro-batches: also judge quality at this batch
+    latency_clock: str = "cpu"  # judge the p95 budget on thread CPU time ("cpu") or wall time
     force: bool = False
     task: str | None = None  # classification | embedding; inferred when None
 
@@ -68,6 +70,10 @@ def build(request: BuildRequest, on_event: Callable[[str], None] = lambda _m: No
         BudgetError: some profile has no candidate inside its budgets (nothing is written).
     """
     profiles = load_profiles(request.profiles)
+    if request.latency_clock not in pipeline.CLOCKS:
+        raise InputError(f"latency clock {request.latency_clock!r}; choose one of {pipeline.CLOCKS}")
+    if request.micro_batch is not None and request.micro_batch < 2:
+        raise InputError(f"micro-batch {request.micro_batch}: give 2 or more (batch 1 is always measured)")
     out = request.out.resolve()
     if out.exists() and any(out.iterdir()) and not request.force:
         raise InputError(f"{out} exists and is not empty (use --force to replace it)")
@@ -110,7 +116,14 @@ def _build_into(
     calib = check_against(calib, specs, "calibration")
     evaluation = check_against(evaluation, specs, "evaluation")
     tc = LocalToolchain(
-        work, fp32, calib, evaluation, task="?", torch_model=model, latency_calls=request.latency_calls
+        work,
+        fp32,
+        calib,
+        evaluation,
+        task="?",
+        torch_model=model,
+        latency_calls=request.latency_calls,
+        micro_batch=request.micro_batch,
     )
     tc.task = request.task or quality.infer_task(tc.reference_outputs(), evaluation.labels)
     reference = tc.reference()
@@ -152,6 +165,7 @@ def _search(
         latency_tolerance=request.latency_tolerance,
         prefer=request.prefer_recipes.get(prof.name, ""),
         on_event=on_event,
+        clock=request.latency_clock,
     )
 
 
@@ -235,6 +249,8 @@ def _lineage(
         "task": task,
         "quality_budget": asdict(request.quality),
         "latency_tolerance": request.latency_tolerance,
+        "quality_batch": {"serve": 1, "micro_batch": request.micro_batch},
+        "latency_clock": request.latency_clock,
     }
 
 

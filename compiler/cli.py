@@ -79,9 +79,29 @@ def _parser() -> argparse.ArgumentParser:
         help="keep this recipe for the profile when it passes and is within the 'as fast' band "
         "(e.g. the one the previous version shipped with: stable numerics, smaller deltas; repeatable)",
     )
+    b.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="N",
+        help="the device micro-batches up to N samples: quality must also hold at batch N "
+        "(batch 1, what a lone caller gets, is always measured)",
+    )
+    b.add_argument(
+        "--latency-clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="judge the p95 latency budget on thread CPU time (default: robust to a loaded host) "
+        "or on wall time",
+    )
     b.add_argument("--all-runtimes", action="store_true", help="also try the profile's fallback runtime")
     b.add_argument("--task", choices=["classification", "embedding"])
     b.add_argument("--calib-samples", type=int, default=256)
+    b.add_argument(
+        "--batched-inputs",
+        metavar="NAMES",
+        help="comma-separated inputs whose first axis is the batch ('' = none: a stateful model); "
+        "stamped into the ONNX metadata (edgeloop.batched_inputs) the device reads, overriding the shapes",
+    )
     b.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     _quantize_args(cmd("quantize", _quantize, "onnxruntime int8 quantization of an ONNX file"))
@@ -97,6 +117,18 @@ def _quantize_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
     q.add_argument("--per-tensor", action="store_true")
     q.add_argument("--exclude", action="append", default=[], help="node kept in float (repeatable)")
+    q.add_argument("--eval", type=Path, help="data to compare with fp32 at batch 1 (default: --calib)")
+    q.add_argument("--task", choices=["classification", "embedding"])
+    q.add_argument("--max-accuracy-drop", type=float, default=0.01, help="with labels in the data")
+    q.add_argument("--min-cosine", type=float, default=0.99, help="embedding models: mean cosine to fp32")
+    q.add_argument(
+        "--min-agreement", type=float, default=0.95, help="top-1 (binary at 0.5 for one output) with fp32"
+    )
+    q.add_argument(
+        "--allow-noop",
+        action="store_true",
+        help="write the file even when nothing was quantized or it grew (exit 53 otherwise)",
+    )
 
 
 def _other_args(cmd: Callable[..., argparse.ArgumentParser]) -> None:
@@ -175,11 +207,23 @@ def _prefer(items: list[str]) -> dict[str, str]:
 
 
 def _build(args: argparse.Namespace) -> Any:
+    if getattr(args, "batched_inputs", None) is None:
+        return _build_model(args, args.model)
+    import tempfile
+
+    from compiler.signature import stamp_batched_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:  # the stamped source; its artifacts carry the key
+        source = Path(tmp) / Path(args.model).name
+        return _build_model(args, str(stamp_batched_inputs(Path(args.model), args.batched_inputs, source)))
+
+
+def _build_model(args: argparse.Namespace, model: str) -> Any:
     from compiler.build import BuildRequest, build
     from compiler.pipeline import QualityBudget
 
     request = BuildRequest(
-        model=args.model,
+        model=model,
         weights=args.weights,
         profiles=tuple(args.profile),
         calib=args.calib,
@@ -192,37 +236,44 @@ def _build(args: argparse.Namespace) -> Any:
         latency_tolerance=args.latency_tolerance,
         prefer_recipes=_prefer(args.prefer_recipe),
         calib_samples=args.calib_samples,
+        micro_batch=args.micro_batch,
+        latency_clock=args.latency_clock,
     )
     with _progress(args) as on_event:
         report = build(request, on_event)
+    notes = {k: v["notes"] for k, v in report["profiles"].items() if v.get("notes")}
+    for profile, lines in notes.items():
+        for line in lines:
+            print(f"edgeloop-compile: {profile}: {line}", file=sys.stderr)
     return {
         "out": str(args.out),
         "chosen": {k: v["artifact"] for k, v in report["profiles"].items()},
         "report": str(args.out / "report.json"),
+        "notes": notes,
     }
 
 
 def _quantize(args: argparse.Namespace) -> Any:
-    from compiler.data import check_against, load_dataset
-    from compiler.errors import InputError
-    from compiler.passes import export, quantize
+    from compiler.pipeline import QualityBudget
+    from compiler.quantize_run import QuantizeRequest, quantize_file
 
-    export.check_onnx(args.model)
-    if args.mode == "dynamic":
-        quantize.quantize_dynamic(args.model, args.out, per_channel=not args.per_tensor, exclude=args.exclude)
-    else:
-        if args.calib is None:
-            raise InputError("static quantization needs --calib")
-        calib = check_against(load_dataset(args.calib), export.onnx_input_specs(args.model), "calibration")
-        quantize.quantize_static(
-            args.model,
-            args.out,
-            calib,
-            method=args.method,
-            per_channel=not args.per_tensor,
-            exclude=args.exclude,
-        )
-    return {"out": str(args.out), "size_bytes": args.out.stat().st_size}
+    request = QuantizeRequest(
+        model=args.model,
+        out=args.out,
+        mode=args.mode,
+        calib=args.calib,
+        evaluation=args.eval,
+        method=args.method,
+        per_channel=not args.per_tensor,
+        exclude=tuple(args.exclude),
+        budget=QualityBudget(args.max_accuracy_drop, args.min_cosine, args.min_agreement),
+        allow_noop=args.allow_noop,
+        task=args.task,
+    )
+    result = quantize_file(request)
+    for warning in result["warnings"]:
+        print(f"edgeloop-compile: WARNING: {warning}", file=sys.stderr)
+    return result
 
 
 def _convert(args: argparse.Namespace) -> Any:
@@ -324,5 +375,6 @@ def _emit(args: argparse.Namespace, result: Any) -> None:
 def _emit_error(args: argparse.Namespace, err: CompilerError, code: ExitCode) -> None:
     kind = type(err).__name__
     if args.json:
-        print(json.dumps({"error": kind, "message": str(err), "exit_code": int(code)}))
+        doc = {"error": kind, "message": str(err), "exit_code": int(code)}
+        print(json.dumps(doc | ({"details": err.details} if err.details else {}), default=str))
     print(f"edgeloop-compile: {kind}: {err}", file=sys.stderr)

@@ -43,6 +43,7 @@ class Timing:
     p95_ms: float
     cpu_p50_ms: float
     calls: int
+    cpu_p95_ms: float = 0.0
 
 
 def open_runtime(artifact: Path, runtime: str, threads: int = 1, delegate: str = "xnnpack") -> Runner:
@@ -70,7 +71,11 @@ def predict(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64)
 def time_batch1(
     runner: Runner, inputs: dict[str, np.ndarray], *, calls: int = 200, warmup: int = 20
 ) -> Timing:
-    """p50/p95 wall latency of batch-1 calls (cycling through the samples), plus median thread CPU."""
+    """p50/p95 wall latency of batch-1 calls (cycling through the samples), plus thread CPU p50/p95.
+
+    Thread CPU time excludes the time the calling thread waited for a core (a loaded build host),
+    so with one compute thread it is the number to judge a latency budget by; wall time is kept
+    for the report."""
     n = len(next(iter(inputs.values())))
     samples = [{k: v[i % n : i % n + 1] for k, v in inputs.items()} for i in range(min(n, 32))]
     for i in range(warmup):
@@ -86,6 +91,7 @@ def time_batch1(
         float(np.percentile(wall, 95)) / 1e6,
         float(np.median(cpu)) / 1e6,
         calls,
+        float(np.percentile(cpu, 95)) / 1e6,
     )
 
 

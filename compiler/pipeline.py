@@ -10,6 +10,14 @@ Winner rule: among candidates inside every budget, take the fastest (median thre
 batch-1 call on one thread: wall time on a shared host is too noisy to rank by); any candidate within
 `latency_tolerance` of it counts as equally fast, and the smallest of those wins (fewer OTA bytes
 and less RAM for no measurable latency cost). `latency_tolerance=0` means strictly the fastest.
+Sizes within `SIZE_TIE` of the smallest count as equal too; then the higher quality wins (accuracy,
+then cosine, then agreement), then the recipe name, never a timing: two identical runs choose the
+same artifact even when the host's CPU-time noise reorders equally fast candidates.
+
+Quality is what the device serves: measured at batch 1 (and at the micro-batch size when the build
+says the device micro-batches; both must pass). The latency budget is judged on thread CPU time by
+default (`clock="cpu"`: a loaded build host's wall time says nothing about a Pi), or on wall time.
+An int8 recipe that quantized nothing fails ("quantized nothing"): it is the float model, renamed.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ LITERT_RECIPES: dict[str, tuple[dict[str, str], ...]] = {
     "int8-full": ({"tflite": "full"},),
 }
 MIXED_STEPS = (1, 2, 4, 8, 16)
+SIZE_TIE = 0.01  # sizes within 1 % are the same size for choosing
+CLOCKS = ("cpu", "wall")
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,19 @@ class Measurement:
     cosine_mean: float | None = None
     cosine_min: float | None = None
     accelerator: str = "cpu"
+    cpu_p95_ms: float = 0.0
+    samples: int = 0  # evaluation samples behind the quality numbers
+    agreement_interval: tuple[float, float] | None = None  # 95 % Wilson
+    accuracy_interval: tuple[float, float] | None = None
+    serve_batch: int = 1  # the batch the quality numbers above were measured at
+    micro_batch: int | None = None  # also measured at this batch (the device micro-batches)
+    micro_batch_accuracy: float | None = None
+    micro_batch_agreement: float | None = None
+    micro_batch_cosine_mean: float | None = None
+    batch_consistency_cosine_min: float | None = None  # same artifact, batch 1 vs micro-batch
+    batch_consistency_max_abs: float | None = None
+    quantized_nodes: int | None = None  # int8 recipes: weighted nodes with int8 weights
+    weighted_nodes: int | None = None  # in the float model, subgraphs included
 
 
 @dataclass(frozen=True)
@@ -139,31 +162,60 @@ def plan(profile: DeviceProfile, *, has_torch: bool, all_runtimes: bool = False)
 
 
 def judge(
-    m: Measurement, ref: Measurement, profile: DeviceProfile, quality: QualityBudget
+    m: Measurement, ref: Measurement, profile: DeviceProfile, quality: QualityBudget, *, clock: str = "cpu"
 ) -> tuple[str, ...]:
     """Every budget the measurement breaks, as readable reasons (empty tuple: it passes)."""
-    out: list[str] = []
-    b = profile.budget
-    if (
-        m.accuracy is not None
-        and ref.accuracy is not None
-        and ref.accuracy - m.accuracy > quality.max_accuracy_drop
-    ):
-        out.append(
-            f"accuracy {m.accuracy:.4f} is {ref.accuracy - m.accuracy:.4f} below the reference "
-            f"{ref.accuracy:.4f} (allowed {quality.max_accuracy_drop:.4f})"
+    out = _quality_failures(m.accuracy, m.cosine_mean, m.agreement, ref=ref, quality=quality, at="")
+    if m.micro_batch is not None:
+        at = f" at micro-batch {m.micro_batch}"
+        micro_agreement = m.agreement if m.micro_batch_agreement is None else m.micro_batch_agreement
+        out += _quality_failures(
+            m.micro_batch_accuracy,
+            m.micro_batch_cosine_mean,
+            micro_agreement,
+            ref=ref,
+            quality=quality,
+            at=at,
         )
-    if m.cosine_mean is not None and m.cosine_mean < quality.min_cosine:
-        out.append(f"mean cosine {m.cosine_mean:.4f} < {quality.min_cosine:.4f}")
-    if m.agreement < quality.min_agreement:
-        out.append(f"agreement {m.agreement:.4f} < {quality.min_agreement:.4f}")
+    if m.quantized_nodes == 0:
+        out.append(f"quantized nothing: 0 of {m.weighted_nodes} weighted nodes have int8 weights")
+    b = profile.budget
     if m.size_bytes > b.model_bytes:
         out.append(f"size {m.size_bytes} B > model budget {b.model_bytes} B")
-    if m.latency_p95_ms > b.latency_p95_ms:
-        out.append(f"p95 latency {m.latency_p95_ms:.3f} ms > {b.latency_p95_ms} ms")
+    p95, what = (
+        (m.cpu_p95_ms, "thread CPU") if clock == "cpu" and m.cpu_p95_ms > 0 else (m.latency_p95_ms, "wall")
+    )
+    if p95 > b.latency_p95_ms:
+        out.append(f"p95 latency {p95:.3f} ms ({what} time on the build host) > {b.latency_p95_ms} ms")
     if m.peak_memory_bytes > b.ram_bytes:
         out.append(f"peak memory {m.peak_memory_bytes} B > RAM budget {b.ram_bytes} B")
     return tuple(out)
+
+
+def _quality_failures(
+    accuracy: float | None,
+    cosine: float | None,
+    agreement: float,
+    *,
+    ref: Measurement,
+    quality: QualityBudget,
+    at: str,
+) -> list[str]:
+    out = []
+    if (
+        accuracy is not None
+        and ref.accuracy is not None
+        and ref.accuracy - accuracy > quality.max_accuracy_drop
+    ):
+        out.append(
+            f"accuracy{at} {accuracy:.4f} is {ref.accuracy - accuracy:.4f} below the reference "
+            f"{ref.accuracy:.4f} (allowed {quality.max_accuracy_drop:.4f})"
+        )
+    if cosine is not None and cosine < quality.min_cosine:
+        out.append(f"mean cosine{at} {cosine:.4f} < {quality.min_cosine:.4f}")
+    if agreement < quality.min_agreement:
+        out.append(f"agreement{at} {agreement:.4f} < {quality.min_agreement:.4f}")
+    return out
 
 
 def choose(
@@ -183,10 +235,17 @@ def choose(
     sticky = [c for c in near if prefer and c.recipe.name == prefer]
     if sticky:
         return sticky[0]
-    return min(
-        near,
-        key=lambda c: (c.measurement.size_bytes, _speed(c.measurement)) if c.measurement else (0, 0.0),
-    )
+    smallest = min(c.measurement.size_bytes for c in near if c.measurement)
+    same_size = [c for c in near if c.measurement and c.measurement.size_bytes <= smallest * (1 + SIZE_TIE)]
+    return min(same_size, key=lambda c: (_quality_key(c), c.recipe.name))
+
+
+def _quality_key(c: Candidate) -> tuple[float, float, float]:
+    """Sort key: higher quality first (accuracy, then cosine, then agreement; absent = equal)."""
+    m = c.measurement
+    if m is None:
+        return (0.0, 0.0, 0.0)
+    return (-(m.accuracy or 0.0), -(m.cosine_mean or 0.0), -m.agreement)
 
 
 @dataclass(frozen=True)
@@ -196,6 +255,7 @@ class _Run:
     reference: Measurement
     quality: QualityBudget
     on_event: Callable[[str], None]
+    clock: str = "cpu"
 
 
 def search(
@@ -208,13 +268,14 @@ def search(
     latency_tolerance: float = 0.25,
     prefer: str = "",
     on_event: Callable[[str], None] = lambda _msg: None,
+    clock: str = "cpu",
 ) -> Outcome:
     """Build, measure and judge every recipe, then choose.
 
     If no int8 recipe passes and some ONNX int8 recipe failed on quality alone, the most accurate
     of those is retried with its most sensitive nodes kept in float (mixed precision).
     """
-    run = _Run(profile, toolchain, reference, quality, on_event)
+    run = _Run(profile, toolchain, reference, quality, on_event, clock)
     outcome = Outcome(profile.name)
     outcome.candidates = [_try(run, recipe) for recipe in recipes]
     int8 = [c for c in outcome.candidates if c.recipe.quantization.startswith("int8")]
@@ -234,7 +295,7 @@ def _try(run: _Run, recipe: Recipe) -> Candidate:
     except UnsupportedError as err:  # one recipe failing is a verdict on that recipe, not on the run
         run.on_event(f"{run.profile.name}: {recipe.name} failed to build: {err}")
         return Candidate(recipe, None, None, (f"build failed: {err}",))
-    failures = judge(m, run.reference, run.profile, run.quality)
+    failures = judge(m, run.reference, run.profile, run.quality, clock=run.clock)
     run.on_event(
         f"{run.profile.name}: {recipe.name} {'ok' if not failures else 'fails: ' + '; '.join(failures)}"
     )
@@ -272,5 +333,5 @@ def _quality_score(c: Candidate) -> float:
 
 
 def _quality_only_failure(c: Candidate) -> bool:
-    quality_words = ("accuracy", "mean cosine", "agreement")
+    quality_words = ("accuracy", "mean cosine", "agreement")  # at batch 1 or at the micro-batch
     return bool(c.failures) and all(f.startswith(quality_words) for f in c.failures)

@@ -2,7 +2,10 @@
 
 Owns the report layout (format_version 1): input digest, passes and their parameters, calibration
 and evaluation data digests, tool versions, host, every candidate's metrics and budget verdicts, and
-the chosen artifact per profile. Pure functions over dataclasses; writing files is `compiler.build`.
+the chosen artifact per profile, and per profile the notes a reader must not miss (95 % intervals of
+agreement on small evaluation sets, batch-1 vs micro-batch differences, int8 recipes that quantized
+nothing). Quality numbers are at batch 1, the batch a device serves. Pure functions over
+dataclasses; writing files is `compiler.build`.
 """
 
 from __future__ import annotations
@@ -128,10 +131,42 @@ def build_report(
                 "passes": passes_for(o.chosen.recipe) if o.chosen else [],
                 "artifact": artifacts.get(o.profile),
                 "candidates": [candidate_dict(c) for c in o.candidates],
+                "notes": profile_notes(o),
             }
             for o in outcomes
         },
     }
+
+
+WIDE_INTERVAL = 0.05  # a 95 % interval wider than +-5 points gets a note
+CONSISTENT_COSINE = 0.9999
+
+
+def profile_notes(o: Outcome) -> list[str]:
+    """What a reader of the numbers must know: sample-size uncertainty, batch dependence, no-ops."""
+    notes = [
+        f"{c.recipe.name} quantized nothing (0 of {c.measurement.weighted_nodes} weighted nodes)"
+        for c in o.candidates
+        if c.measurement and c.measurement.quantized_nodes == 0
+    ]
+    m = o.chosen.measurement if o.chosen else None
+    if m is None:
+        return notes
+    if m.agreement_interval:
+        lo, hi = m.agreement_interval
+        what = "top-1" if m.cosine_mean is None else "nearest-neighbour"
+        line = f"{what} agreement {m.agreement:.4f}, 95% interval {lo:.3f}-{hi:.3f} (n={m.samples}, batch 1)"
+        if (hi - lo) / 2 > WIDE_INTERVAL:
+            line += ": the evaluation set is too small for a tighter claim"
+        notes.append(line)
+    cos = m.batch_consistency_cosine_min
+    if cos is not None and cos < CONSISTENT_COSINE:
+        notes.append(
+            f"outputs at batch 1 and micro-batch {m.micro_batch} differ (min cosine {cos:.4f}, max |diff| "
+            f"{m.batch_consistency_max_abs:.4g}): with micro-batching one caller's result depends on "
+            "the others in its batch"
+        )
+    return notes
 
 
 def model_card(report: dict[str, Any]) -> str:
@@ -163,9 +198,8 @@ def model_card(report: dict[str, Any]) -> str:
                 "Passes after export: " + ("; ".join(json.dumps(s) for s in prof["passes"]) or "none") + "\n"
             )
         lines += [
-            "| recipe | size B | accuracy | agreement | cosine mean | cpu p50 ms | p50 ms | p95 ms "
-            "| peak mem B "
-            "| verdict |",
+            "| recipe | size B | accuracy | agreement (95% interval) | cosine mean | cpu p50 ms | cpu p95 ms "
+            "| p95 ms | peak mem B | verdict |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in prof["candidates"]:
@@ -173,12 +207,19 @@ def model_card(report: dict[str, Any]) -> str:
             verdict = "ok" if c["passes_budget"] else "; ".join(c["failures"])
             lines.append(
                 f"| {c['recipe']} | {m.get('size_bytes', '')} | {_fmt(m.get('accuracy'))} | "
-                f"{_fmt(m.get('agreement'))} | {_fmt(m.get('cosine_mean'))} | "
-                f"{m.get('cpu_p50_ms', 0):.4f} | {m.get('latency_p50_ms', 0):.4f} | "
+                f"{_fmt(m.get('agreement'))}{_interval(m.get('agreement_interval'))} | "
+                f"{_fmt(m.get('cosine_mean'))} | "
+                f"{m.get('cpu_p50_ms', 0):.4f} | {m.get('cpu_p95_ms', 0):.4f} | "
                 f"{m.get('latency_p95_ms', 0):.4f} | "
                 f"{m.get('peak_memory_bytes', '')} | {verdict} |"
             )
+        if prof.get("notes"):
+            lines += ["", *(f"- {n}" for n in prof["notes"])]
     return "\n".join(lines) + "\n"
+
+
+def _interval(iv: list[float] | None) -> str:
+    return f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else ""
 
 
 def _fmt(x: float | None) -> str:

@@ -2,22 +2,26 @@
 
 Owns a work folder of candidate artifacts (cached by recipe name, shared across profiles), the
 float reference outputs, and the measurement of every candidate: quality on the evaluation set with
-the profile's thread count, p50/p95 batch-1 latency on one thread, resident-memory peak, size. Does
-not choose anything (that is `compiler.pipeline`) and does not write final outputs (`compiler.build`).
+the profile's thread count at batch 1 (what a device serves; the reference too) and, when the device
+micro-batches, again at that batch with the batch-1 vs micro-batch consistency of the same file;
+p50/p95 batch-1 latency (wall and thread CPU) on one thread; resident-memory peak; size; and, for
+ONNX int8 recipes, what quantization changed (`compiler.effect`). Does not choose anything (that is
+`compiler.pipeline`) and does not write final outputs (`compiler.build`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from compiler import measure, quality
+from compiler import effect, measure, quality
 from compiler.data import Dataset
+from compiler.measure import Runner
 from compiler.passes import convert_tflite, quantize, smooth
 from compiler.pipeline import Measurement, Recipe
 
@@ -46,6 +50,7 @@ class LocalToolchain:
     task: str
     torch_model: torch.nn.Module | None = None
     latency_calls: int = 200
+    micro_batch: int | None = None  # the device micro-batches up to this many samples
     target: Target = field(default_factory=Target)
     _cache: dict[str, Path] = field(default_factory=dict)
     _reference: np.ndarray | None = None
@@ -59,7 +64,7 @@ class LocalToolchain:
     def reference_outputs(self) -> np.ndarray:
         if self._reference is None:
             runner = measure.open_runtime(self.fp32_onnx, "onnxruntime", measure.cpu_count())
-            self._reference = measure.predict(runner, self.evaluation.inputs)
+            self._reference = measure.predict(runner, self.evaluation.inputs, batch_size=1)
         return self._reference
 
     def reference(self) -> Measurement:
@@ -79,23 +84,51 @@ class LocalToolchain:
         path = Path(artifact)
         threads = min(self.target.threads, measure.cpu_count())
         runner = measure.open_runtime(path, recipe.runtime, threads, self.target.delegate)
-        outputs = measure.predict(runner, self.evaluation.inputs)
+        outputs = measure.predict(runner, self.evaluation.inputs, batch_size=1)
         q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
         one = measure.open_runtime(path, recipe.runtime, 1, self.target.delegate)
         timing = measure.time_batch1(one, self.evaluation.inputs, calls=self.latency_calls)
         peak = measure.peak_memory(path, recipe.runtime, self.target.delegate)
-        return Measurement(
+        m = Measurement(
             size_bytes=path.stat().st_size,
             latency_p50_ms=timing.p50_ms,
             latency_p95_ms=timing.p95_ms,
             cpu_p50_ms=timing.cpu_p50_ms,
+            cpu_p95_ms=timing.cpu_p95_ms,
             peak_memory_bytes=peak,
             agreement=q.agreement,
             accuracy=q.accuracy,
             cosine_mean=q.cosine_mean,
             cosine_min=q.cosine_min,
             accelerator=runner.accelerator,
+            samples=q.samples,
+            agreement_interval=q.agreement_interval,
+            accuracy_interval=q.accuracy_interval,
         )
+        return self._effect(self._micro(m, runner, outputs), path, recipe)
+
+    def _micro(self, m: Measurement, runner: Runner, batch1: np.ndarray) -> Measurement:
+        """Quality at the micro-batch size, and how far its outputs are from batch 1's (same file)."""
+        if not self.micro_batch or self.micro_batch <= 1 or runner.batch_fixed:
+            return m  # static-batch (LiteRT) artifacts cannot be micro-batched
+        outputs = measure.predict(runner, self.evaluation.inputs, batch_size=self.micro_batch)
+        q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
+        cos_min, max_abs = quality.consistency(batch1, outputs)
+        return replace(
+            m,
+            micro_batch=self.micro_batch,
+            micro_batch_accuracy=q.accuracy,
+            micro_batch_agreement=q.agreement,
+            micro_batch_cosine_mean=q.cosine_mean,
+            batch_consistency_cosine_min=cos_min,
+            batch_consistency_max_abs=max_abs,
+        )
+
+    def _effect(self, m: Measurement, path: Path, recipe: Recipe) -> Measurement:
+        if recipe.runtime != "onnxruntime" or not recipe.quantization.startswith("int8"):
+            return m
+        e = effect.quant_effect(self.fp32_onnx, path)
+        return replace(m, quantized_nodes=e.quantized_nodes, weighted_nodes=e.weighted_nodes)
 
     def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
         if recipe.runtime != "onnxruntime":

@@ -104,8 +104,8 @@ def test_choose_prefers_smaller_within_the_latency_band_and_fastest_outside_it()
 
 
 def test_choose_keeps_the_preferred_recipe_when_it_passes_within_the_band() -> None:
-    static, dynamic = _cand("int8-static", m(300, 1.00)), _cand("int8-dynamic", m(300, 1.20))
-    assert choose([static, dynamic]) is static  # same size: the faster
+    static, dynamic = _cand("int8-static", m(300, 1.00, acc=0.985)), _cand("int8-dynamic", m(300, 1.20))
+    assert choose([static, dynamic]) is static  # same size, as fast (band): the more accurate
     name = dynamic.recipe.name  # the recipe the parent shipped with
     assert choose([static, dynamic], prefer=name) is dynamic  # as fast, by the band
     slow = _cand("int8-dynamic", m(300, 1.40))  # outside the 25 % band: speed wins
