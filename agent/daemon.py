@@ -243,6 +243,7 @@ async def _monitor_drift(
 ) -> None:
     """Feed captured inputs/outputs of the serving model to its calibrated drift monitor."""
     from agent.drift.feeder import DriftFeeder
+    from agent.drift.monitor import DriftInputError
     from agent.drift.reporter import DriftReporter
 
     clock = SystemClock()
@@ -262,6 +263,9 @@ async def _monitor_drift(
                 scores.note(serving, feeder.monitor)
         except StorageError as err:
             logger.error("drift report not recorded: %s", err)
+        except DriftInputError as err:  # reported as a data-quality episode by the feeder
+            loop.telemetry_ready.set()
+            logger.error("drift monitor misfed (inputs not monitored): %s", err)
         except Exception:  # the monitor must never take the daemon down
             logger.exception("drift monitor failed; samples of this interval skipped")
 

@@ -2,9 +2,10 @@
 
 Owns the only per-stream state that grows with time-scale: the last `max(windows)` block sums of
 every channel, never raw rows, kept as float32 (a block sum of 25 z-scale values needs no more; the
-window sums are formed in float64), so 64 features cost 16.5 kB. `push()` takes the sums of newly completed blocks and
-returns, per block, every (channel, window) whose |z| crossed its calibrated threshold. Shares the
-statistic with calibration (stats.window_z), so what was calibrated is what runs.
+window sums are formed in float64), so 64 features cost 16.5 kB. `push()` takes the sums of newly
+completed blocks and returns, per block, every (channel, window) whose |z| crossed its calibrated
+threshold. Shares the statistic with calibration (stats.window_z), so what was calibrated is what
+runs.
 """
 
 from __future__ import annotations

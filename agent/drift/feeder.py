@@ -7,6 +7,11 @@ is monitored and `status` says why. A slot switch is recognised by the model's i
 reference file itself (inode, mtime, size), so a release that re-ships the same model name and
 version with another reference (or none) still gets its own monitor. The output view is softmax of
 the model's first output, the same transform the compiler applies when it builds the reference.
+Captured rows that the reference can never monitor (a model whose input width or type differs
+from the reference's: a mis-wired feeder) are not dropped silently: the monitor's data-quality
+episode is reported, `status` and `last_error` say what is wrong, and `feed` raises
+`DriftInputError` to its caller after reporting. A seasonal reference gets the drain time as the
+rows' timestamp (samples are drained every few seconds; the seasonal bins are hours).
 Does not capture samples (agent.inference.capture) or send anything itself (DriftReporter writes
 to the outbox).
 """
@@ -20,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.drift.monitor import DriftMonitor
+from agent.drift.monitor import DriftInputError, DriftMonitor
 from agent.drift.reference import ReferenceProfile
 from agent.drift.reporter import DriftReporter
 
@@ -76,9 +81,16 @@ class DriftFeeder:
         self._monitor: DriftMonitor | None = None
         self._reporter: DriftReporter | None = None
         self.status = "no model serving"
+        self.last_error = ""
+        self._bound_status = ""
 
     def feed(self, serving: ServingModel | None, samples: Sequence[CapturedSample]) -> int:
-        """Observe `samples` with the serving model's monitor; returns drift records written."""
+        """Observe `samples` with the serving model's monitor; returns drift records written.
+
+        Raises:
+            DriftInputError: the captured inputs do not fit the model's drift reference; the
+                data-quality episode was reported before raising.
+        """
         self._bind(serving)
         if self._monitor is None or self._reporter is None or not samples:
             return 0
@@ -86,7 +98,18 @@ class DriftFeeder:
         if stacked is None:
             return 0
         inputs, probs = stacked
-        return self._reporter.publish(self._monitor, self._monitor.observe(inputs, probs))
+        stamp = self._reporter.now_ms() / 1000.0 if self._monitor.profile.seasonal is not None else None
+        try:
+            events = self._monitor.observe(inputs, probs, timestamps=stamp)
+        except DriftInputError as err:
+            self._reporter.publish(self._monitor, err.events)
+            self.last_error = err.reason
+            self.status = f"misfed: {err.reason}"
+            raise
+        if self.last_error:
+            self.last_error = ""
+            self.status = self._bound_status
+        return self._reporter.publish(self._monitor, events)
 
     def _bind(self, serving: ServingModel | None) -> None:
         if serving is None:
@@ -110,7 +133,7 @@ class DriftFeeder:
             return
         self._monitor = DriftMonitor(profile)
         self._reporter = self._make_reporter(serving.name, serving.version)
-        self.status = f"monitoring {serving.name}@{serving.version}"
+        self.status = self._bound_status = f"monitoring {serving.name}@{serving.version}"
         logger.info("drift monitoring on model=%s version=%s", serving.name, serving.version)
 
     @property

@@ -234,7 +234,7 @@ def _finite_mask(x: FloatArray) -> np.ndarray:
     keep = np.isfinite(x).all(axis=1)
     if int(keep.sum()) < 50:
         raise ValueError(f"need at least 50 finite reference rows, got {int(keep.sum())}")
-    return keep
+    return np.asarray(keep)
 
 
 def _finite_rows(x: FloatArray) -> FloatArray:

@@ -58,6 +58,10 @@ class DriftReporter:
         self._sketch_from_ms = clock.time_ms()
         self._sketched_samples = 0
 
+    def now_ms(self) -> int:
+        """The reporter's clock (the feeder stamps rows for seasonal references with it)."""
+        return self._clock.time_ms()
+
     def publish(self, monitor: DriftMonitor, events: list[Episode]) -> int:
         """Append one record per episode event (and a sketch when due); returns records written."""
         now = self._clock.time_ms()

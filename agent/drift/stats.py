@@ -4,8 +4,9 @@ Owns the fitted models that turn rows into *channel values* (one column per chan
 block-sum window bank that compares the recent mean of every channel with its reference mean:
 
 * inputs: per-feature location (normal score s), per-feature scale ((s^2 - 1)/sqrt 2), for
-  features constant in the reference the indicator of any other value, and one joint channel (cube root of the Mahalanobis distance of s over d, Wilson-Hilferty), which sees
-  correlation changes with unchanged marginals;
+  features constant in the reference the indicator of any other value, and one joint channel
+  (cube root of the Mahalanobis distance of s over d, Wilson-Hilferty), which sees correlation
+  changes with unchanged marginals;
 * outputs: predicted-class indicators and the normal score of the top-class confidence;
 * labels: the 0/1 error indicator (concept drift once late labels arrive).
 

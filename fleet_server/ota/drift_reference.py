@@ -1,6 +1,7 @@
 """Structural check of a `drift_reference.json` before it is signed into a release.
 
-The agent decodes the profile (`agent.drift.reference_codec`, format version 1); the server must
+The agent decodes the profile (`agent.drift.reference_codec`, format versions 1 and 2; 2 adds
+`inputs.constant` and a nullable `seasonal`, both optional here); the server must
 not import the agent, so it checks the same document shape here: a JSON object of the known format
 version with every top-level key the decoder reads, each of the right JSON type. It does not check
 the statistics (the device's decoder is the judge of those); it keeps a release from shipping
@@ -16,7 +17,8 @@ from typing import Any
 from fleet_server.errors import InvalidRequestError
 
 MAX_DRIFT_REFERENCE_BYTES = 8 << 20  # the agent refuses larger ones too (WorkLimits)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # what the agent decodes
 
 _NUM = (int, float)
 _ANY = object  # present, any JSON type (the decoder converts it)
@@ -75,9 +77,10 @@ def check_profile(raw: object) -> None:
     if not isinstance(raw, dict):
         raise InvalidRequestError(f"drift reference must be a JSON object, not {_kind(raw)}")
     version = raw.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise InvalidRequestError(
-            f"drift reference format_version must be {FORMAT_VERSION}, got {json.dumps(version)}"
+            f"drift reference format_version must be one of {list(READABLE_VERSIONS)}, "
+            f"got {json.dumps(version)}"
         )
     _keys(raw, _TOP, "")
     for key, kind in _NULLABLE.items():
@@ -97,6 +100,12 @@ def check_profile(raw: object) -> None:
         _keys(raw["outputs"], {"n_classes": int, "confidence": list, "channels": dict}, "outputs.")
     if raw["projection"] is not None:
         _keys(raw["projection"], {"center": list, "axes": list}, "projection.")
+    if version >= 2 and raw.get("seasonal") is not None:
+        _keys(raw["seasonal"], {"period": _NUM, "mean": list, "std": list}, "seasonal.")
+    if version >= 2 and "constant" in inputs and not isinstance(inputs["constant"], list):
+        raise InvalidRequestError(
+            f"drift reference key 'inputs.constant' must be an array, not {_kind(inputs['constant'])}"
+        )
 
 
 def _keys(doc: object, expected: dict[str, Any], prefix: str) -> None:

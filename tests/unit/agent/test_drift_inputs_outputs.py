@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from agent.drift import DriftMonitor, DriftReporter, Episode, build_reference
+from agent.drift import DriftInputError, DriftMonitor, DriftReporter, Episode, build_reference
 from protos.edgeloop.v1 import drift_pb2
 
 
@@ -64,8 +64,14 @@ def test_label_stream_false_alarms_stay_within_budget() -> None:
     assert opened <= 10  # budget: 0.5 per 10k labels over 200k labels
 
 
-def test_bad_input_is_counted_never_raised_never_an_alarm() -> None:
-    """A monitor fed bad input interleaved behaves exactly like its twin fed only the good rows."""
+def _misfed(monitor: DriftMonitor, rows: object, **kw: object) -> DriftInputError:
+    with pytest.raises(DriftInputError) as info:
+        monitor.observe(rows, **kw)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_stray_nan_values_are_counted_and_dropped_never_an_alarm() -> None:
+    """A monitor fed scattered NaN/inf behaves exactly like its twin fed only the good rows."""
     rng = np.random.default_rng(3)
     names = ("a", "b", "c")
     profile = build_reference(rng.normal(size=(1000, 3)), feature_names=names, seed=3)
@@ -79,32 +85,53 @@ def test_bad_input_is_counted_never_raised_never_an_alarm() -> None:
         x[::11, 0] = -np.inf
         events += monitor.observe(x)
         twin_events += twin.observe(x[np.isfinite(x).all(axis=1)])
-        events += monitor.observe(rng.normal(size=(25, 4)))  # wrong dimensionality
-        events += monitor.observe({"a": 0.1, "c": 0.3})  # missing feature
-        events += monitor.observe([[1.0, 2.0], [3.0]])  # type: ignore[list-item]  # ragged
-        events += monitor.observe("not numbers")  # type: ignore[arg-type]
-        events += monitor.observe(np.zeros((2, 2, 3)))
-        row = rng.normal(size=3)
-        events += monitor.observe({"a": row[0], "b": row[1], "c": row[2]}, outputs=np.ones(7))
-        twin_events += twin.observe(row)
-    assert events == twin_events
+    assert events == twin_events == []
     bad = monitor.bad
     assert bad.nonfinite["b"] == 400 * 5 and bad.nonfinite["c"] == 400 * 4 and bad.nonfinite["a"] == 400 * 3
-    assert bad.missing == {"b": 400}
-    assert bad.bad_shape == 400 * (25 + 1 + 1 + 1)
-    assert monitor.samples == twin.samples == 400 * (25 - 10 + 1)
+    assert monitor.samples == twin.samples == 400 * (25 - 10)
 
 
-def test_bad_input_alone_never_opens_an_episode() -> None:
+def test_misfed_rows_raise_and_open_one_data_quality_episode_that_closes_when_fixed() -> None:
+    rng = np.random.default_rng(3)
+    names = ("a", "b", "c")
+    monitor = DriftMonitor(build_reference(rng.normal(size=(1000, 3)), feature_names=names, seed=3))
+    monitor.observe(rng.normal(size=(500, 3)))
+    first = _misfed(monitor, rng.normal(size=(25, 4)))  # a feeder wired to the wrong model
+    assert "rows of 4 values" in first.reason and "3 features" in first.reason
+    (opened,) = first.events
+    assert opened.state == "open" and opened.stream == "inputs" and opened.detected_sample == 500
+    assert [e.kind for e in opened.evidence] == ["bad_input"] and opened.evidence[0].feature == ""
+    # Every misfed call raises; the open episode is updated once per new kind of problem only.
+    assert "no feature 'b'" in (missing := _misfed(monitor, {"a": 0.1, "c": 0.3})).reason
+    (update,) = missing.events
+    assert update.episode_id == opened.episode_id and "b" in {ev.feature for ev in update.evidence}
+    assert _misfed(monitor, rng.normal(size=(25, 4))).events == []  # same problem: no new record
+    assert "not numbers" in _misfed(monitor, "not numbers").reason
+    assert "shape (2, 2, 3)" in _misfed(monitor, np.zeros((2, 2, 3))).reason
+    _misfed(monitor, [[1.0, 2.0], [3.0]])
+    assert monitor.bad.bad_shape == 25 * 2 + 1 + 1 + 1 and monitor.bad.missing == {"b": 1}
+    assert [e.episode_id for e in monitor.open_episodes()] == [opened.episode_id]
+    # Wiring fixed: good rows close the episode after the quiet period (32 blocks of 25).
+    closed = [e for e in monitor.observe(rng.normal(size=(1000, 3))) if e.state == "closed"]
+    assert [e.episode_id for e in closed] == [opened.episode_id] and monitor.open_episodes() == []
+
+
+def test_a_dead_feature_opens_an_episode_and_nonfinite_raise_policy_raises() -> None:
     rng = np.random.default_rng(8)
-    monitor = DriftMonitor(build_reference(rng.normal(size=(1000, 3)), seed=8))
-    junk = np.full((50_000, 3), np.nan)
-    junk[::3, 1] = np.inf
-    assert monitor.observe(junk) == [] and monitor.samples == 0
-    assert monitor.observe({"f0": "x", "f1": 1.0, "f2": None}) == []  # type: ignore[dict-item]
+    profile = build_reference(rng.normal(size=(1000, 3)), seed=8)
+    monitor = DriftMonitor(profile)
+    junk = rng.normal(size=(200, 3))
+    junk[:, 1] = np.nan  # sensor x[1] delivers nothing for 200 rows
+    opened = [e for e in monitor.observe(junk) if e.state == "open"]
+    assert len(opened) == 1 and opened[0].evidence[0].channel == "nonfinite:x[1]"
+    assert opened[0].evidence[0].feature == "x[1]" and monitor.samples == 0
+    strict = DriftMonitor(profile, nonfinite="raise")
+    row = np.array([[0.1, np.nan, 0.2]])
+    err = _misfed(strict, row)
+    assert "NaN/inf in feature 'x[1]'" in err.reason and err.events[0].evidence[0].feature == "x[1]"
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        DriftMonitor(profile, nonfinite="ignore")
     assert monitor.observe_labels(["wrong", "labels"]) == []  # type: ignore[list-item]  # no label stream
-    assert monitor.bad.bad_shape == 1
-    assert sum(monitor.bad.nonfinite.values()) == 150_000 and monitor.open_episodes() == []
 
 
 def test_constant_feature_and_tiny_reference_do_not_break_the_monitor() -> None:

@@ -38,6 +38,17 @@ def test_what_the_agent_decodes_passes(tmp_path: Path, profile: dict[str, Any]) 
     check_drift_reference(_file(tmp_path, json.dumps(embedding).encode()))
 
 
+def test_a_format_1_reference_still_passes_and_still_loads(tmp_path: Path, profile: dict[str, Any]) -> None:
+    """References built before format 2 (no constant flags, no seasonal baseline) stay usable."""
+    old = {k: v for k, v in profile.items() if k != "seasonal"}
+    old["format_version"] = 1
+    old["inputs"] = {k: v for k, v in profile["inputs"].items() if k != "constant"}
+    data = json.dumps(old).encode()
+    check_drift_reference(_file(tmp_path, data))
+    loaded = ReferenceProfile.from_bytes(data)
+    assert loaded.seasonal is None and np.isnan(loaded.inputs.constant).all()
+
+
 def _without(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
     out = json.loads(json.dumps(doc))
     *parents, leaf = dotted.split(".")
@@ -63,9 +74,11 @@ def _with(doc: dict[str, Any], dotted: str, value: object) -> dict[str, Any]:
     [
         (lambda p: [p], "must be a JSON object, not an array"),
         (lambda p: "profile", "must be a JSON object, not a string"),
-        (lambda p: _with(p, "format_version", 2), "format_version must be 1, got 2"),
-        (lambda p: _with(p, "format_version", True), "format_version must be 1, got true"),
-        (lambda p: _without(p, "format_version"), "format_version must be 1, got null"),
+        (lambda p: _with(p, "format_version", 3), "format_version must be one of [1, 2], got 3"),
+        (lambda p: _with(p, "format_version", True), "format_version must be one of [1, 2], got true"),
+        (lambda p: _without(p, "format_version"), "format_version must be one of [1, 2], got null"),
+        (lambda p: _with(p, "seasonal", {"period": 1.0}), "missing key 'seasonal.mean'"),
+        (lambda p: _with(p, "inputs.constant", 3), "key 'inputs.constant' must be an array"),
         (lambda p: _without(p, "calibration"), "missing key 'calibration'"),
         (lambda p: _without(p, "outputs"), "missing key 'outputs'"),
         (lambda p: _without(p, "inputs.precision"), "missing key 'inputs.precision'"),
