@@ -1,4 +1,4 @@
-"""`edgeloop-agent`: enroll | run | status | feedback | version (+ predict, models).
+"""`edgeloop-agent`: enroll | run | status | install | feedback | version (+ predict, models).
 
 Parses, loads config, calls one function. Output is plain text (or JSON with --json): the agent
 extra carries no rich, and these commands run on the device.
@@ -23,7 +23,10 @@ from agent.errors import (
     EnrollmentError,
     ExitCode,
     InferenceError,
+    InstallRefusedError,
+    IntegrityError,
     InvalidInputError,
+    ModelLoadError,
     StorageError,
     TransportError,
 )
@@ -96,6 +99,58 @@ def _status(ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _install(ns: argparse.Namespace) -> int:
+    """Local development install of a model file into a slot (the daemon must be stopped)."""
+    from agent.config import AgentConfig
+    from agent.inference.registry import ProfileLoader
+    from agent.ota.local import LocalInstall, install_local
+    from agent.profile import load_profile
+
+    cfg = _config(ns)
+    assert isinstance(cfg, AgentConfig)
+    artifact = Path(ns.file)
+    request = LocalInstall(
+        artifact=artifact,
+        name=ns.name or artifact.stem,
+        version=ns.model_version or f"local-{artifact.stem}",
+        slot=ns.slot,
+        sha256=ns.sha256 or "",
+        warmup=Path(ns.warmup) if ns.warmup else None,
+        golden=Path(ns.golden) if ns.golden else None,
+        golden_threshold=ns.golden_threshold,
+    )
+    profile = load_profile(cfg.device.profile)
+    with DataDirLock(cfg.data_path):  # the daemon holds it while it runs: never install under it
+        try:
+            result = asyncio.run(
+                install_local(
+                    request,
+                    slots_root=cfg.slots_root,
+                    ota_dir=cfg.data_path / "ota",
+                    loader=ProfileLoader(profile),
+                )
+            )
+        except InvalidInputError as err:
+            print(f"edgeloop-agent: install refused: {err}", file=sys.stderr)
+            return ExitCode.USAGE
+        except IntegrityError as err:
+            print(f"edgeloop-agent: install refused: {err}", file=sys.stderr)
+            return ExitCode.INTEGRITY
+        except (InstallRefusedError, ModelLoadError) as err:
+            print(f"edgeloop-agent: install refused: {err}", file=sys.stderr)
+            return ExitCode.REFUSED
+    if ns.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return ExitCode.OK
+    where = "serving from current/" if result.slot == "current" else "staged in candidate/ (not serving)"
+    print(f"installed {result.name}@{result.version} ({result.bytes} bytes, sha256 {result.sha256}): {where}")
+    for step in result.steps:
+        print(f"  {step}")
+    if result.slot == "current":
+        print("start the agent (edgeloop-agent run) to serve it")
+    return ExitCode.OK
+
+
 def _feedback(ns: argparse.Namespace) -> int:
     import numpy as np
 
@@ -147,6 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="local status: enrollment, session, telemetry queue")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
+    p = sub.add_parser(
+        "install",
+        help="install a local model file into a slot (development; the agent must be stopped)",
+        description=(
+            "Verify (sha256), stage, load and warm up FILE, run the golden-set gate when --golden is "
+            "given, then switch to it (--slot current) or leave it staged (--slot candidate). A refused "
+            "model goes to broken/ with its reason. Logged like a release, and appended to "
+            "<data>/ota/local_installs.jsonl."
+        ),
+    )
+    p.add_argument("file", help="model file (.onnx or .tflite)")
+    p.add_argument("--name", help="model name (default: the file name without suffix)")
+    p.add_argument("--version", dest="model_version", help="model version (default: local-<name>)")
+    p.add_argument("--slot", choices=("current", "candidate"), default="current")
+    p.add_argument("--sha256", help="expected sha256 of FILE (hex); refused when it differs")
+    p.add_argument(
+        "--warmup", help="warm-up sample .npz (one array per input, named after it); default zeros"
+    )
+    p.add_argument("--golden", help="golden set .npz (input:<name> arrays and labels) for the accuracy gate")
+    p.add_argument("--golden-threshold", type=float, default=0.0, help="minimum top-1 accuracy on --golden")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_install)
     from agent.inference.cli import add_subcommands
 
     add_subcommands(sub)  # predict, models: talk to the running agent's local inference API

@@ -16,6 +16,7 @@ Each branch answers the caller's question "what do I do next?"::
     │   │   └── BackendUnavailableError  runtime/EP/delegate the profile asks for is missing here
     │   ├── BackendCrashedError   the runtime failed mid-call; restart the backend, retry once
     │   └── NoModelError          no model is loaded yet; the caller may retry later
+    ├── InstallRefusedError a local install failed a gate (golden set, busy OTA); fix the model or retry
     ├── StorageError        local state (queue, key files) unusable; exit with ExitCode.STORAGE
     └── DataDirLockedError  another agent process owns the data directory; exit DATA_DIR_LOCKED
 """
@@ -36,6 +37,8 @@ class ExitCode(IntEnum):
     STORAGE = 13
     TRANSPORT = 14
     INFERENCE = 15
+    INTEGRITY = 16  # bytes failed a hash check (e.g. `install --sha256`)
+    REFUSED = 17  # a local install was refused: the model does not load, warm up or pass a gate
     DATA_DIR_LOCKED = 20  # another agent process holds the data directory
 
 
@@ -65,6 +68,10 @@ class IntegrityError(AgentError):
 
 class SlotError(AgentError):
     """A model slot could not be read or written."""
+
+
+class InstallRefusedError(AgentError):
+    """A local install (`edgeloop-agent install`) was refused by a gate; nothing was switched."""
 
 
 class StorageError(AgentError):

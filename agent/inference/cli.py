@@ -28,8 +28,22 @@ DEFAULT_SOCKET = "/run/edgeloop/inference.sock"
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``predict`` and ``models`` on the agent CLI."""
-    predict = subparsers.add_parser("predict", help="run one input (.npy) through the serving model")
-    predict.add_argument("--input", required=True, type=Path, help=".npy file: one sample or a batch")
+    predict = subparsers.add_parser(
+        "predict",
+        help="run one input (.npy, or .npz for multi-input models) through the serving model",
+        description=(
+            "A single-input model takes a .npy array (one sample or a batch, batch first). A model with "
+            "several inputs takes an .npz with one array per input, named after it (see `models` or the "
+            "signature); inputs the model does not batch (a recurrent state, a 0-d sample rate) are "
+            "given whole, e.g. np.savez('in.npz', x=frame, state=state, sr=np.array(16000))."
+        ),
+    )
+    predict.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help=".npy (single-input model) or .npz (one array per input name) file",
+    )
     _common(predict)
     predict.set_defaults(func=run_predict, handler=run_predict)
     models = subparsers.add_parser("models", help="model slots, versions and serving stats")
@@ -54,9 +68,14 @@ def _client(target: str) -> EdgeloopClient:
 
 def run_predict(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        print(f"error: cannot read {args.input}: {err}", file=sys.stderr)
+        loaded = np.load(args.input, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                x: np.ndarray | dict[str, np.ndarray] = {k: loaded[k] for k in loaded.files}
+        else:
+            x = loaded
+    except (OSError, ValueError, EOFError) as err:
+        print(f"error: cannot read {args.input} as .npy or .npz: {err}", file=sys.stderr)
         return int(ExitCode.USAGE)
     client = _client(args.socket)
     try:
