@@ -7,6 +7,10 @@ upload the fixed-point update masked with the self mask and the pairwise masks; 
 dropped, never both (a server asking for both, or naming fewer survivors than the threshold,
 is refused). The masked upload carries a MAC under a key agreed with the server's round key, so a
 tampered or replayed upload is detectable. Private keys never leave this object.
+
+Protocol version (`secagg_crypto.VERSION`): the keys reply says which version this device speaks
+(`v`), and the server's roster must name the same one, or the device refuses the round with
+an error that says both versions (a server of another version gets the same from its side).
 """
 
 from __future__ import annotations
@@ -55,11 +59,18 @@ class SecAggClient:
         c_sk, c_pk = sc.keypair()
         s_sk, s_pk = sc.keypair()
         self.sessions = {round_id: _Session(c_sk, s_sk, c_pk, s_pk, secrets.token_bytes(32))}
-        return {"c_pk": c_pk, "s_pk": s_pk}
+        return {"c_pk": c_pk, "s_pk": s_pk, "v": str(sc.VERSION).encode()}
 
     def share(self, round_id: str, roster_blob: bytes) -> dict[str, bytes]:
         s = self._session(round_id)
         roster = json.loads(roster_blob)
+        if not isinstance(roster, dict):
+            raise InvalidInputError("secagg roster is not a JSON object")
+        if roster.get("v") != sc.VERSION:
+            raise InvalidInputError(
+                f"secagg protocol version {roster.get('v', 1)} asked by the server; this agent"
+                f" speaks version {sc.VERSION}: update the fleet server or the agent so they match"
+            )
         s.index, s.threshold, s.server_pk = (
             int(roster["me"]),
             int(roster["t"]),
@@ -96,15 +107,16 @@ class SecAggClient:
         self._receive_shares(s, round_id, json.loads(inbox_blob))
         deltas, n, metrics = train_delta()
         n = min(n, max_examples)
-        flat = np.concatenate([d.astype(np.float64).ravel() for d in deltas])
-        vec = np.concatenate(
-            [sc.encode_fixed(flat * n, clip=clip * n, scale=scale), np.array([n], np.uint32)]
-        )
-        vec = vec + sc.prg(s.seed, len(vec))
-        for j, (_, s_pk) in s.neighbours.items():
-            mask = sc.prg(sc.agree(s.s_sk, s_pk, b"mask"), len(vec))
-            vec = vec + mask if s.index < j else vec - mask
-        tag = sc.mac(sc.agree(s.c_sk, s.server_pk, b"mac"), round_id, s.index, vec.tobytes())
+        flat = np.concatenate([np.ravel(d) for d in deltas], dtype=np.float64)
+        flat *= n
+        vec = np.empty(len(flat) + 1, np.uint32)
+        sc.encode_fixed(flat, clip=clip * n, scale=scale, out=vec[:-1])
+        vec[-1] = n
+        masks = [(s.seed, True)] + [
+            (sc.agree(s.s_sk, s_pk, b"mask"), s.index < j) for j, (_, s_pk) in s.neighbours.items()
+        ]
+        sc.apply_masks(vec, masks)  # + self mask, + mask to each higher neighbour, - to each lower
+        tag = sc.mac(sc.agree(s.c_sk, s.server_pk, b"mac"), round_id, s.index, vec)
         return vec, {"mac": tag}, n, metrics
 
     def unmask(self, round_id: str, lists_blob: bytes) -> dict[str, bytes]:

@@ -12,6 +12,14 @@ of any delta coordinate beyond c (the server cannot see that; choose c from the 
 
 The server keeps only the transcript (public keys, sealed shares, masked vectors, revealed
 shares) and the sum; a single survivor's update stays hidden behind its pairwise masks.
+
+Protocol version (`secagg_crypto.VERSION`): a device's keys reply names the version it speaks; a
+device of another version (or one that names none: version 1) is left out of the round, counted
+as `secagg_version` and logged with both versions, and the roster names the server's version.
+
+Cost: masked vectors are read as views of the reply bytes (no copy), summed in place, and every
+mask the server must remove (self masks of survivors, pairwise masks of dropouts) is expanded in
+cache-sized blocks straight into the sum (`secagg_crypto.apply_masks`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fleet_server.federated import secagg_crypto as sc
+from fleet_server.federated.codec import array_view
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +123,18 @@ class SecAggRound:
         keys = self._stage("keys", {i: {} for i in node_of}, node_of)
         for i, reply in keys.items():
             c_pk, s_pk = _blob(reply, "c_pk"), _blob(reply, "s_pk")
-            if len(c_pk) == 32 and len(s_pk) == 32:
+            version = _blob(reply, "v").decode(errors="replace") or "1"
+            if version != str(sc.VERSION):
+                rejected["secagg_version"] += 1
+                logger.warning(
+                    "secagg device speaks protocol version %s, this server %d: left out of the round"
+                    " (update the agent) round_id=%s node_id=%d",
+                    version[:8],
+                    sc.VERSION,
+                    self._round_id,
+                    node_of[i],
+                )
+            elif len(c_pk) == 32 and len(s_pk) == 32:
                 self.transcript.public_keys[i] = (c_pk, s_pk)
             else:
                 rejected["bad_keys"] += 1
@@ -174,6 +194,7 @@ class SecAggRound:
         keys = self.transcript.public_keys
         return json.dumps(
             {
+                "v": sc.VERSION,
                 "me": me,
                 "t": threshold,
                 "server_pk": self._pk.hex(),
@@ -197,15 +218,19 @@ class SecAggRound:
     def _check_masked(
         self, masked: dict[int, Message], rejected: Counter[str], template: Message
     ) -> list[int]:
-        length = sum(a.numpy().size for a in _arrays(template).values()) + 1
+        length = sum(math.prod(a.shape) for a in _arrays(template).values()) + 1
         survivors = []
         for i, reply in masked.items():
             record = reply.content.get("masked")
-            vec = record["masked"].numpy() if isinstance(record, ArrayRecord) and "masked" in record else None
+            vec = (
+                array_view(record["masked"])
+                if isinstance(record, ArrayRecord) and "masked" in record
+                else None
+            )
             key = sc.agree(self._sk, self.transcript.public_keys[i][0], b"mac")
             if vec is None or vec.shape != (length,) or vec.dtype != np.uint32:
                 rejected["bad_shape"] += 1
-            elif not sc.mac_ok(key, self._round_id, i, vec.tobytes(), _blob(reply, "mac")):
+            elif not sc.mac_ok(key, self._round_id, i, vec, _blob(reply, "mac")):
                 rejected["bad_mac"] += 1
                 logger.warning("secagg masked update failed its MAC round_id=%s index=%d", self._round_id, i)
             else:
@@ -232,14 +257,13 @@ class SecAggRound:
                 b_shares.setdefault(int(src), []).append(bytes.fromhex(share))
             for src, share in data["s"].items():
                 s_shares.setdefault(int(src), []).append(bytes.fromhex(share))
-        total = np.zeros_like(self.transcript.masked[survivors[0]])
+        masks: list[tuple[bytes, bool]] = []  # (seed, add): what to add to the sum to unmask it
         for i in survivors:
-            total += self.transcript.masked[i]
             if len(b_shares.get(i, [])) < t:
                 return None
             seed = sc.shamir_combine(b_shares[i][:t])
             self.transcript.self_mask_seeds[i] = seed
-            total -= sc.prg(seed, len(total))
+            masks.append((seed, False))
         for d in dropped:
             if len(s_shares.get(d, [])) < t:
                 return None
@@ -247,9 +271,12 @@ class SecAggRound:
             self.transcript.dropped_mask_keys[d] = raw
             sk = X25519PrivateKey.from_private_bytes(raw)
             for j in graph[d]:
-                if j in self.transcript.masked:
-                    mask = sc.prg(sc.agree(sk, self.transcript.public_keys[j][1], b"mask"), len(total))
-                    total = total - mask if j < d else total + mask
+                if j in self.transcript.masked:  # j added the pair's mask if j < d, else subtracted it
+                    masks.append((sc.agree(sk, self.transcript.public_keys[j][1], b"mask"), j > d))
+        total = np.zeros(len(self.transcript.masked[survivors[0]]), np.uint32)
+        for i in survivors:
+            np.add(total, self.transcript.masked[i], out=total)
+        sc.apply_masks(total, masks)
         return total
 
     def _outcome(
@@ -263,7 +290,8 @@ class SecAggRound:
         if total is None or int(total[-1]) == 0:
             return SecAggOutcome(None, 0, survivors, dropped, rejected, math.inf, self.transcript, node_of)
         n_total = int(total[-1])
-        mean = sc.decode_fixed(total[:-1], scale=self._p.scale) / n_total
+        mean = sc.decode_fixed(total[:-1], scale=self._p.scale)
+        mean /= n_total
         bound = len(survivors) / (2 * self._p.scale * n_total)
         return SecAggOutcome(mean, n_total, survivors, dropped, rejected, bound, self.transcript, node_of)
 

@@ -1,23 +1,37 @@
 """Server-side inverses of the device's secure-aggregation crypto (agent/federated/secagg_crypto.py).
 
 Same constructions, duplicated on purpose (agent and server share only protos): X25519 + HKDF
-key agreement, ChaCha20 keystream PRG, Shamir recovery over GF(2^521 - 1), HMAC check of the
+key agreement, ChaCha20 keystream PRG, Shamir recovery over GF(2^521 - 1), the MAC check of the
 masked upload, fixed-point decoding from two's complement mod 2^32.
+
+Protocol version 2 (`VERSION`): the masked upload's MAC is Poly1305 under a one-time key
+HMAC-SHA256(mac key, label || 16-byte nonce) over the round id, the device index and the vector,
+tag = nonce || Poly1305 tag (version 1 hashed the 4 MB vector with SHA-256 inside an HMAC:
+3-4x slower). The mask PRG is unchanged from version 1. Masks are expanded in cache-sized
+blocks straight into a reused buffer and added in place (`apply_masks`): no 4 MB temporaries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 import numpy as np
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 PRIME = 2**521 - 1
+VERSION = 2  # of the device <-> server SecAgg+ exchange; the agent refuses any other
+NONCE = b"\0" * 16  # ChaCha20: 32-bit block counter 0 and a zero nonce (every seed is used once)
+BLOCK_WORDS = 1 << 16  # 256 KiB of keystream per step: it stays in cache while it is added
+MAC_LABEL = b"edgeloop-secagg/v2/poly1305"
+MAC_BYTES = 32  # 16-byte nonce + 16-byte Poly1305 tag
 
 
 def keypair() -> tuple[X25519PrivateKey, bytes]:
@@ -32,9 +46,39 @@ def agree(sk: X25519PrivateKey, peer_pk: bytes, purpose: bytes) -> bytes:
     )
 
 
+def _keystream(seed: bytes) -> CipherContext:
+    return Cipher(algorithms.ChaCha20(seed, NONCE), mode=None).encryptor()
+
+
 def prg(seed: bytes, length: int) -> np.ndarray:
-    enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(b"\0" * (4 * length)), dtype="<u4").astype(np.uint32)
+    """`length` uint32 words of ChaCha20 keystream under `seed` (a new array; see `apply_masks`)."""
+    out = np.empty(length, np.uint32)
+    _keystream(seed).update_into(bytes(out.nbytes), out.data.cast("B"))
+    return out
+
+
+def apply_masks(vec: np.ndarray, masks: Sequence[tuple[bytes, bool]]) -> None:
+    """In place, mod 2^32: `vec += PRG(seed)` for `(seed, True)`, `vec -= PRG(seed)` for `(seed, False)`.
+
+    Equal to adding each `prg(seed, len(vec))` in turn; the keystreams are produced block by block
+    into one reused buffer so each block is added while it is still in cache.
+    """
+    if vec.dtype != np.uint32 or vec.ndim != 1 or not vec.flags.c_contiguous:
+        raise ValueError("apply_masks needs a contiguous 1-d uint32 vector")
+    streams = [(_keystream(seed), add) for seed, add in masks]
+    size = min(len(vec), BLOCK_WORDS)
+    block = np.empty(size, np.uint32)
+    zeros = memoryview(bytes(block.nbytes))
+    for start in range(0, len(vec), BLOCK_WORDS):
+        part = vec[start : start + BLOCK_WORDS]
+        ks = block[: len(part)]
+        raw, src = ks.data.cast("B"), zeros[: ks.nbytes]
+        for enc, add in streams:
+            enc.update_into(src, raw)
+            if add:
+                np.add(part, ks, out=part)
+            else:
+                np.subtract(part, ks, out=part)
 
 
 def shamir_combine(shares: list[bytes]) -> bytes:
@@ -53,12 +97,34 @@ def shamir_combine(shares: list[bytes]) -> bytes:
     return secret.to_bytes(32, "big")
 
 
-def mac_ok(key: bytes, round_id: str, index: int, payload: bytes, tag: bytes) -> bool:
-    msg = round_id.encode() + index.to_bytes(4, "big") + hashlib.sha256(payload).digest()
-    return hmac.compare_digest(hmac.new(key, msg, hashlib.sha256).digest(), tag)
+def _octets(payload: np.ndarray | bytes) -> memoryview:
+    if isinstance(payload, bytes):
+        return memoryview(payload)
+    return np.ascontiguousarray(payload).reshape(-1).view(np.uint8).data
+
+
+def mac_header(round_id: str, index: int) -> bytes:
+    rid = round_id.encode()
+    return len(rid).to_bytes(2, "big") + rid + index.to_bytes(4, "big")
+
+
+def mac_ok(key: bytes, round_id: str, index: int, payload: np.ndarray | bytes, tag: bytes) -> bool:
+    """Check the device's tag (nonce || Poly1305) over the round, its index and the masked vector."""
+    if len(tag) != MAC_BYTES:
+        return False
+    one_time = hmac.new(key, MAC_LABEL + tag[:16], hashlib.sha256).digest()
+    poly = Poly1305(one_time)
+    poly.update(mac_header(round_id, index))
+    poly.update(_octets(payload))
+    try:
+        poly.verify(tag[16:])
+    except InvalidSignature:
+        return False
+    return True
 
 
 def decode_fixed(total: np.ndarray, *, scale: float) -> np.ndarray:
     """uint32 sum (two's complement) -> float64 / scale."""
-    out: np.ndarray = total.astype(np.uint32).view(np.int32).astype(np.float64) / scale
+    out = total.astype(np.uint32, copy=False).view(np.int32).astype(np.float64)
+    out /= scale
     return out

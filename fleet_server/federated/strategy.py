@@ -18,10 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
-    FedAdam,
     FedAvg,
     FedMedian,
-    FedProx,
     FedTrimmedAvg,
     Krum,
     MultiKrum,
@@ -30,6 +28,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from fleet_server.errors import InvalidRequestError
+from fleet_server.federated.mean import InPlaceFedAdam, InPlaceFedAvg, InPlaceFedProx
 from fleet_server.federated.robust import bound_to_median, drop_opposed
 
 LINEAR = frozenset({"fedavg", "fedprox", "fedadam", "dp-fedavg"})
@@ -127,7 +126,7 @@ def make_strategy(spec: StrategySpec) -> Strategy:
         inner = make_strategy(replace(spec, name=name.removeprefix("robust-")))
         return PreAggregated(inner, max_drop=spec.malicious or max(1, spec.min_nodes // 5))
     if name == "fedavg":
-        return FedAvg(**common)  # type: ignore[arg-type]
+        return InPlaceFedAvg(**common)  # type: ignore[arg-type]
     if name == "dp-fedavg":
         return DifferentialPrivacyClientSideFixedClipping(
             FedAvg(**common),  # type: ignore[arg-type]
@@ -136,9 +135,9 @@ def make_strategy(spec: StrategySpec) -> Strategy:
             num_sampled_clients=spec.min_nodes,
         )
     if name == "fedprox":
-        return FedProx(proximal_mu=spec.proximal_mu, **common)  # type: ignore[arg-type]
+        return InPlaceFedProx(proximal_mu=spec.proximal_mu, **common)  # type: ignore[arg-type]
     if name == "fedadam":
-        return FedAdam(eta=spec.server_lr, **common)  # type: ignore[arg-type]
+        return InPlaceFedAdam(eta=spec.server_lr, **common)  # type: ignore[arg-type]
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=spec.trim_beta, **common)  # type: ignore[arg-type]
     if name == "fedmedian":
