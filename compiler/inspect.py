@@ -84,10 +84,11 @@ def _inspect_onnx(path: Path) -> Inspection:
         for i in graph.input
         if i.name not in inits
     }
-    for i in graph.input:
-        for d in i.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.dim_value = 1  # batch (and any other symbolic dim) = 1 for per-sample MACs
+    for scope in _graphs.walk(graph):  # Loop/Scan bodies declare their own (symbolic) inputs
+        for i in scope.graph.input:
+            for d in i.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    d.dim_value = 1  # batch (and any other symbolic dim) = 1 for per-sample MACs
     inferred = onnx.shape_inference.infer_shapes(proto)
     scopes = list(_graphs.walk(inferred.graph))
     shapes: dict[str, list[int]] = {}
