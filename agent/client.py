@@ -8,13 +8,18 @@ Does not retry, batch or cache.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import mmap
+import os
+import secrets
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -27,13 +32,14 @@ from agent.errors import (
     RequestTooLargeError,
 )
 from agent.inference.signature import Signature
-from agent.serving import codec
+from agent.serving import codec, rawframe
 from protos.edgeloop.v1 import inference_pb2 as pb
 from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
 
+logger = logging.getLogger(__name__)
+
 _R = TypeVar("_R")
-_REQUEST_HEADER = struct.Struct("<I")
-_RESPONSE_HEADER = struct.Struct("<IB")
+_SHM_DIR = Path("/dev/shm")  # noqa: S108 - POSIX shared memory, created O_EXCL 0600
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 DEFAULT_SOCKET = Path("/run/edgeloop/inference.sock")
@@ -58,15 +64,23 @@ class EdgeloopClient:
     """``EdgeloopClient(socket).predict(x) -> y``; also usable as a context manager."""
 
     def __init__(
-        self, target: Path | str = DEFAULT_SOCKET, *, timeout_s: float = 30.0, fast_socket: Path | None = None
+        self,
+        target: Path | str = DEFAULT_SOCKET,
+        *,
+        timeout_s: float = 30.0,
+        fast_socket: Path | None = None,
+        shm_min_bytes: int | None = 256 * 1024,
     ) -> None:
         """Connect lazily to a socket path (Path or "unix:...") or a "host:port" string.
 
-        With `fast_socket` (the agent's framed data plane), Predict goes over it (~10x less
-        overhead than gRPC in Python); everything else stays on gRPC. Not shareable between threads
-        for concurrent calls: use one client per thread.
+        With `fast_socket` (the agent's framed data plane, raw tensors), Predict goes over it;
+        everything else stays on gRPC. Requests carrying `shm_min_bytes` or more of input go through
+        shared memory on that socket (None: never). Not shareable between threads for concurrent
+        calls: use one client per thread.
         """
-        self._framed = _FramedChannel(fast_socket, timeout_s) if fast_socket is not None else None
+        self._framed = (
+            _FramedChannel(fast_socket, timeout_s, shm_min_bytes) if fast_socket is not None else None
+        )
         address = f"unix:{target}" if isinstance(target, Path) else target
         self._channel = grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -95,11 +109,10 @@ class EdgeloopClient:
         self, x: np.ndarray | Mapping[str, np.ndarray], *, use_cache: bool = False
     ) -> ClientPrediction:
         """Like `predict_all`, plus which model version answered and whether the cache did."""
-        request = _request(x, use_cache)
         if self._framed is not None:
-            response = self._framed.predict(request)
-        else:
-            response = self._call(lambda: self._stub.Predict(request, timeout=self._timeout))
+            return self._framed.predict(_pairs(x), use_cache)
+        request = _request(x, use_cache)
+        response = self._call(lambda: self._stub.Predict(request, timeout=self._timeout))
         return ClientPrediction(
             outputs={t.name: codec.tensor_from_proto(t) for t in response.outputs},
             model_name=response.model_name,
@@ -159,27 +172,103 @@ class EdgeloopClient:
 
 
 class _FramedChannel:
-    """One connection to the agent's framed Predict socket (see `agent.serving.framed`)."""
+    """One connection to the agent's framed Predict socket (protocol v2, `agent.serving.framed`).
 
-    def __init__(self, path: Path, timeout_s: float) -> None:
+    Sends descriptors plus the arrays' own buffers (`sendmsg`, no join), receives into one
+    preallocated buffer and copies only the outputs out. Inputs of `shm_min_bytes` or more go
+    through a shared-memory segment attached once per connection (the socket is the doorbell);
+    if the agent cannot map it (e.g. another user without access), inputs go inline from then on.
+    """
+
+    def __init__(self, path: Path, timeout_s: float, shm_min_bytes: int | None) -> None:
         self._path = path
         self._timeout = timeout_s
         self._sock: socket.socket | None = None
+        self._buf = bytearray(64 * 1024)
+        self._view = memoryview(self._buf)
+        self._shm_min = shm_min_bytes
+        self._shm: _Segment | None = None
 
-    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
-        body = request.SerializeToString()
+    def predict(self, pairs: list[tuple[str, np.ndarray]], use_cache: bool) -> ClientPrediction:
+        flags = rawframe.FLAG_USE_CACHE if use_cache else 0
+        size = sum(a.nbytes for _, a in pairs)
         try:
             sock = self._connect()
-            sock.sendall(_REQUEST_HEADER.pack(len(body)) + body)
-            size, status = _RESPONSE_HEADER.unpack(_recv_exact(sock, _RESPONSE_HEADER.size))
-            payload = _recv_exact(sock, size)
+            if self._shm_min is not None and size >= self._shm_min and self._segment(sock, size):
+                assert self._shm is not None
+                meta, pieces, _ = rawframe.pack_tensors(pairs)
+                rawframe.copy_into(self._shm.view, pieces)
+                head = rawframe.header(
+                    rawframe.PREDICT_SHM, flags=flags, count=len(pairs), meta_len=len(meta)
+                )
+                sock.sendall(head + meta)
+            else:
+                desc, pieces, data_len = rawframe.pack_tensors(pairs)
+                head = rawframe.header(
+                    rawframe.PREDICT, flags=flags, count=len(pairs), meta_len=len(desc), data_len=data_len
+                )
+                _send_all(sock, [head + desc, *pieces])
+            status, flags, count, answer, data = self._receive(sock)
         except OSError as err:
             self.close()
             raise NoModelError(f"UNAVAILABLE: agent socket {self._path}: {err}") from err
         if status:
-            code = _CODES.get(status, grpc.StatusCode.UNKNOWN)
-            raise _ERRORS.get(code, InferenceError)(f"{code.name}: {payload.decode(errors='replace')}")
-        return pb.PredictResponse.FromString(payload)
+            raise _status_error(status, bytes(data).decode(errors="replace"))
+        name, pos = rawframe.unpack_str(answer, 0)
+        version, pos = rawframe.unpack_str(answer, pos)
+        tensors, _ = rawframe.unpack_tensors(answer, pos, count, data)
+        return ClientPrediction(
+            outputs={n: a.copy() for n, a in tensors},  # the buffer is reused by the next call
+            model_name=name,
+            model_version=version,
+            cache_hit=bool(flags & rawframe.FLAG_CACHE_HIT),
+        )
+
+    def _segment(self, sock: socket.socket, size: int) -> bool:
+        """Ensure an attached segment of at least `size` bytes; False: use inline frames."""
+        if self._shm is not None and self._shm.size >= size:
+            return True
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        segment = _Segment.create(max(size, 1 << 20))
+        meta = rawframe.pack_str(segment.name) + struct.pack("<Q", segment.size)
+        try:
+            sock.sendall(rawframe.header(rawframe.ATTACH_SHM, meta_len=len(meta)) + meta)
+            status, *_ = self._receive(sock)
+        finally:
+            segment.unlink()  # mapped on both sides now (or refused): the name is not needed
+        if status:
+            segment.close()
+            logger.warning("agent refused shared memory (status %s); sending inputs inline", status)
+            self._shm_min = None
+            return False
+        self._shm = segment
+        return True
+
+    def _receive(self, sock: socket.socket) -> tuple[int, int, int, memoryview, memoryview]:
+        have = _recv_at_least(sock, self._view, 0, rawframe.HEADER.size)
+        magic, status, flags, count, meta_len, data_len = rawframe.HEADER.unpack_from(self._view)
+        if magic != rawframe.MAGIC:
+            self.close()
+            raise InferenceError(
+                "FAILED_PRECONDITION: the agent's fast socket speaks framed protocol v1 (an older agent); "
+                "upgrade the agent or drop fast_socket to use gRPC"
+            )
+        total = rawframe.HEADER.size + meta_len + data_len
+        if total > len(self._buf):
+            bigger = bytearray(total)
+            bigger[:have] = self._view[:have]
+            self._buf, self._view = bigger, memoryview(bigger)
+        _recv_at_least(sock, self._view, have, total)
+        start = rawframe.HEADER.size
+        return (
+            status,
+            flags,
+            count,
+            self._view[start : start + meta_len],
+            self._view[start + meta_len : total],
+        )
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
@@ -193,16 +282,65 @@ class _FramedChannel:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    data = sock.recv(size, socket.MSG_WAITALL)
-    while len(data) < size:  # MSG_WAITALL can still return short on signals
-        chunk = sock.recv(size - len(data))
-        if not chunk:
+class _Segment:
+    """A shared-memory file this client created (``/dev/shm/edgeloop-<pid>-<random>``), mapped rw."""
+
+    def __init__(self, name: str, size: int, mapping: mmap.mmap) -> None:
+        self.name = name
+        self.size = size
+        self._map = mapping
+        self.view = memoryview(mapping)
+
+    @classmethod
+    def create(cls, size: int) -> _Segment:
+        name = f"edgeloop-{os.getpid()}-{secrets.token_hex(6)}"
+        fd = os.open(_SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(name, size, mapping)
+
+    def unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_SHM_DIR / self.name)
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
+def _send_all(sock: socket.socket, pieces: list[Any]) -> None:
+    total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+    sent = sock.sendmsg(pieces)
+    if sent < total:  # rare: a large frame the kernel took in part
+        sock.sendall(b"".join(bytes(p) for p in pieces)[sent:])
+
+
+def _recv_at_least(sock: socket.socket, view: memoryview, have: int, want: int) -> int:
+    while have < want:
+        got = sock.recv_into(view[have:])
+        if not got:
             raise ConnectionResetError("agent closed the connection")
-        data += chunk
-    return data
+        have += got
+    return have
+
+
+def _status_error(status: int, message: str) -> InferenceError:
+    code = _CODES.get(status, grpc.StatusCode.UNKNOWN)
+    return _ERRORS.get(code, InferenceError)(f"{code.name}: {message}")
+
+
+def _pairs(x: np.ndarray | Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    if isinstance(x, np.ndarray):
+        return [("", x)]
+    return list(x.items())
 
 
 def _request(x: np.ndarray | Mapping[str, np.ndarray], use_cache: bool) -> pb.PredictRequest:

@@ -72,14 +72,23 @@ def tensor_from_proto(tensor: pb.Tensor) -> np.ndarray:
 
 def inputs_from_proto(tensors: Sequence[pb.Tensor], names: Sequence[str]) -> dict[str, np.ndarray]:
     """Decode request tensors; a single unnamed tensor binds to a single-input model's input."""
-    if len(tensors) == 1 and not tensors[0].name and len(names) == 1:
-        return {names[0]: tensor_from_proto(tensors[0])}
-    decoded: dict[str, np.ndarray] = {}
-    for tensor in tensors:
-        if tensor.name in decoded:
-            raise InvalidInputError(f"input {tensor.name!r} given twice")
-        decoded[tensor.name] = tensor_from_proto(tensor)
-    return decoded
+    return bind_inputs([(t.name, tensor_from_proto(t)) for t in tensors], names)
+
+
+def bind_inputs(tensors: Sequence[tuple[str, np.ndarray]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Named arrays -> the request mapping; one unnamed array binds to a single-input model's input.
+
+    Raises:
+        InvalidInputError: the same input name given twice.
+    """
+    if len(tensors) == 1 and not tensors[0][0] and len(names) == 1:
+        return {names[0]: tensors[0][1]}
+    bound: dict[str, np.ndarray] = {}
+    for name, array in tensors:
+        if name in bound:
+            raise InvalidInputError(f"input {name!r} given twice")
+        bound[name] = array
+    return bound
 
 
 def outputs_to_proto(outputs: Mapping[str, np.ndarray]) -> list[pb.Tensor]:

@@ -1,7 +1,8 @@
 """`InferenceService`: the object the daemon builds, starts and stops to serve models on the device.
 
 Owns the wiring of one serving stack (slots -> model manager -> holder -> engine -> grpc.aio server on
-a Unix domain socket, optionally loopback TCP) and its public surface for the daemon and the OTA
+a Unix domain socket, optionally loopback TCP, the framed data plane and the sample socket of
+in-process apps) and its public surface for the daemon and the OTA
 flow: `start`/`stop`, `stats_snapshot` and `model_metrics` (live metric windows per serving
 model) for telemetry, `drain_samples` for the drift monitor, `set_feedback_sink` for labelled
 samples (Feedback), and `load_candidate`/`promote`/`rollback`/`install` for model updates. Does
@@ -32,6 +33,7 @@ from agent.profile import DeviceProfile
 from agent.serving.feedback import FeedbackSink
 from agent.serving.framed import FramedServer
 from agent.serving.models import ModelManager
+from agent.serving.sample_intake import SampleIntake
 from agent.serving.servicer import InferenceServicer
 from agent.slots import LocalSlotFS, Slots
 from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
@@ -54,6 +56,7 @@ class InferenceService:
         options: ServingOptions | None = None,
         loader: RuntimeLoader | None = None,
         fast_socket_path: Path | None = None,
+        sample_socket_path: Path | None = None,
     ) -> None:
         """Build the stack; nothing runs until `start()`.
 
@@ -66,12 +69,17 @@ class InferenceService:
             loader: artifact -> runtime; defaults to the registry bound to `profile`.
             fast_socket_path: also serve Predict as length-prefixed frames here (`framed`), the
                 low-latency data plane; None: gRPC only.
+            sample_socket_path: receive captured predictions from in-process apps
+                (`agent.local.LocalModel`) on this datagram socket into the capture ring (only
+                when capture is on); None: off.
         """
         self._options = options or ServingOptions(workers=max(1, profile.runtime.threads))
         self._socket_path = socket_path
         self._tcp_port = tcp_port
         self._fast_socket_path = fast_socket_path
         self._framed: FramedServer | None = None
+        self._sample_socket_path = sample_socket_path
+        self._intake: SampleIntake | None = None
         self._executor = ThreadPoolExecutor(max_workers=self._options.workers, thread_name_prefix="inference")
         # Model loads and slot I/O get their own thread so neither starves the other under load.
         self._admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-admin")
@@ -145,6 +153,9 @@ class InferenceService:
             limit = self._options.max_request_bytes + _MESSAGE_OVERHEAD
             self._framed = FramedServer(servicer, self._fast_socket_path, max_frame_bytes=limit)
             await self._framed.start()
+        if self._sample_socket_path is not None and self._capture is not None:
+            self._intake = SampleIntake(self._capture, self._sample_socket_path)
+            self._intake.start()
         logger.info(
             "inference API listening socket=%s tcp_port=%s model=%s",
             self._socket_path,
@@ -175,6 +186,8 @@ class InferenceService:
 
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop accepting requests, let in-flight ones finish (up to `grace_s`), release models."""
+        if self._intake is not None:
+            self._intake.stop()
         if self._framed is not None:
             await self._framed.stop()
         if self._server is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,7 +25,7 @@ from agent.errors import (
     RequestTooLargeError,
     StorageError,
 )
-from agent.inference.engine import InferenceEngine, ServingOptions
+from agent.inference.engine import InferenceEngine, Prediction, ServingOptions
 from agent.inference.handle import ModelHolder
 from agent.inference.model_metrics import ModelMetrics
 from agent.serving import codec
@@ -153,23 +153,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def predict_message(self, request: pb.PredictRequest) -> pb.PredictResponse:
         """Decode, predict, encode; raises `InferenceError` (callers map it to a status)."""
-        handle = self._holder.current
-        names = handle.runtime.signature.input_names() if handle is not None else ()
-        try:
-            inputs = codec.inputs_from_proto(request.inputs, names)
-        except InvalidInputError:
-            if handle is not None:
-                self._engine.stats.record_error(handle.meta.key, "invalid_input")
-                self._metrics.error(handle.meta)
-            raise
-        started = time.perf_counter()
-        try:
-            prediction = await self._engine.predict(inputs, use_cache=request.use_cache)
-        except InferenceError:
-            if handle is not None:
-                self._metrics.error(handle.meta)
-            raise
-        self._metrics.observe(prediction.meta, prediction.outputs, time.perf_counter() - started)
+        pairs = ((t.name, t) for t in request.inputs)
+        prediction = await self.predict_arrays(
+            [(name, tensor) for name, tensor in pairs], use_cache=request.use_cache, decode=True
+        )
         return pb.PredictResponse(
             outputs=codec.outputs_to_proto(prediction.outputs),
             model_name=prediction.meta.name,
@@ -177,3 +164,34 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             cache_hit=prediction.cache_hit,
             request_id=request.request_id,
         )
+
+    async def predict_arrays(
+        self, tensors: Sequence[tuple[str, Any]], *, use_cache: bool = False, decode: bool = False
+    ) -> Prediction:
+        """Bind named tensors to the model's inputs, predict, observe; the path every transport takes.
+
+        `tensors` are numpy arrays (the raw framed plane), or `pb.Tensor` with `decode=True`.
+
+        Raises:
+            InferenceError: invalid input, over a limit, no model, or a backend failure.
+        """
+        handle = self._holder.current
+        names = handle.runtime.signature.input_names() if handle is not None else ()
+        try:
+            if decode:
+                tensors = [(name, codec.tensor_from_proto(t)) for name, t in tensors]
+            inputs = codec.bind_inputs(tensors, names)
+        except InvalidInputError:
+            if handle is not None:
+                self._engine.stats.record_error(handle.meta.key, "invalid_input")
+                self._metrics.error(handle.meta)
+            raise
+        started = time.perf_counter()
+        try:
+            prediction = await self._engine.predict(inputs, use_cache=use_cache)
+        except InferenceError:
+            if handle is not None:
+                self._metrics.error(handle.meta)
+            raise
+        self._metrics.observe(prediction.meta, prediction.outputs, time.perf_counter() - started)
+        return prediction
