@@ -150,6 +150,8 @@ def _build_inference(config: AgentConfig) -> InferenceService | None:
         None if inf.tcp_port < 0 else inf.tcp_port,
         options=options,
         fast_socket_path=Path(inf.fast_socket_path) if inf.fast_socket_path else None,
+        # in-process apps (agent.local.LocalModel) send captured predictions here
+        sample_socket_path=config.inference_socket.with_suffix(".samples"),
     )
 
 
