@@ -17,7 +17,7 @@ ALLOWED_DTYPES = frozenset({"float32", "float64"})
 
 
 def tensor_to_proto(name: str, value: np.ndarray) -> pb.FlTensor:
-    arr = np.ascontiguousarray(value)
+    arr = value if value.flags.c_contiguous else np.array(value, order="C")  # 0-d stays 0-d
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     return pb.FlTensor(name=name, shape=list(arr.shape), dtype=str(arr.dtype), data=little.tobytes())
 

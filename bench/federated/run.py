@@ -101,6 +101,21 @@ def part_secagg(n: int, params: int, reps: int, flower: bool = True) -> dict[str
     out: dict[str, Any] = {"n": n, "params": params, "drop": 0.1, "reps": reps, "runs": runs}
     for mode, rs in runs.items():
         out[mode] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+        out[mode]["spread"] = {k: [float(min(r[k] for r in rs)), float(max(r[k] for r in rs))] for k in rs[0]}
+    # goals of issue 19, per repetition (the four modes of a repetition ran back to back) and overall
+    pairs = {"plain_x_flower_plain": ("plain", "flower_plain"), "secagg_x_plain": ("secagg", "plain"),
+             "flower_secaggplus_x_secagg": ("flower_secaggplus", "secagg")}  # fmt: skip
+    out["ratios"] = {}
+    for name, (a, b) in pairs.items():
+        if a not in runs or b not in runs:
+            continue
+        for key in ("server_s", "server_cpu_s"):
+            per_rep = [ra[key] / rb[key] for ra, rb in zip(runs[a], runs[b], strict=True)]
+            out["ratios"][f"{name}/{key}"] = {
+                "of_medians": out[a][key] / out[b][key],
+                "per_rep_median": float(np.median(per_rep)),
+                "per_rep": per_rep,
+            }
     out["server_x_plain"] = out["secagg"]["server_s"] / out["plain"]["server_s"]
     out["upload_x_plain"] = out["secagg"]["upload_mb_per_device"] / out["plain"]["upload_mb_per_device"]
     if flower:

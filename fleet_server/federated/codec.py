@@ -44,12 +44,17 @@ class TensorSpec:
     dtype: str
 
 
+def _c_order(value: np.ndarray) -> np.ndarray:
+    """C-contiguous `value`, 0-d kept 0-d (np.ascontiguousarray turns () into (1,))."""
+    return value if value.flags.c_contiguous else np.array(value, order="C")
+
+
 def tensor_to_proto(name: str, value: np.ndarray) -> pb.FlTensor:
-    arr = np.ascontiguousarray(value)
+    arr = _c_order(value)
     return pb.FlTensor(
         name=name,
         shape=list(arr.shape),
-        dtype=str(arr.dtype),
+        dtype=arr.dtype.name,
         data=arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(),
     )
 
@@ -83,7 +88,7 @@ def _decode(t: pb.FlTensor, data: bytes, *, max_bytes: int, dtypes: frozenset[st
 
 def npy_array(value: np.ndarray) -> Array:
     """Flower `Array` of `value` with one copy of its bytes (`Array(ndarray)` runs np.save)."""
-    arr = np.ascontiguousarray(value)
+    arr = _c_order(value)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
     data = b"".join((header.getvalue(), arr.reshape(-1).view(np.uint8).data))
@@ -179,10 +184,10 @@ def message_to_task(
 
 
 def _arrays_wire(name: str, value: np.ndarray) -> bytes:
-    arr = np.ascontiguousarray(value)
+    arr = _c_order(value)
     little = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
     holder = pb.TrainTask()
-    holder.arrays.add(name=name, shape=list(arr.shape), dtype=str(arr.dtype), data=little.tobytes())
+    holder.arrays.add(name=name, shape=list(arr.shape), dtype=arr.dtype.name, data=little.tobytes())
     return holder.SerializeToString()
 
 

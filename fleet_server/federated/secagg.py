@@ -274,9 +274,7 @@ class SecAggRound:
                 if j in self.transcript.masked:  # j added the pair's mask if j < d, else subtracted it
                     masks.append((sc.agree(sk, self.transcript.public_keys[j][1], b"mask"), j > d))
         total = np.zeros(len(self.transcript.masked[survivors[0]]), np.uint32)
-        for i in survivors:
-            np.add(total, self.transcript.masked[i], out=total)
-        sc.apply_masks(total, masks)
+        sc.apply_masks(total, masks, plus=[self.transcript.masked[i] for i in survivors])
         return total
 
     def _outcome(

@@ -57,20 +57,27 @@ def prg(seed: bytes, length: int) -> np.ndarray:
     return out
 
 
-def apply_masks(vec: np.ndarray, masks: Sequence[tuple[bytes, bool]]) -> None:
-    """In place, mod 2^32: `vec += PRG(seed)` for `(seed, True)`, `vec -= PRG(seed)` for `(seed, False)`.
+def apply_masks(
+    vec: np.ndarray, masks: Sequence[tuple[bytes, bool]], *, plus: Sequence[np.ndarray] = ()
+) -> None:
+    """In place, mod 2^32: `vec += sum(plus)`, then `vec += PRG(seed)` for `(seed, True)` and
+    `vec -= PRG(seed)` for `(seed, False)`.
 
-    Equal to adding each `prg(seed, len(vec))` in turn; the keystreams are produced block by block
-    into one reused buffer so each block is added while it is still in cache.
+    Equal to adding each `prg(seed, len(vec))` in turn; the work runs block by block (the
+    keystreams into one reused buffer) so each block of `vec` is updated while it is in cache.
     """
     if vec.dtype != np.uint32 or vec.ndim != 1 or not vec.flags.c_contiguous:
         raise ValueError("apply_masks needs a contiguous 1-d uint32 vector")
+    if any(v.shape != vec.shape for v in plus):
+        raise ValueError("apply_masks: every vector in `plus` must have the shape of `vec`")
     streams = [(_keystream(seed), add) for seed, add in masks]
     size = min(len(vec), BLOCK_WORDS)
     block = np.empty(size, np.uint32)
     zeros = memoryview(bytes(block.nbytes))
     for start in range(0, len(vec), BLOCK_WORDS):
         part = vec[start : start + BLOCK_WORDS]
+        for v in plus:
+            np.add(part, v[start : start + BLOCK_WORDS], out=part)
         ks = block[: len(part)]
         raw, src = ks.data.cast("B"), zeros[: ks.nbytes]
         for enc, add in streams:
