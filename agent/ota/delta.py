@@ -1,14 +1,19 @@
 """Model-aware delta: rebuild a target from chunks of models already on the device plus fetched spans.
 
-A signed chunk manifest (a TUF target of the release) lists ``[offset, length, sha256]`` chunks
-covering the artifact; a chunk may also name a base chunk and an lzma XOR patch against it
-(``[..., base_sha256, patch_length, patch_sha256]``), used when the device holds the base.
+A signed chunk manifest (a TUF target of the release) lists the chunks tiling the artifact, each
+named by its sha256; a chunk may also name a base chunk and a patch against it, used when the
+device holds the base (`protos.edgeloop.chunk_patch`: XOR, SUB or bsdiff4, under LZMA2, deflate or
+bzip2). Two manifest formats are read: format 2 (binary, `protos.edgeloop.chunk_manifest`, what
+releases ship now) and format 1 (JSON with hex digests and xz XOR patches, from older releases and
+kept for models the device already holds); a newer format is refused with `UnsupportedManifest`,
+whose message says what the agent reads, and the caller takes the full download.
 `ChunkIndex` maps chunk hashes to where the same bytes already live (any model the device holds
 whose manifest it kept). `rebuild` streams the target into a ``.partial``
 file in order: local chunks are read and re-hashed, missing runs are fetched with one Range
-request per run (coalesced up to `max_request`) and hashed, so memory stays bounded by one run. A
-crash leaves a prefix of verified chunks that the next call keeps. The caller still checks the
-whole-file hash against the signed target: the delta is an optimisation, never a trust root.
+request per run (coalesced up to `max_request`) and hashed, so memory stays bounded by one run
+(or one chunk, its base and its patch). A crash leaves a prefix of verified chunks that the next
+call keeps. The caller still checks the whole-file hash against the signed target: the delta is
+an optimisation, never a trust root.
 """
 
 from __future__ import annotations
@@ -16,16 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import lzma
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-
 from agent.errors import IntegrityError
+from protos.edgeloop import chunk_manifest, chunk_patch
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +36,26 @@ FetchRange = Callable[[int, int], bytes]  # (offset, length) -> bytes of the tar
 FetchPatch = Callable[["Chunk"], bytes]  # chunk -> its patch file's bytes (exactly patch_length)
 
 
+class UnsupportedManifest(IntegrityError):
+    """The release's chunk manifest is in a format this agent does not read (a newer server)."""
+
+
 @dataclass(frozen=True)
 class Chunk:
     offset: int
     length: int
     sha256: str
-    base: str = ""  # a chunk the patch applies to (XOR), when the release ships one
+    base: str = ""  # a chunk the patch applies to, when the release ships one
     patch_length: int = 0
     patch_sha256: str = ""
+    patch_kind: int = chunk_patch.LEGACY_XOR_XZ  # format 1 patches are xz of new XOR base
+
+    @property
+    def patch_file(self) -> str:
+        """The patch's file name under the repository's ``targets/patches/``."""
+        if self.patch_kind == chunk_patch.LEGACY_XOR_XZ:
+            return f"{self.base}-{self.sha256}.xz"
+        return chunk_manifest.patch_file_name(bytes.fromhex(self.base), bytes.fromhex(self.sha256))
 
 
 @dataclass
@@ -55,17 +70,17 @@ class RebuildStats:
 
 
 def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
-    """Chunks of a manifest that must describe exactly the target (`length`, `sha256`).
+    """Chunks of a manifest (format 1 or 2) that must describe exactly the target (`length`, `sha256`).
 
     Raises:
+        UnsupportedManifest: a format this agent does not read.
         IntegrityError: malformed, or chunks do not tile [0, length).
     """
     try:
-        raw = json.loads(data)
-        chunks = [_chunk(entry) for entry in raw["chunks"]]
-        ok = raw["length"] == length and raw["sha256"] == sha256
-    except (ValueError, KeyError, TypeError) as err:
+        version = chunk_manifest.version_of(data)
+    except chunk_manifest.ManifestError as err:
         raise IntegrityError(f"chunk manifest unreadable: {err}") from err
+    chunks, ok = _parse_v1(data, length, sha256) if version == 1 else _parse_binary(data, length)
     pos = 0
     for c in chunks:
         if c.offset != pos or c.length <= 0:
@@ -76,12 +91,47 @@ def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
     return chunks
 
 
+def _parse_binary(data: bytes, length: int) -> tuple[list[Chunk], bool]:
+    try:
+        manifest = chunk_manifest.decode(data)
+    except chunk_manifest.UnsupportedManifestError as err:
+        raise UnsupportedManifest(str(err)) from err
+    except chunk_manifest.ManifestError as err:
+        raise IntegrityError(f"chunk manifest unreadable: {err}") from err
+    chunks, pos = [], 0
+    for c in manifest.chunks:
+        p = c.patch
+        if p is None:
+            chunks.append(Chunk(pos, c.length, c.sha256.hex()))
+        else:
+            chunks.append(
+                Chunk(pos, c.length, c.sha256.hex(), p.base.hex(), p.length, p.sha256.hex(), p.kind)
+            )
+        pos += c.length
+    return chunks, manifest.length == length
+
+
+def _parse_v1(data: bytes, length: int, sha256: str) -> tuple[list[Chunk], bool]:
+    try:
+        raw = json.loads(data)
+        chunks = [_chunk(entry) for entry in raw["chunks"]]
+        ok = raw["length"] == length and raw["sha256"] == sha256
+    except (ValueError, KeyError, TypeError) as err:
+        raise IntegrityError(f"chunk manifest unreadable: {err}") from err
+    return chunks, bool(ok)
+
+
 def _chunk(entry: list[object]) -> Chunk:
     offset, length, sha = int(entry[0]), int(entry[1]), str(entry[2])  # type: ignore[call-overload]
     if len(entry) == 3:
         return Chunk(offset, length, sha)
     base, patch_length, patch_sha = str(entry[3]), int(entry[4]), str(entry[5])  # type: ignore[call-overload]
     return Chunk(offset, length, sha, base, patch_length, patch_sha)
+
+
+def patchable(chunk: Chunk, index: ChunkIndex) -> bool:
+    """Whether the chunk can be rebuilt from a patch here (base held, patch kind supported)."""
+    return bool(chunk.base) and index.has(chunk.base) and chunk_patch.supported(chunk.patch_kind)
 
 
 class ChunkIndex:
@@ -164,7 +214,7 @@ def rebuild(
                 out.write(patched)
                 i += 1
                 continue
-            j = _missing_run(chunks, i, index, max_request, patchable=fetch_patch is not None)
+            j = _missing_run(chunks, i, index, max_request, patches=fetch_patch is not None)
             _write_fetched(out, chunks[i:j], fetch, stats)
             i = j
         out.flush()
@@ -178,10 +228,10 @@ def rebuild(
     return stats
 
 
-def _missing_run(chunks: list[Chunk], i: int, index: ChunkIndex, max_request: int, *, patchable: bool) -> int:
+def _missing_run(chunks: list[Chunk], i: int, index: ChunkIndex, max_request: int, *, patches: bool) -> int:
     j, size = i + 1, chunks[i].length
     while j < len(chunks) and size + chunks[j].length <= max_request and not index.has(chunks[j].sha256):
-        if patchable and chunks[j].base and index.has(chunks[j].base):
+        if patches and patchable(chunks[j], index):
             break
         size += chunks[j].length
         j += 1
@@ -191,15 +241,16 @@ def _missing_run(chunks: list[Chunk], i: int, index: ChunkIndex, max_request: in
 def _patched(
     chunk: Chunk, index: ChunkIndex, fetch_patch: FetchPatch | None, stats: RebuildStats
 ) -> bytes | None:
-    """The chunk rebuilt from a local base and a fetched XOR patch, or None (no patch, no base).
+    """The chunk rebuilt from a local base and a fetched patch, or None (no patch, no base, or a
+    patch kind this agent cannot apply).
 
     Raises:
         IntegrityError: the patch or the rebuilt chunk does not match the signed manifest.
     """
-    if fetch_patch is None or not chunk.base:
+    if fetch_patch is None or not chunk.base or not chunk_patch.supported(chunk.patch_kind):
         return None
     base = index.read(chunk.base)
-    if base is None or len(base) != chunk.length:
+    if base is None:
         return None
     patch = fetch_patch(chunk)
     stats.requests += 1
@@ -207,12 +258,9 @@ def _patched(
     if len(patch) != chunk.patch_length or hashlib.sha256(patch).hexdigest() != chunk.patch_sha256:
         raise IntegrityError(f"patch for chunk at {chunk.offset} does not match the manifest")
     try:
-        xor = lzma.LZMADecompressor().decompress(patch, max_length=chunk.length)
-    except lzma.LZMAError as err:
-        raise IntegrityError(f"patch for chunk at {chunk.offset} is not valid xz: {err}") from err
-    if len(xor) != chunk.length:
-        raise IntegrityError(f"patch for chunk at {chunk.offset} has the wrong size")
-    data = np.bitwise_xor(np.frombuffer(xor, np.uint8), np.frombuffer(base, np.uint8)).tobytes()
+        data = chunk_patch.apply(chunk.patch_kind, base, patch, chunk.length)
+    except chunk_patch.PatchError as err:
+        raise IntegrityError(f"patch for chunk at {chunk.offset} refused: {err}") from err
     if hashlib.sha256(data).hexdigest() != chunk.sha256:
         raise IntegrityError(f"patched chunk at {chunk.offset} does not match the manifest")
     stats.patched_chunks += 1

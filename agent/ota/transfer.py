@@ -1,9 +1,10 @@
 """Getting a verified artifact onto the device with the fewest bytes: delta, compressed or raw.
 
-Owns the choice and the three paths. The delta path (chunks of held models + XOR patches + raw
-ranges, `delta.py`) is taken when the signed manifest says it costs no more than the full
-download; the full download is the xz-compressed artifact when the release ships one (a signed
-TUF target of its own, decompressed in a stream) and the raw artifact otherwise. Whatever the path,
+Owns the choice and the three paths. The delta path (chunks of held models + chunk patches + raw
+ranges, `delta.py`; the signed manifest is binary format 2, or an older release's JSON format 1) is
+taken when the signed manifest says it costs no more than the full download; the full download
+is the xz-compressed artifact when the release ships one (a signed TUF target of its own,
+decompressed in a stream) and the raw artifact otherwise. Whatever the path,
 the result must hash to the signed artifact or it is discarded. Any failure of the delta path
 (a short or failed Range read, a missing or corrupt patch, a rebuild that does not hash, a local
 read error) falls back to the full download at once, and the delta is not tried again for that
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import IntegrityError, TransportError
-from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, rebuild
+from agent.ota.delta import Chunk, ChunkIndex, parse_manifest, patchable, rebuild
 from agent.ota.fetcher import Downloader, sha256_file
 from agent.ota.trust import Plan, TargetRef
 
@@ -111,7 +112,7 @@ class Transfer:
         for c in chunks:
             if index.has(c.sha256):
                 continue
-            cost += c.patch_length if c.base and index.has(c.base) else c.length
+            cost += c.patch_length if patchable(c, index) else c.length
         return chunks, index, cost
 
     def _delta(self, plan: Plan, dest: Path, chunks: list[Chunk], index: ChunkIndex) -> None:
@@ -120,7 +121,7 @@ class Transfer:
         targets = plan.artifact.url[: plan.artifact.url.index("/targets/") + len("/targets/")]
 
         def patch(c: Chunk) -> bytes:
-            return self.downloader.fetch_range(f"{targets}patches/{c.base}-{c.sha256}.xz", 0, c.patch_length)
+            return self.downloader.fetch_range(f"{targets}patches/{c.patch_file}", 0, c.patch_length)
 
         def span(offset: int, length: int) -> bytes:
             return self.downloader.fetch_range(plan.artifact.url, offset, length)

@@ -1,56 +1,68 @@
-"""Tensor patches: a changed chunk sent as lzma(new XOR old) against the same chunk of the release
-the device most likely holds (the previous release of the same model).
+"""Chunk patches: a changed chunk sent as a small patch against the same tensor of the release the
+device most likely holds (the previous release of the same model).
 
-A fine-tune rewrites whole tensors but moves each value a little, so most XORed bytes are zero and
-compress well. For each chunk of the new manifest that the previous release does not contain, at the
-same position and with the same length, a patch file ``patches/<base>-<new>.xz`` is written when it
-is smaller than `MAX_RATIO` of the chunk, and the manifest entry grows to
-``[offset, length, sha256, base_sha256, patch_length, patch_sha256]``. The manifest is signed, so the
-agent verifies the patch bytes, then the rebuilt chunk; a device without the base chunk fetches the
-raw bytes as before. Pairs by position only when both manifests have the same number of chunks.
+For each chunk of the new layout that the previous release does not contain, its partner in the
+previous release is found by key (the tensor it holds; for glue, its place after a tensor), not by
+offset, so a tensor that moved still pairs. `chunk_patch.make` then tries XOR, per-byte SUB and a
+bsdiff4 diff, each under raw LZMA2 and raw deflate, and the smallest is kept when it is below
+`MAX_RATIO` of the chunk. Patch files are named ``<base sha256>-<chunk sha256>.p2`` (the manifest
+signs their length and sha256); a device without the base chunk fetches the raw bytes as before.
+Server-only; the agent applies patches with the same `protos.edgeloop.chunk_patch`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import lzma
 import os
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from fleet_server.ota.chunking import Layout
+from protos.edgeloop import chunk_patch
+from protos.edgeloop.chunk_manifest import PatchRef, patch_file_name
 
 MAX_RATIO = 0.8
 
 
-def add_patches(
-    manifest: dict[str, Any], new: Path, base_manifest: dict[str, Any], base: Path, out: Path
-) -> int:
-    """Extend `manifest` in place with patches against `base`; returns the number of patches written."""
-    chunks, base_chunks = manifest["chunks"], base_manifest["chunks"]
-    if len(chunks) != len(base_chunks):
-        return 0
-    held = {c[2] for c in base_chunks}
-    written = 0
-    with new.open("rb") as fnew, base.open("rb") as fbase:
-        for entry, (bo, bn, bh) in zip(chunks, base_chunks, strict=True):
-            offset, length, sha = entry[:3]
-            if sha in held or length != bn:
+def pairing_keys(layout: Layout) -> list[str]:
+    """A key per chunk that names the same content in another release: the tensor it starts with,
+    or for glue ``after:<tensor>#k`` (the k-th glue chunk after that tensor)."""
+    keys: list[str] = []
+    anchor, k = "", 0
+    for c in layout.chunks:
+        if c.key:
+            anchor, k = c.key, 0
+            keys.append(c.key)
+        else:
+            keys.append(f"after:{anchor}#{k}")
+            k += 1
+    return keys
+
+
+def add_patches(new: Layout, new_path: Path, base: Layout, base_path: Path, out: Path) -> dict[int, PatchRef]:
+    """Patches for the chunks of `new` that `base` lacks, written under `out`; chunk index -> ref."""
+    held = {c.sha256 for c in base.chunks}
+    partners = dict(zip(pairing_keys(base), base.chunks, strict=True))
+    refs: dict[int, PatchRef] = {}
+    with new_path.open("rb") as fnew, base_path.open("rb") as fbase:
+        for i, (key, chunk) in enumerate(zip(pairing_keys(new), new.chunks, strict=True)):
+            partner = partners.get(key)
+            if chunk.sha256 in held or partner is None:
                 continue
-            fnew.seek(offset)
-            fbase.seek(bo)
-            xor = np.bitwise_xor(
-                np.frombuffer(fnew.read(length), np.uint8), np.frombuffer(fbase.read(bn), np.uint8)
-            )
-            patch = lzma.compress(xor.tobytes(), preset=6)
-            if len(patch) >= MAX_RATIO * length:
+            fnew.seek(chunk.offset)
+            fbase.seek(partner.offset)
+            made = chunk_patch.make(fbase.read(partner.length), fnew.read(chunk.length))
+            if made is None or len(made[1]) >= MAX_RATIO * chunk.length:
                 continue
-            path = out / f"{bh}-{sha}.xz"
-            if not path.exists():
-                out.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_bytes(patch)
-                os.replace(tmp, path)
-            entry[3:] = [bh, len(patch), hashlib.sha256(patch).hexdigest()]
-            written += 1
-    return written
+            kind, payload = made
+            _write(out / patch_file_name(partner.sha256, chunk.sha256), payload)
+            refs[i] = PatchRef(kind, partner.sha256, len(payload), hashlib.sha256(payload).digest())
+    return refs
+
+
+def _write(path: Path, payload: bytes) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)

@@ -38,12 +38,14 @@ from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.models import Device, utcnow
-from fleet_server.ota.chunking import build_manifest
+from fleet_server.ota.chunking import build_layout, manifest_bytes
 from fleet_server.ota.drift_reference import check_drift_reference
 from fleet_server.ota.keys import KeyConfigError, KeyRing
 from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
 from fleet_server.ota.patches import add_patches
 from fleet_server.ota.repository import Expiry, OtaRepository, ThreadLock, canonical_json
+from protos.edgeloop.chunk_manifest import VERSION as MANIFEST_VERSION
+from protos.edgeloop.chunk_manifest import PatchRef
 
 logger = logging.getLogger(__name__)
 
@@ -330,17 +332,18 @@ class OtaService:
         (the chunker picks ONNX parsing from the release file name's suffix)."""
         suffix = Path(spec.filename).suffix
         artifact = self.fetch_blob(spec.artifact_sha256, work / f"artifact{suffix}")
-        manifest = build_manifest(artifact)
+        layout = build_layout(artifact)
+        patches: dict[int, PatchRef] = {}
         if previous is not None and self.store.exists(_blob_key(previous.sha256)):
             old = self.fetch_blob(previous.sha256, work / f"previous{suffix}")
-            written = add_patches(manifest, artifact, build_manifest(old), old, work / "patches")
-            if written:
+            patches = add_patches(layout, artifact, build_layout(old), old, work / "patches")
+            if patches:
                 for patch in sorted((work / "patches").iterdir()):
                     self.store.put_file_if_absent(f"{self.repo.prefix}/targets/patches/{patch.name}", patch)
         infos: list[TargetFile] = []
-        mpath = work / "chunks.json"
-        mpath.write_bytes(canonical_json(manifest))
-        infos.append(self.repo.add_target_file(f"{base}/chunks.json", mpath))
+        mpath = work / "chunks.bin"  # chunk manifest format 2 (protos/edgeloop/chunk_manifest.py)
+        mpath.write_bytes(manifest_bytes(layout, patches))
+        infos.append(self.repo.add_target_file(f"{base}/chunks.bin", mpath))
         golden: dict[str, Any] = {}
         if spec.golden_sha256:
             local = self.fetch_blob(spec.golden_sha256, work / "golden.npz")
@@ -369,7 +372,8 @@ class OtaService:
                 "profiles": spec.profiles,
                 "runtime": spec.runtime,
                 "compiler_report_sha256": spec.compiler_report_sha256,
-                "manifest": f"{base}/chunks.json",
+                "manifest": f"{base}/chunks.bin",
+                "manifest_format": MANIFEST_VERSION,
                 "compressed": compressed,
                 "golden": golden,
                 "drift_reference": drift_reference,

@@ -97,13 +97,13 @@ def test_release_flow_on_s3_across_two_replicas_with_range_and_tamper(tmp_path: 
                 r3 = _publish(cluster, 0, m.scrambled, "3")
                 base = f"{prefix}/repo/targets/models/digits"
                 manifests = [
-                    json.loads(s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read())
+                    _chunks(s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read())
                     for r in ("r2", "r3")
                     for k in _objects(s3, f"{base}/{r}/")
-                    if k.endswith(".chunks.json")
+                    if k.endswith(".chunks.bin")
                 ]
-                held = {c[2] for c in manifests[0]["chunks"]}
-                offset, length = next(c[:2] for c in manifests[1]["chunks"] if c[2] not in held and c[1] > 64)
+                held = {c[2] for c in manifests[0]}
+                offset, length = next(c[:2] for c in manifests[1] if c[2] not in held and c[1] > 64)
                 tampered = 0
                 for key in _objects(s3, f"{base}/r3/"):
                     if key.endswith(".model.onnx"):
@@ -172,3 +172,14 @@ def test_signer_and_compile_leases_move_to_the_survivor_after_a_sigkill(tmp_path
             assert committed == list(range(1, len(committed) + 1)) and len(committed) >= 2  # + the release
             targets = s3.client().get_object(Bucket=s3.bucket, Key="k/repo/metadata/timestamp.json")["Body"]
             assert json.loads(targets.read())["signed"]["version"] == committed[-1]
+
+
+def _chunks(manifest: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, length, sha256) of each chunk of a format-2 chunk manifest."""
+    from protos.edgeloop.chunk_manifest import decode
+
+    out, pos = [], 0
+    for c in decode(manifest).chunks:
+        out.append((pos, c.length, c.sha256))
+        pos += c.length
+    return out

@@ -9,7 +9,6 @@ static files) or of one online key tries to make it install something else.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -96,20 +95,31 @@ def _run(
     return asyncio.run(scenario())
 
 
+def _chunks(manifest: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, length, sha256) of each chunk of a format-2 chunk manifest."""
+    from protos.edgeloop.chunk_manifest import decode
+
+    out, pos = [], 0
+    for c in decode(manifest).chunks:
+        out.append((pos, c.length, c.sha256))
+        pos += c.length
+    return out
+
+
 def test_tampered_artifact_is_refused_on_delta_and_full_paths(tmp_path: Path, fleet: FleetSide) -> None:
     def tamper(_: Device_) -> None:
         # Flip a byte in a chunk the device does not hold (the fine-tuned head), so the delta path
         # has to fetch it; unchanged chunks come from the local v1 and never touch the mirror.
         targets = fleet.ota.repo.targets_dir / "models" / "digits"
-        manifests = [json.loads(next((targets / r).glob("*.chunks.json")).read_bytes()) for r in ("r1", "r2")]
-        held = {c[2] for c in manifests[0]["chunks"]}
-        offset, length = next(c[:2] for c in manifests[1]["chunks"] if c[2] not in held and c[1] > 64)
+        manifests = [_chunks(next((targets / r).glob("*.chunks.bin")).read_bytes()) for r in ("r1", "r2")]
+        held = {c[2] for c in manifests[0]}
+        offset, length = next(c[:2] for c in manifests[1] if c[2] not in held and c[1] > 64)
         target = next((targets / "r2").glob("*.model.onnx"))
         data = bytearray(target.read_bytes())
         data[offset + length // 2] ^= 0xFF
         target.write_bytes(bytes(data))
-        patches = list((fleet.ota.repo.targets_dir / "patches").glob("*.xz"))
-        assert patches  # the head's chunk ships as an XOR patch against v1: tamper it as well
+        patches = list((fleet.ota.repo.targets_dir / "patches").glob("*.p2"))
+        assert patches  # the head's chunk ships as a patch against v1: tamper it as well
         for patch in [*patches, next((targets / "r2").glob("*.model.onnx.xz"))]:  # and the xz artifact
             raw = bytearray(patch.read_bytes())
             raw[len(raw) // 2] ^= 0xFF
