@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 _R = TypeVar("_R")
 _SHM_DIR = Path("/dev/shm")  # noqa: S108 - POSIX shared memory, created O_EXCL 0600
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_TOO_LARGE = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 DEFAULT_SOCKET = Path("/run/edgeloop/inference.sock")
 
@@ -238,6 +239,9 @@ class _FramedChannel:
             status, *_ = self._receive(sock)
         finally:
             segment.unlink()  # mapped on both sides now (or refused): the name is not needed
+        if status == _TOO_LARGE:
+            segment.close()
+            raise _status_error(status, f"shared memory of {segment.size} bytes is over the agent's limit")
         if status:
             segment.close()
             logger.warning("agent refused shared memory (status %s); sending inputs inline", status)
