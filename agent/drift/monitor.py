@@ -375,7 +375,7 @@ class DriftMonitor:
         full = stream.add(x)
         if full is None:
             return []
-        mx = self.profile.monitored(full)
+        mx = self.profile.project(full)
         self._count_bins(mx)
         runs = self._run_lengths(mx)
         crossings = stream.push(self.profile.inputs.values(mx))

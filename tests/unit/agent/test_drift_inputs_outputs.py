@@ -102,7 +102,8 @@ def test_misfed_rows_raise_and_open_one_data_quality_episode_that_closes_when_fi
     assert opened.state == "open" and opened.stream == "inputs" and opened.detected_sample == 500
     assert [e.kind for e in opened.evidence] == ["bad_input"] and opened.evidence[0].feature == ""
     # Every misfed call raises; the open episode is updated once per new kind of problem only.
-    assert "no feature 'b'" in (missing := _misfed(monitor, {"a": 0.1, "c": 0.3})).reason
+    missing = _misfed(monitor, {"a": 0.1, "c": 0.3})
+    assert "no feature 'b'" in missing.reason
     (update,) = missing.events
     assert update.episode_id == opened.episode_id and "b" in {ev.feature for ev in update.evidence}
     assert _misfed(monitor, rng.normal(size=(25, 4))).events == []  # same problem: no new record
