@@ -8,9 +8,19 @@ from agent.inference.engine import InferenceEngine, Prediction, ServingOptions
 from agent.inference.handle import ModelHandle, ModelHolder, ModelMeta
 from agent.inference.registry import ProfileLoader, load_runtime
 from agent.inference.runtime import InferenceRuntime, RuntimeLoader
-from agent.inference.signature import Signature, TensorSpec, validate_inputs
+from agent.inference.signature import (
+    BATCHED_INPUTS_KEY,
+    Signature,
+    TensorSpec,
+    declare_batched,
+    infer_batched,
+    validate_inputs,
+)
+from agent.inference.warmup import WARMUP_FILE, warm_up
 
 __all__ = [
+    "BATCHED_INPUTS_KEY",
+    "WARMUP_FILE",
     "InferenceEngine",
     "InferenceRuntime",
     "ModelHandle",
@@ -20,8 +30,11 @@ __all__ = [
     "ProfileLoader",
     "RuntimeLoader",
     "ServingOptions",
+    "declare_batched",
+    "infer_batched",
     "Signature",
     "TensorSpec",
     "load_runtime",
     "validate_inputs",
+    "warm_up",
 ]
