@@ -95,6 +95,32 @@ def time_batch1(
     )
 
 
+def interleaved_cpu(
+    runners: list[Runner], inputs: dict[str, np.ndarray], *, rounds: int = 7, calls: int = 30
+) -> np.ndarray:
+    """Median thread CPU ms of batch-1 calls, [round, runner], with the runners taking turns.
+
+    Each round runs every runner `calls` times, in an order rotated per round, so a change in host
+    load hits all of them alike and their per-round ratios stay meaningful (paired comparison).
+    """
+    n = len(next(iter(inputs.values())))
+    samples = [{k: v[i % n : i % n + 1] for k, v in inputs.items()} for i in range(min(n, 32))]
+    for r in runners:
+        for s in samples[:5]:
+            r.run(s)
+    out = np.empty((rounds, len(runners)))
+    for rnd in range(rounds):
+        order = [(rnd + j) % len(runners) for j in range(len(runners))]
+        for j in order:
+            cpu = np.empty(calls)
+            for i in range(calls):
+                c0 = time.thread_time_ns()
+                runners[j].run(samples[i % len(samples)])
+                cpu[i] = time.thread_time_ns() - c0
+            out[rnd, j] = float(np.median(cpu)) / 1e6
+    return out
+
+
 def peak_memory(artifact: Path, runtime: str, delegate: str = "xnnpack") -> int:
     """Resident-memory peak (bytes) of loading `artifact` and running one batch-1 inference.
 

@@ -7,8 +7,11 @@ sensitive layers kept in float) when int8 breaks the quality budget, and picks t
 runtimes, clocks and logging setup live in the adapter (`compiler.toolchain`) and the CLI.
 
 Winner rule: among candidates inside every budget, take the fastest (median thread CPU time of a
-batch-1 call on one thread: wall time on a shared host is too noisy to rank by); any candidate within
-`latency_tolerance` of it counts as equally fast, and the smallest of those wins (fewer OTA bytes
+batch-1 call on one thread: wall time on a shared host is too noisy to rank by; when the toolchain
+can, the passing candidates are re-timed against each other in interleaved rounds and compared by
+their median paired ratio, so a load change between two timings does not rank them); any candidate within
+`latency_tolerance` of it counts as equally fast (with paired timing: in its best round, i.e. it is
+slower only when it was slower in every round), and the smallest of those wins (fewer OTA bytes
 and less RAM for no measurable latency cost). `latency_tolerance=0` means strictly the fastest.
 Sizes within `SIZE_TIE` of the smallest count as equal too; then the higher quality wins (accuracy,
 then cosine, then agreement), then the recipe name, never a timing: two identical runs choose the
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.profile import DeviceProfile
 from compiler.errors import UnsupportedError
@@ -93,6 +96,8 @@ class Measurement:
     micro_batch_cosine_mean: float | None = None
     batch_consistency_cosine_min: float | None = None  # same artifact, batch 1 vs micro-batch
     batch_consistency_max_abs: float | None = None
+    speed_ratio: float | None = None  # CPU time / the fastest passing one's, interleaved rounds (median)
+    speed_ratio_range: tuple[float, float] | None = None  # min and max over the rounds
     quantized_nodes: int | None = None  # int8 recipes: weighted nodes with int8 weights
     weighted_nodes: int | None = None  # in the float model, subgraphs included
 
@@ -140,6 +145,15 @@ class Toolchain(Protocol):
 
     def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
         """Quantized node names, most damaging first (empty if unsupported for the recipe)."""
+        ...
+
+
+@runtime_checkable
+class SpeedComparer(Protocol):
+    """Optional port: time artifacts against each other in interleaved rounds (paired ratios)."""
+
+    def compare_speed(self, items: list[tuple[str, Recipe]]) -> list[tuple[float, float, float]]:
+        """Per item: (median, min, max) of its CPU time over the fastest's, round by round."""
         ...
 
 
@@ -231,7 +245,9 @@ def choose(
     if not ok:
         return None
     fastest = min(_speed(c.measurement) for c in ok if c.measurement)
-    near = [c for c in ok if c.measurement and _speed(c.measurement) <= fastest * (1 + latency_tolerance)]
+    near = [
+        c for c in ok if c.measurement and _fastest_seen(c.measurement) <= fastest * (1 + latency_tolerance)
+    ]
     sticky = [c for c in near if prefer and c.recipe.name == prefer]
     if sticky:
         return sticky[0]
@@ -282,6 +298,7 @@ def search(
     near_misses = [c for c in int8 if _quality_only_failure(c) and c.recipe.runtime == "onnxruntime"]
     if near_misses and not any(c.ok for c in int8):
         outcome.candidates += _mixed(run, max(near_misses, key=_quality_score))
+    outcome.candidates = _paired_speed(run, outcome.candidates)
     outcome.chosen = choose(outcome.candidates, latency_tolerance, prefer)
     on_event(f"{profile.name}: chose {outcome.chosen.recipe.name if outcome.chosen else 'nothing'}")
     return outcome
@@ -318,9 +335,32 @@ def _mixed(run: _Run, base: Candidate) -> list[Candidate]:
     return tried
 
 
+def _paired_speed(run: _Run, candidates: list[Candidate]) -> list[Candidate]:
+    """Re-time the passing candidates against each other (when the toolchain can): separate
+    timings taken minutes apart on a shared host differ by more than the candidates do."""
+    ok = [i for i, c in enumerate(candidates) if c.ok and c.artifact is not None]
+    if len(ok) < 2 or not isinstance(run.toolchain, SpeedComparer):
+        return candidates
+    run.on_event(f"{run.profile.name}: timing {len(ok)} passing candidates against each other")
+    ratios = run.toolchain.compare_speed([(str(candidates[i].artifact), candidates[i].recipe) for i in ok])
+    out = list(candidates)
+    for i, (med, lo, hi) in zip(ok, ratios, strict=True):
+        c = candidates[i]
+        if c.measurement is not None:
+            out[i] = replace(
+                c, measurement=replace(c.measurement, speed_ratio=med, speed_ratio_range=(lo, hi))
+            )
+    return out
+
+
+def _fastest_seen(m: Measurement) -> float:
+    """A candidate is slower only if it was slower in every interleaved round: its best round counts."""
+    return m.speed_ratio_range[0] if m.speed_ratio_range else _speed(m)
+
+
 def _speed(m: Measurement) -> float:
-    """CPU time per call when measured (robust under load), else wall p50."""
-    return m.cpu_p50_ms or m.latency_p50_ms
+    """Paired CPU-time ratio when measured, else CPU time per call (robust under load), else wall p50."""
+    return m.speed_ratio or m.cpu_p50_ms or m.latency_p50_ms
 
 
 def _quality_score(c: Candidate) -> float:

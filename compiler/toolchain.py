@@ -4,7 +4,8 @@ Owns a work folder of candidate artifacts (cached by recipe name, shared across 
 float reference outputs, and the measurement of every candidate: quality on the evaluation set with
 the profile's thread count at batch 1 (what a device serves; the reference too) and, when the device
 micro-batches, again at that batch with the batch-1 vs micro-batch consistency of the same file;
-p50/p95 batch-1 latency (wall and thread CPU) on one thread; resident-memory peak; size; and, for
+p50/p95 batch-1 latency (wall and thread CPU) on one thread, and the interleaved paired comparison
+of the passing candidates' CPU time that the choice uses; resident-memory peak; size; and, for
 ONNX int8 recipes, what quantization changed (`compiler.effect`). Does not choose anything (that is
 `compiler.pipeline`) and does not write final outputs (`compiler.build`).
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from compiler import effect, measure, quality
-from compiler.data import Dataset
+from compiler.data import Dataset, file_digest
 from compiler.measure import Runner
 from compiler.passes import convert_tflite, quantize, smooth
 from compiler.pipeline import Measurement, Recipe
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+SPEED_ROUNDS = 7
 
 
 @dataclass
@@ -53,6 +55,7 @@ class LocalToolchain:
     micro_batch: int | None = None  # the device micro-batches up to this many samples
     target: Target = field(default_factory=Target)
     _cache: dict[str, Path] = field(default_factory=dict)
+    _measured: dict[tuple[str, str, int, str], Measurement] = field(default_factory=dict)
     _reference: np.ndarray | None = None
 
     def for_target(self, target: Target) -> LocalToolchain:
@@ -81,6 +84,14 @@ class LocalToolchain:
         return str(self._cache[recipe.name])
 
     def measure(self, artifact: str, recipe: Recipe) -> Measurement:
+        """Measured once per distinct file: recipes that produce the same bytes (a smoothing pass
+        that found nothing to smooth) get the same numbers, not two draws of timing noise."""
+        key = (file_digest(Path(artifact)), recipe.runtime, self.target.threads, self.target.delegate)
+        if key not in self._measured:
+            self._measured[key] = self._measure(artifact, recipe)
+        return self._measured[key]
+
+    def _measure(self, artifact: str, recipe: Recipe) -> Measurement:
         path = Path(artifact)
         threads = min(self.target.threads, measure.cpu_count())
         runner = measure.open_runtime(path, recipe.runtime, threads, self.target.delegate)
@@ -129,6 +140,27 @@ class LocalToolchain:
             return m
         e = effect.quant_effect(self.fp32_onnx, path)
         return replace(m, quantized_nodes=e.quantized_nodes, weighted_nodes=e.weighted_nodes)
+
+    def compare_speed(self, items: list[tuple[str, Recipe]]) -> list[tuple[float, float, float]]:
+        """Per artifact: (median, min, max) over interleaved rounds of its CPU time / the round's fastest."""
+        keys = [(file_digest(Path(a)), r.runtime) for a, r in items]
+        unique = list(dict.fromkeys(keys))  # byte-identical artifacts are timed once
+        first = {k: items[keys.index(k)] for k in unique}
+        runners = [
+            measure.open_runtime(Path(a), r.runtime, 1, self.target.delegate) for a, r in first.values()
+        ]
+        calls = max(5, self.latency_calls // SPEED_ROUNDS)
+        cpu = measure.interleaved_cpu(runners, self.evaluation.inputs, rounds=SPEED_ROUNDS, calls=calls)
+        ratios = cpu / cpu.min(axis=1, keepdims=True)
+        col = {k: j for j, k in enumerate(unique)}
+        return [
+            (
+                float(np.median(ratios[:, col[k]])),
+                float(ratios[:, col[k]].min()),
+                float(ratios[:, col[k]].max()),
+            )
+            for k in keys
+        ]
 
     def rank_sensitive(self, artifact: str, recipe: Recipe) -> list[str]:
         if recipe.runtime != "onnxruntime":
