@@ -4,7 +4,9 @@ Parses arguments, calls one library function per subcommand, prints a human summ
 stderr) or `--json` (stdout), and maps errors to `ExitCode`. No compiler logic lives here.
 
     edgeloop-compile build --model M --profile P [--profile P2] --calib C.npz --eval E.npz --out DIR
+        [--micro-batch N] [--latency-clock cpu|wall]
     edgeloop-compile quantize --model m.onnx --calib C.npz --out q.onnx [--mode static|dynamic]
+        [--eval E.npz] [--allow-noop]     (exit 53: nothing quantized / file grew; 52: quality)
     edgeloop-compile convert --model M --calib C.npz --out m.tflite [--quantization fp32|dynamic|full]
     edgeloop-compile prune --model M --train T.npz --eval E.npz --keep 0.5 --out m.pt2
     edgeloop-compile distill --model M --student S --train T.npz --eval E.npz --out DIR
