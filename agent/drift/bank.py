@@ -1,11 +1,11 @@
 """Streaming window bank: block sums in a ring, multi-window two-sample z per block (sans-IO).
 
-Owns the only per-stream state that grows with time-scale: the last `max(windows)` block sums of
-every channel, never raw rows, kept as float32 (a block sum of 25 z-scale values needs no more; the
-window sums are formed in float64), so 64 features cost 16.5 kB. `push()` takes the sums of newly
-completed blocks and returns, per block, every (channel, window) whose |z| crossed its calibrated
-threshold. Shares the statistic with calibration (stats.window_z), so what was calibrated is what
-runs.
+Owns the only per-stream state that grows with time-scale: per window stride a ring of at most 8
+stride sums of every channel, and one running sum per window, never raw rows. Rings are float32
+(a sum of 25-100 z-scale values needs no more; window sums are float64), so 64 features cost
+about 10 kB. `push()` takes the sums of newly completed blocks and returns, per block, every
+(channel, window) whose |z| crossed its calibrated threshold. Shares the statistic and the test
+schedule with calibration (stats.window_z, BankConfig.stride), so what was calibrated is what runs.
 """
 
 from __future__ import annotations
@@ -31,14 +31,24 @@ class Crossing:
 
 
 class WindowBank:
-    """Ring of block sums for one channel model with thresholds per "kind@window" group."""
+    """Rings of block sums for one channel model with thresholds per "kind@window" group.
+
+    Windows with the same stride share one ring of (up to 8) stride-block sums; a partial sum
+    collects the blocks of the stride under way. A window is tested when its stride completes.
+    """
 
     def __init__(self, channels: ChannelModel, bank: BankConfig, thresholds: dict[str, float]) -> None:
         self.channels = channels
         self.bank = bank
         width = len(channels.names)
-        self._ring = np.zeros((bank.warmup_blocks, width), dtype=np.float32)
         self._blocks = 0
+        strides = sorted({bank.stride(w) for w in bank.windows})
+        self._rings = {
+            st: np.zeros((max(w // st for w in bank.windows if bank.stride(w) == st), width), np.float32)
+            for st in strides
+        }
+        self._partial = {st: np.zeros(width, np.float32) for st in strides if st > 1}
+        self._sums = {w: np.zeros(width) for w in bank.windows}
         kinds = channels.kind_index()
         self._limit: dict[int, FloatArray] = {}
         self._offset: dict[int, FloatArray] = {}
@@ -60,32 +70,58 @@ class WindowBank:
 
     @property
     def nbytes(self) -> int:
-        return int(self._ring.nbytes)
+        arrays: list[np.ndarray] = [*self._rings.values(), *self._partial.values(), *self._sums.values()]
+        return int(sum(a.nbytes for a in arrays))
 
     def push(self, block_sums: FloatArray) -> list[list[Crossing]]:
-        """Add completed blocks (nb, channels); return the crossings at the end of each block."""
-        nb, hist = block_sums.shape[0], self._ring.shape[0]
-        ext = np.concatenate([self._ring, block_sums])
-        cs = np.concatenate([np.zeros((1, ext.shape[1])), np.cumsum(ext, axis=0)])
-        out: list[list[Crossing]] = [[] for _ in range(nb)]
-        seen = self._blocks + np.arange(1, nb + 1)
-        for w in self.bank.windows:
-            sums = cs[hist + 1 : hist + nb + 1] - cs[hist + 1 - w : hist + nb + 1 - w]
-            hit = np.abs(sums - self._offset[w]) > self._scaled[w]
-            if not hit.any():
-                continue
-            hit &= (seen >= w)[:, None]
-            z = np.abs(window_z(sums, w * self.bank.block, self.channels))
-            for b, c in zip(*np.nonzero(hit), strict=True):
-                out[b].append(
-                    Crossing(
-                        self.channels.names[c],
-                        self.channels.kinds[c],
-                        float(z[b, c]),
-                        float(self._limit[w][c]),
-                        w * self.bank.block,
-                    )
-                )
-        self._ring = ext[-hist:].astype(np.float32)
-        self._blocks += nb
+        """Add completed blocks (nb, channels); return the crossings at the end of each block.
+
+        Window sums are kept running: each completed stride adds its (float32-rounded) sum and
+        drops the one leaving the window, so the float64 running sums stay exact sums of the ring.
+        """
+        out: list[list[Crossing]] = []
+        for row in np.asarray(block_sums, dtype=np.float64):
+            self._blocks += 1
+            crossings: list[Crossing] = []
+            for st, ring in self._rings.items():
+                if st > 1:
+                    self._partial[st] += row
+                    if self._blocks % st:
+                        continue
+                    unit = self._partial[st].astype(np.float32)
+                    self._partial[st][:] = 0.0
+                else:
+                    unit = row.astype(np.float32)
+                done = self._blocks // st  # units completed, this one included
+                pos = (done - 1) % ring.shape[0]
+                for w in self.bank.windows:
+                    if self.bank.stride(w) != st:
+                        continue
+                    crossings += self._advance(w, unit, ring, done, pos)
+                ring[pos] = unit
+            out.append(crossings)
         return out
+
+    def _advance(self, w: int, unit: np.ndarray, ring: np.ndarray, done: int, pos: int) -> list[Crossing]:
+        units = w // self.bank.stride(w)
+        sums = self._sums[w]
+        sums += unit
+        if done > units:
+            sums -= ring[(pos - units) % ring.shape[0]]
+        if done < units:
+            return []
+        hit = np.abs(sums - self._offset[w]) > self._scaled[w]
+        return self._crossings(np.flatnonzero(hit), sums, w) if hit.any() else []
+
+    def _crossings(self, channels: np.ndarray, sums: FloatArray, w: int) -> list[Crossing]:
+        z = np.abs(window_z(sums, w * self.bank.block, self.channels))
+        return [
+            Crossing(
+                self.channels.names[c],
+                self.channels.kinds[c],
+                float(z[c]),
+                float(self._limit[w][c]),
+                w * self.bank.block,
+            )
+            for c in channels
+        ]

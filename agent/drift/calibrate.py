@@ -33,7 +33,12 @@ EULER_GAMMA = 0.5772156649015329
 
 @dataclass(frozen=True)
 class BankConfig:
-    """Shape of the window bank: rows per block and window lengths in blocks."""
+    """Shape of the window bank: rows per block and window lengths in blocks.
+
+    A window of w blocks is tested every `stride(w) = max(1, w // 8)` blocks, so every window is
+    held as at most 8 sums (of `stride` blocks each): the 32-block window is tested every 4 blocks
+    (100 rows) from 8 sums of 4 blocks, which keeps the state of 64 features within 16 kB.
+    """
 
     block: int = 25
     windows: tuple[int, ...] = (2, 8, 32)
@@ -41,6 +46,10 @@ class BankConfig:
     @property
     def warmup_blocks(self) -> int:
         return max(self.windows)
+
+    @staticmethod
+    def stride(w: int) -> int:
+        return max(1, w // 8)
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,10 @@ def window_series(values: FloatArray, channels: ChannelModel, bank: BankConfig) 
     start = bank.warmup_blocks
     out: dict[str, FloatArray] = {}
     for w in bank.windows:
-        window = cs[start : nb + 1] - cs[start - w : nb + 1 - w]
+        step = bank.stride(w)
+        first = -(-start // step) * step  # tested after a multiple of `step` blocks only
+        ends = np.arange(first, nb + 1, step)
+        window = cs[ends] - cs[ends - w]
         for kind, series in group_max(window_z(window, w * bank.block, channels), channels).items():
             out[f"{kind}@{w}"] = series
     return out
@@ -90,7 +102,8 @@ def calibrate_bank(
     for _ in range(plan.replicates):
         values, channels = simulate(rng, plan.stream_rows)
         for key, series in window_series(values, channels, plan.bank).items():
-            usable = series[: series.size // seg * seg].reshape(-1, seg)
+            per_seg = seg // plan.bank.stride(int(key.rpartition("@")[2]))
+            usable = series[: series.size // per_seg * per_seg].reshape(-1, per_seg)
             maxima.setdefault(key, []).extend(usable.max(axis=1).tolist())
     seg_rows = seg * plan.bank.block
     exceed = plan.budget_per_10k * plan.safety * seg_rows / 10_000 / groups
@@ -112,18 +125,18 @@ def stuck_runs(max_atom: FloatArray, plan: CalibrationPlan, groups: int) -> tupl
 def constant_thresholds(channels: ChannelModel, plan: CalibrationPlan, groups: int) -> dict[str, float]:
     """Exact thresholds of the "constant" group: binomial tails of other values at the assumed rate.
 
-    Each window is tested every block, so a group's share of the budget is split over
-    10,000 / block tests per 10k samples and over the constant features (union bound).
+    A window is tested every `stride` blocks, so a group's share of the budget is split over
+    10,000 / (block * stride) tests per 10k samples and over the constant features (union bound).
     """
     idx = channels.kind_index().get("constant")
     if idx is None or idx.size == 0:
         return {}
     p0, sd = float(channels.mean[idx[0]]), float(channels.std[idx[0]])
-    per_test = plan.budget_per_10k * plan.safety * plan.bank.block / 10_000 / groups / idx.size
+    per_block = plan.budget_per_10k * plan.safety * plan.bank.block / 10_000 / groups / idx.size
     out = {}
     for w in plan.bank.windows:
         rows = w * plan.bank.block
-        k = _binomial_quantile(rows, p0, per_test)
+        k = _binomial_quantile(rows, p0, per_block * plan.bank.stride(w))
         se = sd * math.sqrt(1.0 / rows + 1.0 / channels.n_ref)
         out[f"constant@{w}"] = ((k - 0.5) / rows - p0) / se
     return out

@@ -140,7 +140,7 @@ class DriftMonitor:
         )
         self._bad_reason = ""
         self._quality_events: list[Episode] = []
-        self._nan_run = np.zeros(len(profile.input_names), dtype=np.int64)
+        self._nan_run = np.zeros(len(profile.input_names), dtype=np.int32)
         self._next_id = 1
         self._inputs = _Stream("inputs", profile.inputs.channels, profile, cal.input_thresholds)
         self._outputs = (
@@ -156,9 +156,10 @@ class DriftMonitor:
         d = len(profile.feature_names)
         self._runs = np.array(cal.stuck_runs, dtype=np.int64)
         self._last = np.full(d, np.nan)
-        self._run = np.zeros(d, dtype=np.int64)
+        self._run = np.zeros(d, dtype=np.int32)
         self.bins = np.zeros((d, 10), dtype=np.int32)
         self._deciles = BinTable.pack(profile.deciles)
+        self._bin_shift = 10 * np.arange(d)
 
     # ------------------------------------------------------------ public API
 
@@ -236,10 +237,13 @@ class DriftMonitor:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of mutable per-stream state (ring buffers, pending rows, counters, bins)."""
+        """Bytes of mutable per-stream state (rings, running sums, pending rows, counters, bins).
+
+        Pending rows are the input of an unfinished block (at most block - 1 rows); the profile's
+        read-only arrays (score maps, thresholds, stuck run lengths) are not counted.
+        """
         streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
-        fixed = self._last.nbytes + self._run.nbytes + self._runs.nbytes + self.bins.nbytes
-        fixed += self._nan_run.nbytes
+        fixed = self._last.nbytes + self._run.nbytes + self.bins.nbytes + self._nan_run.nbytes
         return fixed + sum(s.nbytes for s in streams)
 
     def take_bins(self) -> FloatArray:
@@ -308,7 +312,7 @@ class DriftMonitor:
         run = np.where(tail_ok >= 0, finite.shape[0] - 1 - tail_ok, self._nan_run + finite.shape[0])
         block = self._inputs.block
         dead = np.flatnonzero((run >= block) & ((~finite).sum(axis=0) > 0))
-        self._nan_run = run.astype(np.int64)
+        self._nan_run = run.astype(np.int32)
         if dead.size:
             self._quality_step(
                 [
@@ -405,12 +409,12 @@ class DriftMonitor:
         idx = np.arange(n)[:, None]
         last_reset = np.maximum.accumulate(np.where(~eq, idx, -1), axis=0)
         run = np.where(last_reset >= 0, idx - last_reset + 1, idx + 1 + self._run).astype(np.int64)
-        self._last, self._run = mx[-1].copy(), run[-1].copy()
+        self._last, self._run = mx[-1].copy(), run[-1].astype(np.int32)
         return run
 
     def _count_bins(self, mx: FloatArray) -> None:
         d = mx.shape[1]
-        idx = self._deciles.index(mx) + 10 * np.arange(d)
+        idx = self._deciles.index(mx) + self._bin_shift
         self.bins += np.bincount(idx.ravel(), minlength=10 * d).reshape(d, 10)
 
     def _run_stream(self, stream: _Stream, crossings: list[list[Crossing]]) -> list[Episode]:

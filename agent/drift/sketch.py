@@ -95,6 +95,15 @@ def _packed_line(cols: list[FloatArray]) -> tuple[FloatArray, FloatArray, FloatA
     return lo, span, _SPACING * np.arange(len(cols), dtype=np.float64)
 
 
+def _slot(x: FloatArray, lo: FloatArray, span: FloatArray, offset: FloatArray) -> FloatArray:
+    """Each column mapped affinely into its own slot [offset - 0.5, offset + 1.5] of the line."""
+    u = (x - lo) / span
+    np.maximum(u, -0.5, out=u)
+    np.minimum(u, 1.5, out=u)
+    u += offset
+    return u
+
+
 @dataclass(frozen=True)
 class ScoreTable:
     """Score maps of d features packed onto one line for a single `np.interp` per batch.
@@ -125,8 +134,7 @@ class ScoreTable:
 
     def transform(self, x: FloatArray) -> FloatArray:
         """Normal scores (n, d) of rows `x` (n, d): piecewise linear between knots, flat beyond."""
-        u = np.clip((x - self.lo) / self.span, -0.5, 1.5) + self.offset
-        return np.interp(u, self.knots, self.scores)
+        return np.interp(_slot(x, self.lo, self.span, self.offset), self.knots, self.scores)
 
 
 @dataclass(frozen=True)
@@ -150,5 +158,5 @@ class BinTable:
 
     def index(self, x: FloatArray) -> npt.NDArray[np.int64]:
         """Per value: how many of its feature's edges are <= it (0..edges per feature)."""
-        u = np.clip((x - self.lo) / self.span, -0.5, 1.5) + self.offset
-        return np.searchsorted(self.edges, u, side="right").astype(np.int64) - self.start
+        u = _slot(x, self.lo, self.span, self.offset)
+        return np.searchsorted(self.edges, u, side="right") - self.start

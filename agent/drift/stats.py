@@ -96,6 +96,8 @@ class InputModel:
         maha = ((s @ self.precision) * s).sum(axis=1)
         joint = np.cbrt(np.maximum(maha, 0.0) / max(1, s.shape[1]))
         const = self.constant_index
+        if const.size == 0:
+            return np.concatenate([s, (s * s - 1.0) / _SQRT2, joint[:, None]], axis=1)
         off = (x[:, const] != self.constant[const]).astype(np.float64)
         return np.concatenate([s, (s * s - 1.0) / _SQRT2, off, joint[:, None]], axis=1)
 

@@ -3,7 +3,9 @@
 Anchors at their library defaults: river ADWIN / KSWIN / PageHinkley (one per feature, alarm if any
 feature alarms, raw values), a windowed two-sample KS with Bonferroni (alibi-detect KSDrift's rule on
 a sliding window: W=500, tested every 50, p < 0.05/d), PSI with 10 reference-decile bins at 0.10 and
-0.25 (same windows). Ours: agent.drift.DriftMonitor fed 25-row micro-batches; an alarm is an episode
+0.25 (same windows). Ours: agent.drift.DriftMonitor fed 25-row micro-batches ("edgeloop"; and
+"edgeloop-seasonal" on streams with timestamps: the reference models the daily cycle with 24
+hourly bins and every row is fed with its timestamp); an alarm is an episode
 report in state "open": the opening, or the update sent when a channel new to the open episode crosses
 (at most one per channel), so an earlier episode cannot hide a new change. Windowed anchors clear
 their window after an alarm (W-sample refractory period).
@@ -20,13 +22,19 @@ from scipy import stats
 
 from agent.drift.monitor import DriftMonitor
 from agent.drift.reference import build_reference
+from agent.drift.seasonal import Seasonality
 
-Result = tuple[list[int], float, int]  # alarm positions, CPU seconds, state bytes
+Result = tuple[list[int], float, int, float, int]
+"""Alarm positions, CPU s, state bytes (incl. reference copy), setup CPU s, mutable state bytes."""
+Times = tuple[np.ndarray, np.ndarray] | None  # (reference, stream) timestamps in seconds
 W, EVERY = 500, 50
 
 
-def _river(factory: Callable[[], object]) -> Callable[[np.ndarray, np.ndarray, int], Result]:
-    def run(ref: np.ndarray, x: np.ndarray, seed: int) -> Result:
+Detector = Callable[[np.ndarray, np.ndarray, int, Times], Result]
+
+
+def _river(factory: Callable[[], object]) -> Detector:
+    def run(ref: np.ndarray, x: np.ndarray, seed: int, times: Times = None) -> Result:
         dets = [_with_seed(factory, seed) for _ in range(x.shape[1])]
         alarms: list[int] = []
         t = time.process_time()
@@ -37,7 +45,8 @@ def _river(factory: Callable[[], object]) -> Callable[[np.ndarray, np.ndarray, i
                 hit |= bool(det.drift_detected)  # type: ignore[attr-defined]
             if hit:
                 alarms.append(i)
-        return alarms, time.process_time() - t, len(pickle.dumps(dets))
+        size = len(pickle.dumps(dets))
+        return alarms, time.process_time() - t, size, 0.0, size
 
     return run
 
@@ -51,8 +60,8 @@ def _with_seed(factory: Callable[[], object], seed: int) -> object:
 
 def _windowed(
     test: Callable[[np.ndarray, np.ndarray], bool],
-) -> Callable[[np.ndarray, np.ndarray, int], Result]:
-    def run(ref: np.ndarray, x: np.ndarray, seed: int) -> Result:
+) -> Detector:
+    def run(ref: np.ndarray, x: np.ndarray, seed: int, times: Times = None) -> Result:
         alarms: list[int] = []
         start = 0
         t = time.process_time()
@@ -62,7 +71,8 @@ def _windowed(
             if test(ref, x[end - W : end]):
                 alarms.append(end - 1)
                 start = end
-        return alarms, time.process_time() - t, (W + ref.shape[0]) * ref.shape[1] * 8
+        size = (W + ref.shape[0]) * ref.shape[1] * 8
+        return alarms, time.process_time() - t, size, 0.0, W * ref.shape[1] * 8
 
     return run
 
@@ -92,22 +102,35 @@ def profile_nbytes(monitor: DriftMonitor) -> int:
     p = monitor.profile
     arrays = [p.inputs.score_mean, p.inputs.score_std, p.inputs.precision, p.inputs.max_atom, p.deciles]
     arrays += [p.inputs.channels.mean, p.inputs.channels.std]
+    if p.seasonal is not None:
+        arrays += [p.seasonal.mean, p.seasonal.std]
     size = sum(a.nbytes for a in arrays) + sum(m.nbytes for m in p.inputs.maps)
     return int(size + 16 * len(p.calibration.input_thresholds))
 
 
-def ours(ref: np.ndarray, x: np.ndarray, seed: int) -> Result:
-    setup = time.process_time()
-    monitor = DriftMonitor(build_reference(ref, seed=seed))
-    ours.setup_s = time.process_time() - setup  # type: ignore[attr-defined]
-    alarms: list[int] = []
-    t = time.process_time()
-    for i in range(0, x.shape[0], 25):
-        alarms += [e.reported_sample - 1 for e in monitor.observe(x[i : i + 25]) if e.state == "open"]
-    return alarms, time.process_time() - t, monitor.state_bytes + profile_nbytes(monitor)
+def _ours(seasonal: bool) -> Detector:
+    def run(ref: np.ndarray, x: np.ndarray, seed: int, times: Times = None) -> Result:
+        setup = time.process_time()
+        if seasonal and times is not None:
+            profile = build_reference(ref, seasonality=Seasonality(), timestamps=times[0], seed=seed)
+        else:
+            profile = build_reference(ref, seed=seed)
+        monitor = DriftMonitor(profile)
+        setup_s = time.process_time() - setup
+        stamps = times[1] if seasonal and times is not None else None
+        alarms: list[int] = []
+        t = time.process_time()
+        for i in range(0, x.shape[0], 25):
+            batch_t = None if stamps is None else stamps[i : i + 25]
+            events = monitor.observe(x[i : i + 25], timestamps=batch_t)
+            alarms += [e.reported_sample - 1 for e in events if e.state == "open"]
+        state = monitor.state_bytes + profile_nbytes(monitor)
+        return alarms, time.process_time() - t, state, setup_s, monitor.state_bytes
+
+    return run
 
 
-def detectors() -> dict[str, Callable[[np.ndarray, np.ndarray, int], Result]]:
+def detectors() -> dict[str, Detector]:
     from river import drift
 
     return {
@@ -117,5 +140,6 @@ def detectors() -> dict[str, Callable[[np.ndarray, np.ndarray, int], Result]]:
         "KS-bonf": _windowed(ks_bonferroni),
         "PSI>0.10": _windowed(_psi(0.10)),
         "PSI>0.25": _windowed(_psi(0.25)),
-        "edgeloop": ours,
+        "edgeloop": _ours(seasonal=False),
+        "edgeloop-seasonal": _ours(seasonal=True),
     }
