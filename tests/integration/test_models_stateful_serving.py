@@ -158,3 +158,25 @@ def test_a_warm_up_sample_that_does_not_fit_is_named(
         bg.call(lambda: bg.service.install(stateful, name="vad", version="1", warmup=bad))
     assert "the release's warm-up sample does not fit the model" in str(info.value)
     assert "input 'state' has shape [3, 1, 8], dim 0 must be 2" in str(info.value)
+
+
+def test_predict_cli_takes_an_npz_for_a_multi_input_model(
+    tmp_path: Path, profile: DeviceProfile, stateful: Path
+) -> None:
+    import argparse
+    import io
+    import json
+
+    from agent.inference.cli import run_predict
+
+    x = np.ones((1, FRAME), np.float32)
+    np.savez(tmp_path / "in.npz", x=x, state=initial_state(1), sr=np.array(16000, np.int64))
+    out = io.StringIO()
+    with _serve(tmp_path, profile, ServingOptions()) as bg:
+        bg.call(lambda: bg.service.install(stateful, name="vad", version="1", warmup=_warmup_sample()))
+        args = argparse.Namespace(input=tmp_path / "in.npz", socket=str(tmp_path / "api.sock"), json=True)
+        assert run_predict(args, out) == 0
+    result = json.loads(out.getvalue())
+    want, state = reference_step(weights(), x, initial_state(1), 16000)
+    np.testing.assert_allclose(np.array(result["outputs"]["prob"]), want, atol=1e-5)
+    np.testing.assert_allclose(np.array(result["outputs"]["state_out"]), state, atol=1e-5)
