@@ -48,6 +48,7 @@ from agent.drift.stats import (
     error_channels,
     fit_input_model,
     fit_output_model,
+    quadratic_form,
     refit_moments,
 )
 
@@ -291,7 +292,7 @@ def _calibrate(
     n, dv = scores.shape
 
     def joint(s: FloatArray, precision: FloatArray) -> FloatArray:
-        return np.asarray(np.cbrt(np.maximum(((s @ precision) * s).sum(axis=1), 0.0) / max(1, dv)))
+        return np.asarray(np.cbrt(np.maximum(quadratic_form(s, precision), 0.0) / max(1, dv)))
 
     def sim_inputs(r: np.random.Generator, rows: int) -> tuple[FloatArray, ChannelModel]:
         ref_idx, stream_idx = r.integers(0, n, n), r.integers(0, n, rows)

@@ -93,13 +93,27 @@ class InputModel:
     def values(self, x: FloatArray) -> FloatArray:
         """Channel values (n, channels) of finite rows `x` (n, d): location, scale, constant, joint."""
         s = self.scores(x)
-        maha = ((s @ self.precision) * s).sum(axis=1)
+        maha = quadratic_form(s, self.precision)
         joint = np.cbrt(np.maximum(maha, 0.0) / max(1, s.shape[1]))
         const = self.constant_index
         if const.size == 0:
             return np.concatenate([s, (s * s - 1.0) / _SQRT2, joint[:, None]], axis=1)
         off = (x[:, const] != self.constant[const]).astype(np.float64)
         return np.concatenate([s, (s * s - 1.0) / _SQRT2, off, joint[:, None]], axis=1)
+
+
+_CHUNK = 24  # rows per matrix product: larger ones wake multi-threaded BLAS, which costs 10-50x CPU
+
+
+def quadratic_form(s: FloatArray, precision: FloatArray) -> FloatArray:
+    """Row-wise s P s^T, in small row chunks (single-threaded BLAS on a busy device)."""
+    if s.shape[0] <= _CHUNK:
+        return np.asarray(((s @ precision) * s).sum(axis=1))
+    out = np.empty(s.shape[0])
+    for i in range(0, s.shape[0], _CHUNK):
+        part = s[i : i + _CHUNK]
+        out[i : i + _CHUNK] = ((part @ precision) * part).sum(axis=1)
+    return out
 
 
 def constant_values(x: FloatArray) -> FloatArray:
