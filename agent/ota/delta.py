@@ -49,6 +49,7 @@ class Chunk:
     patch_length: int = 0
     patch_sha256: str = ""
     patch_kind: int = chunk_patch.LEGACY_XOR_XZ  # format 1 patches are xz of new XOR base
+    patch_inline: bytes = b""  # a small patch carried in the (signed) manifest itself
 
     @property
     def patch_file(self) -> str:
@@ -105,7 +106,7 @@ def _parse_binary(data: bytes, length: int) -> tuple[list[Chunk], bool]:
             chunks.append(Chunk(pos, c.length, c.sha256.hex()))
         else:
             chunks.append(
-                Chunk(pos, c.length, c.sha256.hex(), p.base.hex(), p.length, p.sha256.hex(), p.kind)
+                Chunk(pos, c.length, c.sha256.hex(), p.base.hex(), p.length, p.sha256.hex(), p.kind, p.inline)
             )
         pos += c.length
     return chunks, manifest.length == length
@@ -252,11 +253,14 @@ def _patched(
     base = index.read(chunk.base)
     if base is None:
         return None
-    patch = fetch_patch(chunk)
-    stats.requests += 1
-    stats.patch_bytes += len(patch)
-    if len(patch) != chunk.patch_length or hashlib.sha256(patch).hexdigest() != chunk.patch_sha256:
-        raise IntegrityError(f"patch for chunk at {chunk.offset} does not match the manifest")
+    if chunk.patch_inline:
+        patch = chunk.patch_inline  # signed as part of the manifest
+    else:
+        patch = fetch_patch(chunk)
+        stats.requests += 1
+        stats.patch_bytes += len(patch)
+        if len(patch) != chunk.patch_length or hashlib.sha256(patch).hexdigest() != chunk.patch_sha256:
+            raise IntegrityError(f"patch for chunk at {chunk.offset} does not match the manifest")
     try:
         data = chunk_patch.apply(chunk.patch_kind, base, patch, chunk.length)
     except chunk_patch.PatchError as err:

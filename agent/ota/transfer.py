@@ -112,7 +112,10 @@ class Transfer:
         for c in chunks:
             if index.has(c.sha256):
                 continue
-            cost += c.patch_length if patchable(c, index) else c.length
+            if patchable(c, index):
+                cost += 0 if c.patch_inline else c.patch_length  # inline: already in the manifest
+            else:
+                cost += c.length
         return chunks, index, cost
 
     def _delta(self, plan: Plan, dest: Path, chunks: list[Chunk], index: ChunkIndex) -> None:

@@ -10,7 +10,10 @@ model it holds plus the bytes it lacks. Where the cuts go decides what can be re
 - anything else (or a file that does not parse): a gear-hash content-defined chunker, so an
   insertion shifts no boundary far away.
 
-A tensor of at least `min_chunk` bytes (64 KiB) starts a chunk; the graph glue and the smaller
+The bytes before the first tensor (the ONNX header up to the graph's length prefix, the TFLite
+flatbuffer tables) are a chunk of their own: they change with any tensor's shape, so a sibling
+model with another head still shares every chunk after them. A tensor of at least `min_chunk`
+bytes (32 KiB) starts a chunk; the graph glue and the smaller
 tensors before it ride along in that chunk (a 32-byte digest per 1 KiB bias costs more than
 reusing it saves), so a head-only fine-tune changes the chunks holding the head and nothing else.
 Chunks are cut at `MAX_CHUNK` from the tensor start, which bounds the agent's memory per chunk;
@@ -144,6 +147,20 @@ def onnx_tensors(data: bytes) -> list[Span]:
     return sorted(spans, key=lambda s: s.offset)
 
 
+def onnx_graph_start(data: bytes) -> int:
+    """Where ModelProto.graph's payload starts (0 if absent): the bytes before it (the header and
+    the graph's length, which changes with any tensor's size) are a chunk of their own.
+
+    Raises:
+        WireError: the bytes are not a ModelProto.
+    """
+    buf = memoryview(data)
+    for number, wtype, g0, _ in _fields(buf, 0, len(buf)):
+        if number == 7 and wtype == 2:
+            return g0
+    return 0
+
+
 def onnx_tensor_spans(data: bytes) -> list[tuple[int, int]]:
     """(offset, length) of each initializer payload (see `onnx_tensors`)."""
     return [(s.offset, s.length) for s in onnx_tensors(data)]
@@ -240,11 +257,13 @@ def cdc_cuts(block: bytes) -> list[int]:
 # ------------------------------------------------------------------ layout
 
 
-def cut(data: bytes, spans: list[Span], *, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int, str]]:
-    """(offset, length, key) chunks tiling `data`: each tensor of `min_chunk` bytes or more starts a
-    chunk holding the glue before it (or the glue is cut by content when longer than `GAP_MAX`)."""
+def cut(
+    data: bytes, spans: list[Span], *, header: int = 0, min_chunk: int = MIN_CHUNK
+) -> list[tuple[int, int, str]]:
+    """(offset, length, key) chunks tiling `data`: ``[0, header)`` alone, then each tensor of
+    `min_chunk` bytes or more starts a chunk holding the glue before it (glue longer than `GAP_MAX`
+    is cut by content instead)."""
     out: list[tuple[int, int, str]] = []
-    pos = 0
     view = memoryview(data)
 
     def glue(start: int, end: int) -> None:
@@ -253,6 +272,9 @@ def cut(data: bytes, spans: list[Span], *, min_chunk: int = MIN_CHUNK) -> list[t
             out.append((prev, start + c - prev, ""))
             prev = start + c
 
+    pos = min(header, len(data))
+    if pos:
+        glue(0, pos)
     for span in spans:
         if span.length < min_chunk or span.offset < pos:
             continue
@@ -272,30 +294,30 @@ def cut(data: bytes, spans: list[Span], *, min_chunk: int = MIN_CHUNK) -> list[t
     return out
 
 
-def _spans(path: Path, data: bytes) -> tuple[int, list[Span]]:
+def _spans(path: Path, data: bytes) -> tuple[int, list[Span], int]:
+    """(layout, tensor spans, end of the header chunk)."""
     if path.suffix == ".onnx":
         try:
-            return LAYOUT_ONNX, onnx_tensors(data)
+            return LAYOUT_ONNX, onnx_tensors(data), onnx_graph_start(data)
         except WireError:
             pass
     if path.suffix == ".tflite" or data[4:8] == b"TFL3":
         try:
-            return LAYOUT_TFLITE, tflite_buffers(data)
+            spans = tflite_buffers(data)
+            return LAYOUT_TFLITE, spans, spans[0].offset if spans else 0
         except WireError:
             pass
-    return LAYOUT_OPAQUE, []
+    return LAYOUT_OPAQUE, [], 0
 
 
 def build_layout(path: Path, *, min_chunk: int = MIN_CHUNK) -> Layout:
     """The chunk layout of the artifact at `path` (tensor-aware for ONNX and TFLite)."""
     data = path.read_bytes()
-    layout, spans = _spans(path, data)
-    if not any(s.length >= min_chunk for s in spans):
-        layout = LAYOUT_OPAQUE if not spans else layout
+    layout, spans, header = _spans(path, data)
     view = memoryview(data)
     chunks = tuple(
         Chunk(o, n, hashlib.sha256(view[o : o + n]).digest(), key)
-        for o, n, key in cut(data, spans, min_chunk=min_chunk)
+        for o, n, key in cut(data, spans, header=header, min_chunk=min_chunk)
     )
     return Layout(len(data), hashlib.sha256(data).hexdigest(), layout, chunks)
 

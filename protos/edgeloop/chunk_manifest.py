@@ -11,11 +11,14 @@ Format 2 (binary, every integer an unsigned LEB128 varint)::
 
     b"ELCM"  version=2  flags        (flags bit 0: the body is raw LZMA2, see chunk_patch.LZMA2_FILTERS)
     body:    length  layout  n  length_1 .. length_n  sha256_1 .. sha256_n (32 raw bytes each)
-             p  p * (index delta, kind byte, base sha256 (32 B), patch length, patch sha256 (32 B))
+             p  p * (index delta, kind byte, base sha256 (32 B), patch length,
+                     patch sha256 (32 B) | the patch itself when kind has bit 7 set)
 
 Chunks tile ``[0, length)`` in order, so offsets are implied by the lengths. A patch entry rebuilds
 chunk ``index`` (delta-coded from the previous entry's index) from the local chunk whose sha256 is
-``base``; its bytes are the file `patch_file_name(base, chunk)` under the targets' ``patches/``.
+``base``; its bytes are the file `patch_file_name(base, chunk)` under the targets' ``patches/``, or,
+for a patch of at most a few hundred bytes, inline in the manifest (signed with it: no digest and
+no request of its own, which would cost more than the patch).
 Format 1 (JSON, releases published before format 2) is decoded by the agent for models it already
 holds and releases still in the repository; a version above `VERSION` is refused with
 `UnsupportedManifestError`, which says which formats this side reads.
@@ -30,6 +33,7 @@ MAGIC = b"ELCM"
 VERSION = 2
 SUPPORTED = (1, 2)
 FLAG_LZMA = 1
+INLINE = 0x80  # kind bit: the patch bytes follow in the manifest
 DIGEST = 32
 MAX_CHUNKS = 1 << 20
 MAX_BODY = 64 << 20  # decompressed; a 1 TB model in 4 MiB chunks needs ~10 MB
@@ -51,7 +55,8 @@ class PatchRef:
     kind: int  # chunk_patch kind byte: transform << 4 | codec
     base: bytes  # sha256 of the local chunk the patch applies to
     length: int
-    sha256: bytes  # of the patch file
+    sha256: bytes  # of the patch file (b"" when inline)
+    inline: bytes = b""  # the patch itself, carried in the manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +139,10 @@ def encode(manifest: ChunkManifest) -> bytes:
     for i, p in patched:
         put_varint(body, i - last)
         last = i
-        body.append(p.kind)
+        body.append(p.kind | (INLINE if p.inline else 0))
         body += p.base
         put_varint(body, p.length)
-        body += p.sha256
+        body += p.inline if p.inline else p.sha256
     packed = lzma.compress(bytes(body), format=lzma.FORMAT_RAW, filters=_filters())
     flags, payload = (FLAG_LZMA, packed) if len(packed) < len(body) else (0, bytes(body))
     head = bytearray(MAGIC)
@@ -201,7 +206,10 @@ def decode(data: bytes) -> ChunkManifest:
         kind = r.take(1)[0]
         base = r.take(DIGEST)
         plen = r.varint(limit=MAX_BODY)
-        patches[index] = PatchRef(kind, base, plen, r.take(DIGEST))
+        if kind & INLINE:
+            patches[index] = PatchRef(kind & ~INLINE, base, plen, b"", r.take(plen))
+        else:
+            patches[index] = PatchRef(kind, base, plen, r.take(DIGEST))
     if r.pos != len(body):
         raise ManifestError("trailing bytes after the manifest")
     chunks = tuple(ManifestChunk(lengths[i], digests[i], patches.get(i)) for i in range(n))
