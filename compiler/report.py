@@ -130,12 +130,26 @@ def build_report(
                 "chosen": o.chosen.recipe.name if o.chosen else None,
                 "passes": passes_for(o.chosen.recipe) if o.chosen else [],
                 "artifact": artifacts.get(o.profile),
-                "candidates": [candidate_dict(c) for c in o.candidates],
+                "candidates": [_with_delta(candidate_dict(c), c, reference) for c in o.candidates],
                 "notes": profile_notes(o),
             }
             for o in outcomes
         },
     }
+
+
+def _with_delta(doc: dict[str, Any], c: Candidate, reference: Measurement) -> dict[str, Any]:
+    """+ what the recipe changed against the fp32 export: bytes and (ONNX int8) weighted nodes."""
+    m = c.measurement
+    if m is None:
+        return doc
+    doc["change"] = {
+        "size_delta_bytes": m.size_bytes - reference.size_bytes,
+        "size_ratio": round(m.size_bytes / reference.size_bytes, 4) if reference.size_bytes else None,
+        "quantized_nodes": m.quantized_nodes,
+        "weighted_nodes": m.weighted_nodes,
+    }
+    return doc
 
 
 WIDE_INTERVAL = 0.05  # a 95 % interval wider than +-5 points gets a note

@@ -78,6 +78,8 @@ def test_micro_batched_device_gets_no_int8_that_only_holds_at_batch_1(
     assert m["micro_batch_agreement"] < 0.6  # ... but not inside a batch with a loud sample
     assert m["batch_consistency_cosine_min"] < 0.9  # same file, other outputs
     assert any(f.startswith("agreement at micro-batch 64") for f in dyn["failures"])
+    assert dyn["change"]["quantized_nodes"] == dyn["change"]["weighted_nodes"] == 2  # what int8 changed
+    assert dyn["change"]["size_delta_bytes"] < 0
     assert report["profiles"][PROFILE]["chosen"] == "onnx-fp32"
     fp32 = _candidate(report, "onnx-fp32")["metrics"]
     assert fp32["micro_batch_agreement"] == 1.0
