@@ -86,7 +86,13 @@ class LocalToolchain:
     def measure(self, artifact: str, recipe: Recipe) -> Measurement:
         """Measured once per distinct file: recipes that produce the same bytes (a smoothing pass
         that found nothing to smooth) get the same numbers, not two draws of timing noise."""
-        key = (file_digest(Path(artifact)), recipe.runtime, self.target.threads, self.target.delegate)
+        kind = "int8" if recipe.quantization.startswith("int8") else recipe.quantization  # effect is for int8
+        key = (
+            file_digest(Path(artifact)),
+            f"{recipe.runtime}/{kind}",
+            self.target.threads,
+            self.target.delegate,
+        )
         if key not in self._measured:
             self._measured[key] = self._measure(artifact, recipe)
         return self._measured[key]
