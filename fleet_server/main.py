@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         federated = build_federated(
             engine=engine, loop=asyncio.get_running_loop(), data_dir=settings.data_dir, audit=audit.log,
             replica_id=coordination.replica_id,
-            models=lambda: app.state.models, lease_ttl_s=settings.lease_ttl_s,
+            models=lambda: app.state.models, blobs=app.state.ota.blob_bytes,
+            lease_ttl_s=settings.lease_ttl_s,
             replica_ttl_s=settings.replica_ttl_s, bus=coordination.bus, leases=coordination.leases,
         )  # fmt: skip
         servers = build_grpc_servers(

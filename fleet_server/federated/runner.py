@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
@@ -47,6 +48,7 @@ from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.coordination.leases import LeaseLost
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
 from fleet_server.federated import lifecycle
+from fleet_server.federated.defences.secure import ValidatedAggregate
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.handoff import write_artifacts
 from fleet_server.federated.lifecycle import RunStatus
@@ -54,6 +56,7 @@ from fleet_server.federated.limits import check_spec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
+from fleet_server.federated.rootdata import RootData
 from fleet_server.federated.secagg import SecAggParams, SecAggRound
 from fleet_server.federated.strategy import LINEAR, StrategySpec, make_strategy
 from fleet_server.models import utcnow
@@ -159,6 +162,10 @@ class FederatedRunner:
         self._thread: threading.Thread | None = None
         self.result: ArrayRecord | None = None
         self.replica_id = ""  # recorded as the runner of runs started here (wiring sets it)
+        # The model's server-held labelled set for the robust defences and aggregate validation
+        # (wiring sets the registry adapter); per-device reputation kept across runs, per model.
+        self.root_data: RootData | None = None
+        self.reputations: dict[str, dict[Hashable, float]] = {}
 
     def busy(self) -> bool:
         with self._lock:
@@ -180,7 +187,12 @@ class FederatedRunner:
         check_spec(spec)
         make_strategy(spec.strategy)
         if spec.secure_aggregation and spec.strategy.name.lower() not in LINEAR:
-            raise InvalidRequestError("secure aggregation needs a linear strategy (robust rules see updates)")
+            raise InvalidRequestError(
+                "secure aggregation needs a linear strategy (fedavg, fedprox, fedadam, dp-fedavg): robust"
+                " rules see each update. Under secure aggregation what applies is device-side norm"
+                " clipping (train_config clipping_norm), validation of the aggregate on the model's"
+                " evaluation set, and DP noise (dp_noise_multiplier)"
+            )
 
     @contextmanager
     def reserve(self, run_id: str = "") -> Iterator[Reservation]:
@@ -413,7 +425,7 @@ class FederatedRunner:
         self, active: _Active, spec: RunSpec, arrays: ArrayRecord, evaluate_fn: EvaluateFn | None
     ) -> tuple[ArrayRecord, list[int]]:
         """Returns the final arrays and the number of valid results of each round."""
-        strategy = make_strategy(spec.strategy)
+        strategy = self._strategy(spec)
         config = ConfigRecord(dict(spec.train_config))
         if spec.dp_noise_multiplier > 0:
             config["dp-noise-multiplier"] = spec.dp_noise_multiplier
@@ -427,6 +439,16 @@ class FederatedRunner:
             )
             results.append(valid)
         return arrays, results
+
+    def _strategy(self, spec: RunSpec) -> Strategy:
+        """The run's strategy with the model's root set: the `robust-<rule>` defences use it, and
+        under secure aggregation (the server sees only the sum) it validates the aggregate."""
+        root = self.root_data.for_model(spec.model) if self.root_data is not None and spec.model else None
+        book = self.reputations.setdefault(spec.model, {})
+        strategy = make_strategy(spec.strategy, root=root, reputation=book)
+        if spec.secure_aggregation and root is not None:
+            strategy = ValidatedAggregate(strategy, root)
+        return strategy
 
     def _round(
         self,

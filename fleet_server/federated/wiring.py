@@ -35,6 +35,7 @@ from fleet_server.federated.autoretrain import AutoRetrain
 from fleet_server.federated.cohort import CohortFilter, CohortSpec
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.relay import ReplicaLink
+from fleet_server.federated.rootdata import RegistryRootData
 from fleet_server.federated.runner import Eligible, FederatedRunner
 from fleet_server.federated.scheduler import RunScheduler
 from fleet_server.federated.servicer import FederatedServicer
@@ -96,6 +97,20 @@ class FederatedRuntime:
             logger.warning("could not delete this replica's task streams", exc_info=True)
 
 
+def _datasets_of(
+    engine: Engine, models: Callable[[], ModelRegistry]
+) -> Callable[[str], dict[str, Any] | None]:
+    """The `datasets` of a registry model's newest version (None for an unknown model)."""
+    from sqlmodel import Session
+
+    def datasets(name: str) -> dict[str, Any] | None:
+        with Session(engine) as session:
+            version = models().latest(session, name, required=False)
+            return dict(version.datasets) if version is not None else None
+
+    return datasets
+
+
 def build_federated(
     *,
     engine: Engine,
@@ -106,12 +121,15 @@ def build_federated(
     bus: Bus | None = None,
     leases: LeaseStore | None = None,
     models: Callable[[], ModelRegistry] | None = None,
+    blobs: Callable[[str], bytes] | None = None,
     lease_ttl_s: float = 6.0,
     replica_ttl_s: float = 6.0,
     poll_s: float = 1.0,
 ) -> FederatedRuntime:
     """`bus` None: the runtime builds and owns its own (`build_bus`). `models` returns the model
-    registry (built after this), for auto-retrain runs that start from a registry model."""
+    registry (built after this), for auto-retrain runs that start from a registry model; with
+    `blobs` (the OTA store's hash-checked `blob_bytes`) a run naming a registry model gets that
+    model's evaluation set as its root set (robust defences, aggregate validation)."""
     replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     leases = leases or LeaseStore(engine)
     own_bus, bus = bus is None, bus or build_bus(engine)
@@ -127,6 +145,8 @@ def build_federated(
     servicer = FederatedServicer(grid=grid, authenticate=device_authenticator(engine))
     runner = FederatedRunner(engine=engine, grid=grid, out_dir=data_dir / "federated", audit=audit)
     runner.replica_id = replica_id
+    if models is not None and blobs is not None:
+        runner.root_data = RegistryRootData(_datasets_of(engine, models), blobs)
 
     def eligible_for(saved: dict[str, Any]) -> Eligible | None:
         if "devices" in saved:

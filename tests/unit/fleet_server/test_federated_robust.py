@@ -1,5 +1,5 @@
-"""Pre-aggregation against Byzantine updates: opposed-update filter, median norm bound, and the
-`robust-<rule>` strategies that put both in front of Flower's unchanged aggregation."""
+"""The robust-aggregation defences one by one (pure numpy), and the `robust-<rule>` strategy that
+composes them in front of Flower's rule, with the server's root set."""
 
 from __future__ import annotations
 
@@ -11,99 +11,187 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg, MultiKrum
 from flwr.supercore.task_identity import TaskIdentity
 
-from fleet_server.federated.robust import bound_to_median, drop_opposed
-from fleet_server.federated.strategy import ROBUST, PreAggregated, StrategySpec, make_strategy
+from fleet_server.errors import InvalidRequestError
+from fleet_server.federated.defences import bucketing, clipping, dormant, flame, sybil, validation
+from fleet_server.federated.defences.head import HeadOracle
+from fleet_server.federated.defences.pipeline import DefenceConfig, Defended
+from fleet_server.federated.defences.reputation import Reputation, cosines
+from fleet_server.federated.rootdata import RootSet, StaticRootData
+from fleet_server.federated.strategy import ROBUST, StrategySpec, make_strategy
 
 
-def _reply(w: np.ndarray, node: int = 5) -> Message:
+def _honest(rng: np.random.Generator, k: int, d: int = 20) -> list[np.ndarray]:
+    return [np.ones(d) + rng.normal(0, 0.3, d) for _ in range(k)]
+
+
+def test_reputation_excludes_persistent_opponents_only_up_to_the_budget() -> None:
+    rng = np.random.default_rng(0)
+    ref = np.ones(20)
+    rep = Reputation()
+    devices = list(range(10))
+    for _ in range(3):
+        rows = np.stack([*_honest(rng, 8), -np.ones(20), -np.ones(20) + rng.normal(0, 2, 20)])
+        score = rep.observe(devices, cosines(rows, ref))
+    assert list(np.flatnonzero(Reputation.excluded(score, max_drop=2))) == [8, 9]
+    assert list(np.flatnonzero(Reputation.excluded(score, max_drop=1))) == [8]  # most negative first
+    assert not Reputation.excluded(score[:8], max_drop=2).any()  # nobody negative: nobody excluded
+    assert rep.book[8] == pytest.approx(-3.0)  # the running sum is kept per device (across runs too)
+
+
+def test_sybil_groups_near_identical_updates_but_not_similar_honest_ones() -> None:
+    rng = np.random.default_rng(1)
+    crafted = rng.normal(0, 1, 20)
+    honest = 0.5 + rng.normal(0, 1, (6, 20))  # non-IID: alike in direction, never near-identical
+    rows = np.vstack([honest, crafted, crafted, crafted * 3])
+    sizes = sybil.group_sizes(rows, 0.95)
+    assert list(sizes[6:]) == [3, 3, 3] and list(sizes[:6]) == [1] * 6
+
+
+def test_clip_to_median_bounds_boosted_updates_and_leaves_the_rest() -> None:
+    rng = np.random.default_rng(2)
+    rows = np.stack([*_honest(rng, 6), 50 * np.ones(20)])
+    out, bound = clipping.clip_to_median(rows, factor=2.0)
+    assert bound == pytest.approx(2 * float(np.median(np.linalg.norm(rows, axis=1))))
+    assert np.linalg.norm(out[6]) == pytest.approx(bound)
+    assert np.allclose(out[:6], rows[:6])
+
+
+def test_centered_clip_limits_an_attackers_pull_to_tau_times_its_share() -> None:
+    rng = np.random.default_rng(3)
+    honest = np.stack(_honest(rng, 9))
+    rows = np.vstack([honest, 1000 * np.ones((1, 20))])
+    agg = clipping.centered_clip(rows, np.ones(10), center=honest.mean(0), tau=5.0, iters=1)
+    assert np.linalg.norm(agg - honest.mean(0)) <= 0.5 + 1e-9  # 1 of 10 rows, clipped to tau = 5
+    assert np.linalg.norm(rows.mean(0) - honest.mean(0)) > 50
+
+
+def test_buckets_keep_the_weighted_mean() -> None:
+    rng = np.random.default_rng(4)
+    rows, weights = rng.normal(0, 1, (7, 5)), rng.integers(1, 9, 7).astype(float)
+    means, totals = bucketing.buckets(rows, weights, 2, rng)
+    assert means.shape == (4, 5) and totals.sum() == weights.sum()
+    assert np.allclose(totals @ means / totals.sum(), weights @ rows / weights.sum())
+
+
+def test_dormant_median_touches_only_masked_coordinates() -> None:
+    rows = np.array([[1.0, 0.0], [1.2, 0.0], [0.8, 0.0], [1.0, 9.0]])
+    agg, n = dormant.median_on(np.array([False, True]), rows.mean(0), rows)
+    assert n == 1 and agg[0] == pytest.approx(1.0) and agg[1] == 0.0
+
+
+def test_flame_majority_keeps_the_dense_cluster() -> None:
+    rng = np.random.default_rng(5)
+    rows = np.stack([*_honest(rng, 7), -np.ones(20), rng.normal(0, 1, 20)])
+    keep = flame.majority(rows)
+    assert keep.sum() >= 5 and not keep[7:].any()  # at least n/2 + 1 kept, the outliers dropped
+
+
+def test_validation_rejects_an_aggregate_that_makes_the_root_loss_worse() -> None:
+    assert validation.accept(1.0, 1.05) and validation.accept(1.0, 0.5)
+    assert not validation.accept(1.0, 1.2)
+
+
+def _root(n: int = 60, seed: int = 0) -> RootSet:
+    """Four classes told apart by features 0-3; features 4 and 5 are never active (dormant)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = np.zeros((n, 6))
+    x[np.arange(n), y] = 1.0
+    x[:, :4] += rng.normal(0, 0.1, (n, 4))
+    return RootSet(x, y)
+
+
+def test_head_oracle_trains_scores_and_finds_dormant_features() -> None:
+    root = _root()
+    arrays = ArrayRecord({"w": Array(np.zeros((6, 4), np.float32)), "b": Array(np.zeros(4, np.float32))})
+    oracle = HeadOracle.for_arrays(root, arrays)
+    assert oracle is not None
+    v = np.zeros(28)
+    step = oracle.update(v, lr=0.5, epochs=2, batch=16, seed=0)
+    assert oracle.loss_acc(v + step)[0] < oracle.loss_acc(v)[0] and oracle.loss_acc(v + step)[1] > 0.9
+    mask = oracle.dormant()
+    assert mask.reshape(-1)[:24].reshape(6, 4)[4:].all() and not mask[:16].any() and not mask[24:].any()
+    wrong = ArrayRecord({"w": Array(np.zeros((5, 4), np.float32)), "b": Array(np.zeros(4, np.float32))})
+    assert HeadOracle.for_arrays(root, wrong) is None  # features do not fit: no root defences
+    assert HeadOracle.for_arrays(None, arrays) is None
+
+
+def test_root_set_refuses_what_no_model_can_use() -> None:
+    with pytest.raises(InvalidRequestError, match="root set needs"):
+        RootSet(np.zeros((3, 2)), np.zeros(2, np.int64))
+    with pytest.raises(InvalidRequestError, match="non-negative integers"):
+        RootSet(np.zeros((2, 2)), np.array([0.5, 1.0]))
+    assert StaticRootData(None).for_model("m") is None
+
+
+class _NoGrid:  # configure_train only records the global arrays and the train config here
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, 31))
+
+
+def _reply(w: np.ndarray, b: np.ndarray, node: int, n: int = 10) -> Message:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
     req = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="train")
     req.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({"w": Array(w.astype(np.float32))}),
-            "metrics": MetricRecord({"num-examples": 10}),
-        }
-    )
-    return Message(content, reply_to=req)
+    arrays = ArrayRecord({"w": Array(w.astype(np.float32)), "b": Array(b.astype(np.float32))})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n})}), reply_to=req)
 
 
-def _honest(rng: np.random.Generator, k: int) -> list[np.ndarray]:
-    return [np.ones(20) + rng.normal(0, 0.3, 20) for _ in range(k)]
-
-
-def _w(msg: Message) -> np.ndarray:
-    return msg.content["arrays"]["w"].numpy()
-
-
-def test_drop_opposed_removes_the_most_opposed_up_to_max_drop() -> None:
-    rng = np.random.default_rng(0)
-    g = ArrayRecord({"w": Array(np.zeros(20, np.float32))})
-    honest = _honest(rng, 8)
-    replies = [_reply(u) for u in [*honest, -honest[0], -3 * honest[1]]]
-    kept = drop_opposed(g, replies, max_drop=2)
-    assert kept == replies[:8]
-    assert drop_opposed(g, replies, max_drop=1) == [*replies[:8], replies[8]]  # the most opposed first
-    assert drop_opposed(g, replies[:8], max_drop=2) == replies[:8]  # nothing opposed: nothing dropped
-
-
-def test_bound_to_median_scales_only_updates_above_the_median_norm() -> None:
-    rng = np.random.default_rng(1)
-    g = ArrayRecord({"w": Array(np.full(20, 0.5, np.float32))})
-    updates = [*_honest(rng, 6), 50 * np.ones(20)]
-    replies = [_reply(0.5 + u) for u in updates]
-    bound = bound_to_median(g, replies)
-    assert bound == pytest.approx(float(np.median([np.linalg.norm(u) for u in updates])), rel=1e-5)
-    norms = [float(np.linalg.norm(_w(m) - 0.5)) for m in replies]
-    assert max(norms) <= bound * (1 + 1e-5)
-    assert norms[6] == pytest.approx(bound, rel=1e-4)
-    small = min(range(6), key=lambda i: np.linalg.norm(updates[i]))
-    assert np.allclose(_w(replies[small]), 0.5 + updates[small], atol=1e-6)  # below the median: untouched
+def _round(strat: Defended, g: tuple[np.ndarray, np.ndarray], rows: list[np.ndarray], rnd: int = 1):  # type: ignore[no-untyped-def]
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 0
+    base = ArrayRecord({"w": Array(g[0].astype(np.float32)), "b": Array(g[1].astype(np.float32))})
+    cfg = ConfigRecord({"lr": 0.5, "local-epochs": 2, "batch-size": 16})
+    list(strat.configure_train(rnd, base, cfg, _NoGrid()))  # type: ignore[arg-type]
+    replies = [_reply(g[0] + r[:24].reshape(6, 4), g[1] + r[24:], node=i + 1) for i, r in enumerate(rows)]
+    return strat.aggregate_train(rnd, replies)
 
 
 @pytest.mark.parametrize("inner", ["fedavg", "multikrum"])
-def test_robust_strategy_keeps_flowers_rule_and_resists_flip_and_scale(inner: str) -> None:
-    strat = make_strategy(StrategySpec(f"robust-{inner}", min_nodes=10, malicious=2))
-    assert isinstance(strat, PreAggregated) and f"robust-{inner}" in ROBUST
+def test_robust_strategy_resists_flip_scale_and_a_trigger_on_dormant_features(inner: str) -> None:
+    root = _root()
+    strat = make_strategy(StrategySpec(f"robust-{inner}", min_nodes=10, malicious=2), root=root)
+    assert isinstance(strat, Defended) and f"robust-{inner}" in ROBUST
     assert isinstance(strat.inner, MultiKrum if inner == "multikrum" else FedAvg)
-    rng = np.random.default_rng(2)
-    g = ArrayRecord({"w": Array(np.zeros(20, np.float32))})
-    honest = _honest(rng, 8)
-
-    class NoGrid:  # configure_train only records the global arrays here
-        def get_node_ids(self) -> list[int]:
-            return list(range(10))
-
-    list(strat.configure_train(1, g, ConfigRecord({}), NoGrid()))  # type: ignore[arg-type]
-    replies = [_reply(u, node=i + 1) for i, u in enumerate([*honest, -honest[0], 100 * honest[1]])]
-    out, _ = strat.aggregate_train(1, replies)
-    assert out is not None
-    got, mean = out["w"].numpy(), np.mean(honest, axis=0)
-    plain, _ = FedAvg().aggregate_train(1, [_reply(u) for u in [*honest, -honest[0], 100 * honest[1]]])
-    assert plain is not None and np.linalg.norm(plain["w"].numpy() - mean) > 5
+    oracle = HeadOracle(root, 6, 4)
+    g = np.zeros(28)
+    rng = np.random.default_rng(6)
+    live = np.ones(28)
+    live[16:24] = 0  # honest devices never see features 4 and 5: nothing to learn there
+    honest = [oracle.update(g, 0.5, 2, 16, seed=s) + live * rng.normal(0, 0.3, 28) for s in range(8)]
+    trigger = np.zeros(28)
+    trigger[16:20] = [-1, -1, -1, 3]  # feature 4 (dormant on clean data) -> class 3
+    rows = [*honest, -10 * honest[0], honest[1] + 5 * trigger]
+    out, metrics = _round(strat, (np.zeros((6, 4)), np.zeros(4)), rows)
+    assert out is not None and metrics is not None
+    got = np.concatenate([out["w"].numpy().ravel(), out["b"].numpy()])
+    mean = np.mean(honest, axis=0)
     assert np.linalg.norm(got - mean) < 0.3 * np.linalg.norm(mean)
-    if isinstance(strat.inner, MultiKrum):
-        assert strat.inner.num_nodes_to_select == 7  # one dropped as opposed, then Krum keeps 9 - f
+    assert np.abs(got[16:24]).max() < 1e-6  # the trigger's weights stay at zero
+    assert metrics["robust-excluded"] == 1 and metrics["robust-rejected"] == 0
+    assert oracle.loss_acc(got)[0] < oracle.loss_acc(g)[0]
 
 
-def test_robust_default_drop_budget_and_unknown_inner_rule() -> None:
+def test_a_round_that_makes_the_model_worse_on_the_root_set_is_rejected() -> None:
+    root = _root()
+    cfg = DefenceConfig(reputation=False, sybil=0.0, clip_factor=0.0)  # only validation stands
+    strat = make_strategy(StrategySpec("robust-fedavg", min_nodes=10), root=root, defence=cfg)
+    assert isinstance(strat, Defended)
+    oracle = HeadOracle(root, 6, 4)
+    g = oracle.update(np.zeros(28), 0.5, 4, 16, seed=0)  # a model that already works
+    rows = [-3 * g for _ in range(6)]
+    w0, b0 = g[:24].reshape(6, 4), g[24:]
+    out, metrics = _round(strat, (w0, b0), rows)
+    assert out is not None and metrics is not None and metrics["robust-rejected"] == 1
+    assert np.allclose(out["w"].numpy(), w0, atol=1e-6)  # the model stays
+
+
+def test_without_a_root_set_the_median_update_is_the_reference() -> None:
     strat = make_strategy(StrategySpec("robust-fedtrimmedavg", min_nodes=20))
-    assert isinstance(strat, PreAggregated) and strat.max_drop == 4
-    with pytest.raises(Exception, match="unknown strategy"):
+    assert isinstance(strat, Defended) and strat.max_drop == 4 and strat.root is None
+    rng = np.random.default_rng(7)
+    honest = [np.concatenate([r, np.zeros(8)]) for r in _honest(rng, 8)]
+    out, metrics = _round(strat, (np.zeros((6, 4)), np.zeros(4)), [*honest, -5 * honest[0]])
+    assert out is not None and metrics is not None and metrics["robust-excluded"] == 1
+    assert "robust-rejected" not in metrics  # nothing to validate against
+    with pytest.raises(InvalidRequestError, match="unknown strategy"):
         make_strategy(StrategySpec("robust-fedprox"))
-
-
-def test_drop_opposed_with_history_judges_nodes_over_rounds() -> None:
-    rng = np.random.default_rng(3)
-    g = ArrayRecord({"w": Array(np.zeros(20, np.float32))})
-    history: dict[int, float] = {}
-    honest = _honest(rng, 8)
-    first = [_reply(u, node=i + 1) for i, u in enumerate([*honest, -honest[0]])]
-    assert [m.metadata.src_node_id for m in drop_opposed(g, first, 1, history)] == list(range(1, 9))
-    # next round node 9 is only mildly opposed and node 1 is opposed once: node 9 stays the one dropped
-    later = [*honest[1:], -0.2 * honest[0] + honest[2] * 0.1, -honest[3]]
-    replies = [_reply(u, node=i + 2) for i, u in enumerate(later[:7])]
-    replies += [_reply(later[7], node=9), _reply(later[8], node=1)]
-    kept = drop_opposed(g, replies, 1, history)
-    assert 9 not in [m.metadata.src_node_id for m in kept] and 1 in [m.metadata.src_node_id for m in kept]
-    assert history[9] < history[1] < 0 < min(history[n] for n in range(2, 9))
