@@ -153,4 +153,5 @@ def _spec(node: Any) -> TensorSpec:
     if dtype is None:
         raise ModelLoadError(f"tensor {node.name!r} has unsupported type {node.type}")
     shape: Shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in node.shape)
-    return TensorSpec(name=node.name, dtype=dtype, shape=shape)
+    names = tuple(d if isinstance(d, str) and d else None for d in node.shape)
+    return TensorSpec(name=node.name, dtype=dtype, shape=shape, dim_names=names if any(names) else ())

@@ -41,6 +41,8 @@ class TensorSpec:
     dtype: str
     shape: Shape
     batched: bool | None = None  # None: not declared, decided from the shape (first dim dynamic)
+    # Symbolic names of the dimensions when the runtime reports them (None: fixed or unnamed).
+    dim_names: tuple[str | None, ...] = ()
 
     @property
     def is_batched(self) -> bool:
@@ -205,11 +207,34 @@ def validate_inputs(
         said = ", ".join(f"{names} have {size}" for size, names in sorted(batches.items()))
         _fail(signature, f"batched inputs disagree on the batch size: {said}")
     batch = next(iter(batches)) if batches else 1
+    if batches:
+        _check_batch_axes(signature, inputs, batch)
     if batch < 1:
         _fail(signature, "batch size must be at least 1")
     if max_batch is not None and batch > max_batch:
         _fail(signature, f"batch size {batch} exceeds the limit of {max_batch}")
     return batch
+
+
+def _check_batch_axes(signature: Signature, inputs: Mapping[str, np.ndarray], batch: int) -> None:
+    """A non-batched input whose axis carries the batch's symbolic name (a state ``[2, batch, 8]``)
+    must have the request's batch there; checked here so a mismatch is the caller's error, not a
+    runtime failure that restarts the backend."""
+    symbols = {s.dim_names[0] for s in signature.inputs if s.is_batched and s.dim_names and s.dim_names[0]}
+    if len(symbols) != 1:
+        return
+    symbol = symbols.pop()
+    for spec in signature.inputs:
+        if spec.is_batched:
+            continue
+        for axis, name in enumerate(spec.dim_names):
+            got = inputs[spec.name].shape[axis]
+            if name == symbol and got != batch:
+                _fail(
+                    signature,
+                    f"input {spec.name!r} has {got} at axis {axis}, the batch axis ({symbol!r}): "
+                    f"the batched inputs have {batch}",
+                )
 
 
 def _fail(signature: Signature, problem: str) -> None:

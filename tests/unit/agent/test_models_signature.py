@@ -178,3 +178,13 @@ def test_profile_custom_ops_resolve_against_the_profile_folder(tmp_path: Path) -
     assert runtime.litert_custom_ops[0].library == str(tmp_path / "box" / "lib" / "t.so")
     assert runtime.litert_custom_ops[0].registerers == ("RegA", "RegB")
     assert load_profile("generic-x86").runtime.onnx_custom_op_libraries == ()
+
+
+def test_a_state_axis_named_like_the_batch_must_match_it(tmp_path: Path) -> None:
+    """state is [2, batch, 8]: its axis 1 follows the batch, so a mismatch is the caller's error (not a
+    runtime failure that would restart the backend)."""
+    sig = OnnxRuntime(build_stateful_onnx(tmp_path / "a.onnx")).signature
+    x = np.zeros((1, 16), np.float32)
+    assert validate_inputs(sig, {"x": x, "state": initial_state(1), "sr": np.array(16000)}) == 1
+    with pytest.raises(InvalidInputError, match=r"'state' has 2 at axis 1, the batch axis \('batch'\)"):
+        validate_inputs(sig, {"x": x, "state": initial_state(2), "sr": np.array(16000)})
