@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/drift/cost.py [--reps 7] [--json out.json]
 
 Per repetition and width (the issue-17 "wide" sensor rows, bench/drift/streams.py): CPU to build
 and calibrate the reference (1,000 rows), CPU per 1,000 samples of the monitor fed 25-row and
-250-row micro-batches (the daemon feeds what it drained, typically hundreds of rows), and of one
+100-row micro-batches (what the daemon feeds by default: 20 captures/s drained every 5 s), and of one
 river ADWIN per feature on the same stream, in the same process, one after the other; mutable
 state bytes of the monitor. Reports the median and the range over repetitions: on a shared box
 the ratio to ADWIN is the number that travels.
@@ -56,7 +56,7 @@ def one_rep(rep: int, d: int) -> dict[str, float]:
     monitor = DriftMonitor(profile)
     out = {"setup_s": setup, "ours_25": _monitor_cpu(monitor, x, 25)}
     out["state_bytes"] = float(monitor.state_bytes)
-    out["ours_250"] = _monitor_cpu(DriftMonitor(profile), x, 250)
+    out["ours_100"] = _monitor_cpu(DriftMonitor(profile), x, 100)
     out["adwin"] = _adwin_cpu(x)
     return out
 
@@ -73,12 +73,12 @@ def main() -> int:
         for d, reps in rows.items():
             reps.append(one_rep(rep, d))
     summary: dict[str, Any] = {}
-    print("| d | setup s (calibration) | ours ms/1k, 25-row feed | ours ms/1k, 250-row feed | ADWIN ms/1k "
+    print("| d | setup s (calibration) | ours ms/1k, 25-row feed | ours ms/1k, 100-row feed | ADWIN ms/1k "
           "| ours/ADWIN (25-row) | mutable state B |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for d, reps in rows.items():
         cells = {}
-        for key in ("setup_s", "ours_25", "ours_250", "adwin"):
+        for key in ("setup_s", "ours_25", "ours_100", "adwin"):
             v = [r[key] for r in reps]
             cells[key] = (statistics.median(v), min(v), max(v))
         ratio = [r["ours_25"] / r["adwin"] for r in reps]
@@ -92,7 +92,7 @@ def main() -> int:
             return f"{c[0]:.{digits}f} [{c[1]:.{digits}f}-{c[2]:.{digits}f}]"
 
         print(
-            f"| {d} | {fmt(cells['setup_s'], 2)} | {fmt(cells['ours_25'])} | {fmt(cells['ours_250'])} "
+            f"| {d} | {fmt(cells['setup_s'], 2)} | {fmt(cells['ours_25'])} | {fmt(cells['ours_100'])} "
             f"| {fmt(cells['adwin'])} | {statistics.median(ratio):.2f} [{min(ratio):.2f}-{max(ratio):.2f}] "
             f"| {int(summary[str(d)]['state']):,} |"
         )
