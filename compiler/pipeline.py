@@ -20,7 +20,8 @@ same artifact even when the host's CPU-time noise reorders equally fast candidat
 Quality is what the device serves: measured at batch 1 (and at the micro-batch size when the build
 says the device micro-batches; both must pass). The latency budget is judged on thread CPU time by
 default (`clock="cpu"`: a loaded build host's wall time says nothing about a Pi), or on wall time.
-An int8 recipe that quantized nothing fails ("quantized nothing"): it is the float model, renamed.
+An int8 recipe that quantized nothing fails ("quantized nothing"): it is the float model, renamed;
+one whose file is larger than the fp32 export fails too ("the int8 file grew").
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def judge(
         )
     if m.quantized_nodes == 0:
         out.append(f"quantized nothing: 0 of {m.weighted_nodes} weighted nodes have int8 weights")
+    if m.quantized_nodes is not None and m.size_bytes > ref.size_bytes:
+        out.append(f"the int8 file grew: {m.size_bytes} B > the fp32 export's {ref.size_bytes} B")
     b = profile.budget
     if m.size_bytes > b.model_bytes:
         out.append(f"size {m.size_bytes} B > model budget {b.model_bytes} B")

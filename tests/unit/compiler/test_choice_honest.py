@@ -86,6 +86,10 @@ def test_an_int8_recipe_that_quantized_nothing_fails() -> None:
         "quantized nothing: 0 of 4 weighted nodes have int8 weights",
     )
     assert judge(replace(noop, quantized_nodes=4), REF, pi, QualityBudget()) == ()
+    grown = replace(noop, quantized_nodes=4, size_bytes=REF.size_bytes + 1)
+    assert judge(grown, REF, pi, QualityBudget()) == (
+        "the int8 file grew: 1001 B > the fp32 export's 1000 B",
+    )
 
 
 def test_wilson_interval_matches_the_textbook_values() -> None:
