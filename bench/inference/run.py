@@ -1,15 +1,19 @@
-"""Agent inference benchmark: raw in-process `session.run` vs the agent's local API (gRPC over UDS).
+"""Agent inference benchmark: raw `session.run` vs in-process `LocalModel`, framed v2 and gRPC.
 
-Reproduce (from the repo root, ~3-4 minutes on 2 cores):
+Reproduce (from the repo root, ~15 minutes on 2 cores with 5 repetitions):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.inference.run --out /tmp/inference-bench.json
+    HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python -m bench.inference.run --out /tmp/inference-bench.json
 
-For each model (digits CNN fp32 and int8 QDQ, MiniLM-L6 int8 and fp32, all ONNX, batch 1):
-  * c=1: p50/p95 latency of raw `InferenceSession.run` (a clean process, the agent's session options) and of
-    `EdgeloopClient.predict` against a separate agent process; overhead = API p50 - raw p50.
-  * c=16: throughput of 16 raw threads in-process vs 16 API clients (4 processes x 4 threads) against
-    the agent without and with micro-batching (MB).
-  Both over gRPC and over the framed fast path (`agent/serving/framed.py`, same messages).
+For each model (digits CNN fp32 and int8 QDQ, MiniLM-L6 int8 and fp32, all ONNX, batch 1), one agent
+process (and a second one with micro-batching) serves the artifact, and one *app* process
+(`app_proc.py`) holds a raw onnxruntime session built with the agent's session options, a
+`LocalModel` on the agent's slots, and `EdgeloopClient`s over the framed v2 socket and gRPC:
+  * batch-1 p50/p95 of each, all measured in the app's process, so "added p50" is over raw
+    `session.run` in the same process; CPU overhead = app CPU + agent CPU per call - raw CPU;
+  * c=16 throughput: 16 raw threads and 16 LocalModel threads in the app's process; 16 API clients
+    (4 processes x 4 threads) over framed v2 and gRPC, without and with micro-batching (MB).
+Every repetition runs every mode, in an order rotated per repetition (interleaved), and each ratio
+is taken against the raw run of the same repetition; tables give median (min-max) over repetitions.
 Then the agent process's RSS with the digits int8 model loaded and its idle CPU over 10 s.
 Everything runs on the same machine: at c=16 the client processes compete with the agent for the cores.
 """
@@ -49,17 +53,23 @@ def _latencies(call: Any, n: int) -> list[float]:
 
 
 def _client_proc(
-    socket: str, sample: dict[str, np.ndarray], threads: int, duration: float, start_at: float, framed: bool
-) -> int:
+    socket: str,
+    sample: dict[str, np.ndarray],
+    threads: int,
+    duration: float,
+    framed: bool,
+    barrier: Any,
+    results: Any,
+) -> None:
     from agent.client import EdgeloopClient
 
     fast = Path(socket).with_suffix(".fast") if framed else None
     clients = [EdgeloopClient(Path(socket), fast_socket=fast) for _ in range(threads)]
     for c in clients:
         c.predict(sample)
-    time.sleep(max(0.0, start_at - time.time()))
+    barrier.wait()  # every client process connected and warm: the windows start together
     counts = [0] * threads
-    stop = start_at + duration
+    stop = time.time() + duration
 
     def worker(k: int) -> None:
         while time.time() < stop:
@@ -71,18 +81,26 @@ def _client_proc(
         t.start()
     for t in pool:
         t.join()
-    return sum(counts)
+    results.put(sum(counts))
 
 
 def _api_throughput(
     socket: Path, sample: dict[str, np.ndarray], duration: float, framed: bool = False
 ) -> float:
+    """16 clients (4 spawned processes x 4 threads); the window opens once all are connected."""
     ctx = mp.get_context("spawn")
-    start_at = time.time() + 3.0  # time for the spawned interpreters to import and connect
+    barrier = ctx.Barrier(CLIENT_PROCS + 1)
+    results = ctx.Queue()
     per_proc = CONCURRENCY // CLIENT_PROCS
-    with ctx.Pool(CLIENT_PROCS) as pool:
-        args = [(str(socket), sample, per_proc, duration, start_at, framed)] * CLIENT_PROCS
-        return sum(pool.starmap(_client_proc, args)) / duration
+    args = (str(socket), sample, per_proc, duration, framed, barrier, results)
+    procs = [ctx.Process(target=_client_proc, args=args) for _ in range(CLIENT_PROCS)]
+    for proc in procs:
+        proc.start()
+    barrier.wait(timeout=300)  # spawned interpreters import slowly on a loaded box
+    total = sum(results.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join(30)
+    return float(total) / duration
 
 
 class Agent:
@@ -124,54 +142,91 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_model(art: Artifact, work: Path, *, n: int, duration: float) -> dict[str, float]:
-    from agent.client import EdgeloopClient
+class App:
+    """The app's process (bench/inference/app_proc.py): raw session, LocalModel, framed and gRPC clients."""
 
+    def __init__(self, art: Artifact, sample: Path, agent: Agent) -> None:
+        slots = agent.socket.parent / "slots"
+        fast = agent.socket.with_suffix(".fast")
+        cmd = [sys.executable, "-m", "bench.inference.app_proc", str(art.path), str(sample), str(slots)]
+        self.proc = subprocess.Popen(
+            [*cmd, str(agent.socket), str(fast)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"app did not start: {line!r}")
+
+    def ask(self, **cmd: Any) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, float] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+LAT_MODES = ("raw", "local", "framed", "grpc")
+THR_MODES = ("raw", "local", "framed", "framed_mb", "grpc", "grpc_mb")
+
+
+def _rotated(modes: tuple[str, ...], rep: int) -> list[str]:
+    k = rep % len(modes)
+    return list(modes[k:] + modes[:k])
+
+
+def bench_model(art: Artifact, work: Path, *, n: int, duration: float, reps: int) -> dict[str, Any]:
+    """`reps` interleaved repetitions (mode order rotated each time) of every latency and throughput."""
     work.mkdir(parents=True, exist_ok=True)
     sample = work / "sample.npz"
     np.savez(sample, **art.sample)
-    cmd = ["-m", "bench.inference.raw_proc", str(art.path), str(sample), str(n), str(duration)]
-    raw_out = subprocess.run([sys.executable, *cmd], check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(raw_out.strip().splitlines()[-1])
-    raw_thr = result["raw_c16_rps"]
-    agent = Agent(art.path, work / "plain")
+    plain = Agent(art.path, work / "plain")
+    batched = Agent(art.path, work / "batched", "--micro-batch", "--max-batch", "32")
+    app = App(art, sample, plain)
+    runs: dict[str, list[float]] = {}
     try:
-        with EdgeloopClient(agent.socket) as client:
-            cpu_before, client_before = _cpu_seconds(agent.pid), time.process_time()
-            api = _latencies(lambda: client.predict(art.sample), n)
-            calls = n + max(5, n // 20)
-            result["agent_cpu_us_per_req"] = (_cpu_seconds(agent.pid) - cpu_before) / calls * 1e6
-            result["client_cpu_us_per_req"] = (time.process_time() - client_before) / calls * 1e6
-        with EdgeloopClient(agent.socket, fast_socket=agent.socket.with_suffix(".fast")) as client:
-            cpu_before, client_before = _cpu_seconds(agent.pid), time.process_time()
-            fast = _latencies(lambda: client.predict(art.sample), n)
-            result["fast_agent_cpu_us_per_req"] = (_cpu_seconds(agent.pid) - cpu_before) / calls * 1e6
-            result["fast_client_cpu_us_per_req"] = (time.process_time() - client_before) / calls * 1e6
-        result["api_p50_us"] = float(np.percentile(api, 50) * 1e6)
-        result["api_p95_us"] = float(np.percentile(api, 95) * 1e6)
-        result["fast_p50_us"] = float(np.percentile(fast, 50) * 1e6)
-        result["fast_p95_us"] = float(np.percentile(fast, 95) * 1e6)
-        result["api_c16_rps"] = _api_throughput(agent.socket, art.sample, duration)
-        result["fast_c16_rps"] = _api_throughput(agent.socket, art.sample, duration, framed=True)
+        for rep in range(reps):
+            lat: dict[str, dict[str, float]] = {}
+            for mode in _rotated(LAT_MODES, rep):
+                before = _cpu_seconds(plain.pid)
+                lat[mode] = app.ask(op="lat", mode=mode, n=n)
+                lat[mode]["agent_cpu_us"] = (_cpu_seconds(plain.pid) - before) / (n + max(5, n // 20)) * 1e6
+            thr: dict[str, float] = {}
+            for mode in _rotated(THR_MODES, rep):
+                if mode in ("raw", "local"):
+                    thr[mode] = app.ask(op="thr", mode=mode, duration=duration)["rps"]
+                else:
+                    agent = batched if mode.endswith("_mb") else plain
+                    thr[mode] = _api_throughput(
+                        agent.socket, art.sample, duration, framed=mode.startswith("framed")
+                    )
+            raw = lat["raw"]
+            for mode in LAT_MODES:
+                runs.setdefault(f"{mode}_p50_us", []).append(lat[mode]["p50_us"])
+                runs.setdefault(f"{mode}_p95_us", []).append(lat[mode]["p95_us"])
+                if mode != "raw":
+                    runs.setdefault(f"{mode}_added_p50_us", []).append(lat[mode]["p50_us"] - raw["p50_us"])
+                    cpu = lat[mode]["cpu_us"] + lat[mode]["agent_cpu_us"] - raw["cpu_us"]
+                    runs.setdefault(f"{mode}_cpu_overhead_us", []).append(cpu)
+            for mode in THR_MODES:
+                runs.setdefault(f"{mode}_c16_rps", []).append(thr[mode])
+                if mode != "raw":
+                    runs.setdefault(f"{mode}_c16_ratio", []).append(thr[mode] / thr["raw"])
+            print(
+                f"  {art.name} rep {rep + 1}/{reps}: "
+                + json.dumps({k: round(v[-1], 2) for k, v in runs.items()}),
+                flush=True,
+            )
     finally:
-        agent.close()
-    agent = Agent(art.path, work / "batched", "--micro-batch", "--max-batch", "32")
-    try:
-        result["api_mb_c16_rps"] = _api_throughput(agent.socket, art.sample, duration)
-        result["fast_mb_c16_rps"] = _api_throughput(agent.socket, art.sample, duration, framed=True)
-    finally:
-        agent.close()
-    result["overhead_p50_us"] = result["api_p50_us"] - result["raw_p50_us"]
-    result["fast_overhead_p50_us"] = result["fast_p50_us"] - result["raw_p50_us"]
-    # CPU-time view (robust on a shared machine): all CPU an API call costs minus the bare run's CPU.
-    raw_cpu = result["raw_cpu_us_per_call"]
-    result["cpu_overhead_us"] = result["agent_cpu_us_per_req"] + result["client_cpu_us_per_req"] - raw_cpu
-    result["fast_cpu_overhead_us"] = (
-        result["fast_agent_cpu_us_per_req"] + result["fast_client_cpu_us_per_req"] - raw_cpu
-    )
-    for key in ("api_c16_rps", "api_mb_c16_rps", "fast_c16_rps", "fast_mb_c16_rps"):
-        result[key.replace("_rps", "_ratio")] = result[key] / raw_thr
-    return result
+        app.close()
+        plain.close()
+        batched.close()
+    return {"runs": runs, "median": {k: float(np.median(v)) for k, v in runs.items()}}
 
 
 def grpc_floor(work: Path) -> float:
@@ -205,25 +260,37 @@ def bench_footprint(art: Artifact, work: Path, idle_s: float) -> dict[str, float
         agent.close()
 
 
-def _table(results: dict[str, dict[str, float]]) -> str:
+def _cell(r: dict[str, Any], key: str, fmt: str = "{:.0f}") -> str:
+    values = r["runs"][key]
+    return f"{fmt.format(float(np.median(values)))} ({fmt.format(min(values))} to {fmt.format(max(values))})"
+
+
+def _pct(r: dict[str, Any], key: str) -> str:
+    values = r["runs"][key]
+    return f"{np.median(values):.0%} ({min(values):.0%} to {max(values):.0%})"
+
+
+def _table(results: dict[str, dict[str, Any]]) -> str:
     rows = [
-        "| model | raw p50 µs | gRPC p50 µs (overhead) | framed p50 µs (overhead) "
-        "| CPU overhead µs gRPC / framed | raw c=16 req/s "
-        "| gRPC c=16 | gRPC+MB c=16 | framed c=16 | framed+MB c=16 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | raw p50 µs | added p50 µs: in-process | framed v2 | gRPC "
+        "| CPU overhead µs/call: in-process / framed / gRPC |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        cells = [
-            f"{r[k]:.0f} ({r[k.replace('_rps', '_ratio')]:.0%})"
-            for k in ("api_c16_rps", "api_mb_c16_rps", "fast_c16_rps", "fast_mb_c16_rps")
-        ]
+        cpu = " / ".join(_cell(r, f"{m}_cpu_overhead_us") for m in ("local", "framed", "grpc"))
         rows.append(
-            f"| {name} | {r['raw_p50_us']:.0f} | {r['api_p50_us']:.0f} ({r['overhead_p50_us']:.0f}) "
-            f"| {r['fast_p50_us']:.0f} ({r['fast_overhead_p50_us']:.0f}) "
-            f"| {r['cpu_overhead_us']:.0f} / {r['fast_cpu_overhead_us']:.0f} | {r['raw_c16_rps']:.0f} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {name} | {_cell(r, 'raw_p50_us')} | {_cell(r, 'local_added_p50_us', '{:.1f}')} "
+            f"| {_cell(r, 'framed_added_p50_us')} | {_cell(r, 'grpc_added_p50_us')} | {cpu} |"
         )
+    rows += [
+        "",
+        "| model | raw c=16 req/s | in-process c=16 | framed v2 c=16 | framed v2 + MB c=16 "
+        "| gRPC c=16 | gRPC + MB c=16 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        cells = [_pct(r, f"{m}_c16_ratio") for m in THR_MODES[1:]]
+        rows.append(f"| {name} | {_cell(r, 'raw_c16_rps')} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -233,20 +300,22 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="write all numbers as JSON here")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-bench-minilm")
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds per throughput run")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput run")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per model")
     ns = parser.parse_args()
     threads = load_profile("generic-x86").runtime.threads
     artifacts = digits_artifacts() + ([] if ns.skip_minilm else minilm_artifacts(ns.cache))
     work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-"))
     load_before = os.getloadavg()
     floor = grpc_floor(work / "echo")
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
     for art in artifacts:
         n = 2000 if "digits" in art.name else 150
-        results[art.name] = bench_model(art, work / art.name.replace(" ", "_"), n=n, duration=ns.duration)
-        print(art.name, json.dumps({k: round(v, 3) for k, v in results[art.name].items()}), flush=True)
+        results[art.name] = bench_model(
+            art, work / art.name.replace(" ", "_"), n=n, duration=ns.duration, reps=ns.reps
+        )
     footprint = bench_footprint(artifacts[1], work, ns.idle)
     print(_table(results))
     print(
