@@ -7,7 +7,8 @@ drift episodes per 10,000 monitored samples; `DEFAULT_BUDGET_PER_10K`), read bac
 
 from agent.drift.calibrate import CalibrationPlan
 from agent.drift.episodes import Episode, EpisodeState, Evidence
-from agent.drift.monitor import BadInput, DriftInputError, DriftMonitor
+from agent.drift.monitor import DriftMonitor
+from agent.drift.quality import BadInput, DriftInputError
 from agent.drift.reference import DEFAULT_BUDGET_PER_10K, ReferenceProfile, build_reference
 from agent.drift.reporter import DriftReporter
 from agent.drift.seasonal import Seasonality

@@ -23,52 +23,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.drift.bank import Crossing, WindowBank
 from agent.drift.episodes import Episode, EpisodeTracker
+from agent.drift.quality import NONFINITE_POLICIES, BadInput, DriftInputError, trailing_run
 from agent.drift.reference import ReferenceProfile
 from agent.drift.sketch import BinTable, FloatArray
 from agent.drift.stats import ChannelModel
+
+__all__ = ["BadInput", "DriftInputError", "DriftMonitor", "InputRows", "Timestamps"]
 
 logger = logging.getLogger(__name__)
 
 InputRows = FloatArray | Mapping[str, float] | list[float] | list[list[float]]
 Timestamps = FloatArray | list[float] | float | None
-NONFINITE_POLICIES = ("drop", "raise")
-
-
-class DriftInputError(ValueError):
-    """Input the monitor can never use: a mis-wired feeder. The rows were not monitored.
-
-    Attributes:
-        reason: what is wrong, in words a caller can act on.
-        events: episode events produced by this call (the data-quality episode opening, and any
-            drift events of good rows in the same call); report them like `observe`'s result.
-    """
-
-    def __init__(self, reason: str, events: list[Episode]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.events = events
-
-
-@dataclass
-class BadInput:
-    """Counters of rejected input; rows counted here never reach a statistic."""
-
-    bad_shape: int = 0
-    missing: dict[str, int] = field(default_factory=dict)
-    nonfinite: dict[str, int] = field(default_factory=dict)
-    bad_outputs: int = 0
-    bad_labels: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.bad_shape + sum(self.missing.values()) + sum(self.nonfinite.values()) + self.bad_outputs
 
 
 class _Stream:
@@ -307,9 +278,7 @@ class DriftMonitor:
                 "nonfinite", first, int((~finite).any(axis=1).sum()), f"NaN/inf in feature {first!r}"
             )
             return
-        # Length of the trailing run of non-finite values per feature, across calls.
-        tail_ok = np.where(finite.any(axis=0), finite.shape[0] - 1 - np.argmax(finite[::-1], axis=0), -1)
-        run = np.where(tail_ok >= 0, finite.shape[0] - 1 - tail_ok, self._nan_run + finite.shape[0])
+        run = trailing_run(~finite, self._nan_run)
         block = self._inputs.block
         dead = np.flatnonzero((run >= block) & ((~finite).sum(axis=0) > 0))
         self._nan_run = run.astype(np.int32)
