@@ -44,7 +44,7 @@ class TensorSpec:
     # Symbolic names of the dimensions when the runtime reports them (None: fixed or unnamed).
     dim_names: tuple[str | None, ...] = ()
 
-    @property
+    @functools.cached_property
     def is_batched(self) -> bool:
         """Whether the first axis is the sample axis (declared, else: rank >= 1 and dim 0 dynamic)."""
         if self.batched is not None:
@@ -81,6 +81,23 @@ class Signature:
         its non-batched inputs belong to one caller and cannot be joined with another's.
         """
         return bool(self.inputs) and all(s.is_batched and s.shape[0] is None for s in self.inputs)
+
+    @functools.cached_property
+    def batch_axis_checks(self) -> tuple[tuple[str, int, str], ...]:
+        """(input, axis, symbol) of non-batched inputs whose axis carries the batch's symbolic name
+        (a state ``[2, batch, 8]``): that axis must equal the request's batch, so a mismatch is the
+        caller's error, not a runtime failure that restarts the backend."""
+        symbols = {s.dim_names[0] for s in self.inputs if s.is_batched and s.dim_names and s.dim_names[0]}
+        if len(symbols) != 1:
+            return ()
+        symbol = symbols.pop()
+        return tuple(
+            (spec.name, axis, symbol)
+            for spec in self.inputs
+            if not spec.is_batched
+            for axis, name in enumerate(spec.dim_names)
+            if name == symbol
+        )
 
     @property
     def batched_inputs(self) -> tuple[str, ...]:
@@ -186,7 +203,8 @@ def validate_inputs(
     expected = set(signature.input_names())
     if set(inputs) != expected:
         _fail(signature, f"inputs {sorted(inputs)} given, expected {sorted(expected)}")
-    batches: dict[int, list[str]] = {}
+    batch: int | None = None
+    disagree = False
     for spec in signature.inputs:
         array = inputs[spec.name]
         if array.dtype != spec.np_dtype:
@@ -202,39 +220,32 @@ def validate_inputs(
                     signature, f"input {spec.name!r} has shape {list(array.shape)}, dim {axis} must be {want}"
                 )
         if spec.is_batched and array.ndim:
-            batches.setdefault(int(array.shape[0]), []).append(spec.name)
-    if len(batches) > 1:
+            size = int(array.shape[0])
+            disagree |= batch is not None and size != batch
+            batch = size if batch is None else batch
+    if disagree:
+        batches: dict[int, list[str]] = {}
+        for spec in signature.inputs:
+            if spec.is_batched:
+                batches.setdefault(int(inputs[spec.name].shape[0]), []).append(spec.name)
         said = ", ".join(f"{names} have {size}" for size, names in sorted(batches.items()))
         _fail(signature, f"batched inputs disagree on the batch size: {said}")
-    batch = next(iter(batches)) if batches else 1
-    if batches:
-        _check_batch_axes(signature, inputs, batch)
+    if batch is None:
+        batch = 1
+    else:
+        for name, axis, symbol in signature.batch_axis_checks:
+            got = inputs[name].shape[axis]
+            if got != batch:
+                _fail(
+                    signature,
+                    f"input {name!r} has {got} at axis {axis}, the batch axis ({symbol!r}): "
+                    f"the batched inputs have {batch}",
+                )
     if batch < 1:
         _fail(signature, "batch size must be at least 1")
     if max_batch is not None and batch > max_batch:
         _fail(signature, f"batch size {batch} exceeds the limit of {max_batch}")
     return batch
-
-
-def _check_batch_axes(signature: Signature, inputs: Mapping[str, np.ndarray], batch: int) -> None:
-    """A non-batched input whose axis carries the batch's symbolic name (a state ``[2, batch, 8]``)
-    must have the request's batch there; checked here so a mismatch is the caller's error, not a
-    runtime failure that restarts the backend."""
-    symbols = {s.dim_names[0] for s in signature.inputs if s.is_batched and s.dim_names and s.dim_names[0]}
-    if len(symbols) != 1:
-        return
-    symbol = symbols.pop()
-    for spec in signature.inputs:
-        if spec.is_batched:
-            continue
-        for axis, name in enumerate(spec.dim_names):
-            got = inputs[spec.name].shape[axis]
-            if name == symbol and got != batch:
-                _fail(
-                    signature,
-                    f"input {spec.name!r} has {got} at axis {axis}, the batch axis ({symbol!r}): "
-                    f"the batched inputs have {batch}",
-                )
 
 
 def _fail(signature: Signature, problem: str) -> None:
