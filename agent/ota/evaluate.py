@@ -33,6 +33,8 @@ class GoldenSet:
 def load_golden(path: Path) -> GoldenSet:
     """Arrays ``input:<name>`` (batch first) and ``labels`` from an .npz (no pickles).
 
+    A 0-d array (a sample rate) is given whole with every sample.
+
     Raises:
         ValueError, KeyError, OSError: not a golden set.
     """
@@ -40,9 +42,12 @@ def load_golden(path: Path) -> GoldenSet:
         names = [k for k in npz.files if k.startswith("input:")]
         labels = npz["labels"]
         arrays = {k.removeprefix("input:"): npz[k] for k in names}
-    if not arrays or any(len(v) != len(labels) for v in arrays.values()):
+    if not arrays or any(v.ndim and len(v) != len(labels) for v in arrays.values()):
         raise ValueError("golden set inputs and labels disagree")
-    return GoldenSet([{k: v[i : i + 1] for k, v in arrays.items()} for i in range(len(labels))], labels)
+    return GoldenSet(
+        [{k: v if v.ndim == 0 else v[i : i + 1] for k, v in arrays.items()} for i in range(len(labels))],
+        labels,
+    )
 
 
 def _first_output(outputs: list[dict[str, np.ndarray]]) -> np.ndarray:

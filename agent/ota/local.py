@@ -41,6 +41,7 @@ from agent.inference.warmup import parse_sample
 from agent.ota import gates
 from agent.ota.evaluate import GoldenSet, load_golden
 from agent.ota.machine import in_flight
+from agent.ota.serving import feed_for
 from agent.ota.store import RecordStore
 from agent.serving.models import ModelManager
 from agent.slots import CANDIDATE, CURRENT, LocalSlotFS, Slots
@@ -221,7 +222,7 @@ def _golden_gate(slots: Slots, loader: RuntimeLoader, golden: GoldenSet | None, 
         return "no golden set given"
     runtime = loader(slots.artifact_path(CANDIDATE))
     try:
-        outputs = [next(iter(runtime.run(batch).values())) for batch in golden.batches]
+        outputs = [next(iter(runtime.run(feed_for(runtime.signature, b)).values())) for b in golden.batches]
     except InferenceError as err:
         reason = f"golden set not evaluable: {err}"
         slots.refuse_candidate(reason)

@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from agent.inference.runtime import InferenceRuntime, RuntimeLoader
+from agent.inference.signature import Signature
 from agent.serving.server import InferenceService
 from agent.slots import CANDIDATE, CURRENT, PREVIOUS, LocalSlotFS, Slots
 
@@ -99,6 +100,22 @@ class ServingPort(Protocol):
         ...
 
 
+def feed_for(signature: Signature, batch: Batch) -> Batch:
+    """One golden/shadow sample as the model takes it: a non-batched input stored with a leading
+    samples axis of 1 (a golden set's ``state`` row ``[1, 2, 1, 8]`` for ``[2, 1, 8]``) loses it."""
+    feed = dict(batch)
+    for spec in signature.inputs:
+        array = feed.get(spec.name)
+        if (
+            array is not None
+            and not spec.is_batched
+            and array.ndim == len(spec.shape) + 1
+            and array.shape[0] == 1
+        ):
+            feed[spec.name] = array[0]
+    return feed
+
+
 class InferenceServing:
     """`ServingPort` over a started `InferenceService`."""
 
@@ -129,8 +146,9 @@ class InferenceServing:
         runtime = self._runtime(CANDIDATE if slot == "candidate" else CURRENT)
         outputs, latencies = [], []
         for batch in batches:
+            feed = feed_for(runtime.signature, batch)
             started = time.perf_counter()
-            outputs.append(runtime.run(batch))
+            outputs.append(runtime.run(feed))
             latencies.append(time.perf_counter() - started)
         return outputs, latencies
 

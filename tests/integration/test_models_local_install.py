@@ -171,3 +171,23 @@ def test_refuses_beside_a_running_agent_and_bad_arguments(
     assert "unsupported model format '.txt'" in capsys.readouterr().err
     assert _install(config, str(tmp_path / "missing.onnx")) == ExitCode.USAGE
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_golden_set_of_a_stateful_model(
+    tmp_path: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A golden set with a 0-d sample rate and one state per sample gates a stateful model."""
+    model = build_stateful_onnx(tmp_path / "vad.onnx", strict_rates=True)
+    n = 24
+    rng = np.random.default_rng(1)
+    golden = {
+        "input:x": rng.standard_normal((n, FRAME)).astype(np.float32),
+        "input:state": np.zeros((n, 2, 1, 8), np.float32),
+        "input:sr": np.array(16000, np.int64),
+        "labels": np.zeros(n, np.int64),  # one output column: top-1 is always class 0
+    }
+    np.savez(tmp_path / "golden.npz", **golden)
+    gate = ("--golden", str(tmp_path / "golden.npz"), "--golden-threshold", "0.9")
+    code = _install(config, str(model), "--warmup", str(_warmup(tmp_path)), *gate, "--json")
+    assert code == ExitCode.OK, capsys.readouterr().err
+    assert "accuracy 1.000" in json.loads(capsys.readouterr().out)["golden"]
