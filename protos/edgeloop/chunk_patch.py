@@ -8,14 +8,16 @@ Its kind byte is ``transform << 4 | codec``:
   a few steps), `BSDIFF` (bsdiff4's own suffix-sorting diff, ``bsdiff4.core``: control, diff and
   extra blocks; any lengths, bytes that moved);
 - codecs of the transformed bytes: `LZMA2` (raw LZMA2, no xz container: ~60 bytes less per
-  patch, which is most of a small model's patch) and `DEFLATE` (raw deflate, smaller for a few
-  hundred bytes); `XZ` (an xz container, XOR only) is format 1's, read for older releases.
+  patch, which is most of a small model's patch), `DEFLATE` (raw deflate) and `BZIP2` (both
+  smaller than LZMA2 on a few hundred changed bytes); `XZ` (an xz container, XOR only) is
+  format 1's, read for older releases.
 
-`make` tries every transform and codec (bsdiff only up to `BSDIFF_MAX` bytes: its suffix sort costs
-seconds per MiB) and keeps the smallest. `apply` checks sizes before it decompresses or calls
-bsdiff4's C code, and never produces more than the chunk's length. bsdiff4 is a small C wheel in
-the `agent` and `server` extras; without it `supported` says no to BSDIFF kinds and the agent
-fetches those chunks whole. Pure, deterministic (the same bytes give the same patch).
+`make` tries every transform and codec (bsdiff only up to `BSDIFF_MAX` bytes: its suffix sort
+costs seconds per MiB; above 256 KiB only LZMA2, chosen on a sample) and keeps the smallest.
+`apply` checks sizes before it decompresses or calls bsdiff4's C code, and never produces more
+than the chunk's length. bsdiff4 is a small C wheel in the `agent` and `server` extras; without it
+`supported` says no to BSDIFF kinds and the agent fetches those chunks whole. Pure and
+deterministic (the same bytes give the same patch).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ XOR, SUB, BSDIFF = 1, 2, 3
 LZMA2, DEFLATE, BZIP2, XZ = 1, 2, 3, 15
 LEGACY_XOR_XZ = XOR << 4 | XZ
 BSDIFF_MAX = 1 << 20
-_DICT = 8 << 20
+_DICT = 4 << 20  # the decoder allocates this much: one chunk (matches reach back at most this far)
 LZMA2_FILTERS: list[dict[str, int]] = [{"id": lzma.FILTER_LZMA2, "dict_size": _DICT}]
 # Encoder settings tried per chunk (the decoder reads lc/lp/pb from the stream).
 _PRESET = 9 | lzma.PRESET_EXTREME
@@ -41,7 +42,7 @@ _LZMA2_TRIES: list[list[dict[str, int]]] = [
     [{"id": lzma.FILTER_LZMA2, "preset": _PRESET, "dict_size": _DICT}],
     [{"id": lzma.FILTER_LZMA2, "preset": _PRESET, "dict_size": _DICT, "lc": 0, "lp": 0, "pb": 0}],
 ]
-_BIG = 1 << 18  # above this: LZMA2 only, and only for transforms whose sample compresses
+_BIG = 1 << 18  # above this: LZMA2 only, with the transform and settings chosen on a sample
 _SAMPLE = 1 << 16
 
 
@@ -84,9 +85,11 @@ def apply(kind: int, base: bytes, payload: bytes, length: int) -> bytes:
     if transform in (XOR, SUB):
         if len(base) != length:
             raise PatchError("base chunk has another length")
-        d = np.frombuffer(_decompress(kind & 15, payload, length, exact=True), np.uint8)
-        b = np.frombuffer(base, np.uint8)
-        return (b ^ d if transform == XOR else b + d).tobytes()
+        raw = _decompress(kind & 15, payload, length, exact=True)
+        d, b = np.frombuffer(raw, np.uint8), np.frombuffer(base, np.uint8)
+        out = b ^ d if transform == XOR else b + d
+        del d, raw  # peak: base, the diff and the result, one chunk each
+        return out.tobytes()
     raw = _decompress(kind & 15, payload, 25 * (length + 1) + 20, exact=False)
     return _bspatch(base, raw, length)
 
@@ -163,19 +166,38 @@ def _decompress(codec: int, payload: bytes, limit: int, *, exact: bool) -> bytes
 
 
 def make(base: bytes, new: bytes) -> tuple[int, bytes] | None:
-    """The smallest (kind, payload) rebuilding `new` from `base`, or None (nothing applies)."""
-    best: tuple[int, bytes] | None = None
+    """The smallest (kind, payload) rebuilding `new` from `base`, or None (nothing applies).
+
+    Above `_BIG` bytes the transform and LZMA2 settings are chosen on a 64 KiB sample and only
+    that one is run on the whole chunk (a full LZMA2 pass costs seconds per MiB of tensor)."""
     streams: list[tuple[int, bytes]] = []
     if len(base) == len(new):
         a, b = np.frombuffer(base, np.uint8), np.frombuffer(new, np.uint8)
         streams += [(XOR, (a ^ b).tobytes()), (SUB, (b - a).tobytes())]
     if len(new) <= BSDIFF_MAX and len(base) <= BSDIFF_MAX:
         streams.append((BSDIFF, _bsdiff(base, new)))
+    if len(new) > _BIG:
+        return _make_large(streams)
+    best: tuple[int, bytes] | None = None
     for transform, data in streams:
         for codec, payload in _encodings(data):
             if best is None or len(payload) < len(best[1]):
                 best = (transform << 4 | codec, payload)
     return best
+
+
+def _make_large(streams: list[tuple[int, bytes]]) -> tuple[int, bytes] | None:
+    sampled = [
+        (len(lzma.compress(data[:_SAMPLE], format=lzma.FORMAT_RAW, filters=f)), transform, data, f)
+        for transform, data in streams
+        for f in _LZMA2_TRIES
+    ]
+    if not sampled:
+        return None
+    size, transform, data, filters = min(sampled, key=lambda x: x[0])
+    if size > 0.9 * min(_SAMPLE, len(data)):
+        return None  # does not compress: the raw chunk is as good
+    return transform << 4 | LZMA2, lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters)
 
 
 def _bsdiff(base: bytes, new: bytes) -> bytes:
@@ -189,14 +211,9 @@ def _bsdiff(base: bytes, new: bytes) -> bytes:
 
 
 def _encodings(data: bytes) -> list[tuple[int, bytes]]:
-    small = len(data) <= _BIG
-    if not small and len(lzma.compress(data[:_SAMPLE], preset=1)) > 0.9 * _SAMPLE:
-        return []  # a large stream whose first 64 KiB do not compress: not worth seconds of LZMA
-    tries: list[Any] = _LZMA2_TRIES
-    out = [(LZMA2, lzma.compress(data, format=lzma.FORMAT_RAW, filters=f)) for f in tries]
-    if small:
-        for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_RLE):
-            c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, strategy)
-            out.append((DEFLATE, c.compress(data) + c.flush()))
-        out.append((BZIP2, bz2.compress(data, 9)))
+    out = [(LZMA2, lzma.compress(data, format=lzma.FORMAT_RAW, filters=f)) for f in _LZMA2_TRIES]
+    for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_RLE):
+        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, strategy)
+        out.append((DEFLATE, c.compress(data) + c.flush()))
+    out.append((BZIP2, bz2.compress(data, 9)))
     return out
