@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.data import Dataset
 from compiler.errors import InputError, UnsupportedError
 
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -60,24 +61,37 @@ def open_runtime(artifact: Path, runtime: str, threads: int = 1, delegate: str =
     raise InputError(f"unknown runtime {runtime!r} (onnxruntime | litert)")
 
 
-def predict(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Run every sample through `runner`, in batches (batch 1 for static-shape artifacts)."""
-    n = len(next(iter(inputs.values())))
+Inputs = dict[str, np.ndarray] | Dataset
+
+
+def predict(runner: Runner, inputs: Inputs, batch_size: int = 64) -> np.ndarray:
+    """Run every sample through `runner`, in batches (batch 1 for static-shape artifacts).
+
+    A `Dataset` is fed through `Dataset.calls`, so a model with non-batched inputs (a recurrent
+    state, a 0-d sample rate) gets one complete feed per sample."""
     step = runner.batch_fixed or batch_size
+    if isinstance(inputs, Dataset):
+        return np.concatenate([runner.run(feed) for feed in inputs.calls(step)])
+    n = len(next(iter(inputs.values())))
     outs = [runner.run({k: v[i : i + step] for k, v in inputs.items()}) for i in range(0, n, step)]
     return np.concatenate(outs)
 
 
-def time_batch1(
-    runner: Runner, inputs: dict[str, np.ndarray], *, calls: int = 200, warmup: int = 20
-) -> Timing:
+def batch1_feeds(inputs: Inputs, limit: int = 32) -> list[dict[str, np.ndarray]]:
+    """Up to `limit` one-sample feeds (complete feeds for a `Dataset`)."""
+    if isinstance(inputs, Dataset):
+        return [inputs.batch(i, i + 1) for i in range(min(len(inputs), limit))]
+    n = len(next(iter(inputs.values())))
+    return [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(min(n, limit))]
+
+
+def time_batch1(runner: Runner, inputs: Inputs, *, calls: int = 200, warmup: int = 20) -> Timing:
     """p50/p95 wall latency of batch-1 calls (cycling through the samples), plus thread CPU p50/p95.
 
     Thread CPU time excludes the time the calling thread waited for a core (a loaded build host),
     so with one compute thread it is the number to judge a latency budget by; wall time is kept
     for the report."""
-    n = len(next(iter(inputs.values())))
-    samples = [{k: v[i % n : i % n + 1] for k, v in inputs.items()} for i in range(min(n, 32))]
+    samples = batch1_feeds(inputs)
     for i in range(warmup):
         runner.run(samples[i % len(samples)])
     wall, cpu = np.empty(calls), np.empty(calls)
@@ -95,16 +109,13 @@ def time_batch1(
     )
 
 
-def interleaved_cpu(
-    runners: list[Runner], inputs: dict[str, np.ndarray], *, rounds: int = 7, calls: int = 30
-) -> np.ndarray:
+def interleaved_cpu(runners: list[Runner], inputs: Inputs, *, rounds: int = 7, calls: int = 30) -> np.ndarray:
     """Median thread CPU ms of batch-1 calls, [round, runner], with the runners taking turns.
 
     Each round runs every runner `calls` times, in an order rotated per round, so a change in host
     load hits all of them alike and their per-round ratios stay meaningful (paired comparison).
     """
-    n = len(next(iter(inputs.values())))
-    samples = [{k: v[i % n : i % n + 1] for k, v in inputs.items()} for i in range(min(n, 32))]
+    samples = batch1_feeds(inputs)
     for r in runners:
         for s in samples[:5]:
             r.run(s)
@@ -173,7 +184,10 @@ def _first_output(rt: Any) -> RunFn:
     out_name = rt.signature.outputs[0].name
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = dict(zip(in_names, inputs.values(), strict=True))
+        if set(inputs) == set(in_names):  # by name when the names match (constants come last in a feed)
+            feed = {n: inputs[n] for n in in_names}
+        else:
+            feed = dict(zip(in_names, inputs.values(), strict=True))
         return np.asarray(rt.run(feed)[out_name], dtype=np.float32)
 
     return run

@@ -127,8 +127,8 @@ def _compare(
     fp32: Path, quant: Path, data: Dataset, task: str | None
 ) -> tuple[quality.Quality, str, float | None]:
     """Both models on onnxruntime, one thread, batch 1 (what a device serves); + fp32's accuracy."""
-    ref = measure.predict(measure.open_runtime(fp32, "onnxruntime", 1), data.inputs, batch_size=1)
-    got = measure.predict(measure.open_runtime(quant, "onnxruntime", 1), data.inputs, batch_size=1)
+    ref = measure.predict(measure.open_runtime(fp32, "onnxruntime", 1), data, batch_size=1)
+    got = measure.predict(measure.open_runtime(quant, "onnxruntime", 1), data, batch_size=1)
     task = task or quality.infer_task(ref, data.labels)
     ref_acc = quality.evaluate(ref, ref, data.labels, task).accuracy
     return quality.evaluate(got, ref, data.labels, task), task, ref_acc

@@ -67,7 +67,7 @@ class LocalToolchain:
     def reference_outputs(self) -> np.ndarray:
         if self._reference is None:
             runner = measure.open_runtime(self.fp32_onnx, "onnxruntime", measure.cpu_count())
-            self._reference = measure.predict(runner, self.evaluation.inputs, batch_size=1)
+            self._reference = measure.predict(runner, self.evaluation, batch_size=1)
         return self._reference
 
     def reference(self) -> Measurement:
@@ -101,10 +101,10 @@ class LocalToolchain:
         path = Path(artifact)
         threads = min(self.target.threads, measure.cpu_count())
         runner = measure.open_runtime(path, recipe.runtime, threads, self.target.delegate)
-        outputs = measure.predict(runner, self.evaluation.inputs, batch_size=1)
+        outputs = measure.predict(runner, self.evaluation, batch_size=1)
         q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
         one = measure.open_runtime(path, recipe.runtime, 1, self.target.delegate)
-        timing = measure.time_batch1(one, self.evaluation.inputs, calls=self.latency_calls)
+        timing = measure.time_batch1(one, self.evaluation, calls=self.latency_calls)
         peak = measure.peak_memory(path, recipe.runtime, self.target.delegate)
         m = Measurement(
             size_bytes=path.stat().st_size,
@@ -128,7 +128,7 @@ class LocalToolchain:
         """Quality at the micro-batch size, and how far its outputs are from batch 1's (same file)."""
         if not self.micro_batch or self.micro_batch <= 1 or runner.batch_fixed:
             return m  # static-batch (LiteRT) artifacts cannot be micro-batched
-        outputs = measure.predict(runner, self.evaluation.inputs, batch_size=self.micro_batch)
+        outputs = measure.predict(runner, self.evaluation, batch_size=self.micro_batch)
         q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
         cos_min, max_abs = quality.consistency(batch1, outputs)
         return replace(
@@ -156,7 +156,7 @@ class LocalToolchain:
             measure.open_runtime(Path(a), r.runtime, 1, self.target.delegate) for a, r in first.values()
         ]
         calls = max(5, self.latency_calls // SPEED_ROUNDS)
-        cpu = measure.interleaved_cpu(runners, self.evaluation.inputs, rounds=SPEED_ROUNDS, calls=calls)
+        cpu = measure.interleaved_cpu(runners, self.evaluation, rounds=SPEED_ROUNDS, calls=calls)
         ratios = cpu / cpu.min(axis=1, keepdims=True)
         col = {k: j for j, k in enumerate(unique)}
         return [

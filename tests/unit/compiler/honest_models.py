@@ -186,3 +186,27 @@ def loop_model(path: Path, d: int = 16) -> Path:
         helper.make_node("Loop", ["trips", "go", "x"], ["y"], name="repeat", body=body),
     ]
     return _save(helper.make_graph(nodes, "loop_model", [x], [y]), path)
+
+
+def stateful_model(path: Path, d: int = 64, h: int = 32) -> Path:
+    """y = (relu(x W) + mean(state over its first axis)) * sr / 16000, like a streaming voice model:
+    x [batch, d] is batched, state [2, batch, h] is not (its first axis is not the batch), sr is 0-d."""
+    w = (np.random.default_rng(7).standard_normal((d, h)) / np.sqrt(d)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", h])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", h])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"], name="mm"),
+        helper.make_node("Relu", ["xw"], ["r"]),
+        helper.make_node("ReduceMean", ["state"], ["s"], axes=[0], keepdims=0),  # opset 17: axes attribute
+        helper.make_node("Add", ["r", "s"], ["t"]),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["srf", "base"], ["scale"]),
+        helper.make_node("Mul", ["t", "scale"], ["y"]),
+    ]
+    inits = [
+        nh.from_array(w, "w"),
+        nh.from_array(np.array(16000.0, np.float32), "base"),
+    ]
+    return _save(helper.make_graph(nodes, "stateful", [x, state, sr], [y], initializer=inits), path)

@@ -165,3 +165,35 @@ def test_without_data_quality_is_not_checked_and_the_result_says_so(
     assert doc["quality"] is None
     assert any(w.startswith("quality not checked") for w in doc["warnings"])
     assert out.exists()
+
+
+def test_a_stateful_model_with_a_0d_input_is_checked_one_call_per_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = hm.stateful_model(tmp_path / "vad.onnx", d=64, h=32)
+    rng = np.random.default_rng(8)
+    n = 40
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    state = rng.standard_normal((n, 2, 1, 32)).astype(np.float32)  # one [2, 1, 32] state per call
+    np.savez(tmp_path / "eval.npz", x=x, state=state, sr=np.array(16000, np.int64))
+    out = tmp_path / "vad-int8.onnx"
+    argv = [
+        "--model",
+        str(model),
+        "--mode",
+        "dynamic",
+        "--eval",
+        str(tmp_path / "eval.npz"),
+        "--out",
+        str(out),
+    ]
+    code, doc = _run(capsys, *argv, "--min-agreement", "0.9")
+    assert code == ExitCode.OK, doc
+    assert doc["quality"]["samples"] == n
+    assert doc["effect"]["quantized_nodes"] == 1
+    # the feeds really were per sample: the int8 file reproduces fp32 on one call of the data
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feed = {"x": x[:1], "state": state[0], "sr": np.array(16000, np.int64)}
+    got, want = sess.run(None, feed)[0], ref.run(None, feed)[0]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
