@@ -7,18 +7,20 @@ Per round, on the valid replies (flat updates, rows = devices):
    `max_drop` devices with a negative sum are excluded;
 2. optional FLAME-style majority clustering (flame.py), off by default (it drops honest
    minorities under non-IID data);
-3. adaptive norm clipping to `clip_factor` x the round's median norm (clipping.py);
-4. Flower's rule aggregates: FedAvg on the clipped updates as they are; MultiKrum, trimmed mean
+3. sybil grouping (sybil.py): near-identical updates share one device's weight;
+4. adaptive norm clipping to `clip_factor` x the round's median norm (clipping.py);
+5. Flower's rule aggregates: FedAvg on the clipped updates as they are; MultiKrum, trimmed mean
    and median on bucket means of `bucket` devices (bucketing.py), so they stop singling out the
    honest devices whose data differs most; `cclip` replaces the rule by centered clipping
    around the previous round's step;
-5. on the coordinates whose feature is dormant on the root set, the coordinate-wise median of the
-   updates replaces the mean (dormant.py): the backdoor's hiding place;
-6. optional Gaussian noise of `noise` x the clipping bound (FLAME);
-7. validation (validation.py): the candidate's loss on the root set must not rise beyond the
+6. on the coordinates whose feature is dormant on the root set (mean activation below
+   `dormant_rel` x the most active feature's), the coordinate-wise median of the updates replaces
+   the mean (dormant.py): the backdoor's hiding place;
+7. optional Gaussian noise of `noise` x the clipping bound (FLAME);
+8. validation (validation.py): the candidate's loss on the root set must not rise beyond the
    margin, else the round is rejected and the model stays.
 
-Steps 1 (as FLTrust), 5 and 7 need a root set matching the model (`head.HeadOracle`); without one
+Steps 1 (as FLTrust), 6 and 8 need a root set matching the model (`head.HeadOracle`); without one
 they fall back (median reference) or are skipped. The aggregate metrics carry what happened
 (`robust-excluded`, `robust-clip-bound`, `robust-rejected`, ...). Secure aggregation hides the
 rows, so none of 1-5 can run there; see `strategy.py` for what does.
