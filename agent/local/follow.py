@@ -56,7 +56,7 @@ class _Raced(Exception):
 
 
 class SlotFollower:
-    """Keeps `holder` on the verified model of ``current/``; `check()` is safe from one thread."""
+    """Keeps `holder` on the verified model of ``current/``; `check()` is safe from any thread."""
 
     def __init__(self, slots_root: Path, *, loader: RuntimeLoader, holder: ModelHolder) -> None:
         self._root = slots_root
@@ -66,6 +66,7 @@ class SlotFollower:
         self.refusals: list[Refusal] = []
         self.swaps = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def check(self) -> ModelMeta | None:
@@ -74,6 +75,10 @@ class SlotFollower:
         Returns:
             The model newly swapped in, or None when nothing changed (or a refusal/race happened).
         """
+        with self._lock:  # the poller and `LocalModel.refresh()` may call at the same time
+            return self._check()
+
+    def _check(self) -> ModelMeta | None:
         pointer = self._pointer()
         if pointer is None:
             return None  # the agent is mid-operation: the slots are not settled

@@ -98,15 +98,15 @@ class LocalModel:
         self._loader = loader or ProfileLoader(profile)
         self._restart_lock = threading.Lock()
         self._last_restart = float("-inf")
+        self._follower = SlotFollower(slots_root, loader=self._loader, holder=self._holder)
+        self.calls = 0
+        self.errors = 0
+        self._follower.check()
         self._sender = (
             SampleSender(sample_socket, per_second=samples_per_second)
             if sample_socket is not None and samples_per_second > 0
             else None
         )
-        self._follower = SlotFollower(slots_root, loader=self._loader, holder=self._holder)
-        self.calls = 0
-        self.errors = 0
-        self._follower.check()
         self._follower.run(poll_interval_s)
 
     @classmethod

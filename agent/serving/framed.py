@@ -181,6 +181,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._reply_error(err)
             self._consumed(total)
             return
+        except Exception as err:  # a bug must cost one answer, not the connection or the loop
+            logger.exception("framed request failed")
+            self._reply_error(InferenceError(f"internal error: {type(err).__name__}"))
+            self._consumed(total)
+            return
         self._busy = True  # the request's arrays view our buffer: read nothing more until it ends
         if self._transport is not None:
             self._transport.pause_reading()
@@ -207,7 +212,11 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _consumed(self, total: int) -> None:
         rest = self._have - total
-        if rest:
+        if len(self._buf) > _INITIAL_BUFFER and rest <= _INITIAL_BUFFER:  # give a large frame's memory back
+            small = bytearray(_INITIAL_BUFFER)
+            small[:rest] = self._view[total : self._have]
+            self._buf, self._view = small, memoryview(small)
+        elif rest:
             self._view[:rest] = self._view[total : self._have]
         self._have = rest
 
