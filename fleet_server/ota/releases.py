@@ -337,7 +337,7 @@ class OtaService:
         if previous is not None and self.store.exists(_blob_key(previous.sha256)):
             old = self.fetch_blob(previous.sha256, work / f"previous{suffix}")
             patches = add_patches(layout, artifact, build_layout(old), old, work / "patches")
-            if patches:
+            if (work / "patches").is_dir():  # absent when every patch rides inline in the manifest
                 for patch in sorted((work / "patches").iterdir()):
                     self.store.put_file_if_absent(f"{self.repo.prefix}/targets/patches/{patch.name}", patch)
         infos: list[TargetFile] = []
