@@ -70,6 +70,7 @@ class LocalModel:
         poll_interval_s: float = 0.1,
         max_batch: int = 256,
         max_request_bytes: int = 16 * 2**20,
+        max_concurrent: int | None = None,
         loader: RuntimeLoader | None = None,
     ) -> None:
         """Load the current model (if any) and start following the agent's slots.
@@ -82,6 +83,8 @@ class LocalModel:
             poll_interval_s: how often the slot pointer is checked (a switch is seen within it).
             max_batch: samples per call (the agent's limit).
             max_request_bytes: bytes of input per call (the agent's limit).
+            max_concurrent: at most this many backend calls at once (e.g. the profile's thread
+                count, as the agent's worker pool does); None: every calling thread runs at once.
             loader: artifact -> runtime; defaults to the agent's registry bound to `profile`.
 
         Raises:
@@ -96,6 +99,7 @@ class LocalModel:
         self._max_batch = max_batch
         self._max_bytes = max_request_bytes
         self._loader = loader or ProfileLoader(profile)
+        self._gate = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
         self._restart_lock = threading.Lock()
         self._last_restart = float("-inf")
         self._follower = SlotFollower(slots_root, loader=self._loader, holder=self._holder)
@@ -150,7 +154,11 @@ class LocalModel:
             try:
                 inputs = self._check(handle, x)
                 try:
-                    outputs = handle.runtime.run(inputs)
+                    if self._gate is None:
+                        outputs = handle.runtime.run(inputs)
+                    else:
+                        with self._gate:
+                            outputs = handle.runtime.run(inputs)
                 except BackendCrashedError:
                     outputs = self._restart_and_run(handle, inputs)
             except Exception:

@@ -6,7 +6,8 @@ session options), `LocalModel` on the agent's slots (in-process mode), and `Edge
 framed socket and over gRPC. So every latency is measured in the same process as raw `session.run`.
 Reads one JSON command per stdin line and answers one JSON line:
     {"op": "lat", "mode": "raw|local|framed|grpc", "n": N}  -> p50_us, p95_us, cpu_us (per call)
-    {"op": "thr", "mode": "raw|local", "duration": S}        -> rps with 16 threads in this process
+    {"op": "thr", "mode": "raw|local|local_gated", "duration": S}  -> rps, 16 threads in this process
+("local_gated": LocalModel with max_concurrent = the profile's threads, like the agent's workers.)
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ def main() -> None:
     profile = load_profile("generic-x86")
     session = OnnxRuntime(artifact, threads=profile.runtime.threads)._session
     local = LocalModel(slots, profile=profile)
+    gated = LocalModel(slots, profile=profile, max_concurrent=profile.runtime.threads)
     framed = EdgeloopClient(sock, fast_socket=fast)
     grpc_client = EdgeloopClient(sock)
     calls: dict[str, Callable[[], Any]] = {
         "raw": lambda: session.run(None, sample),
         "local": lambda: local.predict_full(sample),
+        "local_gated": lambda: gated.predict_full(sample),
         "framed": lambda: framed.predict_full(sample),
         "grpc": lambda: grpc_client.predict_full(sample),
     }
@@ -86,6 +89,7 @@ def main() -> None:
         out = _latency(call, cmd["n"]) if cmd["op"] == "lat" else _throughput(call, cmd["duration"])
         print(json.dumps(out), flush=True)
     local.close()
+    gated.close()
     framed.close()
     grpc_client.close()
 
