@@ -73,6 +73,9 @@ class RebuildStats:
 def parse_manifest(data: bytes, *, length: int, sha256: str) -> list[Chunk]:
     """Chunks of a manifest (format 1 or 2) that must describe exactly the target (`length`, `sha256`).
 
+    Format 1 repeats the artifact's sha256, which is compared; format 2 does not (the signed release
+    target names its manifest, which binds the two), so only the length and the tiling are checked.
+
     Raises:
         UnsupportedManifest: a format this agent does not read.
         IntegrityError: malformed, or chunks do not tile [0, length).
