@@ -134,7 +134,7 @@ def table(result: dict[str, Any]) -> str:
     rows = result["per_round_cpu_s"]
     base = rows["pipeline, stages off"]["median"]
     lines = [
-        "| configuration | ms per round (median) | spread (min-max) | stage cost (ms) |",
+        "| configuration | CPU ms per round (median) | spread (min-max) | stage cost (ms) |",
         "|---|---|---|---|",
     ]
     for name, r in rows.items():

@@ -55,7 +55,7 @@ class DefenceConfig:
     cclip: bool = False
     sybil: float = 0.95  # cosine above which updates share one device's weight; 0 = off
     dormant: bool = True
-    dormant_rel: float = 0.16  # x the most active feature's mean activation on the root set
+    dormant_rel: float = 0.25  # x the most active feature's mean activation on the root set
     noise: float = 0.0  # x the clipping bound; 0 = off
     validate: bool = True
     margin: float = 0.1
