@@ -58,8 +58,10 @@ def tasks(sizes: tuple[int, ...], alphas: tuple[float, ...]) -> list[dict[str, A
                     {**base, "scenario": name, "frac": frac, "dropout": dropout, "attack": a} for a in chosen
                 ]
     # the goal's settings first (clean, 20% attackers with and without honest dropouts), then the rest
+    # and within them the attacks that were worst for someone first, both alphas alike
     first = {"clean", "full20", "honestdrop20"}
-    out.sort(key=lambda t: (t["scenario"] not in first, t["clients"]))
+    prio = ["none", "backdoor", "ipm", "alie", "sign_flip", "backdoor_scaled", "scaled_label_flip"]
+    out.sort(key=lambda t: (t["scenario"] not in first, t["clients"], prio.index(t["attack"])))
     return [{**t, "agg": agg} for t in out for agg in AGGS]
 
 
@@ -147,6 +149,57 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def goals(path: Path, agg: str = "robust-fedavg") -> str:
+    """The issue's goals for `agg` per (clients, alpha), from the rows present (partial grids say so)."""
+    data = _load(path)
+    central = float(np.mean(data["meta"].get("centralized", [0.9711])))
+    rows = data["rows"]
+    out = [
+        "| clients | alpha | seeds | clean / FedAvg clean (>= 0.97) | worst seed, worst attack (20% att., "
+        "full + honest drop) | backdoor mean / worst (<= 5% / 15%) | below FedAvg (mean, > 0.5 pt) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for clients, alpha in sorted({(r["clients"], r["alpha"]) for r in rows.values()}):
+        mine = {k: r for k, r in rows.items() if k.startswith(f"{clients}|{alpha}|") and r["agg"] == agg}
+        if not mine:
+            continue
+        seeds = len(next(iter(mine.values()))["runs"])
+        clean, ref = (
+            mine.get(f"{clients}|{alpha}|clean|none|{agg}"),
+            rows.get(f"{clients}|{alpha}|clean|none|fedavg"),
+        )
+        ratio = "-"
+        if clean and ref:
+            ratio = (
+                f"{np.mean([x['acc'] for x in clean['runs']]) / np.mean([x['acc'] for x in ref['runs']]):.3f}"
+            )
+        attacked = [r for r in mine.values() if r["scenario"] in {"full20", "honestdrop20"}]
+        worst = min(attacked, key=lambda r: min(x["acc"] for x in r["runs"]), default=None)
+        worst_txt = "-"
+        if worst is not None:
+            w = min(x["acc"] for x in worst["runs"]) / central
+            worst_txt = f"{w:.3f} ({worst['scenario']} {worst['attack']})"
+        bds = [r for r in attacked if r["attack"].startswith("backdoor")]
+        bd_txt = ", ".join(
+            f"{r['scenario']} {r['attack']}: {np.mean([x['backdoor'] for x in r['runs']]):.1%} / "
+            f"{max(x['backdoor'] for x in r['runs']):.1%}"
+            for r in bds
+        )
+        below = []
+        for k, r in mine.items():
+            base = rows.get(k.rsplit("|", 1)[0] + "|fedavg")
+            if (
+                base
+                and np.mean([x["acc"] for x in r["runs"]]) < np.mean([x["acc"] for x in base["runs"]]) - 0.005
+            ):
+                below.append(f"{r['scenario']} {r['attack']}")
+        out.append(
+            f"| {clients} | {alpha} | {seeds} | {ratio} | {worst_txt} | {bd_txt or '-'} "
+            f"| {', '.join(below) or 'none'} |"
+        )
+    return "\n".join(out)
+
+
 def _cell(r: dict[str, Any], central: float, goal: float, fedavg_clean: dict[str, Any] | None) -> str:
     accs = np.array([x["acc"] for x in r["runs"]]) / central
     text = f"{accs.mean():.3f} / {accs.min():.3f} ({int((accs < goal).sum())})"
@@ -172,6 +225,8 @@ def main() -> int:
     ns = p.parse_args()
     if ns.report:
         print(report(ns.out))
+        print()
+        print(goals(ns.out))
         return 0
     run_grid(ns)
     return 0
