@@ -52,7 +52,7 @@ from agent.drift.stats import (
     refit_moments,
 )
 
-SEASONAL_MARGIN = 0.25
+SEASONAL_MARGIN = 0.1
 DEFAULT_BUDGET_PER_10K = CalibrationPlan().budget_per_10k
 """Default false-alarm budget: expected false drift episodes per 10,000 monitored samples."""
 
@@ -193,7 +193,7 @@ def build_reference(
         seasonal = fit_seasonal(x, t[keep], seasonality)
         x = seasonal.apply(x, t[keep])
         # The bootstrap draws rows without their phase, so it cannot see the error of the per-bin
-        # baseline, which a window of consecutive rows does see: calibrate with 4x more margin.
+        # baseline, which a window of consecutive rows does see: calibrate with 10x more margin.
         plan = replace(plan, safety=plan.safety * SEASONAL_MARGIN)
     rng = np.random.default_rng(seed)
     projection, mx, mnames = None, x, tuple(names)
