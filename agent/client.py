@@ -2,8 +2,8 @@
 
 Owns a gRPC channel to the agent's local inference API (Unix socket path or ``host:port``), the
 optional framed fast path for Predict (`agent.serving.framed`), numpy in/out, and translating
-errors into `InferenceError` subclasses with the server's message.
-Does not retry, batch or cache.
+errors into `InferenceError` subclasses with the server's message. Re-exports `LocalModel`
+(`agent.local`), the in-process alternative that needs no socket. Does not retry, batch or cache.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from agent.errors import (
     RequestTooLargeError,
 )
 from agent.inference.signature import Signature
+from agent.local import LocalModel, LocalPrediction
 from agent.serving import codec, rawframe
 from protos.edgeloop.v1 import inference_pb2 as pb
 from protos.edgeloop.v1 import inference_pb2_grpc as pb_grpc
+
+__all__ = ["ClientPrediction", "EdgeloopClient", "LocalModel", "LocalPrediction"]
 
 logger = logging.getLogger(__name__)
 
