@@ -10,10 +10,11 @@ Owns the decision rule over episodes and exposures already loaded from the datab
   Poisson-binomial, approximated by Poisson(sum p). A key is shifted when P(K >= k) < alpha / m
   (Bonferroni over the m keys that alarmed) and k >= min_devices. The cohort's shift is the union
   of shifted keys and the devices alarming on them.
-* **Device anomaly.** A device with a stuck-sensor episode, or a strong (severity >=
-  anomaly_severity) single-feature episode on a key the fleet does not share, is a device problem:
-  maintain it and keep its data out of training. Stuck episodes never count toward a shift; weak
-  lone episodes are "within budget".
+* **Device anomaly.** A device with a stuck-sensor or bad-input episode (its feeder sends rows
+  of the wrong shape or type), or a strong (severity >= anomaly_severity) single-feature episode
+  on a key the fleet does not share, is a device problem: maintain it and keep its data out of
+  training. Stuck and bad-input episodes never count toward a shift (three mis-wired devices are
+  not a population that moved); weak lone episodes are "within budget".
 
 Does not query (crud.py) or act (policy.py).
 """
@@ -25,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fleet_server.drift.models import DriftEpisodeRow
+
+_DEVICE_FAULTS = ("stuck", "bad_input")  # episode signatures that are the device's own fault, by priority
 
 
 @dataclass(frozen=True, order=True)
@@ -108,7 +111,7 @@ def classify_cohort(
     config = config or ClassifyConfig()
     by_key: dict[str, set[str]] = defaultdict(set)
     for ep in episodes:
-        if ep.signature == "stuck":  # a sensor fault is never evidence of a population shift
+        if ep.signature in _DEVICE_FAULTS:  # a sensor or feeder fault is never evidence of a shift
             continue
         for k in episode_keys(ep):
             by_key[k].add(ep.device_id)
@@ -135,7 +138,7 @@ def _classify_episodes(
     for ep in episodes:
         assert ep.id is not None
         keys = episode_keys(ep)
-        if ep.signature == "stuck" or (
+        if ep.signature in _DEVICE_FAULTS or (
             ep.signature == "single_feature" and ep.severity >= config.anomaly_severity and not keys & shifted
         ):
             report.classification[ep.id] = "device_anomaly"
@@ -148,7 +151,9 @@ def _classify_episodes(
         report.anomalies.append(
             DeviceAnomaly(
                 device_id=device_id,
-                signature="stuck" if any(e.signature == "stuck" for e in eps) else "single_feature",
+                signature=next(
+                    (f for f in _DEVICE_FAULTS if any(e.signature == f for e in eps)), "single_feature"
+                ),
                 features=tuple(sorted({f for e in eps for f in e.features})),
                 episode_ids=tuple(int(e.id or 0) for e in eps),
                 severity=max(e.severity for e in eps),

@@ -81,13 +81,17 @@ def _texts(msg: Any, names: tuple[str, ...]) -> None:
 def signature_of(stream: str, evidence: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """Episode signature and the features it involves.
 
-    stuck: a stuck-sensor run; concept / output: label or output stream; joint: only the
-    multivariate channel; single_feature / multi_feature: per-feature location/scale channels.
+    stuck: a stuck-sensor run; bad_input: rows the monitor could not use (wrong width or type,
+    missing features, non-finite values: a mis-wired feeder, not the world changing); concept /
+    output: label or output stream; joint: only the multivariate channel; single_feature /
+    multi_feature: per-feature location/scale channels.
     """
     features = sorted({str(e["feature"]) for e in evidence if e.get("feature")})
     kinds = {str(e["kind"]) for e in evidence}
     if "stuck" in kinds:
         return "stuck", features
+    if "bad_input" in kinds:
+        return "bad_input", features
     if stream == "labels":
         return "concept", features
     if stream == "outputs":

@@ -110,3 +110,24 @@ def test_signatures() -> None:
     )
     assert signature_of("outputs", [_ev("class:1", "class", "1")])[0] == "output"
     assert signature_of("labels", [_ev("error", "error")])[0] == "concept"
+
+
+def test_misfed_devices_are_anomalies_never_a_population_shift() -> None:
+    """Ten devices whose feeders send rows of the wrong width (after a bad app release, say) raise
+    bad-input episodes: each is a device to fix, and no retraining round opens for them."""
+    misfed = [
+        _episode(f"d{i}", [_ev("bad_input/width", "bad_input"), _ev("joint", "joint")]) for i in range(10)
+    ]
+    named = _episode("d10", [_ev("nonfinite:f2", "bad_input", "f2")])
+    assert signature_of("inputs", misfed[0].evidence) == ("bad_input", [])
+    report = classify_cohort(KEY, [*misfed, named], _fleet(50, samples=3000))
+    assert report.population_shift is None
+    assert {a.device_id for a in report.anomalies} == {f"d{i}" for i in range(11)}
+    assert all(a.signature == "bad_input" for a in report.anomalies)
+    [action] = actions_for(report)
+    assert action.action == EXCLUDE_DEVICES and action.include_devices == ()
+    # the same ten devices on a real shared feature key would be a shift (the control)
+    shifted = [
+        _episode(f"d{i}", [_ev("location:f0", "location", "f0"), _ev("joint", "joint")]) for i in range(10)
+    ]
+    assert classify_cohort(KEY, shifted, _fleet(50, samples=3000)).population_shift is not None
