@@ -209,8 +209,19 @@ def intermediates(path: Path, tensors: object, data: Dataset) -> dict[str, np.nd
         p = Path(tmp) / "m.onnx"
         onnx.save(proto, str(p))
         sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        res = sess.run(wanted, data.inputs)
+        if not data.stateful:
+            res = sess.run(wanted, data.inputs)
+        else:  # non-batched inputs (a state, a 0-d constant): one complete feed per sample, joined
+            runs = [sess.run(wanted, feed) for feed in data.calls()]
+            res = [_join([r[i] for r in runs]) for i in range(len(wanted))]
     return found | dict(zip(wanted, res, strict=True))
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-call activations as one array over the samples (batch axis first when there is one)."""
+    if all(p.ndim and p.shape[0] == 1 for p in parts):
+        return np.concatenate(parts, axis=0)
+    return np.stack(parts)
 
 
 def _rel_err(ref: np.ndarray, got: np.ndarray) -> float:

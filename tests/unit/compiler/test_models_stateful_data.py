@@ -97,3 +97,29 @@ def test_compile_request_stamps_batched_inputs(tmp_path: Path, model: Path) -> N
         stamp_batched_inputs(model, "sr", tmp_path / "bad.onnx")
     with pytest.raises(InputError, match=r"not an \.onnx model"):
         stamp_batched_inputs(tmp_path / "m.tflite", "x", tmp_path / "bad.onnx")
+
+
+def test_build_chooses_an_artifact_for_a_stateful_model(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole `build` (smoothing's activation capture, calibration, batch-1 quality) feeds a model
+    with a recurrent state and a 0-d sample rate one complete sample per call (it used to stop in
+    the SmoothQuant pass with onnxruntime's "Required inputs (['sr']) are missing")."""
+    import json
+
+    from compiler.cli import main
+
+    calib = _npz(tmp_path, n=32)
+    with np.load(calib) as z:
+        arrays = dict(z)
+    evalset = tmp_path / "eval.npz"
+    np.savez(evalset, **arrays, y=(np.arange(32) % 2).astype(np.int64))
+    out = tmp_path / "out"
+    argv = ["build", "--json", "--model", str(model), "--profile", "raspberry-pi-4"]
+    code = main([*argv, "--calib", str(calib), "--eval", str(evalset), "--out", str(out)])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    chosen = result["chosen"]["raspberry-pi-4"]
+    assert (out / chosen["path"]).is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["profiles"]["raspberry-pi-4"]["candidates"], report
