@@ -86,6 +86,41 @@ def _append(path: Path, key: str, row: dict[str, Any], meta: dict[str, Any]) -> 
         tmp.replace(path)
 
 
+def _extend(path: Path, key: str, runs: list[dict[str, Any]], secs: float) -> None:
+    """Append more seeds' runs to a row already in the checkpoint (under the same lock)."""
+    lock = path.with_suffix(".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        data = _load(path)
+        row = data["rows"][key]
+        row["runs"] = row["runs"] + runs
+        row["secs"] = row.get("secs", 0.0) + secs
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+
+def extend_grid(ns: argparse.Namespace) -> None:
+    """Rows with fewer than `--seeds` runs get the missing seeds (e.g. 50 clients run first on 5)."""
+    from bench.federated.accuracy import Setting, run
+
+    logging.disable(logging.WARNING)
+    shard, of = (int(x) for x in ns.shard.split("/"))
+    rows = _load(ns.out)["rows"]
+    for i, (key, r) in enumerate(sorted(rows.items())):
+        have = len(r["runs"])
+        if i % of != shard or have >= ns.seeds:
+            continue
+        setting = Setting(
+            clients=r["clients"], alpha=r["alpha"], frac_bad=r["frac"], attack=r["attack"],
+            dropout=r["dropout"], rounds=ns.rounds,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        runs = [run(setting, r["agg"], seed) for seed in range(have, ns.seeds)]
+        _extend(ns.out, key, runs, time.perf_counter() - t0)
+        print(f"{key} +{len(runs)} seeds", flush=True)
+
+
 def run_grid(ns: argparse.Namespace) -> None:
     from bench.federated.accuracy import Setting, centralized, run
 
@@ -163,7 +198,8 @@ def goals(path: Path, agg: str = "robust-fedavg") -> str:
         mine = {k: r for k, r in rows.items() if k.startswith(f"{clients}|{alpha}|") and r["agg"] == agg}
         if not mine:
             continue
-        seeds = len(next(iter(mine.values()))["runs"])
+        counts = sorted({len(r["runs"]) for r in mine.values()})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
         clean, ref = (
             mine.get(f"{clients}|{alpha}|clean|none|{agg}"),
             rows.get(f"{clients}|{alpha}|clean|none|fedavg"),
@@ -203,6 +239,8 @@ def goals(path: Path, agg: str = "robust-fedavg") -> str:
 def _cell(r: dict[str, Any], central: float, goal: float, fedavg_clean: dict[str, Any] | None) -> str:
     accs = np.array([x["acc"] for x in r["runs"]]) / central
     text = f"{accs.mean():.3f} / {accs.min():.3f} ({int((accs < goal).sum())})"
+    if len(accs) < 10:
+        text += f" [{len(accs)} seeds]"
     if r["attack"].startswith("backdoor"):
         bd = np.array([x["backdoor"] for x in r["runs"]])
         text += f"; bd {bd.mean():.1%} / {bd.max():.1%}"
@@ -222,13 +260,17 @@ def main() -> int:
     p.add_argument("--shard", default="0/1")
     p.add_argument("--out", type=Path, default=Path("bench/federated/robust_grid.json"))
     p.add_argument("--report", action="store_true")
+    p.add_argument("--extend", action="store_true", help="add the missing seeds to rows already run")
     ns = p.parse_args()
     if ns.report:
         print(report(ns.out))
         print()
         print(goals(ns.out))
         return 0
-    run_grid(ns)
+    if ns.extend:
+        extend_grid(ns)
+    else:
+        run_grid(ns)
     return 0
 
 
