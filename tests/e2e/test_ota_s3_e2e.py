@@ -112,6 +112,10 @@ def test_release_flow_on_s3_across_two_replicas_with_range_and_tamper(tmp_path: 
                     elif key.endswith(".xz"):
                         _flip(s3, key, 100)
                         tampered += 1
+                    elif key.endswith(".chunks.bin"):
+                        # v3's permuted head is a small patch carried inside the signed manifest:
+                        # without this the device needs no tampered byte and rightly installs v3
+                        _flip(s3, key, 10)
                 patches = list(_objects(s3, f"{prefix}/repo/targets/patches/"))
                 for key in patches:  # v3's head ships as patches against v2 too: tamper them all
                     _flip(s3, key, 40)
