@@ -55,7 +55,7 @@ from fleet_server.federated.lifecycle import RunStatus
 from fleet_server.federated.limits import check_spec
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
-from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
+from fleet_server.federated.robust import bound_norms, score_replies
 from fleet_server.federated.rootdata import RootData
 from fleet_server.federated.secagg import SecAggParams, SecAggRound
 from fleet_server.federated.strategy import LINEAR, StrategySpec, make_strategy
@@ -475,7 +475,7 @@ class FederatedRunner:
         self._check(stop)  # a cancelled round is abandoned: nothing aggregated, nothing recorded
         valid = [m for m in replies if not m.has_error()]
         devices = self._grid.device_ids([m.metadata.src_node_id for m in valid])
-        scores = dict(zip(devices, anomaly_scores(update_vectors(arrays, valid)), strict=True))
+        scores = dict(zip(devices, score_replies(arrays, valid), strict=True))
         if spec.norm_bound > 0:
             bound_norms(arrays, valid, spec.norm_bound)
         if hasattr(strategy, "num_nodes_to_select"):

@@ -16,7 +16,7 @@ from fleet_server.errors import InvalidRequestError
 from fleet_server.federated.codec import ResultRejectedError, TensorSpec, check_arrays, check_metrics
 from fleet_server.federated.cohort import CohortFilter, CohortSpec
 from fleet_server.federated.privacy import epsilon_after
-from fleet_server.federated.robust import anomaly_scores, bound_norms, update_vectors
+from fleet_server.federated.robust import anomaly_scores, bound_norms, score_replies, update_vectors
 from fleet_server.federated.strategy import StrategySpec, make_strategy
 from fleet_server.migrate import upgrade
 from fleet_server.models import Device
@@ -44,6 +44,22 @@ def test_sign_flipped_and_scaled_updates_score_highest_and_norm_bound_clips_them
     assert float(np.linalg.norm(replies[9].content["arrays"]["w"].numpy())) == pytest.approx(
         np.sqrt(50) * 1.5, rel=1e-5
     )
+
+
+def test_scores_of_a_large_model_use_a_coordinate_sample_and_agree_with_the_exact_ones() -> None:
+    """Above `coordinates` the median/cosine part looks at a fixed sample: same outliers, scores
+    within a few thousandths of the exact ones, and the reply path keeps one full update at a time."""
+    rng = np.random.default_rng(1)
+    size = 200_000
+    g = ArrayRecord({"w": Array(np.zeros(size, np.float32))})
+    direction = rng.normal(0, 1, size).astype(np.float32)
+    honest = [direction + rng.normal(0, 0.5, size).astype(np.float32) for _ in range(8)]
+    updates = [*honest, -honest[0], 6 * honest[1]]
+    exact = anomaly_scores([u.astype(np.float64) for u in updates], coordinates=size)
+    sampled = score_replies(g, [_reply(u) for u in updates], coordinates=20_000)
+    assert min(sampled[8:]) > max(sampled[:8]) and min(exact[8:]) > max(exact[:8])
+    assert np.allclose(sampled, exact, atol=0.02), (sampled, exact)
+    assert sampled == score_replies(g, [_reply(u) for u in updates], coordinates=20_000)  # same sample
 
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise() -> None:
