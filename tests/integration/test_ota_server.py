@@ -124,7 +124,7 @@ def test_publish_refuses_bad_drift_references_with_422(server: LiveServer) -> No
         "not JSON": b"\x89PNG\r\n\x1a\n not a reference",
         "nested too deeply": b"[" * 200_000,
         "must be a JSON object, not an array": b"[1, 2, 3]",
-        "format_version must be 1, got 7": json.dumps({**good, "format_version": 7}).encode(),
+        "format_version must be one of [1, 2], got 7": json.dumps({**good, "format_version": 7}).encode(),
         "missing key 'calibration'": json.dumps(
             {k: v for k, v in good.items() if k != "calibration"}
         ).encode(),
