@@ -81,14 +81,14 @@ def _texts(msg: Any, names: tuple[str, ...]) -> None:
 def signature_of(stream: str, evidence: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """Episode signature and the features it involves.
 
-    stuck: a stuck-sensor run; bad_input: rows the monitor could not use (wrong width or type,
-    missing features, non-finite values: a mis-wired feeder, not the world changing); concept /
-    output: label or output stream; joint: only the multivariate channel; single_feature /
-    multi_feature: per-feature location/scale channels.
+    stuck: stuck-sensor runs and only what they cause (see `_only_stuck`); bad_input: rows the
+    monitor could not use (wrong width or type, missing features, non-finite values: a mis-wired
+    feeder, not the world changing); concept / output: label or output stream; joint: only the
+    multivariate channel; single_feature / multi_feature: per-feature location/scale channels.
     """
     features = sorted({str(e["feature"]) for e in evidence if e.get("feature")})
     kinds = {str(e["kind"]) for e in evidence}
-    if "stuck" in kinds:
+    if "stuck" in kinds and _only_stuck(evidence):
         return "stuck", features
     if "bad_input" in kinds:
         return "bad_input", features
@@ -99,6 +99,22 @@ def signature_of(stream: str, evidence: list[dict[str, Any]]) -> tuple[str, list
     if not features:
         return "joint", features
     return ("single_feature" if len(features) == 1 else "multi_feature"), features
+
+
+def _only_stuck(evidence: list[dict[str, Any]]) -> bool:
+    """A stuck sensor explains the episode: besides the stuck runs there is at most the joint
+    channel and the location/scale shift a frozen value causes on those same features. Any other
+    evidence (another feature moved, a reference-constant feature changed) is the world changing,
+    which can also freeze some inputs: per-pixel monitoring of turned camera images shows border
+    pixels stuck at 0 next to shifted ones, and that is a population shift, not a broken sensor."""
+    stuck = {e.get("feature") for e in evidence if e["kind"] == "stuck"}
+    for e in evidence:
+        kind = str(e["kind"])
+        if kind in ("stuck", "joint") or not e.get("feature"):
+            continue
+        if kind not in ("location", "scale") or e.get("feature") not in stuck:
+            return False
+    return True
 
 
 def _evidence(msg: drift_pb2.DriftEpisode) -> list[dict[str, Any]]:

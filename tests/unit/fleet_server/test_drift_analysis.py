@@ -131,3 +131,26 @@ def test_misfed_devices_are_anomalies_never_a_population_shift() -> None:
         _episode(f"d{i}", [_ev("location:f0", "location", "f0"), _ev("joint", "joint")]) for i in range(10)
     ]
     assert classify_cohort(KEY, shifted, _fleet(50, samples=3000)).population_shift is not None
+
+
+def test_stuck_inputs_next_to_a_shift_are_a_shift_not_a_broken_sensor() -> None:
+    """Turned camera images (the demo's site north): border pixels freeze at 0 (stuck runs) while
+    others move and reference-constant ones change. Three devices like that are a population shift;
+    a device with only stuck runs (and the scale collapse they cause) stays a broken sensor."""
+    turned = [
+        _ev("stuck:x[4]", "stuck", "x[4]"),
+        _ev("stuck:x[59]", "stuck", "x[59]"),
+        _ev("constant:x[32]", "constant", "x[32]"),
+        _ev("location:x[40]", "location", "x[40]"),
+        _ev("scale:x[40]", "scale", "x[40]"),
+    ]
+    assert signature_of("inputs", turned)[0] == "multi_feature"
+    frozen = [_ev("stuck:x[7]", "stuck", "x[7]"), _ev("scale:x[7]", "scale", "x[7]"), _ev("joint", "joint")]
+    assert signature_of("inputs", frozen)[0] == "stuck"
+    episodes = [_episode(f"d{i}", turned) for i in range(10)] + [_episode("d10", frozen)]
+    report = classify_cohort(KEY, episodes, _fleet(50, samples=3000))
+    assert report.population_shift is not None
+    assert report.population_shift.devices == tuple(sorted(f"d{i}" for i in range(10)))
+    assert [(a.device_id, a.signature) for a in report.anomalies] == [("d10", "stuck")]
+    [action] = actions_for(report)
+    assert action.action == OPEN_RETRAINING_ROUND and action.exclude_devices == ("d10",)
