@@ -90,7 +90,10 @@ def put_varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-class _Reader:
+class ByteReader:
+    """Varints and byte runs read from a buffer; `ManifestError` when it runs short (also used by
+    `chunk_patch` for patch headers)."""
+
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
@@ -161,7 +164,7 @@ def version_of(data: bytes) -> int:
         return 1
     if data[:4] != MAGIC:
         raise ManifestError("not a chunk manifest (no ELCM header, not JSON)")
-    return _Reader(data[4:]).varint()
+    return ByteReader(data[4:]).varint()
 
 
 def decode(data: bytes) -> ChunkManifest:
@@ -177,7 +180,7 @@ def decode(data: bytes) -> ChunkManifest:
             f"chunk manifest format {version} is not readable here (this side reads formats "
             f"{', '.join(map(str, SUPPORTED))}); update the agent to use deltas for this release"
         )
-    head = _Reader(data[4:])
+    head = ByteReader(data[4:])
     head.varint()
     flags = head.varint()
     body = data[4 + head.pos :]
@@ -191,7 +194,7 @@ def decode(data: bytes) -> ChunkManifest:
             raise ManifestError(f"manifest body is not LZMA2: {err}") from err
         if not dec.eof and len(body) >= MAX_BODY:
             raise ManifestError("manifest body too large")
-    r = _Reader(body)
+    r = ByteReader(body)
     length = r.varint()
     layout = r.varint(limit=255)
     n = r.varint(limit=MAX_CHUNKS)

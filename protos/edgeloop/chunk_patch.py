@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from protos.edgeloop.chunk_manifest import ManifestError, put_varint
+from protos.edgeloop.chunk_manifest import ByteReader, ManifestError, put_varint
 
 XOR, SUB, BSDIFF = 1, 2, 3
 LZMA2, DEFLATE, BZIP2, XZ = 1, 2, 3, 15
@@ -98,7 +98,7 @@ def _bspatch(base: bytes, raw: bytes, length: int) -> bytes:
     import bsdiff4.core
 
     try:
-        r = _Cursor(raw)
+        r = ByteReader(raw)
         n_ctrl, n_diff = r.varint(), r.varint()
         ctrl, diff, extra = r.take(n_ctrl), r.take(n_diff), raw[r.pos :]
     except ManifestError as err:
@@ -112,29 +112,6 @@ def _bspatch(base: bytes, raw: bytes, length: int) -> bytes:
     if len(out) != length:
         raise PatchError("bsdiff patch produced the wrong size")
     return out
-
-
-class _Cursor:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def varint(self) -> int:
-        value = shift = 0
-        while True:
-            if self.pos >= len(self.data) or shift > 63:
-                raise ManifestError("truncated varint")
-            byte = self.data[self.pos]
-            self.pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ManifestError("truncated block")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
 
 
 def _decompress(codec: int, payload: bytes, limit: int, *, exact: bool) -> bytes:
