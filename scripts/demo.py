@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(tl.doc, indent=2, default=str))
         return 0
     except BaseException:
-        tl.save()
+        tl.save()  # once: the report prints this wall time, so the finally below must not move it
+        saved = True
         console.print(
             f"[red]demo failed; what happened is in {work / 'timeline.json'}, report {render(tl, work)}[/]"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,46 @@ def test_open_a_device_and_label_it(
         entries = api.get("/audit", params={"limit": 50}).json()
     text = json.dumps(entries)
     assert "browser-operator" in text and "dev-live" in text
+    assert console_log.errors == []
+
+
+def test_a_live_refresh_already_under_way_does_not_wipe_what_the_operator_is_typing(
+    fleet: Fleet, page: Any, console_log: Console, request: pytest.FixtureRequest
+) -> None:
+    # The race the demo hit on CI: a device event starts a live re-render (no one typing yet), the
+    # operator types labels while its requests are in flight, then the re-render lands and used to
+    # replace the form with an empty one, so "Save labels" saved nothing.
+    fleet.online("dev-live")
+    sign_in(page, fleet.server, fleet.tokens.operator, route="#/device/dev-live")
+    expect(page.get_by_role("heading", name="Device dev-live")).to_be_visible()
+    held: list[Any] = []
+    holding = [True]
+
+    def hold(route: Any) -> None:  # the device view's first request, held while the operator types
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/devices/dev-live", hold)
+    with fleet.server.api() as api:  # a change from elsewhere: a "device" event for this page
+        api.patch("/devices/dev-live/labels", json={"labels": {"elsewhere": "yes"}}).raise_for_status()
+    deadline = time.monotonic() + 20
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert held, "no live re-render of the device page after its labels changed"
+    box = page.get_by_label("Labels", exact=True)
+    box.fill("typed=kept")  # typed while the live re-render waits for the server
+    holding[0] = False
+    with page.expect_response(lambda r: "/api/v1/drift/episodes" in r.url):
+        for route in held:
+            route.continue_()
+    page.wait_for_timeout(500)  # the re-render's last await resolves here; it used to replace the form
+    expect(box).to_have_value("typed=kept")
+    page.get_by_role("button", name="Save labels").click()
+    wait_until(lambda: fleet.device("dev-live")["labels"].get("typed") == "kept", 10, what="typed saved")
+    expect(page.get_by_text("elsewhere=yes").first).to_be_visible()  # the page caught up once focus left
+    shot(page, request, "typing-kept")
     assert console_log.errors == []
 
 

@@ -20,7 +20,7 @@
   const MAX_STREAM_FAILURES = 5;
   const THROTTLE_MS = 1000;
 
-  const app = { route: { view: "fleet", arg: null }, rendering: false, again: false, timer: null };
+  const app = { route: { view: "fleet", arg: null }, rendering: false, again: false, againLoud: false, timer: null };
 
   // ------------------------------------------------------------------ messages
 
@@ -87,6 +87,7 @@
     if (!session.token) return;
     if (app.rendering) {
       app.again = true;
+      app.againLoud = app.againLoud || !quiet; // an operator's own request is never dropped as "live"
       return;
     }
     app.rendering = true;
@@ -98,6 +99,12 @@
       const focusId = document.activeElement && target.contains(document.activeElement) ? focusKey(document.activeElement) : null;
       const nodes = await spec.render(arg, ctx);
       if (app.route.view !== view || app.route.arg !== arg) return; // navigated away meanwhile
+      if (quiet && operatorBusy()) {
+        // A live refresh that began before the operator started typing (or opened a dialog) must not
+        // replace the form under their fingers: drop it and try again once they are done.
+        scheduleLiveRender();
+        return;
+      }
       target.replaceChildren(...nodes.flat(3).filter(Boolean));
       charts.prune();
       if (focusId) restoreFocus(target, focusId);
@@ -113,8 +120,9 @@
       target.removeAttribute("aria-busy");
       app.rendering = false;
       if (app.again) {
-        app.again = false;
-        render({ quiet: true });
+        const loud = app.againLoud;
+        app.again = app.againLoud = false;
+        render({ quiet: !loud });
       }
     }
   }
@@ -187,11 +195,15 @@
     if (live.debounce) return;
     live.debounce = setTimeout(() => {
       live.debounce = null;
-      const active = document.activeElement;
-      const typing = active && $("view").contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
-      if (typing || document.querySelector("dialog[open]")) scheduleLiveRender();
+      if (operatorBusy()) scheduleLiveRender();
       else render({ quiet: true });
     }, THROTTLE_MS);
+  }
+
+  function operatorBusy() {
+    const active = document.activeElement;
+    const typing = active && $("view").contains(active) && /^(INPUT|SELECT|TEXTAREA)$/.test(active.tagName);
+    return Boolean(typing || document.querySelector("dialog[open]"));
   }
 
   async function connect() {
