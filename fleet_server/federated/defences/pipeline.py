@@ -40,6 +40,7 @@ from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, MultiKrum, Strateg
 from fleet_server.federated.defences import bucketing, clipping, dormant, flame, sybil, validation
 from fleet_server.federated.defences.head import HeadOracle
 from fleet_server.federated.defences.reputation import Reputation, cosines, median_reference
+from fleet_server.federated.defences.wrapper import Wrapping
 from fleet_server.federated.robust import _array_record, _flat
 from fleet_server.federated.rootdata import RootSet
 
@@ -92,7 +93,7 @@ def _set(msg: Message, like: ArrayRecord, vec: np.ndarray, weight: float) -> Non
             msg.content[mkey] = MetricRecord({**value, "num-examples": weight})
 
 
-class Defended(Strategy):
+class Defended(Wrapping):
     def __init__(
         self,
         inner: Strategy,
@@ -102,12 +103,11 @@ class Defended(Strategy):
         config: DefenceConfig | None = None,
         reputation: MutableMapping[Hashable, float] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.max_drop = max_drop
         self.root = root
         self.config = config or DefenceConfig()
         self.reputation = Reputation(reputation)
-        self._arrays: ArrayRecord | None = None
         self._train: dict[str, float] = {}
         self._momentum: np.ndarray | None = None
         self._rng = np.random.default_rng(self.config.seed)
@@ -117,9 +117,8 @@ class Defended(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._arrays = arrays
         self._train = {k: float(v) for k, v in config.items() if isinstance(v, (int, float))}
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays, config, grid)
 
     def oracle(self, arrays: ArrayRecord) -> HeadOracle | None:
         shapes = tuple(tuple(a.numpy().shape) for a in arrays.values())
@@ -217,14 +216,3 @@ class Defended(Strategy):
             self.inner.num_nodes_to_select = max(1, len(msgs) - f)
         out, _ = self.inner.aggregate_train(server_round, msgs)
         return None if out is None else _flat(out) - base
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.inner.summary()

@@ -24,30 +24,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fleet_server.federated.defences import validation
 from fleet_server.federated.defences.head import HeadOracle
+from fleet_server.federated.defences.wrapper import Wrapping
 from fleet_server.federated.robust import _flat
 from fleet_server.federated.rootdata import RootSet
 
 logger = logging.getLogger(__name__)
 
 
-class ValidatedAggregate(Strategy):
+class ValidatedAggregate(Wrapping):
     """`inner`'s aggregate, accepted only if its loss on the root set does not rise past the margin."""
 
     def __init__(self, inner: Strategy, root: RootSet, margin: float = 0.1) -> None:
-        self.inner, self.root, self.margin = inner, root, margin
-        self._arrays: ArrayRecord | None = None
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._arrays = arrays
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        super().__init__(inner)
+        self.root, self.margin = root, margin
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -66,14 +60,3 @@ class ValidatedAggregate(Strategy):
             logger.warning("round %d rejected: root loss %.4f -> %.4f", server_round, now, cand)
             return g, merged
         return out, merged
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.inner.summary()
