@@ -79,8 +79,9 @@ def part_flower(sizes: list[int], rounds: int) -> dict[str, Any]:
 
 
 def part_secagg(n: int, params: int, reps: int, flower: bool = True) -> dict[str, Any]:
-    """Ours (plain, SecAgg+) and Flower's (plain, SecAgg+), repetitions interleaved so that any
-    background load hits all four modes alike; medians over repetitions."""
+    """Ours (plain, SecAgg+, and SecAgg+ with its masks expanded on one thread) and Flower's (plain,
+    SecAgg+), repetitions interleaved so that any background load hits all modes alike; medians
+    over repetitions."""
     import numpy as np
 
     from bench.federated import flower_secagg, secagg_cost
@@ -89,6 +90,7 @@ def part_secagg(n: int, params: int, reps: int, flower: bool = True) -> dict[str
     modes = {
         "plain": lambda s: secagg_cost._one(n, params, 0.1, False, s),
         "secagg": lambda s: secagg_cost._one(n, params, 0.1, True, s),
+        "secagg_1thread": lambda s: secagg_cost._one(n, params, 0.1, True, s, mask_threads=1),
     }
     if flower:
         modes["flower_plain"] = lambda s: flower_secagg._one(n, params, 0.1, False, s)
@@ -102,9 +104,10 @@ def part_secagg(n: int, params: int, reps: int, flower: bool = True) -> dict[str
     for mode, rs in runs.items():
         out[mode] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
         out[mode]["spread"] = {k: [float(min(r[k] for r in rs)), float(max(r[k] for r in rs))] for k in rs[0]}
-    # goals of issue 19, per repetition (the four modes of a repetition ran back to back) and overall
+    # goals of issue 19, per repetition (the modes of a repetition ran back to back) and overall
     pairs = {"plain_x_flower_plain": ("plain", "flower_plain"), "secagg_x_plain": ("secagg", "plain"),
-             "flower_secaggplus_x_secagg": ("flower_secaggplus", "secagg")}  # fmt: skip
+             "flower_secaggplus_x_secagg": ("flower_secaggplus", "secagg"),
+             "secagg_1thread_x_plain": ("secagg_1thread", "plain")}  # fmt: skip
     out["ratios"] = {}
     for name, (a, b) in pairs.items():
         if a not in runs or b not in runs:

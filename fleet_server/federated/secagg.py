@@ -17,9 +17,10 @@ Protocol version (`secagg_crypto.VERSION`): a device's keys reply names the vers
 device of another version (or one that names none: version 1) is left out of the round, counted
 as `secagg_version` and logged with both versions, and the roster names the server's version.
 
-Cost: masked vectors are read as views of the reply bytes (no copy), summed in place, and every
-mask the server must remove (self masks of survivors, pairwise masks of dropouts) is expanded in
-cache-sized blocks straight into the sum (`secagg_crypto.apply_masks`).
+Cost: masked vectors are read as views of the reply bytes (no copy); each is MAC-checked and added
+to the running sum in the same pass (`secagg_crypto.add_if_authentic`); every mask the server must
+remove (self masks of survivors, pairwise masks of dropouts) is expanded in cache-sized blocks
+straight into that sum, on `SecAggParams.mask_threads` threads (`secagg_crypto.apply_masks`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SecAggParams:
     max_clients: int = 1000
     degree: int = 0  # neighbours per device; 0 = min(n - 1, max(4, 2 ceil(log2 n)))
     timeout_s: float = 60.0
+    mask_threads: int = 0  # threads expanding the masks at unmask time; 0 = one per core, at most 4
 
     @property
     def scale(self) -> float:
@@ -151,7 +153,7 @@ class SecAggRound:
         masked = self._stage(
             "masked", {i: {"inbox": json.dumps(inbox[i]).encode()} for i in u2}, node_of, template
         )
-        survivors = self._check_masked(masked, rejected, template)
+        survivors, total = self._check_masked(masked, rejected, template)
         dropped = sorted(set(u2) - set(survivors))
         lists = json.dumps({"survivors": survivors, "dropped": dropped}).encode()
         reveals = (
@@ -159,8 +161,8 @@ class SecAggRound:
             if len(survivors) >= threshold
             else {}
         )
-        total = self._unmask(reveals, graph, survivors, dropped, threshold)
-        return self._outcome(total, survivors, dropped, rejected, node_of)
+        unmasked = self._unmask(reveals, graph, survivors, dropped, threshold, total=total)
+        return self._outcome(unmasked, survivors, dropped, rejected, node_of)
 
     # ------------------------------------------------------------------ stages
 
@@ -217,9 +219,11 @@ class SecAggRound:
 
     def _check_masked(
         self, masked: dict[int, Message], rejected: Counter[str], template: Message
-    ) -> list[int]:
+    ) -> tuple[list[int], np.ndarray]:
+        """Survivors (uploads whose MAC verifies) and the mod-2^32 sum of their masked vectors."""
         length = sum(math.prod(a.shape) for a in _arrays(template).values()) + 1
         survivors = []
+        total = np.zeros(length, np.uint32)
         for i, reply in masked.items():
             record = reply.content.get("masked")
             vec = (
@@ -230,13 +234,15 @@ class SecAggRound:
             key = sc.agree(self._sk, self.transcript.public_keys[i][0], b"mac")
             if vec is None or vec.shape != (length,) or vec.dtype != np.uint32:
                 rejected["bad_shape"] += 1
-            elif not sc.mac_ok(key, self._round_id, i, vec, _blob(reply, "mac")):
+            elif not sc.add_if_authentic(
+                total, vec, _blob(reply, "mac"), key=key, round_id=self._round_id, index=i
+            ):
                 rejected["bad_mac"] += 1
                 logger.warning("secagg masked update failed its MAC round_id=%s index=%d", self._round_id, i)
             else:
                 self.transcript.masked[i] = vec
                 survivors.append(i)
-        return sorted(survivors)
+        return sorted(survivors), total
 
     def _unmask(
         self,
@@ -245,7 +251,11 @@ class SecAggRound:
         survivors: list[int],
         dropped: list[int],
         t: int,
+        *,
+        total: np.ndarray,
     ) -> np.ndarray | None:
+        """`total` (the survivors' masked sum) with every mask removed, in place; None if too few
+        shares came back to rebuild a seed or a dropout's key."""
         if not survivors or len(reveals) < t:
             return None
         b_shares: dict[int, list[bytes]] = {}
@@ -273,8 +283,7 @@ class SecAggRound:
             for j in graph[d]:
                 if j in self.transcript.masked:  # j added the pair's mask if j < d, else subtracted it
                     masks.append((sc.agree(sk, self.transcript.public_keys[j][1], b"mask"), j > d))
-        total = np.zeros(len(self.transcript.masked[survivors[0]]), np.uint32)
-        sc.apply_masks(total, masks, plus=[self.transcript.masked[i] for i in survivors])
+        sc.apply_masks(total, masks, threads=self._p.mask_threads or sc.mask_threads())
         return total
 
     def _outcome(

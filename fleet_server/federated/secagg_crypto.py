@@ -7,15 +7,22 @@ masked upload, fixed-point decoding from two's complement mod 2^32.
 Protocol version 2 (`VERSION`): the masked upload's MAC is Poly1305 under a one-time key
 HMAC-SHA256(mac key, label || 16-byte nonce) over the round id, the device index and the vector,
 tag = nonce || Poly1305 tag (version 1 hashed the 4 MB vector with SHA-256 inside an HMAC:
-3-4x slower). The mask PRG is unchanged from version 1. Masks are expanded in cache-sized
-blocks straight into a reused buffer and added in place (`apply_masks`): no 4 MB temporaries.
+3-4x slower). The mask PRG is unchanged from version 1.
+
+Cost, server side: each upload is read once, its MAC computed and its words added to the running
+sum block by block while the block is in cache (`add_if_authentic`); masks are expanded in
+cache-sized blocks straight into a reused buffer and added in place (`apply_masks`: no 4 MB
+temporaries), on several threads over disjoint coordinate ranges (ChaCha20 seeks by its block
+counter; `cryptography` and numpy release the GIL for the expansion and the adds).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -32,6 +39,8 @@ NONCE = b"\0" * 16  # ChaCha20: 32-bit block counter 0 and a zero nonce (every s
 BLOCK_WORDS = 1 << 16  # 256 KiB of keystream per step: it stays in cache while it is added
 MAC_LABEL = b"edgeloop-secagg/v2/poly1305"
 MAC_BYTES = 32  # 16-byte nonce + 16-byte Poly1305 tag
+CHACHA_BLOCK_WORDS = 16  # one 64-byte ChaCha20 block: a keystream can start at any multiple of it
+MAX_MASK_THREADS = 4
 
 
 def keypair() -> tuple[X25519PrivateKey, bytes]:
@@ -46,8 +55,17 @@ def agree(sk: X25519PrivateKey, peer_pk: bytes, purpose: bytes) -> bytes:
     )
 
 
-def _keystream(seed: bytes) -> CipherContext:
-    return Cipher(algorithms.ChaCha20(seed, NONCE), mode=None).encryptor()
+def _keystream(seed: bytes, start_word: int = 0) -> CipherContext:
+    """The PRG's keystream from word `start_word` on (a multiple of `CHACHA_BLOCK_WORDS`): the same
+    bytes as skipping that many words of the stream from counter 0 (RFC 8439: the first 4 nonce
+    bytes are the little-endian block counter)."""
+    counter = start_word // CHACHA_BLOCK_WORDS
+    return Cipher(algorithms.ChaCha20(seed, counter.to_bytes(4, "little") + NONCE[4:]), mode=None).encryptor()
+
+
+def mask_threads() -> int:
+    """Threads `apply_masks` uses by default on this host: one per usable core, at most 4."""
+    return max(1, min(MAX_MASK_THREADS, len(os.sched_getaffinity(0))))
 
 
 def prg(seed: bytes, length: int) -> np.ndarray:
@@ -58,27 +76,55 @@ def prg(seed: bytes, length: int) -> np.ndarray:
 
 
 def apply_masks(
-    vec: np.ndarray, masks: Sequence[tuple[bytes, bool]], *, plus: Sequence[np.ndarray] = ()
+    vec: np.ndarray,
+    masks: Sequence[tuple[bytes, bool]],
+    *,
+    plus: Sequence[np.ndarray] = (),
+    threads: int = 1,
 ) -> None:
     """In place, mod 2^32: `vec += sum(plus)`, then `vec += PRG(seed)` for `(seed, True)` and
     `vec -= PRG(seed)` for `(seed, False)`.
 
     Equal to adding each `prg(seed, len(vec))` in turn; the work runs block by block (the
     keystreams into one reused buffer) so each block of `vec` is updated while it is in cache.
+    With `threads` > 1, each thread takes a contiguous range of coordinates (at least one block)
+    and starts every keystream at that range's first ChaCha20 block: same result, less wall time
+    on a multi-core server (CPU time is unchanged).
     """
     if vec.dtype != np.uint32 or vec.ndim != 1 or not vec.flags.c_contiguous:
         raise ValueError("apply_masks needs a contiguous 1-d uint32 vector")
     if any(v.shape != vec.shape for v in plus):
         raise ValueError("apply_masks: every vector in `plus` must have the shape of `vec`")
-    streams = [(_keystream(seed), add) for seed, add in masks]
-    size = min(len(vec), BLOCK_WORDS)
-    block = np.empty(size, np.uint32)
+    spans = _spans(len(vec), threads)
+    if len(spans) == 1:
+        _mask_span(vec, masks, plus, 0, len(vec))
+        return
+    with ThreadPoolExecutor(len(spans), thread_name_prefix="secagg-mask") as pool:
+        for done in [pool.submit(_mask_span, vec, masks, plus, a, b) for a, b in spans]:
+            done.result()
+
+
+def _spans(length: int, threads: int) -> list[tuple[int, int]]:
+    """`threads` contiguous ranges of [0, length) starting on ChaCha20 blocks, none below one
+    `BLOCK_WORDS` step (fewer ranges for short vectors)."""
+    n = max(1, min(threads, length // BLOCK_WORDS))
+    step = -(-length // n)
+    step = -(-step // CHACHA_BLOCK_WORDS) * CHACHA_BLOCK_WORDS
+    return [(a, min(a + step, length)) for a in range(0, length, step)] or [(0, 0)]
+
+
+def _mask_span(
+    vec: np.ndarray, masks: Sequence[tuple[bytes, bool]], plus: Sequence[np.ndarray], lo: int, hi: int
+) -> None:
+    streams = [(_keystream(seed, lo), add) for seed, add in masks]
+    block = np.empty(min(hi - lo, BLOCK_WORDS), np.uint32)
     zeros = memoryview(bytes(block.nbytes))
-    for start in range(0, len(vec), BLOCK_WORDS):
-        part = vec[start : start + BLOCK_WORDS]
+    for start in range(lo, hi, BLOCK_WORDS):
+        end = min(start + BLOCK_WORDS, hi)
+        part = vec[start:end]
         for v in plus:
-            np.add(part, v[start : start + BLOCK_WORDS], out=part)
-        ks = block[: len(part)]
+            np.add(part, v[start:end], out=part)
+        ks = block[: end - start]
         raw, src = ks.data.cast("B"), zeros[: ks.nbytes]
         for enc, add in streams:
             enc.update_into(src, raw)
@@ -115,19 +161,54 @@ def mac_header(round_id: str, index: int) -> bytes:
     return len(rid).to_bytes(2, "big") + rid + index.to_bytes(4, "big")
 
 
-def mac_ok(key: bytes, round_id: str, index: int, payload: np.ndarray | bytes, tag: bytes) -> bool:
-    """Check the device's tag (nonce || Poly1305) over the round, its index and the masked vector."""
-    if len(tag) != MAC_BYTES:
-        return False
+def _poly(key: bytes, tag: bytes, round_id: str, index: int) -> Poly1305:
     one_time = hmac.new(key, MAC_LABEL + tag[:16], hashlib.sha256).digest()
     poly = Poly1305(one_time)
     poly.update(mac_header(round_id, index))
-    poly.update(_octets(payload))
+    return poly
+
+
+def _verified(poly: Poly1305, tag: bytes) -> bool:
     try:
         poly.verify(tag[16:])
     except InvalidSignature:
         return False
     return True
+
+
+def mac_ok(key: bytes, round_id: str, index: int, payload: np.ndarray | bytes, tag: bytes) -> bool:
+    """Check the device's tag (nonce || Poly1305) over the round, its index and the masked vector."""
+    if len(tag) != MAC_BYTES:
+        return False
+    poly = _poly(key, tag, round_id, index)
+    poly.update(_octets(payload))
+    return _verified(poly, tag)
+
+
+def add_if_authentic(
+    total: np.ndarray, vec: np.ndarray, tag: bytes, *, key: bytes, round_id: str, index: int
+) -> bool:
+    """`total += vec` (mod 2^32) when `tag` authenticates `vec` exactly as `mac_ok` does; else
+    `total` is left as it was and False is returned.
+
+    One pass over the upload: each block is fed to Poly1305 and added to `total` while it is in
+    cache (checking, then summing, reads the 4 MB twice). A vector whose tag fails is subtracted
+    back out, which restores `total` exactly (arithmetic mod 2^32).
+    """
+    if total.dtype != np.uint32 or total.ndim != 1 or not total.flags.c_contiguous:
+        raise ValueError("add_if_authentic needs a contiguous 1-d uint32 sum")
+    if len(tag) != MAC_BYTES or vec.dtype != np.uint32 or vec.shape != total.shape:
+        return False
+    flat = np.ascontiguousarray(vec)
+    poly = _poly(key, tag, round_id, index)
+    for start in range(0, len(flat), BLOCK_WORDS):
+        part = flat[start : start + BLOCK_WORDS]
+        poly.update(part.view(np.uint8).data)
+        np.add(total[start : start + BLOCK_WORDS], part, out=total[start : start + BLOCK_WORDS])
+    if _verified(poly, tag):
+        return True
+    np.subtract(total, flat, out=total)
+    return False
 
 
 def decode_fixed(total: np.ndarray, *, scale: float) -> np.ndarray:

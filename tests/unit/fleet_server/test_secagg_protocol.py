@@ -2,12 +2,16 @@
 
 The mask PRG is pinned to the ChaCha20 known-answer vector (RFC 8439, all-zero key and nonce), so
 a faster expansion can never silently change the masks devices already produce; block-wise
-in-place masking equals adding whole keystreams; the v2 upload MAC verifies across the two
-copies and fails on any change; a device of another protocol version is left out of the round
-(counted, the round still completes) and an agent refuses a server of another version.
+in-place masking equals adding whole keystreams, also split over threads that start keystreams
+mid-way; the v2 upload MAC verifies across the two copies and fails on any change, and the
+server's MAC-checked sum adds an upload only when its tag verifies; a device of another protocol
+version is left out of the round (counted, the round still completes) and an agent refuses a
+server of another version.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -57,6 +61,54 @@ def test_block_wise_masking_equals_whole_keystreams_on_both_sides(length: int) -
     assert np.array_equal(total, base + base)
     with pytest.raises(ValueError):
         sc.apply_masks(base.astype(np.int64), masks)
+
+
+@pytest.mark.parametrize("length", [1, 2 * B - 1, 2 * B + 5, 4 * B + 17])
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_threaded_masking_equals_one_thread(length: int, threads: int) -> None:
+    rng = np.random.default_rng(length + threads)
+    base = rng.integers(0, 2**32, length, dtype=np.uint32)
+    masks = [(rng.bytes(32), bool(rng.integers(2))) for _ in range(4)]
+    plus = [rng.integers(0, 2**32, length, dtype=np.uint32)]
+    expected = base + plus[0]
+    for seed, add in masks:
+        expected = expected + sc.prg(seed, length) if add else expected - sc.prg(seed, length)
+    got = base.copy()
+    sc.apply_masks(got, masks, plus=plus, threads=threads)
+    assert np.array_equal(got, expected)
+    spans = sc._spans(length, threads)  # a thread starts each keystream mid-way, on a ChaCha20 block
+    assert spans[0][0] == 0 and spans[-1][1] == length and len(spans) == min(threads, max(1, length // B))
+    assert all(lo % sc.CHACHA_BLOCK_WORDS == 0 and lo < hi for lo, hi in spans)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_keystream_started_on_a_later_block_is_the_rest_of_the_stream() -> None:
+    seed = bytes(range(32))
+    whole = sc.prg(seed, 10 * sc.CHACHA_BLOCK_WORDS)
+    for start in (sc.CHACHA_BLOCK_WORDS, 7 * sc.CHACHA_BLOCK_WORDS):
+        part = np.empty(len(whole) - start, np.uint32)
+        sc._keystream(seed, start).update_into(bytes(part.nbytes), part.data.cast("B"))
+        assert np.array_equal(part, whole[start:])
+
+
+def test_mac_checked_sum_adds_only_authentic_uploads() -> None:
+    key, rng = b"k" * 32, np.random.default_rng(3)
+    vec = rng.integers(0, 2**32, 2 * B + 9, dtype=np.uint32)
+    start = rng.integers(0, 2**32, len(vec), dtype=np.uint32)
+    total, tag = start.copy(), ac.mac(key, "r:1", 7, vec)
+    assert sc.add_if_authentic(total, vec, tag, key=key, round_id="r:1", index=7)
+    assert np.array_equal(total, start + vec)
+    changed = vec.copy()
+    changed[-1] ^= 1  # in the last block: the sum was already updated when the tag fails
+    for args in ((changed, tag), (vec, tag[:-1] + bytes([tag[-1] ^ 1])), (vec, tag[:31]), (vec[:-1], tag)):
+        assert not sc.add_if_authentic(total, *args, key=key, round_id="r:1", index=7)
+        assert np.array_equal(total, start + vec)  # left exactly as it was
+    assert not sc.add_if_authentic(total, vec, tag, key=key, round_id="r:1", index=8)
+    assert not sc.add_if_authentic(total, vec, tag, key=key, round_id="r:2", index=7)
+    assert not sc.add_if_authentic(total, vec, tag, key=b"j" * 32, round_id="r:1", index=7)
+    assert np.array_equal(total, start + vec)
+    with pytest.raises(ValueError):
+        sc.add_if_authentic(total.astype(np.int64), vec, tag, key=key, round_id="r:1", index=7)
 
 
 def test_upload_mac_verifies_across_sides_and_fails_on_any_change() -> None:
