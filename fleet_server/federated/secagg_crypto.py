@@ -65,7 +65,8 @@ def _keystream(seed: bytes, start_word: int = 0) -> CipherContext:
 
 def mask_threads() -> int:
     """Threads `apply_masks` uses by default on this host: one per usable core, at most 4."""
-    return max(1, min(MAX_MASK_THREADS, len(os.sched_getaffinity(0))))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_MASK_THREADS, usable or 1))
 
 
 def prg(seed: bytes, length: int) -> np.ndarray:
