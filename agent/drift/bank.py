@@ -30,11 +30,27 @@ class Crossing:
     window_rows: int
 
 
+class _Stride:
+    """The windows tested every `stride` blocks: their ring of stride sums and rows of the bank's sums."""
+
+    def __init__(self, stride: int, units: tuple[int, ...], first: int, width: int) -> None:
+        self.stride = stride
+        self.first, self.end = first, first + len(units)
+        self.ring = np.zeros((max(units), width), np.float32)
+        self.partial: np.ndarray | None = np.zeros(width, np.float32) if stride > 1 else None
+        size = self.ring.shape[0]
+        # per ring position: the slot each window drops when a unit lands there (never written: 0)
+        self.leaving = [np.array([(pos - u) % size for u in units]) for pos in range(size)]
+        self.units = units
+
+
 class WindowBank:
     """Rings of block sums for one channel model with thresholds per "kind@window" group.
 
     Windows with the same stride share one ring of (up to 8) stride-block sums; a partial sum
     collects the blocks of the stride under way. A window is tested when its stride completes.
+    The running sums of all windows live in one array, ordered by stride, so the windows due at a
+    block are updated and tested with a few numpy calls whatever the number of channels.
     """
 
     def __init__(self, channels: ChannelModel, bank: BankConfig, thresholds: dict[str, float]) -> None:
@@ -42,27 +58,26 @@ class WindowBank:
         self.bank = bank
         width = len(channels.names)
         self._blocks = 0
-        strides = sorted({bank.stride(w) for w in bank.windows})
-        self._rings = {
-            st: np.zeros((max(w // st for w in bank.windows if bank.stride(w) == st), width), np.float32)
-            for st in strides
-        }
-        self._partial = {st: np.zeros(width, np.float32) for st in strides if st > 1}
-        self._sums = {w: np.zeros(width) for w in bank.windows}
+        windows = sorted(bank.windows, key=bank.stride)  # stable: windows in config order within a stride
+        self._windows = tuple(windows)
+        self._strides: list[_Stride] = []
+        for st in sorted({bank.stride(w) for w in windows}):
+            first = next(i for i, w in enumerate(windows) if bank.stride(w) == st)
+            units = tuple(w // st for w in windows if bank.stride(w) == st)
+            self._strides.append(_Stride(st, units, first, width))
+        self._sums = np.zeros((len(windows), width))
+        self._dev = np.zeros((len(windows), width))
+        self._hit = np.zeros((len(windows), width), dtype=np.bool_)
+        self._limit = np.full((len(windows), width), np.inf)
         kinds = channels.kind_index()
-        self._limit: dict[int, FloatArray] = {}
-        self._offset: dict[int, FloatArray] = {}
-        self._scaled: dict[int, FloatArray] = {}
-        for w in bank.windows:
-            limit = np.full(width, np.inf)
+        for i, w in enumerate(windows):
             for kind, idx in kinds.items():
-                limit[idx] = thresholds.get(f"{kind}@{w}", np.inf)
-            rows = w * bank.block
-            se = channels.std * np.sqrt(1.0 / rows + 1.0 / channels.n_ref)
-            # |sum/rows - mean| / se > limit  <=>  |sum - rows*mean| > limit*se*rows (dead channel: never)
-            self._limit[w] = limit
-            self._offset[w] = rows * channels.mean
-            self._scaled[w] = np.where(se > 0, limit * se * rows, np.inf)
+                self._limit[i, idx] = thresholds.get(f"{kind}@{w}", np.inf)
+        rows = np.array([w * bank.block for w in windows], dtype=np.float64)[:, None]
+        se = channels.std * np.sqrt(1.0 / rows + 1.0 / channels.n_ref)
+        # |sum/rows - mean| / se > limit  <=>  |sum - rows*mean| > limit*se*rows (dead channel: never)
+        self._offset = rows * channels.mean
+        self._scaled = np.where(se > 0, self._limit * se * rows, np.inf)
 
     @property
     def blocks(self) -> int:
@@ -70,57 +85,73 @@ class WindowBank:
 
     @property
     def nbytes(self) -> int:
-        arrays: list[np.ndarray] = [*self._rings.values(), *self._partial.values(), *self._sums.values()]
+        arrays: list[np.ndarray] = [self._sums, *(g.ring for g in self._strides)]
+        arrays += [g.partial for g in self._strides if g.partial is not None]
         return int(sum(a.nbytes for a in arrays))
 
     def push(self, block_sums: FloatArray) -> list[list[Crossing]]:
         """Add completed blocks (nb, channels); return the crossings at the end of each block.
 
         Window sums are kept running: each completed stride adds its (float32-rounded) sum and
-        drops the one leaving the window, so the float64 running sums stay exact sums of the ring.
+        drops the one leaving the window (a ring slot not yet written holds 0), so the float64
+        running sums stay exact sums of the ring.
         """
+        rows = np.asarray(block_sums, dtype=np.float64)
+        rows32 = rows.astype(np.float32)
         out: list[list[Crossing]] = []
-        for row in np.asarray(block_sums, dtype=np.float64):
+        for r in range(rows.shape[0]):
             self._blocks += 1
-            crossings: list[Crossing] = []
-            for st, ring in self._rings.items():
-                if st > 1:
-                    self._partial[st] += row
-                    if self._blocks % st:
-                        continue
-                    unit = self._partial[st].astype(np.float32)
-                    self._partial[st][:] = 0.0
+            due: list[tuple[int, int]] = []  # rows of the sums whose stride completes at this block
+            for g in self._strides:
+                if g.partial is None:
+                    unit = rows32[r]
                 else:
-                    unit = row.astype(np.float32)
-                done = self._blocks // st  # units completed, this one included
-                pos = (done - 1) % ring.shape[0]
-                for w in self.bank.windows:
-                    if self.bank.stride(w) != st:
+                    g.partial += rows[r]
+                    if self._blocks % g.stride:
                         continue
-                    crossings += self._advance(w, unit, ring, done, pos)
-                ring[pos] = unit
+                    unit = g.partial.copy()
+                    g.partial[:] = 0.0
+                pos = (self._blocks // g.stride - 1) % g.ring.shape[0]
+                sums = self._sums[g.first : g.end]
+                sums += unit
+                sums -= g.ring[g.leaving[pos]]
+                g.ring[pos] = unit
+                if due and due[-1][1] == g.first:
+                    due[-1] = (due[-1][0], g.end)  # adjacent rows: one test
+                else:
+                    due.append((g.first, g.end))
+            crossings: list[Crossing] = []
+            for first, end in due:
+                crossings += self._test(first, end)
             out.append(crossings)
         return out
 
-    def _advance(self, w: int, unit: np.ndarray, ring: np.ndarray, done: int, pos: int) -> list[Crossing]:
-        units = w // self.bank.stride(w)
-        sums = self._sums[w]
-        sums += unit
-        if done > units:
-            sums -= ring[(pos - units) % ring.shape[0]]
-        if done < units:
+    def _test(self, first: int, end: int) -> list[Crossing]:
+        """Crossings of the full windows in rows [first, end) of the sums, in window order."""
+        dev, hit = self._dev[first:end], self._hit[first:end]
+        np.subtract(self._sums[first:end], self._offset[first:end], out=dev)
+        np.abs(dev, out=dev)
+        np.greater(dev, self._scaled[first:end], out=hit)
+        if not hit.any():
             return []
-        hit = np.abs(sums - self._offset[w]) > self._scaled[w]
-        return self._crossings(np.flatnonzero(hit), sums, w) if hit.any() else []
+        crossings: list[Crossing] = []
+        for i in range(first, end):
+            w = self._windows[i]
+            st = self.bank.stride(w)
+            if self._blocks // st < w // st or not self._hit[i].any():
+                continue  # window not full yet, or quiet
+            crossings += self._crossings(np.flatnonzero(self._hit[i]), self._sums[i], i)
+        return crossings
 
-    def _crossings(self, channels: np.ndarray, sums: FloatArray, w: int) -> list[Crossing]:
+    def _crossings(self, channels: np.ndarray, sums: FloatArray, i: int) -> list[Crossing]:
+        w = self._windows[i]
         z = np.abs(window_z(sums, w * self.bank.block, self.channels))
         return [
             Crossing(
                 self.channels.names[c],
                 self.channels.kinds[c],
                 float(z[c]),
-                float(self._limit[w][c]),
+                float(self._limit[i][c]),
                 w * self.bank.block,
             )
             for c in channels

@@ -31,8 +31,9 @@ from agent.drift.bank import Crossing, WindowBank
 from agent.drift.episodes import Episode, EpisodeTracker
 from agent.drift.quality import NONFINITE_POLICIES, BadInput, DriftInputError, trailing_run
 from agent.drift.reference import ReferenceProfile
-from agent.drift.sketch import BinTable, FloatArray
+from agent.drift.sketch import EdgeCounts, FloatArray
 from agent.drift.stats import ChannelModel
+from agent.drift.stuck import StuckRuns
 
 __all__ = ["BadInput", "DriftInputError", "DriftMonitor", "InputRows", "Timestamps"]
 
@@ -60,6 +61,8 @@ class _Stream:
 
     def add(self, rows: FloatArray) -> FloatArray | None:
         """Buffer valid rows; returns the rows of newly completed blocks (a multiple of `block`)."""
+        if not self._pending_rows and rows.shape[0] % self.block == 0:
+            return rows  # whole blocks and nothing buffered: the daemon's usual feed
         self._pending.append(rows)
         self._pending_rows += rows.shape[0]
         if self._pending_rows < self.block:
@@ -124,13 +127,9 @@ class DriftMonitor:
             if profile.errors is not None
             else None
         )
-        d = len(profile.feature_names)
-        self._runs = np.array(cal.stuck_runs, dtype=np.int64)
-        self._last = np.full(d, np.nan)
-        self._run = np.zeros(d, dtype=np.int32)
-        self.bins = np.zeros((d, 10), dtype=np.int32)
-        self._deciles = BinTable.pack(profile.deciles)
-        self._bin_shift = 10 * np.arange(d)
+        self._stuck = StuckRuns(cal.stuck_runs)
+        self._bins = EdgeCounts(profile.deciles)
+        self._nan_seen = False
 
     # ------------------------------------------------------------ public API
 
@@ -214,13 +213,12 @@ class DriftMonitor:
         read-only arrays (score maps, thresholds, stuck run lengths) are not counted.
         """
         streams = [s for s in (self._inputs, self._outputs, self._labels) if s is not None]
-        fixed = self._last.nbytes + self._run.nbytes + self.bins.nbytes + self._nan_run.nbytes
+        fixed = self._stuck.nbytes + self._bins.nbytes + self._nan_run.nbytes
         return fixed + sum(s.nbytes for s in streams)
 
     def take_bins(self) -> FloatArray:
         """Counts per feature in the reference's decile bins since the last call (mergeable sketch)."""
-        out, self.bins = self.bins, np.zeros_like(self.bins)
-        return out.astype(np.float64)
+        return self._bins.take()
 
     # ------------------------------------------------------------ internals
 
@@ -262,9 +260,11 @@ class DriftMonitor:
         finite = np.isfinite(x)
         if not finite.all():
             self._count_nonfinite(finite)
-            x = x[finite.all(axis=1)]
-        elif self._nan_run.any():
+            self._nan_seen = True
+            return x[finite.all(axis=1)]
+        if self._nan_seen:
             self._nan_run[:] = 0
+            self._nan_seen = False
         return x
 
     def _count_nonfinite(self, finite: npt.NDArray[np.bool_]) -> None:
@@ -349,42 +349,22 @@ class DriftMonitor:
         if full is None:
             return []
         mx = self.profile.project(full)
-        self._count_bins(mx)
-        runs = self._run_lengths(mx)
+        self._bins.add(mx)
+        stuck = self._stuck.push(mx, stream.block)
         crossings = stream.push(self.profile.inputs.values(mx))
-        b = stream.block
-        peak = runs.reshape(len(crossings), b, -1).max(axis=1)
-        hit = (self._runs > 0) & (peak >= self._runs)
-        if hit.any():
+        if stuck:
             names = self.profile.feature_names
-            for i, j in zip(*np.nonzero(hit), strict=True):
-                run = float(peak[i, j])
-                crossings[i].append(
-                    Crossing(f"stuck:{names[j]}", "stuck", run, float(self._runs[j]), int(run))
-                )
+            for i, j, run, limit in stuck:
+                crossings[i].append(Crossing(f"stuck:{names[j]}", "stuck", float(run), float(limit), run))
         events = self._run_stream(stream, crossings)
         if self._quality.current is not None:  # good blocks count toward closing a quality episode
+            b = stream.block
             base = stream.position - len(crossings) * b
             for i in range(len(crossings)):
                 event = self._quality.step([], base + (i + 1) * b, self._next_id)
                 if event is not None:
                     events.append(event)
         return events
-
-    def _run_lengths(self, mx: FloatArray) -> npt.NDArray[np.int64]:
-        """Per row and feature: length of the run of equal values ending at that row."""
-        n = mx.shape[0]
-        eq = mx == np.vstack([self._last, mx[:-1]])
-        idx = np.arange(n)[:, None]
-        last_reset = np.maximum.accumulate(np.where(~eq, idx, -1), axis=0)
-        run = np.where(last_reset >= 0, idx - last_reset + 1, idx + 1 + self._run).astype(np.int64)
-        self._last, self._run = mx[-1].copy(), run[-1].astype(np.int32)
-        return run
-
-    def _count_bins(self, mx: FloatArray) -> None:
-        d = mx.shape[1]
-        idx = self._deciles.index(mx) + self._bin_shift
-        self.bins += np.bincount(idx.ravel(), minlength=10 * d).reshape(d, 10)
 
     def _run_stream(self, stream: _Stream, crossings: list[list[Crossing]]) -> list[Episode]:
         events = []

@@ -137,26 +137,35 @@ class ScoreTable:
         return np.interp(_slot(x, self.lo, self.span, self.offset), self.knots, self.scores)
 
 
-@dataclass(frozen=True)
-class BinTable:
-    """Per-feature bin edges (e.g. reference deciles) packed for one `np.searchsorted` per batch."""
+class EdgeCounts:
+    """Per feature, how many values fell in each bin between fixed edges (e.g. the reference deciles).
 
-    lo: FloatArray
-    span: FloatArray
-    offset: FloatArray
-    edges: FloatArray
-    start: npt.NDArray[np.int64]
+    Kept as counts of values at or above each edge, one comparison of a batch against all edges
+    of all features in one numpy call; `take()` turns them into counts per bin (a mergeable sketch).
+    A value equal to an edge counts in the bin above it.
+    """
 
-    @classmethod
-    def pack(cls, edges: FloatArray) -> BinTable:
-        cols = [np.asarray(row, dtype=np.float64) for row in edges]
-        lo, span, offset = _packed_line(cols)
-        packed = [(c - lo[j]) / span[j] + offset[j] for j, c in enumerate(cols)]
-        start = np.cumsum([0] + [c.size for c in cols[:-1]]).astype(np.int64)
-        flat = np.concatenate(packed) if packed else np.zeros(0)
-        return cls(lo, span, offset, flat, start)
+    def __init__(self, edges: FloatArray) -> None:
+        """`edges` (d, k): k increasing edges per feature, k + 1 bins."""
+        e = np.asarray(edges, dtype=np.float64).reshape(len(edges), -1)
+        self._edges = np.maximum.accumulate(e, axis=1).T.copy()  # (k, d); quantiles are sorted already
+        self._above: npt.NDArray[np.int32] = np.zeros(self._edges.shape, dtype=np.int32)
+        self._rows = 0
 
-    def index(self, x: FloatArray) -> npt.NDArray[np.int64]:
-        """Per value: how many of its feature's edges are <= it (0..edges per feature)."""
-        u = _slot(x, self.lo, self.span, self.offset)
-        return np.searchsorted(self.edges, u, side="right") - self.start
+    def add(self, x: FloatArray) -> None:
+        """Count finite rows `x` (n, d)."""
+        self._above += (x[:, None, :] >= self._edges).sum(axis=0, dtype=np.int32)
+        self._rows += x.shape[0]
+
+    def take(self) -> FloatArray:
+        """Counts (d, k + 1) per feature and bin since the last call; starts counting afresh."""
+        above = self._above.astype(np.float64)
+        total = np.full((1, self._above.shape[1]), float(self._rows))
+        cum = np.concatenate([total, above, np.zeros_like(total)])  # values >= each lower bin edge
+        self._above[:] = 0
+        self._rows = 0
+        return np.asarray((cum[:-1] - cum[1:]).T)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._above.nbytes)

@@ -72,6 +72,10 @@ class InputModel:
         object.__setattr__(self, "_table", ScoreTable.pack(tuple(self.maps[j] for j in var)))
         object.__setattr__(self, "_var", var)
         object.__setattr__(self, "_const", np.flatnonzero(~np.isnan(const)))
+        # Per-batch constants, sliced once here rather than on every call.
+        object.__setattr__(self, "_var_mean", self.score_mean[var].copy())
+        object.__setattr__(self, "_var_std", self.score_std[var].copy())
+        object.__setattr__(self, "_const_values", const[~np.isnan(const)].copy())
 
     @property
     def varying(self) -> npt.NDArray[np.intp]:
@@ -88,31 +92,53 @@ class InputModel:
         if var.size == 0:
             return np.zeros((x.shape[0], 0))
         z = table.transform(x[:, var]) if var.size < len(self.maps) else table.transform(x)
-        return np.asarray((z - self.score_mean[var]) / self.score_std[var])
+        z -= self.__dict__["_var_mean"]
+        z /= self.__dict__["_var_std"]
+        return z
 
     def values(self, x: FloatArray) -> FloatArray:
-        """Channel values (n, channels) of finite rows `x` (n, d): location, scale, constant, joint."""
+        """Channel values (n, channels) of finite rows `x` (n, d): location, scale, constant, joint.
+
+        Written column group by column group into one array, each group one numpy call over all
+        features (the monitor's per-block cost is the number of calls, not their size).
+        """
         s = self.scores(x)
-        maha = quadratic_form(s, self.precision)
-        joint = np.cbrt(np.maximum(maha, 0.0) / max(1, s.shape[1]))
+        n, dv = s.shape
         const = self.constant_index
-        if const.size == 0:
-            return np.concatenate([s, (s * s - 1.0) / _SQRT2, joint[:, None]], axis=1)
-        off = (x[:, const] != self.constant[const]).astype(np.float64)
-        return np.concatenate([s, (s * s - 1.0) / _SQRT2, off, joint[:, None]], axis=1)
+        out = np.empty((n, 2 * dv + const.size + 1))
+        out[:, :dv] = s
+        scale = out[:, dv : 2 * dv]
+        np.multiply(s, s, out=scale)
+        scale -= 1.0
+        scale /= _SQRT2
+        if const.size:
+            np.not_equal(x[:, const], self.__dict__["_const_values"], out=out[:, 2 * dv : -1])
+        maha = quadratic_form(s, self.precision)
+        np.maximum(maha, 0.0, out=maha)
+        maha /= max(1, dv)
+        np.cbrt(maha, out=out[:, -1])
+        return out
 
 
-_CHUNK = 24  # rows per matrix product: larger ones wake multi-threaded BLAS, which costs 10-50x CPU
+_BLAS_ONE_THREAD = 65_536  # multiply-adds per product: OpenBLAS runs smaller ones on one thread
+_CHUNK = 25  # rows per product at least (one block); 25 x 64 x 64 was measured single-threaded
 
 
 def quadratic_form(s: FloatArray, precision: FloatArray) -> FloatArray:
-    """Row-wise s P s^T, in small row chunks (single-threaded BLAS on a busy device)."""
-    if s.shape[0] <= _CHUNK:
-        return np.asarray(((s @ precision) * s).sum(axis=1))
+    """Row-wise s P s^T, in row chunks small enough for single-threaded BLAS.
+
+    Larger products wake multi-threaded BLAS, which cost 10-50x the CPU on a busy device.
+    """
+    dv = precision.shape[0]
+    chunk = max(_CHUNK, _BLAS_ONE_THREAD // max(1, dv * dv))
+    if s.shape[0] <= chunk:
+        sp = s @ precision
+        sp *= s
+        return np.asarray(sp.sum(axis=1))
     out = np.empty(s.shape[0])
-    for i in range(0, s.shape[0], _CHUNK):
-        part = s[i : i + _CHUNK]
-        out[i : i + _CHUNK] = ((part @ precision) * part).sum(axis=1)
+    for i in range(0, s.shape[0], chunk):
+        part = s[i : i + chunk]
+        out[i : i + chunk] = ((part @ precision) * part).sum(axis=1)
     return out
 
 
