@@ -11,6 +11,13 @@ Relative library paths are resolved against the profile's folder (``firmware_ima
 device class ships its libraries beside its profile. Whether a library exists is checked by the
 backend when it loads a model (the compiler reads the same profiles on a host without them). Does
 not choose a backend: `agent.inference` and the compiler read `RuntimeSpec` and decide.
+
+A class whose devices micro-batch concurrent requests says up to how many samples (the compiler
+then judges quality at that batch too; the agent's own ``[inference]`` config still decides whether
+it micro-batches)::
+
+    [serving]
+    micro_batch = 32                         # absent: devices serve batch 1
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class DeviceProfile:
     quantization: tuple[str, ...]
     budget: Budget
     slots_root: str
+    micro_batch: int | None = None  # [serving] micro_batch: samples per micro-batch (None: batch 1)
 
 
 def profiles_dir() -> Path:
@@ -136,7 +144,26 @@ def _parse(raw: dict[str, Any], folder: Path | None = None) -> DeviceProfile:
         quantization=quant,
         budget=budget,
         slots_root=str(raw.get("slots", {}).get("root", "/var/lib/edgeloop/models")),
+        micro_batch=_micro_batch(raw.get("serving", {})),
     )
+
+
+def _micro_batch(serving: Any) -> int | None:
+    """``[serving] micro_batch``: an integer >= 2, or absent.
+
+    Raises:
+        ValueError: not a table, or not an integer >= 2 (the message names the key).
+    """
+    if not isinstance(serving, dict):
+        raise ValueError("serving must be a table")
+    value = serving.get("micro_batch")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(
+            f"serving.micro_batch={value!r}: give an integer >= 2 (leave it out when devices serve batch 1)"
+        )
+    return value
 
 
 def _custom_ops(raw: Any, folder: Path) -> tuple[tuple[str, ...], tuple[LiteRTCustomOps, ...]]:

@@ -1,9 +1,11 @@
 """`build`: model + profiles + data -> one validated artifact per profile, report and model card.
 
 Owns the build run end to end: resolving inputs (profiles first, so an unknown profile fails before
-any work), export to ONNX, data/shape checks, the per-profile search, the validation gate, and the
-atomic output: everything is written into a temp folder next to `out` and renamed into place only
-when every profile has an artifact inside its budgets. A failed run leaves nothing behind.
+any work), export to ONNX, data/shape checks, the batches each profile's quality is judged at
+(batch 1, plus a micro-batch size: the request's `micro_batch` when given, else the profile's
+``[serving] micro_batch``), the per-profile search, the validation gate, and the atomic output:
+everything is written into a temp folder next to `out` and renamed into place only when every
+profile has an artifact inside its budgets. A failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class BuildRequest:
     all_runtimes: bool = False
     calib_samples: int = 256
     latency_calls: int = 200
-    micro_batch: int | None = None  # the device micro-batches: also judge quality at this batch
+    # Also judge quality at this batch (the devices micro-batch); overrides every profile's own
+    # `[serving] micro_batch`; 1: batch 1 only, whatever the profiles say; None: each profile's own.
+    micro_batch: int | None = None
     latency_clock: str = "cpu"  # judge the p95 budget on thread CPU time ("cpu") or wall time
     force: bool = False
     task: str | None = None  # classification | embedding; inferred when None
@@ -61,6 +65,22 @@ def load_profiles(names: tuple[str, ...]) -> list[DeviceProfile]:
         raise InputError(str(err)) from err
 
 
+def quality_batch(request: BuildRequest, profile: DeviceProfile) -> dict[str, Any]:
+    """The batches `profile`'s candidates are judged at, and where the micro-batch size came from.
+
+    ``{"serve": 1, "micro_batch": N | None, "source": "request" | "profile" | None}``: the
+    request's `micro_batch` (``--micro-batch``) wins over the profile's ``[serving] micro_batch``;
+    a micro-batch of 1 is batch 1 only (``micro_batch`` None, ``source`` says who decided it).
+    """
+    if request.micro_batch is not None:
+        size, source = request.micro_batch, "request"
+    elif profile.micro_batch is not None:
+        size, source = profile.micro_batch, "profile"
+    else:
+        size, source = None, None
+    return {"serve": 1, "micro_batch": size if size and size > 1 else None, "source": source}
+
+
 def build(request: BuildRequest, on_event: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Run the build; return the report (also written to `out/report.json`).
 
@@ -72,8 +92,11 @@ def build(request: BuildRequest, on_event: Callable[[str], None] = lambda _m: No
     profiles = load_profiles(request.profiles)
     if request.latency_clock not in pipeline.CLOCKS:
         raise InputError(f"latency clock {request.latency_clock!r}; choose one of {pipeline.CLOCKS}")
-    if request.micro_batch is not None and request.micro_batch < 2:
-        raise InputError(f"micro-batch {request.micro_batch}: give 2 or more (batch 1 is always measured)")
+    if request.micro_batch is not None and request.micro_batch < 1:
+        raise InputError(
+            f"micro-batch {request.micro_batch}: give 2 or more, or 1 for batch 1 only "
+            "(batch 1 is always measured)"
+        )
     out = request.out.resolve()
     if out.exists() and any(out.iterdir()) and not request.force:
         raise InputError(f"{out} exists and is not empty (use --force to replace it)")
@@ -123,17 +146,22 @@ def _build_into(
         task="?",
         torch_model=model,
         latency_calls=request.latency_calls,
-        micro_batch=request.micro_batch,
     )
     tc.task = request.task or quality.infer_task(tc.reference_outputs(), evaluation.labels)
     reference = tc.reference()
-    outcomes = [_search(prof, tc, reference, request, on_event) for prof in profiles]
+    batches = {prof.name: quality_batch(request, prof) for prof in profiles}
+    outcomes = [
+        _search(prof, tc, reference, request, on_event, micro_batch=batches[prof.name]["micro_batch"])
+        for prof in profiles
+    ]
     failed = [o for o in outcomes if o.chosen is None]
     if failed:
         raise BudgetError(_budget_message(failed))
     artifacts = {o.profile: _place(o, staging) for o in outcomes}
     lineage = _lineage(request, source, fp32, calib=calib, evaluation=evaluation, task=tc.task)
-    doc = report.build_report(lineage=lineage, reference=reference, outcomes=outcomes, artifacts=artifacts)
+    doc = report.build_report(
+        lineage=lineage, reference=reference, outcomes=outcomes, artifacts=artifacts, quality_batch=batches
+    )
     on_event("building the drift reference profile")
     doc["drift_reference"] = _drift_reference(staging, evaluation, tc, source)
     (staging / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -148,6 +176,8 @@ def _search(
     reference: pipeline.Measurement,
     request: BuildRequest,
     on_event: Callable[[str], None],
+    *,
+    micro_batch: int | None,
 ) -> pipeline.Outcome:
     recipes = pipeline.plan(prof, has_torch=tc.torch_model is not None, all_runtimes=request.all_runtimes)
     if not recipes:
@@ -155,7 +185,7 @@ def _search(
             f"profile {prof.name} needs {prof.runtime.preferred} artifacts; converting to them needs a "
             "PyTorch model (litert-torch converts from torch, not from ONNX)"
         )
-    view = tc.for_target(Target(prof.runtime.threads, prof.runtime.delegate))
+    view = tc.for_target(Target(prof.runtime.threads, prof.runtime.delegate, micro_batch))
     return pipeline.search(
         prof,
         recipes,
@@ -249,6 +279,8 @@ def _lineage(
         "task": task,
         "quality_budget": asdict(request.quality),
         "latency_tolerance": request.latency_tolerance,
+        # the request's override (None: each profile's own); what each profile was judged at, and
+        # why, is `profiles.<name>.quality_batch`
         "quality_batch": {"serve": 1, "micro_batch": request.micro_batch},
         "latency_clock": request.latency_clock,
     }

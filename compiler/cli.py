@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="the device micro-batches up to N samples: quality must also hold at batch N "
-        "(batch 1, what a lone caller gets, is always measured)",
+        "(batch 1, what a lone caller gets, is always measured); overrides each profile's "
+        "[serving] micro_batch (default: the profile's; 1 = batch 1 only)",
     )
     b.add_argument(
         "--latency-clock",

@@ -2,7 +2,8 @@
 
 Owns the report layout (format_version 1): input digest, passes and their parameters, calibration
 and evaluation data digests, tool versions, host, every candidate's metrics and budget verdicts, and
-the chosen artifact per profile, and per profile the notes a reader must not miss (95 % intervals of
+the chosen artifact per profile, the batches each profile was judged at and where the micro-batch
+size came from (`quality_batch`), and per profile the notes a reader must not miss (95 % intervals of
 agreement on small evaluation sets, batch-1 vs micro-batch differences, int8 recipes that quantized
 nothing). Quality numbers are at batch 1, the batch a device serves. Pure functions over
 dataclasses; writing files is `compiler.build`.
@@ -119,8 +120,10 @@ def build_report(
     reference: Measurement,
     outcomes: list[Outcome],
     artifacts: dict[str, dict[str, Any]],
+    quality_batch: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the JSON report (see module docstring for the layout)."""
+    batches = quality_batch or {}
     return {
         "format_version": FORMAT_VERSION,
         "lineage": lineage | {"tools": tool_versions(), "host": host()},
@@ -130,8 +133,9 @@ def build_report(
                 "chosen": o.chosen.recipe.name if o.chosen else None,
                 "passes": passes_for(o.chosen.recipe) if o.chosen else [],
                 "artifact": artifacts.get(o.profile),
+                "quality_batch": batches.get(o.profile, {"serve": 1, "micro_batch": None, "source": None}),
                 "candidates": [_with_delta(candidate_dict(c), c, reference) for c in o.candidates],
-                "notes": profile_notes(o),
+                "notes": profile_notes(o) + _unbatched_note(o, batches.get(o.profile, {})),
             }
             for o in outcomes
         },
@@ -205,6 +209,8 @@ def model_card(report: dict[str, Any]) -> str:
     ]
     for name, prof in report["profiles"].items():
         lines += ["", f"## Profile `{name}`: chose `{prof['chosen']}`", ""]
+        if "quality_batch" in prof:
+            lines.append(_batch_line(prof["quality_batch"]) + "\n")
         if prof["artifact"]:
             art = prof["artifact"]
             lines.append(f"Artifact `{art['path']}`, sha256 `{art['sha256']}`, {art['size_bytes']} B.\n")
@@ -230,6 +236,34 @@ def model_card(report: dict[str, Any]) -> str:
         if prof.get("notes"):
             lines += ["", *(f"- {n}" for n in prof["notes"])]
     return "\n".join(lines) + "\n"
+
+
+def _unbatched_note(o: Outcome, qb: dict[str, Any]) -> list[str]:
+    """A chosen artifact with a fixed batch (LiteRT) was not run at the micro-batch size: say so."""
+    m = o.chosen.measurement if o.chosen else None
+    if m is None or not qb.get("micro_batch") or m.micro_batch is not None:
+        return []
+    return [
+        f"quality not measured at micro-batch {qb['micro_batch']}: the chosen artifact has a fixed "
+        "batch, so devices serve it one sample per call"
+    ]
+
+
+_SOURCES = {
+    "request": "the build request (`--micro-batch`)",
+    "profile": "the profile's `serving.micro_batch`",
+}
+
+
+def _batch_line(qb: dict[str, Any]) -> str:
+    """Which batches quality was judged at, and who chose the micro-batch size."""
+    size, source = qb.get("micro_batch"), str(qb.get("source") or "")
+    origin = _SOURCES.get(source, source)
+    if size:
+        return f"Quality judged at batch 1 and at micro-batch {size} (from {origin})."
+    if source:
+        return f"Quality judged at batch 1 only (micro-batch 1 from {origin})."
+    return "Quality judged at batch 1 only (no micro-batch size asked for or in the profile)."
 
 
 def _interval(iv: list[float] | None) -> str:

@@ -35,10 +35,12 @@ SPEED_ROUNDS = 7
 
 @dataclass
 class Target:
-    """How a profile runs artifacts: threads for throughput/quality runs and the LiteRT delegate."""
+    """How a profile runs artifacts: threads for throughput/quality runs, the LiteRT delegate, and
+    up to how many samples its devices micro-batch (None: batch 1 only)."""
 
     threads: int = 1
     delegate: str = "xnnpack"
+    micro_batch: int | None = None
 
 
 @dataclass
@@ -52,10 +54,9 @@ class LocalToolchain:
     task: str
     torch_model: torch.nn.Module | None = None
     latency_calls: int = 200
-    micro_batch: int | None = None  # the device micro-batches up to this many samples
     target: Target = field(default_factory=Target)
     _cache: dict[str, Path] = field(default_factory=dict)
-    _measured: dict[tuple[str, str, int, str], Measurement] = field(default_factory=dict)
+    _measured: dict[tuple[str, str, int, str, int], Measurement] = field(default_factory=dict)
     _reference: np.ndarray | None = None
 
     def for_target(self, target: Target) -> LocalToolchain:
@@ -92,6 +93,7 @@ class LocalToolchain:
             f"{recipe.runtime}/{kind}",
             self.target.threads,
             self.target.delegate,
+            self.target.micro_batch or 1,
         )
         if key not in self._measured:
             self._measured[key] = self._measure(artifact, recipe)
@@ -126,14 +128,15 @@ class LocalToolchain:
 
     def _micro(self, m: Measurement, runner: Runner, batch1: np.ndarray) -> Measurement:
         """Quality at the micro-batch size, and how far its outputs are from batch 1's (same file)."""
-        if not self.micro_batch or self.micro_batch <= 1 or runner.batch_fixed:
+        size = self.target.micro_batch
+        if not size or size <= 1 or runner.batch_fixed:
             return m  # static-batch (LiteRT) artifacts cannot be micro-batched
-        outputs = measure.predict(runner, self.evaluation, batch_size=self.micro_batch)
+        outputs = measure.predict(runner, self.evaluation, batch_size=size)
         q = quality.evaluate(outputs, self.reference_outputs(), self.evaluation.labels, self.task)
         cos_min, max_abs = quality.consistency(batch1, outputs)
         return replace(
             m,
-            micro_batch=self.micro_batch,
+            micro_batch=size,
             micro_batch_accuracy=q.accuracy,
             micro_batch_agreement=q.agreement,
             micro_batch_cosine_mean=q.cosine_mean,

@@ -38,6 +38,10 @@ def models_register(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "golden_threshold": ns.golden_threshold,
         "warmup_sha256": _upload(api, ns.warmup),
     }
+    if ns.batched_inputs is not None:  # "" = no input is batched (a stateful model)
+        body["batched_inputs"] = [n.strip() for n in ns.batched_inputs.split(",") if n.strip()]
+    if ns.micro_batch is not None:
+        body["micro_batch"] = ns.micro_batch
     out = api.request("POST", "/models", json=body)
     if ns.json:
         return out
@@ -129,6 +133,19 @@ def register(sub: Any) -> None:
         "--warmup", help="warm-up sample devices load the model with (.npz, one array per input name)"
     )
     p.add_argument("--max-accuracy-drop", type=float, help="compiler budget, inherited by descendants")
+    p.add_argument(
+        "--batched-inputs",
+        metavar="NAMES",
+        help="comma-separated inputs whose first axis is the batch ('' = none: a stateful model); "
+        "default: read from the model",
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        metavar="N",
+        help="judge quality at batch N too (devices micro-batch up to N); default: each profile's own, "
+        "1 = batch 1 only",
+    )
     p.set_defaults(func=models_register)
     p = models.add_parser("list")
     p.add_argument("--name")

@@ -29,6 +29,8 @@ class CompileJob:
     out: Path
     budgets: dict[str, float] = field(default_factory=dict)  # max_accuracy_drop, min_agreement, ...
     prefer_recipes: dict[str, str] = field(default_factory=dict)  # profile -> the parent's recipe
+    batched_inputs: tuple[str, ...] | None = None  # None: the model says; (): no input is batched
+    micro_batch: int | None = None  # None: each profile's [serving] micro_batch; 1: batch 1 only
 
 
 class Compiler(Protocol):
@@ -62,6 +64,10 @@ class SubprocessCompiler:
                 argv += [_BUDGET_FLAGS[key], str(value)]
         for profile, recipe in sorted(job.prefer_recipes.items()):
             argv += ["--prefer-recipe", f"{profile}={recipe}"]
+        if job.batched_inputs is not None:
+            argv += ["--batched-inputs", ",".join(job.batched_inputs)]
+        if job.micro_batch is not None:
+            argv += ["--micro-batch", str(job.micro_batch)]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except FileNotFoundError as err:

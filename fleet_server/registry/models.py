@@ -56,7 +56,8 @@ class ModelVersion(SQLModel, table=True):
     status: str = Field(default=REGISTERED, max_length=24)
     detail: str = Field(default="", max_length=1024)
     artifact_sha256: str = Field(max_length=64)  # the fp32 ONNX model
-    # {"profiles": [...], "max_accuracy_drop": 0.01, ...}: the same budgets for every descendant.
+    # {"profiles": [...], "max_accuracy_drop": 0.01, ..., "batched_inputs": [...], "micro_batch": 8}:
+    # the same budgets and compile settings (optional) for every descendant.
     compile_spec: dict[str, Any] = _json()
     # sha256 of blobs: calib (inputs), eval (x, y), golden (input:<name>, labels) + golden_threshold.
     datasets: dict[str, Any] = _json()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from fleet_server.api.params import INT32_MAX
 
 _SHA = r"^[0-9a-f]{64}$"
 _KEY = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+_INPUT = Annotated[str, Field(min_length=1, max_length=256)]  # an ONNX input name (see _check_names)
+_BAD_NAME = re.compile(r"[,\x00-\x1f\x7f]|^\s|\s$")
+MAX_MICRO_BATCH = 4096
+COMPILE_SETTINGS = frozenset({"profiles", "batched_inputs", "micro_batch"})  # compile_spec keys, not budgets
 
 
 class VersionCreate(BaseModel):
@@ -29,6 +34,49 @@ class VersionCreate(BaseModel):
     golden_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     warmup_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")  # warm-up sample (.npz)
     lineage: dict[str, Any] = Field(default_factory=dict)
+    # Compile settings, kept in the version's compile_spec and inherited with it. Which inputs carry
+    # the batch axis, when the model's shapes say it wrong: stamped into every artifact's metadata
+    # (edgeloop.batched_inputs); None: read from the model; []: none (a stateful model).
+    batched_inputs: list[_INPUT] | None = Field(default=None, max_length=64)
+    # Also judge quality at this batch: overrides the profiles' own [serving] micro_batch; 1: batch 1
+    # only; None: each profile's own.
+    micro_batch: int | None = Field(default=None, ge=1, le=MAX_MICRO_BATCH, strict=True)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budget_keys(cls, budgets: dict[str, float]) -> dict[str, float]:
+        reserved = sorted(set(budgets) & COMPILE_SETTINGS)
+        if reserved:
+            raise ValueError(f"{reserved} are not budgets: give them as top-level fields")
+        return budgets
+
+    @field_validator("batched_inputs")
+    @classmethod
+    def _check_names(cls, names: list[str] | None) -> list[str] | None:
+        """Names the compiler's comma-separated --batched-inputs can carry, each once."""
+        if names is None:
+            return None
+        bad = [i for i, n in enumerate(names) if _BAD_NAME.search(n)]
+        if bad:  # positions, not the names: a 422 never echoes the input
+            raise ValueError(
+                f"the names at positions {bad[:10]} cannot be passed on to the compiler: "
+                "no comma or control character, no space at either end"
+            )
+        seen: dict[str, int] = {}
+        for i, n in enumerate(names):
+            if n in seen:
+                raise ValueError(f"positions {seen[n]} and {i} name the same input")
+            seen[n] = i
+        return names
+
+    def compile_overrides(self) -> dict[str, Any]:
+        """The compile settings this request gives (absent ones are left to the model and profiles)."""
+        out: dict[str, Any] = {}
+        if self.batched_inputs is not None:
+            out["batched_inputs"] = list(self.batched_inputs)
+        if self.micro_batch is not None:
+            out["micro_batch"] = self.micro_batch
+        return out
 
     def datasets(self) -> dict[str, Any]:
         out: dict[str, Any] = {

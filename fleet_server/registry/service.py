@@ -2,7 +2,8 @@
 
 Owns the life of a version: register (an upload, or the aggregated head of a federated run
 spliced into its parent's graph), compile (one job at a time in a worker thread, through the
-`Compiler` port, with the budgets and data sets the version inherits from its parent), judge
+`Compiler` port, with the budgets, data sets and compile settings (batched inputs, micro-batch
+size; checked against the model when registered) the version inherits from its parent), judge
 (a descendant whose compiled accuracy falls below its parent's by more than the budget is
 rejected), and release (one signed release per device profile, deployed to the version's cohort:
 automatically for federated versions when the model's `auto_release` policy is on, otherwise when
@@ -49,7 +50,8 @@ from fleet_server.registry.models import (
     ModelVersion,
     RegisteredModel,
 )
-from fleet_server.registry.schemas import VersionCreate
+from fleet_server.registry.schemas import COMPILE_SETTINGS, VersionCreate
+from fleet_server.registry.signature import check_batched_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +208,11 @@ class ModelRegistry:
         model_bytes = self._ota.blob_bytes(spec.artifact_sha256)
         read_head(model_bytes)  # a registry model must be a classifier with a trainable head
         parent = self._parent(session, spec.name, spec.parent_version)
-        compile_spec = {"profiles": spec.profiles, **spec.budgets} if spec.profiles else {}
-        if parent is not None and not compile_spec:
-            compile_spec = dict(parent.compile_spec)
+        compile_spec = _compile_spec(spec, parent)
+        if "batched_inputs" in compile_spec:
+            check_batched_inputs(
+                model_bytes, compile_spec["batched_inputs"], inherited=spec.batched_inputs is None
+            )
         datasets = {k: v for k, v in spec.datasets().items() if v}
         if parent is not None:
             datasets = {**parent.datasets, **datasets}
@@ -452,9 +456,18 @@ class ModelRegistry:
         self._ota.fetch_blob(version.datasets["calib_sha256"], calib)
         self._ota.fetch_blob(version.datasets["eval_sha256"], evaluation)
         spec = version.compile_spec
-        budgets = {k: float(v) for k, v in spec.items() if k != "profiles"}
+        budgets = {k: float(v) for k, v in spec.items() if k not in COMPILE_SETTINGS}
+        batched = spec.get("batched_inputs")
         return CompileJob(
-            model, tuple(spec["profiles"]), calib, evaluation, out / "build", budgets, dict(prefer or {})
+            model,
+            tuple(spec["profiles"]),
+            calib,
+            evaluation,
+            out / "build",
+            budgets,
+            dict(prefer or {}),
+            batched_inputs=None if batched is None else tuple(str(n) for n in batched),
+            micro_batch=None if spec.get("micro_batch") is None else int(spec["micro_batch"]),
         )
 
     def _adopt_artifacts(self, build: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -486,6 +499,8 @@ class ModelRegistry:
                 "agreement": _float(metrics.get("agreement")),
                 "report_sha256": report_sha,
                 "drift_reference_sha256": self._store_file(drift) if drift is not None else "",
+                # the batches quality was judged at and where the micro-batch size came from
+                "quality_batch": entry.get("quality_batch"),
             }
         return out
 
@@ -636,6 +651,25 @@ class RolloutStarter(Protocol):
     def start_for_model(
         self, *, model_name: str, version: str, releases: list[int], devices: list[str], actor: Actor
     ) -> dict[str, Any]: ...
+
+
+def _compile_spec(spec: VersionCreate, parent: ModelVersion | None) -> dict[str, Any]:
+    """The request's compile spec, else the parent's (inherited whole), with this request's
+    compile settings on top.
+
+    Raises:
+        InvalidRequestError: compile settings but no profiles to compile for (given or inherited).
+    """
+    compile_spec = {"profiles": spec.profiles, **spec.budgets} if spec.profiles else {}
+    if parent is not None and not compile_spec:
+        compile_spec = dict(parent.compile_spec)
+    overrides = spec.compile_overrides()
+    if overrides and not compile_spec.get("profiles"):
+        raise InvalidRequestError(
+            f"{' and '.join(sorted(overrides))}: compile settings need profiles to compile for "
+            "(give profiles, or register under a parent version that has them)"
+        )
+    return compile_spec | overrides
 
 
 def name_list(artifacts: dict[str, Any]) -> str:

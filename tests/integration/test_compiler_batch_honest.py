@@ -22,6 +22,7 @@ from compiler.errors import ExitCode
 from tests.unit.compiler import honest_models as hm
 
 PROFILE = "raspberry-pi-4"
+MICRO_PROFILE = "raspberry-pi-4-microbatch"
 
 
 @pytest.fixture(scope="module")
@@ -37,30 +38,36 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     text = src.read_text()
     old = 'supported = ["fp32", "int8-static", "int8-dynamic"]'
     assert old in text
-    (profiles / f"{PROFILE}.toml").write_text(text.replace(old, 'supported = ["fp32", "int8-dynamic"]'))
+    text = text.replace(old, 'supported = ["fp32", "int8-dynamic"]')
+    (profiles / f"{PROFILE}.toml").write_text(text)
+    # the same device class, but its devices micro-batch up to 64 samples (the profile says so)
+    micro = (
+        text.replace(f'name = "{PROFILE}"', f'name = "{MICRO_PROFILE}"') + "\n[serving]\nmicro_batch = 64\n"
+    )
+    (profiles / f"{MICRO_PROFILE}.toml").write_text(micro)
     return {"root": root, "model": model, "profiles": profiles}
 
 
-def _build(ws: dict[str, Path], name: str, monkeypatch: pytest.MonkeyPatch, *extra: str) -> dict[str, Any]:
+def _build(
+    ws: dict[str, Path],
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *extra: str,
+    profiles: tuple[str, ...] = (PROFILE,),
+) -> dict[str, Any]:
     monkeypatch.setenv("EDGELOOP_PROFILES_DIR", str(ws["profiles"]))
     out = ws["root"] / name
-    argv = [
-        "build",
-        "--model",
-        str(ws["model"]),
-        "--profile",
-        PROFILE,
-        "--calib",
-        str(ws["root"] / "calib.npz"),
-    ]
+    argv = ["build", "--model", str(ws["model"]), "--calib", str(ws["root"] / "calib.npz")]
+    for profile in profiles:
+        argv += ["--profile", profile]
     argv += ["--eval", str(ws["root"] / "eval.npz"), "--out", str(out), "--json", "--min-agreement", "0.9"]
     assert main([*argv, *extra]) == ExitCode.OK
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
 
 
-def _candidate(report: dict[str, Any], recipe: str) -> dict[str, Any]:
-    prof = report["profiles"][PROFILE]
+def _candidate(report: dict[str, Any], recipe: str, profile: str = PROFILE) -> dict[str, Any]:
+    prof = report["profiles"][profile]
     found: dict[str, Any] = next(c for c in prof["candidates"] if c["recipe"] == recipe)
     return found
 
@@ -86,6 +93,50 @@ def test_micro_batched_device_gets_no_int8_that_only_holds_at_batch_1(
     notes = report["profiles"][PROFILE]["notes"]
     assert any("agreement 1.0000, 95% interval 0.98" in n and "n=256" in n for n in notes), notes
     assert "95% interval" in (ws["root"] / "out-micro" / "MODEL_CARD.md").read_text()
+
+
+def test_a_profile_that_micro_batches_is_judged_at_its_own_size_unless_the_request_overrides_it(
+    ws: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One build, two profiles that differ only in [serving] micro_batch: the same files, measured
+    # at batch 1 for one and also at 64 for the other (the measurement cache must tell them apart).
+    report = _build(ws, "out-profile", monkeypatch, profiles=(PROFILE, MICRO_PROFILE))
+    assert report["lineage"]["quality_batch"] == {"serve": 1, "micro_batch": None}
+    micro = report["profiles"][MICRO_PROFILE]
+    assert micro["quality_batch"] == {"serve": 1, "micro_batch": 64, "source": "profile"}
+    dyn = _candidate(report, "onnx-int8-dynamic", MICRO_PROFILE)
+    assert dyn["metrics"]["micro_batch"] == 64
+    assert any(f.startswith("agreement at micro-batch 64") for f in dyn["failures"])
+    assert micro["chosen"] == "onnx-fp32"
+    plain = report["profiles"][PROFILE]
+    assert plain["quality_batch"] == {"serve": 1, "micro_batch": None, "source": None}
+    assert _candidate(report, "onnx-int8-dynamic")["metrics"]["micro_batch"] is None
+    assert _candidate(report, "onnx-int8-dynamic")["passes_budget"]  # at batch 1 it holds
+    card = (ws["root"] / "out-profile" / "MODEL_CARD.md").read_text()
+    assert "micro-batch 64 (from the profile's `serving.micro_batch`)" in card
+
+    # the request's --micro-batch wins over the profile's: 1 is batch 1 only
+    report = _build(ws, "out-override", monkeypatch, "--micro-batch", "1", profiles=(MICRO_PROFILE,))
+    micro = report["profiles"][MICRO_PROFILE]
+    assert micro["quality_batch"] == {"serve": 1, "micro_batch": None, "source": "request"}
+    dyn = _candidate(report, "onnx-int8-dynamic", MICRO_PROFILE)
+    assert dyn["metrics"]["micro_batch"] is None and dyn["passes_budget"]
+
+
+def test_a_micro_batch_below_1_is_refused(ws: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGELOOP_PROFILES_DIR", str(ws["profiles"]))
+    argv = [
+        "build",
+        "--model",
+        str(ws["model"]),
+        "--profile",
+        PROFILE,
+        "--calib",
+        str(ws["root"] / "calib.npz"),
+    ]
+    argv += ["--eval", str(ws["root"] / "eval.npz"), "--out", str(ws["root"] / "out-zero"), "--json"]
+    assert main([*argv, "--micro-batch", "0"]) == ExitCode.INPUT
+    assert not (ws["root"] / "out-zero").exists()
 
 
 @pytest.mark.slow

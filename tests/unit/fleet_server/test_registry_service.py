@@ -6,6 +6,7 @@ lands in the audit log, and an audit failure never undoes a change."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,54 @@ def test_a_descendant_is_compiled_preferring_its_parents_recipe(tmp_path: Path) 
     _wait(registry)
     registry.stop()
     assert [j.prefer_recipes for j in compiler.jobs] == [{}, {"generic-x86": "onnx-fp32"}]
+
+
+def test_compile_settings_reach_the_job_and_the_compiler_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """batched_inputs and micro_batch ride in compile_spec, are not budgets, and become the
+    compiler's --batched-inputs/--micro-batch ('' = no input batched)."""
+    engine, ota, spec = _setup(tmp_path)
+    compiler = FakeCompiler()
+    registry = ModelRegistry(engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=compiler)
+    registry.start()
+    with Session(engine) as s:
+        settings = {"batched_inputs": ["features"], "micro_batch": 8, "budgets": {"min_agreement": 0.9}}
+        registry.register(s, VersionCreate(**(spec.model_dump() | settings)), created_by="t")
+    _wait(registry)
+    registry.stop()
+    (job,) = compiler.jobs
+    assert (job.batched_inputs, job.micro_batch, job.budgets) == (("features",), 8, {"min_agreement": 0.9})
+
+    from fleet_server.registry import compile as compile_mod
+
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: Any) -> Any:
+        seen.append(argv)
+        raise FileNotFoundError(argv[0])
+
+    monkeypatch.setattr(subprocess, "run", fake_run)  # compile.py calls subprocess.run
+    runner = compile_mod.SubprocessCompiler(("edgeloop-compile",))
+    for batched, micro, expected in [
+        (("features",), 8, ["--batched-inputs", "features", "--micro-batch", "8"]),
+        ((), 1, ["--batched-inputs", "", "--micro-batch", "1"]),
+        (None, None, []),
+    ]:
+        with pytest.raises(CompileFailed):
+            runner.build(CompileJob(job.model, ("p",), job.calib, job.evaluation, job.out,
+                                    batched_inputs=batched, micro_batch=micro))  # fmt: skip
+        argv = seen[-1]
+        tail = [a for i, a in enumerate(argv) if a in {"--batched-inputs", "--micro-batch"}
+                or argv[i - 1] in {"--batched-inputs", "--micro-batch"}]  # fmt: skip
+        assert tail == expected
+
+
+def test_an_unknown_batched_input_is_refused_at_registration(tmp_path: Path) -> None:
+    engine, ota, spec = _setup(tmp_path)
+    registry = ModelRegistry(engine=engine, ota=ota, work_dir=tmp_path / "work", compiler=FakeCompiler())
+    with (
+        Session(engine) as s,
+        pytest.raises(InvalidRequestError, match=r"batched_inputs: \['x'\] are not inputs"),
+    ):
+        registry.register(s, VersionCreate(**(spec.model_dump() | {"batched_inputs": ["x"]})), created_by="t")
