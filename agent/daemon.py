@@ -35,12 +35,14 @@ if TYPE_CHECKING:
 
     from agent.federated.client import FederatedClient, FederatedLink
     from agent.identity import Identity
+    from agent.inference.engine import ServingOptions
     from agent.inference.handle import ModelMeta
     from agent.inference.metrics_report import ModelMetricsReporter
     from agent.inference.model_metrics import ModelId
     from agent.inference.model_metrics_codec import Provenance
     from agent.ota.client import OtaClient
     from agent.ota.fetcher import OtaCredential
+    from agent.profile import DeviceProfile
     from agent.serving.server import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -129,29 +131,38 @@ def _build_inference(config: AgentConfig) -> InferenceService | None:
     """The local inference API (lazy import: onnxruntime/LiteRT load only when a model does)."""
     if not config.inference.enabled:
         return None
-    from agent.inference.engine import ServingOptions
     from agent.profile import load_profile
     from agent.serving.server import InferenceService
 
     profile = load_profile(config.device.profile)
     inf = config.inference
-    options = ServingOptions(
-        workers=max(1, profile.runtime.threads),
-        micro_batch=inf.micro_batch,
-        micro_batch_wait_s=inf.micro_batch_wait_s,
-        cache_entries=inf.cache_entries,
-        capture_per_second=inf.capture_per_second,
-        max_request_bytes=inf.max_request_bytes,
-    )
     return InferenceService(
         config.slots_root,
         profile,
         config.inference_socket,
         None if inf.tcp_port < 0 else inf.tcp_port,
-        options=options,
+        options=serving_options(config, profile),
         fast_socket_path=Path(inf.fast_socket_path) if inf.fast_socket_path else None,
         # in-process apps (agent.local.LocalModel) send captured predictions here
         sample_socket_path=config.inference_socket.with_suffix(".samples"),
+    )
+
+
+def serving_options(config: AgentConfig, profile: DeviceProfile) -> ServingOptions:
+    """The local API's options: the agent's ``[inference]`` config decides whether it micro-batches;
+    the device class's profile (``[serving] micro_batch``, the size the compiler judged quality at)
+    caps how many samples one formed batch holds."""
+    from agent.inference.engine import ServingOptions
+
+    inf = config.inference
+    return ServingOptions(
+        workers=max(1, profile.runtime.threads),
+        micro_batch=inf.micro_batch,
+        micro_batch_max=profile.micro_batch or ServingOptions.micro_batch_max,
+        micro_batch_wait_s=inf.micro_batch_wait_s,
+        cache_entries=inf.cache_entries,
+        capture_per_second=inf.capture_per_second,
+        max_request_bytes=inf.max_request_bytes,
     )
 
 

@@ -13,8 +13,8 @@ backend when it loads a model (the compiler reads the same profiles on a host wi
 not choose a backend: `agent.inference` and the compiler read `RuntimeSpec` and decide.
 
 A class whose devices micro-batch concurrent requests says up to how many samples (the compiler
-then judges quality at that batch too; the agent's own ``[inference]`` config still decides whether
-it micro-batches)::
+then judges quality at that batch too, and the agent never forms a larger batch; the agent's own
+``[inference]`` config still decides whether it micro-batches)::
 
     [serving]
     micro_batch = 32                         # absent: devices serve batch 1
