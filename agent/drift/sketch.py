@@ -8,6 +8,7 @@ sensors get honest scores) and a vectorised inverse normal CDF. Does not decide 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -84,57 +85,108 @@ def max_atom_probability(values: FloatArray) -> float:
     return float((counts.max() + 1) / (values.size + 1))
 
 
-_SPACING = 4.0  # feature j owns [4j - 1, 4j + 2] of the packed line
-
-
-def _packed_line(cols: list[FloatArray]) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Per-column affine maps (lo, span) that send each column into its own slot of one line."""
-    lo = np.array([c[0] if c.size else 0.0 for c in cols])
-    hi = np.array([c[-1] if c.size else 0.0 for c in cols])
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return lo, span, _SPACING * np.arange(len(cols), dtype=np.float64)
-
-
-def _slot(x: FloatArray, lo: FloatArray, span: FloatArray, offset: FloatArray) -> FloatArray:
-    """Each column mapped affinely into its own slot [offset - 0.5, offset + 1.5] of the line."""
-    u = (x - lo) / span
-    np.maximum(u, -0.5, out=u)
-    np.minimum(u, 1.5, out=u)
-    u += offset
-    return u
+_MAX_CELLS = 4096  # cells per feature at most in ScoreTable (one knot per cell on the bench's sensors)
 
 
 @dataclass(frozen=True)
 class ScoreTable:
-    """Score maps of d features packed onto one line for a single `np.interp` per batch.
+    """Score maps of d features evaluated by table lookup: a fixed dozen numpy calls per batch.
 
-    Feature j's knots are mapped affinely into [4j, 4j + 1] with flat sentinel knots at 4j - 1 and
-    4j + 2, and its values are clipped to [4j - 0.5, 4j + 1.5], so one interpolation over the packed
-    knots equals `ScoreMap.transform` per feature (the map is continuous, so rounding in the affine
-    step cannot move a score by more than float precision).
+    Feature j's knot range is cut into G_j equal cells and mapped onto its own stretch
+    [base_j, base_j + G_j] of one cell axis t (one multiply-add and a clip for all features). A
+    value's cell gives how many knots lie in lower cells; at most `steps` comparisons with the next
+    knots' t give how many are at or below it, that is its segment (knots' t come from the same
+    floating-point steps, which are monotone, so the count is exact but for ties in t, where the
+    map is continuous). The score is then one multiply-add from per-segment tables, flat beyond
+    the end knots like `ScoreMap.transform`. Scores are stored standardised, (score - center) /
+    spread. Cells are sized so that most hold one knot: `steps` is 1 on smooth sensors.
     """
 
-    lo: FloatArray
-    span: FloatArray
-    offset: FloatArray
-    knots: FloatArray  # packed, with sentinels
-    scores: FloatArray
+    scale: FloatArray  # cells per unit of x, per feature
+    shift: FloatArray  # base_j - knot_0 * scale
+    low: FloatArray  # base_j
+    high: FloatArray  # base_j + G_j
+    first: npt.NDArray[np.signedinteger[Any]]  # per cell: the segment of a value at the cell's start
+    t_next: FloatArray  # per segment c: t of knot c (+inf past the last knot)
+    t_start: FloatArray  # per segment: t where it starts
+    y_start: FloatArray  # per segment: standardised score there
+    slope: FloatArray  # per segment: score per unit of t (0 beyond the end knots)
+    steps: int
 
     @classmethod
-    def pack(cls, maps: tuple[ScoreMap, ...]) -> ScoreTable:
-        lo, span, offset = _packed_line([m.knots for m in maps])
-        knots, scores = [], []
-        for j, m in enumerate(maps):
-            u = (m.knots - lo[j]) / span[j] + offset[j]
-            knots += [[offset[j] - 1.0], u, [offset[j] + 2.0]]
-            scores += [m.scores[:1], m.scores, m.scores[-1:]]
+    def pack(cls, maps: tuple[ScoreMap, ...], center: FloatArray, spread: FloatArray) -> ScoreTable:
         if not maps:
-            return cls(lo, span, offset, np.zeros(1), np.zeros(1))
-        return cls(lo, span, offset, np.concatenate(knots), np.concatenate(scores))
+            none = np.zeros(0)
+            return cls(none, none, none, none, *_empty_segments(), 0)
+        lo = np.array([m.knots[0] for m in maps])
+        hi = np.array([m.knots[-1] for m in maps])
+        span = np.where(hi > lo, hi - lo, 1.0)
+        cells = np.array([_cell_count(m.knots, float(w)) for m, w in zip(maps, span, strict=True)])
+        base = np.concatenate([[0], np.cumsum(cells + 1)[:-1]]).astype(np.float64)
+        scale = cells / span
+        table = cls(scale, base - lo * scale, base, base + cells, *_empty_segments(), 0)
+        first, t_next, t_start, y_start, slope, steps = [], [], [], [], [], 0
+        seg_base = 0
+        for j, m in enumerate(maps):
+            tk = table._axis(m.knots, j)
+            ys = (m.scores - center[j]) / spread[j]
+            cell = tk.astype(np.intp)
+            own = np.arange(int(base[j]), int(base[j] + cells[j]) + 1)
+            first.append(seg_base + np.searchsorted(cell, own, side="left"))
+            steps = max(steps, int(np.bincount(cell - int(base[j])).max()))
+            t_next.append(np.append(tk, np.inf))
+            t_start.append(np.concatenate([tk[:1], tk]))
+            y_start.append(np.concatenate([ys[:1], ys]))
+            width = np.diff(tk)
+            inner = np.divide(np.diff(ys), width, out=np.zeros_like(width), where=width > 0)
+            slope.append(np.concatenate([[0.0], inner, [0.0]]))
+            seg_base += tk.size + 1
+        return cls(
+            table.scale,
+            table.shift,
+            table.low,
+            table.high,
+            np.concatenate(first).astype(np.int16 if seg_base < 2**15 else np.int32),
+            np.concatenate(t_next),
+            np.concatenate(t_start),
+            np.concatenate(y_start),
+            np.concatenate(slope),
+            steps,
+        )
+
+    def _axis(self, x: FloatArray, j: int | slice = slice(None)) -> FloatArray:
+        """Position on the cell axis of values `x` of feature(s) j (the same steps for knots and rows)."""
+        t = x * self.scale[j]
+        t += self.shift[j]
+        np.maximum(t, self.low[j], out=t)
+        np.minimum(t, self.high[j], out=t)
+        return np.asarray(t)
 
     def transform(self, x: FloatArray) -> FloatArray:
-        """Normal scores (n, d) of rows `x` (n, d): piecewise linear between knots, flat beyond."""
-        return np.interp(_slot(x, self.lo, self.span, self.offset), self.knots, self.scores)
+        """Standardised normal scores (n, d) of rows `x` (n, d), piecewise linear, flat beyond the knots."""
+        t = self._axis(x)
+        seg = self.first.take(t.astype(np.intp))
+        for _ in range(self.steps):
+            seg += t >= self.t_next.take(seg)
+        y = t - self.t_start.take(seg)
+        y *= self.slope.take(seg)
+        y += self.y_start.take(seg)
+        return y
+
+
+def _cell_count(knots: FloatArray, span: float) -> int:
+    """Cells over the knot range so that the closest two knots fall in different cells (capped)."""
+    if knots.size < 2:
+        return 1
+    gap = float(np.diff(knots).min())
+    return int(min(_MAX_CELLS, max(1, np.ceil(span / gap) + 1)))
+
+
+def _empty_segments() -> tuple[
+    npt.NDArray[np.signedinteger[Any]], FloatArray, FloatArray, FloatArray, FloatArray
+]:
+    z = np.zeros(1)
+    return np.zeros(1, dtype=np.int16), z, z, z, z
 
 
 class EdgeCounts:

@@ -69,12 +69,10 @@ class InputModel:
         const = self.constant if self.constant.size == d else np.full(d, np.nan)
         object.__setattr__(self, "constant", const)
         var = np.flatnonzero(np.isnan(const))
-        object.__setattr__(self, "_table", ScoreTable.pack(tuple(self.maps[j] for j in var)))
+        table = ScoreTable.pack(tuple(self.maps[j] for j in var), self.score_mean[var], self.score_std[var])
+        object.__setattr__(self, "_table", table)
         object.__setattr__(self, "_var", var)
         object.__setattr__(self, "_const", np.flatnonzero(~np.isnan(const)))
-        # Per-batch constants, sliced once here rather than on every call.
-        object.__setattr__(self, "_var_mean", self.score_mean[var].copy())
-        object.__setattr__(self, "_var_std", self.score_std[var].copy())
         object.__setattr__(self, "_const_values", const[~np.isnan(const)].copy())
 
     @property
@@ -91,10 +89,7 @@ class InputModel:
         table: ScoreTable = self.__dict__["_table"]
         if var.size == 0:
             return np.zeros((x.shape[0], 0))
-        z = table.transform(x[:, var]) if var.size < len(self.maps) else table.transform(x)
-        z -= self.__dict__["_var_mean"]
-        z /= self.__dict__["_var_std"]
-        return z
+        return table.transform(x[:, var]) if var.size < len(self.maps) else table.transform(x)
 
     def values(self, x: FloatArray) -> FloatArray:
         """Channel values (n, channels) of finite rows `x` (n, d): location, scale, constant, joint.
