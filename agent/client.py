@@ -211,7 +211,7 @@ class _FramedChannel:
                 head = rawframe.header(
                     rawframe.PREDICT, flags=flags, count=len(pairs), meta_len=len(desc), data_len=data_len
                 )
-                _send_all(sock, [head + desc, *pieces])
+                _send_all(sock, [head + desc, *pieces], len(head) + len(desc) + data_len)
             status, flags, count, answer, data = self._receive(sock)
         except OSError as err:
             self.close()
@@ -323,8 +323,7 @@ class _Segment:
         self._map.close()
 
 
-def _send_all(sock: socket.socket, pieces: list[Any]) -> None:
-    total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
+def _send_all(sock: socket.socket, pieces: list[Any], total: int) -> None:
     sent = sock.sendmsg(pieces)
     if sent < total:  # rare: a large frame the kernel took in part
         sock.sendall(b"".join(bytes(p) for p in pieces)[sent:])

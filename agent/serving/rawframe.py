@@ -42,6 +42,7 @@ FLAG_CACHE_HIT = 1  # response
 
 MAX_META = 1 << 16  # bytes of descriptors and strings in one frame
 MAX_NDIM = 16
+_DIMS = tuple(struct.Struct(f"<{n}q") for n in range(MAX_NDIM + 1))
 
 _CODES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 _DTYPES: tuple[np.dtype[Any], ...] = tuple(np.dtype(n).newbyteorder("<") for n in _CODES)
@@ -75,7 +76,7 @@ def unpack_str(meta: memoryview, pos: int) -> tuple[str, int]:
     if end > len(meta):
         raise InvalidInputError("malformed frame: truncated string")
     try:
-        return bytes(meta[pos + _STR.size : end]).decode(), end
+        return str(meta[pos + _STR.size : end], "utf-8"), end
     except UnicodeDecodeError as err:
         raise InvalidInputError(f"malformed frame: string is not UTF-8 ({err})") from err
 
@@ -86,12 +87,12 @@ def little(array: np.ndarray, name: str) -> np.ndarray:
     Raises:
         InvalidInputError: a dtype the wire does not carry.
     """
+    if array.dtype in _BY_DTYPE and array.flags.c_contiguous:  # the common case: no new dtype object
+        return array
     dtype = array.dtype.newbyteorder("<")
     if dtype not in _BY_DTYPE:
         raise InvalidInputError(f"tensor {name!r} has unsupported dtype {array.dtype}")
-    if array.dtype != dtype or not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array, dtype=dtype)
-    return array
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def pack_tensors(arrays: Iterable[tuple[str, np.ndarray]], *, base: int = 0) -> tuple[bytes, list[Any], int]:
@@ -112,11 +113,11 @@ def pack_tensors(arrays: Iterable[tuple[str, np.ndarray]], *, base: int = 0) -> 
             raise InvalidInputError(f"tensor {name!r} has {array.ndim} dimensions (limit {MAX_NDIM})")
         encoded = name.encode()
         meta.append(_DESC.pack(_BY_DTYPE[array.dtype], array.ndim, len(encoded), offset))
-        meta.append(struct.pack(f"<{array.ndim}q", *array.shape))
+        meta.append(_DIMS[array.ndim].pack(*array.shape))
         meta.append(encoded)
         size = array.nbytes
         if size:
-            pieces.append(memoryview(array.data).cast("B"))
+            pieces.append(array.data.cast("B"))
         padded = _pad(size)
         if padded != size:
             pieces.append(_ZERO[: padded - size])
@@ -148,9 +149,9 @@ def unpack_tensors(
         end = pos + 8 * ndim + name_len
         if end > len(meta):
             raise InvalidInputError("malformed frame: truncated tensor descriptor")
-        shape = struct.unpack_from(f"<{ndim}q", meta, pos)
+        shape = _DIMS[ndim].unpack_from(meta, pos)
         try:
-            name = bytes(meta[pos + 8 * ndim : end]).decode()
+            name = str(meta[pos + 8 * ndim : end], "utf-8")
         except UnicodeDecodeError as err:
             raise InvalidInputError(f"malformed frame: tensor name is not UTF-8 ({err})") from err
         pos = end
@@ -166,8 +167,7 @@ def unpack_tensors(
                 f"tensor {name!r} {dtype.name}{list(shape)} needs {nbytes} bytes at offset {offset}, "
                 f"the frame carries {limit}"
             )
-        array = np.frombuffer(data, dtype=dtype, count=count_items, offset=offset).reshape(shape)
-        out.append((name, array))
+        out.append((name, np.ndarray(shape, dtype, buffer=data, offset=offset)))
     return out, pos
 
 

@@ -106,7 +106,7 @@ def _api_throughput(
 class Agent:
     """A separate agent process serving one artifact (bench/inference/agent_proc.py)."""
 
-    def __init__(self, artifact: Path, work: Path, *extra: str) -> None:
+    def __init__(self, artifact: Path, work: Path, *extra: str, cwd: Path | None = None) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.socket = work / "api.sock"
         cmd = [
@@ -117,7 +117,9 @@ class Agent:
             str(self.socket),
             str(work / "slots"),
         ]
-        self.proc = subprocess.Popen([*cmd, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [*cmd, *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
@@ -145,12 +147,16 @@ def _cpu_seconds(pid: int) -> float:
 class App:
     """The app's process (bench/inference/app_proc.py): raw session, LocalModel, framed and gRPC clients."""
 
-    def __init__(self, art: Artifact, sample: Path, agent: Agent) -> None:
+    def __init__(self, art: Artifact, sample: Path, agent: Agent, *, cwd: Path | None = None) -> None:
         slots = agent.socket.parent / "slots"
         fast = agent.socket.with_suffix(".fast")
         cmd = [sys.executable, "-m", "bench.inference.app_proc", str(art.path), str(sample), str(slots)]
         self.proc = subprocess.Popen(
-            [*cmd, str(agent.socket), str(fast)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [*cmd, str(agent.socket), str(fast)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 
 from agent.client import EdgeloopClient
-from agent.errors import InferenceError, InvalidInputError, RequestTooLargeError
+from agent.errors import BackendCrashedError, InferenceError, InvalidInputError, RequestTooLargeError
 from agent.inference.engine import ServingOptions
 from agent.profile import load_profile
 from agent.serving import rawframe
 from agent.serving.background import BackgroundService
 from agent.serving.server import InferenceService
 from tests.fixtures.models import DigitsModels, digits_models
+from tests.integration.test_inference_api import CrashingLoader
 
 LIMIT = 64 * 1024  # max_request_bytes; the frame limit is this + 1 MiB
 OK = 0
@@ -167,3 +168,66 @@ def test_a_new_client_against_a_v1_agent_gets_a_clear_error(tmp_path: Path) -> N
         client.predict(np.zeros((1, 1, 8, 8), np.float32))
     thread.join(5)
     server.close()
+
+
+def test_a_backend_crash_under_a_framed_request_is_restarted_and_the_request_retried(
+    tmp_path: Path, models: DigitsModels
+) -> None:
+    """A cheap model runs inline (no executor hop); when its backend fails there, the restart and
+    the retried call suspend the request, and the framed client still gets its answer."""
+    profile = load_profile("generic-x86")
+    loader = CrashingLoader(profile)
+    options = ServingOptions(restart_min_interval_s=0.0)
+    service = InferenceService(
+        tmp_path / "slots", profile, tmp_path / "api.sock", options=options, loader=loader,
+        fast_socket_path=tmp_path / "fast.sock",
+    )  # fmt: skip
+    x = models.data.x_test
+    with BackgroundService(service) as bg, _client(tmp_path, None) as client:
+        bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
+        for i in range(20):  # measured as cheap: run inline from now on
+            client.predict(x[i : i + 1])
+        loader.crashes[0] = 1
+        y = client.predict(x[:4])
+        assert (y.argmax(1) == models.reference_logits[:4].argmax(1)).all()
+        loader.crashes[0] = 10**6
+        with pytest.raises(BackendCrashedError, match="INTERNAL: injected backend failure"):
+            client.predict(x[:1])
+        loader.crashes[0] = 0
+        assert client.predict_full(x[:1]).model_version == "1"
+        stats = service.stats_snapshot()
+    assert stats["inference.digits@1.restarts"] == 2
+    assert stats["inference.digits@1.errors.backend_crashed"] == 1
+
+
+def test_micro_batched_requests_from_many_connections_get_their_own_answers(
+    tmp_path: Path, models: DigitsModels
+) -> None:
+    """With micro-batching every framed request waits for the batcher (the connection reads nothing
+    more meanwhile); concurrent framed clients each get the rows they sent, none lost or doubled."""
+    options = ServingOptions(micro_batch=True, micro_batch_max=32, micro_batch_wait_s=0.002)
+    service = InferenceService(
+        tmp_path / "slots", load_profile("generic-x86"), tmp_path / "api.sock", options=options,
+        fast_socket_path=tmp_path / "fast.sock",
+    )  # fmt: skip
+    failures: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            with _client(tmp_path, None) as client:
+                for i in range(offset, offset + 30):
+                    y = client.predict(models.data.x_test[i : i + 1])
+                    assert np.abs(y - models.reference_logits[i : i + 1]).max() <= 1e-4
+        except BaseException as err:
+            failures.append(err)
+
+    with BackgroundService(service) as bg:
+        bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1"))
+        threads = [threading.Thread(target=worker, args=(30 * k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = service.stats_snapshot()
+    assert failures == []
+    assert stats["inference.digits@1.requests"] == 6 * 30
