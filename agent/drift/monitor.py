@@ -33,7 +33,7 @@ from agent.drift.quality import NONFINITE_POLICIES, BadInput, DriftInputError, t
 from agent.drift.reference import ReferenceProfile
 from agent.drift.sketch import EdgeCounts, FloatArray
 from agent.drift.stats import ChannelModel
-from agent.drift.stuck import StuckRuns
+from agent.drift.stuck import StuckRuns, usual_values
 
 __all__ = ["BadInput", "DriftInputError", "DriftMonitor", "InputRows", "Timestamps"]
 
@@ -127,7 +127,8 @@ class DriftMonitor:
             if profile.errors is not None
             else None
         )
-        self._stuck = StuckRuns(cal.stuck_runs)
+        median = profile.deciles[:, profile.deciles.shape[1] // 2]  # the 9 deciles: the 5th is the median
+        self._stuck = StuckRuns(cal.stuck_runs, usual_values(profile.inputs.max_atom, median))
         self._bins = EdgeCounts(profile.deciles)
         self._nan_seen = False
 

@@ -2,7 +2,13 @@
 
 Owns the only per-feature state the check needs (the last value and the length of the run it
 ends) and the vectorised run computation over a batch of rows: one comparison with the previous
-row and one running maximum of run starts, for all features at once. Does not pick the run
+row and one running maximum of run starts, for all features at once.
+
+A feature whose reference is almost always one value (`NEAR_CONSTANT` of its rows or more, a
+border pixel that is nearly always 0) is never called stuck *at that value*: a reference of a
+thousand rows with a handful of other values cannot make a long run of its usual value
+improbable (its rate of other values could as well be ten times lower), so such a run is no
+evidence of a fault. Runs of any other value of that feature still count. Does not pick the run
 lengths (calibrate.stuck_runs) or decide episodes (the monitor turns hits into crossings).
 """
 
@@ -14,6 +20,9 @@ import numpy as np
 
 from agent.drift.sketch import FloatArray
 
+NEAR_CONSTANT = 0.99
+"""Share of reference rows at one value from which a run of that value is not a stuck sensor."""
+
 _BEFORE = -(2**62)  # run start of a row whose run began before it (before any row of the batch)
 
 StuckHit = tuple[int, int, int, int]
@@ -23,10 +32,15 @@ StuckHit = tuple[int, int, int, int]
 class StuckRuns:
     """Runs of equal values per feature across batches; a run reaching its limit is a stuck sensor."""
 
-    def __init__(self, limits: Sequence[int]) -> None:
-        """`limits`: run length per feature at which a repeated value is a stuck sensor (0 = never)."""
+    def __init__(self, limits: Sequence[int], usual: FloatArray | None = None) -> None:
+        """Args:
+        limits: run length per feature at which a repeated value is a stuck sensor (0 = never).
+        usual: per feature, a value whose runs are never a stuck sensor (NaN: none), see
+            `usual_values`.
+        """
         self._limit = np.asarray(limits, dtype=np.int64)
         d = self._limit.size
+        self._usual = None if usual is None or np.isnan(usual).all() else np.asarray(usual, dtype=np.float64)
         self._last = np.full(d, np.nan)
         self._run = np.zeros(d, dtype=np.int64)
         self._rows = -1
@@ -60,6 +74,8 @@ class StuckRuns:
         eq = self._eq
         np.equal(x[0], self._last, out=eq[0])
         np.equal(x[1:], x[:-1], out=eq[1:])
+        if self._usual is not None:
+            eq &= x != self._usual  # the usual value of a near-constant feature starts no run
         # Row at which the run through each row started: its own index where the value changed.
         start = np.where(eq, _BEFORE, self._index)
         np.maximum(start[0], -self._run, out=start[0])  # the run carried over began self._run rows back
@@ -74,3 +90,12 @@ class StuckRuns:
             (int(i), int(j), int(peak[i, j]), int(self._limit[j]))
             for i, j in zip(*np.nonzero(hit), strict=True)
         ]
+
+
+def usual_values(max_atom: FloatArray, median: FloatArray) -> FloatArray:
+    """Per feature: the value taken by at least `NEAR_CONSTANT` of the reference rows, else NaN.
+
+    `max_atom` is the smoothed share of the most frequent value ((count + 1) / (n + 1)) and
+    `median` the reference median, which is that value whenever it holds over half the rows.
+    """
+    return np.where(np.asarray(max_atom) >= NEAR_CONSTANT, median, np.nan)

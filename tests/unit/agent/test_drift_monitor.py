@@ -180,3 +180,29 @@ def test_real_shuttle_sensor_data_control_mix_shift_and_stuck_sensor() -> None:
     mixed = np.concatenate([data[natural], data[shifted]])
     hit = _first_open_after(_run(DriftMonitor(profile), mixed), T0)
     assert hit is not None and hit.detected_sample - T0 <= 1000
+
+
+def _near_constant_reference(seed: int) -> tuple[ReferenceProfile, np.random.Generator]:
+    """d=5 Gaussians whose x[0] is 0 in 995 of 1,000 rows (a border pixel): near-constant, not constant."""
+    rng = np.random.default_rng(seed)
+    ref = _gauss(rng, 1000)
+    ref[:, 0] = 0.0
+    ref[rng.choice(1000, 5, replace=False), 0] = rng.normal(5.0, 1.0, 5)
+    return build_reference(ref, seed=seed), rng
+
+
+def _stuck_evidence(events: list[Episode]) -> set[str]:
+    return {ev.channel for e in events for ev in e.evidence if ev.kind == "stuck"}
+
+
+def test_near_constant_feature_is_not_stuck_at_its_usual_value_but_is_at_another() -> None:
+    for seed in (1, 2):
+        profile, rng = _near_constant_reference(seed)
+        limit = profile.calibration.stuck_runs[0]
+        assert 0 < limit < 4000, limit  # the calibrated run length alone would call this stuck
+        usual = _gauss(rng, limit + 500)
+        usual[:, 0] = 0.0  # no rare value for a while: the reference cannot call that improbable
+        assert _stuck_evidence(_run(DriftMonitor(profile), usual)) == set()
+        other = _gauss(rng, limit + 500)
+        other[:, 0] = 7.0  # stuck at a value it hardly ever takes
+        assert "stuck:x[0]" in _stuck_evidence(_run(DriftMonitor(profile), other))
