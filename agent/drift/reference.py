@@ -45,6 +45,7 @@ from agent.drift.stats import (
     ChannelModel,
     InputModel,
     OutputModel,
+    covariance,
     error_channels,
     fit_input_model,
     fit_output_model,
@@ -299,7 +300,7 @@ def _calibrate(
         ref, stream = values[ref_idx], values[stream_idx]
         if dv:
             s = scores[ref_idx]
-            corr = np.atleast_2d(np.cov(s, rowvar=False)) + 1e-3 * np.eye(dv)
+            corr = covariance(s) + 1e-3 * np.eye(dv)
             precision = np.asarray(
                 np.linalg.inv(corr), dtype=np.float64
             )  # SPD thanks to the ridge; pinv (SVD) is 40x slower

@@ -115,17 +115,21 @@ class InputModel:
         return out
 
 
-_BLAS_ONE_THREAD = 65_536  # multiply-adds per product: OpenBLAS runs smaller ones on one thread
-_CHUNK = 25  # rows per product at least (one block); 25 x 64 x 64 was measured single-threaded
+# OpenBLAS runs a product of at most 4 x 65,536 multiply-adds on one thread (its default
+# GEMM_MULTITHREAD_THRESHOLD). Larger ones wake every BLAS thread, which on a busy machine costs
+# 5-50x the CPU (a 1000 x 64 covariance: 0.2-2.5 s of calibration at d=64 instead of 0.15 s).
+_BLAS_ONE_THREAD = 4 * 65_536
+_CHUNK = 25  # rows per product at least (one block)
+
+
+def _chunk_rows(k: int) -> int:
+    """Rows per product with a (k, k) matrix that stay on one BLAS thread."""
+    return max(_CHUNK, _BLAS_ONE_THREAD // max(1, k * k))
 
 
 def quadratic_form(s: FloatArray, precision: FloatArray) -> FloatArray:
-    """Row-wise s P s^T, in row chunks small enough for single-threaded BLAS.
-
-    Larger products wake multi-threaded BLAS, which cost 10-50x the CPU on a busy device.
-    """
-    dv = precision.shape[0]
-    chunk = max(_CHUNK, _BLAS_ONE_THREAD // max(1, dv * dv))
+    """Row-wise s P s^T, in row chunks small enough for single-threaded BLAS."""
+    chunk = _chunk_rows(precision.shape[0])
     if s.shape[0] <= chunk:
         sp = s @ precision
         sp *= s
@@ -134,6 +138,19 @@ def quadratic_form(s: FloatArray, precision: FloatArray) -> FloatArray:
     for i in range(0, s.shape[0], chunk):
         part = s[i : i + chunk]
         out[i : i + chunk] = ((part @ precision) * part).sum(axis=1)
+    return out
+
+
+def covariance(s: FloatArray) -> FloatArray:
+    """Sample covariance (k, k) of the columns of `s` (n, k), summed over single-threaded row chunks."""
+    n, k = s.shape
+    centred = s - s.mean(axis=0)
+    out = np.zeros((k, k))
+    chunk = _chunk_rows(k)
+    for i in range(0, n, chunk):
+        part = centred[i : i + chunk]
+        out += part.T @ part
+    out /= max(1, n - 1)
     return out
 
 
@@ -167,7 +184,7 @@ def fit_input_model(
     var = np.flatnonzero(np.isnan(const))
     s = (z[:, var] - mean[var]) / std[var]
     dv = var.size
-    corr = np.atleast_2d(np.cov(s, rowvar=False)) if dv else np.zeros((0, 0))
+    corr = covariance(s)
     precision = np.asarray(np.linalg.pinv(corr + 1e-3 * np.eye(dv), hermitian=True), dtype=np.float64)
     max_atom = np.array([max_atom_probability(x[:, j]) for j in range(d)]) if atoms else np.zeros(d)
     model = InputModel(maps, mean, std, precision, max_atom, _placeholder(0), const)
