@@ -1,6 +1,7 @@
 """One agent inference process for the benchmark: serves one artifact on a Unix socket until stdin closes.
 
 Usage: python -m bench.inference.agent_proc ARTIFACT SOCKET SLOTS_DIR [--micro-batch] [--wait-us N]
+    [--intra-op-threads N]  (override the profile's runtime threads: a side experiment)
 Prints "READY <pid>" once the model is loaded and the sockets listen (gRPC on SOCKET, the framed
 fast path on SOCKET with suffix ".fast"). Imports only what the agent
 imports (no torch), so its RSS is the agent's.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -45,6 +47,9 @@ async def _main(ns: argparse.Namespace) -> None:
         await _echo(Path(ns.socket))
         return
     profile = load_profile(ns.profile)
+    if ns.intra_op_threads:
+        runtime = dataclasses.replace(profile.runtime, threads=ns.intra_op_threads)
+        profile = dataclasses.replace(profile, runtime=runtime)
     options = ServingOptions(
         micro_batch=ns.micro_batch,
         micro_batch_max=ns.max_batch,
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", action="store_true")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--wait-us", type=float, default=0.0)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="override the profile's threads")
     parser.add_argument("--echo", action="store_true", help="serve an empty servicer (transport floor)")
     asyncio.run(_main(parser.parse_args()))
 

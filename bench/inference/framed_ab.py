@@ -54,12 +54,22 @@ def _framed_throughput(tree: Path, agent: Agent, art: Artifact, duration: float)
 
 
 def bench_model(
-    art: Artifact, trees: dict[str, Path], work: Path, *, n: int, duration: float, reps: int
+    art: Artifact,
+    trees: dict[str, Path],
+    work: Path,
+    *,
+    n: int,
+    duration: float,
+    reps: int,
+    after_args: tuple[str, ...] = (),
 ) -> dict[str, dict[str, list[float]]]:
     sample = work / "sample.npz"
     work.mkdir(parents=True, exist_ok=True)
     np.savez(sample, **art.sample)  # type: ignore[arg-type]
-    agents = {name: Agent(art.path, work / name, cwd=tree) for name, tree in trees.items()}
+    agents = {
+        name: Agent(art.path, work / name, *(after_args if name == "after" else ()), cwd=tree)
+        for name, tree in trees.items()
+    }
     apps = {name: App(art, sample, agents[name], cwd=tree) for name, tree in trees.items()}
     runs: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     try:
@@ -117,13 +127,26 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="calls per latency measurement")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per throughput window")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--after-agent-arg",
+        action="append",
+        default=[],
+        help="extra agent_proc argument for the 'after' agent only (side experiments, e.g. "
+        "--before . --after-agent-arg=--intra-op-threads=1)",
+    )
     ns = parser.parse_args()
     trees = {"before": ns.before.resolve(), "after": Path.cwd()}
     work = Path(tempfile.mkdtemp(prefix="edgeloop-framed-ab-"))
     results: dict[str, Any] = {}
     for art in digits_artifacts():
         results[art.name] = bench_model(
-            art, trees, work / art.name.replace(" ", "_"), n=ns.n, duration=ns.duration, reps=ns.reps
+            art,
+            trees,
+            work / art.name.replace(" ", "_"),
+            n=ns.n,
+            duration=ns.duration,
+            reps=ns.reps,
+            after_args=tuple(ns.after_agent_arg),
         )
     print(_table(results))
     if ns.out:
