@@ -1,7 +1,7 @@
 """On-device drift monitor: validated inputs/outputs/labels in, drift episodes out (sans-IO).
 
 Owns input validation and bad-input handling, the per-stream micro-batch buffers (at most one
-block of rows), the window banks, the stuck-sensor run lengths and the episode trackers. Feed rows
+block of rows), the window banks, the stuck-sensor runs (stuck.py) and the episode trackers. Feed rows
 one at a time or in micro-batches; statistics are evaluated at block boundaries
 (`profile.calibration.bank.block` rows).
 

@@ -2,7 +2,9 @@
 
 Owns the per-feature map from raw values to standard-normal scores built on reference quantile knots
 (tie-aware: repeated knot values collapse to one mid-probability knot, so integer and heavy-tailed
-sensors get honest scores) and a vectorised inverse normal CDF. Does not decide what is drift.
+sensors get honest scores), a vectorised inverse normal CDF, and the two batch forms the monitor
+runs every block: `ScoreTable` (the score maps of all features by table lookup) and `EdgeCounts`
+(values per decile bin, the fleet's mergeable sketch). Does not decide what is drift.
 """
 
 from __future__ import annotations
@@ -107,8 +109,7 @@ class ScoreTable:
     low: FloatArray  # base_j
     high: FloatArray  # base_j + G_j
     first: npt.NDArray[np.signedinteger[Any]]  # per cell: the segment of a value at the cell's start
-    t_next: FloatArray  # per segment c: t of knot c (+inf past the last knot)
-    t_start: FloatArray  # per segment: t where it starts
+    t_start: FloatArray  # per segment: t where it starts; then +inf, where the next feature's begin
     y_start: FloatArray  # per segment: standardised score there
     slope: FloatArray  # per segment: score per unit of t (0 beyond the end knots)
     steps: int
@@ -125,7 +126,7 @@ class ScoreTable:
         base = np.concatenate([[0], np.cumsum(cells + 1)[:-1]]).astype(np.float64)
         scale = cells / span
         table = cls(scale, base - lo * scale, base, base + cells, *_empty_segments(), 0)
-        first, t_next, t_start, y_start, slope, steps = [], [], [], [], [], 0
+        first, t_start, y_start, slope, steps = [], [], [], [], 0
         seg_base = 0
         for j, m in enumerate(maps):
             tk = table._axis(m.knots, j)
@@ -134,20 +135,19 @@ class ScoreTable:
             own = np.arange(int(base[j]), int(base[j] + cells[j]) + 1)
             first.append(seg_base + np.searchsorted(cell, own, side="left"))
             steps = max(steps, int(np.bincount(cell - int(base[j])).max()))
-            t_next.append(np.append(tk, np.inf))
-            t_start.append(np.concatenate([tk[:1], tk]))
-            y_start.append(np.concatenate([ys[:1], ys]))
+            # segments 0..m and a sentinel, so that segment c ends where segment c + 1 starts
+            t_start.append(np.concatenate([tk[:1], tk, [np.inf]]))
+            y_start.append(np.concatenate([ys[:1], ys, [0.0]]))
             width = np.diff(tk)
             inner = np.divide(np.diff(ys), width, out=np.zeros_like(width), where=width > 0)
-            slope.append(np.concatenate([[0.0], inner, [0.0]]))
-            seg_base += tk.size + 1
+            slope.append(np.concatenate([[0.0], inner, [0.0, 0.0]]))
+            seg_base += tk.size + 2
         return cls(
             table.scale,
             table.shift,
             table.low,
             table.high,
             np.concatenate(first).astype(np.int16 if seg_base < 2**15 else np.int32),
-            np.concatenate(t_next),
             np.concatenate(t_start),
             np.concatenate(y_start),
             np.concatenate(slope),
@@ -167,7 +167,7 @@ class ScoreTable:
         t = self._axis(x)
         seg = self.first.take(t.astype(np.intp))
         for _ in range(self.steps):
-            seg += t >= self.t_next.take(seg)
+            seg += t >= self.t_start[1:].take(seg)  # at or past the start of the next segment
         y = t - self.t_start.take(seg)
         y *= self.slope.take(seg)
         y += self.y_start.take(seg)
@@ -182,11 +182,9 @@ def _cell_count(knots: FloatArray, span: float) -> int:
     return int(min(_MAX_CELLS, max(1, np.ceil(span / gap) + 1)))
 
 
-def _empty_segments() -> tuple[
-    npt.NDArray[np.signedinteger[Any]], FloatArray, FloatArray, FloatArray, FloatArray
-]:
+def _empty_segments() -> tuple[npt.NDArray[np.signedinteger[Any]], FloatArray, FloatArray, FloatArray]:
     z = np.zeros(1)
-    return np.zeros(1, dtype=np.int16), z, z, z, z
+    return np.zeros(1, dtype=np.int16), z, z, z
 
 
 class EdgeCounts:
