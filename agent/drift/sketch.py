@@ -88,6 +88,7 @@ def max_atom_probability(values: FloatArray) -> float:
 
 
 _MAX_CELLS = 4096  # cells per feature at most in ScoreTable (one knot per cell on the bench's sensors)
+_TOTAL_CELLS = 32_768  # cells of all features at most (64 kB of int16): heavy tails cost steps, not memory
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class ScoreTable:
         hi = np.array([m.knots[-1] for m in maps])
         span = np.where(hi > lo, hi - lo, 1.0)
         cells = np.array([_cell_count(m.knots, float(w)) for m, w in zip(maps, span, strict=True)])
+        if cells.sum() > _TOTAL_CELLS:
+            cells = np.maximum(1, cells * _TOTAL_CELLS // cells.sum())
         base = np.concatenate([[0], np.cumsum(cells + 1)[:-1]]).astype(np.float64)
         scale = cells / span
         table = cls(scale, base - lo * scale, base, base + cells, *_empty_segments(), 0)
