@@ -6,8 +6,10 @@ the two structs of the stable C ABI it touches (`OrtApiBase`, and `OrtApi`'s fir
 `CreateStatus`) itself: its `RegisterCustomOps` entry point is called by onnxruntime and either
 succeeds (registering nothing) or returns onnxruntime's own error status. Registering a real kernel
 needs the full `OrtApi` table and, for LiteRT, the C++ `MutableOpResolver` API, neither of which
-can be built without those headers; so a model *using* a custom op is not run here. The LiteRT
-registerer is called by the interpreter with its op resolver, which the test observes.
+can be built without those headers. A model *using* a real custom kernel runs with the compiled
+op library that the onnxruntime-extensions package ships (`Inverse`, declared in the profile). The
+LiteRT registerer is called by the interpreter with its op resolver, which the test observes; no
+LiteRT kernel library is available here, so no .tflite model runs a custom kernel.
 """
 
 from __future__ import annotations
@@ -165,3 +167,34 @@ def test_a_tflite_model_with_an_unknown_custom_op_names_the_fix(tmp_path: Path) 
         load_runtime(path, load_profile("generic-x86"))
     assert "EdgeloopNoSuchOp" in str(info.value)
     assert "declare the library that implements it in the device profile" in str(info.value)
+
+
+def test_a_model_running_a_real_custom_kernel_from_a_profiles_library(tmp_path: Path) -> None:
+    """A real kernel: `Inverse` from onnxruntime-extensions' op library (a pip package shipping a
+    compiled custom-op library), declared in the profile, served through the agent's backend; without
+    the declaration the model is refused with a ModelLoadError naming the op."""
+    import onnx
+    import onnxruntime_extensions
+    from onnx import TensorProto, helper
+
+    square = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3, 3]) for n in ("m", "inv")]
+    graph = helper.make_graph(
+        [helper.make_node("Inverse", ["m"], ["inv"], domain="ai.onnx.contrib")],
+        "inverse",
+        square[:1],
+        square[1:],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    path = tmp_path / "inverse.onnx"
+    onnx.save(model, path)
+
+    library = onnxruntime_extensions.get_library_path()
+    profile = load_profile("dev-box", _profile_dir(tmp_path, f'onnxruntime = ["{library}"]'))
+    runtime = load_runtime(path, profile)
+    m = np.array([[2, 0, 0], [0, 4, 0], [1, 0, 1]], np.float32)
+    np.testing.assert_allclose(runtime.run({"m": m})["inv"], np.linalg.inv(m), rtol=1e-6)
+
+    with pytest.raises(ModelLoadError) as info:
+        load_runtime(path, load_profile("generic-x86"))
+    assert "Inverse" in str(info.value)
