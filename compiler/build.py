@@ -26,6 +26,8 @@ from compiler.errors import BudgetError, InputError, UnsupportedError
 from compiler.passes import export
 from compiler.toolchain import LocalToolchain, Target
 
+MIN_DRIFT_BUDGET, MAX_DRIFT_BUDGET = 0.01, 100.0  # false drift episodes per 10,000 samples
+
 
 @dataclass(frozen=True)
 class BuildRequest:
@@ -47,6 +49,9 @@ class BuildRequest:
     # `[serving] micro_batch`; 1: batch 1 only, whatever the profiles say; None: each profile's own.
     micro_batch: int | None = None
     latency_clock: str = "cpu"  # judge the p95 budget on thread CPU time ("cpu") or wall time
+    # The drift reference's false-alarm budget: expected false drift episodes per 10,000 monitored
+    # samples the device's thresholds are calibrated to; None: the monitor's default.
+    drift_budget_per_10k: float | None = None
     force: bool = False
     task: str | None = None  # classification | embedding; inferred when None
 
@@ -92,6 +97,12 @@ def build(request: BuildRequest, on_event: Callable[[str], None] = lambda _m: No
     profiles = load_profiles(request.profiles)
     if request.latency_clock not in pipeline.CLOCKS:
         raise InputError(f"latency clock {request.latency_clock!r}; choose one of {pipeline.CLOCKS}")
+    budget = request.drift_budget_per_10k
+    if budget is not None and not (MIN_DRIFT_BUDGET <= budget <= MAX_DRIFT_BUDGET):
+        raise InputError(
+            f"drift budget {budget}: give {MIN_DRIFT_BUDGET} to {MAX_DRIFT_BUDGET} false drift episodes "
+            "per 10,000 samples"
+        )
     if request.micro_batch is not None and request.micro_batch < 1:
         raise InputError(
             f"micro-batch {request.micro_batch}: give 2 or more, or 1 for batch 1 only "
@@ -163,7 +174,7 @@ def _build_into(
         lineage=lineage, reference=reference, outcomes=outcomes, artifacts=artifacts, quality_batch=batches
     )
     on_event("building the drift reference profile")
-    doc["drift_reference"] = _drift_reference(staging, evaluation, tc, source)
+    doc["drift_reference"] = _drift_reference(staging, evaluation, tc, source, request.drift_budget_per_10k)
     (staging / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     (staging / "MODEL_CARD.md").write_text(report.model_card(doc))
     shutil.rmtree(work)
@@ -200,21 +211,34 @@ def _search(
 
 
 def _drift_reference(
-    staging: Path, evaluation: Dataset, tc: LocalToolchain, source: export.ModelSource
+    staging: Path,
+    evaluation: Dataset,
+    tc: LocalToolchain,
+    source: export.ModelSource,
+    budget_per_10k: float | None,
 ) -> dict[str, Any]:
+    from agent.drift.reference import DEFAULT_BUDGET_PER_10K
     from compiler.drift_reference import make_reference
 
+    budget = DEFAULT_BUDGET_PER_10K if budget_per_10k is None else budget_per_10k
     blob, view = make_reference(
         evaluation,
         tc.reference_outputs(),
         task=tc.task,
         model_name=Path(source.location.split(":")[-1]).stem,
+        budget_per_10k=budget,
     )
     if blob is None:
         return {"path": None, "reason": view}
     dest = staging / "drift_reference.json"
     dest.write_bytes(blob)
-    return {"path": dest.name, "sha256": file_digest(dest), "size_bytes": len(blob), "monitors": view}
+    return {
+        "path": dest.name,
+        "sha256": file_digest(dest),
+        "size_bytes": len(blob),
+        "monitors": view,
+        "budget_per_10k": budget,
+    }
 
 
 def _fp32_onnx(source: export.ModelSource, calib: Dataset, work: Path) -> tuple[Path, Any]:

@@ -4,7 +4,7 @@ Parses arguments, calls one library function per subcommand, prints a human summ
 stderr) or `--json` (stdout), and maps errors to `ExitCode`. No compiler logic lives here.
 
     edgeloop-compile build --model M --profile P [--profile P2] --calib C.npz --eval E.npz --out DIR
-        [--micro-batch N] [--latency-clock cpu|wall]
+        [--micro-batch N] [--latency-clock cpu|wall] [--drift-budget PER_10K]
     edgeloop-compile quantize --model m.onnx --calib C.npz --out q.onnx [--mode static|dynamic]
         [--eval E.npz] [--allow-noop]     (exit 53: nothing quantized / file grew; 52: quality)
     edgeloop-compile convert --model M --calib C.npz --out m.tflite [--quantization fp32|dynamic|full]
@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the device micro-batches up to N samples: quality must also hold at batch N "
         "(batch 1, what a lone caller gets, is always measured); overrides each profile's "
         "[serving] micro_batch (default: the profile's; 1 = batch 1 only)",
+    )
+    b.add_argument(
+        "--drift-budget",
+        type=float,
+        metavar="PER_10K",
+        help="false-alarm budget of the shipped drift reference: expected false drift episodes per "
+        "10,000 monitored samples the device's thresholds are calibrated to (default: 0.5)",
     )
     b.add_argument(
         "--latency-clock",
@@ -241,6 +248,7 @@ def _build_model(args: argparse.Namespace, model: str) -> Any:
         calib_samples=args.calib_samples,
         micro_batch=args.micro_batch,
         latency_clock=args.latency_clock,
+        drift_budget_per_10k=args.drift_budget,
     )
     with _progress(args) as on_event:
         report = build(request, on_event)

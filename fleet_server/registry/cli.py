@@ -42,6 +42,8 @@ def models_register(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         body["batched_inputs"] = [n.strip() for n in ns.batched_inputs.split(",") if n.strip()]
     if ns.micro_batch is not None:
         body["micro_batch"] = ns.micro_batch
+    if ns.drift_budget is not None:
+        body["drift_budget_per_10k"] = ns.drift_budget
     out = api.request("POST", "/models", json=body)
     if ns.json:
         return out
@@ -145,6 +147,13 @@ def register(sub: Any) -> None:
         metavar="N",
         help="judge quality at batch N too (devices micro-batch up to N); default: each profile's own, "
         "1 = batch 1 only",
+    )
+    p.add_argument(
+        "--drift-budget",
+        type=float,
+        metavar="PER_10K",
+        help="false-alarm budget of the drift reference shipped with each artifact (false drift "
+        "episodes per 10,000 samples; default 0.5), inherited by descendants",
     )
     p.set_defaults(func=models_register)
     p = models.add_parser("list")

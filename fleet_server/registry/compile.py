@@ -31,6 +31,7 @@ class CompileJob:
     prefer_recipes: dict[str, str] = field(default_factory=dict)  # profile -> the parent's recipe
     batched_inputs: tuple[str, ...] | None = None  # None: the model says; (): no input is batched
     micro_batch: int | None = None  # None: each profile's [serving] micro_batch; 1: batch 1 only
+    drift_budget_per_10k: float | None = None  # None: the drift monitor's default budget
 
 
 class Compiler(Protocol):
@@ -68,6 +69,8 @@ class SubprocessCompiler:
             argv += ["--batched-inputs", ",".join(job.batched_inputs)]
         if job.micro_batch is not None:
             argv += ["--micro-batch", str(job.micro_batch)]
+        if job.drift_budget_per_10k is not None:
+            argv += ["--drift-budget", repr(job.drift_budget_per_10k)]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except FileNotFoundError as err:

@@ -14,7 +14,8 @@ _KEY = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._
 _INPUT = Annotated[str, Field(min_length=1, max_length=256)]  # an ONNX input name (see _check_names)
 _BAD_NAME = re.compile(r"[,\x00-\x1f\x7f]|^\s|\s$")
 MAX_MICRO_BATCH = 4096
-COMPILE_SETTINGS = frozenset({"profiles", "batched_inputs", "micro_batch"})  # compile_spec keys, not budgets
+# compile_spec keys that are not quality budgets
+COMPILE_SETTINGS = frozenset({"profiles", "batched_inputs", "micro_batch", "drift_budget_per_10k"})
 
 
 class VersionCreate(BaseModel):
@@ -41,6 +42,9 @@ class VersionCreate(BaseModel):
     # Also judge quality at this batch: overrides the profiles' own [serving] micro_batch; 1: batch 1
     # only; None: each profile's own.
     micro_batch: int | None = Field(default=None, ge=1, le=MAX_MICRO_BATCH, strict=True)
+    # The shipped drift reference's false-alarm budget (false drift episodes per 10,000 monitored
+    # samples the devices' thresholds are calibrated to); None: the monitor's default (0.5).
+    drift_budget_per_10k: float | None = Field(default=None, ge=0.01, le=100.0, allow_inf_nan=False)
 
     @field_validator("budgets")
     @classmethod
@@ -76,6 +80,8 @@ class VersionCreate(BaseModel):
             out["batched_inputs"] = list(self.batched_inputs)
         if self.micro_batch is not None:
             out["micro_batch"] = self.micro_batch
+        if self.drift_budget_per_10k is not None:
+            out["drift_budget_per_10k"] = self.drift_budget_per_10k
         return out
 
     def datasets(self) -> dict[str, Any]:

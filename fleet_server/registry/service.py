@@ -468,6 +468,9 @@ class ModelRegistry:
             dict(prefer or {}),
             batched_inputs=None if batched is None else tuple(str(n) for n in batched),
             micro_batch=None if spec.get("micro_batch") is None else int(spec["micro_batch"]),
+            drift_budget_per_10k=None
+            if spec.get("drift_budget_per_10k") is None
+            else float(spec["drift_budget_per_10k"]),
         )
 
     def _adopt_artifacts(self, build: Path, report: dict[str, Any]) -> dict[str, Any]:

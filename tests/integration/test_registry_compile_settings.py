@@ -1,8 +1,9 @@
-"""The registry's compile request carries the batched-inputs override and the micro-batch size
-(issue 17): both are optional, validated (a bad value is a 422 naming the field, never a 500),
-kept in the version's compile_spec (inherited like the budgets), passed to the real compiler (a
-child process), and what they did shows in the artifacts: the ONNX metadata the device reads and
-the batch the profile's quality was judged at, with where that number came from."""
+"""The registry's compile request carries the batched-inputs override, the micro-batch size and
+the drift reference's false-alarm budget (issue 17): all are optional, validated (a bad value is a
+422 naming the field, never a 500), kept in the version's compile_spec (inherited like the budgets),
+passed to the real compiler (a child process), and what they did shows in the artifacts: the ONNX
+metadata the device reads, the batch the profile's quality was judged at with where that number came
+from, and the budget the shipped drift reference is calibrated to."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import onnx
 import pytest
 
+from agent.drift.reference import DEFAULT_BUDGET_PER_10K, ReferenceProfile
 from agent.inference.signature import BATCHED_INPUTS_KEY
 from tests.fixtures.heads import write_head_model
 from tests.helpers.inproc import LiveServer
@@ -60,29 +62,40 @@ def _stamped(server: LiveServer, version: dict[str, Any]) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == BATCHED_INPUTS_KEY), None)
 
 
+def _drift_budget(server: LiveServer, version: dict[str, Any]) -> float:
+    ota = server.client.app.state.ota  # type: ignore[attr-defined]
+    sha = version["artifacts"][PROFILE]["drift_reference_sha256"]
+    return ReferenceProfile.from_bytes(ota.blob(sha).read_bytes()).budget_per_10k
+
+
 def test_settings_reach_the_compiler_are_recorded_and_are_inherited(
     server: LiveServer, files: dict[str, Path]
 ) -> None:
-    r = _post(server, _body(server, files, batched_inputs=["features"], micro_batch=8))
+    body = _body(server, files, batched_inputs=["features"], micro_batch=8, drift_budget_per_10k=2.0)
+    r = _post(server, body)
     assert r.status_code == 201, r.text
     assert r.json()["compile_spec"] == {
         "profiles": [PROFILE],
         "batched_inputs": ["features"],
         "micro_batch": 8,
+        "drift_budget_per_10k": 2.0,
     }
     v1 = _settled(server, 1)
     assert v1["status"] == "awaiting_approval", v1["detail"]
     art = v1["artifacts"][PROFILE]
     assert art["quality_batch"] == {"serve": 1, "micro_batch": 8, "source": "request"}
     assert _stamped(server, v1) == "features"  # what the device reads when it loads the artifact
+    assert _drift_budget(server, v1) == 2.0  # the shipped reference's thresholds are calibrated to it
 
     # A child without profiles inherits the whole spec; its own settings go on top: an empty list
     # says no input is batched (a stateful model), micro-batch 1 is batch 1 only.
     child = {"name": "head", "artifact_sha256": v1["artifact_sha256"], "batched_inputs": [], "micro_batch": 1}
     r = _post(server, child)
     assert r.status_code == 201, r.text
-    assert r.json()["compile_spec"] == {"profiles": [PROFILE], "batched_inputs": [], "micro_batch": 1}
+    inherited = {"profiles": [PROFILE], "drift_budget_per_10k": 2.0}
+    assert r.json()["compile_spec"] == inherited | {"batched_inputs": [], "micro_batch": 1}
     v2 = _settled(server, 2)
+    assert _drift_budget(server, v2) == 2.0
     assert v2["status"] == "awaiting_approval", v2["detail"]
     assert v2["artifacts"][PROFILE]["quality_batch"] == {"serve": 1, "micro_batch": None, "source": "request"}
     assert _stamped(server, v2) == ""
@@ -93,6 +106,7 @@ def test_settings_reach_the_compiler_are_recorded_and_are_inherited(
     v3 = _settled(server, 3)
     assert v3["artifacts"][PROFILE]["quality_batch"] == {"serve": 1, "micro_batch": None, "source": None}
     assert _stamped(server, v3) is None
+    assert _drift_budget(server, v3) == DEFAULT_BUDGET_PER_10K
 
 
 @pytest.mark.parametrize(
@@ -110,6 +124,10 @@ def test_settings_reach_the_compiler_are_recorded_and_are_inherited(
         ({"batched_inputs": [""]}, ["body", "batched_inputs", 0]),
         ({"batched_inputs": [7]}, ["body", "batched_inputs", 0]),
         ({"budgets": {"micro_batch": 8}}, ["body", "budgets"]),
+        ({"drift_budget_per_10k": 0}, ["body", "drift_budget_per_10k"]),
+        ({"drift_budget_per_10k": 1000}, ["body", "drift_budget_per_10k"]),
+        ({"drift_budget_per_10k": "NaN"}, ["body", "drift_budget_per_10k"]),
+        ({"budgets": {"drift_budget_per_10k": 1.0}}, ["body", "budgets"]),
     ],
 )
 def test_malformed_settings_are_a_422_naming_the_field(

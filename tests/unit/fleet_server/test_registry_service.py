@@ -225,11 +225,13 @@ def test_compile_settings_reach_the_job_and_the_compiler_command_line(
     registry.start()
     with Session(engine) as s:
         settings = {"batched_inputs": ["features"], "micro_batch": 8, "budgets": {"min_agreement": 0.9}}
+        settings["drift_budget_per_10k"] = 1.5
         registry.register(s, VersionCreate(**(spec.model_dump() | settings)), created_by="t")
     _wait(registry)
     registry.stop()
     (job,) = compiler.jobs
     assert (job.batched_inputs, job.micro_batch, job.budgets) == (("features",), 8, {"min_agreement": 0.9})
+    assert job.drift_budget_per_10k == 1.5
 
     from fleet_server.registry import compile as compile_mod
 
@@ -241,17 +243,19 @@ def test_compile_settings_reach_the_job_and_the_compiler_command_line(
 
     monkeypatch.setattr(subprocess, "run", fake_run)  # compile.py calls subprocess.run
     runner = compile_mod.SubprocessCompiler(("edgeloop-compile",))
-    for batched, micro, expected in [
-        (("features",), 8, ["--batched-inputs", "features", "--micro-batch", "8"]),
-        ((), 1, ["--batched-inputs", "", "--micro-batch", "1"]),
-        (None, None, []),
+    flags = {"--batched-inputs", "--micro-batch", "--drift-budget"}
+    every = ["--batched-inputs", "features", "--micro-batch", "8", "--drift-budget", "1.5"]
+    for batched, micro, budget, expected in [
+        (("features",), 8, 1.5, every),
+        ((), 1, None, ["--batched-inputs", "", "--micro-batch", "1"]),
+        (None, None, None, []),
     ]:
         with pytest.raises(CompileFailed):
             runner.build(CompileJob(job.model, ("p",), job.calib, job.evaluation, job.out,
-                                    batched_inputs=batched, micro_batch=micro))  # fmt: skip
+                                    batched_inputs=batched, micro_batch=micro,
+                                    drift_budget_per_10k=budget))  # fmt: skip
         argv = seen[-1]
-        tail = [a for i, a in enumerate(argv) if a in {"--batched-inputs", "--micro-batch"}
-                or argv[i - 1] in {"--batched-inputs", "--micro-batch"}]  # fmt: skip
+        tail = [a for i, a in enumerate(argv) if a in flags or argv[i - 1] in flags]
         assert tail == expected
 
 
