@@ -289,9 +289,9 @@ class FederatedRunner:
             name=f"fl-run-{run_id[:8]}",
             daemon=True,
         )
-        with self._lock:
+        with self._lock:  # started under the lock: a cancel never sees a thread it cannot join yet
             active.thread = self._thread = thread
-        thread.start()
+            thread.start()
         return run_id
 
     def cancel(self, run_id: str, *, by: str, reason: str = "", actor: Actor | None = None) -> FlRun:
