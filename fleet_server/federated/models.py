@@ -4,7 +4,8 @@ Changed together with migrations/versions/0004_federated.py, 0009_federated_term
 (cancellation: who cancelled a run; its states are in lifecycle.py) and 0017_federated_replicas.py
 (replicas: at most one `running` run fleet-wide, who runs it under which lease token, the run's
 inputs for the runner replica, task streams and the task/result relay between replicas, the
-persisted auto-retrain policy).
+persisted auto-retrain policy) and 0018_fl_reputation.py (per-device reputation of the robust
+defences, kept per model across runs, server restarts and runner replicas).
 """
 
 from __future__ import annotations
@@ -141,3 +142,17 @@ class FlAutoRetrain(SQLModel, table=True):
     updated_by: str = Field(default="", max_length=64)
     updated_at: datetime | None = _ts()
     status: dict[str, Any] = _json()  # the trigger holder's counters (checks, errors, last run)
+
+
+class FlReputation(SQLModel, table=True):
+    """A device's reputation under the robust defences for one model: the running sum of its
+    updates' agreement with the reference direction over every round of every run (reputation.py)."""
+
+    __tablename__ = "fl_reputation"
+
+    model: str = Field(primary_key=True, max_length=128)
+    node_id: int = Field(
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False)
+    )  # grid.node_id_for
+    score: float = 0.0
+    updated_at: datetime | None = _ts()

@@ -47,7 +47,7 @@ from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
 from fleet_server.coordination.leases import LeaseLost
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
-from fleet_server.federated import lifecycle
+from fleet_server.federated import lifecycle, reputation_store
 from fleet_server.federated.defences.secure import ValidatedAggregate
 from fleet_server.federated.grid import FleetGrid
 from fleet_server.federated.handoff import write_artifacts
@@ -163,7 +163,8 @@ class FederatedRunner:
         self.result: ArrayRecord | None = None
         self.replica_id = ""  # recorded as the runner of runs started here (wiring sets it)
         # The model's server-held labelled set for the robust defences and aggregate validation
-        # (wiring sets the registry adapter); per-device reputation kept across runs, per model.
+        # (wiring sets the registry adapter); per-device reputation per model, loaded from and written
+        # back to the fl_reputation table (reputation_store.py) around every round.
         self.root_data: RootData | None = None
         self.reputations: dict[str, dict[Hashable, float]] = {}
 
@@ -438,6 +439,9 @@ class FederatedRunner:
                 active, rnd, spec, strategy, arrays, config=config, evaluate_fn=evaluate_fn
             )
             results.append(valid)
+            book = self.reputations.get(spec.model)
+            if spec.model and book:
+                reputation_store.save(self._engine, spec.model, book, active.fence)
         return arrays, results
 
     def _strategy(self, spec: RunSpec) -> Strategy:
@@ -445,6 +449,11 @@ class FederatedRunner:
         under secure aggregation (the server sees only the sum) it validates the aggregate."""
         root = self.root_data.for_model(spec.model) if self.root_data is not None and spec.model else None
         book = self.reputations.setdefault(spec.model, {})
+        if (
+            spec.model
+        ):  # the stored book is the truth: another replica or an earlier process may have moved it
+            book.clear()
+            book.update(reputation_store.load(self._engine, spec.model))
         strategy = make_strategy(spec.strategy, root=root, reputation=book)
         if spec.secure_aggregation and root is not None:
             strategy = ValidatedAggregate(strategy, root)

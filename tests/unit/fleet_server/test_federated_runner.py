@@ -12,6 +12,8 @@ from sqlmodel import Session, select
 from fleet_server.audit.chain import Actor
 from fleet_server.audit.port import MemoryAuditLog
 from fleet_server.db import make_engine
+from fleet_server.federated import reputation_store
+from fleet_server.federated.grid import node_id_for
 from fleet_server.federated.models import FlRound, FlRun
 from fleet_server.federated.privacy import epsilon_after
 from fleet_server.federated.runner import FederatedRunner, RunSpec
@@ -82,6 +84,32 @@ def test_multikrum_with_norm_bound_scores_the_attacker(
     for r in rows:
         assert r.results == 8
         assert max(r.anomaly_scores, key=r.anomaly_scores.get) == "d03"  # type: ignore[arg-type]
+
+
+def test_reputation_is_stored_per_model_and_carries_over_to_a_restarted_runner(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """Issue 18: a device's reputation under the robust defences outlives the process that ran the
+    round (a restart, or another runner replica on the same database): a new runner continues the
+    stored sums instead of starting every device at zero, so a device with a bad history stays out."""
+    fleet = InProcFleet(loop, tmp_path, 8)
+    runner, engine = _runner(tmp_path, fleet)
+    spec = RunSpec(StrategySpec("robust-fedavg", min_nodes=8, malicious=1), num_rounds=2, round_timeout_s=10,
+                   model="digits-head")  # fmt: skip
+    runner.run_blocking(spec, model())
+    first = reputation_store.load(engine, "digits-head")  # type: ignore[arg-type]
+    assert sorted(first) == sorted(node_id_for(f"d{i:02d}") for i in range(8))  # every device, by node id
+    assert reputation_store.load(engine, "another-model") == {}  # type: ignore[arg-type]
+
+    # A history in which d03 kept pulling against the fleet (as stored by an earlier process).
+    suspect = node_id_for("d03")
+    reputation_store.save(engine, "digits-head", first | {suspect: -100.0})  # type: ignore[arg-type]
+    restarted = FederatedRunner(engine=engine, grid=fleet.grid, out_dir=tmp_path / "out2")  # type: ignore[arg-type]
+    second_run = restarted.run_blocking(spec, model())
+    assert all(r.metrics["robust-excluded"] == 1 for r in _rounds(engine, second_run)[1])  # max_drop 1: d03
+    second = reputation_store.load(engine, "digits-head")  # type: ignore[arg-type]
+    assert -102.0 < second[suspect] < -98.0  # summed on from the stored value (two cosines), not from zero
+    assert all(abs(second[k] - first[k]) <= 2.0 and second[k] != first[k] for k in first if k != suspect)
 
 
 def test_run_fails_cleanly_when_too_few_devices(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
