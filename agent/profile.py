@@ -18,6 +18,10 @@ then judges quality at that batch too, and the agent never forms a larger batch;
 
     [serving]
     micro_batch = 32                         # absent: devices serve batch 1
+
+onnxruntime serves a cheap model (a call under ~1 ms, inputs of fixed size) with one intra-op thread
+instead of ``runtime.threads`` when it is not slower so (timed at load, see
+`agent.inference.onnx_backend`); ``threads_auto = false`` under ``[runtime]`` pins ``threads``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class RuntimeSpec:
     threads: int
     onnx_custom_op_libraries: tuple[str, ...] = ()  # absolute paths after loading
     litert_custom_ops: tuple[LiteRTCustomOps, ...] = ()
+    # [runtime] threads_auto: onnxruntime may serve a cheap model on one intra-op thread (false: `threads`)
+    threads_auto: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ def _parse(raw: dict[str, Any], folder: Path | None = None) -> DeviceProfile:
         threads=int(rt.get("threads", 1)),
         onnx_custom_op_libraries=onnx_libs,
         litert_custom_ops=litert_ops,
+        threads_auto=_bool(rt.get("threads_auto", True), "runtime.threads_auto"),
     )
     for value, allowed, what in (
         (runtime.preferred, RUNTIMES, "runtime.preferred"),
@@ -146,6 +153,12 @@ def _parse(raw: dict[str, Any], folder: Path | None = None) -> DeviceProfile:
         slots_root=str(raw.get("slots", {}).get("root", "/var/lib/edgeloop/models")),
         micro_batch=_micro_batch(raw.get("serving", {})),
     )
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what}={value!r}, expected true or false")
+    return value
 
 
 def _micro_batch(serving: Any) -> int | None:

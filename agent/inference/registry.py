@@ -1,6 +1,7 @@
 """Choose and build the backend for an artifact on this device (the composition of profile + file).
 
-Owns the suffix -> factory table (`.onnx` -> onnxruntime with the profile's execution providers,
+Owns the suffix -> factory table (`.onnx` -> onnxruntime with the profile's execution providers and
+threads, one thread for cheap models unless ``runtime.threads_auto = false``,
 `.tflite` -> LiteRT with XNNPACK, `*_edgetpu.tflite` -> the Edge TPU delegate when the profile says
 Coral; each with the profile's custom-op libraries) and the Edge TPU -> CPU artifact fallback.
 Backend modules are imported lazily here, so a device without LiteRT still serves ONNX models.
@@ -33,6 +34,7 @@ def _load_onnx(artifact: Path, profile: DeviceProfile) -> InferenceRuntime:
         providers=providers,
         threads=profile.runtime.threads,
         custom_op_libraries=profile.runtime.onnx_custom_op_libraries,
+        auto_threads=profile.runtime.threads_auto,
     )
 
 

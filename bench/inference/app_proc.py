@@ -1,11 +1,14 @@
 """The app's process for the inference benchmark: raw session, LocalModel and both socket clients.
 
 Usage: python -m bench.inference.app_proc ARTIFACT SAMPLE.npz SLOTS SOCKET FAST_SOCKET
-Holds, in one process: a raw onnxruntime session built through the agent's own adapter (identical
-session options), `LocalModel` on the agent's slots (in-process mode), and `EdgeloopClient` over the
-framed socket and over gRPC. So every latency is measured in the same process as raw `session.run`.
+Holds, in one process: two raw onnxruntime sessions built through the agent's own adapter
+(identical session options; "raw" with the profile's intra-op threads, "raw1" with one thread, both
+pinned: "raw1" is the fair baseline for a model the agent's automatic rule serves on one thread),
+`LocalModel` on the agent's slots (in-process mode), and `EdgeloopClient` over the framed socket
+and over gRPC. Prints ``READY {"agent": backend, "local": backend}`` (the backend strings say the
+intra-op threads each chose). So every latency is measured in the same process as raw `session.run`.
 Reads one JSON command per stdin line and answers one JSON line:
-    {"op": "lat", "mode": "raw|local|framed|grpc", "n": N}  -> p50_us, p95_us, cpu_us (per call)
+    {"op": "lat", "mode": "raw|raw1|local|framed|grpc", "n": N}  -> p50_us, p95_us, cpu_us (per call)
     {"op": "thr", "mode": "raw|local|local_gated", "duration": S}  -> rps, 16 threads in this process
 ("local_gated": LocalModel with max_concurrent = the profile's threads, like the agent's workers.)
 """
@@ -68,13 +71,15 @@ def main() -> None:
     artifact, sample_path, slots, sock, fast = (Path(a) for a in sys.argv[1:6])
     sample = dict(np.load(sample_path))
     profile = load_profile("generic-x86")
-    session = OnnxRuntime(artifact, threads=profile.runtime.threads)._session
+    session = OnnxRuntime(artifact, threads=profile.runtime.threads, auto_threads=False)._session
+    session1 = OnnxRuntime(artifact, threads=1, auto_threads=False)._session
     local = LocalModel(slots, profile=profile)
     gated = LocalModel(slots, profile=profile, max_concurrent=profile.runtime.threads)
     framed = EdgeloopClient(sock, fast_socket=fast)
     grpc_client = EdgeloopClient(sock)
     calls: dict[str, Callable[[], Any]] = {
         "raw": lambda: session.run(None, sample),
+        "raw1": lambda: session1.run(None, sample),
         "local": lambda: local.predict_full(sample),
         "local_gated": lambda: gated.predict_full(sample),
         "framed": lambda: framed.predict_full(sample),
@@ -82,7 +87,12 @@ def main() -> None:
     }
     for call in calls.values():
         call()
-    print("READY", flush=True)
+    local_handle = local._holder.current
+    backends = {
+        "agent": grpc_client.model_info().backend,
+        "local": local_handle.runtime.backend if local_handle is not None else "none",
+    }
+    print("READY " + json.dumps(backends), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         call = calls[cmd["mode"]]

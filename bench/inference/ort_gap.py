@@ -54,7 +54,7 @@ def main() -> None:
     ns = parser.parse_args()
     results: dict[str, list[float]] = {}
     for art in digits_artifacts():
-        sessions = {t: OnnxRuntime(art.path, threads=t)._session for t in (2, 1)}
+        sessions = {t: OnnxRuntime(art.path, threads=t, auto_threads=False)._session for t in (2, 1)}
         for rep in range(ns.reps):
             order = [2, 1] if rep % 2 == 0 else [1, 2]
             for threads in order:

@@ -6,10 +6,13 @@ Reproduce (from the repo root, ~15 minutes on 2 cores with 5 repetitions):
 
 For each model (digits CNN fp32 and int8 QDQ, MiniLM-L6 int8 and fp32, all ONNX, batch 1), one agent
 process (and a second one with micro-batching) serves the artifact, and one *app* process
-(`app_proc.py`) holds a raw onnxruntime session built with the agent's session options, a
-`LocalModel` on the agent's slots, and `EdgeloopClient`s over the framed v2 socket and gRPC:
+(`app_proc.py`) holds raw onnxruntime sessions built with the agent's session options (the profile's
+intra-op threads, and one thread), a `LocalModel` on the agent's slots, and `EdgeloopClient`s over
+the framed v2 socket and gRPC:
   * batch-1 p50/p95 of each, all measured in the app's process, so "added p50" is over raw
-    `session.run` in the same process; CPU overhead = app CPU + agent CPU per call - raw CPU;
+    `session.run` in the same process, against both raw sessions (the agent and LocalModel serve a
+    cheap model on one thread, see `onnx_backend`; the threads each chose are printed);
+    CPU overhead = app CPU + agent CPU per call - raw CPU (profile's threads);
   * c=16 throughput: 16 raw threads and 16 LocalModel threads in the app's process; 16 API clients
     (4 processes x 4 threads) over framed v2 and gRPC, without and with micro-batching (MB).
 Every repetition runs every mode, in an order rotated per repetition (interleaved), and each ratio
@@ -162,6 +165,7 @@ class App:
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"app did not start: {line!r}")
+        self.backends: dict[str, str] = json.loads(line.removeprefix("READY").strip() or "{}")
 
     def ask(self, **cmd: Any) -> dict[str, float]:
         assert self.proc.stdin is not None
@@ -177,7 +181,7 @@ class App:
         self.proc.wait(30)
 
 
-LAT_MODES = ("raw", "local", "framed", "grpc")
+LAT_MODES = ("raw", "raw1", "local", "framed", "grpc")
 THR_MODES = ("raw", "local", "framed", "framed_mb", "grpc", "grpc_mb")
 
 
@@ -194,6 +198,7 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float, reps: int
     plain = Agent(art.path, work / "plain")
     batched = Agent(art.path, work / "batched", "--micro-batch", "--max-batch", "32")
     app = App(art, sample, plain)
+    print(f"  {art.name}: {app.backends}", flush=True)
     runs: dict[str, list[float]] = {}
     try:
         for rep in range(reps):
@@ -215,8 +220,10 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float, reps: int
             for mode in LAT_MODES:
                 runs.setdefault(f"{mode}_p50_us", []).append(lat[mode]["p50_us"])
                 runs.setdefault(f"{mode}_p95_us", []).append(lat[mode]["p95_us"])
-                if mode != "raw":
+                if mode not in ("raw", "raw1"):
                     runs.setdefault(f"{mode}_added_p50_us", []).append(lat[mode]["p50_us"] - raw["p50_us"])
+                    added1 = lat[mode]["p50_us"] - lat["raw1"]["p50_us"]
+                    runs.setdefault(f"{mode}_added1_p50_us", []).append(added1)
                     cpu = lat[mode]["cpu_us"] + lat[mode]["agent_cpu_us"] - raw["cpu_us"]
                     runs.setdefault(f"{mode}_cpu_overhead_us", []).append(cpu)
             for mode in THR_MODES:
@@ -232,7 +239,8 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float, reps: int
         app.close()
         plain.close()
         batched.close()
-    return {"runs": runs, "median": {k: float(np.median(v)) for k, v in runs.items()}}
+    median = {k: float(np.median(v)) for k, v in runs.items()}
+    return {"runs": runs, "median": median, "backends": app.backends}
 
 
 def grpc_floor(work: Path) -> float:
@@ -278,15 +286,22 @@ def _pct(r: dict[str, Any], key: str) -> str:
 
 def _table(results: dict[str, dict[str, Any]]) -> str:
     rows = [
-        "| model | raw p50 µs | added p50 µs: in-process | framed v2 | gRPC "
+        "| model | agent / in-process backend | raw p50 µs: profile threads / 1 thread "
+        "| added p50 µs over raw (profile threads): in-process | framed v2 | gRPC "
+        "| added p50 µs over raw (1 thread): in-process | framed v2 | gRPC "
         "| CPU overhead µs/call: in-process / framed / gRPC |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         cpu = " / ".join(_cell(r, f"{m}_cpu_overhead_us") for m in ("local", "framed", "grpc"))
+        threads = " / ".join(r["backends"][k].rsplit(" ", 1)[-1] for k in ("agent", "local"))
+        added = " | ".join(
+            _cell(r, f"{m}_{key}_p50_us", "{:.1f}" if m == "local" else "{:.0f}")
+            for key in ("added", "added1")
+            for m in ("local", "framed", "grpc")
+        )
         rows.append(
-            f"| {name} | {_cell(r, 'raw_p50_us')} | {_cell(r, 'local_added_p50_us', '{:.1f}')} "
-            f"| {_cell(r, 'framed_added_p50_us')} | {_cell(r, 'grpc_added_p50_us')} | {cpu} |"
+            f"| {name} | {threads} | {_cell(r, 'raw_p50_us')} / {_cell(r, 'raw1_p50_us')} | {added} | {cpu} |"
         )
     rows += [
         "",

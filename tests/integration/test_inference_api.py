@@ -76,7 +76,7 @@ def test_predict_matches_torch_and_reports_model_info(
     reference = models.reference_logits[:450]
     assert np.abs(logits - reference).max() <= 1e-4
     assert (info.name, info.version, info.slot) == ("digits", "1", "current")
-    assert info.backend == "onnxruntime[CPUExecutionProvider]"
+    assert info.backend.startswith("onnxruntime[CPUExecutionProvider] threads=")
     assert signature.describe() == SIGNATURE
     assert {e.slot: e.version for e in slots.slots}["current"] == "1"
     assert slots.stats["inference.digits@1.requests"] == 9
