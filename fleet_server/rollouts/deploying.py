@@ -118,9 +118,7 @@ class Deployer:
                     d.status, d.deployment_id, d.updated_at = DEVICE_ASSIGNED, dep, now
                     s2.add(d)
                 s2.commit()
-            for device_id in ids:
-                if self.notify is not None:
-                    self.notify(device_id)
+            self._notify(ids)
             logger.info(
                 "rollout %s batch %d: release %d deployed to %d device(s) as %s",
                 row.id,
@@ -214,9 +212,7 @@ class Deployer:
                     )
                     s2.add(d)
                 s2.commit()
-            for device_id in ids:
-                if self.notify is not None:
-                    self.notify(device_id)
+            self._notify(ids)
             logger.info(
                 "rollout %s: rollback release %d (bytes of %d) to %d device(s)",
                 row.id,
@@ -224,6 +220,12 @@ class Deployer:
                 prev,
                 len(ids),
             )
+
+    def _notify(self, device_ids: list[str]) -> None:
+        """Wake the devices' sessions so they fetch their new desired state now."""
+        if self.notify is not None:
+            for device_id in device_ids:
+                self.notify(device_id)
 
 
 def _mark(s: Session, row: Rollout, effect: dict[str, Any], done: str) -> None:
