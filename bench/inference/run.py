@@ -194,7 +194,7 @@ def bench_model(art: Artifact, work: Path, *, n: int, duration: float, reps: int
     """`reps` interleaved repetitions (mode order rotated each time) of every latency and throughput."""
     work.mkdir(parents=True, exist_ok=True)
     sample = work / "sample.npz"
-    np.savez(sample, **art.sample)
+    np.savez(sample, **art.sample)  # type: ignore[arg-type]
     plain = Agent(art.path, work / "plain")
     batched = Agent(art.path, work / "batched", "--micro-batch", "--max-batch", "32")
     app = App(art, sample, plain)
