@@ -8,6 +8,8 @@ resends: every batch must be acked and stored by the broker's redelivery alone.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from tests.helpers.procs import ServerProc, wait_until
 from tests.integration.test_mqtt_bridge import Device_, broker  # noqa: F401  (fixture)
 
 BATCHES, PER = 300, 10
+PACE_S = 0.01  # 3 s of publishing: the server is killed after its first acks, well before the end
 
 
 @pytest.mark.slow
@@ -54,14 +57,20 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
                 acked.add(msg.telemetry_ack.batch_id)
         return len(acked)
 
-    try:
+    def publish_all() -> None:  # paced, so the kill lands mid-stream however fast the server drains
         for b in range(BATCHES):
             payload = telemetry(b, list(range(b * PER + 1, b * PER + PER + 1))).SerializeToString()
             dev.client.publish(mqtt.topic(device_id, mqtt.UP), payload, qos=1)
+            time.sleep(PACE_S)
+
+    publisher = threading.Thread(target=publish_all, name="publisher", daemon=True)
+    try:
+        publisher.start()
         wait_until(lambda: drain() >= 5, 30, what="first acks")
         server.kill()
         killed_at = drain()
         server.start()
+        publisher.join(BATCHES * PACE_S + 30)
         wait_until(lambda: drain() == BATCHES, 60, what="every batch acked")
         url = server.env()["EDGELOOP_DATABASE_URL"] or f"sqlite:///{server.data_dir / 'fleet.db'}"
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
