@@ -426,7 +426,7 @@ class FederatedRunner:
         self, active: _Active, spec: RunSpec, arrays: ArrayRecord, evaluate_fn: EvaluateFn | None
     ) -> tuple[ArrayRecord, list[int]]:
         """Returns the final arrays and the number of valid results of each round."""
-        strategy = self._strategy(spec)
+        strategy, book = self._strategy(spec)
         config = ConfigRecord(dict(spec.train_config))
         if spec.dp_noise_multiplier > 0:
             config["dp-noise-multiplier"] = spec.dp_noise_multiplier
@@ -439,25 +439,23 @@ class FederatedRunner:
                 active, rnd, spec, strategy, arrays, config=config, evaluate_fn=evaluate_fn
             )
             results.append(valid)
-            book = self.reputations.get(spec.model)
             if spec.model and book:
                 reputation_store.save(self._engine, spec.model, book, active.fence)
         return arrays, results
 
-    def _strategy(self, spec: RunSpec) -> Strategy:
-        """The run's strategy with the model's root set: the `robust-<rule>` defences use it, and
-        under secure aggregation (the server sees only the sum) it validates the aggregate."""
+    def _strategy(self, spec: RunSpec) -> tuple[Strategy, dict[Hashable, float]]:
+        """The run's strategy with the model's root set (the `robust-<rule>` defences use it, and
+        under secure aggregation, where the server sees only the sum, it validates the aggregate),
+        and the reputation book the strategy updates in place."""
         root = self.root_data.for_model(spec.model) if self.root_data is not None and spec.model else None
         book = self.reputations.setdefault(spec.model, {})
-        if (
-            spec.model
-        ):  # the stored book is the truth: another replica or an earlier process may have moved it
+        if spec.model:  # the stored book is the truth: another replica or process may have moved it
             book.clear()
             book.update(reputation_store.load(self._engine, spec.model))
         strategy = make_strategy(spec.strategy, root=root, reputation=book)
         if spec.secure_aggregation and root is not None:
             strategy = ValidatedAggregate(strategy, root)
-        return strategy
+        return strategy, book
 
     def _round(
         self,
