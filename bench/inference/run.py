@@ -27,6 +27,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -256,6 +257,34 @@ def grpc_floor(work: Path) -> float:
         agent.close()
 
 
+def ipc_floor(n: int = 5000) -> float:
+    """p50 µs of a 16-byte round trip over a Unix socket to another process that only echoes.
+
+    The floor under any socket path on this machine: two wake-ups across processes. On a VM whose
+    vCPUs halt when idle, each wake-up of a thread on another vCPU is an inter-processor interrupt
+    through the hypervisor, which can cost tens of µs; on bare metal it is a few µs.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:  # the echo process
+        ours.close()
+        while data := theirs.recv(64):
+            theirs.sendall(data)
+        os._exit(0)
+    theirs.close()
+    try:
+        msg = b"x" * 16
+
+        def round_trip() -> None:
+            ours.sendall(msg)
+            ours.recv(64)
+
+        return float(np.percentile(_latencies(round_trip, n), 50) * 1e6)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+
+
 def bench_footprint(art: Artifact, work: Path, idle_s: float) -> dict[str, float]:
     from agent.client import EdgeloopClient
 
@@ -331,6 +360,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-"))
     load_before = os.getloadavg()
     floor = grpc_floor(work / "echo")
+    ipc_before = ipc_floor()
     results: dict[str, dict[str, Any]] = {}
     for art in artifacts:
         n = 2000 if "digits" in art.name else 150
@@ -338,17 +368,20 @@ def main() -> None:
             art, work / art.name.replace(" ", "_"), n=n, duration=ns.duration, reps=ns.reps
         )
     footprint = bench_footprint(artifacts[1], work, ns.idle)
+    ipc = [ipc_before, ipc_floor()]
     print(_table(results))
     print(
         f"\nagent RSS, digits int8 loaded: {footprint['rss_mb']:.1f} MB (peak {footprint['hwm_mb']:.1f} MB); "
         f"idle CPU over {ns.idle:.0f} s: {footprint['idle_cpu_pct']:.2f}% of a core; "
-        f"empty gRPC round trip p50 {floor:.0f} µs; load average {load_before} -> {os.getloadavg()}"
+        f"empty gRPC round trip p50 {floor:.0f} µs; bare Unix-socket round trip to another process "
+        f"p50 {ipc[0]:.0f} / {ipc[1]:.0f} µs (before / after); load avg {load_before} -> {os.getloadavg()}"
     )
     if ns.out:
         payload = {
             "models": results,
             "footprint": footprint,
             "grpc_floor_p50_us": floor,
+            "ipc_floor_p50_us": ipc,
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
             "cpus": os.cpu_count(),
