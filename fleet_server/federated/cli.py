@@ -34,9 +34,13 @@ def fl_start(api: Api, ns: argparse.Namespace, console: Console) -> Any:
         "malicious": ns.malicious,
         "round_timeout_s": ns.timeout,
         "norm_bound": ns.norm_bound,
+        "clipping_norm": ns.clipping_norm,
         "secure_aggregation": ns.secure_aggregation,
+        "secagg_clip": ns.secagg_clip,
         "dp_noise_multiplier": ns.dp_noise,
+        "dp_clip": ns.dp_clip,
         "lr": ns.lr,
+        "local_epochs": ns.local_epochs,
         "labels": labels,
         "profile": ns.profile,
         "drifted_only": ns.drifted_only,
@@ -119,10 +123,20 @@ def register(sub: Any) -> None:
     p.add_argument("--max-nodes", type=int, default=0, help="at most this many devices per round (0: all)")
     p.add_argument("--malicious", type=int, default=0, help="f for krum/multikrum")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per round")
-    p.add_argument("--norm-bound", type=float, default=0.0)
+    p.add_argument("--norm-bound", type=float, default=0.0, help="server-side: bound each update (0: off)")
+    p.add_argument(
+        "--clipping-norm",
+        type=float,
+        default=0.0,
+        help="device-side L2 clip of each update before upload and masking (0: off); applies under"
+        " --secure-aggregation, where the server sees only the sum",
+    )
     p.add_argument("--secure-aggregation", action="store_true")
+    p.add_argument("--secagg-clip", type=float, default=1.0, help="per-coordinate range of masked values")
     p.add_argument("--dp-noise", type=float, default=0.0, help="client-side DP noise multiplier")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip before the DP noise")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--label", action="append", default=[], help="key=value cohort filter")
     p.add_argument("--profile", default="")
     p.add_argument("--drifted-only", action="store_true")

@@ -86,6 +86,13 @@ class RunRequest(BaseModel):
     malicious: int = Field(default=0, ge=0, le=lim.MAX_NODES)
     round_timeout_s: float = Field(default=60.0, ge=lim.MIN_ROUND_TIMEOUT_S, le=lim.MAX_ROUND_TIMEOUT_S)
     norm_bound: float = Field(default=0.0, ge=0, le=lim.MAX_NORM_BOUND)
+    clipping_norm: float = Field(
+        default=0.0,
+        ge=0,
+        le=lim.MAX_NORM_BOUND,
+        description="device-side: each device clips its update's L2 norm to this before upload (and "
+        "before masking under secure aggregation); 0 = off",
+    )
     secure_aggregation: bool = False
     secagg_clip: float = Field(default=1.0, ge=lim.MIN_SECAGG_CLIP, le=lim.MAX_SECAGG_CLIP)
     dp_noise_multiplier: float = Field(
@@ -157,7 +164,8 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
         norm_bound=req.norm_bound,
         secure_aggregation=req.secure_aggregation,
         secagg=SecAggParams(clip=req.secagg_clip),
-        train_config={"lr": req.lr, "local-epochs": req.local_epochs},
+        train_config={"lr": req.lr, "local-epochs": req.local_epochs}
+        | ({"clipping_norm": req.clipping_norm} if req.clipping_norm > 0 else {}),
         dp_noise_multiplier=req.dp_noise_multiplier,
         dp_clip=req.dp_clip,
         dp_delta=req.dp_delta,

@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 from sqlmodel import Session
 
+from agent.federated.tensors import config_from_proto
 from fleet_server import operator_cli
 from fleet_server.db import make_engine
 from fleet_server.errors import ConflictError
@@ -116,6 +117,8 @@ BAD_BODIES: list[tuple[object, str]] = [
     ({"local_epochs": 10**9}, "local_epochs"),
     ({"secagg_clip": 1e-300}, "secagg_clip"),
     ({"norm_bound": 1e300}, "norm_bound"),
+    ({"clipping_norm": -1}, "clipping_norm"),
+    ({"clipping_norm": 1e300}, "clipping_norm"),
     ({"malicious": 5, "min_nodes": 2}, "malicious"),
     ({"labels": {f"k{i}": "v" for i in range(1000)}}, "labels"),
     ({"strategy": "x" * 100}, "strategy"),
@@ -211,6 +214,30 @@ def test_a_run_on_a_day_long_round_is_cancelled_by_the_cli_and_the_next_run_comp
     assert run_of(server, second)["status"] == "completed", run_of(server, second)["detail"]
     listed = server.client.get(RUNS, params={"limit": 0}, headers=server.auth("viewer"))
     assert listed.status_code == 422
+
+
+def test_the_cli_sets_the_device_side_clip_and_training_settings_the_device_receives(
+    server: LiveServer, device: TaskDevice
+) -> None:
+    """`--clipping-norm` is the robustness that still applies under secure aggregation (the server
+    sees only the sum): it must reach each device's task, or the product's answer is unusable."""
+    args = ["fl", "start", "--min-nodes", "1", "--rounds", "1", "--timeout", "30"]
+    args += ["--clipping-norm", "0.5", "--local-epochs", "3", "--lr", "0.25", "--json"]
+    ns = operator_cli.build_parser().parse_args(args)
+    api = operator_api(server)("", server.tokens["operator"])
+    run_id = ns.func(api, ns, Console(record=True))["run_id"]
+    wait_until(lambda: len(device.tasks) == 1, 30, what="the run's task on the device")
+    config = config_from_proto(dict(device.tasks[0].config))
+    assert (config["clipping_norm"], config["local-epochs"], config["lr"]) == (0.5, 3.0, 0.25)
+    assert device.answer(device.tasks[0]) == ""
+    wait_until(lambda: run_of(server, run_id)["status"] != "running", 30, what="the run ended")
+    assert run_of(server, run_id)["status"] == "completed", run_of(server, run_id)["detail"]
+
+    unclipped = start(server, min_nodes=1, rounds=1, round_timeout_s=30)
+    wait_until(lambda: len(device.tasks) == 2, 30, what="the second run's task")
+    assert "clipping_norm" not in config_from_proto(dict(device.tasks[1].config))  # 0 = off: not sent
+    assert device.answer(device.tasks[1]) == ""
+    wait_until(lambda: run_of(server, unclipped)["status"] != "running", 30, what="second run ended")
 
 
 @pytest.mark.parametrize("interval", ["0", "nan", "1e300", "inf", "-1", "0.001"])
