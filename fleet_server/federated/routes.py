@@ -157,6 +157,9 @@ def _initial(
 
 
 def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
+    train: dict[str, float | int | str] = {"lr": req.lr, "local-epochs": req.local_epochs}
+    if req.clipping_norm > 0:  # 0 = off: not sent, so older agents see the config they know
+        train["clipping_norm"] = req.clipping_norm
     return RunSpec(
         strategy=StrategySpec(req.strategy, req.min_nodes, req.fraction, req.malicious),
         num_rounds=req.rounds,
@@ -164,8 +167,7 @@ def _spec(req: RunRequest, parent_version: int = 0) -> RunSpec:
         norm_bound=req.norm_bound,
         secure_aggregation=req.secure_aggregation,
         secagg=SecAggParams(clip=req.secagg_clip),
-        train_config={"lr": req.lr, "local-epochs": req.local_epochs}
-        | ({"clipping_norm": req.clipping_norm} if req.clipping_norm > 0 else {}),
+        train_config=train,
         dp_noise_multiplier=req.dp_noise_multiplier,
         dp_clip=req.dp_clip,
         dp_delta=req.dp_delta,
