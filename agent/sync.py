@@ -11,7 +11,8 @@ and the certificate is near its end, the session sends a renew request (sessions
 once with it. The first acked report of a session lets the renewer drop the previous key pair.
 
 Owns session and backoff logic; does not know gRPC or MQTT (a connector is injected) and does not
-execute model installs (later issues plug an executor into `Reconciler`).
+apply DesiredState itself (`agent.reconciler.Reconciler`, re-exported here with its `ModelExecutor`
+port) or execute model installs (an executor plugged into the reconciler).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from agent import __version__
 from agent.backoff import Backoff
@@ -33,29 +33,21 @@ from agent.errors import RateLimitedError, TransportError
 from agent.fsutil import atomic_write
 from agent.outbox import TelemetryOutbox
 from agent.ports import Clock, FleetConnector, FleetSession, RenewCapable
-from agent.reconcile import (
-    ApplyLabels,
-    ApplySettings,
-    InstallModel,
-    MarkApplied,
-    RemoveModel,
-    reconcile,
-)
+from agent.reconciler import ModelExecutor, Reconciler
 from agent.renewal import Renewer
 from agent.state import (
     CertificateRenewed,
     CommandReceived,
     DesiredState,
     DeviceReport,
-    Health,
     ObservedState,
     ReportAcked,
     Resources,
-    SlotState,
     TelemetryAcked,
 )
-from agent.statefile import StateFile
 from agent.transport.grpc_fleet import SessionRejectedError
+
+__all__ = ["ModelExecutor", "Reconciler", "SyncLoop", "SyncStatus"]  # the first two: agent.reconciler
 
 logger = logging.getLogger(__name__)
 
@@ -74,70 +66,6 @@ class SyncStatus:
     reports_rejected: int = 0
     last_rejection: str = ""
     deferred: list[str] = field(default_factory=list)
-
-
-class ModelExecutor(Protocol):
-    """Carries out model actions (the OTA client implements it; later issues plug it in).
-
-    `submit` must not block: it queues work and returns. `slots` is what the device runs now.
-    """
-
-    def slots(self) -> tuple[SlotState, ...]: ...
-    def submit(self, actions: list[InstallModel | RemoveModel], desired: DesiredState) -> None: ...
-
-
-class Reconciler:
-    """Runs reconcile actions against local state; model actions go to a ModelExecutor, or are
-    reported as deferred (health DEGRADED, generation not marked applied) when there is none."""
-
-    def __init__(self, statefile: StateFile, executor: ModelExecutor | None = None) -> None:
-        self._statefile = statefile
-        self._executor = executor
-        self._base = statefile.load()
-        self.desired: DesiredState | None = None
-        self.deferred: list[str] = []
-
-    @property
-    def observed(self) -> ObservedState:
-        slots = self._executor.slots() if self._executor is not None else ()
-        return replace(self._base, slots=slots)
-
-    def apply(self, desired: DesiredState) -> None:
-        if self.desired is not None and desired.generation < self.desired.generation:
-            return
-        self.desired = desired
-        observed = self.observed
-        deferred: list[str] = []
-        model_actions: list[InstallModel | RemoveModel] = []
-        for action in reconcile(desired, observed):
-            if isinstance(action, ApplySettings):
-                observed = replace(observed, settings=action.settings)
-            elif isinstance(action, ApplyLabels):
-                observed = replace(observed, labels=action.labels)
-            elif isinstance(action, InstallModel | RemoveModel):
-                model_actions.append(action)
-                if self._executor is None:
-                    deferred.append(f"{type(action).__name__}({action})")
-            elif isinstance(action, MarkApplied) and not deferred:
-                observed = replace(observed, applied_generation=action.generation)
-        if model_actions and self._executor is not None:
-            self._executor.submit(model_actions, desired)
-        if deferred:
-            observed = replace(
-                observed, health=Health.DEGRADED, health_detail="model actions deferred: no model executor"
-            )
-            logger.warning(
-                "reconcile deferred actions generation=%d actions=%s", desired.generation, deferred
-            )
-        observed = replace(observed, slots=())
-        if observed != self._base:
-            self._statefile.save(observed)
-            logger.info(
-                "reconciled generation=%d applied_generation=%d",
-                desired.generation,
-                observed.applied_generation,
-            )
-        self._base, self.deferred = observed, deferred
 
 
 class SyncLoop:

@@ -63,7 +63,7 @@ class ReportSink(Protocol):
 
 
 class OtaClient:
-    """Implements `agent.sync.ModelExecutor`; `run(stop)` is its task."""
+    """Implements `agent.reconciler.ModelExecutor`; `run(stop)` is its task."""
 
     def __init__(
         self,
