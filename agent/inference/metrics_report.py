@@ -73,6 +73,8 @@ class ModelMetricsReporter:
                     "predictions": float(window.predictions),
                     "errors": float(window.errors),
                     "class_counts_scaled": float(encoded.class_counts_scaled),
+                    "inprocess_predictions": float(window.inprocess_predictions),  # of which apps' own
+                    "inprocess_errors": float(window.inprocess_errors),
                 },
                 payload=encoded.payload,
             )

@@ -12,6 +12,11 @@ already are probabilities (non-negative, summing to 1 +/- 1e-3); rows with a non
 count as predictions but stay out of the histogram and class counts; other outputs give
 predictions, errors and latency only.
 
+In-process apps (`agent.local.LocalModel`) keep their own `ModelMetrics` and hand their windows
+over as `WindowCounts` (`rotate_counts`); the agent adds them to its window for the same model
+with `merge`, checked first (`check_counts`: a malformed or oversize window is refused whole), and
+each window says how many of its predictions and errors came that way (`inprocess_*`).
+
 Does not read a clock, encode protobuf (model_metrics_codec.py) or send anything (the daemon
 does, through the outbox); the drift score and the shadow agreement of a switch are added by the
 daemon when it emits a window.
@@ -33,6 +38,8 @@ CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
 MAX_MODELS = 8
 """Models tracked per window (a swap makes two); further ones are counted in `dropped_models`."""
+MAX_MERGED_COUNT = 1 << 32
+"""Largest count (predictions, errors, one bin) a merged window may carry; more is refused."""
 _PROBABILITY_TOLERANCE = 1e-3
 _SCALAR_VALUES = 128  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
 
@@ -73,12 +80,56 @@ class ModelWindow:
     latency_sum_ms: float
     latency_sum_sq_ms: float
     latency_count: int
+    inprocess_predictions: int = 0  # of `predictions`, how many in-process apps reported (`merge`)
+    inprocess_errors: int = 0
+
+
+@dataclass(frozen=True)
+class WindowCounts:
+    """One model's raw counts over one window: what an in-process app hands to the agent."""
+
+    predictions: int
+    errors: int
+    confidence_hist: tuple[int, ...]  # CONFIDENCE_BINS long, or empty: no classifier output
+    class_counts: tuple[int, ...]  # trailing zeros trimmed
+    confidence_sum: float
+    confidence_sum_sq: float
+    latency_buckets: tuple[tuple[int, int], ...]  # (index into the LatencyHistogram, count), non-zero
+    latency_sum_ms: float
+    latency_sum_sq_ms: float
+
+
+def check_counts(counts: WindowCounts) -> None:
+    """Refuse a window that no real accumulator produces (sent by a broken or hostile app).
+
+    Raises:
+        ValueError: names the first field out of range.
+    """
+    hist, classes = counts.confidence_hist, counts.class_counts
+    if len(hist) not in (0, CONFIDENCE_BINS):
+        raise ValueError(f"confidence histogram has {len(hist)} bins, not {CONFIDENCE_BINS}")
+    if len(classes) > MAX_CLASSES or (classes and not hist):
+        raise ValueError(f"{len(classes)} class counts (at most {MAX_CLASSES}, only with a histogram)")
+    buckets = len(LatencyHistogram().counts)
+    if any(not 0 <= i < buckets for i, _ in counts.latency_buckets):
+        raise ValueError(f"latency bucket index out of range 0..{buckets - 1}")
+    values = (counts.predictions, counts.errors, *hist, *classes, *(n for _, n in counts.latency_buckets))
+    if any(not 0 <= v <= MAX_MERGED_COUNT for v in values):
+        raise ValueError(f"a count is negative or over {MAX_MERGED_COUNT}")
+    sums = (counts.confidence_sum, counts.confidence_sum_sq, counts.latency_sum_ms, counts.latency_sum_sq_ms)
+    if any(not (_finite(v) and v >= 0) for v in sums):
+        raise ValueError("a sum is negative or not finite")
+    # What the fleet server would refuse the whole window for (the agent's own counts with it):
+    if sum(hist) > counts.predictions or sum(classes) > counts.predictions:
+        raise ValueError("more histogram or class counts than predictions")
+    if max(counts.confidence_sum, counts.confidence_sum_sq) > counts.predictions * (1 + 1e-9):
+        raise ValueError("confidence sums above one per prediction")
 
 
 class _Window:
     __slots__ = (
-        "classes", "classified", "conf_sq", "conf_sum", "errors", "hist", "lat_sq", "lat_sum",
-        "latency", "predictions",
+        "classes", "classified", "conf_sq", "conf_sum", "errors", "hist", "inproc_errors",
+        "inproc_predictions", "lat_sq", "lat_sum", "latency", "predictions",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -92,6 +143,8 @@ class _Window:
         self.latency = LatencyHistogram()
         self.lat_sum = 0.0
         self.lat_sq = 0.0
+        self.inproc_predictions = 0
+        self.inproc_errors = 0
 
     def add_outputs(self, outputs: Mapping[str, np.ndarray]) -> None:
         first = next(iter(outputs.values()), None)
@@ -161,11 +214,54 @@ class _Window:
         self.lat_sum += ms
         self.lat_sq += ms * ms
 
-    def result(self, model: ModelId) -> ModelWindow:
+    def add_counts(self, counts: WindowCounts) -> None:
+        """Add a window checked by `check_counts` (an in-process app's)."""
+        self.predictions += counts.predictions
+        self.errors += counts.errors
+        self.inproc_predictions += counts.predictions
+        self.inproc_errors += counts.errors
+        if counts.confidence_hist:
+            self.classified = True
+            self.hist = [a + b for a, b in zip(self.hist, counts.confidence_hist, strict=True)]
+            n = len(counts.class_counts)
+            if self.classes is None or self.classes.shape[0] < n:
+                grown = np.zeros(n, dtype=np.int64)
+                if self.classes is not None:
+                    grown[: self.classes.shape[0]] = self.classes
+                self.classes = grown
+            self.classes[:n] += np.asarray(counts.class_counts, dtype=np.int64)
+            self.conf_sum += counts.confidence_sum
+            self.conf_sq += counts.confidence_sum_sq
+        for index, n in counts.latency_buckets:
+            self.latency.counts[index] += n
+            self.latency.total += n
+        self.lat_sum += counts.latency_sum_ms
+        self.lat_sq += counts.latency_sum_sq_ms
+
+    def counts(self) -> WindowCounts:
+        classified = self.classified and self.classes is not None
+        return WindowCounts(
+            predictions=self.predictions,
+            errors=self.errors,
+            confidence_hist=tuple(self.hist) if classified else (),
+            class_counts=tuple(self._class_counts()),
+            confidence_sum=self.conf_sum,
+            confidence_sum_sq=self.conf_sq,
+            latency_buckets=tuple((i, n) for i, n in enumerate(self.latency.counts) if n),
+            latency_sum_ms=self.lat_sum,
+            latency_sum_sq_ms=self.lat_sq,
+        )
+
+    def _class_counts(self) -> list[int]:
         classified = self.classified and self.classes is not None
         counts = self.classes.tolist() if classified and self.classes is not None else []
         while counts and counts[-1] == 0:  # trailing classes never predicted cost bytes, say nothing
             counts.pop()
+        return counts
+
+    def result(self, model: ModelId) -> ModelWindow:
+        classified = self.classified and self.classes is not None
+        counts = self._class_counts()
         return ModelWindow(
             model=model,
             predictions=self.predictions,
@@ -179,6 +275,8 @@ class _Window:
             latency_sum_ms=self.lat_sum,
             latency_sum_sq_ms=self.lat_sq,
             latency_count=self.latency.total,
+            inprocess_predictions=self.inproc_predictions,
+            inprocess_errors=self.inproc_errors,
         )
 
 
@@ -253,12 +351,39 @@ class ModelMetrics:
             if window is not None:
                 window.errors += 1
 
+    def merge(self, model: ModelId, counts: WindowCounts) -> bool:
+        """Add an in-process app's window to this window's counts of `model`.
+
+        Returns:
+            False when `max_models` other models already have a window (counted in `dropped_models`).
+
+        Raises:
+            ValueError: `counts` fails `check_counts` (nothing is added).
+        """
+        check_counts(counts)
+        with self._lock:
+            window = self._windows.get(model)
+            if window is None:
+                if len(self._windows) >= self._max_models:
+                    self.dropped_models += 1
+                    return False
+                window = self._windows[model] = _Window()
+            window.add_counts(counts)
+        return True
+
     def rotate(self) -> list[ModelWindow]:
         """Close the window: one `ModelWindow` per model that served or failed in it; start afresh."""
+        return [w.result(model) for model, w in self._take()]
+
+    def rotate_counts(self) -> list[tuple[ModelId, WindowCounts]]:
+        """Like `rotate`, but the raw counts (what an in-process app sends for `merge`)."""
+        return [(model, w.counts()) for model, w in self._take()]
+
+    def _take(self) -> list[tuple[ModelId, _Window]]:
         with self._lock:
             windows, self._windows, self._last = self._windows, {}, None
         return [
-            w.result(model)
+            (model, w)
             for model, w in sorted(windows.items(), key=lambda kv: (kv[0].name, kv[0].version, kv[0].sha256))
             if w.predictions or w.errors
         ]

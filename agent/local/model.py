@@ -3,11 +3,14 @@
 Owns the app-side request path: lease the current handle (`ModelHolder`, the agent's own
 reference-counted swap, so no call fails across a swap), bind and validate inputs (the agent's
 `validate_inputs`, remembered per model for shapes already seen), enforce the agent's limits,
-`runtime.run`, restart a crashed backend once, offer the prediction to the sample side channel,
-and answer with the model version that computed it. Models are loaded with the agent's loader and
-device profile (same backends, execution providers and session options) by `SlotFollower`, which
-polls the slot pointer, verifies every artifact against its slot record and refuses tampered
-files. Does not download, stage, switch or roll back anything: the agent owns the slots.
+`runtime.run`, restart a crashed backend once, count the call in the app's live model metrics
+(predictions, errors, confidence, latency per model version: `MetricsFlusher` hands each window
+to the agent, whose reported metrics the rollout gates judge), offer the prediction to the sample
+side channel, and answer with the model version that computed it. Models are loaded with the
+agent's loader and device profile (same backends, execution providers and session options) by
+`SlotFollower`, which polls the slot pointer, verifies every artifact against its slot record and
+refuses tampered files. Does not download, stage, switch or roll back anything: the agent owns the
+slots.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from agent.inference.registry import ProfileLoader
 from agent.inference.runtime import RuntimeLoader
 from agent.inference.signature import Signature, validate_inputs
 from agent.local.follow import Refusal, SlotFollower
+from agent.local.metrics import MetricsFlusher
 from agent.local.samples import SampleSender
 from agent.profile import DeviceProfile, load_profile
 
@@ -67,6 +71,7 @@ class LocalModel:
         profile: DeviceProfile | str = "generic-x86",
         sample_socket: Path | None = None,
         samples_per_second: float = 20.0,
+        metrics_interval_s: float = 1.0,
         poll_interval_s: float = 0.1,
         max_batch: int = 256,
         max_request_bytes: int = 16 * 2**20,
@@ -80,6 +85,8 @@ class LocalModel:
             profile: the agent's device profile (or its name): backend, providers, threads.
             sample_socket: the agent's sample socket (None: send no samples to the agent).
             samples_per_second: how many predictions per second may be offered to the agent.
+            metrics_interval_s: how often the app's live model metrics window is sent to the agent
+                on `sample_socket` (0: not counted, not sent).
             poll_interval_s: how often the slot pointer is checked (a switch is seen within it).
             max_batch: samples per call (the agent's limit).
             max_request_bytes: bytes of input per call (the agent's limit).
@@ -111,6 +118,12 @@ class LocalModel:
             if sample_socket is not None and samples_per_second > 0
             else None
         )
+        self._flusher = (
+            MetricsFlusher(sample_socket, interval_s=metrics_interval_s)
+            if sample_socket is not None and metrics_interval_s > 0
+            else None
+        )
+        self._metrics = self._flusher.metrics if self._flusher is not None else None
         self._follower.run(poll_interval_s)
 
     @classmethod
@@ -150,6 +163,8 @@ class LocalModel:
 
     def predict_full(self, x: np.ndarray | Mapping[str, np.ndarray]) -> LocalPrediction:
         """Like `predict_all`, plus the name and version of the model that answered."""
+        metrics = self._metrics
+        started = time.perf_counter()
         with self._holder.lease() as handle:
             try:
                 inputs = self._check(handle, x)
@@ -163,9 +178,13 @@ class LocalModel:
                     outputs = self._restart_and_run(handle, inputs)
             except Exception:
                 self.errors += 1
+                if metrics is not None:
+                    metrics.error(handle.meta)
                 raise
             meta = handle.meta
         self.calls += 1
+        if metrics is not None:
+            metrics.observe(meta, outputs, time.perf_counter() - started)
         if self._sender is not None:
             self._sender.offer(meta.key, inputs, outputs)
         return LocalPrediction(outputs, meta.name, meta.version)
@@ -194,7 +213,7 @@ class LocalModel:
         return self._follower.check()
 
     def stats(self) -> dict[str, int]:
-        sender = self._sender
+        sender, flusher = self._sender, self._flusher
         return {
             "calls": self.calls,
             "errors": self.errors,
@@ -202,11 +221,15 @@ class LocalModel:
             "refusals": len(self._follower.refusals),
             "samples_sent": sender.sent if sender else 0,
             "samples_dropped": sender.dropped if sender else 0,
+            "metrics_windows_sent": flusher.sent if flusher else 0,
+            "metrics_windows_dropped": flusher.dropped if flusher else 0,
         }
 
     def close(self) -> None:
         self._follower.stop()
         self._holder.clear()
+        if self._flusher is not None:
+            self._flusher.close()  # the last window goes to the agent
         if self._sender is not None:
             self._sender.close()
 

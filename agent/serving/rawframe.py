@@ -8,6 +8,14 @@ section (tensor bytes, each tensor 8-byte aligned). All integers are little-endi
     tensor descriptor (count of them, in meta): u8 dtype | u8 ndim | u16 name_len | u64 offset
             | ndim x i64 dims | name (UTF-8)
 
+A `METRICS` frame (side channel: an in-process app's live model metric window) has no tensors; its
+meta section is, after a u8 format (`METRICS_FORMAT`; another one is refused, not guessed)::
+
+    u8 flags (0) | u16 hist_len | u16 classes_len | u16 buckets_len | u64 predictions | u64 errors
+    | f64 confidence_sum, confidence_sum_sq, latency_sum_ms, latency_sum_sq_ms
+    | name, version, sha256 (length-prefixed strings) | hist_len x u32 | classes_len x u32
+    | buckets_len x (u16 index, u32 count)
+
 A descriptor's `offset` points into the data section, or into the client's shared-memory segment
 for `PREDICT_SHM`, so decoding is the same for both (`np.frombuffer`, no copy). A frame whose
 first four bytes are not the magic comes from a v1 (protobuf) peer; see `agent.serving.framed`.
@@ -27,16 +35,22 @@ from typing import Any
 import numpy as np
 
 from agent.errors import InvalidInputError
+from agent.inference.model_metrics import ModelId, WindowCounts
 
 MAGIC = b"ELT\x02"
 VERSION = 2
 HEADER = struct.Struct("<4sBBHIQ")  # magic+version, kind/status, flags, count, meta_len, data_len
 _DESC = struct.Struct("<BBHQ")  # dtype, ndim, name_len, offset
 _STR = struct.Struct("<H")
+_METRICS = struct.Struct("<BBHHHQQdddd")  # format, flags, hist, classes, buckets, counts, sums
+_BUCKET = struct.Struct("<HI")
 
 # Request kinds (the response reuses the byte for its gRPC status number, 0 = OK).
 PREDICT, PREDICT_SHM, ATTACH_SHM = 1, 2, 3
 SAMPLE = 9  # side channel: one captured (inputs, outputs) pair from an in-process app
+METRICS = 10  # side channel: one model's metric window from an in-process app
+METRICS_FORMAT = 1
+MAX_METRICS_FRAME = 16 * 1024  # a full window (1000 classes, every latency bucket) is ~6 KB
 FLAG_USE_CACHE = 1  # request
 FLAG_CACHE_HIT = 1  # response
 
@@ -211,3 +225,74 @@ def unpack_sample(frame: bytes) -> tuple[str, dict[str, np.ndarray], dict[str, n
     if n_inputs > len(tensors):
         raise InvalidInputError("malformed sample: more inputs than tensors")
     return key, dict(tensors[:n_inputs]), dict(tensors[n_inputs:])
+
+
+def pack_metrics(model: ModelId, counts: WindowCounts) -> bytes:
+    """One side-channel datagram: `model`'s window of counts (counts over u32 are clamped).
+
+    Raises:
+        InvalidInputError: it does not fit the layout or `MAX_METRICS_FRAME` (names too long).
+    """
+    u32 = (1 << 32) - 1
+    hist = [min(c, u32) for c in counts.confidence_hist]
+    classes = [min(c, u32) for c in counts.class_counts]
+    buckets = counts.latency_buckets
+    sums = (counts.confidence_sum, counts.confidence_sum_sq, counts.latency_sum_ms, counts.latency_sum_sq_ms)
+    try:
+        fixed = _METRICS.pack(
+            METRICS_FORMAT, 0, len(hist), len(classes), len(buckets), counts.predictions, counts.errors, *sums
+        )
+        strings = pack_str(model.name) + pack_str(model.version) + pack_str(model.sha256)
+        tail = struct.pack(f"<{len(hist) + len(classes)}I", *hist, *classes)
+        tail += b"".join(_BUCKET.pack(i, min(n, u32)) for i, n in buckets)
+    except struct.error as err:
+        raise InvalidInputError(f"metrics window does not fit the frame layout: {err}") from err
+    size = HEADER.size + len(fixed) + len(strings) + len(tail)
+    if size > MAX_METRICS_FRAME:
+        raise InvalidInputError(f"metrics frame of {size} bytes, limit {MAX_METRICS_FRAME}")
+    return b"".join([header(METRICS, meta_len=size - HEADER.size), fixed, strings, tail])
+
+
+def unpack_metrics(frame: bytes) -> tuple[ModelId, WindowCounts]:
+    """Decode a metrics datagram (structure only: `check_counts` judges the values).
+
+    Raises:
+        InvalidInputError: not a metrics frame, another format, oversize, truncated or trailing bytes.
+    """
+    if len(frame) > MAX_METRICS_FRAME:
+        raise InvalidInputError(f"metrics frame of {len(frame)} bytes, limit {MAX_METRICS_FRAME}")
+    if len(frame) < HEADER.size + 1:
+        raise InvalidInputError("malformed metrics: shorter than a header")
+    magic, kind, _, _, meta_len, data_len = HEADER.unpack_from(frame)
+    if magic != MAGIC or kind != METRICS or data_len or HEADER.size + meta_len != len(frame):
+        raise InvalidInputError("malformed metrics: bad magic, kind or length")
+    meta = memoryview(frame)[HEADER.size :]
+    if meta[0] != METRICS_FORMAT:
+        raise InvalidInputError(f"metrics format {meta[0]}, this agent reads {METRICS_FORMAT}")
+    if len(meta) < _METRICS.size:
+        raise InvalidInputError("malformed metrics: truncated")
+    _, _, n_hist, n_classes, n_buckets, predictions, errors, c_sum, c_sq, l_sum, l_sq = _METRICS.unpack_from(
+        meta
+    )
+    name, pos = unpack_str(meta, _METRICS.size)
+    version, pos = unpack_str(meta, pos)
+    sha256, pos = unpack_str(meta, pos)
+    end = pos + 4 * (n_hist + n_classes) + _BUCKET.size * n_buckets
+    if end != len(meta):
+        raise InvalidInputError(f"malformed metrics: {len(meta)} bytes of meta, the counts need {end}")
+    hist = struct.unpack_from(f"<{n_hist}I", meta, pos)
+    classes = struct.unpack_from(f"<{n_classes}I", meta, pos + 4 * n_hist)
+    at = pos + 4 * (n_hist + n_classes)
+    buckets = tuple(_BUCKET.unpack_from(meta, at + _BUCKET.size * k) for k in range(n_buckets))
+    counts = WindowCounts(
+        predictions=predictions,
+        errors=errors,
+        confidence_hist=hist,
+        class_counts=classes,
+        confidence_sum=c_sum,
+        confidence_sum_sq=c_sq,
+        latency_buckets=buckets,
+        latency_sum_ms=l_sum,
+        latency_sum_sq_ms=l_sq,
+    )
+    return ModelId(name, version, sha256), counts

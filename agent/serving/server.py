@@ -69,9 +69,9 @@ class InferenceService:
             loader: artifact -> runtime; defaults to the registry bound to `profile`.
             fast_socket_path: also serve Predict as length-prefixed frames here (`framed`), the
                 low-latency data plane; None: gRPC only.
-            sample_socket_path: receive captured predictions from in-process apps
-                (`agent.local.LocalModel`) on this datagram socket into the capture ring (only
-                when capture is on); None: off.
+            sample_socket_path: receive captured predictions (into the capture ring, when capture
+                is on) and live metric windows (into `model_metrics`) from in-process apps
+                (`agent.local.LocalModel`) on this datagram socket; None: off.
         """
         self._options = options or ServingOptions(workers=max(1, profile.runtime.threads))
         self._socket_path = socket_path
@@ -153,8 +153,10 @@ class InferenceService:
             limit = self._options.max_request_bytes + _MESSAGE_OVERHEAD
             self._framed = FramedServer(servicer, self._fast_socket_path, max_frame_bytes=limit)
             await self._framed.start()
-        if self._sample_socket_path is not None and self._capture is not None:
-            self._intake = SampleIntake(self._capture, self._sample_socket_path)
+        if self._sample_socket_path is not None:
+            self._intake = SampleIntake(
+                self._capture, self._sample_socket_path, metrics=self.model_metrics, serving=self.serving
+            )
             self._intake.start()
         logger.info(
             "inference API listening socket=%s tcp_port=%s model=%s",

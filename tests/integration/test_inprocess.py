@@ -1,22 +1,32 @@
 """`LocalModel` on real slots and real exported models: following promote and rollback, refusing
-tampered bytes, and feeding the agent's capture ring through the lossy sample side channel."""
+tampered bytes, feeding the agent's capture ring through the lossy sample side channel, and
+counting an app process's calls in the agent's live model metric windows.
+
+Run as a module it is the app of the metrics test: ``python -m tests.integration.test_inprocess
+SLOTS SAMPLE_SOCKET``."""
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from agent.errors import IntegrityError, InvalidInputError, NoModelError, RequestTooLargeError
 from agent.inference.engine import ServingOptions
+from agent.inference.metrics_report import ModelMetricsReporter
 from agent.local import LocalModel
 from agent.profile import load_profile
 from agent.serving.background import BackgroundService
 from agent.serving.server import InferenceService
 from agent.slots import CANDIDATE, CURRENT, LocalSlotFS, Slots
+from fleet_server.rollouts.metrics import parse_window
 from tests.fixtures.models import DigitsModels, digits_models
 
 
@@ -129,8 +139,110 @@ def test_samples_reach_the_agents_capture_ring_and_never_block_the_app(
             time.sleep(0.002)
         assert slots_app.stats()["samples_dropped"] >= 1 and slots_app.stats()["samples_sent"] == 0
     finally:
-        slots_app.close()
+        slots_app.close()  # its last metrics window has nowhere to go: a counted drop, not a wait
+    assert slots_app.stats()["metrics_windows_dropped"] >= 1
+    assert slots_app.stats()["metrics_windows_sent"] == 0
 
 
 async def _drain(service: InferenceService) -> list[object]:
     return list(service.drain_samples("drift"))
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, *, timestamp_ms: int, kind: str, metrics: dict[str, float], payload: bytes = b"") -> int:
+        self.records.append({"kind": kind, "metrics": metrics, "payload": payload})
+        return len(self.records)
+
+
+class _Clock:
+    def time_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def test_an_app_process_calls_are_counted_in_the_agents_metric_windows(
+    tmp_path: Path, models: DigitsModels
+) -> None:
+    """A real agent (InferenceService) and an app in its own process: 20 calls of 3 rows and 4
+    failing calls on v1, then (after the agent installs v2) 10 calls of 2 rows and 2 failing ones.
+    The agent's next metric windows, as the daemon's reporter emits them and the fleet server
+    decodes them, count every one of the app's predictions and errors under the right version."""
+    profile = load_profile("generic-x86")
+    samples = tmp_path / "samples.sock"
+    options = ServingOptions(capture_per_second=0.0)  # metric windows flow without sample capture
+    service = InferenceService(
+        tmp_path / "slots", profile, tmp_path / "api.sock", options=options, sample_socket_path=samples
+    )
+    np.save(tmp_path / "x.npy", models.data.x_test[:64])
+    served: dict[str, str] = {}
+    with BackgroundService(service) as bg:
+        served["1"] = bg.call(lambda: service.install(models.onnx_fp32, name="digits", version="1")).sha256
+        app = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.test_inprocess", str(tmp_path), str(samples)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert app.stdin is not None and app.stdout is not None
+            assert app.stdout.readline().strip() == "v1 done"
+            served["2"] = bg.call(
+                lambda: service.install(models.onnx_int8, name="digits", version="2")
+            ).sha256
+            app.stdin.write("next\n")
+            app.stdin.flush()
+            stats = json.loads(app.stdout.readline())
+            assert app.wait(30) == 0
+        finally:
+            if app.poll() is None:
+                app.kill()
+        assert stats["calls"] == 30 and stats["errors"] == 6 and stats["metrics_windows_dropped"] == 0
+        intake = service._intake
+        assert intake is not None
+        deadline = time.monotonic() + 10
+        while intake.windows_merged < stats["metrics_windows_sent"]:
+            assert time.monotonic() < deadline, (intake.windows_merged, stats)
+            time.sleep(0.02)
+        assert intake.windows_unknown == intake.windows_rejected == 0
+        outbox = _Outbox()
+        assert ModelMetricsReporter(service.model_metrics, outbox, clock=_Clock()).emit() == 2
+    by_version = {}
+    for record in outbox.records:
+        window = parse_window(record["payload"])
+        by_version[window["model_version"]] = (window, record["metrics"])
+    for version, predictions, errors in (("1", 60, 4), ("2", 20, 2)):
+        window, metrics = by_version[version]
+        assert (window["predictions"], window["errors"]) == (predictions, errors)
+        assert window["model_sha256"] == served[version]
+        assert sum(window["confidence_hist"]) == predictions  # the digits CNN's logits: a classifier
+        assert window["latency_count"] == predictions // (3 if version == "1" else 2)
+        assert (metrics["inprocess_predictions"], metrics["inprocess_errors"]) == (predictions, errors)
+
+
+def app_main(root: Path, sample_socket: Path) -> None:
+    """The app of the metrics test: calls on v1, waits for a line on stdin, calls on v2."""
+    x = np.load(root / "x.npy")
+    with LocalModel(root / "slots", sample_socket=sample_socket, samples_per_second=0) as app:
+        for version, calls, rows, failing in (("1", 20, 3, 4), ("2", 10, 2, 2)):
+            if version == "2":
+                sys.stdin.readline()
+                deadline = time.monotonic() + 10
+                while app.refresh() is None and (app.serving is None or app.serving.version != "2"):
+                    assert time.monotonic() < deadline, "the app did not follow the agent to v2"
+                    time.sleep(0.01)
+            for i in range(calls):
+                assert app.predict_full(x[i : i + rows]).model_version == version
+            for _ in range(failing):
+                try:
+                    app.predict(np.zeros((1, 1, 9, 8), np.float32))
+                except InvalidInputError:
+                    pass
+            if version == "1":
+                print("v1 done", flush=True)
+    print(json.dumps(app.stats()), flush=True)
+
+
+if __name__ == "__main__":
+    app_main(Path(sys.argv[1]), Path(sys.argv[2]))
