@@ -45,7 +45,7 @@ def cluster(tmp_path: Path, pg_available: bool) -> Iterator[Replicas]:
 def reconciled_at(agent: AgentProc, generation: int) -> datetime:
     """When the agent logged applying `generation` (its log's local-time timestamp)."""
     log = (agent.data_dir.parent / f"{agent.device_id}.log").read_text()
-    found = re.search(rf"^(\S+ \S+) INFO agent\.sync reconciled generation={generation} ", log, re.M)
+    found = re.search(rf"^(\S+ \S+) INFO agent\.reconciler reconciled generation={generation} ", log, re.M)
     assert found, f"no 'reconciled generation={generation}' in the agent's log"
     return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
 
