@@ -20,13 +20,12 @@ DesiredState published retained on `desired`, the federated topics (handed to fe
 `kick` for revocation. With several replicas a shared subscription gives each replica only part of
 the status messages, so desired pushes and kicks run on the replica where the change was made
 (registered `fleet=True`), for every device whose fleet-wide presence or last transport is MQTT.
-Does not own the broker connection (bridge.py).
+Does not own the broker connection (bridge.py) or batch the desired pushes (desired_push.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -39,14 +38,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from fleet_server.desired import desired_for
 from fleet_server.device_session import DeviceSession, Refusal, Renewer, refusal_log
 from fleet_server.federated.grid import FleetGrid
-from fleet_server.grpc_api.codec import desired_to_proto
 from fleet_server.grpc_api.servicer import SessionRegistry
 from fleet_server.ingest import IngestWriter
 from fleet_server.logsafe import text as safe_text
 from fleet_server.models import Device
+from fleet_server.mqtt.desired_push import DesiredPushes
 from fleet_server.mqtt.federated import MqttFederated
 from fleet_server.observability.logs import log_context
 from fleet_server.settings import Settings
@@ -65,8 +63,6 @@ NEGATIVE_TTL_S = 5.0
 REVOCATION_POLL_S = 5.0
 REVOCATION_LOOKBACK_S = 120.0
 """Every poll evicts the devices revoked in this window (on any replica; generous for clock skew)."""
-DESIRED_BATCH = 500
-"""Desired-state pushes loaded per database query."""
 CLOSED_INTERVAL_S = 1.0
 """At most one SessionClosed per device per interval: a flood is not answered message by message."""
 
@@ -143,8 +139,14 @@ class MqttDevices:
         self._online: set[str] = set()
         self._preloaded: set[str] = set()  # active at start(), not yet in _devices
         self._preloaded_until = 0.0
-        self._desired_waiting: dict[str, asyncio.Future[None]] = {}  # insertion-ordered queue
-        self._desired_task: asyncio.Task[None] | None = None
+        self._desired = DesiredPushes(
+            engine=engine,
+            settings=settings,
+            registry=registry,
+            publisher=publisher,
+            online=self._online,
+            tasks=self._tasks,
+        )
         self.stats = MqttStats()
         self._federated = (
             MqttFederated(
@@ -227,7 +229,7 @@ class MqttDevices:
     def _presence(self, device_id: str, payload: bytes) -> None:
         if payload == mqtt.ONLINE:
             self._set_online(device_id, True)
-            self._queue_desired(device_id)  # not awaited: the message is settled now
+            self._desired.queue(device_id)  # not awaited: the message is settled now
         elif payload == mqtt.OFFLINE or not payload:  # empty: a retained status being cleared
             self._set_online(device_id, False)
         else:
@@ -278,50 +280,9 @@ class MqttDevices:
     async def push_desired(self, device_id: str) -> None:
         """Publish the device's DesiredState retained, if it is online by MQTT (here or, by presence,
         anywhere in the fleet) or last came by MQTT.
-        Returns once published (or found not to apply). Pushes are batched (`_push_batches`)."""
+        Returns once published (or found not to apply). Pushes are batched (`desired_push.py`)."""
         if _valid_id(device_id):
-            await self._queue_desired(device_id)
-
-    def _queue_desired(self, device_id: str) -> asyncio.Future[None]:
-        """Queue a push; the future is done when the batch holding it is published. An id queued
-        again while its batch is loading goes into the next batch (the change may be newer)."""
-        loop = asyncio.get_running_loop()
-        waiter = self._desired_waiting.get(device_id)
-        if waiter is None:
-            waiter = self._desired_waiting[device_id] = loop.create_future()
-        if self._desired_task is None or self._desired_task.done():
-            self._desired_task = loop.create_task(self._push_batches())
-            self._tasks.add(self._desired_task)
-            self._desired_task.add_done_callback(self._tasks.discard)
-        return waiter
-
-    async def _push_batches(self) -> None:
-        """Up to DESIRED_BATCH devices per database query (a restarted server hears every
-        device's retained `online` at once: one query per device was a 10,000-query burst,
-        bench/fleet_sim/mqtt_scale.py); the protobufs are built in the same worker thread."""
-        while self._desired_waiting:
-            ids = list(itertools.islice(self._desired_waiting, DESIRED_BATCH))
-            waiters = [self._desired_waiting.pop(i) for i in ids]
-            online = {i for i in ids if i in self._online or self._registry.transport(i) == "mqtt"}
-            try:
-                messages = await asyncio.to_thread(self._desired_messages, ids, online)
-                for device_id, payload in messages:
-                    self._publisher.publish(mqtt.topic(device_id, mqtt.DESIRED), payload, retain=True)
-            except SQLAlchemyError as err:
-                logger.warning("mqtt: cannot load desired states devices=%d: %s", len(ids), err)
-            finally:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-
-    def _desired_messages(self, ids: list[str], online: set[str]) -> list[tuple[str, bytes]]:
-        with Session(self._engine) as s:
-            devices = s.exec(select(Device).where(col(Device.id).in_(ids))).all()
-            return [
-                (d.id, desired_to_proto(desired_for(d, self._settings)).SerializeToString())
-                for d in devices
-                if d.status == "active" and (d.id in online or d.transport == "mqtt")
-            ]
+            await self._desired.queue(device_id)
 
     def kick(self, device_id: str, code: str, detail: str) -> None:
         """Close the device's MQTT session (revocation): SessionClosed on `down`, marked offline."""
@@ -336,9 +297,7 @@ class MqttDevices:
     async def stop(self) -> None:
         if self._federated is not None:
             self._federated.stop()
-        for waiter in self._desired_waiting.values():
-            if not waiter.done():
-                waiter.set_result(None)  # nobody waits on a push the stopping server will not make
+        self._desired.stop()
         for task in list(self._tasks):
             task.cancel()
 
