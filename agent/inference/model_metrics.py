@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from agent.inference.stats import LatencyHistogram
+from agent.inference.stats import BUCKET_BOUNDS, LatencyHistogram
 
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
@@ -42,6 +42,7 @@ MAX_MERGED_COUNT = 1 << 32
 """Largest count (predictions, errors, one bin) a merged window may carry; more is refused."""
 _PROBABILITY_TOLERANCE = 1e-3
 _SCALAR_VALUES = 128  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
+_BOUNDS = np.asarray(BUCKET_BOUNDS)
 
 
 class ServedModel(Protocol):
@@ -214,6 +215,18 @@ class _Window:
         self.lat_sum += ms
         self.lat_sq += ms * ms
 
+    def add_latencies(self, seconds: Sequence[float]) -> None:
+        """`add_latency` of each (numpy: bisect_left is searchsorted 'left')."""
+        s = np.asarray(seconds, dtype=np.float64)
+        index, n = np.unique(np.searchsorted(_BOUNDS, s, side="left"), return_counts=True)
+        counts = self.latency.counts
+        for i, c in zip(index.tolist(), n.tolist(), strict=True):
+            counts[i] += c
+        self.latency.total += s.shape[0]
+        ms = s * 1e3
+        self.lat_sum += float(ms.sum())
+        self.lat_sq += float(np.dot(ms, ms))
+
     def add_counts(self, counts: WindowCounts) -> None:
         """Add a window checked by `check_counts` (an in-process app's)."""
         self.predictions += counts.predictions
@@ -342,6 +355,30 @@ class ModelMetrics:
             try:
                 window.add_outputs(outputs)
             except (ValueError, TypeError, IndexError, AttributeError):  # an odd output never fails a request
+                self.failures += 1
+
+    def observe_many(
+        self, meta: ServedModel, firsts: Sequence[np.ndarray], latencies_s: Sequence[float]
+    ) -> None:
+        """Successful requests of one model at once, by their first outputs and latencies: the
+        counts of one `observe` each, with numpy doing the work once (an in-process app's calls)."""
+        if not firsts:
+            return
+        with self._lock:
+            window = self._window(meta)
+            if window is None:
+                return
+            window.add_latencies(latencies_s)
+            try:
+                one = firsts[0]
+                if one.ndim == 2 and all(
+                    a.ndim == 2 and a.shape[1] == one.shape[1] and a.dtype == one.dtype for a in firsts
+                ):
+                    window.add_outputs({"": np.concatenate(firsts)})
+                else:
+                    for a in firsts:
+                        window.add_outputs({"": a})
+            except (ValueError, TypeError, IndexError, AttributeError):
                 self.failures += 1
 
     def error(self, meta: ServedModel) -> None:

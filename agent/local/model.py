@@ -123,7 +123,6 @@ class LocalModel:
             if sample_socket is not None and metrics_interval_s > 0
             else None
         )
-        self._metrics = self._flusher.metrics if self._flusher is not None else None
         self._follower.run(poll_interval_s)
 
     @classmethod
@@ -163,7 +162,7 @@ class LocalModel:
 
     def predict_full(self, x: np.ndarray | Mapping[str, np.ndarray]) -> LocalPrediction:
         """Like `predict_all`, plus the name and version of the model that answered."""
-        metrics = self._metrics
+        flusher = self._flusher
         started = time.perf_counter()
         with self._holder.lease() as handle:
             try:
@@ -178,13 +177,13 @@ class LocalModel:
                     outputs = self._restart_and_run(handle, inputs)
             except Exception:
                 self.errors += 1
-                if metrics is not None:
-                    metrics.error(handle.meta)
+                if flusher is not None:
+                    flusher.metrics.error(handle.meta)
                 raise
             meta = handle.meta
         self.calls += 1
-        if metrics is not None:
-            metrics.observe(meta, outputs, time.perf_counter() - started)
+        if flusher is not None:
+            flusher.observe(meta, outputs, time.perf_counter() - started)
         if self._sender is not None:
             self._sender.offer(meta.key, inputs, outputs)
         return LocalPrediction(outputs, meta.name, meta.version)

@@ -44,6 +44,40 @@ def _app_window(seed: int = 2, calls: int = 40) -> WindowCounts:
     return counts
 
 
+def test_the_apps_queued_calls_count_as_one_observe_each(tmp_path: Path) -> None:
+    """The flusher queues small outputs and adds them in numpy passes: the same window as calling
+    `observe` per call (more calls than the queue holds, two models interleaved, a large output, a
+    non-classifier output, an output the app changes afterwards)."""
+    rng = np.random.default_rng(3)
+    direct = ModelMetrics()
+    app = MetricsFlusher(tmp_path / "nobody.sock", interval_s=3600)
+    for i in range(700):
+        meta = META if (i // 50) % 3 else OTHER
+        if i % 97 == 0:
+            outputs = {"y": rng.normal(size=(2, 2000)).astype(np.float32)}  # observed at once
+        elif i % 89 == 0:
+            outputs = {"emb": rng.normal(size=(3, 1)).astype(np.float32)}  # not a classifier
+        else:
+            outputs = {"logits": rng.normal(scale=3, size=(1 + i % 2, 10)).astype(np.float32)}
+        latency = float(rng.uniform(1e-5, 1e-2))
+        direct.observe(meta, outputs, latency)
+        app.observe(meta, outputs, latency)
+        next(iter(outputs.values()))[...] = 0  # the app reuses its answer's buffer
+    app._drain()
+    mine = {w.model.version: w for w in app.metrics.rotate()}
+    want = {w.model.version: w for w in direct.rotate()}
+    assert mine.keys() == want.keys() == {"3", "4"}
+    for version, w in want.items():
+        got = mine[version]
+        for field in dataclasses.fields(w):
+            theirs, ours = getattr(w, field.name), getattr(got, field.name)
+            if isinstance(theirs, float):
+                assert ours == pytest.approx(theirs, rel=1e-6), field.name
+            else:
+                assert ours == theirs, field.name
+    app.close()
+
+
 def test_a_merged_app_window_counts_as_if_the_agent_had_served_the_calls() -> None:
     together, agent = ModelMetrics(), ModelMetrics()
     _feed(together, 1, 30)  # the agent's own calls ...
