@@ -218,10 +218,9 @@ class _Window:
     def add_latencies(self, seconds: Sequence[float]) -> None:
         """`add_latency` of each (numpy: bisect_left is searchsorted 'left')."""
         s = np.asarray(seconds, dtype=np.float64)
-        index, n = np.unique(np.searchsorted(_BOUNDS, s, side="left"), return_counts=True)
         counts = self.latency.counts
-        for i, c in zip(index.tolist(), n.tolist(), strict=True):
-            counts[i] += c
+        added = np.bincount(np.searchsorted(_BOUNDS, s, side="left"), minlength=len(counts)).tolist()
+        self.latency.counts = [a + b for a, b in zip(counts, added, strict=True)]
         self.latency.total += s.shape[0]
         ms = s * 1e3
         self.lat_sum += float(ms.sum())
@@ -370,11 +369,12 @@ class ModelMetrics:
                 return
             window.add_latencies(latencies_s)
             try:
-                one = firsts[0]
-                if one.ndim == 2 and all(
-                    a.ndim == 2 and a.shape[1] == one.shape[1] and a.dtype == one.dtype for a in firsts
-                ):
-                    window.add_outputs({"": np.concatenate(firsts)})
+                try:  # rows stacked give the same counts as row blocks (predictions: leading dims)
+                    stacked = np.concatenate(firsts)
+                except ValueError:  # scalars, or ranks or widths that differ
+                    stacked = None
+                if stacked is not None and stacked.dtype == firsts[0].dtype:
+                    window.add_outputs({"": stacked})
                 else:
                     for a in firsts:
                         window.add_outputs({"": a})
