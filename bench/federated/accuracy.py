@@ -38,7 +38,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, MultiKrum,
 from flwr.supercore.task_identity import TaskIdentity
 
 from agent.federated import trainer
-from fleet_server.federated.defences.pipeline import DefenceConfig
+from fleet_server.federated.defences.pipeline import DefenceConfig, Defended
 from fleet_server.federated.robust import bound_norms
 from fleet_server.federated.rootdata import RootSet
 from fleet_server.federated.strategy import StrategySpec, make_strategy
@@ -244,6 +244,7 @@ def run(setting: Setting, agg: str, seed: int, defence: DefenceConfig | None = N
     config = ConfigRecord({"lr": LR, "local-epochs": EPOCHS, "batch-size": BATCH})
     w = [np.zeros((64, 10), np.float32), np.zeros(10, np.float32)]
     agg_s = 0.0
+    stats: dict[str, float] = {}
     for rnd in range(1, s.rounds + 1):
         g = ArrayRecord({"w": Array(w[0]), "b": Array(w[1])})
         base = _flat(w)
@@ -286,8 +287,14 @@ def run(setting: Setting, agg: str, seed: int, defence: DefenceConfig | None = N
         elif isinstance(strat, MultiKrum):  # Krum knows f; the attackers that replied count
             valid = sum(not r.has_error() for r in replies)
             strat.num_nodes_to_select = max(1, valid - f)
-        out, _ = strat.aggregate_train(rnd, replies)
+        out, metrics = strat.aggregate_train(rnd, replies)
         agg_s += time.perf_counter() - t0
+        for key in ("robust-excluded", "robust-rejected", "robust-sybil"):
+            if metrics is not None and key in metrics:
+                stats[key] = stats.get(key, 0.0) + float(metrics[key])  # type: ignore[arg-type]
+        if isinstance(strat, Defended):
+            honest_out = sum(node not in {c + 2 for c in bad} for node in strat.excluded)
+            stats["robust-honest-excluded"] = stats.get("robust-honest-excluded", 0.0) + honest_out
         if out is not None:
             w = [out["w"].numpy(), out["b"].numpy()]
     label, share = rare_class(parts, ytr)
@@ -298,6 +305,8 @@ def run(setting: Setting, agg: str, seed: int, defence: DefenceConfig | None = N
         "rare_share": share,
         "rare_recall": recall(w, xte, yte, label),
         "agg_s_per_round": agg_s / s.rounds,
+        # robust-<rule> only: devices excluded per round, rounds rejected, devices grouped per round
+        **{k[len("robust-") :]: v / (1 if k == "robust-rejected" else s.rounds) for k, v in stats.items()},
     }
 
 

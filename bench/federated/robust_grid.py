@@ -23,12 +23,31 @@ import fcntl
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fleet_server.federated.defences.pipeline import DefenceConfig
+
 AGGS = ("fedavg", "multikrum", "trimmed", "robust-fedavg")
+# columns of the report, in this order when present; `oracle` is FedAvg over the honest clients only
+ORDER = ("fedavg", "oracle", "multikrum", "trimmed", "robust-fedavg")
+# `robust-fedavg/<variant>[+<variant>...]`: the pipeline with stages changed, applied in order
+# (the ablation of issue 18). `prev` is the default before the dormant median became per class
+# and gated by the root-set gradient, so `prev+norep` is that default without reputation.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "prev": {"dormant_per_class": False, "dormant_gate": False},
+    "norep": {"reputation": False},
+    "nosybil": {"sybil": 0.0},
+    "noclip": {"clip_factor": 0.0},
+    "nodormant": {"dormant": False},
+    "novalidate": {"validate": False},
+    "dormclass": {"dormant_per_class": True},
+    "nogate": {"dormant_gate": False},
+    "clipsteps": {"clip_per_step": True},
+}
 ALL_ATTACKS = ("sign_flip", "alie", "ipm", "scaled_label_flip", "backdoor", "backdoor_scaled")
 SCENARIOS: dict[str, tuple[float, str, tuple[str, ...]]] = {
     # name: (attacker fraction, dropout, attacks)
@@ -45,7 +64,9 @@ LEAN = {"full20": ("sign_flip", "alie", "ipm", "backdoor", "backdoor_scaled"),
         "honestdrop20": ("alie", "ipm", "backdoor")}  # fmt: skip
 
 
-def tasks(sizes: tuple[int, ...], alphas: tuple[float, ...]) -> list[dict[str, Any]]:
+def tasks(
+    sizes: tuple[int, ...], alphas: tuple[float, ...], aggs: tuple[str, ...] = AGGS
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for clients in sizes:
         for alpha in alphas:
@@ -62,7 +83,25 @@ def tasks(sizes: tuple[int, ...], alphas: tuple[float, ...]) -> list[dict[str, A
     first = {"clean", "full20", "honestdrop20"}
     prio = ["none", "backdoor", "ipm", "alie", "sign_flip", "backdoor_scaled", "scaled_label_flip"]
     out.sort(key=lambda t: (t["scenario"] not in first, t["clients"], prio.index(t["attack"])))
-    return [{**t, "agg": agg} for t in out for agg in AGGS]
+    # the oracle of a clean run is FedAvg itself
+    return [{**t, "agg": agg} for t in out for agg in aggs if not (agg == "oracle" and t["attack"] == "none")]
+
+
+def _runner(agg: str) -> tuple[str, DefenceConfig | None]:
+    """The harness's aggregator name and defence config of a grid column (`robust-fedavg/noclip`)."""
+    name, _, variants = agg.partition("/")
+    if not variants:
+        return name, None
+    config = DefenceConfig()
+    for variant in variants.split("+"):
+        config = replace(config, **VARIANTS[variant])
+    return name, config
+
+
+def _select(ns: argparse.Namespace, t: dict[str, Any]) -> bool:
+    scen = ns.scenarios.split(",") if ns.scenarios else None
+    atts = ns.attacks.split(",") if ns.attacks else None
+    return (scen is None or t["scenario"] in scen) and (atts is None or t["attack"] in atts)
 
 
 def _key(t: dict[str, Any]) -> str:
@@ -116,7 +155,8 @@ def extend_grid(ns: argparse.Namespace) -> None:
             dropout=r["dropout"], rounds=ns.rounds,
         )  # fmt: skip
         t0 = time.perf_counter()
-        runs = [run(setting, r["agg"], seed) for seed in range(have, ns.seeds)]
+        name, defence = _runner(r["agg"])
+        runs = [run(setting, name, seed, defence) for seed in range(have, ns.seeds)]
         _extend(ns.out, key, runs, time.perf_counter() - t0)
         print(f"{key} +{len(runs)} seeds", flush=True)
 
@@ -132,7 +172,8 @@ def run_grid(ns: argparse.Namespace) -> None:
     if shard == 0 and "centralized" not in _load(ns.out).get("meta", {}):
         meta["centralized"] = [centralized(s) for s in range(ns.seeds)]
     done = set(_load(ns.out)["rows"])
-    for i, t in enumerate(tasks(sizes, alphas)):
+    chosen = [t for t in tasks(sizes, alphas, tuple(ns.aggs.split(","))) if _select(ns, t)]
+    for i, t in enumerate(chosen):
         if i % of != shard or _key(t) in done:
             continue
         setting = Setting(
@@ -141,7 +182,8 @@ def run_grid(ns: argparse.Namespace) -> None:
         )  # fmt: skip
         t0 = time.perf_counter()
         seeds = ns.seeds_50 if t["clients"] >= 50 and ns.seeds_50 else ns.seeds
-        runs = [run(setting, t["agg"], seed) for seed in range(seeds)]
+        name, defence = _runner(t["agg"])
+        runs = [run(setting, name, seed, defence) for seed in range(seeds)]
         row = {**t, "runs": runs, "secs": time.perf_counter() - t0}
         _append(ns.out, _key(t), row, meta)
         accs = [r["acc"] for r in runs]
@@ -155,6 +197,8 @@ def report(path: Path) -> str:
     rows = data["rows"]
     lines = [f"centralized accuracy (mean over seeds) {central:.4f}; rounds {data['meta'].get('rounds')}"]
     groups = sorted({(r["clients"], r["alpha"]) for r in rows.values()})
+    present = {r["agg"] for r in rows.values()}
+    aggs = [a for a in ORDER if a in present] + sorted(present - set(ORDER))
     for clients, alpha in groups:
         goal = 0.90 if alpha >= 0.3 else 0.85
         lines += [
@@ -162,14 +206,14 @@ def report(path: Path) -> str:
             f"### {clients} clients, alpha={alpha} (attack goal: worst seed >= {goal:.2f}x centralized)",
             "",
         ]
-        head = "| scenario | attack | " + " | ".join(AGGS) + " |"
-        lines += [head, "|" + "---|" * (2 + len(AGGS))]
+        head = "| scenario | attack | " + " | ".join(aggs) + " |"
+        lines += [head, "|" + "---|" * (2 + len(aggs))]
         for scen in ["clean", "cleandrop", *SCENARIOS]:
             attacks = sorted({r["attack"] for r in rows.values() if r["scenario"] == scen})
             for attack in attacks:
                 cells = []
                 fedavg_clean = rows.get(f"{clients}|{alpha}|{scen}|none|fedavg")
-                for agg in AGGS:
+                for agg in aggs:
                     r = rows.get(f"{clients}|{alpha}|{scen}|{attack}|{agg}")
                     if r is None or r["clients"] != clients:
                         cells.append("-")
@@ -236,6 +280,44 @@ def goals(path: Path, agg: str = "robust-fedavg") -> str:
     return "\n".join(out)
 
 
+def paired(path: Path) -> str:
+    """Per setting and column: accuracy minus FedAvg's on the same seeds (mean +- standard error),
+    worst seed, backdoor success, rare-class recall and what the defences did (honest devices
+    excluded per round, rounds rejected): the ablation's table and the 'never worse' check."""
+    rows = _load(path)["rows"]
+    present = {r["agg"] for r in rows.values()}
+    aggs = [a for a in ORDER if a in present] + sorted(present - set(ORDER))
+    out = [
+        "| clients | alpha | scenario | attack | column | acc mean | - FedAvg (pt, +-se) | worst seed "
+        "| backdoor mean / worst | rare recall | honest excl./round | rejected rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    settings = sorted({k.rsplit("|", 1)[0] for k in rows})
+    for setting in settings:
+        base = rows.get(f"{setting}|fedavg")
+        for agg in aggs:
+            r = rows.get(f"{setting}|{agg}")
+            if r is None:
+                continue
+            acc = np.array([x["acc"] for x in r["runs"]])
+            diff = "-"
+            if base is not None and agg != "fedavg":
+                n = min(len(acc), len(base["runs"]))
+                d = 100 * (acc[:n] - np.array([x["acc"] for x in base["runs"][:n]]))
+                diff = f"{d.mean():+.2f} +-{d.std(ddof=1) / np.sqrt(n):.2f}"
+            bd = np.array([x["backdoor"] for x in r["runs"]])
+            bd_txt = f"{bd.mean():.1%} / {bd.max():.1%}" if r["attack"].startswith("backdoor") else "-"
+            excl = np.mean([x.get("honest-excluded", 0.0) for x in r["runs"]])
+            rej = np.mean([x.get("rejected", 0.0) for x in r["runs"]])
+            rare = np.mean([x["rare_recall"] for x in r["runs"]])
+            c, a, scen, att = setting.split("|")
+            out.append(
+                f"| {c} | {a} | {scen} | {att} | {agg} | {acc.mean():.4f} | {diff} | {acc.min():.4f} "
+                f"| {bd_txt} | {rare:.3f} | {excl:.2f} | {rej:.1f} |"
+            )
+    return "\n".join(out)
+
+
 def _cell(r: dict[str, Any], central: float, goal: float, fedavg_clean: dict[str, Any] | None) -> str:
     accs = np.array([x["acc"] for x in r["runs"]]) / central
     text = f"{accs.mean():.3f} / {accs.min():.3f} ({int((accs < goal).sum())})"
@@ -258,10 +340,19 @@ def main() -> int:
     p.add_argument("--clients", default="20,50")
     p.add_argument("--alphas", default="0.3,0.1")
     p.add_argument("--shard", default="0/1")
+    p.add_argument(
+        "--aggs", default=",".join(AGGS), help=f"columns; also oracle, robust-fedavg/<{'|'.join(VARIANTS)}>"
+    )
+    p.add_argument("--scenarios", default="", help="only these scenarios (comma list; default all)")
+    p.add_argument("--attacks", default="", help="only these attacks (comma list; default all)")
     p.add_argument("--out", type=Path, default=Path("bench/federated/robust_grid.json"))
     p.add_argument("--report", action="store_true")
     p.add_argument("--extend", action="store_true", help="add the missing seeds to rows already run")
+    p.add_argument("--paired", action="store_true", help="print the paired-difference table (ablation)")
     ns = p.parse_args()
+    if ns.paired:
+        print(paired(ns.out))
+        return 0
     if ns.report:
         print(report(ns.out))
         print()

@@ -13,16 +13,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def clip_to_median(updates: np.ndarray, factor: float = 1.0) -> tuple[np.ndarray, float]:
-    """Returns the clipped updates and the bound used (0: nothing to clip)."""
+def clip_to_median(
+    updates: np.ndarray, factor: float = 1.0, steps: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """Returns the clipped updates and the bound used (0: nothing to clip).
+
+    `steps`: each device's number of local SGD steps. The bound then applies to the norm per
+    step (FedNova's normalised update, Wang et al. NeurIPS 2020: a device with more data takes
+    more steps and its update is longer for that reason alone), and device i may reach
+    `steps[i]` x that; the bound returned is the one of the median device."""
     if len(updates) == 0:
         return updates, 0.0
     norms = np.linalg.norm(updates, axis=1)
-    bound = factor * float(np.median(norms))
-    if bound <= 0:
+    per = np.ones(len(updates)) if steps is None else np.maximum(steps, 1.0)
+    unit = factor * float(np.median(norms / per))
+    if unit <= 0:
         return updates, 0.0
-    scale = np.minimum(1.0, bound / np.maximum(norms, 1e-12))
-    return updates * scale[:, None], bound
+    scale = np.minimum(1.0, unit * per / np.maximum(norms, 1e-12))
+    return updates * scale[:, None], unit * float(np.median(per))
 
 
 def centered_clip(

@@ -14,10 +14,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def median_on(mask: np.ndarray, aggregate: np.ndarray, updates: np.ndarray) -> tuple[np.ndarray, int]:
-    """`aggregate` with the masked coordinates replaced by the rows' median; returns it and the count."""
+def median_on(
+    mask: np.ndarray, aggregate: np.ndarray, updates: np.ndarray, root_grad: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """`aggregate` with the masked coordinates replaced by the rows' median; returns it and the count.
+
+    `root_grad` (the root-set loss gradient at the current model): a masked coordinate keeps the
+    mean where moving it from the median to the mean lowers the root loss to first order, i.e.
+    where clean data on the server backs what the mean adds; where the root set is silent
+    (gradient 0, a feature no root image activates) or against it, the median stays."""
     if not mask.any() or len(updates) == 0:
         return aggregate, 0
     out = aggregate.copy()
-    out[mask] = np.median(updates[:, mask], axis=0)
+    med = np.median(updates[:, mask], axis=0)
+    if root_grad is not None:
+        backed = root_grad[mask] * (aggregate[mask] - med) < 0
+        med = np.where(backed, aggregate[mask], med)
+        out[mask] = med
+        return out, int(mask.sum() - backed.sum())
+    out[mask] = med
     return out, int(mask.sum())

@@ -50,6 +50,12 @@ class HeadOracle:
         loss = float(-np.log(p[np.arange(len(p)), self.root.y] + 1e-12).mean())
         return loss, float(np.mean(np.argmax(p, axis=1) == self.root.y))
 
+    def grad(self, v: np.ndarray) -> np.ndarray:
+        """The gradient of the mean root-set cross-entropy at `v` (flat, `v`'s layout)."""
+        w, b = self.split(v)
+        err = (_softmax(self.root.x @ w + b) - self._onehot) / len(self.root.y)
+        return np.concatenate([(self.root.x.T @ err).ravel(), err.sum(axis=0)])
+
     def update(self, v: np.ndarray, lr: float, epochs: int, batch: int, seed: int) -> np.ndarray:
         """The server's own local training on the root set from `v`: the flat delta."""
         w0, b0 = self.split(v)
@@ -65,9 +71,24 @@ class HeadOracle:
                 b -= lr * grad.sum(axis=0)
         return np.concatenate([(w - w0).ravel(), b - b0])
 
-    def dormant(self, rel: float = 0.05) -> np.ndarray:
-        """Mask of the coordinates whose feature's mean |activation| on the root set is below
-        `rel` x the most active feature's (bias coordinates are never dormant)."""
-        act = np.abs(self.root.x).mean(axis=0)
+    def dormant(self, rel: float = 0.05, per_class: bool = False) -> np.ndarray:
+        """Mask of the weight coordinates on features that are quiet on the root set (bias
+        coordinates are never dormant).
+
+        Feature j is quiet when its mean |activation| is below `rel` x the most active feature's;
+        by default all k weights of a quiet feature are masked. `per_class` keeps, among those,
+        the weights (j, c) of the classes c that do use feature j: j's mean |activation| on the
+        root images of class c is above `rel` x that class's most active feature's. Weight (j, c)
+        is where class-c images push through feature j, so a pixel that is quiet overall but
+        drawn by one digit stays that digit's to learn, by the mean of the devices holding it."""
+        x = np.abs(self.root.x)
+        act = x.mean(axis=0)
         quiet = act <= rel * float(act.max() or 1.0)
-        return np.concatenate([np.repeat(quiet, self.k), np.zeros(self.k, dtype=bool)])
+        table = np.repeat(quiet[:, None], self.k, axis=1)
+        if per_class:
+            for c in range(self.k):
+                rows = x[self.root.y == c]
+                if len(rows):
+                    act_c = rows.mean(axis=0)
+                    table[:, c] &= act_c <= rel * float(act_c.max() or 1.0)
+        return np.concatenate([table.ravel(), np.zeros(self.k, dtype=bool)])

@@ -13,9 +13,12 @@ Per round, on the valid replies (flat updates, rows = devices):
    and median on bucket means of `bucket` devices (bucketing.py), so they stop singling out the
    honest devices whose data differs most; `cclip` replaces the rule by centered clipping
    around the previous round's step;
-6. on the coordinates whose feature is dormant on the root set (mean activation below
-   `dormant_rel` x the most active feature's), the coordinate-wise median of the updates replaces
-   the mean (dormant.py): the backdoor's hiding place;
+6. on the dormant weights, the coordinate-wise median of the updates replaces the mean
+   (dormant.py): the backdoor's hiding place. A weight (feature j, class c) is dormant when j is
+   quiet on the root set (mean activation below `dormant_rel` x the most active feature's) and
+   class c's root images do not draw j either (`dormant_per_class`); the mean stays on a dormant
+   weight where the root-set loss gradient backs it (`dormant_gate`), so a rare class keeps the
+   faint features it uses while a trigger on features no root image activates gets the median;
 7. optional Gaussian noise of `noise` x the clipping bound (FLAME);
 8. validation (validation.py): the candidate's loss on the root set must not rise beyond the
    margin, else the round is rejected and the model stays.
@@ -52,11 +55,14 @@ class DefenceConfig:
     reputation: bool = True
     flame: bool = False
     clip_factor: float = 2.0  # x median norm; 0 = off
+    clip_per_step: bool = False  # the bound on the norm per local step (clipping.clip_to_median)
     bucket: int = 2  # bucket size before a non-mean rule; 1 = off
     cclip: bool = False
     sybil: float = 0.95  # cosine above which updates share one device's weight; 0 = off
     dormant: bool = True
     dormant_rel: float = 0.25  # x the most active feature's mean activation on the root set
+    dormant_per_class: bool = True  # judge each weight (feature, class) on that class's root images
+    dormant_gate: bool = True  # keep the mean on a dormant weight the root-set gradient backs
     noise: float = 0.0  # x the clipping bound; 0 = off
     validate: bool = True
     margin: float = 0.1
@@ -113,6 +119,7 @@ class Defended(Wrapping):
         self._rng = np.random.default_rng(self.config.seed)
         self._oracle: HeadOracle | None = None
         self._oracle_for: tuple[tuple[int, ...], ...] | None = None
+        self.excluded: list[Hashable] = []  # the devices the last round excluded (for benches)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -153,21 +160,23 @@ class Defended(Wrapping):
         if cfg.flame:
             keep &= flame.majority(updates)
         stats["robust-excluded"] = float((~keep).sum())
+        self.excluded = [m.metadata.src_node_id for m, k in zip(valid, keep, strict=True) if not k]
         kept = [m for m, k in zip(valid, keep, strict=True) if k]
         updates, weights = updates[keep], weights[keep]
+        examples = weights.copy()
         if cfg.sybil > 0:
             sizes = sybil.group_sizes(updates, cfg.sybil)
             weights = weights / np.maximum(sizes, 1.0)
             stats["robust-sybil"] = float((sizes > 1).sum())
         bound = 0.0
         if cfg.clip_factor > 0:
-            updates, bound = clipping.clip_to_median(updates, cfg.clip_factor)
+            updates, bound = clipping.clip_to_median(updates, cfg.clip_factor, self._steps(examples))
         stats["robust-clip-bound"] = bound
         step = self._rule(server_round, kept=kept, g=g, base=base, updates=updates, weights=weights)
         if step is None:
             return None, MetricRecord(stats)  # type: ignore[arg-type]
         if cfg.dormant and oracle is not None:
-            step, n = dormant.median_on(oracle.dormant(cfg.dormant_rel), step, updates)
+            step, n = self._dormant(oracle, base, step, updates)
             stats["robust-dormant-coords"] = float(n)
         if cfg.noise > 0 and bound > 0:
             step = step + self._rng.normal(0.0, cfg.noise * bound, step.shape)
@@ -185,6 +194,22 @@ class Defended(Wrapping):
                 return g, MetricRecord(stats)  # type: ignore[arg-type]
         self._momentum = step
         return _record(g, base + step), MetricRecord(stats)  # type: ignore[arg-type]
+
+    def _dormant(
+        self, oracle: HeadOracle, base: np.ndarray, step: np.ndarray, updates: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        cfg = self.config
+        mask = oracle.dormant(cfg.dormant_rel, cfg.dormant_per_class)
+        gate = oracle.grad(base) if cfg.dormant_gate else None
+        return dormant.median_on(mask, step, updates, gate)
+
+    def _steps(self, examples: np.ndarray) -> np.ndarray | None:
+        """Each device's local SGD steps from its examples and the round's config (clip per step)."""
+        if not self.config.clip_per_step:
+            return None
+        epochs, batch = self._train.get("local-epochs", 1), self._train.get("batch-size", 32)
+        out: np.ndarray = max(1.0, epochs) * np.ceil(examples / max(1.0, batch))
+        return out
 
     def _rule(
         self,

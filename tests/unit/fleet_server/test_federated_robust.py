@@ -195,3 +195,57 @@ def test_without_a_root_set_the_median_update_is_the_reference() -> None:
     assert "robust-rejected" not in metrics  # nothing to validate against
     with pytest.raises(InvalidRequestError, match="unknown strategy"):
         make_strategy(StrategySpec("robust-fedprox"))
+
+
+def test_clip_per_step_spares_devices_that_trained_longer_but_not_boosted_ones() -> None:
+    rng = np.random.default_rng(12)
+    steps = np.array([4.0, 4.0, 4.0, 4.0, 16.0, 4.0])
+    rows = np.stack([*_honest(rng, 4), 4 * _honest(rng, 1)[0], 10 * _honest(rng, 1)[0]])
+    plain, _ = clipping.clip_to_median(rows, factor=2.0)
+    assert np.linalg.norm(plain[4]) < 0.6 * np.linalg.norm(rows[4])  # norm alone: the long trainer is cut
+    out, bound = clipping.clip_to_median(rows, factor=2.0, steps=steps)
+    assert np.allclose(out[:5], rows[:5])  # per step it is like the others
+    assert np.linalg.norm(out[5]) == pytest.approx(bound) and bound < 0.3 * np.linalg.norm(rows[5])
+
+
+def test_dormant_per_class_keeps_a_quiet_features_weights_for_the_class_that_draws_it() -> None:
+    root = _root()
+    x = root.x.copy()
+    x[:, 0] += 1.0  # one feature every image lights up: the most active one
+    x[root.y == 2, 4] = 0.3  # feature 4: quiet overall (a quarter of the images, faint), class 2 draws it
+    oracle = HeadOracle(RootSet(x, root.y), 6, 4)
+    whole = oracle.dormant(0.1)[:24].reshape(6, 4)
+    mine = oracle.dormant(0.1, per_class=True)[:24].reshape(6, 4)
+    assert whole[4].all() and whole[5].all()  # per feature: all of feature 4's weights are masked
+    assert not mine[4, 2] and mine[4, [0, 1, 3]].all() and mine[5].all()  # class 2 keeps its weight
+    assert not mine[:4].any()
+
+
+def test_dormant_gate_keeps_the_mean_only_where_the_root_gradient_backs_it() -> None:
+    rows = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [3.0, 3.0, 3.0]])
+    mean, mask = rows.mean(0), np.array([True, True, True])
+    grad = np.array([-1.0, 0.0, 1.0])  # backs the mean's move / root set silent / against it
+    out, n = dormant.median_on(mask, mean, rows, root_grad=grad)
+    assert n == 2 and out[0] == pytest.approx(0.75) and out[1] == 0.0 and out[2] == 0.0
+
+
+def test_a_minority_holding_a_class_keeps_its_faint_feature_and_a_trigger_on_a_dead_one_does_not() -> None:
+    root = _root(n=80)
+    x = root.x.copy()
+    x[:, 0] += 1.0  # a feature every image lights up
+    x[root.y == 2, 4] = 0.2  # feature 4: faint, only class 2 draws it (masked even per class)
+    root = RootSet(x, root.y)
+    only = {"reputation": False, "sybil": 0.0, "clip_factor": 0.0, "validate": False}
+    rows = [np.zeros(28) for _ in range(8)]
+    for i in (0, 1):  # the two devices that hold class 2 learn weight (4, 2)
+        rows[i][4 * 4 + 2] = 1.0
+    rows[7][5 * 4 + 0] = 5.0  # an attacker pushes a trigger on feature 5 (never active) to class 0
+    old = DefenceConfig(dormant_per_class=False, dormant_gate=False, **only)  # type: ignore[arg-type]
+    for config, kept in ((DefenceConfig(**only), True), (old, False)):  # type: ignore[arg-type]
+        strat = make_strategy(StrategySpec("robust-fedavg", min_nodes=8), root=root, defence=config)
+        assert isinstance(strat, Defended)
+        out, _ = _round(strat, (np.zeros((6, 4)), np.zeros(4)), rows)
+        assert out is not None
+        w = out["w"].numpy()
+        assert w[5, 0] == 0.0  # the trigger never gets in
+        assert bool(w[4, 2] == pytest.approx(0.25)) is kept, (config, w[4, 2])  # 2 of 8 devices push
