@@ -2,7 +2,7 @@
 
 Owns the contract every store keeps: a reader never sees a half-written object (puts are atomic),
 `put_if_absent` is a conditional create that exactly one of several concurrent writers wins
-(the fencing primitive of the TUF signer, `fleet_server.ota.repository`), range reads stream
+(the fencing primitive of the TUF signer, `fleet_server.ota.metadata_store`), range reads stream
 (never the whole object in memory), and a missing key is `ArtifactNotFoundError`. Keys are
 relative POSIX paths (``repo/metadata/3.snapshot.json``, ``blobs/<sha256>``). Does not know what
 the objects mean (OTA, registry) nor how it is configured (`factory.py`).

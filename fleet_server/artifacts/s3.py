@@ -3,7 +3,7 @@
 An S3 PUT is atomic (the object appears whole or not at all); the conditional create is
 ``PutObject`` with ``If-None-Match: *`` (HTTP 412 when the key exists), which AWS S3 and current
 MinIO honour. A store that ignores the header would silently overwrite: the TUF signer's fencing
-(`fleet_server.ota.repository`) then rests on the cross-replica lock alone, so use one that honours
+(`fleet_server.ota.metadata_store`) then rests on the cross-replica lock alone, so use one that honours
 it. Range reads stream the response body. Credentials come from the usual AWS_* environment (or an
 instance role); boto3 is imported only when an S3 store is configured. Does not know what the
 objects are.

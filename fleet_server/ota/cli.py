@@ -25,7 +25,7 @@ from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 
 from fleet_server.cliapi import CliError, CliExit, UsageError, error_from, tls_verify
 from fleet_server.ota.keys import write_private_key
-from fleet_server.ota.repository import rotate_root
+from fleet_server.ota.root_rotation import rotate_root
 
 # Deployment states whose reason the operator must read in full (the agent's terminal problems).
 PROBLEM_STATES = frozenset({"failed", "refused", "rolled_back"})

@@ -9,7 +9,7 @@ Two things, both optional for a single server:
   the request, must not wait for a lease poll interval, and PostgreSQL queues the waiters and frees
   the lock when a holder's connection dies. Correctness does not rest on it: a writer that lost
   its connection (and so the lock) but still runs is fenced by the repository's commit, a
-  put-if-absent of the next timestamp version (`repository.py`), which it loses.
+  put-if-absent of the next timestamp version (`metadata_store.py`), which it loses.
 - `TimestampDuty`: the periodic timestamp/snapshot refresh runs only on the replica holding the
   `tuf-signer` lease (`coordination.leases.Singleton`), checked every `interval_s`; another replica
   takes over within the lease ttl + poll after the holder dies. The timestamp route refreshes on
@@ -30,8 +30,8 @@ from sqlalchemy import Connection, Engine, text
 
 from fleet_server.coordination.leases import LeaseGrant, LeaseStore, Singleton
 from fleet_server.models import utcnow
+from fleet_server.ota.locks import OuterLock
 from fleet_server.ota.releases import OtaService
-from fleet_server.ota.repository import OuterLock
 
 logger = logging.getLogger(__name__)
 
