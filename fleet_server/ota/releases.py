@@ -1,29 +1,26 @@
-"""Release publishing and deployment: the OTA service the REST routes and the CLI call.
+"""Release publishing: the OTA service the REST routes and the CLI call.
 
-Owns the release sequence (a database row per release, separate from the model version: going
-back to an old model is a new release pointing at the old bytes), content-addressed blob uploads,
-writing release targets (artifact + chunk manifest + golden set + drift reference, the last one
-checked for shape first) and signing per-device assignments into the director roles. Blobs,
-targets and metadata live in the `ArtifactStore` (``blobs/<sha256>``, ``repo/...``); uploads and
-the files a publish builds are spooled locally first. Every
-publish, deploy and key generation is recorded in the audit log after it committed
+`OtaService` builds the repository (keys created on first start or given, checked against the
+stored root) and brings together its blobs (`blobs.py`), releases (here) and deployments
+(`deployments.py`). Owns the release sequence (a database row per release, separate from the model
+version: going back to an old model is a new release pointing at the old bytes) and writing
+release targets (artifact + chunk manifest + patches from the previous release + golden set +
+drift reference, the last one checked for shape first, + an xz copy when it is smaller). Targets
+and metadata live in the `ArtifactStore` (``repo/...``); the files a publish builds are spooled
+locally first. Every publish and key generation is recorded in the audit log after it committed
 (`audit.port.record_change`; the actor is the operator the route names, else the system). Does not
-speak HTTP (`routes.py`) or sign root.
+speak HTTP (`routes.py`) or sign root. Re-exports `Assignment` and `assignment_for`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import lzma
-import os
-import secrets
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,37 +30,30 @@ from sqlmodel import Session, col, select
 from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]
 
 from fleet_server.artifacts.fs import FilesystemStore
-from fleet_server.artifacts.port import ArtifactNotFoundError, ArtifactStore
+from fleet_server.artifacts.port import ArtifactStore
 from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
-from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
-from fleet_server.models import Device, utcnow
+from fleet_server.errors import ConflictError, InvalidRequestError
+from fleet_server.models import utcnow
+from fleet_server.ota.blobs import Blobs, blob_key
 from fleet_server.ota.chunking import build_layout, manifest_bytes
+from fleet_server.ota.deployments import Assignment, Deployments, assignment_for, register_service
 from fleet_server.ota.drift_reference import check_drift_reference
 from fleet_server.ota.keys import KeyConfigError, KeyRing
-from fleet_server.ota.models import OtaDeviceStatus, OtaRelease, ReleaseCreate
+from fleet_server.ota.models import OtaRelease, ReleaseCreate
 from fleet_server.ota.patches import add_patches
 from fleet_server.ota.repository import Expiry, OtaRepository, ThreadLock, canonical_json
 from protos.edgeloop.chunk_manifest import VERSION as MANIFEST_VERSION
 from protos.edgeloop.chunk_manifest import PatchRef
 
+__all__ = ["Assignment", "OtaService", "assignment_for", "release_json"]  # Assignment*: deployments.py
+
 logger = logging.getLogger(__name__)
 
-SLOT = "default"
-_SHA_CHARS = set("0123456789abcdef")
 _KEY_STRIPES = 64  # publishes with keys hashing to the same stripe run one at a time
 
 
-@dataclass(frozen=True)
-class Assignment:
-    slot: str
-    model_name: str
-    model_version: str
-    release_id: str
-    deployment_id: str
-
-
-class OtaService:
+class OtaService(Blobs, Deployments):
     """The repository and blobs in `store` (default: the folder `directory`); keys and the upload
     spool under `directory`. Keys are created on first start, unless the store already holds a
     repository (another replica made it): then this server must have been given the same keys."""
@@ -100,7 +90,7 @@ class OtaService:
         self.spool.mkdir(parents=True, exist_ok=True)
         self._key_locks = [threading.Lock() for _ in range(_KEY_STRIPES)]
         self.signs_timestamps_now: Callable[[], bool] = lambda: True  # signer.py: the lease holder only
-        _SERVICES[directory.resolve()] = self
+        register_service(directory, self)
 
     @property
     def signs_timestamps(self) -> bool:
@@ -116,81 +106,6 @@ class OtaService:
             roles = {role: len(rk.keys) for role, rk in self.repo.keys.roles.items()}
             record_change(audit, Actor.system("ota"), "ota.keys.generated", Target("ota_keys", "all"),
                           {"roles": roles})  # fmt: skip
-
-    # ------------------------------------------------------------ blobs
-
-    def new_upload(self) -> Path:
-        """A local spool file to receive an upload (then `adopt_blob`)."""
-        fd, tmp = tempfile.mkstemp(dir=self.spool, prefix=".upload-")
-        os.close(fd)
-        return Path(tmp)
-
-    def adopt_blob(self, upload: Path) -> tuple[str, int]:
-        """Store a finished upload at its content address; returns (sha256, length)."""
-        digest = hashlib.sha256()
-        with upload.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-        sha = digest.hexdigest()
-        size = upload.stat().st_size
-        key = _blob_key(sha)
-        if isinstance(self.store, FilesystemStore):  # same folder tree: a rename, no copy
-            dest = self.store.path(key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(upload, dest)
-        else:
-            self.store.put_file_if_absent(key, upload)
-        return sha, size
-
-    def blob_size(self, sha256: str) -> int:
-        """Length of an uploaded blob. Raises: NotFoundError (never uploaded, or not a sha256)."""
-        try:
-            return self.store.stat(_blob_key(sha256)).size
-        except (ArtifactNotFoundError, ValueError):
-            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
-
-    def blob_bytes(self, sha256: str) -> bytes:
-        """A whole blob in memory (models and data sets the registry parses), checked against its
-        name. Raises: NotFoundError; ConflictError when the stored bytes do not hash to `sha256`."""
-        try:
-            data = self.store.get(_blob_key(sha256))
-        except (ArtifactNotFoundError, ValueError):
-            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
-        _check_blob(sha256, hashlib.sha256(data).hexdigest(), self.store.describe())
-        return data
-
-    def fetch_blob(self, sha256: str, dest: Path) -> Path:
-        """Copy a blob to the local file `dest` (a hard link on the filesystem store); returns `dest`.
-
-        The copy is hashed before anyone uses it: a blob is named by its sha256, so bytes changed in
-        the store after the upload (a writer to the bucket, a corrupt disk) are never signed into a
-        release or compiled.
-
-        Raises:
-            NotFoundError: never uploaded.
-            ConflictError: the stored bytes do not hash to `sha256` (the copy is removed).
-        """
-        try:
-            self.store.fetch_to(_blob_key(sha256), dest)
-        except (ArtifactNotFoundError, ValueError):
-            raise NotFoundError(f"blob {sha256[:16]} not uploaded") from None
-        digest = hashlib.sha256()
-        with dest.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        try:
-            _check_blob(sha256, digest.hexdigest(), self.store.describe())
-        except ConflictError:
-            dest.unlink(missing_ok=True)
-            raise
-        return dest
-
-    def blob(self, sha256: str) -> Path:
-        """The local file of a blob (filesystem store only: tests and tools). Raises: NotFoundError."""
-        self.blob_size(sha256)
-        if not isinstance(self.store, FilesystemStore):
-            raise RuntimeError(f"blobs are in {self.store.describe()}: use fetch_blob or blob_bytes")
-        return self.store.path(_blob_key(sha256))
 
     # ------------------------------------------------------------ releases
 
@@ -334,7 +249,7 @@ class OtaService:
         artifact = self.fetch_blob(spec.artifact_sha256, work / f"artifact{suffix}")
         layout = build_layout(artifact)
         patches: dict[int, PatchRef] = {}
-        if previous is not None and self.store.exists(_blob_key(previous.sha256)):
+        if previous is not None and self.store.exists(blob_key(previous.sha256)):
             old = self.fetch_blob(previous.sha256, work / f"previous{suffix}")
             patches = add_patches(layout, artifact, build_layout(old), old, work / "patches")
             if (work / "patches").is_dir():  # absent when every patch rides inline in the manifest
@@ -384,80 +299,8 @@ class OtaService:
         infos.append(self.repo.add_target_file(f"{base}/{spec.filename}", artifact, custom))
         return infos, custom
 
-    # ------------------------------------------------------------ deployments
-
-    def deploy(
-        self,
-        *,
-        session: Session,
-        release_seq: int,
-        device_ids: list[str],
-        actor: Actor | None = None,
-        apply_windows: list[dict[str, Any]] | None = None,
-    ) -> str:
-        """Assign a release to devices (signed per-device roles); returns the deployment id.
-        `apply_windows` (a rollout's, JSON as `protos/edgeloop/windows.py` reads it) go into each
-        signed assignment: the device switches to the release only inside one.
-
-        Raises:
-            NotFoundError: unknown release or device.
-        """
-        release = session.get(OtaRelease, release_seq)
-        if release is None:
-            raise NotFoundError(f"release {release_seq} not found")
-        devices = [session.get(Device, d) for d in device_ids]
-        missing = [d for d, dev in zip(device_ids, devices, strict=True) if dev is None]
-        if missing:
-            raise NotFoundError(f"unknown devices: {', '.join(missing[:5])}")
-        deployment_id = f"dep_{secrets.token_hex(6)}"
-        signed: list[tuple[str, TargetFile]] = []
-        with tempfile.TemporaryDirectory(dir=self.spool) as tmp:
-            for device in devices:
-                assert device is not None
-                custom = {
-                    "edgeloop": {
-                        "device_id": device.id,
-                        "deployment_id": deployment_id,
-                        "release_seq": release_seq,
-                        "target": release.target_path,
-                        "model_name": release.model_name,
-                        "model_version": release.model_version,
-                        "slot": SLOT,
-                    }
-                }
-                if apply_windows:
-                    custom["edgeloop"]["apply_windows"] = apply_windows
-                doc = Path(tmp) / f"{device.id}.json"
-                doc.write_bytes(canonical_json(custom))
-                signed.append(
-                    (device.id, self.repo.add_target_file(f"devices/{device.id}/assignment", doc, custom))
-                )
-                session.merge(
-                    OtaDeviceStatus(
-                        device_id=device.id,
-                        deployment_id=deployment_id,
-                        release_seq=release_seq,
-                        updated_at=utcnow(),  # when it was assigned, until the device reports
-                    )
-                )
-                device.desired_generation += 1
-                session.add(device)
-            self.repo.assign(signed)
-        session.commit()
-        logger.info(
-            "deployment created id=%s release=%d devices=%d", deployment_id, release_seq, len(devices)
-        )
-        details = {"deployment_id": deployment_id, "devices": len(device_ids), "device_ids": device_ids[:50]}
-        record_change(self.audit, actor or Actor.system("ota"), "release.deployed",
-                      Target("release", str(release_seq)), details)  # fmt: skip
-        return deployment_id
-
     def list_releases(self, *, session: Session) -> list[OtaRelease]:
         return list(session.exec(select(OtaRelease).order_by(col(OtaRelease.seq).desc())))
-
-    def statuses(self, *, session: Session, deployment_id: str) -> list[OtaDeviceStatus]:
-        stmt = select(OtaDeviceStatus).where(OtaDeviceStatus.deployment_id == deployment_id)
-        return list(session.exec(stmt.order_by(col(OtaDeviceStatus.device_id))))
 
     def refresh_if_stale(self, now: datetime, *, roles: bool = True) -> None:
         """Re-sign timestamp and snapshot, then with `roles` (the signer's duty; not on a device's
@@ -468,27 +311,12 @@ class OtaService:
             self.repo.refresh_expiring_roles(now)
 
 
-def _check_blob(name: str, actual: str, where: str) -> None:
-    if actual != name:
-        logger.error("blob integrity: %s in %s hashes to %s", name, where, actual)
-        raise ConflictError(
-            f"blob {name[:16]} in {where} does not match its sha256 (changed after upload, or corrupt): "
-            "upload it again"
-        )
-
-
 def _compress(source: Path, dest: Path) -> int:
     """xz (preset 6) of `source`, streamed; returns the compressed size."""
     with source.open("rb") as src, lzma.open(dest, "wb", preset=6) as out:
         while block := src.read(1 << 20):
             out.write(block)
     return dest.stat().st_size
-
-
-def _blob_key(sha256: str) -> str:
-    if len(sha256) != 64 or not set(sha256) <= _SHA_CHARS:
-        raise ValueError(f"not a sha256: {sha256[:80]!r}")
-    return f"blobs/{sha256}"
 
 
 def _check_keys(repo: OtaRepository) -> None:
@@ -501,42 +329,6 @@ def _check_keys(repo: OtaRepository) -> None:
                 f"the {role} keys of this server are not in the root of {repo.store.describe()}: "
                 "another replica created that repository; give this one its keys"
             )
-
-
-_SERVICES: dict[Path, OtaService] = {}  # OTA directory -> the service this process runs on it
-
-
-@functools.lru_cache(maxsize=16)
-def _reader(ota_dir: Path) -> OtaRepository:
-    return OtaRepository(FilesystemStore(ota_dir), KeyRing(ota_dir / "keys" / "keys.json"), lock=ThreadLock())
-
-
-def assignment_for(ota: Path | OtaService, device_id: str) -> Assignment | None:
-    """The device's current assignment as signed in its director role (None if never assigned).
-
-    `ota` is the service, or the OTA directory of a service this process runs (its store is used,
-    S3 included), else a repository folder read directly.
-    """
-    if isinstance(ota, Path):
-        service = _SERVICES.get(ota.resolve())
-        repo = service.repo if service is not None else _reader(ota.resolve())
-    else:
-        repo = ota.repo
-    try:
-        targets = repo.device_targets(device_id)
-    except (ArtifactNotFoundError, ValueError):
-        return None
-    for info in targets.values():
-        ours = info.custom.get("edgeloop", {}) if isinstance(info.custom, dict) else {}
-        if ours.get("device_id") == device_id:
-            return Assignment(
-                slot=str(ours["slot"]),
-                model_name=str(ours["model_name"]),
-                model_version=str(ours["model_version"]),
-                release_id=str(ours["release_seq"]),
-                deployment_id=str(ours["deployment_id"]),
-            )
-    return None
 
 
 def release_json(row: OtaRelease) -> dict[str, Any]:
