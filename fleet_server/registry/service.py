@@ -1,30 +1,27 @@
 """`ModelRegistry`: versions with lineage, compiled with their budgets, released through signed OTA.
 
-Owns the life of a version: register (an upload, or the aggregated head of a federated run
-spliced into its parent's graph), compile (one job at a time in a worker thread, through the
-`Compiler` port, with the budgets, data sets and compile settings (batched inputs, micro-batch
-size; checked against the model when registered) the version inherits from its parent), judge
-(a descendant whose compiled accuracy falls below its parent's by more than the budget is
-rejected), and release (one signed release per device profile, deployed to the version's cohort:
-automatically for federated versions when the model's `auto_release` policy is on, otherwise when
-an operator approves). Blobs live in the OTA artifact store (the compiler subprocess gets local
-copies); it does not sign anything itself. With replicas, only the holder of the
-`registry-compile` lease compiles (`leases`): it queues, when it acquires the lease, every version
-left registered or compiling (by a holder that died), then every version registered on any
-replica (polled from the database); a holder that lost the lease writes no result (fenced).
-Every status change and approval is recorded in the audit log after it committed (the operator
-for register/approve, `system:registry` for the compile worker and the auto-release policy).
+Owns the life of a version and its registering and judging verbs: register (an upload, or the
+aggregated head of a federated run spliced into its parent's graph; the budgets, data sets and
+compile settings (batched inputs, micro-batch size; checked against the model when registered)
+are inherited from the parent), process one compile job (compile through the `Compiler` port, then
+judge: a descendant whose compiled accuracy falls below its parent's by more than the budget is
+rejected; then release automatically for federated versions when the model's `auto_release`
+policy is on, otherwise wait for an operator's approval), and the queries. Every status change
+and approval is recorded in the audit log after it committed (the operator for register/approve,
+`system:registry` for the compile worker and the auto-release policy). It does not sign anything
+itself. The other verbs are base classes in their own modules: the compile worker and its
+`registry-compile` lease (worker.py), a job's files in and out of the OTA blob store
+(compile_files.py) and releasing (releasing.py). Re-exports `RolloutStarter` and `SYSTEM`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func
@@ -32,12 +29,12 @@ from sqlmodel import Session, col, select
 
 from fleet_server.audit.chain import Actor, Target
 from fleet_server.audit.port import AuditRecorder, MemoryAuditLog, record_change
-from fleet_server.coordination.leases import LeaseGrant, LeaseLost, LeaseStore, Singleton
+from fleet_server.coordination.leases import LeaseGrant, LeaseStore, Singleton
 from fleet_server.errors import ConflictError, InvalidRequestError, NotFoundError
-from fleet_server.models import Device, utcnow
-from fleet_server.ota.models import ReleaseCreate
+from fleet_server.models import utcnow
 from fleet_server.ota.releases import OtaService
-from fleet_server.registry.compile import CompileFailed, CompileJob, Compiler
+from fleet_server.registry.compile import CompileFailed, Compiler
+from fleet_server.registry.compile_files import CompileFiles, report_float
 from fleet_server.registry.head import read_head, splice_head
 from fleet_server.registry.models import (
     AWAITING_APPROVAL,
@@ -46,21 +43,20 @@ from fleet_server.registry.models import (
     FAILED,
     REGISTERED,
     REJECTED,
-    RELEASED,
     ModelVersion,
     RegisteredModel,
 )
-from fleet_server.registry.schemas import COMPILE_SETTINGS, VersionCreate
+from fleet_server.registry.releasing import SYSTEM, Releasing, RolloutStarter
+from fleet_server.registry.schemas import VersionCreate
 from fleet_server.registry.signature import check_batched_inputs
+from fleet_server.registry.worker import LEASE, CompileWorker, row_id
+
+__all__ = ["SYSTEM", "ModelRegistry", "RolloutStarter"]
 
 logger = logging.getLogger(__name__)
 
-_STOP = -1
-SYSTEM = Actor.system("registry")
-LEASE = "registry-compile"
 
-
-class ModelRegistry:
+class ModelRegistry(CompileWorker, CompileFiles, Releasing):
     """The registry service; `start()` runs the compile worker, `stop()` ends it."""
 
     def __init__(
@@ -99,100 +95,6 @@ class ModelRegistry:
             else None
         )
         self._grant: LeaseGrant | None = None
-
-    # ------------------------------------------------------------ worker
-
-    def start(self) -> None:
-        """Start the worker: at once without leases, else when this replica holds the lease."""
-        if self._singleton is not None:
-            self._singleton.start()
-            return
-        self._start_worker()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._singleton is not None:
-            self._singleton.stop()  # on_lost stops the worker, then the lease is released
-        self._stop_worker(timeout)
-
-    def idle(self) -> bool:
-        return self._jobs.unfinished_tasks == 0
-
-    @property
-    def compiles_here(self) -> bool:
-        """Whether this replica runs the compile worker now."""
-        return self._thread is not None
-
-    def _acquired(self, grant: LeaseGrant) -> None:
-        self._grant = grant
-        self._start_worker()
-
-    def _lost(self) -> None:
-        self._grant = None
-        self._stop_worker(0.0)  # a compile in flight finishes, but its results are fenced
-
-    def _start_worker(self) -> None:
-        """Requeue versions a previous holder or process left registered or compiling; run the worker."""
-        if self._thread is not None:
-            return
-        self._enqueue_pending()
-        self._thread = threading.Thread(target=self._work_loop, name="registry-compile", daemon=True)
-        self._thread.start()
-
-    def _stop_worker(self, timeout: float) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._jobs.put(_STOP)
-            if timeout:
-                thread.join(timeout)
-
-    def _enqueue_pending(self) -> None:
-        with Session(self._engine) as s:
-            pending = s.exec(
-                select(ModelVersion).where(col(ModelVersion.status).in_([REGISTERED, COMPILING]))
-            )
-            for version in pending:
-                if version.compile_spec.get("profiles"):
-                    self._enqueue(_id(version))
-
-    def _enqueue(self, version_id: int) -> None:
-        with self._queued_lock:
-            if version_id in self._queued:
-                return
-            self._queued.add(version_id)
-        self._jobs.put(version_id)
-
-    def _work_loop(self) -> None:
-        while True:
-            try:
-                version_id = self._jobs.get(timeout=self._poll_s if self._leases is not None else None)
-            except queue.Empty:  # versions registered on other replicas
-                try:
-                    self._enqueue_pending()
-                except Exception:
-                    logger.exception("registry: polling for registered versions failed")
-                continue
-            if version_id == _STOP:
-                self._jobs.task_done()
-                return
-            try:
-                self.process(version_id)
-            except LeaseLost as err:
-                logger.warning("registry compile fenced version_id=%d: %s", version_id, err)
-            except Exception:  # one bad version must not stop the worker
-                logger.exception("registry job failed version_id=%d", version_id)
-            finally:
-                with self._queued_lock:
-                    self._queued.discard(version_id)
-                self._jobs.task_done()
-
-    def _fence(self, session: Session) -> None:
-        """With leases: raise LeaseLost unless this replica still holds `registry-compile`."""
-        if self._leases is None:
-            return
-        grant = self._grant
-        if grant is None:
-            raise LeaseLost(f"{LEASE} is not held by this replica")
-        self._leases.guard(session, grant)
 
     # ------------------------------------------------------------ register
 
@@ -286,7 +188,7 @@ class ModelRegistry:
         self._record(actor, version, "registered", source=version.source, parent=version.parent_version,
                      artifact_sha256=version.artifact_sha256)  # fmt: skip
         if version.compile_spec.get("profiles") and (self._leases is None or self.compiles_here):
-            self._enqueue(_id(version))  # else the lease holder polls it from the database
+            self._enqueue(row_id(version))  # else the lease holder polls it from the database
         return version
 
     def _parent(self, session: Session, name: str, version: int | None) -> ModelVersion | None:
@@ -362,7 +264,7 @@ class ModelRegistry:
             assert version is not None
             self._fence(s)
             version.artifacts = self._adopt_artifacts(job.out, report)
-            version.accuracy = _float(report.get("reference", {}).get("accuracy"))
+            version.accuracy = report_float(report.get("reference", {}).get("accuracy"))
             verdict = self._judge(s, version)
             if verdict:
                 self._set(s, version, REJECTED, verdict)
@@ -383,130 +285,6 @@ class ModelRegistry:
                     s, version, AWAITING_APPROVAL, "compiled inside its budgets; release needs approval"
                 )
 
-    def approve(
-        self,
-        session: Session,
-        name: str,
-        version_no: int,
-        *,
-        devices: list[str] | None,
-        created_by: str,
-        actor: Actor = SYSTEM,
-    ) -> ModelVersion:
-        """Release a compiled version to `devices` (default: its cohort).
-
-        Raises:
-            ConflictError: the version is not waiting for approval.
-            InvalidRequestError: no device to release to.
-        """
-        version = self.get(session, name, version_no)
-        if version.status not in (AWAITING_APPROVAL, COMPILED):
-            raise ConflictError(f"{name}@{version_no} is {version.status}, not awaiting approval")
-        targets = devices if devices is not None else self.cohort_devices(session, version)
-        if not targets:
-            raise InvalidRequestError(f"no devices to release {name}@{version_no} to: name them")
-        self._release(session, version, targets, created_by=created_by, actor=actor)
-        self._record(actor, version, "approved", devices=len(targets), named=devices is not None)
-        return version
-
-    def cohort_devices(self, session: Session, version: ModelVersion) -> list[str]:
-        """Who a federated version goes to: its run's cohort (listed devices, or labels + profile).
-
-        An uploaded version has no cohort: it goes only to devices an operator names (never, by
-        default, to the whole fleet).
-        """
-        if "cohort" not in version.lineage:
-            return []
-        cohort: dict[str, Any] = dict(version.lineage.get("cohort") or {})
-        active = session.exec(select(Device).where(Device.status == "active")).all()
-        if cohort.get("devices"):
-            wanted = set(cohort["devices"])
-            return sorted(d.id for d in active if d.id in wanted)
-        labels = dict(str(item).split("=", 1) for item in cohort.get("labels", []) if "=" in str(item))
-        profile = str(cohort.get("profile") or "")
-        return sorted(
-            d.id
-            for d in active
-            if (not profile or d.profile == profile) and all(d.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def _parent_recipes(self, session: Session, version: ModelVersion) -> dict[str, str]:
-        """The recipe each profile's artifact of the parent was built with: the compiler keeps it
-        when it still passes and is as fast (stable numerics on live inputs, smaller deltas)."""
-        if version.parent_version is None:
-            return {}
-        parent = session.exec(
-            select(ModelVersion).where(
-                ModelVersion.name == version.name, ModelVersion.version == version.parent_version
-            )
-        ).first()
-        if parent is None:
-            return {}
-        arts = parent.artifacts.items()
-        return {p: str(a["recipe"]) for p, a in arts if isinstance(a, dict) and a.get("recipe")}
-
-    def _job(self, version: ModelVersion, prefer: dict[str, str] | None = None) -> CompileJob:
-        out = self._work / version.name / f"v{version.version}"
-        inputs = out / "inputs"
-        shutil.rmtree(out, ignore_errors=True)
-        inputs.mkdir(parents=True)
-        model = inputs / "model.onnx"
-        self._ota.fetch_blob(version.artifact_sha256, model)
-        calib, evaluation = inputs / "calib.npz", inputs / "eval.npz"
-        self._ota.fetch_blob(version.datasets["calib_sha256"], calib)
-        self._ota.fetch_blob(version.datasets["eval_sha256"], evaluation)
-        spec = version.compile_spec
-        budgets = {k: float(v) for k, v in spec.items() if k not in COMPILE_SETTINGS}
-        batched = spec.get("batched_inputs")
-        return CompileJob(
-            model,
-            tuple(spec["profiles"]),
-            calib,
-            evaluation,
-            out / "build",
-            budgets,
-            dict(prefer or {}),
-            batched_inputs=None if batched is None else tuple(str(n) for n in batched),
-            micro_batch=None if spec.get("micro_batch") is None else int(spec["micro_batch"]),
-            drift_budget_per_10k=None
-            if spec.get("drift_budget_per_10k") is None
-            else float(spec["drift_budget_per_10k"]),
-        )
-
-    def _adopt_artifacts(self, build: Path, report: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        report_sha = self._store_file(build / "report.json")
-        for profile, entry in report.get("profiles", {}).items():
-            art = entry.get("artifact")
-            if not art:
-                continue
-            chosen: dict[str, Any] = next(
-                (c for c in entry.get("candidates", []) if c["recipe"] == entry.get("chosen")), {}
-            )
-            metrics = chosen.get("metrics") or {}
-            drift = next(
-                (
-                    p
-                    for p in (build / profile / "drift_reference.json", build / "drift_reference.json")
-                    if p.exists()
-                ),
-                None,
-            )
-            out[profile] = {
-                "artifact_sha256": self._store_file(build / art["path"]),
-                "filename": Path(art["path"]).name,
-                "runtime": art.get("runtime", ""),
-                "size_bytes": art.get("size_bytes"),
-                "recipe": entry.get("chosen"),
-                "accuracy": _float(metrics.get("accuracy")),
-                "agreement": _float(metrics.get("agreement")),
-                "report_sha256": report_sha,
-                "drift_reference_sha256": self._store_file(drift) if drift is not None else "",
-                # the batches quality was judged at and where the micro-batch size came from
-                "quality_batch": entry.get("quality_batch"),
-            }
-        return out
-
     def _judge(self, session: Session, version: ModelVersion) -> str:
         """Empty when the version may be released; else why not (compared per profile to the parent)."""
         if not version.artifacts:
@@ -523,66 +301,6 @@ class ModelRegistry:
                     f"{profile}: accuracy {now:.4f} is below parent v{parent.version}'s {before:.4f} - {drop}"
                 )
         return ""
-
-    def _release(
-        self, session: Session, version: ModelVersion, devices: list[str], *, created_by: str, actor: Actor
-    ) -> None:
-        by_id = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(devices))).all()}
-        releases: dict[str, Any] = {}
-        skipped = sorted(d for d in devices if d not in by_id or by_id[d].profile not in version.artifacts)
-        for profile, art in sorted(version.artifacts.items()):
-            targets = sorted(d for d, dev in by_id.items() if dev.profile == profile)
-            if not targets:
-                continue
-            spec = ReleaseCreate(
-                model_name=version.name,
-                model_version=str(version.version),
-                artifact_sha256=art["artifact_sha256"],
-                filename=art["filename"],
-                profiles=[profile],
-                compiler_report_sha256=art.get("report_sha256", ""),
-                golden_sha256=str(version.datasets.get("golden_sha256", "")),
-                golden_threshold=float(version.datasets.get("golden_threshold", 0.0)),
-                gates=_shadow_gates(session, self, version, profile),
-                drift_reference_sha256=art.get("drift_reference_sha256", ""),
-                warmup_sha256=str(version.datasets.get("warmup_sha256", "")),
-            )
-            release = self._ota.publish(session=session, spec=spec, created_by=created_by, actor=actor)
-            assert release.seq is not None
-            if self._rollouts is not None:  # deployed batch by batch by the rollout engine
-                releases[profile] = {"release_seq": release.seq, "deployment_id": "", "devices": targets}
-                continue
-            deployment = self._ota.deploy(
-                session=session, release_seq=release.seq, device_ids=targets, actor=actor
-            )
-            if self._notify is not None:
-                for device_id in targets:
-                    self._notify(device_id)
-            releases[profile] = {"release_seq": release.seq, "deployment_id": deployment, "devices": targets}
-        if not releases:
-            raise InvalidRequestError(
-                f"none of {len(devices)} device(s) has a profile in {name_list(version.artifacts)}"
-            )
-        if self._rollouts is not None:
-            self._start_rollout(version, releases, actor)
-        version.releases = releases
-        note = f"released to {sum(len(r['devices']) for r in releases.values())} device(s)"
-        self._set(session, version, RELEASED, note + (f"; skipped {skipped[:5]}" if skipped else ""), actor)
-
-    def _start_rollout(self, version: ModelVersion, releases: dict[str, Any], actor: Actor) -> None:
-        """One rollout of the version's releases with the model's rollout policy; `releases` gets
-        the rollout id and the first batch's deployment per profile."""
-        assert self._rollouts is not None
-        seqs = [int(r["release_seq"]) for r in releases.values()]
-        devices = sorted({d for r in releases.values() for d in r["devices"]})
-        started = self._rollouts.start_for_model(  # raises (409/422) when the rollout is refused
-            model_name=version.name, version=str(version.version), releases=seqs, devices=devices, actor=actor
-        )
-        for r in releases.values():
-            got = started["releases"].get(int(r["release_seq"]), {})
-            r["rollout_id"] = started["rollout_id"]
-            r["deployment_id"] = str(got.get("deployment_id", ""))
-            r["devices"] = list(got.get("devices", r["devices"]))
 
     # ------------------------------------------------------------ helpers
 
@@ -602,59 +320,6 @@ class ModelRegistry:
         target = Target("model_version", f"{version.name}@{version.version}")
         record_change(self._audit, actor, f"model_version.{what}", target, details)
 
-    def _store_bytes(self, data: bytes) -> str:
-        upload = self._ota.new_upload()
-        try:
-            upload.write_bytes(data)
-            return self._ota.adopt_blob(upload)[0]
-        finally:
-            upload.unlink(missing_ok=True)
-
-    def _store_file(self, path: Path) -> str:
-        upload = self._ota.new_upload()
-        try:
-            shutil.copyfile(path, upload)
-            return self._ota.adopt_blob(upload)[0]
-        finally:
-            upload.unlink(missing_ok=True)
-
-
-# A retrained descendant is meant to change predictions, so its on-device shadow run (candidate vs
-# the parent it replaces, on live inputs) cannot demand the 0.9 agreement a re-quantization must
-# keep. Two classifiers with accuracies a and b on the same data agree on at least a + b - 1 of it,
-# so that bound (on the eval set, less 5 points of slack for live data; never below 0.5) is the
-# floor; the golden-set gate still guards accuracy. Override per model with the budgets
-# `shadow_min_agreement` / `shadow_max_distance` at registration.
-SHADOW_SLACK = 0.05
-DESCENDANT_MAX_DISTANCE = 0.5
-
-
-def _shadow_gates(
-    session: Session, registry: ModelRegistry, version: ModelVersion, profile: str
-) -> dict[str, float]:
-    gates: dict[str, float] = {}
-    if version.parent_version is not None:
-        parent = registry.get(session, version.name, version.parent_version)
-        before = (parent.artifacts.get(profile) or {}).get("accuracy")
-        now = (version.artifacts.get(profile) or {}).get("accuracy")
-        if before is not None and now is not None:
-            gates["min_agreement"] = round(max(0.5, float(before) + float(now) - 1 - SHADOW_SLACK), 4)
-        else:
-            gates["min_agreement"] = 0.5
-        gates["max_distance"] = DESCENDANT_MAX_DISTANCE
-    for key, value in version.compile_spec.items():
-        if key.startswith("shadow_"):
-            gates[key.removeprefix("shadow_")] = float(value)
-    return gates
-
-
-class RolloutStarter(Protocol):
-    """fleet_server.rollouts.engine.RolloutEngine.start_for_model."""
-
-    def start_for_model(
-        self, *, model_name: str, version: str, releases: list[int], devices: list[str], actor: Actor
-    ) -> dict[str, Any]: ...
-
 
 def _compile_spec(spec: VersionCreate, parent: ModelVersion | None) -> dict[str, Any]:
     """The request's compile spec, else the parent's (inherited whole), with this request's
@@ -673,16 +338,3 @@ def _compile_spec(spec: VersionCreate, parent: ModelVersion | None) -> dict[str,
             "(give profiles, or register under a parent version that has them)"
         )
     return compile_spec | overrides
-
-
-def name_list(artifacts: dict[str, Any]) -> str:
-    return "[" + ", ".join(sorted(artifacts)) + "]"
-
-
-def _id(version: ModelVersion) -> int:
-    assert version.id is not None
-    return version.id
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
