@@ -258,7 +258,12 @@ def goals(path: Path, agg: str = "robust-fedavg") -> str:
         worst_txt = "-"
         if worst is not None:
             w = min(x["acc"] for x in worst["runs"]) / central
-            worst_txt = f"{w:.3f} ({worst['scenario']} {worst['attack']})"
+            goal = 0.90 if alpha >= 0.3 else 0.85
+            low = sum(x["acc"] / central < goal for x in worst["runs"])
+            worst_txt = f"{w:.3f} ({worst['scenario']} {worst['attack']}; {low} below)"
+            oracle = rows.get(f"{clients}|{alpha}|{worst['scenario']}|{worst['attack']}|oracle")
+            if oracle is not None:
+                worst_txt += f"; oracle {min(x['acc'] for x in oracle['runs']) / central:.3f}"
         bds = [r for r in attacked if r["attack"].startswith("backdoor")]
         bd_txt = ", ".join(
             f"{r['scenario']} {r['attack']}: {np.mean([x['backdoor'] for x in r['runs']]):.1%} / "
