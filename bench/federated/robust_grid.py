@@ -190,8 +190,9 @@ def run_grid(ns: argparse.Namespace) -> None:
         print(f"{_key(t)} acc {np.mean(accs):.3f} min {np.min(accs):.3f} {row['secs']:.0f}s", flush=True)
 
 
-def report(path: Path) -> str:
-    """Markdown tables: per (clients, alpha) and scenario, one line per attack, columns per aggregator."""
+def report(path: Path, columns: tuple[str, ...] = ()) -> str:
+    """Markdown tables: per (clients, alpha) and scenario, one line per attack, columns per aggregator
+    (`columns`, default every aggregator in the file)."""
     data = _load(path)
     central = float(np.mean(data["meta"].get("centralized", [0.9711])))
     rows = data["rows"]
@@ -199,6 +200,7 @@ def report(path: Path) -> str:
     groups = sorted({(r["clients"], r["alpha"]) for r in rows.values()})
     present = {r["agg"] for r in rows.values()}
     aggs = [a for a in ORDER if a in present] + sorted(present - set(ORDER))
+    aggs = [a for a in aggs if a in columns] if columns else aggs
     for clients, alpha in groups:
         goal = 0.90 if alpha >= 0.3 else 0.85
         lines += [
@@ -354,12 +356,13 @@ def main() -> int:
     p.add_argument("--report", action="store_true")
     p.add_argument("--extend", action="store_true", help="add the missing seeds to rows already run")
     p.add_argument("--paired", action="store_true", help="print the paired-difference table (ablation)")
+    p.add_argument("--columns", default="", help="--report: only these columns (comma list)")
     ns = p.parse_args()
     if ns.paired:
         print(paired(ns.out))
         return 0
     if ns.report:
-        print(report(ns.out))
+        print(report(ns.out, tuple(c for c in ns.columns.split(",") if c)))
         print()
         print(goals(ns.out))
         return 0
