@@ -3,9 +3,10 @@ artifact on identical runs (issue 17).
 
 The model (made here with onnx.helper) is a plain MLP; its inputs include a loud sample every 8th
 row (a saturated sensor). Dynamic int8 takes one activation scale per input tensor: at batch 1 each
-sample gets its own scale and agreement with fp32 is ~0.99, but in a micro-batch of 64 the loud
-sample sets the scale for all 64 and the quiet ones lose their signal (~0.3, measured in the test
-from the report). A build for a device that micro-batches must see that and not ship int8.
+sample gets its own scale and agreement with fp32 is 0.94-0.99 (by the CPU's int8 kernel), but in
+a micro-batch of 64 the loud sample sets the scale for all 64 and the quiet ones lose their signal
+(~0.3, measured in the test from the report). A build for a device that micro-batches must see that
+and not ship int8.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def test_micro_batched_device_gets_no_int8_that_only_holds_at_batch_1(
     dyn = _candidate(report, "onnx-int8-dynamic")
     m = dyn["metrics"]
     assert m["serve_batch"] == 1
-    assert m["agreement"] >= 0.95  # a lone caller is served well
+    # a lone caller is served well: inside the build's --min-agreement 0.9. (~0.99 on a CPU with
+    # AVX-512 VNNI; 0.94 on an AVX2-only CPU, where MLAS's u8s8 kernel saturates int16 sums.)
+    assert m["agreement"] >= 0.9
     assert m["micro_batch"] == 64
     assert m["micro_batch_agreement"] < 0.6  # ... but not inside a batch with a loud sample
     assert m["batch_consistency_cosine_min"] < 0.9  # same file, other outputs

@@ -170,14 +170,14 @@ def test_secure_aggregation_run_via_cli_with_a_dropout_mid_protocol(
 
     from rich.console import Console
 
+    from fleet_server import operator_cli
     from fleet_server.federated.cli import fl_history, fl_start, fl_status
 
     rt, api, console = runtime(server), RestApi(server), Console(record=True, width=200)
-    args = argparse.Namespace(
-        strategy="fedavg", rounds=2, min_nodes=9, malicious=0, timeout=30.0, norm_bound=0.0,
-        secure_aggregation=True, dp_noise=0.0, lr=0.5, label=[], profile="", drifted_only=False,
-        from_last=False, json=True, model="", model_version=None, max_nodes=0,
-    )  # fmt: skip
+    argv = ["fl", "start", "--strategy", "fedavg", "--rounds", "2", "--min-nodes", "9", "--timeout", "30"]
+    argv += ["--secure-aggregation", "--lr", "0.5", "--json"]
+    args = operator_cli.build_parser().parse_args(argv)  # the CLI's own parser and defaults
+    assert args.func is fl_start
     run_id = fl_start(api, args, console)["run_id"]
 
     def masked_stage_out() -> bool:
