@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_blas_threads(settings.blas_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url())
         await asyncio.to_thread(upgrade, engine)
@@ -210,6 +211,16 @@ async def _stop(
         await asyncio.to_thread(app.state.fleet_sessions.stop)
     await app.state.writer.stop()
     await asyncio.to_thread(_stop_audit, audit)
+
+
+def limit_blas_threads(threads: int) -> None:
+    """Cap the BLAS libraries loaded in this process at `threads` (0: leave them as they are)."""
+    if threads <= 0:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")  # process-wide, for the server's lifetime
+    logger.info("blas threads limited to %d", threads)
 
 
 def _healthz(request: Request) -> JSONResponse:

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     rollout_tick_s: float = Field(default=2.0, gt=0, le=3600)
     rollout_lease_s: float = Field(default=60.0, ge=1, le=3600)
 
+    # BLAS threads for the server's own numpy work (robust defences, anomaly scores, drift
+    # references). OpenBLAS wakes every thread for a product above ~262k multiply-adds, e.g. the
+    # 50 x 650 cosine matrix of a robust round; on a server busy with other requests that costs
+    # 2.5x the CPU (bench.federated.robust_cost: robust-fedavg 113 -> 46 ms per round). 0 = leave
+    # the library's own default.
+    blas_threads: int = Field(default=1, ge=0, le=1024)
+
     # Replicas (fleet_server/coordination): any number of servers on one PostgreSQL. A replica's id
     # names it in leases and presence ("" = "<hostname>-<pid>-<random>"). A singleton job (TUF
     # signer, compile worker, federated runner, drift trigger, audit head signer, CRL refresh) is

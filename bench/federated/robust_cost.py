@@ -10,6 +10,10 @@ them alike; the time is the process's CPU time (the box is shared: wall time mos
 other work), the table gives the median per round over repetitions and the min-max spread.
 
     nice -n 10 .venv/bin/python -m bench.federated.robust_cost --reps 5
+    nice -n 10 .venv/bin/python -m bench.federated.robust_cost --reps 5 --blas 1,0   # A/B: BLAS threads
+
+BLAS threads are capped at 1 by default, as the fleet server does (`settings.blas_threads`);
+`--blas 1,0` runs every repetition under the cap and under the library's default, order rotated.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg, MultiKrum, Strategy
 from flwr.supercore.task_identity import TaskIdentity
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from agent.federated import trainer
 from bench.federated.accuracy import BATCH, EPOCHS, LR, _flat, _partition, _unflat, attack_updates, load
@@ -104,44 +109,60 @@ def _strategy(agg: str, cfg: DefenceConfig | None, clients: int, root: RootSet) 
     return make_strategy(StrategySpec(agg, min_nodes=clients, malicious=f), root=root, defence=cfg)
 
 
-def measure(clients: int, reps: int, rounds: int) -> dict[str, Any]:
+def measure(clients: int, reps: int, rounds: int, blas: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """Per-round CPU of each configuration; with several `blas` caps (0 = the library's default
+    threads), every repetition runs every configuration under each cap, the cap order rotated."""
     logging.disable(logging.WARNING)
     g, replies, root = _round_replies(clients, 0)
     config = ConfigRecord({"lr": LR, "local-epochs": EPOCHS, "batch-size": BATCH})
-    times: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    for _ in range(reps):
-        for name, (agg, cfg) in CONFIGS.items():
-            strat = _strategy(agg, cfg, clients, root)
-            total = 0.0
-            for rnd in range(1, rounds + 1):
-                batch = replies()
-                list(strat.configure_train(rnd, g, config, _Nodes(clients)))  # type: ignore[arg-type]
-                t0 = time.process_time()
-                strat.aggregate_train(rnd, batch)
-                total += time.process_time() - t0
-            times[name].append(total / rounds)
+    default = max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    times: dict[int, dict[str, list[float]]] = {b: {name: [] for name in CONFIGS} for b in blas}
+    for rep in range(reps):
+        for b in blas[rep % len(blas) :] + blas[: rep % len(blas)]:
+            with threadpool_limits(limits=b or default, user_api="blas"):
+                for name, (agg, cfg) in CONFIGS.items():
+                    strat = _strategy(agg, cfg, clients, root)
+                    total = 0.0
+                    for rnd in range(1, rounds + 1):
+                        batch = replies()
+                        list(strat.configure_train(rnd, g, config, _Nodes(clients)))  # type: ignore[arg-type]
+                        t0 = time.process_time()
+                        strat.aggregate_train(rnd, batch)
+                        total += time.process_time() - t0
+                    times[b][name].append(total / rounds)
     return {
         "clients": clients,
         "reps": reps,
         "rounds_per_rep": rounds,
+        "blas_default_threads": default,
         "per_round_cpu_s": {
-            k: {"median": float(np.median(v)), "min": min(v), "max": max(v)} for k, v in times.items()
+            str(b): {k: {"median": float(np.median(v)), "min": min(v), "max": max(v)} for k, v in t.items()}
+            for b, t in times.items()
         },
     }
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = result["per_round_cpu_s"]
-    base = rows["pipeline, stages off"]["median"]
-    lines = [
-        "| configuration | CPU ms per round (median) | spread (min-max) | stage cost (ms) |",
-        "|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        extra = f"{1000 * (r['median'] - base):+.1f}" if name.startswith("+") else ""
-        lines.append(
-            f"| {name} | {1000 * r['median']:.1f} | {1000 * r['min']:.1f}-{1000 * r['max']:.1f} | {extra} |"
-        )
+    caps = list(result["per_round_cpu_s"])
+    default = result["blas_default_threads"]
+    label = {
+        c: f"BLAS {c if c != '0' else default} thread(s){' (server default)' if c == '1' else ''}"
+        for c in caps
+    }
+    head = " | ".join(f"{label[c]}: CPU ms per round, median (min-max) | stage cost (ms)" for c in caps)
+    lines = [f"| configuration | {head} |", "|---|" + "---|---|" * len(caps)]
+    for name in result["per_round_cpu_s"][caps[0]]:
+        cells = []
+        for c in caps:
+            rows = result["per_round_cpu_s"][c]
+            r, base = rows[name], rows["pipeline, stages off"]["median"]
+            extra = f"{1000 * (r['median'] - base):+.1f}" if name.startswith("+") else ""
+            cells.append(f"{1000 * r['median']:.1f} ({1000 * r['min']:.1f}-{1000 * r['max']:.1f}) | {extra}")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    if len(caps) == 2 and "1" in caps and "0" in caps:
+        ship = "robust-fedavg (shipped)"
+        one, lib = (result["per_round_cpu_s"][c][ship]["median"] for c in ("1", "0"))
+        lines.append(f"\n{ship}: 1 BLAS thread / library default = {one / lib:.2f}x CPU")
     return "\n".join(lines)
 
 
@@ -150,9 +171,12 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5, help="aggregations per configuration and repetition")
+    p.add_argument(
+        "--blas", default="1", help="BLAS thread caps, comma-separated (0 = library default); 1,0 = A/B"
+    )
     p.add_argument("--json", action="store_true")
     ns = p.parse_args()
-    result = measure(ns.clients, ns.reps, ns.rounds)
+    result = measure(ns.clients, ns.reps, ns.rounds, tuple(int(b) for b in ns.blas.split(",")))
     print(json.dumps(result, indent=1) if ns.json else table(result))
     return 0
 
