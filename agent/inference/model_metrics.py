@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.inference.stats import BUCKET_BOUNDS, LatencyHistogram
+from agent.inference.stats import LatencyHistogram
 
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
@@ -42,7 +42,6 @@ MAX_MERGED_COUNT = 1 << 32
 """Largest count (predictions, errors, one bin) a merged window may carry; more is refused."""
 _PROBABILITY_TOLERANCE = 1e-3
 _SCALAR_VALUES = 128  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
-_BOUNDS = np.asarray(BUCKET_BOUNDS)
 
 
 class ServedModel(Protocol):
@@ -218,10 +217,7 @@ class _Window:
     def add_latencies(self, seconds: Sequence[float]) -> None:
         """`add_latency` of each (numpy: bisect_left is searchsorted 'left')."""
         s = np.asarray(seconds, dtype=np.float64)
-        counts = self.latency.counts
-        added = np.bincount(np.searchsorted(_BOUNDS, s, side="left"), minlength=len(counts)).tolist()
-        self.latency.counts = [a + b for a, b in zip(counts, added, strict=True)]
-        self.latency.total += s.shape[0]
+        self.latency.record_many(s)
         ms = s * 1e3
         self.lat_sum += float(ms.sum())
         self.lat_sq += float(np.dot(ms, ms))
@@ -244,9 +240,7 @@ class _Window:
             self.classes[:n] += np.asarray(counts.class_counts, dtype=np.int64)
             self.conf_sum += counts.confidence_sum
             self.conf_sq += counts.confidence_sum_sq
-        for index, n in counts.latency_buckets:
-            self.latency.counts[index] += n
-            self.latency.total += n
+        self.latency.add_buckets(counts.latency_buckets)
         self.lat_sum += counts.latency_sum_ms
         self.lat_sq += counts.latency_sum_sq_ms
 
@@ -335,13 +329,19 @@ class ModelMetrics:
         if last is not None and last[0] is meta:
             return last[2]
         model = ModelId(meta.name, meta.version, meta.sha256)
+        window = self._window_of(model)
+        if window is not None:
+            self._last = (meta, model, window)
+        return window
+
+    def _window_of(self, model: ModelId) -> _Window | None:
+        """The model's window, opened if there is room (else counted in `dropped_models`)."""
         window = self._windows.get(model)
         if window is None:
             if len(self._windows) >= self._max_models:
                 self.dropped_models += 1
                 return None
             window = self._windows[model] = _Window()
-        self._last = (meta, model, window)
         return window
 
     def observe(self, meta: ServedModel, outputs: Mapping[str, np.ndarray], latency_s: float) -> None:
@@ -399,12 +399,9 @@ class ModelMetrics:
         """
         check_counts(counts)
         with self._lock:
-            window = self._windows.get(model)
+            window = self._window_of(model)
             if window is None:
-                if len(self._windows) >= self._max_models:
-                    self.dropped_models += 1
-                    return False
-                window = self._windows[model] = _Window()
+                return False
             window.add_counts(counts)
         return True
 

@@ -12,8 +12,10 @@ import bisect
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 Clock = Callable[[], float]
 
@@ -21,6 +23,7 @@ _MIN_S = 1e-6
 _GROWTH = 1.1
 _BUCKETS = int(math.log(1e3 / _MIN_S, _GROWTH)) + 2
 BUCKET_BOUNDS: tuple[float, ...] = tuple(_MIN_S * _GROWTH**k for k in range(_BUCKETS))
+_BOUNDS = np.asarray(BUCKET_BOUNDS)
 
 
 class LatencyHistogram:
@@ -33,6 +36,19 @@ class LatencyHistogram:
     def record(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(BUCKET_BOUNDS, seconds)] += 1
         self.total += 1
+
+    def record_many(self, seconds: np.ndarray) -> None:
+        """`record` of each value, binned by numpy (searchsorted 'left' is bisect_left)."""
+        idx = np.searchsorted(_BOUNDS, seconds, side="left")
+        added = np.bincount(idx, minlength=len(self.counts)).tolist()
+        self.counts = [a + b for a, b in zip(self.counts, added, strict=True)]
+        self.total += int(seconds.shape[0])
+
+    def add_buckets(self, buckets: Iterable[tuple[int, int]]) -> None:
+        """Add (bucket index, count) pairs, e.g. another histogram's non-zero buckets."""
+        for index, n in buckets:
+            self.counts[index] += n
+            self.total += n
 
     def quantile(self, q: float) -> float:
         """Latency in seconds at quantile `q` (0..1); 0.0 when empty."""
