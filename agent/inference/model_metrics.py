@@ -33,13 +33,31 @@ from typing import Protocol
 import numpy as np
 
 from agent.inference.stats import LatencyHistogram
+from agent.inference.window_counts import (
+    CONFIDENCE_BINS,
+    MAX_CLASSES,
+    MAX_MERGED_COUNT,
+    WindowCounts,
+    check_counts,
+    is_finite,
+)
 
-CONFIDENCE_BINS = 10
-MAX_CLASSES = 1000
+__all__ = [
+    "CONFIDENCE_BINS",
+    "MAX_CLASSES",
+    "MAX_MERGED_COUNT",
+    "MAX_MODELS",
+    "ModelId",
+    "ModelMetrics",
+    "ModelWindow",
+    "ServedModel",
+    "WindowCounts",
+    "check_counts",
+    "top1",
+]
+
 MAX_MODELS = 8
 """Models tracked per window (a swap makes two); further ones are counted in `dropped_models`."""
-MAX_MERGED_COUNT = 1 << 32
-"""Largest count (predictions, errors, one bin) a merged window may carry; more is refused."""
 _PROBABILITY_TOLERANCE = 1e-3
 _SCALAR_VALUES = 128  # outputs up to this many values are read in plain Python (cheaper than numpy calls)
 
@@ -82,48 +100,6 @@ class ModelWindow:
     latency_count: int
     inprocess_predictions: int = 0  # of `predictions`, how many in-process apps reported (`merge`)
     inprocess_errors: int = 0
-
-
-@dataclass(frozen=True)
-class WindowCounts:
-    """One model's raw counts over one window: what an in-process app hands to the agent."""
-
-    predictions: int
-    errors: int
-    confidence_hist: tuple[int, ...]  # CONFIDENCE_BINS long, or empty: no classifier output
-    class_counts: tuple[int, ...]  # trailing zeros trimmed
-    confidence_sum: float
-    confidence_sum_sq: float
-    latency_buckets: tuple[tuple[int, int], ...]  # (index into the LatencyHistogram, count), non-zero
-    latency_sum_ms: float
-    latency_sum_sq_ms: float
-
-
-def check_counts(counts: WindowCounts) -> None:
-    """Refuse a window that no real accumulator produces (sent by a broken or hostile app).
-
-    Raises:
-        ValueError: names the first field out of range.
-    """
-    hist, classes = counts.confidence_hist, counts.class_counts
-    if len(hist) not in (0, CONFIDENCE_BINS):
-        raise ValueError(f"confidence histogram has {len(hist)} bins, not {CONFIDENCE_BINS}")
-    if len(classes) > MAX_CLASSES or (classes and not hist):
-        raise ValueError(f"{len(classes)} class counts (at most {MAX_CLASSES}, only with a histogram)")
-    buckets = len(LatencyHistogram().counts)
-    if any(not 0 <= i < buckets for i, _ in counts.latency_buckets):
-        raise ValueError(f"latency bucket index out of range 0..{buckets - 1}")
-    values = (counts.predictions, counts.errors, *hist, *classes, *(n for _, n in counts.latency_buckets))
-    if any(not 0 <= v <= MAX_MERGED_COUNT for v in values):
-        raise ValueError(f"a count is negative or over {MAX_MERGED_COUNT}")
-    sums = (counts.confidence_sum, counts.confidence_sum_sq, counts.latency_sum_ms, counts.latency_sum_sq_ms)
-    if any(not (_finite(v) and v >= 0) for v in sums):
-        raise ValueError("a sum is negative or not finite")
-    # What the fleet server would refuse the whole window for (the agent's own counts with it):
-    if sum(hist) > counts.predictions or sum(classes) > counts.predictions:
-        raise ValueError("more histogram or class counts than predictions")
-    if max(counts.confidence_sum, counts.confidence_sum_sq) > counts.predictions * (1 + 1e-9):
-        raise ValueError("confidence sums above one per prediction")
 
 
 class _Window:
@@ -173,14 +149,14 @@ class _Window:
         classes, last, hist = self.classes, self.classes.shape[0] - 1, self.hist
         for row in rows:
             top = max(row)
-            if not _finite(top):
+            if not is_finite(top):
                 continue
             low, total = min(row), sum(row)
             if low >= 0 and abs(total - 1.0) <= _PROBABILITY_TOLERANCE:
                 p = min(top, 1.0)
             else:
                 p = 1.0 / sum([math.exp(v - top) for v in row])
-                if not _finite(p):
+                if not is_finite(p):
                     continue
             c = row.index(top)
             b = int(p * CONFIDENCE_BINS)
@@ -307,10 +283,6 @@ def top1(logits_or_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not is_prob.any():
         return soft, cls
     return np.where(is_prob, np.minimum(mx, 1.0), soft), cls
-
-
-def _finite(v: float) -> bool:
-    return v - v == 0.0  # False for nan and +/-inf
 
 
 class ModelMetrics:
