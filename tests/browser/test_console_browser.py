@@ -245,6 +245,7 @@ def test_an_operator_creates_a_bootstrap_token_shown_once(
 ) -> None:
     sign_in(page, fleet.server, fleet.tokens.operator)
     create = page.get_by_role("button", name="Create bootstrap token")
+    expect(page.get_by_text("Enrol devices", exact=True)).to_be_visible()
     if not create.is_visible():  # the page keeps the form in a collapsed "Enrol devices" section
         page.get_by_text("Enrol devices", exact=True).click()
     create.click()
@@ -253,6 +254,14 @@ def test_an_operator_creates_a_bootstrap_token_shown_once(
     token = shown.input_value() if shown.evaluate("e => 'value' in e") else shown.inner_text()
     assert token.strip().startswith("bt_") or len(token.strip()) >= 20, token
     shot(page, request, "bootstrap-token")
+    # Device events re-render the fleet view live once nothing has focus (in CI the token was lost
+    # to such a re-render): the token stays on screen through them until the operator leaves.
+    page.get_by_role("heading", name="Fleet", exact=True).click()
+    fleet.enroll("dev-enrol-panel")
+    table = page.get_by_role("table", name="Devices")
+    expect(table.get_by_role("link", name="dev-enrol-panel", exact=True)).to_be_visible(timeout=30_000)
+    expect(shown).to_be_visible()
+    expect(shown).to_have_value(token)
     page.reload()  # shown once: never again after the page is left (the session itself survives)
     expect(page.get_by_text(re.compile(r"Signed in as .+ \(operator\)"))).to_be_visible()
     expect(page.get_by_text(token.strip())).to_have_count(0)

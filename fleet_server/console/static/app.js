@@ -77,6 +77,9 @@
     notify,
     fail,
     rerender: () => render(),
+    // Bumped on every navigation and sign-in (not on a re-render): a view may keep a form node alive
+    // across live re-renders of one visit and build it afresh on the next.
+    visit: 0,
     navigate: (hash) => {
       if (location.hash === hash) render();
       else location.hash = hash;
@@ -151,6 +154,7 @@
       else a.removeAttribute("aria-current");
     }
     notify("");
+    ctx.visit += 1;
     const heading = render();
     heading.then(() => {
       const h = $("view").querySelector("h2");

@@ -159,12 +159,23 @@
     return [
       el("h2", null, "Fleet"),
       summaryBox,
-      ctx.can("operator") ? bootstrapPanel(ctx) : null,
+      ctx.can("operator") ? enrolPanel(ctx) : null,
       filters,
       s.fallback ? muted("This server has no /fleet/devices API: filtering and paging happen in the browser (up to 5,000 devices).") : null,
       grid,
       pager,
     ];
+  }
+
+  // The enrol panel survives the live re-renders of one visit (device events re-render the fleet view
+  // every few seconds): what the operator typed stays, and a token created while a re-render was in
+  // flight lands in the panel on screen instead of a detached copy. A new visit (navigation, sign-in,
+  // reload) builds it afresh, so the token is shown once.
+  let enrol = null;
+
+  function enrolPanel(ctx) {
+    if (!enrol || enrol.visit !== ctx.visit) enrol = { visit: ctx.visit, node: bootstrapPanel(ctx) };
+    return enrol.node;
   }
 
   function bootstrapPanel(ctx) {
