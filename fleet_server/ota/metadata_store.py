@@ -184,23 +184,16 @@ class MetadataStore(Repository):
         return tx if tx is not None and tx.owner == threading.get_ident() else None
 
     def _read_timestamp(self, *, roll_forward: bool) -> bytes | None:
-        try:
-            data = self.store.get(self.metadata_key("timestamp.json"))
-        except ArtifactNotFoundError:
-            data = None
-        if not roll_forward:
-            return data
-        version = Metadata.from_bytes(data).signed.version if data is not None else 0
-        while True:  # a writer that died between its commit and the copy left a newer one
-            try:
-                newer = self.store.get(self.metadata_key(f"{version + 1}.timestamp.json"))
-            except ArtifactNotFoundError:
-                return data
-            data, version = newer, version + 1
+        return self._read_current("timestamp", roll_forward=roll_forward)
 
     def _read_root(self, *, roll_forward: bool) -> bytes | None:
+        return self._read_current("root", roll_forward=roll_forward)
+
+    def _read_current(self, role: str, *, roll_forward: bool) -> bytes | None:
+        """`<role>.json` as stored; with `roll_forward`, the newest `<v>.<role>.json` after it (a
+        writer that died between its commit and the copy left a newer one)."""
         try:
-            data = self.store.get(self.metadata_key("root.json"))
+            data = self.store.get(self.metadata_key(f"{role}.json"))
         except ArtifactNotFoundError:
             data = None
         if not roll_forward:
@@ -208,7 +201,7 @@ class MetadataStore(Repository):
         version = Metadata.from_bytes(data).signed.version if data is not None else 0
         while True:
             try:
-                newer = self.store.get(self.metadata_key(f"{version + 1}.root.json"))
+                newer = self.store.get(self.metadata_key(f"{version + 1}.{role}.json"))
             except ArtifactNotFoundError:
                 return data
             data, version = newer, version + 1
