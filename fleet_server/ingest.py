@@ -16,6 +16,9 @@ record that can never be stored. A database that is down (`StorageUnavailableErr
 whole batch once, without per-device retries.
 
 Does not decide what a message means (device_session.py) or how rows look to the API (crud/).
+The rows, hooks and outcome errors live in ingest_rows.py and the SQL statements, parameters and
+database-error classification in ingest_sql.py; every public name is re-exported here, so
+`fleet_server.ingest` stays the one import path.
 """
 
 from __future__ import annotations
@@ -25,90 +28,52 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, update
+from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.sql.expression import Insert
 from sqlmodel import SQLModel
 
+from fleet_server.ingest_rows import (
+    Done,
+    FlushHook,
+    ReportObserver,
+    ReportRow,
+    RowsFailedError,
+    RowsRefusedError,
+    StorageUnavailableError,
+    TelemetryObserver,
+    TelemetryRow,
+)
+from fleet_server.ingest_sql import (
+    _REPORT_UPDATE,
+    _describe,
+    _report_params,
+    _storage_down,
+    _telemetry_params,
+)
 from fleet_server.logsafe import text as safe_text
-from fleet_server.models import Device, TelemetryRecord, utcnow
+from fleet_server.models import TelemetryRecord, utcnow
 from fleet_server.observability.logs import log_context
 
+__all__ = [
+    "MAX_DEVICE_COUNTERS",
+    "MAX_ROW_BISECT",
+    "OTHER_DEVICES",
+    "Done",
+    "FlushHook",
+    "IngestStats",
+    "IngestWriter",
+    "ReportObserver",
+    "ReportRow",
+    "RowsFailedError",
+    "RowsRefusedError",
+    "StorageUnavailableError",
+    "TelemetryObserver",
+    "TelemetryRow",
+]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ReportRow:
-    device_id: str
-    agent_version: str
-    observed: dict[str, Any]
-    telemetry_dropped_total: int
-    transport: str  # "grpc" | "mqtt": written to Device.transport
-    cert_fingerprint: str  # what the device says it uses; "" from agents that do not say
-
-
-@dataclass(frozen=True)
-class TelemetryRow:
-    seq: int
-    timestamp_ms: int
-    kind: str
-    metrics: dict[str, float]
-    payload: bytes
-
-
-TelemetryObserver = Callable[[Connection, list[tuple[str, TelemetryRow]]], None]
-"""Runs inside the flush transaction with every telemetry row of the batch (device_id, row).
-
-Domain modules (drift, inference stats) register one to derive their own tables from the same
-exactly-once stream; an exception rolls back the flush, so nothing is acked half-derived (the
-batch is then retried split by device, so only the device whose rows make it raise is refused).
-Observers must be idempotent per (device_id, seq): a record may be seen again after a lost ack.
-"""
-
-ReportObserver = Callable[[Connection, list[ReportRow]], None]
-"""Runs inside the flush transaction, after the device rows are updated, with every report of
-the batch (latest per device). Same failure rule as TelemetryObserver; must be idempotent (a
-report may be seen again). Example: certs/renewal.py promotes a renewed certificate that a
-report says is in use."""
-
-
-Done = Callable[[BaseException | None], None]
-"""Called on the serving loop after the flush holding the row: None on commit, else the error
-(`StorageUnavailableError` or `RowsRefusedError`). Called directly (no future, no extra loop
-iteration): this runs once per device message."""
-
-
-FlushHook = Callable[[float, int], None]
-"""Called on the serving loop after every flush (committed or not) with its duration in seconds
-and its row count: the /metrics flush histogram (observability/metrics.py). Must not block."""
-
-
-class StorageUnavailableError(Exception):
-    """The database is unreachable or refused the connection: retry later (everyone)."""
-
-
-class RowsRefusedError(Exception):
-    """Some of this device's rows could not be stored (its own data failed a constraint or an
-    observer); its other rows in the flush were committed.
-
-    `seqs` maps each refused telemetry seq to the reason; `report` is the reason its report was
-    refused ("" when it was stored or there was none).
-    """
-
-    def __init__(self, detail: str, *, seqs: dict[int, str], report: str = "") -> None:
-        super().__init__(detail)
-        self.seqs = seqs
-        self.report = report
-
-
-class RowsFailedError(Exception):
-    """This device's rows failed and were too many to isolate one by one: nothing of them was
-    stored; the device should resend (in smaller batches)."""
 
 
 MAX_ROW_BISECT = 256
@@ -389,56 +354,3 @@ class IngestWriter:
                 reports = list(batch.reports.values())
                 for report_observer in self._report_observers:
                     report_observer(conn, reports)
-
-
-def _storage_down(err: BaseException) -> bool:
-    """True when the database itself is unreachable (retrying per device would only hammer it)."""
-    if isinstance(err, OperationalError | InterfaceError | PoolTimeoutError):
-        return True
-    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
-
-
-def _describe(err: BaseException) -> str:
-    """A short, single-line reason: the driver's message without SQL or parameters."""
-    orig = getattr(err, "orig", None) or err
-    first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    return f"{type(orig).__name__}: {safe_text(first, 200)}"
-
-
-_device = SQLModel.metadata.tables[Device.__tablename__]
-_REPORT_UPDATE = (
-    update(_device)
-    .where(_device.c.id == bindparam("b_id"))
-    .values(
-        last_seen_at=bindparam("b_now"),
-        first_seen_at=func.coalesce(_device.c.first_seen_at, bindparam("b_now")),
-        agent_version=bindparam("b_agent_version"),
-        observed=bindparam("b_observed"),
-        telemetry_dropped_total=bindparam("b_dropped"),
-        transport=bindparam("b_transport"),
-    )
-)
-
-
-def _report_params(row: ReportRow, now: datetime, rejected: int) -> dict[str, Any]:
-    observed = {**row.observed, "ingest_rejected_total": rejected} if rejected else row.observed
-    return {
-        "b_id": row.device_id,
-        "b_now": now,
-        "b_agent_version": row.agent_version,
-        "b_observed": observed,
-        "b_dropped": row.telemetry_dropped_total,
-        "b_transport": row.transport,
-    }
-
-
-def _telemetry_params(device_id: str, row: TelemetryRow, now: datetime) -> dict[str, Any]:
-    return {
-        "device_id": device_id,
-        "seq": row.seq,
-        "timestamp_ms": row.timestamp_ms,
-        "kind": row.kind,
-        "metrics": row.metrics,
-        "payload": row.payload,
-        "received_at": now,
-    }
