@@ -2,7 +2,7 @@
 
 What each series is computed from (the agent's records as stored by ingest.py):
 
-- latency_p50_ms / latency_p95_ms: `kind="inference"` records (agent/daemon.py `_report_inference`,
+- latency_p50_ms / latency_p95_ms: `kind="inference"` records (agent/telemetry.py `_report_inference`,
   one per stats window, keys `inference.<name@version>.latency_p50_ms|latency_p95_ms|requests`).
   Per bucket: the mean of the windows' quantiles weighted by each window's `requests`, over every
   model the device served (the agent sends quantiles, not histograms, so this is an estimate of
