@@ -66,7 +66,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     settings_, tokens = prepare(tmp_path_factory.mktemp("fuzz") / "srv", database_url)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = _Uvicorn(uvicorn.Config(create_app(settings_), log_level="warning", lifespan="on"))
+    server = _Uvicorn(
+        uvicorn.Config(create_app(settings_), log_level="warning", lifespan="on", log_config=None)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

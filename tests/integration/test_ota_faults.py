@@ -84,7 +84,9 @@ class FlakyHttp:
         self.port = free_port()
         self.flaky = Flaky(Starlette(routes=[Mount("/ota", StaticFiles(directory=root))]))
         self._server = uvicorn.Server(
-            uvicorn.Config(self.flaky, host="127.0.0.1", port=self.port, log_level="critical")
+            uvicorn.Config(
+                self.flaky, host="127.0.0.1", port=self.port, log_level="critical", log_config=None
+            )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -108,7 +108,7 @@ class RepoHttp:
         self.port = free_port()
         app = Starlette(routes=[Mount("/ota", StaticFiles(directory=root))])
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", log_config=None)
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
