@@ -23,6 +23,8 @@ _MIN_S = 1e-6
 _GROWTH = 1.1
 _BUCKETS = int(math.log(1e3 / _MIN_S, _GROWTH)) + 2
 BUCKET_BOUNDS: tuple[float, ...] = tuple(_MIN_S * _GROWTH**k for k in range(_BUCKETS))
+BUCKET_COUNT = len(BUCKET_BOUNDS) + 1
+"""Buckets per histogram: one per bound, plus the overflow above the last."""
 _BOUNDS = np.asarray(BUCKET_BOUNDS)
 
 
@@ -30,7 +32,7 @@ class LatencyHistogram:
     """Log-spaced buckets from 1 µs to ~1000 s; quantiles are the bucket's geometric midpoint."""
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKET_BOUNDS) + 1)
+        self.counts = [0] * BUCKET_COUNT
         self.total = 0
 
     def record(self, seconds: float) -> None:

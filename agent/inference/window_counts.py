@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.inference.stats import LatencyHistogram
+from agent.inference.stats import BUCKET_COUNT
 
 CONFIDENCE_BINS = 10
 MAX_CLASSES = 1000
@@ -44,9 +44,8 @@ def check_counts(counts: WindowCounts) -> None:
         raise ValueError(f"confidence histogram has {len(hist)} bins, not {CONFIDENCE_BINS}")
     if len(classes) > MAX_CLASSES or (classes and not hist):
         raise ValueError(f"{len(classes)} class counts (at most {MAX_CLASSES}, only with a histogram)")
-    buckets = len(LatencyHistogram().counts)
-    if any(not 0 <= i < buckets for i, _ in counts.latency_buckets):
-        raise ValueError(f"latency bucket index out of range 0..{buckets - 1}")
+    if any(not 0 <= i < BUCKET_COUNT for i, _ in counts.latency_buckets):
+        raise ValueError(f"latency bucket index out of range 0..{BUCKET_COUNT - 1}")
     values = (counts.predictions, counts.errors, *hist, *classes, *(n for _, n in counts.latency_buckets))
     if any(not 0 <= v <= MAX_MERGED_COUNT for v in values):
         raise ValueError(f"a count is negative or over {MAX_MERGED_COUNT}")
