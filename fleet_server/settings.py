@@ -64,9 +64,9 @@ class Settings(BaseSettings):
 
     # BLAS threads for the server's own numpy work (robust defences, anomaly scores, drift
     # references). OpenBLAS wakes every thread for a product above ~262k multiply-adds, e.g. the
-    # 50 x 650 cosine matrix of a robust round; on a server busy with other requests that costs
-    # 2.5x the CPU (bench.federated.robust_cost: robust-fedavg 113 -> 46 ms per round). 0 = leave
-    # the library's own default.
+    # 50 x 650 cosine matrix of a robust round, and on a busy server those threads spin
+    # (bench.federated.robust_cost --blas 1,0, BENCHMARKS.md: robust-fedavg 88.2 -> 50.8 ms CPU per
+    # round, 0.58x). 0 = leave the library's own default.
     blas_threads: int = Field(default=1, ge=0, le=1024)
 
     # Replicas (fleet_server/coordination): any number of servers on one PostgreSQL. A replica's id

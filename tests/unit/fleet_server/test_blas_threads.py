@@ -1,6 +1,6 @@
 """The fleet server caps BLAS threads (settings.blas_threads): OpenBLAS otherwise wakes every
-thread for small products such as a robust round's cosine matrix, which on a busy server costs
-2.5x the CPU. Each case runs in a fresh interpreter: the cap is process-wide."""
+thread for small products such as a robust round's cosine matrix (1.7x the CPU per robust round
+in BENCHMARKS.md's A/B). Each case runs in a fresh interpreter: the cap is process-wide."""
 
 from __future__ import annotations
 
