@@ -11,7 +11,7 @@ the channels subscribed before it starts. One more PostgreSQL connection per rep
 On SQLite (one process by construction) there is nothing to coordinate: `build_fleet_sessions`
 returns None and the registry stays in-process, as before replicas.
 
-Does not own sessions (grpc_api/servicer.py) or the heartbeat (replica.py), which must run for
+Does not own sessions (grpc_api/sessions.py) or the heartbeat (replica.py), which must run for
 this replica's gRPC presence rows to count.
 """
 

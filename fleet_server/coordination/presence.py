@@ -18,7 +18,7 @@ here is online at once. A dead replica's gRPC rows are deleted by whoever notice
 `replica_ttl_s`); a live replica whose rows were deleted that way (a heartbeat hiccup) writes its
 sessions again when its own row count falls short.
 
-Does not own the heartbeat (replica.py), sessions (grpc_api/servicer.py) or MQTT status parsing
+Does not own the heartbeat (replica.py), sessions (grpc_api/sessions.py) or MQTT status parsing
 (mqtt/devices.py).
 """
 

@@ -52,7 +52,7 @@ _round = SQLModel.metadata.tables[FlRound.__tablename__]
 
 
 class SessionView(Protocol):
-    """grpc_api.servicer.SessionRegistry as seen by the collector."""
+    """grpc_api.sessions.SessionRegistry as seen by the collector."""
 
     def online(self) -> set[str]: ...  # fleet-wide (every replica)
 

@@ -1,4 +1,4 @@
-"""SessionRegistry with the presence and fan-out ports (grpc_api/servicer.py), with working fakes
+"""SessionRegistry with the presence and fan-out ports (grpc_api/sessions.py), with working fakes
 of both: who runs where on a local change, a remote change, a kick and a resync; what is online
 fleet-wide vs locally; presence writes follow sessions (a superseded stream writes nothing)."""
 
@@ -9,7 +9,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from collections.abc import Set as AbstractSet
 
-from fleet_server.grpc_api.servicer import SessionRegistry, _Session
+from fleet_server.grpc_api.sessions import SessionRegistry, _Session
 
 
 class FakePresence:
